@@ -1,0 +1,46 @@
+# Xiaohe Identity — developer entry points. `make serve` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+PROTO_OUT := clients/python
+
+.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: $(BIN)/uv requirements.lock pyproject.toml
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+serve: $(VENV)/.installed
+	$(BIN)/xiaohe-identity serve
+
+test: $(VENV)/.installed lint types protos-check
+	$(BIN)/pytest -q tests
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check server clients tests
+	$(BIN)/ruff format --check server clients tests
+	$(BIN)/buf lint protos
+
+types: $(VENV)/.installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q tests/unit
+
+protos: $(VENV)/.installed
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: $(VENV)/.installed
+	$(BIN)/python scripts/gen_protos.py --check
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

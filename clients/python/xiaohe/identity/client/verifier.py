@@ -1,0 +1,140 @@
+"""Local verification of access tokens for business systems, with a JWKS cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from nacl.signing import VerifyKey
+from xiaohe.identity.client.jwt import (
+    Claims,
+    InvalidToken,
+    UnknownKeyId,
+    decode_verified,
+    keys_from_jwks,
+)
+
+
+class TokenVerifier:
+    """Verifies Xiaohe Identity access tokens locally, against keys from `GetSigningKeys`.
+
+    Keys are fetched with `fetch_jwks` (a coroutine returning the JWKS JSON text)
+    on first need and again when a token names a `kid` the cached set lacks, which
+    is how a key rotation reaches business systems. Refetches are single-flight
+    (concurrent verifications of new-key tokens share one fetch) and happen at
+    most once per `min_refetch_interval`, counting failed attempts too, so tokens
+    with invented `kid`s cannot turn the verifier into a flood of `GetSigningKeys`
+    calls. A fetched set replaces the old one, so a key withdrawn by the server
+    stops verifying; the claims cache is then cleared as well.
+
+    A verified token's claims are kept until its `exp` in a bounded LRU map keyed
+    by the exact token string, so verifying the same token again is a dict lookup
+    plus an expiry check (with the same leeway). Only tokens whose signature
+    verified enter the map, so an attacker cannot fill it.
+
+    Local verification cannot see revocation: a token of a session revoked by
+    logout, password change or deactivation stays valid here until it expires
+    (at most the access-token lifetime, 10 minutes by default). Where that is not
+    acceptable, call `AuthService.ValidateToken`, which checks revocation, or
+    follow `DirectoryService.WatchRevocations`.
+    """
+
+    def __init__(
+        self,
+        fetch_jwks: Callable[[], Awaitable[str]],
+        *,
+        audience: str,
+        issuer: str | None = None,
+        leeway: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        min_refetch_interval: float = 30.0,
+        cache_size: int = 10000,
+    ) -> None:
+        self._fetch_jwks = fetch_jwks
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway
+        self._clock = clock
+        self._min_refetch_interval = min_refetch_interval
+        self._cache_size = cache_size
+        self._keys: dict[str, VerifyKey] = {}
+        self._generation = 0
+        self._last_fetch_attempt: float | None = None
+        self._fetch_lock = asyncio.Lock()
+        self._claims: OrderedDict[str, Claims] = OrderedDict()
+        self._header_cache: dict[str, str] = {}
+
+    async def verify(self, token: str) -> Claims:
+        """Verify `token` and return its claims; raises `InvalidToken` (with a `reason`).
+
+        On an unknown `kid` the key set is refetched (see the class docstring) and
+        the token is tried once more. Errors of `fetch_jwks` itself propagate, so a
+        caller can tell "the identity service is unreachable" from "bad token".
+        """
+        generation = self._generation
+        try:
+            return self.verify_cached_keys(token)
+        except UnknownKeyId:
+            if not await self._refresh(generation, force=False):
+                raise
+        return self.verify_cached_keys(token)
+
+    def verify_cached_keys(self, token: str) -> Claims:
+        """Verify `token` with the keys already cached, never fetching; sync fast path.
+
+        Raises `UnknownKeyId` when the token's key is not cached yet; `await
+        verify(token)` then fetches it.
+        """
+        now = self._clock()
+        cached = self._claims.get(token)
+        if cached is not None:
+            if now - self._leeway >= cached.exp:
+                del self._claims[token]
+                raise InvalidToken("expired")
+            self._claims.move_to_end(token)
+            return cached
+        claims = decode_verified(
+            token,
+            self._keys,
+            audience=self._audience,
+            now=now,
+            leeway=self._leeway,
+            issuer=self._issuer,
+            header_cache=self._header_cache,
+        )
+        if self._cache_size > 0:
+            if len(self._claims) >= self._cache_size:
+                # Least recently used first; expired entries age out the same way.
+                self._claims.popitem(last=False)
+            self._claims[token] = claims
+        return claims
+
+    async def refresh_keys(self) -> None:
+        """Fetch the key set now, regardless of `min_refetch_interval` (e.g. at startup)."""
+        await self._refresh(self._generation, force=True)
+
+    async def _refresh(self, seen_generation: int, *, force: bool) -> bool:
+        """Refetch the JWKS unless another task already did; True if the keys changed since."""
+        async with self._fetch_lock:
+            if self._generation != seen_generation:
+                return True  # another task refetched while this one waited
+            now = self._clock()
+            if (
+                not force
+                and self._last_fetch_attempt is not None
+                and now - self._last_fetch_attempt < self._min_refetch_interval
+            ):
+                return False
+            self._last_fetch_attempt = now
+            keys = keys_from_jwks(await self._fetch_jwks())
+            if not self._keys.keys() <= keys.keys() or any(
+                keys[kid] != key for kid, key in self._keys.items()
+            ):
+                # A key was withdrawn or replaced: claims it vouched for must not linger.
+                self._claims.clear()
+                self._header_cache.clear()
+            self._keys = keys
+            self._generation += 1
+            return True

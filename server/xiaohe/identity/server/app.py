@@ -1,0 +1,77 @@
+"""The gRPC server of one worker process: servicers, interceptor, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from xiaohe.identity.server.container import Container
+from xiaohe.identity.server.transport.admin import AdminServicer
+from xiaohe.identity.server.transport.codes import CodeServicer
+from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
+from xiaohe.identity.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    codes_pb2,
+    codes_pb2_grpc,
+)
+
+log = logging.getLogger("xiaohe.identity.app")
+
+SERVICE_NAMES = (
+    codes_pb2.DESCRIPTOR.services_by_name["CodeService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    """A started server and the port it listens on."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, then let in-flight RPCs finish within grace seconds."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+
+async def start_server(container: Container, listen: str) -> RunningServer:
+    """Build, bind and start the server; `listen` may use port 0 (tests)."""
+    server = grpc.aio.server(
+        interceptors=[IdentityInterceptor(container.clients, container.metrics)],
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    codes_pb2_grpc.add_CodeServiceServicer_to_server(CodeServicer(container.codes), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(container.clients, container.audit), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await container.start_background()
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer)

@@ -1,0 +1,1 @@
+"""Xiaohe Identity server."""

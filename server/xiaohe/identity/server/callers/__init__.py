@@ -1,0 +1,1 @@
+"""API clients (callers), their credentials and grants."""

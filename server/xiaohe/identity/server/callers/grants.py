@@ -1,0 +1,50 @@
+"""Grants: which RPCs a client may call, and what else it is trusted with.
+
+A client holds a set of grant names. Each RPC needs one grant; `*` is every
+grant. `forward-end-user` is not an RPC grant: it makes the server trust the
+end-user IP, agent and device metadata the client forwards.
+"""
+
+from __future__ import annotations
+
+ALL = "*"
+FORWARD_END_USER = "forward-end-user"
+
+# Full gRPC method name -> the grant it needs.
+METHOD_GRANTS: dict[str, str] = {
+    "/xiaohe.identity.v1.CodeService/IssueCode": "codes",
+    "/xiaohe.identity.v1.CodeService/VerifyCode": "codes",
+    "/xiaohe.identity.v1.AuthService/Login": "auth",
+    "/xiaohe.identity.v1.AuthService/Refresh": "auth",
+    "/xiaohe.identity.v1.AuthService/Logout": "auth",
+    "/xiaohe.identity.v1.AuthService/ValidateToken": "validate",
+    "/xiaohe.identity.v1.AuthService/GetSigningKeys": "validate",
+    "/xiaohe.identity.v1.AccountService/Register": "accounts",
+    "/xiaohe.identity.v1.AccountService/GetAccount": "accounts",
+    "/xiaohe.identity.v1.AccountService/ListSessions": "accounts",
+    "/xiaohe.identity.v1.AccountService/RevokeSession": "accounts",
+    "/xiaohe.identity.v1.PrivacyService/GetPolicy": "privacy",
+    "/xiaohe.identity.v1.AdminService/CreateClient": "admin",
+    "/xiaohe.identity.v1.AdminService/ListClients": "admin",
+    "/xiaohe.identity.v1.AdminService/RevokeClient": "admin",
+    "/xiaohe.identity.v1.AdminService/SetClientGrants": "admin",
+    "/xiaohe.identity.v1.AdminService/VerifyAuditChain": "admin",
+}
+
+# Methods any caller may use without credentials.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+KNOWN_GRANTS = frozenset(METHOD_GRANTS.values()) | {ALL, FORWARD_END_USER}
+
+
+def allows(grants: frozenset[str], method: str) -> bool:
+    """Whether a client with these grants may call the method."""
+    needed = METHOD_GRANTS.get(method)
+    if needed is None:
+        return False
+    return ALL in grants or needed in grants
+
+
+def trusts_end_user_metadata(grants: frozenset[str]) -> bool:
+    """Whether forwarded end-user IP/agent/device metadata from this client is believed."""
+    return ALL in grants or FORWARD_END_USER in grants

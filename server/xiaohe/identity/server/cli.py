@@ -1,0 +1,157 @@
+"""`xiaohe-identity`: serve, migrate, and the operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from xiaohe.identity.server.audit.log import AuditLog
+from xiaohe.identity.server.callers.registry import ClientRegistry
+from xiaohe.identity.server.clock import SystemClock
+from xiaohe.identity.server.config import Settings, SettingsError, load_settings
+from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.errors import IdentityError
+from xiaohe.identity.server.observability.logging import configure_logging
+from xiaohe.identity.server.storage.database import Database
+from xiaohe.identity.server.storage.migrate import upgrade_async
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xiaohe-identity", description="Xiaohe Identity server and operator tools."
+    )
+    parser.add_argument("--config", help="TOML settings file (else XIAOHE_IDENTITY_CONFIG_FILE)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+
+    clients = sub.add_parser("clients", help="manage API clients").add_subparsers(
+        dest="action", required=True
+    )
+    create = clients.add_parser("create", help="create a client; prints its secret once")
+    create.add_argument("name")
+    create.add_argument("--grant", action="append", default=[], help="grant (repeatable)")
+    clients.add_parser("list", help="list clients")
+    revoke = clients.add_parser("revoke", help="revoke a client")
+    revoke.add_argument("client_id")
+
+    audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="action", required=True)
+    audit.add_parser("verify", help="check the audit hash chain")
+
+    keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
+    keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
+    keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
+    return parser
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[int]]) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = settings.effective_database_url
+    await upgrade_async(url, lock_file=settings.data_dir / ".migrate.lock")
+    database = Database.from_url(url)
+    try:
+        return await work(database)
+    finally:
+        await database.close()
+
+
+async def _clients(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(database: Database) -> int:
+        registry = ClientRegistry(database, SystemClock())
+        if args.action == "create":
+            client, secret = await registry.create(args.name, args.grant)
+            _print(
+                {
+                    "client_id": client.client_id,
+                    "client_secret": secret,
+                    "grants": sorted(client.grants),
+                }
+            )
+        elif args.action == "list":
+            _print(
+                [
+                    {
+                        "client_id": c.client_id,
+                        "name": c.name,
+                        "grants": sorted(c.grants),
+                        "revoked": c.revoked,
+                    }
+                    for c in await registry.list_all()
+                ]
+            )
+        else:
+            client = await registry.revoke(args.client_id)
+            _print({"client_id": client.client_id, "revoked": client.revoked})
+        return 0
+
+    return await _with_database(settings, work)
+
+
+async def _audit_verify(settings: Settings) -> int:
+    async def work(database: Database) -> int:
+        report = await AuditLog(database, SystemClock()).verify_chain()
+        _print(dataclasses.asdict(report))
+        return 0 if report.intact else 1
+
+    return await _with_database(settings, work)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(config_file=args.config)
+        if args.command == "serve" and args.workers is not None:
+            if args.workers < 1:
+                raise SettingsError("--workers: must be at least 1")
+            settings = dataclasses.replace(settings, workers=args.workers)
+    except SettingsError as exc:
+        print(f"xiaohe-identity: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, file=settings.log_file)
+    try:
+        if args.command == "serve":
+            from xiaohe.identity.server.supervisor import serve
+
+            return asyncio.run(serve(settings))
+        if args.command == "migrate":
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            asyncio.run(upgrade_async(settings.effective_database_url))
+            print("database is up to date")
+            return 0
+        if args.command == "clients":
+            return asyncio.run(_clients(args, settings))
+        if args.command == "audit":
+            return asyncio.run(_audit_verify(settings))
+        if args.command == "keys":
+            ring = KeyRing.load_or_create(settings.effective_keyring_file, SystemClock())
+            if args.action == "rotate":
+                key = ring.rotate_master_key()
+                _print({"active_master_key": key.id})
+            else:
+                signing = ring.rotate_signing_key(
+                    keep_retired_for=settings.access_token_ttl_seconds + 3600
+                )
+                _print({"active_signing_key": signing.kid})
+            return 0
+    except IdentityError as exc:
+        print(f"xiaohe-identity: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Settings: defaults, then a TOML file, then `XIAOHE_IDENTITY_*` environment variables.
+
+Every setting has an environment name (the field name upper-cased with the
+prefix), so `make serve` is configurable without flags. Invalid values stop
+start-up with a one-line reason (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "XIAOHE_IDENTITY_"
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming the setting and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server, with the documented defaults."""
+
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    redis_url: str = ""
+    workers: int = 0
+    shutdown_grace_seconds: float = 5.0
+    log_level: str = "INFO"
+    log_file: str = ""
+    config_file: str = ""
+    keyring_file: str = ""
+
+    # Codes and tickets.
+    code_ttl_seconds: int = 300
+    code_max_attempts: int = 5
+    ticket_ttl_seconds: int = 600
+    code_cooldown_seconds: int = 60
+    code_per_destination_hour: int = 5
+    code_per_destination_day: int = 10
+    code_per_ip_hour: int = 30
+    code_per_client_minute: int = 600
+    code_failures_per_destination_hour: int = 15
+    allowed_country_codes: tuple[str, ...] = ("86",)
+
+    # Delivery.
+    sms_provider: str = "file"
+    email_provider: str = "file"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_sender: str = "noreply@xiaohe.example"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    sms_gateway_url: str = ""
+    sms_gateway_key_id: str = ""
+    sms_gateway_secret: str = ""
+    delivery_max_attempts: int = 8
+    delivery_backoff_base_seconds: float = 1.0
+
+    # Passwords, login and tokens.
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    password_hash_threads: int = 0
+    password_hash_queue: int = 64
+    login_failures_per_account_hour: int = 100
+    login_failures_per_account_ip: int = 10
+    lock_base_seconds: int = 60
+    lock_max_seconds: int = 3600
+    access_token_ttl_seconds: int = 600
+    refresh_idle_seconds: int = 86400
+    refresh_absolute_seconds: int = 7 * 86400
+    token_issuer: str = "https://identity.xiaohe.example"  # noqa: S105 - an issuer URL
+    default_audience: str = "xiaohe-platform"
+    token_leeway_seconds: float = 30.0
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database URL, or SQLite in the data dir (the embedded default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'identity.db').resolve()}"
+
+    @property
+    def effective_keyring_file(self) -> Path:
+        """The key ring file: the setting, or `keyring.json` in the data dir."""
+        return Path(self.keyring_file) if self.keyring_file else self.data_dir / "keyring.json"
+
+    @property
+    def effective_workers(self) -> int:
+        """Worker processes: the setting, or one per core."""
+        return self.workers or (os.cpu_count() or 1)
+
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, or raise SettingsError."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _BOOL_TRUE:
+                return True
+            if text in _BOOL_FALSE:
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is Path:
+            return Path(str(value))
+        if kind == tuple[str, ...]:
+            items = value if isinstance(value, list) else str(value).split(",")
+            return tuple(str(i).strip().lstrip("+") for i in items if str(i).strip())
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}: cannot read {value!r} as {kind}"
+        ) from None
+
+
+def _validate(s: Settings) -> None:
+    for name in ("listen", "metrics_listen"):
+        value = getattr(s, name)
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected host:port, got {value!r}")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if (
+                host not in ("localhost", "")
+                and not host.replace("-", "").replace(".", "").isalnum()
+            ):
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: bad host in {value!r}") from None
+    if s.workers < 0:
+        raise SettingsError(
+            f"{ENV_PREFIX}WORKERS: must be 0 (one per core) or more, got {s.workers}"
+        )
+    if s.database_url and not s.database_url.startswith(
+        ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+    ):
+        raise SettingsError(
+            f"{ENV_PREFIX}DATABASE_URL: use sqlite+aiosqlite:// or postgresql+asyncpg://"
+        )
+    if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"{ENV_PREFIX}REDIS_URL: use redis://, rediss:// or unix://")
+    if not 60 <= s.code_ttl_seconds <= 600:
+        raise SettingsError(f"{ENV_PREFIX}CODE_TTL_SECONDS: must be between 60 and 600")
+    if s.code_max_attempts < 1:
+        raise SettingsError(f"{ENV_PREFIX}CODE_MAX_ATTEMPTS: must be at least 1")
+    for name in ("sms_provider", "email_provider"):
+        allowed = {"file", "http"} if name == "sms_provider" else {"file", "smtp"}
+        if getattr(s, name) not in allowed:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: one of {sorted(allowed)}")
+    if s.sms_provider == "http" and not s.sms_gateway_url:
+        raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: required when SMS_PROVIDER=http")
+    if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Build Settings from defaults, an optional TOML file, then the environment."""
+    env = os.environ if env is None else env
+    hints = get_type_hints(Settings)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file or env.get(f"{ENV_PREFIX}CONFIG_FILE", "")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(
+                f"{ENV_PREFIX}CONFIG_FILE: cannot read {path}: {exc.strerror}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(
+                f"{ENV_PREFIX}CONFIG_FILE: {path} is not valid TOML: {exc}"
+            ) from None
+        for key, value in data.items():
+            if key not in names:
+                raise SettingsError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, hints[key], value)
+        values["config_file"] = str(path)
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in names:
+            raise SettingsError(f"{key}: unknown setting")
+        values[name] = _coerce(name, hints[name], value)
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy of settings with some fields replaced (for tests and the CLI)."""
+    return dataclasses.replace(settings, **changes)
+
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings", "with_overrides"]

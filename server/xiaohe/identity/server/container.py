@@ -1,0 +1,188 @@
+"""Wiring: builds each service of one worker process from Settings, lazily, once.
+
+Nothing here holds logic; it decides which implementation serves which
+Protocol (the Synapse `HomeServer.get_x()` pattern, as cached properties).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from xiaohe.identity.server.audit.log import AuditLog
+from xiaohe.identity.server.callers.registry import ClientRegistry
+from xiaohe.identity.server.clock import Clock, SystemClock
+from xiaohe.identity.server.codes.models import CodePolicy
+from xiaohe.identity.server.codes.service import CodeService, TicketService
+from xiaohe.identity.server.config import Settings
+from xiaohe.identity.server.crypto.envelope import DataKeyCipher
+from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.delivery.dispatcher import Dispatcher
+from xiaohe.identity.server.delivery.outbox import Outbox
+from xiaohe.identity.server.delivery.providers import (
+    HttpSmsGatewayProvider,
+    JsonlFileProvider,
+    Provider,
+    SmtpProvider,
+)
+from xiaohe.identity.server.delivery.templates import render_code_message
+from xiaohe.identity.server.observability.metrics import Metrics
+from xiaohe.identity.server.storage.database import Database
+
+log = logging.getLogger("xiaohe.identity.container")
+
+
+class Container:
+    """All services of one worker, built on first use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_url: str,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.clock: Clock = clock or SystemClock()
+        self._metrics = metrics
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """Prometheus metrics of this process."""
+        return self._metrics or Metrics.in_memory()
+
+    @cached_property
+    def database(self) -> Database:
+        """The SQL store."""
+        return Database.from_url(self.settings.effective_database_url)
+
+    @cached_property
+    def redis(self) -> aioredis.Redis:
+        """The Redis client (reconnects by itself after an outage)."""
+        return aioredis.Redis.from_url(
+            self.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=10,
+            max_connections=256,
+        )
+
+    @cached_property
+    def keyring(self) -> KeyRing:
+        """Master, index and signing keys."""
+        return KeyRing.load_or_create(self.settings.effective_keyring_file, self.clock)
+
+    @cached_property
+    def cipher(self) -> DataKeyCipher:
+        """Envelope encryption under the key ring."""
+        return DataKeyCipher(self.keyring)
+
+    @cached_property
+    def clients(self) -> ClientRegistry:
+        """API clients and their grants."""
+        return ClientRegistry(self.database, self.clock)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The hash-chained audit log."""
+        return AuditLog(self.database, self.clock)
+
+    @cached_property
+    def providers(self) -> dict[str, Provider]:
+        """Delivery providers by channel."""
+        s = self.settings
+        outbox_dir = s.data_dir / "outbox"
+        sms: Provider
+        email: Provider
+        if s.sms_provider == "http":
+            sms = HttpSmsGatewayProvider(
+                s.sms_gateway_url, s.sms_gateway_key_id, s.sms_gateway_secret, self.clock
+            )
+        else:
+            sms = JsonlFileProvider(outbox_dir / "sms.jsonl", self.clock)
+        if s.email_provider == "smtp":
+            email = SmtpProvider(
+                s.smtp_host,
+                s.smtp_port,
+                s.smtp_sender,
+                s.smtp_username,
+                s.smtp_password,
+                s.smtp_starttls,
+            )
+        else:
+            email = JsonlFileProvider(outbox_dir / "email.jsonl", self.clock)
+        return {"SMS": sms, "EMAIL": email}
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        """Sends queued messages through the providers."""
+        s = self.settings
+        return Dispatcher(
+            self.database,
+            self.cipher,
+            self.providers,
+            self.clock,
+            max_attempts=s.delivery_max_attempts,
+            backoff_base=s.delivery_backoff_base_seconds,
+            metrics=self.metrics,
+        )
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        """The durable queue of outgoing messages."""
+        return Outbox(self.database, self.cipher, self.clock, wake=self.dispatcher.wake)
+
+    @cached_property
+    def code_policy(self) -> CodePolicy:
+        """Code TTLs and limits from settings."""
+        return CodePolicy.from_settings(self.settings)
+
+    @cached_property
+    def codes(self) -> CodeService:
+        """Issues and verifies one-time codes."""
+        return CodeService(
+            redis=self.redis,
+            policy=self.code_policy,
+            hmac_key=self.keyring.code_hmac_key,
+            clock=self.clock,
+            queue=self.outbox,
+            compose=render_code_message,
+            metrics=self.metrics,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def tickets(self) -> TicketService:
+        """Consumes verification tickets for the flow services."""
+        return TicketService(
+            redis=self.redis, hmac_key=self.keyring.code_hmac_key, clock=self.clock
+        )
+
+    async def start_background(self) -> None:
+        """Start the delivery loop."""
+        self._tasks.append(asyncio.create_task(self.dispatcher.run_forever(self._stop)))
+
+    async def close(self) -> None:
+        """Stop background work and close connections."""
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
+        if "redis" in self.__dict__:
+            await self.redis.aclose()
+        if "database" in self.__dict__:
+            await self.database.close()
+
+
+def data_path(settings: Settings, *parts: str) -> Path:
+    """A path inside the data directory."""
+    return settings.data_dir.joinpath(*parts)

@@ -1,0 +1,404 @@
+"""Providers: the last hop of a message, to a file (dev), an SMTP server or an SMS gateway.
+
+A provider gets one `OutgoingMessage` and either returns (the provider has
+accepted it) or raises `DeliveryError(retryable, reason)`. The dispatcher calls
+providers at least once per message and may call them again with the same
+`message_id` after a crash or a timeout, so every provider passes the
+message id on as an idempotency key (file: dedupe, SMTP: `Message-ID`, HTTP:
+`Idempotency-Key`).
+
+The text holds a verification code and `to` a phone number or an email
+address: neither ever appears in an exception, a log line or a `repr`.
+`DeliveryError.reason` is a short fixed phrase plus a status code or an
+exception type, never the server's reply text (which may echo the address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import smtplib
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from pathlib import Path
+from typing import Protocol
+
+from xiaohe.identity.server.clock import Clock
+
+_MESSAGE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message ready for a provider; `to`, `text` and `subject` stay out of `repr`."""
+
+    message_id: str
+    channel: str
+    to: str = field(repr=False)
+    purpose: str
+    text: str = field(repr=False)
+    subject: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.message_id) <= 64 or not set(self.message_id) <= _MESSAGE_ID_CHARS:
+            raise ValueError("a message id is 1-64 characters of [A-Za-z0-9_-]")
+
+
+class DeliveryError(Exception):
+    """A provider did not accept a message; `retryable` says whether trying again may help."""
+
+    def __init__(self, retryable: bool, reason: str) -> None:
+        super().__init__(reason)
+        self.retryable = retryable
+        self.reason = reason
+
+
+class Provider(Protocol):
+    """Something that hands a message to the outside world."""
+
+    name: str
+
+    async def send(self, message: OutgoingMessage) -> None:
+        """Deliver the message or raise DeliveryError."""
+        ...
+
+
+# -- file (dev) ---------------------------------------------------------------------------------
+
+
+class JsonlFileProvider:
+    """Appends each message as one JSON line to a file (`var/outbox/sms.jsonl` in dev).
+
+    Several worker processes append to the same file. Each line goes out in a
+    single `write()` on an `O_APPEND` descriptor while holding an exclusive
+    `flock`, so lines never interleave; if a write comes up short (disk full)
+    the file is truncated back to its previous length before the lock is
+    released, so a torn line is never left behind.
+
+    Idempotent by `message_id`: under the lock, before appending, the provider
+    checks an in-process set of ids it has written and then scans the last
+    `tail_bytes` of the file (the default holds about a thousand messages).
+    A duplicate comes from a retry after a crash or a lease expiry, seconds to
+    minutes after the first write, so it falls inside that window; one older
+    than the window would be written again (at-least-once, never lost).
+    """
+
+    name = "file"
+
+    def __init__(self, path: Path, clock: Clock, tail_bytes: int = 256 * 1024) -> None:
+        self._path = path
+        self._clock = clock
+        self._tail_bytes = tail_bytes
+        self._written: set[str] = set()
+
+    async def send(self, message: OutgoingMessage) -> None:
+        """Append the message as one JSON line unless its id is already in the file."""
+        try:
+            await asyncio.to_thread(self._append, message)
+        except OSError as exc:
+            raise DeliveryError(True, f"file error: {type(exc).__name__}") from None
+
+    def _append(self, message: OutgoingMessage) -> None:
+        if message.message_id in self._written:
+            return
+        self._ensure_directory()
+        record = {
+            "to": message.to,
+            "channel": message.channel,
+            "purpose": message.purpose,
+            "text": message.text,
+            "message_id": message.message_id,
+            "at": datetime.fromtimestamp(self._clock.now(), tz=UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        }
+        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self._path, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                st = os.fstat(fd)
+                if st.st_mode & 0o077:
+                    os.fchmod(fd, 0o600)
+                if self._tail_contains(fd, st.st_size, message.message_id):
+                    self._written.add(message.message_id)
+                    return
+                try:
+                    written = os.write(fd, data)
+                except OSError:
+                    os.ftruncate(fd, st.st_size)
+                    raise
+                if written != len(data):
+                    os.ftruncate(fd, st.st_size)
+                    raise OSError("short write")
+                os.fsync(fd)
+                self._written.add(message.message_id)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _ensure_directory(self) -> None:
+        directory = self._path.parent
+        if not directory.is_dir():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)  # mkdir's mode is reduced by the umask
+
+    def _tail_contains(self, fd: int, size: int, message_id: str) -> bool:
+        """Whether the last `tail_bytes` of the file hold a line with this message id.
+
+        The lines are compact JSON, and inside a JSON string a `"` is always
+        escaped, so `"message_id":"<id>"` can only match the key itself.
+        """
+        start = max(0, size - self._tail_bytes)
+        tail = os.pread(fd, size - start, start)
+        needle = f'"message_id":"{message_id}"'.encode()
+        return needle in tail
+
+
+# -- SMTP -----------------------------------------------------------------------------------------
+
+
+class SmtpProvider:
+    """Sends email through an SMTP server (stdlib `smtplib`, in a worker thread).
+
+    The `Message-ID` header is derived from the outbox message id, so a resend
+    after a crash carries the same id and mail systems can drop the duplicate.
+    SMTP 4xx replies and connection problems are retryable; 5xx replies are
+    permanent.
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        username: str = "",
+        password: str = "",
+        starttls: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._sender = sender
+        self._username = username
+        self._password = password
+        self._starttls = starttls
+        self._timeout = timeout
+        domain = parseaddr(sender)[1].rpartition("@")[2]
+        self._domain = domain or "xiaohe-identity.invalid"
+
+    def message_id_header(self, message_id: str) -> str:
+        """The RFC 5322 Message-ID for an outbox message id."""
+        return f"<{message_id}@{self._domain}>"
+
+    def build(self, message: OutgoingMessage) -> EmailMessage:
+        """The MIME message (UTF-8 text, encoded subject) for an outgoing message."""
+        mail = EmailMessage()
+        mail["From"] = self._sender
+        mail["To"] = message.to
+        mail["Subject"] = message.subject
+        mail["Date"] = formatdate(usegmt=True)
+        mail["Message-ID"] = self.message_id_header(message.message_id)
+        mail.set_content(message.text, charset="utf-8")
+        return mail
+
+    async def send(self, message: OutgoingMessage) -> None:
+        """Send the email or raise DeliveryError."""
+        mail = self.build(message)
+        await asyncio.to_thread(self._send_sync, mail)
+
+    def _send_sync(self, mail: EmailMessage) -> None:
+        try:
+            with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:
+                if self._starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self._username:
+                    smtp.login(self._username, self._password)
+                refused = smtp.send_message(mail)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            code = codes[0] if codes else 0
+            raise DeliveryError(_smtp_retryable(code), f"smtp recipient refused {code}") from None
+        except smtplib.SMTPConnectError as exc:
+            raise DeliveryError(True, f"smtp connect error {exc.smtp_code}") from None
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryError(_smtp_retryable(exc.smtp_code), f"smtp {exc.smtp_code}") from None
+        except smtplib.SMTPNotSupportedError:
+            raise DeliveryError(False, "smtp extension not supported") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(True, f"smtp connection error: {type(exc).__name__}") from None
+        if refused:
+            code = next(iter(refused.values()))[0]
+            raise DeliveryError(_smtp_retryable(code), f"smtp recipient refused {code}")
+
+
+def _smtp_retryable(code: int) -> bool:
+    """5xx is a permanent refusal; 4xx and anything unexpected may succeed later."""
+    return not 500 <= code <= 599
+
+
+# -- HTTP SMS gateway -------------------------------------------------------------------------------
+
+
+def gateway_signature(secret: str | bytes, timestamp: str, message_id: str, body: bytes) -> str:
+    """Hex HMAC-SHA256(secret, "{timestamp}\\n{message_id}\\n{sha256 hex of body}")."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    digest = hashlib.sha256(body).hexdigest()
+    signed = f"{timestamp}\n{message_id}\n{digest}".encode()
+    return hmac.new(key, signed, hashlib.sha256).hexdigest()
+
+
+def verify_gateway_signature(
+    secret: str | bytes,
+    body: bytes,
+    timestamp: str,
+    signature: str,
+    now: float,
+    max_skew_seconds: float = 300.0,
+) -> bool:
+    """Check a gateway request: the signature over the body's message_id, and the timestamp's age.
+
+    For gateway implementers: take `timestamp` and `signature` from the
+    `X-Xiaohe-Timestamp` and `X-Xiaohe-Signature` headers and pass the raw
+    request body. The message id is read from the body (not from a header),
+    so it cannot be swapped; the timestamp must be within `max_skew_seconds`
+    of `now`, which bounds replays; the comparison is constant time.
+    """
+    if not timestamp.isascii() or not timestamp.isdigit():
+        return False
+    if abs(now - int(timestamp)) > max_skew_seconds:
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    message_id = doc.get("message_id") if isinstance(doc, dict) else None
+    if not isinstance(message_id, str):
+        return False
+    expected = gateway_signature(secret, timestamp, message_id, body)
+    return hmac.compare_digest(expected, signature.strip().lower())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: a gateway that redirects a signed POST is misconfigured."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: object,
+        code: int,
+        msg: str,
+        headers: object,
+        newurl: str,
+    ) -> None:
+        return None
+
+
+class HttpSmsGatewayProvider:
+    """Posts each SMS as signed JSON to an HTTP gateway (stdlib `urllib`, in a worker thread).
+
+    Request: `POST url` with body `{"message_id","to","text","purpose"}` and
+    headers `X-Xiaohe-Key-Id`, `X-Xiaohe-Timestamp` (epoch seconds),
+    `X-Xiaohe-Signature` (see `gateway_signature`) and `Idempotency-Key`
+    (the message id; a resend after a timeout carries the same key, so the
+    gateway must send at most once per key). 2xx is accepted; 408, 429, 5xx
+    and connection problems are retryable; redirects and other 4xx are
+    permanent.
+    """
+
+    name = "http"
+
+    def __init__(
+        self,
+        url: str,
+        key_id: str,
+        secret: str | bytes,
+        clock: Clock,
+        timeout: float = 10.0,
+        proxies: Mapping[str, str] | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("the SMS gateway URL must be http:// or https://")
+        self._url = url
+        self._key_id = key_id
+        self._secret = secret
+        self._clock = clock
+        self._timeout = timeout
+        # `proxies=None` honours the *_proxy environment variables; `{}` disables proxies.
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if proxies is not None:
+            handlers.append(urllib.request.ProxyHandler(dict(proxies)))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def build_request(self, message: OutgoingMessage) -> urllib.request.Request:
+        """The signed HTTP request for a message."""
+        body = json.dumps(
+            {
+                "message_id": message.message_id,
+                "to": message.to,
+                "text": message.text,
+                "purpose": message.purpose,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        timestamp = str(int(self._clock.now()))
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Xiaohe-Key-Id": self._key_id,
+            "X-Xiaohe-Timestamp": timestamp,
+            "X-Xiaohe-Signature": gateway_signature(
+                self._secret, timestamp, message.message_id, body
+            ),
+            "Idempotency-Key": message.message_id,
+        }
+        return urllib.request.Request(self._url, data=body, headers=headers, method="POST")
+
+    async def send(self, message: OutgoingMessage) -> None:
+        """Post the message or raise DeliveryError."""
+        request = self.build_request(message)
+        await asyncio.to_thread(self._post, request)
+
+    def _post(self, request: urllib.request.Request) -> None:
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                response.read()
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            exc.close()
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            kind = type(cause).__name__ if isinstance(cause, BaseException) else type(exc).__name__
+            raise DeliveryError(True, f"gateway connection error: {kind}") from None
+        if 200 <= status <= 299:
+            return
+        retryable = status in (408, 429) or 500 <= status <= 599
+        raise DeliveryError(retryable, f"gateway http {status}")
+
+
+__all__ = [
+    "DeliveryError",
+    "HttpSmsGatewayProvider",
+    "JsonlFileProvider",
+    "OutgoingMessage",
+    "Provider",
+    "SmtpProvider",
+    "gateway_signature",
+    "verify_gateway_signature",
+]

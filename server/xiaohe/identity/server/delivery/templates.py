@@ -1,0 +1,183 @@
+"""The texts of the messages we send: verification codes by SMS and email, and security notices.
+
+Every text is rendered here and nowhere else, so wording reviews (and the
+carriers' SMS template registration, which requires the signature 【小禾企服网】
+and a fixed wording per template) have one place to look. Unknown purposes,
+channels or notice kinds raise `ValueError`: they are programming errors, not
+user input, and the message never contains the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+SIGNATURE = "【小禾企服网】"
+PLATFORM = "小禾企服网"
+
+CHANNEL_SMS = "SMS"
+CHANNEL_EMAIL = "EMAIL"
+CHANNELS: tuple[str, ...] = (CHANNEL_SMS, CHANNEL_EMAIL)
+
+
+@dataclass(frozen=True)
+class _PurposeText:
+    """Wording for one purpose: what the user is doing, the email subject, a warning."""
+
+    action: str
+    subject: str
+    warning: str = ""
+
+
+_RISK_WARNING = "如非本人操作，您的账号可能存在风险，请尽快修改密码或联系客服。"
+
+_PURPOSES: MappingProxyType[str, _PurposeText] = MappingProxyType(
+    {
+        "LOGIN": _PurposeText("您正在登录小禾企服网", "登录验证码"),
+        "REGISTER": _PurposeText("您正在注册小禾企服网账号", "注册验证码"),
+        "RESET_PASSWORD": _PurposeText(
+            "您正在重置小禾企服网账号密码", "重置密码验证码", _RISK_WARNING
+        ),
+        "BIND_PHONE": _PurposeText("您正在为小禾企服网账号绑定手机号", "绑定手机号验证码"),
+        "BIND_EMAIL": _PurposeText("您正在为小禾企服网账号绑定邮箱", "绑定邮箱验证码"),
+        "CHANGE_PHONE": _PurposeText(
+            "您正在更换小禾企服网账号绑定的手机号", "更换手机号验证码", _RISK_WARNING
+        ),
+        "RECOVER_ACCOUNT": _PurposeText(
+            "您正在找回小禾企服网账号", "找回账号验证码", _RISK_WARNING
+        ),
+        "REAL_NAME": _PurposeText("您正在进行小禾企服网实名认证", "实名认证验证码"),
+        "DEACTIVATE": _PurposeText(
+            "您正在注销小禾企服网账号，注销后账号将无法恢复", "注销账号验证码", _RISK_WARNING
+        ),
+    }
+)
+
+PURPOSES: tuple[str, ...] = tuple(_PURPOSES)
+
+
+@dataclass(frozen=True)
+class _NoticeText:
+    """A security notice: subject, text (a `str.format` template), the fields it needs."""
+
+    subject: str
+    template: str
+    fields: frozenset[str]
+
+
+_NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
+    {
+        "password_changed": _NoticeText(
+            "账号密码已修改",
+            SIGNATURE
+            + "您的账号密码已于{at}修改。如非本人操作，请立即通过“找回账号”重置密码并联系客服。",
+            frozenset({"at"}),
+        ),
+        "phone_changed": _NoticeText(
+            "绑定手机号已更换",
+            SIGNATURE
+            + "您的账号绑定手机号已于{at}更换为{new_phone}。如非本人操作，请立即联系客服。",
+            frozenset({"at", "new_phone"}),
+        ),
+        "email_changed": _NoticeText(
+            "绑定邮箱已更换",
+            SIGNATURE + "您的账号绑定邮箱已于{at}更换为{new_email}。如非本人操作，请立即联系客服。",
+            frozenset({"at", "new_email"}),
+        ),
+        "account_recovered": _NoticeText(
+            "账号已通过找回流程重置",
+            SIGNATURE
+            + "您的账号已于{at}通过“找回账号”重置了登录信息。如非本人操作，请立即联系客服。",
+            frozenset({"at"}),
+        ),
+        "account_deactivated": _NoticeText(
+            "账号已注销",
+            SIGNATURE + "您的账号已于{at}注销，所有登录状态已失效。如非本人操作，请立即联系客服。",
+            frozenset({"at"}),
+        ),
+    }
+)
+
+NOTICE_KINDS: tuple[str, ...] = tuple(_NOTICES)
+
+
+def _purpose(purpose: str) -> _PurposeText:
+    text = _PURPOSES.get(purpose)
+    if text is None:
+        raise ValueError(f"unknown code purpose {purpose!r}")
+    return text
+
+
+def ttl_minutes(ttl_seconds: int) -> int:
+    """The validity stated to the user, in whole minutes, rounded down (never promise more)."""
+    if ttl_seconds < 60:
+        raise ValueError("a code must be valid for at least one minute")
+    return ttl_seconds // 60
+
+
+def render_code_message(channel: str, purpose: str, code: str, ttl_seconds: int) -> str:
+    """The body of a verification-code message for `channel` (SMS or EMAIL) and `purpose`."""
+    wording = _purpose(purpose)
+    if not code or not code.isascii() or not code.isalnum():
+        raise ValueError("a code is a non-empty string of ASCII letters and digits")
+    minutes = ttl_minutes(ttl_seconds)
+    if channel == CHANNEL_SMS:
+        return (
+            f"{SIGNATURE}{wording.action}，验证码：{code}，{minutes}分钟内有效。"
+            "请勿将验证码告知他人。"
+        )
+    if channel == CHANNEL_EMAIL:
+        warning = wording.warning or "如非本人操作，请忽略本邮件。"
+        return (
+            "您好：\n\n"
+            f"{wording.action}。本次操作的验证码为：\n\n"
+            f"    {code}\n\n"
+            f"验证码{minutes}分钟内有效，仅可使用一次。"
+            f"请勿将验证码告知他人，{PLATFORM}工作人员不会向您索取验证码。\n\n"
+            f"{warning}\n\n"
+            f"{PLATFORM}\n"
+            "（此邮件由系统自动发送，请勿直接回复。）\n"
+        )
+    raise ValueError(f"unknown channel {channel!r}")
+
+
+def render_code_email_subject(purpose: str) -> str:
+    """The subject line of a verification-code email (it never contains the code)."""
+    return f"{SIGNATURE}{_purpose(purpose).subject}"
+
+
+def render_notice(kind: str, **fields: str) -> str:
+    """The text of a security notice (e.g. `password_changed`, fields `at=...`), for SMS or email.
+
+    Fields must be exactly those the notice names; values are inserted as they
+    are, so callers pass already-masked contact points (`138****0000`) and a
+    formatted local time.
+    """
+    notice = _NOTICES.get(kind)
+    if notice is None:
+        raise ValueError(f"unknown notice kind {kind!r}")
+    if set(fields) != notice.fields:
+        raise ValueError(f"notice {kind!r} takes exactly the fields {sorted(notice.fields)}")
+    return notice.template.format(**fields)
+
+
+def render_notice_email_subject(kind: str) -> str:
+    """The subject line of a security-notice email."""
+    notice = _NOTICES.get(kind)
+    if notice is None:
+        raise ValueError(f"unknown notice kind {kind!r}")
+    return f"{SIGNATURE}{notice.subject}"
+
+
+__all__ = [
+    "CHANNELS",
+    "CHANNEL_EMAIL",
+    "CHANNEL_SMS",
+    "NOTICE_KINDS",
+    "PURPOSES",
+    "render_code_email_subject",
+    "render_code_message",
+    "render_notice",
+    "render_notice_email_subject",
+    "ttl_minutes",
+]

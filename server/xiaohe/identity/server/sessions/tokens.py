@@ -1,0 +1,151 @@
+"""Access tokens: issued as EdDSA JWTs, validated with the SDK's verification code.
+
+The server does not carry its own JWT verifier: `AccessTokenValidator` calls
+`xiaohe.identity.client.jwt.decode_verified`, the same code business systems run
+through `TokenVerifier`, so the two cannot disagree about what a valid token is
+(SECURITY T1). Revocation is not checked here; the session service does that on
+top of `validate` (ARCHITECTURE "Tokens and sessions").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+
+from nacl.signing import SigningKey, VerifyKey
+
+from xiaohe.identity.client.jwt import (
+    Claims,
+    decode_verified,
+    encode_eddsa,
+    jwk_from_public_key,
+)
+from xiaohe.identity.server.clock import Clock
+
+DEFAULT_ACCESS_TOKEN_TTL = 600.0
+_JTI_BYTES = 16
+
+
+class AccessTokenIssuer:
+    """Signs access tokens with the key ring's current Ed25519 key.
+
+    Claims: `iss sub sid aud iat exp amr subject_type rn_level` (ARCHITECTURE
+    "Tokens and sessions") plus a random `jti` (128 bits), so two tokens issued in
+    the same second for one session still differ. `iat` and `exp` are whole
+    seconds. `signing_key_provider` is asked on every issue, so a rotation takes
+    effect at once; the derived `SigningKey` is kept until the key changes.
+    """
+
+    def __init__(
+        self,
+        signing_key_provider: Callable[[], tuple[str, bytes]],
+        issuer: str,
+        clock: Clock,
+        ttl: float = DEFAULT_ACCESS_TOKEN_TTL,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        self._signing_key_provider = signing_key_provider
+        self._issuer = issuer
+        self._clock = clock
+        self._ttl = ttl
+        self._random_bytes = random_bytes
+        self._current: tuple[str, bytes] | None = None
+        self._signing_key: SigningKey | None = None
+
+    def issue(
+        self,
+        sub: str,
+        sid: str,
+        aud: str | Sequence[str],
+        amr: Sequence[str],
+        subject_type: str,
+        rn_level: int,
+    ) -> tuple[str, float]:
+        """Sign a new access token; returns the token and its expiry (epoch seconds)."""
+        audiences = [aud] if isinstance(aud, str) else list(aud)
+        if not audiences:
+            raise ValueError("an access token needs at least one audience")
+        kid, signing_key = self._key()
+        now = self._clock.now()
+        iat = math.floor(now)
+        exp = math.floor(now + self._ttl)
+        claims: dict[str, object] = {
+            "iss": self._issuer,
+            "sub": sub,
+            "sid": sid,
+            "aud": audiences[0] if len(audiences) == 1 else audiences,
+            "iat": iat,
+            "exp": exp,
+            "amr": list(amr),
+            "subject_type": subject_type,
+            "rn_level": rn_level,
+            "jti": self._random_bytes(_JTI_BYTES).hex(),
+        }
+        return encode_eddsa(claims, kid, signing_key), float(exp)
+
+    def _key(self) -> tuple[str, SigningKey]:
+        current = self._signing_key_provider()
+        if self._signing_key is None or current != self._current:
+            self._signing_key = SigningKey(current[1])
+            self._current = current
+        return current[0], self._signing_key
+
+
+class AccessTokenValidator:
+    """Checks an access token's signature, type, lifetime, audience and issuer.
+
+    `public_keys_provider` (kid → raw 32-byte Ed25519 public key, from the key
+    ring) is asked on every call; `VerifyKey` objects are rebuilt only when the
+    set it returns changes, so the hot path costs one signature check. Failures
+    raise the SDK's `InvalidToken` (`UnknownKeyId` for a kid not in the ring), whose
+    `reason` callers may log; map it to `TokenInvalid` / `UserUnauthenticated`
+    at the service layer. `leeway` is small by default: issuer and validator
+    share one clock source.
+    """
+
+    def __init__(
+        self,
+        public_keys_provider: Callable[[], Mapping[str, bytes]],
+        issuer: str,
+        clock: Clock,
+        leeway: float = 5.0,
+    ) -> None:
+        self._public_keys_provider = public_keys_provider
+        self._issuer = issuer
+        self._clock = clock
+        self._leeway = leeway
+        self._source: dict[str, bytes] = {}
+        self._keys: dict[str, VerifyKey] = {}
+        self._header_cache: dict[str, str] = {}
+
+    def validate(self, token: str, audience: str) -> Claims:
+        """Verify `token` for `audience`; returns its claims or raises `InvalidToken`."""
+        return decode_verified(
+            token,
+            self._verify_keys(),
+            audience=audience,
+            now=self._clock.now(),
+            leeway=self._leeway,
+            issuer=self._issuer,
+            header_cache=self._header_cache,
+        )
+
+    def _verify_keys(self) -> dict[str, VerifyKey]:
+        current = self._public_keys_provider()
+        if current != self._source:
+            self._keys = {kid: VerifyKey(bytes(raw)) for kid, raw in current.items()}
+            self._source = dict(current)
+            self._header_cache.clear()
+        return self._keys
+
+
+def jwks_json(public_keys: Mapping[str, bytes]) -> str:
+    """The JWKS document (RFC 7517) that `GetSigningKeys` serves for these public keys."""
+    return json.dumps(
+        {"keys": [jwk_from_public_key(kid, raw) for kid, raw in public_keys.items()]},
+        separators=(",", ":"),
+    )

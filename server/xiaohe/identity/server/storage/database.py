@@ -1,0 +1,119 @@
+"""The SQL engine: SQLite (embedded default) or PostgreSQL, async, with the pragmas SQLite needs.
+
+Every worker process shares the SQLite file, so it runs in WAL mode with a busy
+timeout; writers are serialised by SQLite, readers never block. Connection
+failures surface as `Unavailable` (F2) through `translate_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from xiaohe.identity.server.errors import Unavailable
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for the URL; SQLite gets WAL, a busy timeout and foreign keys."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from the driver so `begin` below decides the mode.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers take the lock up front: a deferred read-then-write transaction can fail
+            # with SQLITE_BUSY when another worker process committed in between.
+            immediate = conn.get_execution_options().get("xh_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    schema = parsed.query.get("schema")
+    if isinstance(schema, str) and schema:
+        # `?schema=NAME` puts every table in that PostgreSQL schema (tests use one per test).
+        parsed = parsed.difference_update_query(["schema"])
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(
+        parsed, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+    )
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn lost-connection database errors into `Unavailable`; integrity errors pass through."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise Unavailable("the database is temporarily unavailable") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("the database is temporarily unavailable") from exc
+        raise
+    except (OSError, ConnectionError) as exc:
+        raise Unavailable("the database is temporarily unavailable") from exc
+
+
+class Database:
+    """Owns the engine; `begin()` yields a connection inside one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._writer = engine.execution_options(xh_write=True)
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        """A Database for a SQLAlchemy URL."""
+        return cls(create_engine(url))
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction; committed on success, rolled back on error."""
+        with translate_errors():
+            async with self._writer.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection without an explicit transaction (reads)."""
+        with translate_errors():
+            async with self.engine.connect() as conn:
+                yield conn
+
+    async def close(self) -> None:
+        """Dispose the pool."""
+        await self.engine.dispose()
+
+
+def utc(ts: float) -> datetime:
+    """An aware UTC datetime from epoch seconds."""
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def epoch(dt: datetime) -> float:
+    """Epoch seconds from a datetime (SQLite returns naive values, taken as UTC)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+__all__ = ["Database", "create_engine", "epoch", "sa", "translate_errors", "utc"]

@@ -1,0 +1,166 @@
+"""The durable schema, as SQLAlchemy Core tables; Alembic migrations create exactly these.
+
+Personal data never sits here in the clear: `*_enc` columns hold AES-256-GCM
+blobs under the account's data key, and lookups go through `identifiers`
+(blind indexes: HMAC-SHA256 of the normalised value).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+UtcDateTime = sa.DateTime(timezone=True)
+
+clients = sa.Table(
+    "clients",
+    metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(200), nullable=False),
+    sa.Column("grants", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor_client", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("outcome", sa.String(50), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("payload_enc", sa.LargeBinary, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    sa.Column("lease_until", UtcDateTime, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime, nullable=True),
+    sa.Column("provider", sa.String(32), nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=True),
+    sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("account_id", sa.String(40), primary_key=True),
+    sa.Column("subject_type", sa.String(20), nullable=False),
+    sa.Column("login_name", sa.String(64), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("accepted_policy_version", sa.Integer, nullable=False),
+    sa.Column("real_name_level", sa.Integer, nullable=False, default=0),
+    sa.Column("master_key_id", sa.String(40), nullable=False),
+    sa.Column("data_key_wrapped", sa.LargeBinary, nullable=True),
+    sa.Column("phone_enc", sa.LargeBinary, nullable=True),
+    sa.Column("email_enc", sa.LargeBinary, nullable=True),
+    sa.Column("profile_enc", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+identifiers = sa.Table(
+    "identifiers",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("blind_index", sa.String(64), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("session_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("audience", sa.String(100), nullable=False),
+    sa.Column("amr", sa.String(100), nullable=False),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("ip_masked", sa.String(64), nullable=False, default=""),
+    sa.Column("user_agent", sa.String(200), nullable=False, default=""),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("last_used_at", UtcDateTime, nullable=False),
+    sa.Column("idle_expires_at", UtcDateTime, nullable=False),
+    sa.Column("absolute_expires_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime, nullable=True),
+    sa.Column("revoke_reason", sa.String(40), nullable=True),
+)
+
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column(
+        "session_id",
+        sa.String(40),
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("issued_at", UtcDateTime, nullable=False),
+    sa.Column("used_at", UtcDateTime, nullable=True),
+)
+
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("published_at", UtcDateTime, nullable=False),
+)
+
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column("consent_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("policy_version", sa.Integer, nullable=False),
+    sa.Column("purpose", sa.String(40), nullable=False),
+    sa.Column("accepted_at", UtcDateTime, nullable=False),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(40), nullable=False),
+)

@@ -1,0 +1,155 @@
+"""`xiaohe-identity serve`: prepares the data dir and stores, then runs N worker processes.
+
+Preparation happens once, here, before any worker starts: the embedded Redis
+(when no URL is set), migrations, the key ring, the bootstrap client and the
+metrics endpoint. Workers share the gRPC port (SO_REUSEPORT). SIGTERM/SIGINT
+stop the workers gracefully, then the embedded Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from xiaohe.identity.server.callers.registry import ClientRegistry
+from xiaohe.identity.server.clock import SystemClock
+from xiaohe.identity.server.config import ENV_PREFIX, Settings
+from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.observability.metrics import start_metrics_server
+from xiaohe.identity.server.storage.database import Database
+from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
+from xiaohe.identity.server.storage.migrate import upgrade_async
+from xiaohe.identity.server.worker import MULTIPROC_ENV
+
+log = logging.getLogger("xiaohe.identity.supervisor")
+
+BOOTSTRAP_FILE = "bootstrap-client.json"
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a file readable only by its owner (0600), atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+async def ensure_bootstrap_client(settings: Settings, database: Database) -> Path:
+    """Create the all-grants bootstrap client once; its id and secret go to a 0600 file."""
+    path = settings.data_dir / BOOTSTRAP_FILE
+    registry = ClientRegistry(database, SystemClock())
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            await registry.authenticate(saved["client_id"], saved["client_secret"])
+            return path
+        except Exception:
+            log.warning("bootstrap client file is stale; creating a new client")
+    client, secret = await registry.create("bootstrap", ["*"])
+    write_private_file(
+        path,
+        json.dumps(
+            {
+                "client_id": client.client_id,
+                "client_secret": secret,
+                "grants": sorted(client.grants),
+                "target": settings.listen,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    return path
+
+
+async def prepare(settings: Settings, redis_url: str) -> None:
+    """Migrations, key ring and bootstrap client, before workers start."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = settings.effective_database_url
+    await upgrade_async(url, lock_file=settings.data_dir / ".migrate.lock")
+    KeyRing.load_or_create(settings.effective_keyring_file, SystemClock())
+    database = Database.from_url(url)
+    try:
+        await ensure_bootstrap_client(settings, database)
+    finally:
+        await database.close()
+    del redis_url
+
+
+def _worker_env(settings: Settings, redis_url: str, multiproc_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env[f"{ENV_PREFIX}REDIS_URL"] = redis_url
+    env[f"{ENV_PREFIX}DATA_DIR"] = str(settings.data_dir.resolve())
+    env[MULTIPROC_ENV] = str(multiproc_dir)
+    if settings.config_file:
+        env[f"{ENV_PREFIX}CONFIG_FILE"] = settings.config_file
+    return env
+
+
+def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "xiaohe.identity.server.worker"], env=env
+    )
+
+
+async def serve(settings: Settings) -> int:
+    """Run the whole server until SIGTERM/SIGINT; returns the exit status."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    embedded: EmbeddedRedis | None = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        redis_url = await asyncio.to_thread(embedded.start)
+    metrics_server = None
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        await prepare(settings, redis_url)
+        multiproc_dir = settings.data_dir / "metrics"
+        shutil.rmtree(multiproc_dir, ignore_errors=True)
+        multiproc_dir.mkdir(parents=True, mode=0o700)
+        metrics_server = start_metrics_server(settings.metrics_listen, multiproc_dir)
+        env = _worker_env(settings, redis_url, multiproc_dir)
+        count = settings.effective_workers
+        workers = [_spawn(env) for _ in range(count)]
+        log.info(
+            "xiaohe identity serving",
+            extra={"listen": settings.listen, "workers": count, "embedded_redis": bool(embedded)},
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            for i, proc in enumerate(workers):
+                if proc.poll() is not None and not stop.is_set():
+                    log.error("worker exited; restarting", extra={"status": proc.returncode})
+                    await asyncio.sleep(1.0)
+                    workers[i] = _spawn(env)
+        return 0
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = settings.shutdown_grace_seconds + 5
+        for proc in workers:
+            try:
+                await asyncio.to_thread(proc.wait, deadline)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if metrics_server is not None:
+            metrics_server.close()
+        if embedded is not None:
+            embedded.stop()
+        log.info("xiaohe identity stopped")

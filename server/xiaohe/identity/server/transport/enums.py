@@ -1,0 +1,42 @@
+"""Proto enums <-> domain enums; an unspecified or unknown value is a field violation."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypeVar
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from xiaohe.identity.server.codes.models import Channel, Purpose
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.v1 import common_pb2
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def from_proto(wrapper: EnumTypeWrapper, prefix: str, domain: type[E], value: int, field: str) -> E:
+    """The domain enum member for a proto enum value, or InvalidArgument naming the field."""
+    try:
+        name = wrapper.Name(value)
+    except ValueError:
+        name = ""
+    short = name.removeprefix(prefix)
+    if not name or short == "UNSPECIFIED" or short not in domain.__members__:
+        allowed = ", ".join(prefix + m for m in domain.__members__)
+        raise InvalidArgument(FieldViolation(field, f"must be one of {allowed}"))
+    return domain[short]
+
+
+def to_proto(wrapper: EnumTypeWrapper, prefix: str, member: StrEnum) -> int:
+    """The proto enum value for a domain enum member."""
+    return int(wrapper.Value(prefix + member.name))
+
+
+def channel_from_proto(value: int, field: str = "channel") -> Channel:
+    """Channel from the proto value."""
+    return from_proto(common_pb2.Channel, "CHANNEL_", Channel, value, field)
+
+
+def purpose_from_proto(value: int, field: str = "purpose") -> Purpose:
+    """Purpose from the proto value."""
+    return from_proto(common_pb2.Purpose, "PURPOSE_", Purpose, value, field)

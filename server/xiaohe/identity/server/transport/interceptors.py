@@ -1,0 +1,178 @@
+"""The one server interceptor: request id, caller authentication, grants, errors, metrics.
+
+For every RPC but health and reflection it authenticates the client from
+`x-client-id` / `x-client-secret` metadata, checks the method's grant, binds
+a RequestContext (end-user metadata only from clients granted
+`forward-end-user`), runs the handler, and maps a domain exception to a status
+with `google.rpc` details. Anything unexpected becomes INTERNAL with the
+request id; its traceback goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from google.rpc import status_pb2
+
+from xiaohe.identity.server import context, errors
+from xiaohe.identity.server.callers.grants import PUBLIC_PREFIXES, allows, trusts_end_user_metadata
+from xiaohe.identity.server.callers.registry import Client
+from xiaohe.identity.server.transport.status import internal_status, status_code_of, to_rpc_status
+
+log = logging.getLogger("xiaohe.identity.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class Authenticator(Protocol):
+    """Checks client credentials."""
+
+    async def authenticate(self, client_id: str, secret: str) -> Client:
+        """The client, or ClientUnauthenticated."""
+        ...
+
+
+class RpcMetrics(Protocol):
+    """Counts RPCs by method and status code."""
+
+    def rpc(self, method: str, code: str, seconds: float) -> None:
+        """Record one finished RPC."""
+        ...
+
+
+def _new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in details.invocation_metadata or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+class IdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary and server-streaming handler with auth, context and error mapping."""
+
+    def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
+        self._auth = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        if handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        metadata = _metadata(handler_call_details)
+
+        async def behaviour(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await self._serve(inner, request, ctx, method, metadata)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _serve(
+        self,
+        inner: Callable[..., Any],
+        request: Any,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        metadata: dict[str, str],
+    ) -> Any:
+        request_id = _new_request_id()
+        started = time.perf_counter()
+        token = context.bind(context.RequestContext(request_id=request_id))
+        code = "OK"
+        try:
+            client = await self._auth.authenticate(
+                metadata.get("x-client-id", ""), metadata.get("x-client-secret", "")
+            )
+            if not allows(client.grants, method):
+                raise errors.PermissionDenied("this client is not granted this method")
+            context.bind(self._context_for(request_id, client, metadata, ctx))
+            response = await inner(request, ctx)
+            ctx.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+            return response
+        except errors.IdentityError as exc:
+            status_code = status_code_of(exc)
+            code = status_code.name
+            await self._abort(ctx, status_code, to_rpc_status(exc, request_id), request_id)
+        except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("unexpected error in %s", method)
+            await self._abort(
+                ctx, grpc.StatusCode.INTERNAL, internal_status(request_id), request_id
+            )
+        finally:
+            if self._metrics is not None:
+                self._metrics.rpc(method.rsplit("/", 1)[-1], code, time.perf_counter() - started)
+            context.reset(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _context_for(
+        request_id: str,
+        client: Client,
+        metadata: dict[str, str],
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> context.RequestContext:
+        if trusts_end_user_metadata(client.grants):
+            ip = metadata.get("x-end-user-ip", "")[:64]
+            agent = metadata.get("x-end-user-agent", "")[:200]
+            device = metadata.get("x-device-id", "")[:128]
+        else:
+            # Not trusted to speak for end users: the caller itself is the end user.
+            ip, agent, device = _peer_ip(ctx.peer()), "", ""
+        return context.RequestContext(
+            request_id=request_id,
+            client_id=client.client_id,
+            grants=client.grants,
+            end_user_ip=ip,
+            end_user_agent=agent,
+            device_id=device,
+        )
+
+    @staticmethod
+    async def _abort(
+        ctx: grpc.aio.ServicerContext[Any, Any],
+        code: grpc.StatusCode,
+        status: status_pb2.Status,
+        request_id: str,
+    ) -> None:
+        await ctx.abort(
+            code,
+            status.message,
+            trailing_metadata=(
+                ("grpc-status-details-bin", status.SerializeToString()),
+                (REQUEST_ID_HEADER, request_id),
+            ),
+        )
+
+
+def _peer_ip(peer: str) -> str:
+    """`ipv4:1.2.3.4:5678` / `ipv6:[::1]:5678` / `unix:...` -> the address part."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return ""
