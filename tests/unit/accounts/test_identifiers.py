@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 
 import pytest
+
 from xiaohe.identity.server.accounts.identifiers import (
     USCC_ALPHABET,
     IdentifierKind,

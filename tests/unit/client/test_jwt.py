@@ -441,7 +441,7 @@ def test_non_string_token_is_malformed() -> None:
 
 
 def test_header_cache_only_learns_from_verified_tokens() -> None:
-    """T1: the per-verifier header cache is filled only after a signature over the header verified."""
+    """T1: the header cache learns a header only after a signature over it verified."""
     cache: dict[str, str] = {}
     forged = _sign_raw(_header(extra=1), _claims(), seed=OTHER_SEED)
     assert _reason(forged, header_cache=cache) == "bad_signature"

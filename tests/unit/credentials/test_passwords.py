@@ -160,14 +160,18 @@ def test_123456_is_refused(common: CommonPasswords, policy: PasswordPolicy) -> N
     assert refusal(lenient, "123456") == TOO_COMMON
 
 
-@pytest.mark.parametrize("password", ["dragon2024", "Sunflower99!", "monkey!!!!", "love2024", "iloveyou 1"])
+@pytest.mark.parametrize(
+    "password", ["dragon2024", "Sunflower99!", "monkey!!!!", "love2024", "iloveyou 1"]
+)
 def test_common_password_with_short_suffix_is_refused(
     policy: PasswordPolicy, password: str
 ) -> None:
     assert refusal(policy, password) == TOO_COMMON_VARIANT
 
 
-@pytest.mark.parametrize("password", ["dragon123456789", "2024dragon", "dragonfly-kq7", "monkey#1!x"])
+@pytest.mark.parametrize(
+    "password", ["dragon123456789", "2024dragon", "dragonfly-kq7", "monkey#1!x"]
+)
 def test_other_manglings_of_common_passwords_are_accepted(
     policy: PasswordPolicy, password: str
 ) -> None:

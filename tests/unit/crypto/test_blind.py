@@ -6,6 +6,7 @@ import hashlib
 import hmac
 
 import pytest
+
 from xiaohe.identity.server.crypto.blind import BlindIndex, Pseudonymizer
 
 KEY = bytes(range(32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.crypto.envelope import (
     DataKeyCipher,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from xiaohe.identity.server.clock import FakeClock, SystemClock
 from xiaohe.identity.server.crypto.keyring import KeyRing, KeyRingError, UnknownKeyError
 

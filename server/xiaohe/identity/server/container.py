@@ -13,6 +13,9 @@ from functools import cached_property
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
@@ -68,13 +71,19 @@ class Container:
     @cached_property
     def redis(self) -> aioredis.Redis:
         """The Redis client (reconnects by itself after an outage)."""
-        return aioredis.Redis.from_url(
+        # Fail fast when Redis is down (one retry, no backoff): callers get UNAVAILABLE at
+        # once instead of after redis-py's default ten retries; the pool blocks briefly
+        # rather than failing when every connection is busy.
+        pool = BlockingConnectionPool.from_url(
             self.redis_url,
+            max_connections=256,
+            timeout=2.0,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=10,
-            max_connections=256,
+            retry=Retry(NoBackoff(), 1),
         )
+        return aioredis.Redis(connection_pool=pool)
 
     @cached_property
     def keyring(self) -> KeyRing:
@@ -164,7 +173,11 @@ class Container:
     def tickets(self) -> TicketService:
         """Consumes verification tickets for the flow services."""
         return TicketService(
-            redis=self.redis, hmac_key=self.keyring.code_hmac_key, clock=self.clock
+            redis=self.redis,
+            hmac_key=self.keyring.code_hmac_key,
+            clock=self.clock,
+            policy=self.code_policy,
+            audit=self.audit,
         )
 
     async def start_background(self) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,10 @@ from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
 from xiaohe.identity.server.config import ENV_PREFIX, Settings
 from xiaohe.identity.server.crypto.keyring import KeyRing
-from xiaohe.identity.server.observability.metrics import start_metrics_server
+from xiaohe.identity.server.observability.metrics import (
+    prepare_multiproc_dir,
+    start_metrics_server,
+)
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
@@ -97,9 +99,7 @@ def _worker_env(settings: Settings, redis_url: str, multiproc_dir: Path) -> dict
 
 
 def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "xiaohe.identity.server.worker"], env=env
-    )
+    return subprocess.Popen([sys.executable, "-m", "xiaohe.identity.server.worker"], env=env)
 
 
 async def serve(settings: Settings) -> int:
@@ -115,8 +115,7 @@ async def serve(settings: Settings) -> int:
     try:
         await prepare(settings, redis_url)
         multiproc_dir = settings.data_dir / "metrics"
-        shutil.rmtree(multiproc_dir, ignore_errors=True)
-        multiproc_dir.mkdir(parents=True, mode=0o700)
+        prepare_multiproc_dir(multiproc_dir)
         metrics_server = start_metrics_server(settings.metrics_listen, multiproc_dir)
         env = _worker_env(settings, redis_url, multiproc_dir)
         count = settings.effective_workers

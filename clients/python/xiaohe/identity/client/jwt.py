@@ -10,8 +10,9 @@ attacks: `alg=none`, HMAC with the public key as secret, and attacker-supplied k
 (SECURITY T1; ASVS 5.0 V9.1-9.2; RFC 8725).
 
 Ed25519 goes through libsodium (PyNaCl), which rejects non-canonical signatures and
-small-order keys and costs ≈ 55 µs per verify; JSON and base64 work is kept to one
-pass per segment so local verification stays above 15,000 tokens per second per core.
+small-order keys and costs ≈ 55 µs per verify. Everything else (one regex, one
+base64 and JSON pass over the payload, the header served from a per-verifier cache)
+adds ≈ 10 µs, for the target of 15,000 local verifications per second per core.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def encode_eddsa(claims: Mapping[str, object], kid: str, seed: bytes | SigningKe
     signing_input = (
         _b64encode(json.dumps(header, separators=(",", ":")).encode("utf-8"))
         + "."
-        + _b64encode(json.dumps(dict(claims), separators=(",", ":")).encode("utf-8"))
+        + _b64encode(
+            json.dumps(dict(claims), separators=(",", ":"), allow_nan=False).encode("utf-8")
+        )
     )
     signature = key.sign(signing_input.encode("ascii")).signature
     return signing_input + "." + _b64encode(signature)
@@ -219,10 +222,9 @@ def decode_verified(
     if len(signature) != _SIGNATURE_LENGTH:
         raise InvalidToken("bad_signature")
     signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
+    verify_key = key if isinstance(key, VerifyKey) else _as_verify_key(key)
     try:
-        (key if isinstance(key, VerifyKey) else _as_verify_key(key)).verify(
-            signing_input, signature
-        )
+        verify_key.verify(signing_input, signature)
     except BadSignatureError:
         raise InvalidToken("bad_signature") from None
     if header_cache is not None and not cached_header and len(header_cache) < _HEADER_CACHE_LIMIT:

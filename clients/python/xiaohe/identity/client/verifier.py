@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from nacl.signing import VerifyKey
+
 from xiaohe.identity.client.jwt import (
     Claims,
     InvalidToken,

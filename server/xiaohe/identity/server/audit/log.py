@@ -35,6 +35,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -47,13 +48,17 @@ from xiaohe.identity.server.storage.schema import audit_log
 GENESIS_HASH = "0" * 64
 
 # A fixed 64-bit key for pg_advisory_xact_lock: the first 8 bytes of SHA-256 of a name.
-_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"xiaohe.identity.audit_log").digest()[:8], "big", signed=True)
+_PG_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"xiaohe.identity.audit_log").digest()[:8], "big", signed=True
+)
 
 _VERIFY_BATCH = 500
 _MAX_QUERY_LIMIT = 1000
 
 # Column limits of the `audit_log` table.
-_LIMITS = {"actor_client": 64, "action": 100, "target": 100, "outcome": 50, "request_id": 64}
+_LIMITS = MappingProxyType(
+    {"actor_client": 64, "action": 100, "target": 100, "outcome": 50, "request_id": 64}
+)
 
 # Shapes of raw personal data that must never be an audit target. A shape counts only
 # as a whole alphanumeric run, so digits inside a random hex or base32 id do not trip it.
@@ -227,7 +232,9 @@ class AuditLog:
             prev_hash = GENESIS_HASH if last is None else str(last.hash)
             digest = record_hash(seq=seq, at=at, prev_hash=prev_hash, **fields)
             await conn.execute(
-                audit_log.insert().values(seq=seq, at=at, prev_hash=prev_hash, hash=digest, **fields)
+                audit_log.insert().values(
+                    seq=seq, at=at, prev_hash=prev_hash, hash=digest, **fields
+                )
             )
         return seq
 

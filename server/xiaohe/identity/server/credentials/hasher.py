@@ -13,6 +13,7 @@ from typing import Final, TypeVar
 
 from argon2 import Parameters, Type, extract_parameters, low_level
 from argon2.exceptions import InvalidHashError, VerificationError
+
 from xiaohe.identity.server.errors import Overloaded
 
 _T = TypeVar("_T")
@@ -185,7 +186,7 @@ class PasswordHasher:
     async def _submit(self, job: Callable[[], _T]) -> _T:
         """Run `job` in the pool, or raise Overloaded when `max_queue` jobs are pending."""
         with self._lock:
-            if self._pending > self._max_queue:
+            if self._pending >= self._max_queue:
                 raise Overloaded(retry_after=self._retry_after)
             self._pending += 1
         try:

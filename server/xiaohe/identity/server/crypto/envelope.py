@@ -30,6 +30,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from xiaohe.identity.server.crypto.keyring import MasterKey, UnknownKeyError
 
 DATA_KEY_BYTES = 32

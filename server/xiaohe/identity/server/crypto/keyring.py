@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from xiaohe.identity.server.clock import Clock
 
 FORMAT_NAME = "xiaohe-identity-keyring"

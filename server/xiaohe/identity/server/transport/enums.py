@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
-from typing import TypeVar
-
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from typing import Any, TypeVar
 
 from xiaohe.identity.server.codes.models import Channel, Purpose
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
@@ -14,10 +13,12 @@ from xiaohe.identity.v1 import common_pb2
 E = TypeVar("E", bound=StrEnum)
 
 
-def from_proto(wrapper: EnumTypeWrapper, prefix: str, domain: type[E], value: int, field: str) -> E:
+def from_proto(
+    name_of: Callable[[Any], str], prefix: str, domain: type[E], value: int, field: str
+) -> E:
     """The domain enum member for a proto enum value, or InvalidArgument naming the field."""
     try:
-        name = wrapper.Name(value)
+        name = name_of(value)
     except ValueError:
         name = ""
     short = name.removeprefix(prefix)
@@ -27,16 +28,16 @@ def from_proto(wrapper: EnumTypeWrapper, prefix: str, domain: type[E], value: in
     return domain[short]
 
 
-def to_proto(wrapper: EnumTypeWrapper, prefix: str, member: StrEnum) -> int:
+def to_proto(value_of: Callable[[str], int], prefix: str, member: StrEnum) -> int:
     """The proto enum value for a domain enum member."""
-    return int(wrapper.Value(prefix + member.name))
+    return int(value_of(prefix + member.name))
 
 
 def channel_from_proto(value: int, field: str = "channel") -> Channel:
     """Channel from the proto value."""
-    return from_proto(common_pb2.Channel, "CHANNEL_", Channel, value, field)
+    return from_proto(common_pb2.Channel.Name, "CHANNEL_", Channel, value, field)
 
 
 def purpose_from_proto(value: int, field: str = "purpose") -> Purpose:
     """Purpose from the proto value."""
-    return from_proto(common_pb2.Purpose, "PURPOSE_", Purpose, value, field)
+    return from_proto(common_pb2.Purpose.Name, "PURPOSE_", Purpose, value, field)

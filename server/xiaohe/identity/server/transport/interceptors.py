@@ -28,6 +28,8 @@ log = logging.getLogger("xiaohe.identity.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
 
+Handler = grpc.RpcMethodHandler[Any, Any]
+
 
 class Authenticator(Protocol):
     """Checks client credentials."""
@@ -57,7 +59,7 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return out
 
 
-class IdentityInterceptor(grpc.aio.ServerInterceptor):
+class IdentityInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Wraps every unary and server-streaming handler with auth, context and error mapping."""
 
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
@@ -66,9 +68,9 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):

@@ -45,7 +45,7 @@ def status_code_of(exc: errors.IdentityError) -> grpc.StatusCode:
     """The gRPC status code for a domain exception."""
     for cls in type(exc).__mro__:
         if cls in _CODES:
-            return _CODES[cls]  # type: ignore[index]
+            return _CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 

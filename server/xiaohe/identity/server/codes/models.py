@@ -1,0 +1,140 @@
+"""Verification codes and tickets: commands, results and the policy that bounds them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from xiaohe.identity.server.config import Settings
+
+
+class Channel(StrEnum):
+    """How a code reaches its destination; values are the names, as the delivery package expects."""
+
+    SMS = "SMS"
+    EMAIL = "EMAIL"
+
+
+class Purpose(StrEnum):
+    """What a code (and the ticket it yields) may be used for; codes never cross purposes."""
+
+    LOGIN = "LOGIN"
+    REGISTER = "REGISTER"
+    RESET_PASSWORD = "RESET_PASSWORD"  # noqa: S105 (a purpose, not a password)
+    BIND_PHONE = "BIND_PHONE"
+    BIND_EMAIL = "BIND_EMAIL"
+    CHANGE_PHONE = "CHANGE_PHONE"
+    RECOVER_ACCOUNT = "RECOVER_ACCOUNT"
+    REAL_NAME = "REAL_NAME"
+    DEACTIVATE = "DEACTIVATE"
+
+
+@dataclass(frozen=True)
+class IssueCodeCommand:
+    """Send a code to `destination` for `purpose`.
+
+    `channel` / `purpose` are None when the request left them unspecified (or
+    sent a value this server does not know); the service refuses that with a
+    field violation, so the transport maps enum value 0 and unknown values to None.
+    """
+
+    channel: Channel | None
+    destination: str = field(repr=False)
+    purpose: Purpose | None
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    """A code was issued: a random id, its lifetime and when another may be requested (seconds)."""
+
+    code_id: str
+    expires_in: int
+    resend_after: int
+
+
+@dataclass(frozen=True)
+class VerifyCodeCommand:
+    """Check the code a user typed for (channel, destination, purpose)."""
+
+    channel: Channel | None
+    destination: str = field(repr=False)
+    purpose: Purpose | None
+    code: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class VerifiedTicket:
+    """Proof of control of a destination for a purpose: single use, valid `expires_in` seconds."""
+
+    ticket: str = field(repr=False)
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class TicketClaims:
+    """What a consumed ticket proves: control of the normalised `destination` at `issued_at`."""
+
+    channel: Channel
+    destination: str = field(repr=False)
+    purpose: Purpose
+    issued_at: float
+
+
+@dataclass(frozen=True)
+class CodePolicy:
+    """Lifetimes (seconds) and limits of codes and tickets; defaults follow ARCHITECTURE.md."""
+
+    ttl: int = 300
+    max_attempts: int = 5
+    ticket_ttl: int = 600
+    cooldown: int = 60
+    per_destination_hour: int = 5
+    per_destination_day: int = 10
+    per_ip_hour: int = 30
+    per_client_minute: int = 600
+    failures_per_destination_hour: int = 15
+    allowed_country_codes: tuple[str, ...] = ("86",)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ttl <= 600:
+            raise ValueError("code ttl must be between 1 and 600 seconds")
+        if self.ticket_ttl <= 0 or self.max_attempts < 1:
+            raise ValueError("ticket ttl and max attempts must be positive")
+        counts = (
+            self.cooldown,
+            self.per_destination_hour,
+            self.per_destination_day,
+            self.per_ip_hour,
+            self.per_client_minute,
+            self.failures_per_destination_hour,
+        )
+        if min(counts) < 0:
+            raise ValueError("cooldown and limits must not be negative")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CodePolicy:
+        """The policy configured by `code_*` (and `ticket_ttl_seconds`, country codes) settings."""
+        return cls(
+            ttl=settings.code_ttl_seconds,
+            max_attempts=settings.code_max_attempts,
+            ticket_ttl=settings.ticket_ttl_seconds,
+            cooldown=settings.code_cooldown_seconds,
+            per_destination_hour=settings.code_per_destination_hour,
+            per_destination_day=settings.code_per_destination_day,
+            per_ip_hour=settings.code_per_ip_hour,
+            per_client_minute=settings.code_per_client_minute,
+            failures_per_destination_hour=settings.code_failures_per_destination_hour,
+            allowed_country_codes=tuple(settings.allowed_country_codes),
+        )
+
+
+__all__ = [
+    "Channel",
+    "CodePolicy",
+    "IssueCodeCommand",
+    "IssuedCode",
+    "Purpose",
+    "TicketClaims",
+    "VerifiedTicket",
+    "VerifyCodeCommand",
+]

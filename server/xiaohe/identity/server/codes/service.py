@@ -1,0 +1,643 @@
+"""Issue and verify one-time codes; hand out and consume verification tickets.
+
+Every flow that proves control of a phone or an email (registration, SMS login,
+password reset, binding, phone change, recovery, real name, deactivation) goes
+through `CodeService.issue` → the user types the code → `CodeService.verify` →
+a single-use ticket → the flow's RPC calls `TicketService.consume`.
+
+Why it is built this way (SECURITY.md C1–C7, B4, B5, F1):
+
+- A code is 6 digits from a CSPRNG (`secrets`), lives 5 minutes and is stored
+  only as an HMAC bound to (channel, destination, purpose), so a REGISTER code
+  cannot reset a password and a code for phone A cannot verify phone B. The code
+  itself appears only in the message text handed to the queue: never in a return
+  value, an exception, a log line or a metric.
+- Redis keys never contain a destination: they carry a keyed pseudonym of it
+  (`destination_tag`), which is also the audit target.
+- Every request field is validated before any limit is spent, and a request
+  refused by a later limit refunds the earlier ones, so a malformed or refused
+  request costs the caller's budgets nothing.
+- Issuing checks the per-destination cooldown and hour/day windows, records the
+  issue and replaces the previous code in one Lua script: under any concurrency,
+  across all processes, one number gets one message per cooldown.
+- Verifying counts the attempt before comparing (constant time, in Lua), so
+  concurrent guesses cannot exceed `max_attempts`; failures also feed a rolling
+  per-destination budget that issuing a new code does not reset.
+- Redis unreachable → `Unavailable`: nothing is sent and nothing is accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import redis.asyncio as aioredis
+
+from xiaohe.identity.server.accounts.identifiers import (
+    normalize,
+    normalize_email,
+    normalize_phone,
+)
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.codes.models import (
+    Channel,
+    CodePolicy,
+    IssueCodeCommand,
+    IssuedCode,
+    Purpose,
+    TicketClaims,
+    VerifiedTicket,
+    VerifyCodeCommand,
+)
+from xiaohe.identity.server.codes.store import (
+    VERIFY_POLICY,
+    CodeStore,
+    NewCode,
+    RedisCodeStore,
+    TicketStore,
+    TicketToStore,
+    VerifyOutcome,
+)
+from xiaohe.identity.server.errors import (
+    CodeInvalid,
+    FieldViolation,
+    InvalidArgument,
+    RateLimited,
+    TicketInvalid,
+    Unavailable,
+)
+from xiaohe.identity.server.ratelimit.limiter import (
+    RateLimiter,
+    Reservation,
+    SlidingWindowLimiter,
+)
+
+logger = logging.getLogger(__name__)
+
+IP_POLICY = "code.issue.ip"
+CLIENT_POLICY = "code.issue.client"
+
+CODE_DIGITS = 6
+TICKET_VERSION = "vt1"
+TICKET_SECRET_BYTES = 32
+# A ticket presented this many times with the wrong purpose/channel/destination is destroyed.
+TICKET_MAX_MISMATCHES = 3
+
+_HOUR = 3600.0
+_MINUTE = 60.0
+_MAX_DESTINATION_CHARS = 512
+_MAX_CODE_CHARS = 64
+_TICKET_PATTERN = re.compile(r"vt1\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})")
+_SAFE_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class MessageQueue(Protocol):
+    """The delivery outbox: queues one message for a provider."""
+
+    async def enqueue(self, channel: str, destination: str, purpose: str, text: str) -> str:
+        """Queue the message and return its id; raise errors.Unavailable if nothing was queued."""
+        ...
+
+
+class CodeMetrics(Protocol):
+    """Counters about codes; labels never include a destination or a code."""
+
+    def code_issued(self, channel: str, purpose: str) -> None:
+        """A code was issued."""
+        ...
+
+    def code_verified(self, channel: str, purpose: str, outcome: str) -> None:
+        """A verification ended with `outcome` (ok, mismatch, missing, exhausted, rate_limited)."""
+        ...
+
+    def limit_rejected(self, policy: str) -> None:
+        """A request was refused by the dotted `policy`."""
+        ...
+
+
+class AuditSink(Protocol):
+    """The audit log; `target` is a pseudonym (the destination tag), never a raw destination.
+
+    Recorded: `code.issue` ok, `code.verify` ok / invalid (bounded by the
+    failure budget), `ticket.consume` ok / invalid. Refusals by a rate limit are
+    counted in metrics only: under an SMS-bombing burst an audit row per
+    refusal would turn the attack onto the (hash-chained, serialised) audit log.
+    """
+
+    async def record(self, action: str, target: str, outcome: str) -> object:
+        """Append one audit record (whatever it returns is ignored)."""
+        ...
+
+
+RecipientFilter = Callable[[Channel, str, Purpose], Awaitable[bool]]
+"""Whether to actually send a code to (channel, normalised destination, purpose)."""
+
+ComposeMessage = Callable[[str, str, str, int], str]
+"""(channel, purpose, code, ttl seconds) → the message text."""
+
+
+def six_digits() -> str:
+    """A uniformly random 6-digit code from the OS CSPRNG."""
+    return f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+
+
+class CodeDigests:
+    """Keyed digests of the code subsystem: destination tags, code HMACs and IP tags.
+
+    All use HMAC-SHA256 under the code HMAC key, with inputs that cannot collide
+    across uses (`<channel>:<destination>` for tags, prefixed inputs for the
+    rest). Without the key, a Redis dump tells nothing about destinations or
+    codes: a 6-digit code is trivially enumerable from a plain hash, not from an
+    HMAC. The code HMAC covers channel, destination and purpose, so a stored
+    code is also cryptographically bound to what it was issued for.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the code HMAC key must be at least 32 bytes")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "CodeDigests(<key hidden>)"
+
+    def _mac(self, message: str) -> bytes:
+        return hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).digest()
+
+    def destination_tag(self, channel: Channel, destination: str) -> str:
+        """Pseudonym of a normalised destination: HMAC of `channel:destination`, 16 bytes hex."""
+        return self._mac(f"{channel.value}:{destination}")[:16].hex()
+
+    def code_mac(self, channel: Channel, destination: str, purpose: Purpose, code: str) -> str:
+        """The stored form of a code (hex HMAC over the code and what it is bound to)."""
+        message = "\x00".join(("xh.code.v1", channel.value, destination, purpose.value, code))
+        return self._mac(message).hex()
+
+    def ip_tag(self, ip: str) -> str:
+        """The pseudonym of an end-user IP (IPv6 by /64 prefix, where one user usually sits)."""
+        return self._mac("\x00".join(("xh.ip.v1", ip_bucket(ip))))[:16].hex()
+
+
+def ip_bucket(ip: str) -> str:
+    """The unit an IP limit counts: the IPv4 address, or the IPv6 /64 (IPv4-mapped → IPv4)."""
+    raw = ip.strip()
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return "raw:" + raw
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def ip_key(digests: CodeDigests, ip: str) -> str:
+    """Rate-limit key of an end-user IP for code issue."""
+    return f"xh:rl:{{ip:{digests.ip_tag(ip)}}}:code.issue"
+
+
+def client_key(client_id: str) -> str:
+    """Rate-limit key of a calling client for code issue (odd ids are hashed to keep keys tidy)."""
+    if not _SAFE_CLIENT_ID.fullmatch(client_id):
+        client_id = "h-" + hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
+    return f"xh:rl:{{cl:{client_id}}}:code.issue"
+
+
+@dataclass(frozen=True)
+class ParsedTicket:
+    """A well-formed ticket: the destination tag it names and the hex SHA-256 of the string."""
+
+    tag: str
+    ticket_hash: str
+
+
+def new_ticket(tag: str, token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
+    """A fresh ticket `vt1.<tag>.<32 random bytes, urlsafe base64>`."""
+    secret = base64.urlsafe_b64encode(token_bytes(TICKET_SECRET_BYTES)).rstrip(b"=").decode()
+    return f"{TICKET_VERSION}.{tag}.{secret}"
+
+
+def ticket_hash(ticket: str) -> str:
+    """Storage name of a ticket: hex SHA-256 of the ticket string (never stored itself)."""
+    return hashlib.sha256(ticket.encode("utf-8")).hexdigest()
+
+
+def parse_ticket(ticket: object) -> ParsedTicket | None:
+    """Split a ticket into its tag and hash, or None if it is not a well-formed ticket."""
+    if not isinstance(ticket, str) or len(ticket) > 128:
+        return None
+    match = _TICKET_PATTERN.fullmatch(ticket)
+    if match is None:
+        return None
+    return ParsedTicket(tag=match.group(1), ticket_hash=ticket_hash(ticket))
+
+
+_E = TypeVar("_E", Channel, Purpose)
+
+
+def _parse_enum(
+    kind: type[_E], value: object, field: str, violations: list[FieldViolation]
+) -> _E | None:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    choices = ", ".join(member.value for member in kind)
+    violations.append(FieldViolation(field, f"must be specified: one of {choices}"))
+    return None
+
+
+def _required_channel(purpose: Purpose) -> Channel | None:
+    if purpose is Purpose.BIND_PHONE:
+        return Channel.SMS
+    if purpose is Purpose.BIND_EMAIL:
+        return Channel.EMAIL
+    return None
+
+
+def normalize_destination(
+    channel: Channel, raw: str, allowed_country_codes: Sequence[str], field: str = "destination"
+) -> str:
+    """The normalised destination (E.164 phone or lower-cased email) or InvalidArgument."""
+    if len(raw) > _MAX_DESTINATION_CHARS:
+        raise InvalidArgument(FieldViolation(field, "is too long"))
+    if channel is Channel.SMS:
+        return normalize_phone(raw, field=field, allowed_country_codes=allowed_country_codes)
+    return normalize_email(raw, field=field)
+
+
+def normalize_code(raw: object, field: str = "code") -> str:
+    """The code as typed, NFKC-normalised (full-width digits) and trimmed, or InvalidArgument."""
+    if not isinstance(raw, str) or len(raw) > _MAX_CODE_CHARS:
+        raise InvalidArgument(FieldViolation(field, f"must be {CODE_DIGITS} digits"))
+    value = normalize(raw)
+    if len(value) != CODE_DIGITS or not value.isascii() or not value.isdigit():
+        raise InvalidArgument(FieldViolation(field, f"must be {CODE_DIGITS} digits"))
+    return value
+
+
+def _validate_target(
+    channel_value: object, destination: object, purpose_value: object, policy: CodePolicy
+) -> tuple[Channel | None, str, Purpose | None, list[FieldViolation]]:
+    violations: list[FieldViolation] = []
+    channel = _parse_enum(Channel, channel_value, "channel", violations)
+    purpose = _parse_enum(Purpose, purpose_value, "purpose", violations)
+    normalised = ""
+    if not isinstance(destination, str) or not destination.strip():
+        violations.append(FieldViolation("destination", "must not be empty"))
+    elif channel is not None:
+        try:
+            normalised = normalize_destination(channel, destination, policy.allowed_country_codes)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+    if channel is not None and purpose is not None:
+        required = _required_channel(purpose)
+        if required is not None and required is not channel:
+            violations.append(
+                FieldViolation("channel", f"codes for {purpose.value} are sent by {required.value}")
+            )
+    return channel, normalised, purpose, violations
+
+
+class CodeService:
+    """Issues codes under the send limits and verifies them into single-use tickets."""
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis | None = None,
+        hmac_key: bytes,
+        clock: Clock,
+        queue: MessageQueue,
+        compose: ComposeMessage,
+        policy: CodePolicy | None = None,
+        random_digits: Callable[[], str] = six_digits,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        recipient_filter: RecipientFilter | None = None,
+        metrics: CodeMetrics | None = None,
+        audit: AuditSink | None = None,
+        store: CodeStore | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        """Wire the service; `store` and `limiter` default to Redis implementations on `redis`."""
+        if store is None or limiter is None:
+            if redis is None:
+                raise ValueError("pass redis, or both store and limiter")
+            store = store or RedisCodeStore(redis)
+            limiter = limiter or SlidingWindowLimiter(redis, token_bytes=token_bytes)
+        self._store = store
+        self._limiter = limiter
+        self._queue = queue
+        self._compose = compose
+        self._digests = CodeDigests(hmac_key)
+        self._clock = clock
+        self._policy = policy or CodePolicy()
+        self._random_digits = random_digits
+        self._token_bytes = token_bytes
+        self._recipient_filter = recipient_filter
+        self._metrics = metrics
+        self._audit = audit
+
+    def __repr__(self) -> str:
+        return f"CodeService(policy={self._policy!r})"
+
+    @property
+    def policy(self) -> CodePolicy:
+        """The limits and lifetimes in force."""
+        return self._policy
+
+    def _new_id(self) -> str:
+        return base64.urlsafe_b64encode(self._token_bytes(16)).rstrip(b"=").decode("ascii")
+
+    def _new_code(self) -> str:
+        code = self._random_digits()
+        if len(code) != CODE_DIGITS or not code.isascii() or not code.isdigit():
+            raise RuntimeError("the code generator must return 6 ASCII digits")
+        return code
+
+    async def issue(
+        self, cmd: IssueCodeCommand, *, client_id: str = "", end_user_ip: str | None = None
+    ) -> IssuedCode:
+        """Send a new code within the limits, or raise InvalidArgument / RateLimited.
+
+        Order: validate (no limit spent on a bad request) → end-user IP window (if
+        the IP is known) → client window (if the client is known) → one script on
+        the destination (cooldown, hour and day windows, record, replace the code)
+        → queue the message. A refusal at any step refunds the windows already
+        charged. When the queue is unavailable (or the filter's store is) the
+        stored code is deleted and every window refunded: nothing was sent, so
+        nothing is counted. Any other failure while queueing deletes the code
+        but keeps the charges, since a message may have gone out. The response
+        is the same whether or not `recipient_filter` let the message go (B4).
+        """
+        channel, destination, purpose, violations = _validate_target(
+            cmd.channel, cmd.destination, cmd.purpose, self._policy
+        )
+        if violations or channel is None or purpose is None:
+            raise InvalidArgument(violations)
+        policy = self._policy
+        now = self._clock.now()
+        now_ms = int(now * 1000)
+        tag = self._digests.destination_tag(channel, destination)
+        reservations: list[Reservation] = []
+        try:
+            if end_user_ip:
+                reservations.append(
+                    await self._limiter.acquire(
+                        IP_POLICY,
+                        ip_key(self._digests, end_user_ip),
+                        policy.per_ip_hour,
+                        _HOUR,
+                        now,
+                    )
+                )
+            if client_id:
+                reservations.append(
+                    await self._limiter.acquire(
+                        CLIENT_POLICY, client_key(client_id), policy.per_client_minute, _MINUTE, now
+                    )
+                )
+            code = self._new_code()
+            code_id = self._new_id()
+            await self._store.issue(
+                tag,
+                purpose.value,
+                NewCode(
+                    mac=self._digests.code_mac(channel, destination, purpose, code),
+                    code_id=code_id,
+                    expires_at_ms=now_ms + policy.ttl * 1000,
+                ),
+                now_ms=now_ms,
+                cooldown_ms=policy.cooldown * 1000,
+                per_hour=policy.per_destination_hour,
+                per_day=policy.per_destination_day,
+            )
+        except RateLimited as exc:
+            await self._release(reservations)
+            if self._metrics is not None:
+                self._metrics.limit_rejected(exc.policy)
+            raise
+        except Exception:
+            await self._release(reservations)
+            raise
+
+        try:
+            deliver = True
+            if self._recipient_filter is not None:
+                deliver = await self._recipient_filter(channel, destination, purpose)
+            if deliver:
+                message = self._compose(channel.value, purpose.value, code, policy.ttl)
+                await self._queue.enqueue(channel.value, destination, purpose.value, message)
+        except Unavailable:
+            # Nothing was queued: forget the code and refund every window.
+            await self._cancel(tag, purpose, code_id, refund=True)
+            await self._release(reservations)
+            raise
+        except Exception:
+            # Unknown whether anything went out: kill the code but keep the charges.
+            await self._cancel(tag, purpose, code_id, refund=False)
+            raise
+
+        if self._metrics is not None:
+            self._metrics.code_issued(channel.value, purpose.value)
+        await self._record("code.issue", tag, "ok")
+        return IssuedCode(code_id=code_id, expires_in=policy.ttl, resend_after=policy.cooldown)
+
+    async def verify(
+        self, cmd: VerifyCodeCommand, *, client_id: str = "", end_user_ip: str | None = None
+    ) -> VerifiedTicket:
+        """Check a code; on success consume it and return a single-use ticket.
+
+        Wrong, expired, replaced, used and used-up codes all raise the same
+        CodeInvalid. When the destination's failure budget is spent the answer is
+        RateLimited(`code.verify.destination`) until old failures leave the
+        window. `client_id` and `end_user_ip` are accepted for symmetry with
+        `issue` (and future per-IP verify limits); they are not used yet.
+        """
+        channel, destination, purpose, violations = _validate_target(
+            cmd.channel, cmd.destination, cmd.purpose, self._policy
+        )
+        code = ""
+        try:
+            code = normalize_code(cmd.code)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        if violations or channel is None or purpose is None:
+            raise InvalidArgument(violations)
+        policy = self._policy
+        now_ms = int(self._clock.now() * 1000)
+        tag = self._digests.destination_tag(channel, destination)
+        ticket = new_ticket(tag, self._token_bytes)
+        result = await self._store.verify(
+            tag,
+            purpose.value,
+            self._digests.code_mac(channel, destination, purpose, code),
+            TicketToStore(
+                ticket_hash=ticket_hash(ticket),
+                channel=channel.value,
+                purpose=purpose.value,
+                destination=destination,
+                expires_at_ms=now_ms + policy.ticket_ttl * 1000,
+            ),
+            now_ms=now_ms,
+            max_attempts=policy.max_attempts,
+            failure_limit=policy.failures_per_destination_hour,
+            failure_member=self._new_id(),
+        )
+        if self._metrics is not None:
+            self._metrics.code_verified(channel.value, purpose.value, result.outcome.value)
+        if result.outcome is VerifyOutcome.OK:
+            await self._record("code.verify", tag, "ok")
+            return VerifiedTicket(ticket=ticket, expires_in=policy.ticket_ttl)
+        if result.outcome is VerifyOutcome.RATE_LIMITED:
+            if self._metrics is not None:
+                self._metrics.limit_rejected(VERIFY_POLICY)
+            raise RateLimited(VERIFY_POLICY, result.retry_after)
+        await self._record("code.verify", tag, "invalid")
+        raise CodeInvalid()
+
+    async def _release(self, reservations: Sequence[Reservation]) -> None:
+        for reservation in reservations:
+            try:
+                await self._limiter.release(reservation.policy, reservation.key, reservation.member)
+            except Exception:  # best effort: the window forgets it anyway
+                logger.warning("could not refund a %s reservation", reservation.policy)
+
+    async def _cancel(self, tag: str, purpose: Purpose, code_id: str, *, refund: bool) -> None:
+        try:
+            await self._store.cancel_issue(tag, purpose.value, code_id, refund=refund)
+        except Exception:  # best effort: the code expires by itself
+            logger.warning("could not delete an undelivered code")
+
+    async def _record(self, action: str, target: str, outcome: str) -> None:
+        await _record(self._audit, action, target, outcome)
+
+
+async def _record(audit: AuditSink | None, action: str, target: str, outcome: str) -> None:
+    """Write an audit record; a failing sink is logged, not raised (the state change is done)."""
+    if audit is None:
+        return
+    try:
+        await audit.record(action, target, outcome)
+    except Exception:
+        logger.warning("audit sink failed for %s (%s)", action, outcome, exc_info=True)
+
+
+class TicketService:
+    """Consumes verification tickets for the flow RPCs (register, SMS login, reset, bind...)."""
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis | None = None,
+        hmac_key: bytes,
+        clock: Clock,
+        policy: CodePolicy | None = None,
+        audit: AuditSink | None = None,
+        store: TicketStore | None = None,
+    ) -> None:
+        """Wire the service; `store` defaults to the Redis implementation on `redis`."""
+        if store is None:
+            if redis is None:
+                raise ValueError("pass redis or store")
+            store = RedisCodeStore(redis)
+        self._store = store
+        self._digests = CodeDigests(hmac_key)
+        self._clock = clock
+        self._policy = policy or CodePolicy()
+        self._audit = audit
+
+    async def consume(
+        self,
+        ticket: str,
+        *,
+        purpose: Purpose,
+        channel: Channel | None = None,
+        destination: str | None = None,
+    ) -> TicketClaims:
+        """Use up a ticket for `purpose` (and channel/destination if given); say what it proves.
+
+        A live ticket presented with the right purpose (and channel and
+        destination, when the caller passes them) is deleted by the same script
+        that reads it, so it works exactly once. The destination is compared
+        through its keyed tag, which the ticket string carries and its stored
+        hash authenticates, so a raw destination never travels to Redis here.
+
+        A presentation that does not match is refused WITHOUT consuming the
+        ticket: a flow that reached the wrong RPC, or a user who corrected a
+        typo in a form, can still use it in the right place, and its holder
+        already knows what it is bound to, so nothing is revealed. So that a
+        stolen ticket cannot be probed against many destinations, the third
+        mismatch destroys it. Unknown, expired, used and mismatched tickets, and
+        strings that are not tickets at all, raise the same TicketInvalid.
+        """
+        parsed = parse_ticket(ticket)
+        if parsed is None:
+            raise TicketInvalid()
+        bound = True
+        if destination is not None:
+            bound = parsed.tag in self._candidate_tags(destination, channel)
+        stored = await self._store.consume_ticket(
+            parsed.tag,
+            parsed.ticket_hash,
+            now_ms=int(self._clock.now() * 1000),
+            purpose=Purpose(purpose).value,
+            channel=Channel(channel).value if channel is not None else "",
+            destination_matches=bound,
+            max_misses=TICKET_MAX_MISMATCHES,
+        )
+        if stored is None:
+            await _record(self._audit, "ticket.consume", parsed.tag, "invalid")
+            raise TicketInvalid()
+        await _record(self._audit, "ticket.consume", parsed.tag, "ok")
+        return TicketClaims(
+            channel=Channel(stored.channel),
+            destination=stored.destination,
+            purpose=Purpose(stored.purpose),
+            issued_at=stored.issued_at_ms / 1000,
+        )
+
+    def _candidate_tags(self, destination: str, channel: Channel | None) -> set[str]:
+        """Tags of `destination` normalised for `channel` (or for each channel it fits)."""
+        tags: set[str] = set()
+        for candidate in [channel] if channel is not None else list(Channel):
+            try:
+                normalised = normalize_destination(
+                    candidate, destination, self._policy.allowed_country_codes
+                )
+            except InvalidArgument:
+                continue
+            tags.add(self._digests.destination_tag(candidate, normalised))
+        return tags
+
+
+__all__ = [
+    "CLIENT_POLICY",
+    "IP_POLICY",
+    "AuditSink",
+    "CodeDigests",
+    "CodeMetrics",
+    "CodeService",
+    "ComposeMessage",
+    "MessageQueue",
+    "ParsedTicket",
+    "RecipientFilter",
+    "TicketService",
+    "client_key",
+    "ip_bucket",
+    "ip_key",
+    "new_ticket",
+    "normalize_code",
+    "normalize_destination",
+    "parse_ticket",
+    "six_digits",
+    "ticket_hash",
+]

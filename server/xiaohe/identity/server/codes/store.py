@@ -1,0 +1,432 @@
+"""Where codes, their limits and tickets live: Redis, one Lua script per check-and-update.
+
+Keys never contain a raw destination. Every key of a destination carries the
+hash tag `{d:<tag>}`, where the tag is a keyed pseudonym of (channel,
+destination) computed by the service, so each script touches exactly one Redis
+Cluster slot:
+
+- `xh:code:{d:<tag>}:<purpose>`  hash: mac (HMAC of the code), tries, exp, id, iat
+- `xh:fail:{d:<tag>}`            sliding window of failed verifications
+- `xh:rl:{d:<tag>}:issue`        sliding window of issued codes (cooldown, hour, day)
+- `xh:ticket:{d:<tag>}:<sha256>` hash: ch, pu, de, exp, iat, miss
+
+A ticket stores the normalised destination in clear for its short life (the
+consumer needs it back: an SMS-login ticket alone must say which phone), and
+Redis drops it one minute after its logical expiry (`TICKET_GC_GRACE_MS`);
+codes and windows hold no personal data at all. Times are integer milliseconds from
+the caller's clock; logical expiry is checked against it, and `PEXPIRE` only
+collects garbage (see `ratelimit.scripts.GC_GRACE_MS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from xiaohe.identity.server.errors import RateLimited
+from xiaohe.identity.server.ratelimit.scripts import (
+    CONSTANT_TIME_EQUAL_LUA,
+    GC_GRACE_MS,
+    SLIDING_WINDOW_LUA,
+    run_script,
+    text,
+)
+
+ISSUE_POLICY = "code.issue.destination"
+VERIFY_POLICY = "code.verify.destination"
+
+_HOUR_MS = 3_600_000
+
+# A ticket holds a raw destination, so Redis drops it soon after its logical
+# expiry: one minute covers any skew between the servers' clocks and Redis.
+TICKET_GC_GRACE_MS = 60_000
+
+
+def code_key(tag: str, purpose: str) -> str:
+    """The hash holding the current code of (destination, purpose)."""
+    return f"xh:code:{{d:{tag}}}:{purpose}"
+
+
+def fail_key(tag: str) -> str:
+    """The destination's failure budget (a sliding window)."""
+    return f"xh:fail:{{d:{tag}}}"
+
+
+def issue_key(tag: str) -> str:
+    """The destination's issue windows (cooldown, per hour, per day)."""
+    return f"xh:rl:{{d:{tag}}}:issue"
+
+
+def ticket_key(tag: str, ticket_hash: str) -> str:
+    """The hash of one ticket, named by the SHA-256 of the ticket string."""
+    return f"xh:ticket:{{d:{tag}}}:{ticket_hash}"
+
+
+# KEYS: issue window set, code hash.
+# ARGV: now, cooldown, hour limit, day limit, grace, mac, code id, exp.
+# Returns {1} or {0, retry_ms}.
+_ISSUE_LUA = (
+    SLIDING_WINDOW_LUA
+    + r"""
+local issues, code = KEYS[1], KEYS[2]
+local now = tonumber(ARGV[1])
+local cooldown = tonumber(ARGV[2])
+local grace = tonumber(ARGV[5])
+sw_trim(issues, now, 86400000)
+local last = redis.call('ZREVRANGE', issues, 0, 0, 'WITHSCORES')
+if last[2] ~= nil then
+  local wait = tonumber(last[2]) + cooldown - now
+  if wait > 0 then
+    return {0, wait}
+  end
+end
+local retry = sw_retry(issues, now, tonumber(ARGV[3]), 3600000)
+local day = sw_retry(issues, now, tonumber(ARGV[4]), 86400000)
+if day > retry then
+  retry = day
+end
+if retry > 0 then
+  return {0, retry}
+end
+sw_record(issues, now, ARGV[7], 86400000, grace)
+redis.call('DEL', code)
+redis.call('HSET', code, 'mac', ARGV[6], 'tries', 0, 'exp', ARGV[8], 'id', ARGV[7], 'iat', ARGV[1])
+redis.call('PEXPIRE', code, sw_ms(tonumber(ARGV[8]) - now + grace))
+return {1}
+"""
+)
+
+# KEYS: issue window set, code hash. ARGV: code id, refund ('1' or '0').
+# Undoes one issue whose message did not go out: the code if it is still the
+# current one, and (when refunding) its entry in the issue windows.
+_CANCEL_LUA = r"""
+if redis.call('HGET', KEYS[2], 'id') == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+if ARGV[2] == '1' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: code hash, failure window set, ticket hash.
+# ARGV: now, mac, max attempts, failure limit, failure window, failure member, grace,
+#       ticket exp, channel, purpose, destination, ticket grace.
+# Returns {0} ok (ticket stored), {1, retry_ms} failure budget spent,
+#         {2} no live code, {3} attempts used up, {4} wrong code.
+_VERIFY_LUA = (
+    SLIDING_WINDOW_LUA
+    + CONSTANT_TIME_EQUAL_LUA
+    + r"""
+local code, fails, ticket = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[1])
+local max_attempts = tonumber(ARGV[3])
+local fail_window = tonumber(ARGV[5])
+local grace = tonumber(ARGV[7])
+
+sw_trim(fails, now, fail_window)
+local retry = sw_retry(fails, now, tonumber(ARGV[4]), fail_window)
+if retry > 0 then
+  return {1, retry}
+end
+
+local function failed(outcome)
+  sw_record(fails, now, ARGV[6], fail_window, grace)
+  return {outcome}
+end
+
+local stored = redis.call('HMGET', code, 'mac', 'exp')
+if not stored[1] or not stored[2] or tonumber(stored[2]) <= now then
+  redis.call('DEL', code)
+  return failed(2)
+end
+-- Count the attempt before comparing: concurrent guesses each spend one try.
+local tries = redis.call('HINCRBY', code, 'tries', 1)
+if tries > max_attempts then
+  redis.call('DEL', code)
+  return failed(3)
+end
+if not ct_equal(stored[1], ARGV[2]) then
+  if tries >= max_attempts then
+    redis.call('DEL', code)
+  end
+  return failed(4)
+end
+redis.call('DEL', code)
+redis.call('HSET', ticket, 'ch', ARGV[9], 'pu', ARGV[10], 'de', ARGV[11],
+  'exp', ARGV[8], 'iat', ARGV[1], 'miss', 0)
+redis.call('PEXPIRE', ticket, sw_ms(tonumber(ARGV[8]) - now + tonumber(ARGV[12])))
+return {0}
+"""
+)
+
+# KEYS: ticket hash. ARGV: now, purpose, channel ('' = any), destination matches ('1'/'0'),
+# max misses. Returns {1, channel, purpose, destination, iat} and deletes the ticket, or {0}.
+# A presentation for another purpose/channel/destination does not consume the
+# ticket, but after `max misses` of them it is deleted.
+_CONSUME_LUA = r"""
+local ticket = KEYS[1]
+local now = tonumber(ARGV[1])
+local t = redis.call('HMGET', ticket, 'ch', 'pu', 'de', 'exp', 'iat')
+if not t[1] or not t[2] or not t[3] or not t[4] then
+  return {0}
+end
+if tonumber(t[4]) <= now then
+  redis.call('DEL', ticket)
+  return {0}
+end
+local wrong_channel = ARGV[3] ~= '' and t[1] ~= ARGV[3]
+local wrong_destination = ARGV[4] ~= '1'
+if t[2] ~= ARGV[2] or wrong_channel or wrong_destination then
+  local misses = redis.call('HINCRBY', ticket, 'miss', 1)
+  if misses >= tonumber(ARGV[5]) then
+    redis.call('DEL', ticket)
+  end
+  return {0}
+end
+redis.call('DEL', ticket)
+return {1, t[1], t[2], t[3], t[5] or ARGV[1]}
+"""
+
+
+class VerifyOutcome(Enum):
+    """How a verification attempt ended; only OK yields a ticket, the rest look alike to callers."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    MISSING = "missing"
+    EXHAUSTED = "exhausted"
+    MISMATCH = "mismatch"
+
+
+_VERIFY_OUTCOMES = {
+    0: VerifyOutcome.OK,
+    1: VerifyOutcome.RATE_LIMITED,
+    2: VerifyOutcome.MISSING,
+    3: VerifyOutcome.EXHAUSTED,
+    4: VerifyOutcome.MISMATCH,
+}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome, and for RATE_LIMITED the seconds until the budget has room."""
+
+    outcome: VerifyOutcome
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoredTicket:
+    """The fields of a consumed ticket, as stored."""
+
+    channel: str
+    purpose: str
+    destination: str = field(repr=False)
+    issued_at_ms: int
+
+
+@dataclass(frozen=True)
+class NewCode:
+    """A code to store: its HMAC, random id and logical expiry."""
+
+    mac: str = field(repr=False)
+    code_id: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class TicketToStore:
+    """What a successful verification writes as a ticket."""
+
+    ticket_hash: str
+    channel: str
+    purpose: str
+    destination: str = field(repr=False)
+    expires_at_ms: int
+
+
+class CodeStore(Protocol):
+    """Storage the code service needs; every method is one atomic step."""
+
+    async def issue(
+        self,
+        tag: str,
+        purpose: str,
+        code: NewCode,
+        *,
+        now_ms: int,
+        cooldown_ms: int,
+        per_hour: int,
+        per_day: int,
+    ) -> None:
+        """Check cooldown and windows, record the issue, replace the code; or raise RateLimited."""
+        ...
+
+    async def cancel_issue(self, tag: str, purpose: str, code_id: str, *, refund: bool) -> None:
+        """Delete an undelivered code (if still current); with `refund`, uncount its issue."""
+        ...
+
+    async def verify(
+        self,
+        tag: str,
+        purpose: str,
+        mac: str,
+        ticket: TicketToStore,
+        *,
+        now_ms: int,
+        max_attempts: int,
+        failure_limit: int,
+        failure_member: str,
+    ) -> VerifyResult:
+        """Count, compare and consume the code; on success store the ticket."""
+        ...
+
+
+class TicketStore(Protocol):
+    """Storage the ticket service needs."""
+
+    async def consume_ticket(
+        self,
+        tag: str,
+        ticket_hash: str,
+        *,
+        now_ms: int,
+        purpose: str,
+        channel: str,
+        destination_matches: bool,
+        max_misses: int,
+    ) -> StoredTicket | None:
+        """Delete and return a live ticket if it matches; None otherwise (a mismatch is counted)."""
+        ...
+
+
+class RedisCodeStore:
+    """CodeStore and TicketStore on Redis (standalone or Cluster: one slot per script)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._issue = redis.register_script(_ISSUE_LUA)
+        self._cancel = redis.register_script(_CANCEL_LUA)
+        self._verify = redis.register_script(_VERIFY_LUA)
+        self._consume = redis.register_script(_CONSUME_LUA)
+
+    async def issue(
+        self,
+        tag: str,
+        purpose: str,
+        code: NewCode,
+        *,
+        now_ms: int,
+        cooldown_ms: int,
+        per_hour: int,
+        per_day: int,
+    ) -> None:
+        """Check cooldown and windows, record the issue, replace the code; or raise RateLimited."""
+        reply = await run_script(
+            self._issue,
+            [issue_key(tag), code_key(tag, purpose)],
+            [
+                now_ms,
+                cooldown_ms,
+                per_hour,
+                per_day,
+                GC_GRACE_MS,
+                code.mac,
+                code.code_id,
+                code.expires_at_ms,
+            ],
+        )
+        if int(reply[0]) != 1:
+            raise RateLimited(ISSUE_POLICY, int(reply[1]) / 1000)
+
+    async def cancel_issue(self, tag: str, purpose: str, code_id: str, *, refund: bool) -> None:
+        """Delete an undelivered code (if still current); with `refund`, uncount its issue."""
+        await run_script(
+            self._cancel,
+            [issue_key(tag), code_key(tag, purpose)],
+            [code_id, "1" if refund else "0"],
+        )
+
+    async def verify(
+        self,
+        tag: str,
+        purpose: str,
+        mac: str,
+        ticket: TicketToStore,
+        *,
+        now_ms: int,
+        max_attempts: int,
+        failure_limit: int,
+        failure_member: str,
+    ) -> VerifyResult:
+        """Count, compare and consume the code; on success store the ticket."""
+        reply = await run_script(
+            self._verify,
+            [code_key(tag, purpose), fail_key(tag), ticket_key(tag, ticket.ticket_hash)],
+            [
+                now_ms,
+                mac,
+                max_attempts,
+                failure_limit,
+                _HOUR_MS,
+                failure_member,
+                GC_GRACE_MS,
+                ticket.expires_at_ms,
+                ticket.channel,
+                ticket.purpose,
+                ticket.destination,
+                TICKET_GC_GRACE_MS,
+            ],
+        )
+        outcome = _VERIFY_OUTCOMES[int(reply[0])]
+        if outcome is VerifyOutcome.RATE_LIMITED:
+            return VerifyResult(outcome, int(reply[1]) / 1000)
+        return VerifyResult(outcome)
+
+    async def consume_ticket(
+        self,
+        tag: str,
+        ticket_hash: str,
+        *,
+        now_ms: int,
+        purpose: str,
+        channel: str,
+        destination_matches: bool,
+        max_misses: int,
+    ) -> StoredTicket | None:
+        """Delete and return a live ticket if it matches; None otherwise (a mismatch is counted)."""
+        reply = await run_script(
+            self._consume,
+            [ticket_key(tag, ticket_hash)],
+            [now_ms, purpose, channel, "1" if destination_matches else "0", max_misses],
+        )
+        if int(reply[0]) != 1:
+            return None
+        return StoredTicket(
+            channel=text(reply[1]),
+            purpose=text(reply[2]),
+            destination=text(reply[3]),
+            issued_at_ms=int(text(reply[4])),
+        )
+
+
+__all__ = [
+    "ISSUE_POLICY",
+    "TICKET_GC_GRACE_MS",
+    "VERIFY_POLICY",
+    "CodeStore",
+    "NewCode",
+    "RedisCodeStore",
+    "StoredTicket",
+    "TicketStore",
+    "TicketToStore",
+    "VerifyOutcome",
+    "VerifyResult",
+    "code_key",
+    "fail_key",
+    "issue_key",
+    "ticket_key",
+]
