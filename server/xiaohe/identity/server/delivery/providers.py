@@ -26,6 +26,7 @@ import smtplib
 import ssl
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from typing import Protocol
 
 from xiaohe.identity.server.clock import Clock
 
+_REMEMBERED_IDS = 10_000
 _MESSAGE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -74,7 +76,7 @@ class Provider(Protocol):
         ...
 
 
-# -- file (dev) ---------------------------------------------------------------------------------
+# -- file (dev) ----------------------------------------------------------------------
 
 
 class JsonlFileProvider:
@@ -86,9 +88,9 @@ class JsonlFileProvider:
     the file is truncated back to its previous length before the lock is
     released, so a torn line is never left behind.
 
-    Idempotent by `message_id`: under the lock, before appending, the provider
-    checks an in-process set of ids it has written and then scans the last
-    `tail_bytes` of the file (the default holds about a thousand messages).
+    Idempotent by `message_id`: before appending, the provider checks an
+    in-process set of the last 10,000 ids it wrote, then, under the lock, scans
+    the last `tail_bytes` of the file (the default holds about a thousand messages).
     A duplicate comes from a retry after a crash or a lease expiry, seconds to
     minutes after the first write, so it falls inside that window; one older
     than the window would be written again (at-least-once, never lost).
@@ -101,6 +103,7 @@ class JsonlFileProvider:
         self._clock = clock
         self._tail_bytes = tail_bytes
         self._written: set[str] = set()
+        self._written_order: deque[str] = deque()
 
     async def send(self, message: OutgoingMessage) -> None:
         """Append the message as one JSON line unless its id is already in the file."""
@@ -123,8 +126,11 @@ class JsonlFileProvider:
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
         }
-        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        # Keep U+2028/U+2029 escaped: `str.splitlines()` would split a line on them.
+        line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        data = (line + "\n").encode()
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         fd = os.open(self._path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -133,7 +139,7 @@ class JsonlFileProvider:
                 if st.st_mode & 0o077:
                     os.fchmod(fd, 0o600)
                 if self._tail_contains(fd, st.st_size, message.message_id):
-                    self._written.add(message.message_id)
+                    self._remember(message.message_id)
                     return
                 try:
                     written = os.write(fd, data)
@@ -144,11 +150,20 @@ class JsonlFileProvider:
                     os.ftruncate(fd, st.st_size)
                     raise OSError("short write")
                 os.fsync(fd)
-                self._written.add(message.message_id)
+                self._remember(message.message_id)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _remember(self, message_id: str) -> None:
+        """Add to the in-process set, keeping only the most recent ids (bounded memory)."""
+        if message_id in self._written:
+            return
+        self._written.add(message_id)
+        self._written_order.append(message_id)
+        if len(self._written_order) > _REMEMBERED_IDS:
+            self._written.discard(self._written_order.popleft())
 
     def _ensure_directory(self) -> None:
         directory = self._path.parent
@@ -168,7 +183,7 @@ class JsonlFileProvider:
         return needle in tail
 
 
-# -- SMTP -----------------------------------------------------------------------------------------
+# -- SMTP ----------------------------------------------------------------------------
 
 
 class SmtpProvider:
@@ -219,7 +234,10 @@ class SmtpProvider:
 
     async def send(self, message: OutgoingMessage) -> None:
         """Send the email or raise DeliveryError."""
-        mail = self.build(message)
+        try:
+            mail = self.build(message)
+        except (ValueError, TypeError):  # e.g. a line break in a header: never valid
+            raise DeliveryError(False, "smtp invalid message") from None
         await asyncio.to_thread(self._send_sync, mail)
 
     def _send_sync(self, mail: EmailMessage) -> None:
@@ -252,7 +270,7 @@ def _smtp_retryable(code: int) -> bool:
     return not 500 <= code <= 599
 
 
-# -- HTTP SMS gateway -------------------------------------------------------------------------------
+# -- HTTP SMS gateway ----------------------------------------------------------------
 
 
 def gateway_signature(secret: str | bytes, timestamp: str, message_id: str, body: bytes) -> str:
@@ -367,7 +385,8 @@ class HttpSmsGatewayProvider:
             ),
             "Idempotency-Key": message.message_id,
         }
-        return urllib.request.Request(self._url, data=body, headers=headers, method="POST")
+        # The scheme is checked in __init__ (http/https only).
+        return urllib.request.Request(self._url, data=body, headers=headers, method="POST")  # noqa: S310
 
     async def send(self, message: OutgoingMessage) -> None:
         """Post the message or raise DeliveryError."""

@@ -1,0 +1,392 @@
+"""The dispatcher: takes due messages from the outbox and hands them to providers.
+
+Every worker process runs one dispatcher against the shared database. A
+message moves `pending → sending → sent`, or back to `pending` after a
+retryable failure, or to `failed` (permanent error, attempts used up, or
+expired). Claiming is one conditional UPDATE per message:
+
+    UPDATE outbox SET status='sending', lease_until=now+lease, attempts=attempts+1
+    WHERE message_id=? AND ((status='pending' AND next_attempt_at<=now)
+                            OR (status='sending' AND lease_until<now))
+
+and the claim counts only if it changed one row. PostgreSQL re-checks the
+WHERE clause after waiting for a concurrent writer's row lock, and SQLite runs
+one writer at a time (`BEGIN IMMEDIATE`), so exactly one process wins each
+claim. Every later update of the row is fenced on `status='sending' AND
+attempts=<the claimed value>`: a dispatcher whose lease has run out and been
+taken over cannot overwrite the new owner's outcome.
+
+What "never loses or duplicates a code message" means precisely:
+
+- Not lost: `Outbox.enqueue` returns only after the row is committed. The row
+  leaves `pending`/`sending` only as `sent` (a provider accepted it) or
+  `failed` (permanent refusal, `max_attempts` used, or past `expires_at`, when
+  the code inside is dead anyway). A crash at any point leaves it `pending`,
+  or `sending` with a lease that expires, after which any worker re-claims it.
+- Never sent twice at the same time: while a lease is held, nobody else can
+  claim the row; the provider call is cut off at `send_timeout` (half the
+  lease by default) so it ends before the lease does.
+- At-least-once towards the provider: after a crash or database outage
+  between the provider's acceptance and the `sent` update, or a timeout on our
+  side that the provider did not notice, the message is sent again with the
+  same `message_id`. Providers pass it on as an idempotency key: the file
+  provider drops the duplicate, SMTP carries a stable `Message-ID`, the SMS
+  gateway gets `Idempotency-Key` and must send at most once per key. So the
+  user receives one message exactly when the provider honours the key.
+
+Retries back off exponentially: `backoff_base * 2**(attempts-1)`, capped at
+`backoff_cap`, plus up to `jitter` of that as random jitter (injected), and
+never past the message's expiry. Attempt counts are taken at claim time, so a
+message that crashes its worker every time still runs out of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.delivery.outbox import (
+    STATUS_FAILED,
+    STATUS_PENDING,
+    STATUS_SENDING,
+    STATUS_SENT,
+    Payload,
+    Sealer,
+    payload_aad,
+)
+from xiaohe.identity.server.delivery.providers import DeliveryError, OutgoingMessage, Provider
+from xiaohe.identity.server.storage.database import Database, epoch, utc
+from xiaohe.identity.server.storage.schema import outbox
+
+log = logging.getLogger(__name__)
+
+OUTCOME_SENT = "sent"
+OUTCOME_RETRY = "retry"
+OUTCOME_FAILED = "failed"
+OUTCOME_EXPIRED = "expired"
+
+_NO_PROVIDER = "none"
+_LAST_ERROR_MAX = 200
+
+
+class DeliveryMetrics(Protocol):
+    """Counts delivery outcomes (`sent`, `retry`, `failed`, `expired`) per provider."""
+
+    def delivery(self, provider: str, outcome: str) -> None:
+        """Record one outcome."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A row this dispatcher holds the lease on; `attempts` (after the claim) fences updates."""
+
+    message_id: str
+    channel: str
+    purpose: str
+    attempts: int
+    expires_at: float
+    payload_enc: bytes | None = field(repr=False)
+
+
+class Dispatcher:
+    """Claims due outbox rows and sends them through the provider of their channel."""
+
+    def __init__(
+        self,
+        database: Database,
+        sealer: Sealer,
+        providers: Mapping[str, Provider],
+        clock: Clock,
+        max_attempts: int = 8,
+        backoff_base: float = 1.0,
+        lease_seconds: float = 30.0,
+        metrics: DeliveryMetrics | None = None,
+        *,
+        backoff_cap: float = 300.0,
+        jitter: float = 0.1,
+        random_source: Callable[[], float] | None = None,
+        send_timeout: float | None = None,
+        poll_interval: float = 1.0,
+        batch_size: int = 50,
+        concurrency: int = 8,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if lease_seconds <= 0 or backoff_base < 0 or concurrency < 1 or batch_size < 1:
+            raise ValueError("lease, backoff, concurrency and batch size must be positive")
+        self._database = database
+        self._sealer = sealer
+        self._providers = dict(providers)
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._jitter = jitter
+        self._random = random_source or random.Random().random
+        self._lease_seconds = lease_seconds
+        self._send_timeout = send_timeout if send_timeout is not None else lease_seconds / 2
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Start the next pass now (called after an enqueue, from the event loop's thread)."""
+        self._wake.set()
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt (with jitter)."""
+        delay = min(self._backoff_cap, self._backoff_base * 2.0 ** max(0, attempts - 1))
+        return delay + delay * self._jitter * self._random()
+
+    async def run_once(self, limit: int = 50) -> int:
+        """One pass over due messages; returns how many this dispatcher claimed and handled."""
+        now = utc(self._clock.now())
+        due = sa.or_(
+            sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= now),
+            sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < now),
+        )
+        query = (
+            sa.select(outbox.c.message_id)
+            .where(due)
+            .order_by(outbox.c.next_attempt_at)
+            .limit(limit)
+        )
+        async with self._database.connect() as conn:
+            candidates = list((await conn.execute(query)).scalars())
+        if not candidates:
+            return 0
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def handle(message_id: str) -> bool:
+            async with gate:
+                return await self._handle(message_id)
+
+        results = await asyncio.gather(*(handle(m) for m in candidates), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(1 for result in results if result is True)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Run passes until `stop` is set: at once after `wake()`, else every poll interval.
+
+        An exception in a pass (database down, a bug) is logged by type only
+        (its message might carry data) and the loop goes on; rows left in
+        `sending` are re-claimed when their lease runs out.
+        """
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                handled = await self.run_once(self._batch_size)
+            except Exception as exc:
+                log.warning("delivery pass failed: %s", type(exc).__name__)
+                handled = 0
+            if handled >= self._batch_size:
+                continue  # a full batch: more may be due right now
+            await self._idle(stop)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    # -- one message ----------------------------------------------------------
+
+    async def _handle(self, message_id: str) -> bool:
+        """Claim, send and record one message; False if another dispatcher got it first."""
+        claimed = await self._claim(message_id)
+        if claimed is None:
+            return False
+        provider = self._providers.get(claimed.channel)
+        provider_name = provider.name if provider is not None else _NO_PROVIDER
+        now = self._clock.now()
+        if claimed.expires_at <= now:
+            await self._finish(claimed, STATUS_FAILED, provider_name, OUTCOME_EXPIRED, "expired")
+            return True
+        if claimed.attempts > self._max_attempts:
+            # Only reachable when earlier claims crashed or lost their lease mid-send.
+            await self._finish(
+                claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, "attempts exhausted"
+            )
+            return True
+        if provider is None:
+            await self._finish(
+                claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, "no provider for channel"
+            )
+            return True
+        message = self._open(claimed)
+        if message is None:
+            await self._finish(
+                claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, "payload unreadable"
+            )
+            return True
+        try:
+            await asyncio.wait_for(provider.send(message), timeout=self._send_timeout)
+        except DeliveryError as exc:
+            retryable, reason = exc.retryable, exc.reason
+        except TimeoutError:
+            retryable, reason = True, "provider timeout"
+        except Exception as exc:
+            retryable, reason = True, f"provider error: {type(exc).__name__}"
+        else:
+            await self._finish(claimed, STATUS_SENT, provider_name, OUTCOME_SENT, None)
+            return True
+        await self._after_failure(claimed, provider_name, retryable, reason)
+        return True
+
+    def _open(self, claimed: _Claimed) -> OutgoingMessage | None:
+        if claimed.payload_enc is None:
+            return None
+        try:
+            payload = Payload.from_bytes(
+                self._sealer.open(claimed.payload_enc, payload_aad(claimed.message_id))
+            )
+            return OutgoingMessage(
+                message_id=claimed.message_id,
+                channel=claimed.channel,
+                to=payload.to,
+                purpose=claimed.purpose,
+                text=payload.text,
+                subject=payload.subject,
+            )
+        except Exception as exc:  # wrong key, tampered blob, malformed JSON
+            log.error("outbox payload of %s unreadable: %s", claimed.message_id, type(exc).__name__)
+            return None
+
+    async def _after_failure(
+        self, claimed: _Claimed, provider_name: str, retryable: bool, reason: str
+    ) -> None:
+        log.info(
+            "delivery of %s via %s failed (attempt %d): %s",
+            claimed.message_id,
+            provider_name,
+            claimed.attempts,
+            reason,
+        )
+        if not retryable:
+            await self._finish(claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, reason)
+            return
+        if claimed.attempts >= self._max_attempts:
+            await self._finish(claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, reason)
+            return
+        now = self._clock.now()
+        next_at = min(now + self.backoff(claimed.attempts), claimed.expires_at)
+        if next_at <= now:
+            await self._finish(claimed, STATUS_FAILED, provider_name, OUTCOME_EXPIRED, reason)
+            return
+        await self._update(
+            claimed,
+            status=STATUS_PENDING,
+            next_attempt_at=utc(next_at),
+            lease_until=None,
+            last_error=reason[:_LAST_ERROR_MAX],
+        )
+        self._count(provider_name, OUTCOME_RETRY)
+
+    async def _finish(
+        self,
+        claimed: _Claimed,
+        status: str,
+        provider_name: str,
+        outcome: str,
+        reason: str | None,
+    ) -> None:
+        """Record a final outcome and wipe the sealed payload."""
+        values: dict[str, Any] = {
+            "status": status,
+            "payload_enc": None,
+            "lease_until": None,
+            "provider": provider_name,
+        }
+        if status == STATUS_SENT:
+            values["sent_at"] = utc(self._clock.now())
+        if reason is not None:
+            values["last_error"] = reason[:_LAST_ERROR_MAX]
+        await self._update(claimed, **values)
+        self._count(provider_name, outcome)
+
+    # -- storage ----------------------------------------------------------------
+
+    async def _claim(self, message_id: str) -> _Claimed | None:
+        now = self._clock.now()
+        now_dt = utc(now)
+        claim = (
+            sa.update(outbox)
+            .where(
+                outbox.c.message_id == message_id,
+                sa.or_(
+                    sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= now_dt),
+                    sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < now_dt),
+                ),
+            )
+            .values(
+                status=STATUS_SENDING,
+                lease_until=utc(now + self._lease_seconds),
+                attempts=outbox.c.attempts + 1,
+            )
+        )
+        read = sa.select(
+            outbox.c.channel,
+            outbox.c.purpose,
+            outbox.c.attempts,
+            outbox.c.expires_at,
+            outbox.c.payload_enc,
+        ).where(outbox.c.message_id == message_id)
+        async with self._database.begin() as conn:
+            if (await conn.execute(claim)).rowcount != 1:
+                return None
+            row = (await conn.execute(read)).one()
+        return _Claimed(
+            message_id=message_id,
+            channel=row.channel,
+            purpose=row.purpose,
+            attempts=int(row.attempts),
+            expires_at=epoch(row.expires_at),
+            payload_enc=bytes(row.payload_enc) if row.payload_enc is not None else None,
+        )
+
+    async def _update(self, claimed: _Claimed, **values: Any) -> None:
+        """Update the row only while this dispatcher still owns it (fenced on attempts)."""
+        statement = (
+            sa.update(outbox)
+            .where(
+                outbox.c.message_id == claimed.message_id,
+                outbox.c.status == STATUS_SENDING,
+                outbox.c.attempts == claimed.attempts,
+            )
+            .values(**values)
+        )
+        async with self._database.begin() as conn:
+            changed = (await conn.execute(statement)).rowcount
+        if changed != 1:
+            log.warning("lost the lease on %s; another dispatcher owns it", claimed.message_id)
+
+    def _count(self, provider_name: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.delivery(provider_name, outcome)
+
+
+__all__ = [
+    "OUTCOME_EXPIRED",
+    "OUTCOME_FAILED",
+    "OUTCOME_RETRY",
+    "OUTCOME_SENT",
+    "DeliveryMetrics",
+    "Dispatcher",
+]

@@ -1,0 +1,188 @@
+"""The outbox: messages are first written to the database, then sent by the dispatcher.
+
+A flow that sends a code calls `Outbox.enqueue` and reports success once the
+row is committed; from then on the message survives a crash of any process
+(see `dispatcher.py` for how it is sent). If the row cannot be written, the
+caller gets `Unavailable`: nothing was queued, so the caller must not claim
+that a message is on its way.
+
+The destination (phone or email) and the text (which holds the code) are
+personal data and a secret, so the row keeps them only sealed (AES-GCM via the
+injected `Sealer`, bound to the message id as associated data) and the
+dispatcher sets the sealed payload to NULL as soon as the message is sent or
+given up. Channel and purpose stay in the clear for operations and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.delivery.templates import CHANNELS
+from xiaohe.identity.server.errors import Unavailable
+from xiaohe.identity.server.storage.database import Database, utc
+from xiaohe.identity.server.storage.schema import outbox
+
+log = logging.getLogger(__name__)
+
+STATUS_PENDING = "pending"
+STATUS_SENDING = "sending"
+STATUS_SENT = "sent"
+STATUS_FAILED = "failed"
+
+CODE_MESSAGE_TTL_SECONDS = 600.0
+"""A code message not sent within 10 minutes is dropped: the code (TTL ≤ 10 min) is dead by then."""
+
+NOTICE_MESSAGE_TTL_SECONDS = 86400.0
+"""A security notice is still worth sending for a day."""
+
+
+class Sealer(Protocol):
+    """Authenticated encryption of short-lived payloads (the key ring's AES-GCM sealer)."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt and authenticate plaintext together with aad."""
+        ...
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        """Decrypt a blob from `seal`; raises if it was tampered with or the aad differs."""
+        ...
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The sealed part of an outbox row: where the message goes and what it says."""
+
+    to: str = field(repr=False)
+    text: str = field(repr=False)
+    subject: str = field(default="", repr=False)
+
+    def to_bytes(self) -> bytes:
+        """UTF-8 JSON `{to, text, subject}`."""
+        doc = {"to": self.to, "text": self.text, "subject": self.subject}
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Payload:
+        """Parse `to_bytes` output; raises ValueError if malformed."""
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("malformed outbox payload")
+        to, text, subject = doc.get("to"), doc.get("text"), doc.get("subject", "")
+        if not isinstance(to, str) or not isinstance(text, str) or not isinstance(subject, str):
+            raise ValueError("malformed outbox payload")
+        return cls(to=to, text=text, subject=subject)
+
+
+def payload_aad(message_id: str) -> bytes:
+    """Associated data of a sealed payload: its message id, so a blob cannot move to another row."""
+    return message_id.encode("ascii")
+
+
+def new_message_id() -> str:
+    """A random message id (128 bits, hex)."""
+    return secrets.token_hex(16)
+
+
+class Outbox:
+    """Queues messages durably for the dispatcher."""
+
+    def __init__(
+        self,
+        database: Database,
+        sealer: Sealer,
+        clock: Clock,
+        wake: Callable[[], None] | None = None,
+        message_ids: Callable[[], str] = new_message_id,
+    ) -> None:
+        self._database = database
+        self._sealer = sealer
+        self._clock = clock
+        self._wake = wake
+        self._message_ids = message_ids
+
+    async def enqueue(
+        self,
+        channel: str,
+        destination: str,
+        purpose: str,
+        text: str,
+        subject: str = "",
+        expires_in_seconds: float = CODE_MESSAGE_TTL_SECONDS,
+    ) -> str:
+        """Queue one message and return its id; raises Unavailable if it could not be queued."""
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
+        if not 0 < len(purpose) <= 32:
+            raise ValueError("a purpose is 1-32 characters")
+        if not destination or not text:
+            raise ValueError("a message needs a destination and a text")
+        if expires_in_seconds <= 0:
+            raise ValueError("expires_in_seconds must be positive")
+        message_id = self._message_ids()
+        sealed = self._sealer.seal(
+            Payload(to=destination, text=text, subject=subject).to_bytes(),
+            payload_aad(message_id),
+        )
+        now = self._clock.now()
+        row = {
+            "message_id": message_id,
+            "channel": channel,
+            "purpose": purpose,
+            "payload_enc": sealed,
+            "status": STATUS_PENDING,
+            "attempts": 0,
+            "next_attempt_at": utc(now),
+            "lease_until": None,
+            "created_at": utc(now),
+            "expires_at": utc(now + expires_in_seconds),
+        }
+        try:
+            async with self._database.begin() as conn:
+                await conn.execute(sa.insert(outbox).values(**row))
+        except Unavailable:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise Unavailable("the message could not be queued") from exc
+        log.debug("queued message %s (%s, %s)", message_id, channel, purpose)
+        if self._wake is not None:
+            try:
+                self._wake()
+            except Exception as exc:  # the row is committed; the poll loop will find it
+                log.warning("waking the dispatcher failed: %s", type(exc).__name__)
+        return message_id
+
+    async def purge_finished(self, older_than_seconds: float) -> int:
+        """Delete sent and failed rows older than `older_than_seconds`; returns how many."""
+        cutoff = utc(self._clock.now() - older_than_seconds)
+        async with self._database.begin() as conn:
+            result = await conn.execute(
+                sa.delete(outbox).where(
+                    outbox.c.status.in_((STATUS_SENT, STATUS_FAILED)),
+                    outbox.c.created_at < cutoff,
+                )
+            )
+        return int(result.rowcount)
+
+
+__all__ = [
+    "CODE_MESSAGE_TTL_SECONDS",
+    "NOTICE_MESSAGE_TTL_SECONDS",
+    "STATUS_FAILED",
+    "STATUS_PENDING",
+    "STATUS_SENDING",
+    "STATUS_SENT",
+    "Outbox",
+    "Payload",
+    "Sealer",
+    "new_message_id",
+    "payload_aad",
+]
