@@ -11,20 +11,32 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from xiaohe.identity.server.container import Container
+from xiaohe.identity.server.transport.accounts import AccountServicer
 from xiaohe.identity.server.transport.admin import AdminServicer
+from xiaohe.identity.server.transport.auth import AuthServicer
 from xiaohe.identity.server.transport.codes import CodeServicer
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
+from xiaohe.identity.server.transport.privacy import PrivacyServicer
 from xiaohe.identity.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     codes_pb2,
     codes_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
 )
 
 log = logging.getLogger("xiaohe.identity.app")
 
 SERVICE_NAMES = (
     codes_pb2.DESCRIPTOR.services_by_name["CodeService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
@@ -55,6 +67,21 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         ],
     )
     codes_pb2_grpc.add_CodeServiceServicer_to_server(CodeServicer(container.codes), server)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(
+        AuthServicer(
+            container.login,
+            container.sessions,
+            container.keyring.public_keys,
+            container.settings.default_audience,
+        ),
+        server,
+    )
+    accounts_pb2_grpc.add_AccountServiceServicer_to_server(
+        AccountServicer(container.accounts, container.sessions), server
+    )
+    privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
+        PrivacyServicer(container.policies), server
+    )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(container.clients, container.audit), server
     )
@@ -71,6 +98,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
+    await container.policies.ensure_seeded()
     await container.start_background()
     await server.start()
     for name in ("", *SERVICE_NAMES):

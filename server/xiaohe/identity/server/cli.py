@@ -8,15 +8,18 @@ import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
 from xiaohe.identity.server.config import Settings, SettingsError, load_settings
+from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.errors import IdentityError
 from xiaohe.identity.server.observability.logging import configure_logging
+from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.migrate import upgrade_async
 
@@ -44,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="action", required=True)
     audit.add_parser("verify", help="check the audit hash chain")
+
+    policy = sub.add_parser("policy", help="privacy policy versions").add_subparsers(
+        dest="action", required=True
+    )
+    publish = policy.add_parser("publish", help="publish FILE as the next policy version")
+    publish.add_argument("file", help="the policy text (UTF-8 Markdown)")
 
     keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
     keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
@@ -107,6 +116,28 @@ async def _audit_verify(settings: Settings) -> int:
     return await _with_database(settings, work)
 
 
+async def _policy_publish(text: str, settings: Settings) -> int:
+    async def work(database: Database) -> int:
+        store = PolicyStore(database, SystemClock())
+        await store.ensure_seeded()
+        published = await store.publish(text)
+        _print({"version": published.version, "sha256": published.sha256})
+        return 0
+
+    return await _with_database(settings, work)
+
+
+async def _rewrap(settings: Settings) -> int:
+    """Re-wrap every account's data key under the active master key; data stays as it is."""
+    await upgrade_async(settings.effective_database_url)
+    # Re-wrapping touches only SQL and the key ring; the Redis URL is never connected to.
+    container = Container(settings, redis_url=settings.redis_url or "redis://127.0.0.1:0")
+    try:
+        return await container.accounts.rewrap_data_keys()
+    finally:
+        await container.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     args = _parser().parse_args(argv)
@@ -134,11 +165,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_clients(args, settings))
         if args.command == "audit":
             return asyncio.run(_audit_verify(settings))
+        if args.command == "policy":
+            try:
+                text = Path(args.file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                print(f"xiaohe-identity: cannot read {args.file}: {exc}", file=sys.stderr)
+                return 1
+            return asyncio.run(_policy_publish(text, settings))
         if args.command == "keys":
             ring = KeyRing.load_or_create(settings.effective_keyring_file, SystemClock())
             if args.action == "rotate":
                 key = ring.rotate_master_key()
-                _print({"active_master_key": key.id})
+                rewrapped = asyncio.run(_rewrap(settings))
+                _print({"active_master_key": key.id, "data_keys_rewrapped": rewrapped})
             else:
                 signing = ring.rotate_signing_key(
                     keep_retired_for=settings.access_token_ttl_seconds + 3600

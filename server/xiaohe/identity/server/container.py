@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -17,12 +18,19 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from xiaohe.identity.server.accounts.repository import SqlAccountRepository
+from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import Clock, SystemClock
 from xiaohe.identity.server.codes.models import CodePolicy
 from xiaohe.identity.server.codes.service import CodeService, TicketService
 from xiaohe.identity.server.config import Settings
+from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
+from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle
+from xiaohe.identity.server.credentials.login import LoginService
+from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
@@ -35,9 +43,17 @@ from xiaohe.identity.server.delivery.providers import (
 )
 from xiaohe.identity.server.delivery.templates import render_code_message
 from xiaohe.identity.server.observability.metrics import Metrics
+from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.sessions.models import SessionLifetimes
+from xiaohe.identity.server.sessions.repository import SqlSessionRepository
+from xiaohe.identity.server.sessions.revocations import RevocationList
+from xiaohe.identity.server.sessions.service import SessionService
+from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.storage.database import Database
 
 log = logging.getLogger("xiaohe.identity.container")
+
+KEYRING_RELOAD_SECONDS = 30.0
 
 
 class Container:
@@ -180,16 +196,125 @@ class Container:
             audit=self.audit,
         )
 
+    @cached_property
+    def blind_index(self) -> BlindIndex:
+        """Keyed lookups of normalised identifiers."""
+        return BlindIndex(self.keyring.blind_index_key)
+
+    @cached_property
+    def policies(self) -> PolicyStore:
+        """Privacy policy versions and consent records."""
+        return PolicyStore(self.database, self.clock)
+
+    @cached_property
+    def hasher(self) -> PasswordHasher:
+        """Argon2id in a bounded thread pool."""
+        s = self.settings
+        return PasswordHasher(
+            Argon2Parameters(
+                memory_cost=s.argon2_memory_kib,
+                time_cost=s.argon2_time_cost,
+                parallelism=s.argon2_parallelism,
+            ),
+            max_workers=s.password_hash_threads or (os.cpu_count() or 1),
+            max_queue=s.password_hash_queue,
+        )
+
+    @cached_property
+    def accounts(self) -> AccountService:
+        """Registration and accounts."""
+        return AccountService(
+            repository=SqlAccountRepository(self.database),
+            policies=self.policies,
+            tickets=self.tickets,
+            password_policy=PasswordPolicy(CommonPasswords.load()),
+            hasher=self.hasher,
+            cipher=self.cipher,
+            master_keys=self.keyring,
+            blind_index=self.blind_index,
+            clock=self.clock,
+            allowed_country_codes=self.settings.allowed_country_codes,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def revocations(self) -> RevocationList:
+        """This worker's in-memory view of revoked sessions, fed from Redis."""
+        return RevocationList(self.redis, self.clock, self.settings.access_token_ttl_seconds)
+
+    @cached_property
+    def sessions(self) -> SessionService:
+        """Sessions, refresh rotation and token validation."""
+        s = self.settings
+        ring = self.keyring
+
+        def signing_key() -> tuple[str, bytes]:
+            key = ring.active_signing_key
+            return key.kid, key.seed
+
+        return SessionService(
+            self.database,
+            SqlSessionRepository(self.database),
+            AccessTokenIssuer(signing_key, s.token_issuer, self.clock, s.access_token_ttl_seconds),
+            AccessTokenValidator(
+                ring.public_keys, s.token_issuer, self.clock, s.token_leeway_seconds
+            ),
+            self.revocations,
+            self.clock,
+            SessionLifetimes.from_settings(s),
+            s.default_audience,
+        )
+
+    @cached_property
+    def login(self) -> LoginService:
+        """Password and SMS-code login."""
+        return LoginService(
+            accounts=self.accounts,
+            sessions=self.sessions,
+            tickets=self.tickets,
+            hasher=self.hasher,
+            throttle=LoginThrottle(
+                self.redis,
+                self.clock,
+                LockoutPolicy.from_settings(self.settings),
+                ip_key=self.keyring.code_hmac_key,
+            ),
+            policies=self.policies,
+            clock=self.clock,
+            audit=self.audit,
+            metrics=self.metrics,
+            allowed_country_codes=self.settings.allowed_country_codes,
+        )
+
     async def start_background(self) -> None:
-        """Start the delivery loop."""
+        """Start the delivery loop (first: `close` lets it finish), the revocation feed
+        and the key ring refresh."""
         self._tasks.append(asyncio.create_task(self.dispatcher.run_forever(self._stop)))
+        self._tasks.append(asyncio.create_task(self.revocations.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self._reload_keyring()))
+
+    async def _reload_keyring(self) -> None:
+        """Pick up keys rotated by the CLI (new signing key, new master key) without a restart."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=KEYRING_RELOAD_SECONDS)
+            if not self._stop.is_set():
+                try:
+                    await asyncio.to_thread(self.keyring.reload)
+                except Exception:
+                    log.exception("key ring reload failed")
 
     async def close(self) -> None:
         """Stop background work and close connections."""
         self._stop.set()
+        # The dispatcher finishes the message in hand; the feeds only wait, so cancel them.
+        for task in self._tasks[1:]:
+            task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=5)
+        if "hasher" in self.__dict__:
+            await asyncio.to_thread(self.hasher.close)
         if "redis" in self.__dict__:
             await self.redis.aclose()
         if "database" in self.__dict__:

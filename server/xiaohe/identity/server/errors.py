@@ -115,7 +115,12 @@ class TicketInvalid(IdentityError):
 
     reason = "TICKET_INVALID"
 
-    def __init__(self, message: str = "the verification ticket is invalid or has expired") -> None:
+    def __init__(
+        self,
+        message: str = "the verification ticket is invalid or has expired",
+        field: str = "ticket",
+    ) -> None:
+        self.field = field
         super().__init__(message)
 
 

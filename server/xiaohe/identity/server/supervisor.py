@@ -26,6 +26,7 @@ from xiaohe.identity.server.observability.metrics import (
     prepare_multiproc_dir,
     start_metrics_server,
 )
+from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
@@ -82,6 +83,7 @@ async def prepare(settings: Settings, redis_url: str) -> None:
     KeyRing.load_or_create(settings.effective_keyring_file, SystemClock())
     database = Database.from_url(url)
     try:
+        await PolicyStore(database, SystemClock()).ensure_seeded()
         await ensure_bootstrap_client(settings, database)
     finally:
         await database.close()

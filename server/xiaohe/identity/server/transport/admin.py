@@ -5,22 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
+from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
 
 def client_to_proto(client: Client) -> admin_pb2.Client:
     """The proto view of a client (never its secret)."""
-    created = timestamp_pb2.Timestamp()
-    created.FromNanoseconds(int(client.created_at * 1e9))
     return admin_pb2.Client(
         client_id=client.client_id,
         name=client.name,
         grants=sorted(client.grants),
-        created_at=created,
+        created_at=timestamp(client.created_at),
         revoked=client.revoked,
     )
 

@@ -11,6 +11,7 @@ from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
 from xiaohe.identity.v1 import common_pb2
 
 E = TypeVar("E", bound=StrEnum)
+V = TypeVar("V")
 
 
 def from_proto(
@@ -28,9 +29,9 @@ def from_proto(
     return domain[short]
 
 
-def to_proto(value_of: Callable[[str], int], prefix: str, member: StrEnum) -> int:
+def to_proto(value_of: Callable[[str], V], prefix: str, member: StrEnum) -> V:
     """The proto enum value for a domain enum member."""
-    return int(value_of(prefix + member.name))
+    return value_of(prefix + member.name)
 
 
 def channel_from_proto(value: int, field: str = "channel") -> Channel:

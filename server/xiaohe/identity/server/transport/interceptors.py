@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 from google.rpc import status_pb2
@@ -28,7 +28,7 @@ log = logging.getLogger("xiaohe.identity.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 class Authenticator(Protocol):
@@ -59,7 +59,13 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return out
 
 
-class IdentityInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class IdentityInterceptor(_ServerInterceptor):
     """Wraps every unary and server-streaming handler with auth, context and error mapping."""
 
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:

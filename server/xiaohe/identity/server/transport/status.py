@@ -38,6 +38,7 @@ _CODES: dict[type[errors.IdentityError], grpc.StatusCode] = {
 _DEFAULT_FIELD: dict[type[errors.IdentityError], str] = {
     errors.CodeInvalid: "code",
     errors.TicketInvalid: "ticket",
+    errors.AlreadyExists: "",
 }
 
 
@@ -64,8 +65,9 @@ def to_rpc_status(exc: errors.IdentityError, request_id: str) -> status_pb2.Stat
     status.details.add().Pack(info)
     violations: list[errors.FieldViolation] = list(getattr(exc, "violations", []) or [])
     if not violations and type(exc) in _DEFAULT_FIELD:
-        field = getattr(exc, "field", None) or _DEFAULT_FIELD[type(exc)]
+        field = getattr(exc, "field", "") or _DEFAULT_FIELD[type(exc)]
         violations = [errors.FieldViolation(field, exc.message)]
+    violations = [v for v in violations if v.field]
     if violations:
         bad = error_details_pb2.BadRequest()
         for v in violations:

@@ -1,0 +1,533 @@
+"""`IdentityClient`: the async SDK over the Xiaohe Identity gRPC API.
+
+One method per RPC, returning the generated response message. Every call
+carries the client credentials (`x-client-id` / `x-client-secret`), the
+forwarded end-user metadata when there is an end user, the end user's access
+token as `authorization: Bearer …` for RPCs about "me", and a deadline; a failed
+call raises the typed error of `xiaohe.identity.client.errors`, never a raw
+`grpc.RpcError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import grpc
+
+from xiaohe.identity.client.errors import from_rpc_error
+from xiaohe.identity.client.verifier import TokenVerifier
+from xiaohe.identity.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    codes_pb2,
+    codes_pb2_grpc,
+    common_pb2,
+    privacy_pb2,
+    privacy_pb2_grpc,
+)
+from xiaohe.identity.v1.auth_pb2 import NextStep
+from xiaohe.identity.v1.common_pb2 import Channel, IdentifierKind, IdType, Purpose, SubjectType
+
+if TYPE_CHECKING:
+    from xiaohe.identity.v1.accounts_pb2_grpc import AccountServiceAsyncStub
+    from xiaohe.identity.v1.admin_pb2_grpc import AdminServiceAsyncStub
+    from xiaohe.identity.v1.auth_pb2_grpc import AuthServiceAsyncStub
+    from xiaohe.identity.v1.codes_pb2_grpc import CodeServiceAsyncStub
+    from xiaohe.identity.v1.privacy_pb2_grpc import PrivacyServiceAsyncStub
+
+__all__ = [
+    "Channel",
+    "EndUser",
+    "IdType",
+    "IdentifierKind",
+    "IdentityClient",
+    "NextStep",
+    "Purpose",
+    "SubjectType",
+]
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _header_value(value: str) -> str:
+    """`value` as a valid ASCII metadata value: non-printable characters become '?'.
+
+    gRPC refuses a call whose metadata holds anything else with an internal
+    exception rather than a status, so values that come from outside (a user
+    agent, a bearer token a browser sent) are made legal first.
+    """
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in value).strip()
+
+
+def _is_header_value(value: str) -> bool:
+    return bool(value) and all(" " <= ch <= "~" for ch in value)
+
+
+@dataclass(frozen=True, slots=True)
+class EndUser:
+    """The end user a front end acts for, forwarded as `x-end-user-*` / `x-device-id` metadata.
+
+    The server believes these only from clients granted `forward-end-user`; for any
+    other client the caller's own address counts as the end user's, for per-IP
+    limits and audit. Values are sent as ASCII header values: characters outside
+    printable ASCII (e.g. in an exotic user agent) are replaced by '?'.
+    """
+
+    ip: str = ""
+    user_agent: str = ""
+    device_id: str = ""
+
+    def metadata(self) -> Metadata:
+        """The metadata pairs for the fields that are set."""
+        pairs = (
+            ("x-end-user-ip", self.ip),
+            ("x-end-user-agent", self.user_agent),
+            ("x-device-id", self.device_id),
+        )
+        return tuple((key, _header_value(value)) for key, value in pairs if value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stubs:
+    codes: CodeServiceAsyncStub
+    auth: AuthServiceAsyncStub
+    accounts: AccountServiceAsyncStub
+    privacy: PrivacyServiceAsyncStub
+    admin: AdminServiceAsyncStub
+
+
+class IdentityClient:
+    """Async client of Xiaohe Identity; use as `async with IdentityClient(...) as identity:`.
+
+    `target` is the server address (e.g. "127.0.0.1:50051"). Without `channel` the
+    client opens its own, TLS when `credentials` are given (use TLS for anything
+    that leaves the host: the client secret travels in every call), and closes it
+    on exit; a `channel` passed in belongs to the caller and is left open.
+    `timeout` is the deadline of every call in seconds (for a shorter one, wrap
+    the call in `asyncio.timeout`: cancelling the task cancels the RPC).
+    `end_user` is the default end user of every call; each method overrides it
+    with `end_user=` (pass `EndUser()` to send none).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = 10.0,
+        end_user: EndUser | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        client_id, client_secret = client_id.strip(), client_secret.strip()
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret are required")
+        if not (_is_header_value(client_id) and _is_header_value(client_secret)):
+            raise ValueError("client_id and client_secret must be printable ASCII")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._target = target
+        self._credentials = credentials
+        self._client_metadata: Metadata = (
+            ("x-client-id", client_id),
+            ("x-client-secret", client_secret),
+        )
+        self._timeout = timeout
+        self._end_user = end_user if end_user is not None else EndUser()
+        self._channel = channel
+        self._owns_channel = channel is None
+        self._stubs: _Stubs | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"IdentityClient(target={self._target!r}, client_id={self._client_metadata[0][1]!r})"
+
+    async def __aenter__(self) -> Self:
+        self._ensure_stubs()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel if this client opened it; later calls raise RuntimeError."""
+        self._closed = True
+        self._stubs = None
+        if self._owns_channel and self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close(None)
+
+    def _ensure_stubs(self) -> _Stubs:
+        if self._closed:
+            raise RuntimeError("this IdentityClient is closed")
+        if self._stubs is None:
+            if self._channel is None:
+                # Opened lazily so the channel binds to the event loop that uses it.
+                self._channel = (
+                    grpc.aio.secure_channel(self._target, self._credentials)
+                    if self._credentials is not None
+                    else grpc.aio.insecure_channel(self._target)
+                )
+            channel = self._channel
+            self._stubs = _Stubs(
+                codes=codes_pb2_grpc.CodeServiceStub(channel),
+                auth=auth_pb2_grpc.AuthServiceStub(channel),
+                accounts=accounts_pb2_grpc.AccountServiceStub(channel),
+                privacy=privacy_pb2_grpc.PrivacyServiceStub(channel),
+                admin=admin_pb2_grpc.AdminServiceStub(channel),
+            )
+        return self._stubs
+
+    def _metadata(self, end_user: EndUser | None, access_token: str | None) -> Metadata:
+        user = end_user if end_user is not None else self._end_user
+        metadata = self._client_metadata + user.metadata()
+        if access_token is not None:
+            # A malformed token still reaches the server, which answers USER_UNAUTHENTICATED.
+            metadata += (("authorization", f"Bearer {_header_value(access_token)}"),)
+        return metadata
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        *,
+        end_user: EndUser | None,
+        access_token: str | None = None,
+    ) -> _Response:
+        """Call `method` with credentials, metadata and deadline; grpc errors become typed ones."""
+        try:
+            return await method(
+                request,
+                timeout=self._timeout,
+                metadata=self._metadata(end_user, access_token),
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    # CodeService
+
+    async def issue_code(
+        self,
+        channel: int,
+        destination: str,
+        purpose: int,
+        *,
+        end_user: EndUser | None = None,
+    ) -> codes_pb2.IssueCodeResponse:
+        """Send a fresh code to `destination` over `channel` (e.g. `Channel.CHANNEL_SMS`)."""
+        request = codes_pb2.IssueCodeRequest(
+            channel=common_pb2.Channel.ValueType(channel),
+            destination=destination,
+            purpose=common_pb2.Purpose.ValueType(purpose),
+        )
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.codes.IssueCode, request, end_user=end_user)
+
+    async def verify_code(
+        self,
+        channel: int,
+        destination: str,
+        purpose: int,
+        code: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> codes_pb2.VerifyCodeResponse:
+        """Check a code; the response's single-use `ticket` proves control of the destination."""
+        request = codes_pb2.VerifyCodeRequest(
+            channel=common_pb2.Channel.ValueType(channel),
+            destination=destination,
+            purpose=common_pb2.Purpose.ValueType(purpose),
+            code=code,
+        )
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.codes.VerifyCode, request, end_user=end_user)
+
+    # AuthService
+
+    async def login_with_password(
+        self,
+        identifier: str,
+        password: str,
+        kind: int = IdentifierKind.IDENTIFIER_KIND_UNSPECIFIED,
+        audience: str = "",
+        *,
+        end_user: EndUser | None = None,
+    ) -> auth_pb2.LoginResponse:
+        """Sign in by identifier and password; `kind` UNSPECIFIED: classified by shape."""
+        request = auth_pb2.LoginRequest(
+            password=auth_pb2.PasswordCredential(
+                identifier=identifier,
+                identifier_kind=common_pb2.IdentifierKind.ValueType(kind),
+                password=password,
+            ),
+            audience=audience,
+        )
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.auth.Login, request, end_user=end_user)
+
+    async def login_with_sms_ticket(
+        self,
+        ticket: str,
+        audience: str = "",
+        *,
+        end_user: EndUser | None = None,
+    ) -> auth_pb2.LoginResponse:
+        """Sign in with a ticket from `verify_code` (SMS, `Purpose.PURPOSE_LOGIN`)."""
+        request = auth_pb2.LoginRequest(sms_ticket=ticket, audience=audience)
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.auth.Login, request, end_user=end_user)
+
+    async def refresh(
+        self,
+        refresh_token: str,
+        audience: str = "",
+        *,
+        end_user: EndUser | None = None,
+    ) -> auth_pb2.RefreshResponse:
+        """Exchange a refresh token for a new pair; the old refresh token stops working."""
+        request = auth_pb2.RefreshRequest(refresh_token=refresh_token, audience=audience)
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.auth.Refresh, request, end_user=end_user)
+
+    async def logout(
+        self,
+        *,
+        refresh_token: str | None = None,
+        access_token: str | None = None,
+        end_user: EndUser | None = None,
+    ) -> auth_pb2.LogoutResponse:
+        """End the session of exactly one of `refresh_token` or `access_token`."""
+        if refresh_token is not None and access_token is None:
+            request = auth_pb2.LogoutRequest(refresh_token=refresh_token)
+        elif access_token is not None and refresh_token is None:
+            request = auth_pb2.LogoutRequest(access_token=access_token)
+        else:
+            raise ValueError("pass exactly one of refresh_token or access_token")
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.auth.Logout, request, end_user=end_user)
+
+    async def validate_token(
+        self,
+        access_token: str,
+        audience: str = "",
+        *,
+        end_user: EndUser | None = None,
+    ) -> auth_pb2.ValidateTokenResponse:
+        """Check an access token remotely: signature, expiry, audience and revocation."""
+        request = auth_pb2.ValidateTokenRequest(access_token=access_token, audience=audience)
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.auth.ValidateToken, request, end_user=end_user)
+
+    async def get_signing_keys(self, *, end_user: EndUser | None = None) -> str:
+        """The JWKS (JSON text) of the keys that sign access tokens."""
+        stubs = self._ensure_stubs()
+        response = await self._unary(
+            stubs.auth.GetSigningKeys,
+            auth_pb2.GetSigningKeysRequest(),
+            end_user=end_user,
+        )
+        return response.jwks_json
+
+    def token_verifier(self, audience: str, **kwargs: Any) -> TokenVerifier:
+        """A `TokenVerifier` for `audience`, fetching keys through `get_signing_keys`.
+
+        `kwargs` go to `TokenVerifier` (issuer, leeway, min_refetch_interval, …).
+        The verifier refetches keys through this client, so keep the client open
+        while the verifier is in use.
+        """
+        return TokenVerifier(self.get_signing_keys, audience=audience, **kwargs)
+
+    # AccountService
+
+    async def register(
+        self,
+        request: accounts_pb2.RegisterRequest | None = None,
+        /,
+        *,
+        subject_type: int | None = None,
+        login_name: str | None = None,
+        password: str | None = None,
+        phone_ticket: str | None = None,
+        phone: str | None = None,
+        accepted_policy_version: int | None = None,
+        natural_person: accounts_pb2.NaturalPersonProfile | None = None,
+        legal_person: accounts_pb2.LegalPersonProfile | None = None,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.RegisterResponse:
+        """Create an account: pass a `RegisterRequest`, or its fields as keyword arguments."""
+        fields_given = any(
+            value is not None
+            for value in (
+                subject_type,
+                login_name,
+                password,
+                phone_ticket,
+                phone,
+                accepted_policy_version,
+                natural_person,
+                legal_person,
+            )
+        )
+        if request is not None and fields_given:
+            raise TypeError("pass a RegisterRequest or its fields, not both")
+        if natural_person is not None and legal_person is not None:
+            raise ValueError("pass natural_person or legal_person, not both")
+        if request is None:
+            request = accounts_pb2.RegisterRequest(
+                subject_type=common_pb2.SubjectType.ValueType(subject_type or 0),
+                login_name=login_name or "",
+                password=password or "",
+                phone_ticket=phone_ticket or "",
+                phone=phone or "",
+                accepted_policy_version=accepted_policy_version or 0,
+                natural_person=natural_person,
+                legal_person=legal_person,
+            )
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.accounts.Register, request, end_user=end_user)
+
+    async def get_account(
+        self,
+        access_token: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.GetAccountResponse:
+        """The signed-in user's own account (masked phone and email)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.GetAccount,
+            accounts_pb2.GetAccountRequest(),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def list_sessions(
+        self,
+        access_token: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.ListSessionsResponse:
+        """The signed-in user's active sessions."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.ListSessions,
+            accounts_pb2.ListSessionsRequest(),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def revoke_session(
+        self,
+        access_token: str,
+        session_id: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.RevokeSessionResponse:
+        """End one of the signed-in user's sessions."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.RevokeSession,
+            accounts_pb2.RevokeSessionRequest(session_id=session_id),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    # PrivacyService
+
+    async def get_policy(
+        self,
+        version: int = 0,
+        *,
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.GetPolicyResponse:
+        """The privacy policy text of `version` (0: the current one)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.privacy.GetPolicy,
+            privacy_pb2.GetPolicyRequest(version=version),
+            end_user=end_user,
+        )
+
+    # AdminService
+
+    async def create_client(
+        self,
+        name: str,
+        grants: Sequence[str],
+        *,
+        end_user: EndUser | None = None,
+    ) -> admin_pb2.CreateClientResponse:
+        """Create an API client; the response holds its secret, shown this once."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.CreateClient,
+            admin_pb2.CreateClientRequest(name=name, grants=list(grants)),
+            end_user=end_user,
+        )
+
+    async def list_clients(
+        self, *, end_user: EndUser | None = None
+    ) -> admin_pb2.ListClientsResponse:
+        """Every API client (never their secrets)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.ListClients,
+            admin_pb2.ListClientsRequest(),
+            end_user=end_user,
+        )
+
+    async def revoke_client(
+        self,
+        client_id: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> admin_pb2.RevokeClientResponse:
+        """Revoke an API client; its credentials stop working within seconds."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.RevokeClient,
+            admin_pb2.RevokeClientRequest(client_id=client_id),
+            end_user=end_user,
+        )
+
+    async def set_client_grants(
+        self,
+        client_id: str,
+        grants: Sequence[str],
+        *,
+        end_user: EndUser | None = None,
+    ) -> admin_pb2.SetClientGrantsResponse:
+        """Replace an API client's grants."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.SetClientGrants,
+            admin_pb2.SetClientGrantsRequest(client_id=client_id, grants=list(grants)),
+            end_user=end_user,
+        )
+
+    async def verify_audit_chain(
+        self, *, end_user: EndUser | None = None
+    ) -> admin_pb2.VerifyAuditChainResponse:
+        """Walk the audit hash chain and report the first broken link, if any."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.VerifyAuditChain,
+            admin_pb2.VerifyAuditChainRequest(),
+            end_user=end_user,
+        )

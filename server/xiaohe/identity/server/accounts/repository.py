@@ -1,0 +1,334 @@
+"""Account storage: the Protocol the account service needs and its SQL implementation.
+
+The repository moves opaque values only. It never sees a phone number, an ID
+number or a name in the clear: the service hands it ciphertexts (`*_enc`,
+AES-256-GCM under the account's data key) and blind indexes (HMAC-SHA256 of the
+normalised identifier), and gets the same back.
+
+Uniqueness of identifiers is enforced by the database, not by the lookups that
+precede an insert: the `identifiers` primary key (kind, blind_index) and the
+unique `accounts.login_name`. Identifier rows are inserted one statement each,
+so when two registrations race for the same identifier the loser's failing
+statement tells which kind it was (`IdentifierTaken`), and its whole
+transaction (account, identifiers, consent) is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
+from xiaohe.identity.server.storage.schema import accounts, identifiers
+
+
+class IdentifierTaken(Exception):
+    """An identifier of `kind` (`login_name`, `phone`, ...) already belongs to an account."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"{kind} is already taken")
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class IdentifierKey:
+    """One lookup key: the identifier kind and the blind index of its normalised value."""
+
+    kind: str
+    blind_index: str
+
+
+@dataclass(frozen=True)
+class NewAccountRecord:
+    """A row of `accounts` to insert; personal data only as ciphertexts."""
+
+    account_id: str
+    subject_type: str
+    login_name: str
+    password_hash: str = field(repr=False)
+    status: str
+    accepted_policy_version: int
+    real_name_level: int
+    master_key_id: str
+    data_key_wrapped: bytes = field(repr=False)
+    phone_enc: bytes | None = field(repr=False)
+    email_enc: bytes | None = field(repr=False)
+    profile_enc: bytes | None = field(repr=False)
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """A stored row of `accounts`; times in epoch seconds; `data_key_wrapped` None if shredded."""
+
+    account_id: str
+    subject_type: str
+    login_name: str
+    password_hash: str = field(repr=False)
+    status: str
+    accepted_policy_version: int
+    real_name_level: int
+    master_key_id: str
+    data_key_wrapped: bytes | None = field(repr=False)
+    phone_enc: bytes | None = field(repr=False)
+    email_enc: bytes | None = field(repr=False)
+    profile_enc: bytes | None = field(repr=False)
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class StoredDataKey:
+    """An account's wrapped data key as stored (for master-key rotation)."""
+
+    account_id: str
+    data_key_wrapped: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DataKeyUpdate:
+    """Replace `old` by `new` (wrapped under `master_key_id`) if the row still holds `old`."""
+
+    account_id: str
+    old: bytes = field(repr=False)
+    new: bytes = field(repr=False)
+    master_key_id: str
+
+
+class AccountRepository(Protocol):
+    """Storage the account service needs."""
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """One write transaction, shared with other stores (the consent record)."""
+        ...
+
+    async def taken_kinds(self, keys: Sequence[IdentifierKey]) -> set[str]:
+        """The kinds among `keys` whose blind index already belongs to some account."""
+        ...
+
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        account: NewAccountRecord,
+        keys: Sequence[IdentifierKey],
+    ) -> None:
+        """Insert the account and its identifiers; raise IdentifierTaken on a duplicate."""
+        ...
+
+    async def get(self, account_id: str) -> AccountRecord | None:
+        """The account, or None."""
+        ...
+
+    async def find_by_identifier(self, key: IdentifierKey) -> AccountRecord | None:
+        """The account holding this identifier, or None."""
+        ...
+
+    async def set_password_hash(self, account_id: str, password_hash: str, now: float) -> bool:
+        """Replace the password hash; False if there is no such account."""
+        ...
+
+    async def stale_data_keys(
+        self, active_master_key_id: str, after_account_id: str, limit: int
+    ) -> list[StoredDataKey]:
+        """Up to `limit` data keys not wrapped under the active master key, by account id."""
+        ...
+
+    async def replace_data_keys(self, updates: Sequence[DataKeyUpdate]) -> int:
+        """Apply the updates whose row still holds `old`, in one transaction; return how many."""
+        ...
+
+
+def _optional_bytes(value: object) -> bytes | None:
+    """A binary column value as bytes (drivers return bytes or memoryview), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError("expected a binary column value")
+
+
+def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AccountRecord:
+    m = row._mapping
+    return AccountRecord(
+        account_id=str(m["account_id"]),
+        subject_type=str(m["subject_type"]),
+        login_name=str(m["login_name"]),
+        password_hash=str(m["password_hash"]),
+        status=str(m["status"]),
+        accepted_policy_version=int(m["accepted_policy_version"]),
+        real_name_level=int(m["real_name_level"]),
+        master_key_id=str(m["master_key_id"]),
+        data_key_wrapped=_optional_bytes(m["data_key_wrapped"]),
+        phone_enc=_optional_bytes(m["phone_enc"]),
+        email_enc=_optional_bytes(m["email_enc"]),
+        profile_enc=_optional_bytes(m["profile_enc"]),
+        created_at=epoch(m["created_at"]),
+        updated_at=epoch(m["updated_at"]),
+    )
+
+
+class SqlAccountRepository:
+    """AccountRepository on SQLite or PostgreSQL (SQLAlchemy Core)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """One write transaction, shared with other stores (the consent record)."""
+        return self._db.begin()
+
+    async def taken_kinds(self, keys: Sequence[IdentifierKey]) -> set[str]:
+        """The kinds among `keys` whose blind index already belongs to some account."""
+        if not keys:
+            return set()
+        wanted = sa.or_(
+            *(
+                sa.and_(identifiers.c.kind == k.kind, identifiers.c.blind_index == k.blind_index)
+                for k in keys
+            )
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(sa.select(identifiers.c.kind).where(wanted))).all()
+        return {str(r.kind) for r in rows}
+
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        account: NewAccountRecord,
+        keys: Sequence[IdentifierKey],
+    ) -> None:
+        """Insert the account and its identifiers; raise IdentifierTaken on a duplicate.
+
+        The caller's transaction is unusable after IdentifierTaken (PostgreSQL
+        aborts it): let the exception leave the `begin()` block so it rolls back.
+        """
+        at = utc(account.created_at)
+        with translate_errors():
+            try:
+                await conn.execute(
+                    accounts.insert().values(
+                        account_id=account.account_id,
+                        subject_type=account.subject_type,
+                        login_name=account.login_name,
+                        password_hash=account.password_hash,
+                        status=account.status,
+                        accepted_policy_version=account.accepted_policy_version,
+                        real_name_level=account.real_name_level,
+                        master_key_id=account.master_key_id,
+                        data_key_wrapped=account.data_key_wrapped,
+                        phone_enc=account.phone_enc,
+                        email_enc=account.email_enc,
+                        profile_enc=account.profile_enc,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                )
+            except IntegrityError:
+                # The only unique column a caller controls is the login name (the id is random).
+                raise IdentifierTaken("login_name") from None
+            for key in keys:
+                try:
+                    await conn.execute(
+                        identifiers.insert().values(
+                            kind=key.kind,
+                            blind_index=key.blind_index,
+                            account_id=account.account_id,
+                            created_at=at,
+                        )
+                    )
+                except IntegrityError:
+                    raise IdentifierTaken(key.kind) from None
+
+    async def get(self, account_id: str) -> AccountRecord | None:
+        """The account, or None."""
+        async with self._db.connect() as conn:
+            row = (
+                await conn.execute(sa.select(accounts).where(accounts.c.account_id == account_id))
+            ).first()
+        return None if row is None else _row_to_record(row)
+
+    async def find_by_identifier(self, key: IdentifierKey) -> AccountRecord | None:
+        """The account holding this identifier, or None."""
+        stmt = (
+            sa.select(accounts)
+            .select_from(
+                identifiers.join(accounts, identifiers.c.account_id == accounts.c.account_id)
+            )
+            .where(identifiers.c.kind == key.kind, identifiers.c.blind_index == key.blind_index)
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _row_to_record(row)
+
+    async def set_password_hash(self, account_id: str, password_hash: str, now: float) -> bool:
+        """Replace the password hash; False if there is no such account."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                accounts.update()
+                .where(accounts.c.account_id == account_id)
+                .values(password_hash=password_hash, updated_at=utc(now))
+            )
+        return bool(result.rowcount)
+
+    async def stale_data_keys(
+        self, active_master_key_id: str, after_account_id: str, limit: int
+    ) -> list[StoredDataKey]:
+        """Up to `limit` data keys not wrapped under the active master key, by account id."""
+        stmt = (
+            sa.select(accounts.c.account_id, accounts.c.data_key_wrapped)
+            .where(
+                accounts.c.master_key_id != active_master_key_id,
+                accounts.c.data_key_wrapped.is_not(None),
+                accounts.c.account_id > after_account_id,
+            )
+            .order_by(accounts.c.account_id)
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            StoredDataKey(account_id=str(r.account_id), data_key_wrapped=bytes(r.data_key_wrapped))
+            for r in rows
+        ]
+
+    async def replace_data_keys(self, updates: Sequence[DataKeyUpdate]) -> int:
+        """Apply the updates whose row still holds `old`, in one transaction; return how many.
+
+        The condition on the old value means a key destroyed or replaced in the
+        meantime (crypto-shredding, a concurrent rotation) is never overwritten.
+        Only `data_key_wrapped` and `master_key_id` change: the encrypted data
+        columns and `updated_at` stay as they are.
+        """
+        if not updates:
+            return 0
+        changed = 0
+        async with self._db.begin() as conn:
+            for update in updates:
+                result = await conn.execute(
+                    accounts.update()
+                    .where(
+                        accounts.c.account_id == update.account_id,
+                        accounts.c.data_key_wrapped == update.old,
+                    )
+                    .values(data_key_wrapped=update.new, master_key_id=update.master_key_id)
+                )
+                changed += result.rowcount
+        return changed
+
+
+__all__ = [
+    "AccountRecord",
+    "AccountRepository",
+    "DataKeyUpdate",
+    "IdentifierKey",
+    "IdentifierTaken",
+    "NewAccountRecord",
+    "SqlAccountRepository",
+    "StoredDataKey",
+]

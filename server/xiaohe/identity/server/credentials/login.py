@@ -1,0 +1,548 @@
+"""Login by password or by SMS ticket: the domain logic of `AuthService.Login`.
+
+Password login, in order:
+
+1. Request shape. An empty identifier or password, an identifier over 256 or a
+   password over 4096 characters, or an unknown identifier kind is
+   InvalidArgument (fields `password.identifier`, `password.password`,
+   `password.identifier_kind`); nothing is hashed or counted. These bounds say
+   nothing about any account.
+2. The identifier is classified (when the kind is unspecified) and normalised.
+   A non-empty identifier that fails its kind's rules is treated exactly like
+   an unknown one, not as InvalidArgument: such an identifier cannot belong to
+   an account, so the answer reveals nothing either way, and a user who typed a
+   phone number with a digit missing is better served by "identifier or
+   password incorrect" than by a lecture on login-name rules. It also keeps old
+   accounts usable if the rules ever tighten.
+3. Lookup. For an unknown (or malformed) identifier the same steps run as for a
+   known account, against one shared pseudo-account (`UNKNOWN_SUBJECT`): the
+   throttle admits (so a Redis outage gives every identifier the same
+   Unavailable, not an enumeration oracle), a dummy Argon2 verify spends the
+   time of a real one, the failure is recorded, and InvalidCredentials follows.
+4. Throttle (SECURITY.md B1, B2; `lockout.LoginThrottle`). A refused admission
+   (locked pair, spent hourly budget) still costs one dummy verify, then the
+   same InvalidCredentials (B3).
+5. Verify. Wrong → the failure is recorded, InvalidCredentials. Right → this
+   IP's failures are cleared. An account that is not active gets
+   InvalidCredentials *after* the verify, so its status does not show in the
+   timing either.
+6. Rehash (P4) when the stored hash has other parameters; a failure to rehash
+   is logged and the login goes on (the old hash still works).
+7. A session with amr `pwd`; next step CONSENT_REQUIRED when the account
+   accepted an older privacy policy version (I3).
+
+So unknown identifier, wrong password and locked account each cost exactly one
+Argon2 operation and raise the same InvalidCredentials with the same message
+(B3). If the hasher's queue is full, every path raises Overloaded alike, and a
+reservation whose password was never evaluated is refunded.
+
+SMS login consumes a LOGIN ticket (SMS channel) and logs in the account that
+holds the proven phone. It does not consult the password locks, so lockout
+cannot be turned against the owner (B2); it clears the failures from the same
+IP. A phone that belongs to no account gives TicketInvalid (the ticket is spent
+anyway).
+
+Every attempt that reaches the lookup is audited (`auth.login.password` /
+`auth.login.sms`; target the account id, or `unknown`, never the identifier)
+and counted in metrics; malformed requests are only counted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, NoReturn, Protocol
+
+from xiaohe.identity.server.accounts.identifiers import (
+    IdentifierKind,
+    normalize_identifier,
+    today_in_china,
+)
+from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims
+from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome
+from xiaohe.identity.server.errors import (
+    FieldViolation,
+    IdentityError,
+    InvalidArgument,
+    InvalidCredentials,
+    Overloaded,
+    TicketInvalid,
+)
+from xiaohe.identity.server.privacy.policies import PolicyVersion
+from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
+
+logger = logging.getLogger(__name__)
+
+MAX_IDENTIFIER_CHARS: Final = 256
+MAX_PASSWORD_CHARS: Final = 4096
+MAX_TICKET_CHARS: Final = 512
+UNKNOWN_SUBJECT: Final = "unknown"
+"""Throttle subject shared by every unknown or malformed identifier, and their audit target."""
+
+PASSWORD_ACTION: Final = "auth.login.password"  # noqa: S105 - an audit action name
+SMS_ACTION: Final = "auth.login.sms"
+PASSWORD_METHOD: Final = "password"  # noqa: S105 - a metric label
+SMS_METHOD: Final = "sms"
+
+IDENTIFIER_FIELD: Final = "password.identifier"
+KIND_FIELD: Final = "password.identifier_kind"
+PASSWORD_FIELD: Final = "password.password"  # noqa: S105 - a field path
+TICKET_FIELD: Final = "sms_ticket"
+
+
+class NextStep(StrEnum):
+    """What the client must do after a successful login; names match `NEXT_STEP_*` in the proto."""
+
+    NONE = "NONE"
+    CONSENT_REQUIRED = "CONSENT_REQUIRED"
+    PHONE_REVERIFY_REQUIRED = "PHONE_REVERIFY_REQUIRED"
+    MFA_REQUIRED = "MFA_REQUIRED"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """A successful login: the new session and the step the client must take next."""
+
+    session: IssuedSession
+    next_step: NextStep
+
+
+class CredentialStore(Protocol):
+    """What login needs of the accounts (`accounts.service.AccountService`)."""
+
+    async def find_credentials(
+        self, kind: IdentifierKind, normalised: str
+    ) -> AccountCredentials | None:
+        """The account holding a normalised identifier, or None."""
+        ...
+
+    async def find_by_phone(self, e164: str) -> AccountCredentials | None:
+        """The account whose phone is `e164`, or None."""
+        ...
+
+    async def set_password_hash(self, account_id: str, new_hash: str) -> None:
+        """Store a new password hash."""
+        ...
+
+
+class SessionIssuer(Protocol):
+    """Starts sessions (`sessions.service.SessionService`)."""
+
+    async def create(
+        self,
+        subject: SessionSubject,
+        amr: tuple[str, ...],
+        *,
+        audience: str = "",
+        client_id: str,
+        ip_masked: str = "",
+        user_agent: str = "",
+    ) -> IssuedSession:
+        """Start a session and return its first tokens."""
+        ...
+
+
+class TicketConsumer(Protocol):
+    """Consumes verification tickets (`codes.service.TicketService`)."""
+
+    async def consume(
+        self,
+        ticket: str,
+        *,
+        purpose: Purpose,
+        channel: Channel | None = None,
+        destination: str | None = None,
+    ) -> TicketClaims:
+        """Use up the ticket or raise TicketInvalid."""
+        ...
+
+
+class PasswordVerifier(Protocol):
+    """Argon2id off the event loop (`credentials.hasher.PasswordHasher`)."""
+
+    async def verify(self, hash: str, password: str) -> bool:
+        """Whether `password` matches `hash`."""
+        ...
+
+    async def dummy_verify(self, password: str) -> None:
+        """Spend the time of one verify."""
+        ...
+
+    def needs_rehash(self, hash: str) -> bool:
+        """Whether `hash` was made with other parameters."""
+        ...
+
+    async def hash(self, password: str) -> str:
+        """A new hash of `password` with the current parameters."""
+        ...
+
+
+class Throttle(Protocol):
+    """Brute-force counters (`credentials.lockout.LoginThrottle`)."""
+
+    async def admit(self, account_id: str, ip: str) -> Admission:
+        """Reserve one evaluation or refuse."""
+        ...
+
+    async def record_failure(self, account_id: str, ip: str, reservation: str) -> FailureOutcome:
+        """Keep the reservation as a failure."""
+        ...
+
+    async def record_success(self, account_id: str, ip: str, reservation: str) -> None:
+        """Free the reservation and clear this IP's failures."""
+        ...
+
+    async def clear(self, account_id: str, ip: str) -> None:
+        """Clear this IP's failures after a login by another factor."""
+        ...
+
+    async def release(self, account_id: str, ip: str, reservation: str) -> None:
+        """Refund a reservation that was never evaluated."""
+        ...
+
+
+class PolicyVersions(Protocol):
+    """The privacy policy store (`privacy.policies.PolicyStore`)."""
+
+    async def current(self, *, fresh: bool = False) -> PolicyVersion:
+        """The current version."""
+        ...
+
+
+class AuditSink(Protocol):
+    """The audit log; `target` is an account id or `unknown`, never an identifier."""
+
+    async def record(self, action: str, target: str, outcome: str) -> object:
+        """Append one audit record (the result is ignored)."""
+        ...
+
+
+class LoginMetrics(Protocol):
+    """Login counters; labels never carry identifiers."""
+
+    def login(self, method: str, outcome: str) -> None:
+        """Count one login attempt and its outcome."""
+        ...
+
+
+def mask_ip(ip: str) -> str:
+    """An end-user IP as sessions store and show it: IPv4 /24 (`203.0.113.*`), IPv6 /48.
+
+    Anything that is not an IP address (including an already masked one) is
+    stored as `-`, and an empty IP as the empty string.
+    """
+    raw = ip.strip()
+    if not raw:
+        return ""
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return "-"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        return ".".join(str(address).split(".")[:3]) + ".*"
+    network = ipaddress.IPv6Network((address, 48), strict=False)
+    return f"{network.network_address.exploded[:14]}:*"
+
+
+@dataclass
+class _Attempt:
+    """What one attempt is audited and counted as; filled in as the flow goes."""
+
+    target: str = UNKNOWN_SUBJECT
+    outcome: str = ""
+    audited: bool = True
+
+    def failed(self, exc: Exception) -> _Attempt:
+        """Settle the outcome of a failed attempt: the one set on the way, else the error's."""
+        if not self.outcome:
+            self.outcome = exc.reason.lower() if isinstance(exc, IdentityError) else "error"
+        return self
+
+    def succeeded(self) -> _Attempt:
+        """Settle the outcome of a successful attempt."""
+        self.outcome = "ok"
+        return self
+
+
+class LoginService:
+    """Authenticates end users by password or SMS ticket and starts their sessions."""
+
+    def __init__(
+        self,
+        accounts: CredentialStore,
+        sessions: SessionIssuer,
+        tickets: TicketConsumer,
+        hasher: PasswordVerifier,
+        throttle: Throttle,
+        policies: PolicyVersions,
+        clock: Clock,
+        audit: AuditSink | None = None,
+        metrics: LoginMetrics | None = None,
+        allowed_country_codes: Collection[str] = ("86",),
+    ) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+        self._tickets = tickets
+        self._hasher = hasher
+        self._throttle = throttle
+        self._policies = policies
+        self._clock = clock
+        self._audit = audit
+        self._metrics = metrics
+        self._allowed_country_codes = tuple(allowed_country_codes)
+
+    def __repr__(self) -> str:
+        return "LoginService()"
+
+    async def login_with_password(
+        self,
+        identifier: str,
+        kind: IdentifierKind,
+        password: str,
+        *,
+        audience: str,
+        client_id: str,
+        ip: str,
+        user_agent: str,
+    ) -> LoginResult:
+        """Log in by identifier and password (steps and their reasons in the module docstring).
+
+        Raises InvalidArgument, InvalidCredentials (unknown, wrong, locked, inactive
+        alike), Overloaded (hashing queue full) or Unavailable (Redis, database).
+        """
+        attempt = _Attempt()
+        try:
+            account = await self._authenticate(attempt, identifier, kind, password, ip)
+            result = await self._start(account, ("pwd",), audience, client_id, ip, user_agent)
+        except Exception as exc:
+            await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.failed(exc))
+            raise
+        await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.succeeded())
+        return result
+
+    async def login_with_sms_ticket(
+        self, ticket: str, *, audience: str, client_id: str, ip: str, user_agent: str
+    ) -> LoginResult:
+        """Log in the account whose phone a LOGIN ticket proves; TicketInvalid if none.
+
+        Password locks are not consulted (B2); this IP's password failures are cleared.
+        """
+        attempt = _Attempt()
+        try:
+            if not ticket.strip() or len(ticket) > MAX_TICKET_CHARS:
+                attempt.audited = False
+                raise InvalidArgument(
+                    FieldViolation(TICKET_FIELD, "must be a ticket from VerifyCode")
+                )
+            claims = await self._tickets.consume(ticket, purpose=Purpose.LOGIN, channel=Channel.SMS)
+            if claims.purpose is not Purpose.LOGIN or claims.channel is not Channel.SMS:
+                raise TicketInvalid()
+            account = await self._accounts.find_by_phone(claims.destination)
+            if account is None:
+                attempt.outcome = "unknown_account"
+                raise TicketInvalid()
+            attempt.target = account.account_id
+            if account.status != AccountStatus.ACTIVE:
+                attempt.outcome = "account_inactive"
+                raise TicketInvalid()
+            await self._throttle.clear(account.account_id, ip)
+            result = await self._start(account, ("sms",), audience, client_id, ip, user_agent)
+        except Exception as exc:
+            await self._observe(SMS_ACTION, SMS_METHOD, attempt.failed(exc))
+            raise
+        await self._observe(SMS_ACTION, SMS_METHOD, attempt.succeeded())
+        return result
+
+    # -- password flow -------------------------------------------------------------------
+
+    async def _authenticate(
+        self,
+        attempt: _Attempt,
+        identifier: str,
+        kind: IdentifierKind,
+        password: str,
+        ip: str,
+    ) -> AccountCredentials:
+        """Steps 1-6: the account whose password this is, or an exception."""
+        resolved = self._check_request(attempt, identifier, kind, password)
+        normalised = self._normalise(identifier, resolved)
+        account = None
+        if normalised is not None:
+            account = await self._accounts.find_credentials(normalised[0], normalised[1])
+        if account is None:
+            await self._fail_unknown(attempt, password, ip)
+        attempt.target = account.account_id
+        admission = await self._throttle.admit(account.account_id, ip)
+        if admission.refusal is not None:
+            await self._hasher.dummy_verify(password)
+            attempt.outcome = admission.refusal.value
+            raise InvalidCredentials()
+        if not await self._verify(account, password, ip, admission.reservation):
+            await self._throttle.record_failure(account.account_id, ip, admission.reservation)
+            attempt.outcome = "invalid_credentials"
+            raise InvalidCredentials()
+        await self._throttle.record_success(account.account_id, ip, admission.reservation)
+        if account.status != AccountStatus.ACTIVE:
+            attempt.outcome = "account_inactive"
+            raise InvalidCredentials()
+        await self._rehash_if_needed(account, password)
+        return account
+
+    def _check_request(
+        self, attempt: _Attempt, identifier: str, kind: IdentifierKind | int, password: str
+    ) -> IdentifierKind:
+        """Step 1: bounds that need no lookup; InvalidArgument lists every violation."""
+        violations: list[FieldViolation] = []
+        resolved = IdentifierKind.UNSPECIFIED
+        try:
+            resolved = IdentifierKind(kind)
+        except ValueError:
+            violations.append(FieldViolation(KIND_FIELD, "unknown identifier kind"))
+        if not identifier.strip():
+            violations.append(FieldViolation(IDENTIFIER_FIELD, "must not be empty"))
+        elif len(identifier) > MAX_IDENTIFIER_CHARS:
+            violations.append(
+                FieldViolation(
+                    IDENTIFIER_FIELD, f"must be at most {MAX_IDENTIFIER_CHARS} characters"
+                )
+            )
+        if not password:
+            violations.append(FieldViolation(PASSWORD_FIELD, "must not be empty"))
+        elif len(password) > MAX_PASSWORD_CHARS:
+            violations.append(
+                FieldViolation(PASSWORD_FIELD, f"must be at most {MAX_PASSWORD_CHARS} characters")
+            )
+        if violations:
+            attempt.audited = False
+            raise InvalidArgument(violations)
+        return resolved
+
+    def _normalise(
+        self, identifier: str, kind: IdentifierKind
+    ) -> tuple[IdentifierKind, str] | None:
+        """Step 2: (kind, normalised value), or None for an identifier no account can hold."""
+        try:
+            return normalize_identifier(
+                kind,
+                identifier,
+                field=IDENTIFIER_FIELD,
+                kind_field=KIND_FIELD,
+                allowed_country_codes=self._allowed_country_codes,
+                today=today_in_china(self._clock),
+            )
+        except InvalidArgument:
+            return None
+
+    async def _fail_unknown(self, attempt: _Attempt, password: str, ip: str) -> NoReturn:
+        """Step 3: the known-account path against the shared pseudo-account; always raises."""
+        admission = await self._throttle.admit(UNKNOWN_SUBJECT, ip)
+        if admission.refusal is not None:
+            await self._hasher.dummy_verify(password)
+            attempt.outcome = admission.refusal.value
+            raise InvalidCredentials()
+        try:
+            await self._hasher.dummy_verify(password)
+        except Overloaded:
+            await self._throttle.release(UNKNOWN_SUBJECT, ip, admission.reservation)
+            raise
+        await self._throttle.record_failure(UNKNOWN_SUBJECT, ip, admission.reservation)
+        attempt.outcome = "invalid_credentials"
+        raise InvalidCredentials()
+
+    async def _verify(
+        self, account: AccountCredentials, password: str, ip: str, reservation: str
+    ) -> bool:
+        """Step 5: one Argon2 operation whatever the stored hash looks like."""
+        stored = account.password_hash
+        try:
+            if not stored.startswith("$argon2"):
+                # No usable hash (never set, or a foreign format): a malformed hash would
+                # fail in microseconds, so spend the time of a real verify instead.
+                await self._hasher.dummy_verify(password)
+                return False
+            return await self._hasher.verify(stored, password)
+        except Overloaded:
+            # Refused before any work was queued: nothing was evaluated, refund the slot.
+            await self._throttle.release(account.account_id, ip, reservation)
+            raise
+
+    async def _rehash_if_needed(self, account: AccountCredentials, password: str) -> None:
+        """Step 6 (P4): store a hash with the current parameters; failures only log."""
+        if not self._hasher.needs_rehash(account.password_hash):
+            return
+        try:
+            new_hash = await self._hasher.hash(password)
+            await self._accounts.set_password_hash(account.account_id, new_hash)
+        except Exception:
+            logger.warning(
+                "rehash at login failed for account %s", account.account_id, exc_info=True
+            )
+
+    # -- common ----------------------------------------------------------------------------
+
+    async def _start(
+        self,
+        account: AccountCredentials,
+        amr: tuple[str, ...],
+        audience: str,
+        client_id: str,
+        ip: str,
+        user_agent: str,
+    ) -> LoginResult:
+        """Step 7: a session for the account and its next step."""
+        session = await self._sessions.create(
+            SessionSubject(
+                account_id=account.account_id,
+                subject_type=account.subject_type.value,
+                rn_level=account.real_name_level,
+            ),
+            amr,
+            audience=audience,
+            client_id=client_id,
+            ip_masked=mask_ip(ip),
+            user_agent=user_agent,
+        )
+        current = await self._policies.current()
+        if account.accepted_policy_version < current.version:
+            return LoginResult(session=session, next_step=NextStep.CONSENT_REQUIRED)
+        return LoginResult(session=session, next_step=NextStep.NONE)
+
+    async def _observe(self, action: str, method: str, attempt: _Attempt) -> None:
+        """Count the attempt, and audit it unless the request was malformed."""
+        if self._metrics is not None:
+            try:
+                self._metrics.login(method, attempt.outcome)
+            except Exception:
+                logger.warning("login metrics failed", exc_info=True)
+        if self._audit is None or not attempt.audited:
+            return
+        try:
+            await self._audit.record(action, attempt.target, attempt.outcome)
+        except Exception:
+            logger.warning("audit sink failed for %s (%s)", action, attempt.outcome, exc_info=True)
+
+
+__all__ = [
+    "MAX_IDENTIFIER_CHARS",
+    "MAX_PASSWORD_CHARS",
+    "UNKNOWN_SUBJECT",
+    "AuditSink",
+    "CredentialStore",
+    "LoginMetrics",
+    "LoginResult",
+    "LoginService",
+    "NextStep",
+    "PasswordVerifier",
+    "PolicyVersions",
+    "SessionIssuer",
+    "Throttle",
+    "TicketConsumer",
+    "mask_ip",
+]

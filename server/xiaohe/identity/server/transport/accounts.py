@@ -1,0 +1,144 @@
+"""AccountService servicer: registration, the user's own account and sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from xiaohe.identity.server import context
+from xiaohe.identity.server.accounts.identifiers import IdType
+from xiaohe.identity.server.accounts.models import RegisterCommand, SubjectType
+from xiaohe.identity.server.accounts.service import AccountService
+from xiaohe.identity.server.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    TicketInvalid,
+)
+from xiaohe.identity.server.sessions.models import RevokeReason
+from xiaohe.identity.server.sessions.service import SessionService
+from xiaohe.identity.server.transport.enums import from_proto, to_proto
+from xiaohe.identity.server.transport.timestamps import timestamp
+from xiaohe.identity.server.transport.users import require_user
+from xiaohe.identity.v1 import accounts_pb2, accounts_pb2_grpc, common_pb2
+
+CONSENT_CHANNEL = "registration"
+
+# The domain names profile fields flat; the request nests them in its `profile` oneof.
+_REQUEST_PATHS = {
+    "name": "natural_person.name",
+    "id_type": "natural_person.id_type",
+    "id_number": "natural_person.id_number",
+    "organization_name": "legal_person.organization_name",
+    "uscc": "legal_person.uscc",
+}
+
+
+def _subject_type(value: int) -> SubjectType | None:
+    if value == common_pb2.SUBJECT_TYPE_UNSPECIFIED:
+        return None  # the service reports the missing field with the others
+    return from_proto(
+        common_pb2.SubjectType.Name, "SUBJECT_TYPE_", SubjectType, value, "subject_type"
+    )
+
+
+def register_command(request: accounts_pb2.RegisterRequest) -> RegisterCommand:
+    """The domain command for a Register request."""
+    natural, legal = request.natural_person, request.legal_person
+    if request.HasField("natural_person") and natural.id_type not in IdType._value2member_map_:
+        raise InvalidArgument(FieldViolation("natural_person.id_type", "unknown ID type"))
+    return RegisterCommand(
+        subject_type=_subject_type(request.subject_type),
+        login_name=request.login_name,
+        password=request.password,
+        phone=request.phone,
+        phone_ticket=request.phone_ticket,
+        accepted_policy_version=request.accepted_policy_version,
+        name=natural.name,
+        id_type=IdType(natural.id_type),
+        id_number=natural.id_number,
+        organization_name=legal.organization_name,
+        uscc=legal.uscc,
+    )
+
+
+class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
+    """Registration and the signed-in user's account."""
+
+    def __init__(self, accounts: AccountService, sessions: SessionService) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+
+    async def Register(
+        self, request: accounts_pb2.RegisterRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.RegisterResponse:
+        try:
+            registered = await self._accounts.register(
+                register_command(request),
+                client_id=context.current().client_id,
+                channel=CONSENT_CHANNEL,
+            )
+        except TicketInvalid as exc:
+            raise TicketInvalid(exc.message, field="phone_ticket") from None
+        except AlreadyExists as exc:
+            raise AlreadyExists(_REQUEST_PATHS.get(exc.field, exc.field), exc.message) from None
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                [
+                    FieldViolation(_REQUEST_PATHS.get(v.field, v.field), v.description)
+                    for v in exc.violations
+                ]
+            ) from None
+        return accounts_pb2.RegisterResponse(account_id=registered.account_id)
+
+    async def GetAccount(
+        self, request: accounts_pb2.GetAccountRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.GetAccountResponse:
+        claims = require_user(ctx, self._sessions)
+        view = await self._accounts.get_view(claims.sub)
+        return accounts_pb2.GetAccountResponse(
+            account=accounts_pb2.Account(
+                account_id=view.account_id,
+                subject_type=to_proto(
+                    common_pb2.SubjectType.Value, "SUBJECT_TYPE_", view.subject_type
+                ),
+                login_name=view.login_name,
+                phone_masked=view.phone_masked,
+                email_masked=view.email_masked,
+                accepted_policy_version=view.accepted_policy_version,
+                real_name_level=view.real_name_level,
+                created_at=timestamp(view.created_at),
+            )
+        )
+
+    async def ListSessions(
+        self, request: accounts_pb2.ListSessionsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.ListSessionsResponse:
+        claims = require_user(ctx, self._sessions)
+        sessions = await self._sessions.list_sessions(claims.sub)
+        return accounts_pb2.ListSessionsResponse(
+            sessions=[
+                accounts_pb2.SessionInfo(
+                    session_id=s.session_id,
+                    created_at=timestamp(s.created_at),
+                    last_used_at=timestamp(s.last_used_at),
+                    auth_methods=list(s.amr),
+                    ip_masked=s.ip_masked,
+                    user_agent=s.user_agent,
+                    current=s.session_id == claims.sid,
+                )
+                for s in sessions
+            ]
+        )
+
+    async def RevokeSession(
+        self, request: accounts_pb2.RevokeSessionRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.RevokeSessionResponse:
+        claims = require_user(ctx, self._sessions)
+        if not request.session_id:
+            raise InvalidArgument(FieldViolation("session_id", "is required"))
+        await self._sessions.revoke_session(
+            claims.sub, request.session_id, RevokeReason.USER_REQUEST
+        )
+        return accounts_pb2.RevokeSessionResponse()

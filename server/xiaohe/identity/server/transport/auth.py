@@ -1,0 +1,143 @@
+"""AuthService servicer: login, refresh, logout, token validation, signing keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from xiaohe.identity.server import context
+from xiaohe.identity.server.accounts.identifiers import IdentifierKind
+from xiaohe.identity.server.credentials.login import LoginResult, LoginService
+from xiaohe.identity.server.errors import (
+    FieldViolation,
+    InvalidArgument,
+    TicketInvalid,
+    TokenInvalid,
+)
+from xiaohe.identity.server.sessions.models import IssuedSession
+from xiaohe.identity.server.sessions.service import SessionService
+from xiaohe.identity.server.sessions.tokens import jwks_json
+from xiaohe.identity.server.transport.enums import to_proto
+from xiaohe.identity.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+
+
+def session_to_proto(session: IssuedSession) -> auth_pb2.Session:
+    """The proto view of a freshly issued session."""
+    return auth_pb2.Session(
+        access_token=session.access_token,
+        access_token_expires_in_seconds=session.access_expires_in,
+        refresh_token=session.refresh_token,
+        refresh_token_expires_in_seconds=session.refresh_expires_in,
+        session_id=session.session_id,
+        account_id=session.account_id,
+        token_type="Bearer",  # noqa: S106 - the token scheme, not a secret
+    )
+
+
+def _subject_type(name: str) -> common_pb2.SubjectType.ValueType:
+    try:
+        return common_pb2.SubjectType.Value("SUBJECT_TYPE_" + name)
+    except ValueError:
+        return common_pb2.SUBJECT_TYPE_UNSPECIFIED
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """Sign-in and tokens."""
+
+    def __init__(
+        self,
+        login: LoginService,
+        sessions: SessionService,
+        public_keys: Callable[[], Mapping[str, bytes]],
+        default_audience: str,
+    ) -> None:
+        self._login = login
+        self._sessions = sessions
+        self._public_keys = public_keys
+        self._default_audience = default_audience
+
+    def _audience(self, requested: str) -> str:
+        return requested or self._default_audience
+
+    async def Login(
+        self, request: auth_pb2.LoginRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_pb2.LoginResponse:
+        rc = context.current()
+        common: dict[str, Any] = {
+            "audience": self._audience(request.audience),
+            "client_id": rc.client_id,
+            "ip": rc.end_user_ip,
+            "user_agent": rc.end_user_agent,
+        }
+        method = request.WhichOneof("method")
+        result: LoginResult
+        if method == "password":
+            credential = request.password
+            if credential.identifier_kind not in IdentifierKind._value2member_map_:
+                raise InvalidArgument(
+                    FieldViolation("password.identifier_kind", "unknown identifier kind")
+                )
+            result = await self._login.login_with_password(
+                credential.identifier,
+                IdentifierKind(credential.identifier_kind),
+                credential.password,
+                **common,
+            )
+        elif method == "sms_ticket":
+            try:
+                result = await self._login.login_with_sms_ticket(request.sms_ticket, **common)
+            except TicketInvalid as exc:
+                raise TicketInvalid(exc.message, field="sms_ticket") from None
+        else:
+            raise InvalidArgument(FieldViolation("method", "give a password or an sms_ticket"))
+        return auth_pb2.LoginResponse(
+            session=session_to_proto(result.session),
+            next_step=to_proto(auth_pb2.NextStep.Value, "NEXT_STEP_", result.next_step),
+        )
+
+    async def Refresh(
+        self, request: auth_pb2.RefreshRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_pb2.RefreshResponse:
+        if not request.refresh_token:
+            raise InvalidArgument(FieldViolation("refresh_token", "is required"))
+        # An empty audience keeps the session's own; the token is bound to its client.
+        session = await self._sessions.refresh(
+            request.refresh_token, request.audience, client_id=context.current().client_id
+        )
+        return auth_pb2.RefreshResponse(session=session_to_proto(session))
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_pb2.LogoutResponse:
+        which = request.WhichOneof("token")
+        if which == "refresh_token" and request.refresh_token:
+            await self._sessions.logout(refresh_token=request.refresh_token)
+        elif which == "access_token" and request.access_token:
+            await self._sessions.logout(access_token=request.access_token)
+        else:
+            raise InvalidArgument(FieldViolation("token", "give a refresh_token or access_token"))
+        return auth_pb2.LogoutResponse()
+
+    async def ValidateToken(
+        self, request: auth_pb2.ValidateTokenRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_pb2.ValidateTokenResponse:
+        try:
+            claims = self._sessions.validate(request.access_token, self._audience(request.audience))
+        except TokenInvalid:
+            return auth_pb2.ValidateTokenResponse(valid=False)
+        return auth_pb2.ValidateTokenResponse(
+            valid=True,
+            account_id=claims.sub,
+            session_id=claims.sid,
+            subject_type=_subject_type(claims.subject_type),
+            auth_methods=list(claims.amr),
+            real_name_level=claims.rn_level,
+            expires_at_unix=int(claims.exp),
+        )
+
+    async def GetSigningKeys(
+        self, request: auth_pb2.GetSigningKeysRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_pb2.GetSigningKeysResponse:
+        return auth_pb2.GetSigningKeysResponse(jwks_json=jwks_json(self._public_keys()))

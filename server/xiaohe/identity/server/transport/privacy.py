@@ -1,0 +1,36 @@
+"""PrivacyService servicer: the policy versions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.transport.timestamps import timestamp
+from xiaohe.identity.v1 import privacy_pb2, privacy_pb2_grpc
+
+
+class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
+    """The privacy policy and consent."""
+
+    def __init__(self, policies: PolicyStore) -> None:
+        self._policies = policies
+
+    async def GetPolicy(
+        self, request: privacy_pb2.GetPolicyRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> privacy_pb2.GetPolicyResponse:
+        if request.version < 0:
+            raise InvalidArgument(FieldViolation("version", "must be 0 (current) or a version"))
+        policy = (
+            await self._policies.get(request.version)
+            if request.version
+            else await self._policies.current()
+        )
+        return privacy_pb2.GetPolicyResponse(
+            version=policy.version,
+            text=policy.text,
+            published_at=timestamp(policy.published_at),
+            sha256=policy.sha256,
+        )

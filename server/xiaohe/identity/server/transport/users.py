@@ -1,0 +1,39 @@
+"""The end user behind an RPC about "me": `authorization: Bearer <access token>`."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+
+from xiaohe.identity.client.jwt import Claims
+from xiaohe.identity.server.errors import TokenInvalid, UserUnauthenticated
+
+
+class TokenValidation(Protocol):
+    """Validates access tokens (signature, expiry, audience, revocation)."""
+
+    def validate(self, access_token: str, audience: str = "") -> Claims:
+        """The token's claims, or TokenInvalid."""
+        ...
+
+
+def bearer_token(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The bearer token of the call, or "" when there is none."""
+    for key, value in ctx.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+def require_user(ctx: grpc.aio.ServicerContext[Any, Any], tokens: TokenValidation) -> Claims:
+    """The signed-in user's claims, or UserUnauthenticated."""
+    token = bearer_token(ctx)
+    if not token:
+        raise UserUnauthenticated("an access token is required (authorization: Bearer …)")
+    try:
+        return tokens.validate(token)
+    except TokenInvalid:
+        raise UserUnauthenticated("the access token is invalid or has expired") from None

@@ -1,0 +1,370 @@
+"""Registration on SQLite and PostgreSQL with real tickets: what is stored, refused and spent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.contract.accounts.conftest import (
+    ID_NUMBER,
+    NAME,
+    ORGANIZATION,
+    OTHER_ID_NUMBER,
+    OTHER_PHONE,
+    OTHER_USCC,
+    PASSWORD,
+    PHONE,
+    PHONE_E164,
+    THIRD_PHONE,
+    USCC,
+    AccountsEnv,
+    legal_command,
+    natural_command,
+)
+from xiaohe.identity.server.accounts.identifiers import IdType
+from xiaohe.identity.server.accounts.models import AccountStatus, RegisterCommand, SubjectType
+from xiaohe.identity.server.accounts.repository import IdentifierKey, SqlAccountRepository
+from xiaohe.identity.server.codes.models import Purpose
+from xiaohe.identity.server.crypto.envelope import WrappedDataKey, field_aad
+from xiaohe.identity.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    TicketInvalid,
+)
+from xiaohe.identity.server.privacy.policies import PolicyStore
+
+ACCOUNT_ID = re.compile(r"acc_[0-9a-f]{24}")
+EMPTY = {"accounts": 0, "identifiers": 0, "consents": 0}
+NO_ID: dict[str, Any] = {"id_type": IdType.UNSPECIFIED, "id_number": ""}
+
+
+async def _delete_account(env: AccountsEnv, account_id: str) -> None:
+    async with env.database.begin() as conn:
+        for table in ("consents", "identifiers", "accounts"):
+            await conn.execute(
+                sa.text(f"DELETE FROM {table} WHERE account_id = :a"),  # noqa: S608
+                {"a": account_id},
+            )
+
+
+async def _identifier_kinds(env: AccountsEnv, account_id: str) -> list[str]:
+    async with env.database.connect() as conn:
+        rows = await conn.execute(
+            sa.text("SELECT kind FROM identifiers WHERE account_id = :a ORDER BY kind"),
+            {"a": account_id},
+        )
+        return [str(r.kind) for r in rows]
+
+
+async def test_natural_person_registers(env: AccountsEnv) -> None:
+    """[I1, I3, P4] A natural person gets an active account, sealed profile, consent, audit."""
+    result = await env.register(natural_command())
+    assert ACCOUNT_ID.fullmatch(result.account_id)
+
+    view = await env.service.get_view(result.account_id)
+    assert view.subject_type is SubjectType.NATURAL_PERSON
+    assert view.login_name == "zhangsan"
+    assert view.phone_masked == "138****5678"
+    assert view.email_masked == ""
+    assert view.accepted_policy_version == 1
+    assert view.real_name_level == 0
+    assert view.created_at == env.clock.now()
+
+    data = await env.service.get_personal_data(result.account_id)
+    assert (data.phone, data.name, data.id_type, data.id_number) == (
+        PHONE_E164,
+        NAME,
+        IdType.RESIDENT_ID_CARD,
+        ID_NUMBER,
+    )
+    assert (data.organization_name, data.uscc, data.email) == ("", "", "")
+
+    creds = await env.service.get_credentials(result.account_id)
+    assert creds.status == AccountStatus.ACTIVE
+    assert creds.password_hash.startswith("$argon2id$")
+    assert await env.hasher.verify(creds.password_hash, PASSWORD)
+
+    assert await _identifier_kinds(env, result.account_id) == ["id_number", "login_name", "phone"]
+    async with env.database.connect() as conn:
+        consent = (await conn.execute(sa.text("SELECT * FROM consents"))).one()
+    assert consent.account_id == result.account_id
+    assert consent.policy_version == 1
+    assert consent.purpose == "privacy_policy"
+    assert (consent.client_id, consent.channel) == ("bff-web", "web")
+    assert env.audit.records == [("account.register", result.account_id, "ok")]
+
+    # [I1] Each ciphertext authenticates its account id and column: moved, it does not open.
+    async with env.database.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text("SELECT * FROM accounts WHERE account_id = :a"), {"a": result.account_id}
+            )
+        ).one()
+    key = env.cipher.unwrap(WrappedDataKey.from_bytes(bytes(row.data_key_wrapped)))
+    aid = result.account_id
+    assert (
+        env.cipher.decrypt_field(key, bytes(row.phone_enc), field_aad(aid, "phone")) == PHONE_E164
+    )
+    profile = json.loads(
+        env.cipher.decrypt_field(key, bytes(row.profile_enc), field_aad(aid, "profile"))
+    )
+    assert profile == {"id_number": ID_NUMBER, "id_type": "RESIDENT_ID_CARD", "name": NAME}
+    with pytest.raises(Exception, match="authentication"):
+        env.cipher.decrypt_field(key, bytes(row.phone_enc), field_aad(aid, "profile"))
+    with pytest.raises(Exception, match="authentication"):
+        env.cipher.decrypt_field(key, bytes(row.phone_enc), field_aad("acc_other", "phone"))
+    assert row.master_key_id == env.keyring.active_master_key.id
+
+    # [I1] The identifiers table holds HMACs under the ring's blind-index key, nothing else.
+    expected = {
+        "login_name": env.blind.compute("login_name", "zhangsan"),
+        "phone": env.blind.compute("phone", PHONE_E164),
+        "id_number": env.blind.compute("id_number", ID_NUMBER),
+    }
+    async with env.database.connect() as conn:
+        rows = (await conn.execute(sa.text("SELECT kind, blind_index FROM identifiers"))).all()
+    assert {str(r.kind): str(r.blind_index) for r in rows} == expected
+    for kind, digest in expected.items():
+        found = await env.repository.find_by_identifier(IdentifierKey(kind, digest))
+        assert found is not None
+        assert found.account_id == result.account_id
+
+
+async def test_legal_person_registers(env: AccountsEnv) -> None:
+    """A legal person registers with its USCC and organization name."""
+    result = await env.register(legal_command(uscc=" 91350100m000100y43 "))
+    view = await env.service.get_view(result.account_id)
+    assert view.subject_type is SubjectType.LEGAL_PERSON
+    assert view.phone_masked == "139****4321"
+    data = await env.service.get_personal_data(result.account_id)
+    assert (data.organization_name, data.uscc) == (ORGANIZATION, USCC)
+    assert (data.name, data.id_number, data.id_type) == ("", "", IdType.UNSPECIFIED)
+    assert await _identifier_kinds(env, result.account_id) == ["login_name", "phone", "uscc"]
+
+
+async def test_duplicate_identifiers_are_already_exists(env: AccountsEnv) -> None:
+    """Each identifier is unique after normalisation (full width, spaces, case, x → X); a
+    duplicate names its field and stores nothing.
+
+    A taken login name is found before the ticket is spent (the user picks another
+    name and retries with the same ticket); a taken phone, USCC or ID number only
+    after, so that nobody can probe them without controlling the phone.
+    """
+    await env.register(natural_command())
+    await env.register(legal_command())
+    before = await env.counts()
+    # (field, a second registration spelling that identifier differently, a fixed-up retry)
+    cases: list[tuple[str, RegisterCommand, dict[str, Any]]] = [
+        (
+            "login_name",
+            natural_command(login_name="ＺｈａｎｇＳａｎ", phone=THIRD_PHONE, **NO_ID),
+            {"login_name": "wangwu"},
+        ),
+        (
+            "phone",
+            natural_command(login_name="lisi", phone="１３８ １２３４ ５６７８", **NO_ID),
+            {"phone": THIRD_PHONE},
+        ),
+        (
+            "id_number",
+            natural_command(login_name="lisi", phone=THIRD_PHONE, id_number="110105 19491231 002x"),
+            {"id_number": OTHER_ID_NUMBER},
+        ),
+        (
+            "uscc",
+            legal_command(
+                login_name="another-org", phone=THIRD_PHONE, uscc="９１３５０１００m000100y43"
+            ),
+            {"uscc": OTHER_USCC},
+        ),
+    ]
+    for field, cmd, fix in cases:
+        ticket = await env.ticket(cmd.phone)
+        with pytest.raises(AlreadyExists) as caught:
+            await env.register(replace(cmd, phone_ticket=ticket))
+        assert caught.value.field == field
+        assert caught.value.reason == "ALREADY_EXISTS"
+        assert await env.counts() == before, field
+        assert env.audit.records[-1][2] == "already_exists"
+        fixed = replace(cmd, phone_ticket=ticket, **fix)
+        if field == "login_name":
+            retried = await env.register(fixed)  # the ticket was not spent
+            await _delete_account(env, retried.account_id)
+        else:
+            with pytest.raises(TicketInvalid):  # the ticket was spent
+                await env.register(fixed)
+
+
+async def test_invalid_requests_store_nothing_and_keep_the_ticket(env: AccountsEnv) -> None:
+    """[P2, F3] Bad check digits and weak passwords are field violations saying why; the ticket
+    survives every refusal and then registers the corrected request."""
+    ticket = await env.ticket(PHONE)
+    cases: list[tuple[Any, str, str]] = [
+        (natural_command(id_number="110105194912310021"), "id_number", "check digit"),
+        (legal_command(phone=PHONE, uscc="91350100M000100Y44"), "uscc", "check digit"),
+        (natural_command(password="password123"), "password", "common password"),
+        (natural_command(password="iloveyou"), "password", "most common passwords"),
+        (natural_command(password="My.ZhangSan.Pass"), "password", "login name"),
+        (natural_command(password="Tiger-1234-5678-x"), "password", "phone number"),
+        (natural_command(password="short1"), "password", "at least 8"),
+        (natural_command(uscc=USCC), "uscc", "must be empty for a natural person"),
+        (legal_command(phone=PHONE, id_number=ID_NUMBER), "id_number", "legal person"),
+        (natural_command(login_name="1abc"), "login_name", "start with an ASCII letter"),
+        (natural_command(phone="12345"), "phone", "mainland mobile"),
+        (natural_command(subject_type=None), "subject_type", "must be specified"),
+        (natural_command(id_type=IdType.UNSPECIFIED), "id_type", "must be specified"),
+    ]
+    for cmd, field, fragment in cases:
+        with pytest.raises(InvalidArgument) as caught:
+            await env.service.register(
+                replace(cmd, phone_ticket=ticket), client_id="bff-web", channel="web"
+            )
+        violations = {v.field: v.description for v in caught.value.violations}
+        assert field in violations, (field, violations)
+        assert fragment in violations[field], (field, violations)
+        assert await env.counts() == EMPTY, field
+
+    # [F3] Every bad field of one request is reported at once, without repeating the values.
+    cmd = natural_command(
+        login_name="x",
+        password="123456",
+        phone="999",
+        id_number="110105194912310021",
+        uscc=USCC,
+        phone_ticket=ticket,
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        await env.service.register(cmd, client_id="bff-web", channel="web")
+    assert {v.field for v in caught.value.violations} == {
+        "login_name",
+        "password",
+        "phone",
+        "id_number",
+        "uscc",
+    }
+    for violation in caught.value.violations:
+        assert "110105194912310021" not in violation.description
+        assert "999" not in violation.description
+    assert await env.counts() == EMPTY
+    assert {r[2] for r in env.audit.records} == {"invalid_argument"}
+
+    result = await env.register(natural_command(phone_ticket=ticket))
+    assert ACCOUNT_ID.fullmatch(result.account_id)
+
+
+async def test_outdated_policy_version_is_failed_precondition(env: AccountsEnv) -> None:
+    """[I3] Accepting an outdated (or unknown) version is refused naming the current one; the
+    ticket is not spent. A stale per-process cache never refuses a version just published."""
+    await env.policies.publish("第二版隐私政策")
+    ticket = await env.ticket(PHONE)
+    for stale in (1, 3):
+        with pytest.raises(FailedPrecondition) as caught:
+            await env.register(natural_command(accepted_policy_version=stale, phone_ticket=ticket))
+        assert [(v.field, v.description) for v in caught.value.violations] == [
+            ("accepted_policy_version", "must be the current version 2")
+        ]
+        assert await env.counts() == EMPTY
+    result = await env.register(natural_command(accepted_policy_version=2, phone_ticket=ticket))
+    assert (await env.service.get_view(result.account_id)).accepted_policy_version == 2
+
+    # This process caches version 2; another process publishes 3, which is accepted at once.
+    assert (await env.policies.current()).version == 2
+    await PolicyStore(env.database, env.clock).publish("另一个进程发布的第三版")
+    result = await env.register(
+        natural_command(login_name="lisi", phone=OTHER_PHONE, accepted_policy_version=3, **NO_ID)
+    )
+    assert (await env.service.get_view(result.account_id)).accepted_policy_version == 3
+
+
+async def test_ticket_for_another_phone_or_purpose_is_refused(env_any_redis: AccountsEnv) -> None:
+    """[C2, C5] A REGISTER ticket proves one phone for registration only."""
+    env = env_any_redis
+    other_phone = await env.ticket(OTHER_PHONE)
+    reset = await env.ticket(PHONE, Purpose.RESET_PASSWORD)
+    login = await env.ticket(PHONE, Purpose.LOGIN)
+    for ticket in (other_phone, reset, login, "vt1.not-a-ticket"):
+        with pytest.raises(TicketInvalid):
+            await env.register(natural_command(phone_ticket=ticket))
+        assert await env.counts() == EMPTY
+    assert env.audit.records[-1][2] == "ticket_invalid"
+    # The right ticket works, and only once.
+    ticket = await env.ticket(PHONE)
+    await env.register(natural_command(phone_ticket=ticket))
+    with pytest.raises(TicketInvalid):
+        await env.register(natural_command(login_name="lisi", **NO_ID, phone_ticket=ticket))
+
+
+async def test_unique_constraint_catches_a_race(env: AccountsEnv) -> None:
+    """A duplicate that slips past the lookup (a race) is AlreadyExists and leaves nothing;
+    of two simultaneous registrations of one login name exactly one succeeds."""
+
+    class BlindRepository(SqlAccountRepository):
+        async def taken_kinds(self, keys: Any) -> set[str]:
+            return set()
+
+    racing = env.with_service(repository=BlindRepository(env.database))
+    await env.register(natural_command())
+    before = await env.counts()
+    for field, cmd in [
+        ("login_name", natural_command(phone=OTHER_PHONE, id_number=OTHER_ID_NUMBER)),
+        ("phone", natural_command(login_name="lisi", id_number=OTHER_ID_NUMBER)),
+        ("id_number", natural_command(login_name="lisi", phone=OTHER_PHONE)),
+    ]:
+        ticket = await env.ticket(cmd.phone)
+        with pytest.raises(AlreadyExists) as caught:
+            await racing.register(replace(cmd, phone_ticket=ticket), client_id="c", channel="web")
+        assert caught.value.field == field
+        assert await env.counts() == before
+
+    # Two simultaneous registrations of one new login name: exactly one account.
+    first = natural_command(
+        login_name="wangwu", phone=THIRD_PHONE, **NO_ID, phone_ticket=await env.ticket(THIRD_PHONE)
+    )
+    second = natural_command(
+        login_name="wangwu", phone=OTHER_PHONE, **NO_ID, phone_ticket=await env.ticket(OTHER_PHONE)
+    )
+    results = await asyncio.gather(
+        env.service.register(first, client_id="c", channel="web"),
+        env.service.register(second, client_id="c", channel="web"),
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1
+    assert isinstance(errors[0], AlreadyExists)
+    assert errors[0].field == "login_name"
+    assert (await env.counts())["accounts"] == 2
+
+
+async def test_identity_documents_are_optional_and_unique_per_type(env: AccountsEnv) -> None:
+    """Name and ID are optional at registration (real-name verification comes later); a passport
+    and a Hong Kong/Macao permit may share a number, two passports may not."""
+    bare = await env.register(
+        natural_command(login_name="zhaoliu", phone="18600001111", name="", **NO_ID)
+    )
+    assert await _identifier_kinds(env, bare.account_id) == ["login_name", "phone"]
+    await env.register(natural_command(id_type=IdType.PASSPORT, id_number="e1234 5678"))
+    await env.register(
+        natural_command(
+            login_name="lisi",
+            phone=OTHER_PHONE,
+            id_type=IdType.HK_MACAO_PERMIT,
+            id_number="E12345678",
+        )
+    )
+    with pytest.raises(AlreadyExists) as caught:
+        await env.register(
+            natural_command(
+                login_name="wangwu",
+                phone=THIRD_PHONE,
+                id_type=IdType.PASSPORT,
+                id_number="E12345678",
+            )
+        )
+    assert caught.value.field == "id_number"
