@@ -2,31 +2,51 @@
 
 Each line reads `<measured>: <n>/s; baseline <name>: <m>/s; ratio <r>`. The
 server under test runs in-process on loopback over the embedded stores (SQLite
-and the embedded redis-server), exactly as `make serve` would run one worker;
-the baselines use the same client shape and concurrency.
+and the embedded redis-server), as one `make serve` worker would, with the
+default (OWASP) Argon2 parameters; the baselines use the same client shape,
+concurrency and cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
+import itertools
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
-from benchmarks.harness import Rate, echo_rate, line, measure_async
+from benchmarks.harness import Rate, echo_rate, line, measure_async, measure_sync
+from xiaohe.identity.client.jwt import keys_from_jwks
+from xiaohe.identity.client.verifier import TokenVerifier
 from xiaohe.identity.server.app import start_server
 from xiaohe.identity.server.codes.service import CodeService
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
+from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.delivery.templates import render_code_message
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
-from xiaohe.identity.v1 import codes_pb2, codes_pb2_grpc, common_pb2
+from xiaohe.identity.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    codes_pb2,
+    codes_pb2_grpc,
+    common_pb2,
+)
 
 BENCH_CODE = "246810"
+BENCH_PHONE = "+8613600136000"
+BENCH_LOGIN = "bench.user"
+PASSWORD = "Lanshan-Baiyun-2026"  # noqa: S105 - the benchmark account's password
+Metadata = tuple[tuple[str, str], ...]
 
 
 def bench_settings(data_dir: Path) -> Settings:
@@ -36,13 +56,8 @@ def bench_settings(data_dir: Path) -> Settings:
     )
 
 
-async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: float) -> Rate:
-    """IssueCode + VerifyCode pairs per second, each pair for a fresh phone number."""
-    settings = bench_settings(data_dir)
-    await upgrade_async(settings.effective_database_url)
-    container = Container(settings, redis_url=redis_url)
-    # The code generator is the one thing replaced: a known code lets the client verify
-    # without reading the outbox. Everything else is the real issue and verify path.
+def install_known_codes(container: Container) -> None:
+    """Replace only the code generator, so the client can verify without reading the outbox."""
     container.__dict__["codes"] = CodeService(
         redis=container.redis,
         policy=container.code_policy,
@@ -54,10 +69,32 @@ async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: 
         metrics=container.metrics,
         audit=container.audit,
     )
+
+
+async def started(data_dir: Path, redis_url: str) -> tuple[Container, grpc.aio.Channel, Metadata]:
+    """A migrated store, a started server and an all-grants client's credentials."""
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    settings = bench_settings(data_dir)
+    await upgrade_async(settings.effective_database_url)
+    container = Container(settings, redis_url=redis_url)
+    install_known_codes(container)
     running = await start_server(container, settings.listen)
-    client, secret = await container.clients.create("bench", ["codes", "forward-end-user"])
-    credentials = (("x-client-id", client.client_id), ("x-client-secret", secret))
+    container.__dict__["bench_server"] = running
+    client, secret = await container.clients.create("bench", ["*"])
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return container, channel, (("x-client-id", client.client_id), ("x-client-secret", secret))
+
+
+async def stopped(container: Container, channel: grpc.aio.Channel) -> None:
+    """Undo `started`."""
+    await channel.close()
+    await container.__dict__["bench_server"].stop(0)
+    await container.close()
+
+
+async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: float) -> Rate:
+    """IssueCode + VerifyCode pairs per second, each pair for a fresh phone number."""
+    container, channel, credentials = await started(data_dir, redis_url)
     stub = codes_pb2_grpc.CodeServiceStub(channel)
 
     async def pair(i: int) -> None:
@@ -79,21 +116,156 @@ async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: 
             "code issue+verify", pair, concurrency=concurrency, seconds=seconds
         )
     finally:
-        await channel.close()
-        await running.stop(0)
-        await container.close()
+        await stopped(container, channel)
+
+
+def argon2_verify_rate(settings: Settings, seconds: float) -> Rate:
+    """Raw Argon2id verifications per second, one thread per core, the login's parameters."""
+    params = Argon2Parameters(
+        memory_cost=settings.argon2_memory_kib,
+        time_cost=settings.argon2_time_cost,
+        parallelism=settings.argon2_parallelism,
+    )
+    hasher = PasswordHasher(params)
+    stored = hasher.hash_sync(PASSWORD)
+    threads = os.cpu_count() or 1
+
+    def one_thread(_: int) -> Rate:
+        return measure_sync(
+            "argon2id verify", lambda: hasher.verify_sync(stored, PASSWORD), seconds=seconds
+        )
+
+    with ThreadPoolExecutor(threads) as pool:
+        rates = list(pool.map(one_thread, range(threads)))
+    hasher.close()
+    return Rate("argon2id verify", sum(r.per_second for r in rates))
+
+
+async def register_account(
+    container: Container, channel: grpc.aio.Channel, credentials: Metadata
+) -> None:
+    """One natural person, registered through the real RPCs."""
+    codes = codes_pb2_grpc.CodeServiceStub(channel)
+    common = {
+        "channel": common_pb2.CHANNEL_SMS,
+        "destination": BENCH_PHONE,
+        "purpose": common_pb2.PURPOSE_REGISTER,
+    }
+    await codes.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=credentials)
+    verified = await codes.VerifyCode(
+        codes_pb2.VerifyCodeRequest(**common, code=BENCH_CODE), metadata=credentials
+    )
+    await accounts_pb2_grpc.AccountServiceStub(channel).Register(
+        accounts_pb2.RegisterRequest(
+            subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
+            login_name=BENCH_LOGIN,
+            password=PASSWORD,
+            phone=BENCH_PHONE,
+            phone_ticket=verified.ticket,
+            accepted_policy_version=(await container.policies.current()).version,
+        ),
+        metadata=credentials,
+    )
+
+
+async def _constant(value: str) -> str:
+    return value
+
+
+def signed_parts(tokens: list[str]) -> list[tuple[bytes, bytes]]:
+    """(signing input, signature) of each token, for the raw signature-check baseline."""
+    out = []
+    for token in tokens:
+        head, payload, sig = token.split(".")
+        signature = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+        out.append((f"{head}.{payload}".encode(), signature))
+    return out
+
+
+async def auth_rates(
+    data_dir: Path, redis_url: str, concurrency: int, seconds: float
+) -> tuple[Rate, Rate, Rate, Rate]:
+    """Password logins, ValidateToken RPCs, local TokenVerifier checks and raw Ed25519 checks."""
+    container, channel, credentials = await started(data_dir, redis_url)
+    auth = auth_pb2_grpc.AuthServiceStub(channel)
+    try:
+        await register_account(container, channel, credentials)
+        login_request = auth_pb2.LoginRequest(
+            password=auth_pb2.PasswordCredential(identifier=BENCH_LOGIN, password=PASSWORD)
+        )
+
+        async def login(_i: int) -> None:
+            await auth.Login(login_request, metadata=credentials)
+
+        # Enough logins in flight to keep every hashing thread busy, below the shedding bound.
+        logins = await measure_async(
+            "password login",
+            login,
+            concurrency=min(concurrency, container.settings.password_hash_queue // 2),
+            seconds=seconds,
+        )
+        token = (await auth.Login(login_request, metadata=credentials)).session.access_token
+        validate_request = auth_pb2.ValidateTokenRequest(access_token=token)
+
+        async def validate(_i: int) -> None:
+            reply = await auth.ValidateToken(validate_request, metadata=credentials)
+            if not reply.valid:
+                raise AssertionError("the benchmark token stopped being valid")
+
+        validations = await measure_async(
+            "ValidateToken", validate, concurrency=concurrency, seconds=seconds
+        )
+
+        keys = await auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), metadata=credentials)
+        tokens = [
+            (await auth.Login(login_request, metadata=credentials)).session.access_token
+            for _ in range(20)
+        ]
+        # Distinct tokens and a one-entry claims cache: every check is a real verification.
+        verifier = TokenVerifier(
+            lambda: _constant(keys.jwks_json),
+            audience=container.settings.default_audience,
+            cache_size=1,
+        )
+        await verifier.refresh_keys()
+        cycle = itertools.cycle(tokens)
+        local = measure_sync(
+            "TokenVerifier local verify",
+            lambda: verifier.verify_cached_keys(next(cycle)),
+            seconds=seconds,
+        )
+        verify_key = next(iter(keys_from_jwks(keys.jwks_json).values()))
+        parts = itertools.cycle(signed_parts(tokens))
+        raw = measure_sync(
+            "ed25519 verify (libsodium)",
+            lambda: verify_key.verify(*next(parts)),
+            seconds=seconds,
+        )
+        return logins, validations, local, raw
+    finally:
+        await stopped(container, channel)
 
 
 async def main(seconds: float, concurrency: int) -> None:
+    """Measure everything in one run and print one comparison per line."""
     with tempfile.TemporaryDirectory(prefix="xiaohe-bench-") as tmp:
         root = Path(tmp)
         redis_server = EmbeddedRedis(root / "redis")
         redis_url = redis_server.start()
         try:
             echo = await echo_rate(concurrency, seconds, b"x" * 64)
-            (root / "codes").mkdir()
             pairs = await code_pairs(root / "codes", redis_url, concurrency, seconds)
-            print(line(pairs, echo))
+            argon2 = argon2_verify_rate(bench_settings(root), seconds)
+            logins, validations, local, raw = await auth_rates(
+                root / "auth", redis_url, concurrency, seconds
+            )
+            for measured, baseline in (
+                (pairs, echo),
+                (logins, argon2),
+                (validations, echo),
+                (local, raw),
+            ):
+                print(line(measured, baseline), flush=True)
         finally:
             redis_server.stop()
 

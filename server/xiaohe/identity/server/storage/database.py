@@ -7,6 +7,7 @@ failures surface as `Unavailable` (F2) through `translate_errors`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -19,12 +20,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from xiaohe.identity.server.errors import Unavailable
+from xiaohe.identity.server.storage import inline_sqlite
 
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine for the URL; SQLite gets WAL, a busy timeout and foreign keys."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # The inline driver (storage/inline_sqlite.py) replaces aiosqlite's thread per
+        # connection; it waits for other processes' locks without blocking the loop.
+        engine = create_async_engine(url, module=inline_sqlite.dbapi())
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -32,7 +36,6 @@ def create_engine(url: str) -> AsyncEngine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -41,8 +44,9 @@ def create_engine(url: str) -> AsyncEngine:
         def _sqlite_begin(conn: Any) -> None:
             # Writers take the lock up front: a deferred read-then-write transaction can fail
             # with SQLITE_BUSY when another worker process committed in between.
-            immediate = conn.get_execution_options().get("xh_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # Reads run without BEGIN: each SELECT sees a consistent WAL snapshot of its own.
+            if conn.get_execution_options().get("xh_write", False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     parsed = make_url(url)
@@ -79,6 +83,10 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._writer = engine.execution_options(xh_write=True)
+        # SQLite has one writer at a time. Queue this process's writers here instead of in
+        # SQLite's busy handler, which polls with sleeps of up to 100 ms and would turn
+        # contention into latency; other processes still meet the busy timeout.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -89,7 +97,11 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; committed on success, rolled back on error."""
         with translate_errors():
-            async with self._writer.begin() as conn:
+            if self._write_lock is None:
+                async with self._writer.begin() as conn:
+                    yield conn
+                return
+            async with self._write_lock, self._writer.begin() as conn:
                 yield conn
 
     @asynccontextmanager

@@ -51,9 +51,9 @@ def _new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+def _metadata(ctx: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key, value in details.invocation_metadata or ():
+    for key, value in ctx.invocation_metadata() or ():
         if isinstance(value, str):
             out[key.lower()] = value
     return out
@@ -71,29 +71,35 @@ class IdentityInterceptor(_ServerInterceptor):
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
         self._auth = authenticator
         self._metrics = metrics
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
         if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        metadata = _metadata(handler_call_details)
 
         async def behaviour(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await self._serve(inner, request, ctx, method, metadata)
+            return await self._serve(inner, request, ctx, method, _metadata(ctx))
 
-        return grpc.unary_unary_rpc_method_handler(
+        # One wrapper per method, built on its first call: the per-call cost is the call.
+        wrapped = grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = wrapped
+        return wrapped
 
     async def _serve(
         self,
