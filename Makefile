@@ -40,7 +40,7 @@ protos-check: $(VENV)/.installed
 	$(BIN)/python scripts/gen_protos.py --check
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --report docs/performance.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -214,3 +214,54 @@ async def test_successful_responses_carry_a_request_id(h: Harness) -> None:
     await call
     trailing = dict(await call.trailing_metadata() or ())
     assert len(str(trailing.get("x-request-id", ""))) == 16
+
+
+async def test_account_bound_codes_to_unregistered_numbers_pretend(h: Harness) -> None:
+    """B4: LOGIN/RESET_PASSWORD/RECOVER_ACCOUNT to an unregistered number answer the same and
+    count against the same limits, but nothing is sent; a registered number gets its code."""
+    from xiaohe.identity.v1 import accounts_pb2, accounts_pb2_grpc
+
+    stub = codes_pb2_grpc.CodeServiceStub(h.channel)
+    registered, stranger = "+8613811112222", "+8613833334444"
+    await stub.IssueCode(issue_request(registered), metadata=h.metadata)
+    code = code_from((await wait_for_outbox(h, 1))[0])
+    verified = await stub.VerifyCode(
+        codes_pb2.VerifyCodeRequest(
+            channel=common_pb2.CHANNEL_SMS,
+            destination=registered,
+            purpose=common_pb2.PURPOSE_REGISTER,
+            code=code,
+        ),
+        metadata=h.metadata,
+    )
+    await accounts_pb2_grpc.AccountServiceStub(h.channel).Register(
+        accounts_pb2.RegisterRequest(
+            subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
+            login_name="li.na",
+            password="Hongqiao-Yuelu-88",
+            phone=registered,
+            phone_ticket=verified.ticket,
+            accepted_policy_version=1,
+        ),
+        metadata=h.metadata,
+    )
+    for purpose in (
+        common_pb2.PURPOSE_LOGIN,
+        common_pb2.PURPOSE_RESET_PASSWORD,
+        common_pb2.PURPOSE_RECOVER_ACCOUNT,
+    ):
+        h.clock.advance(61)
+        to_member = await stub.IssueCode(issue_request(registered, purpose), metadata=h.metadata)
+        to_stranger = await stub.IssueCode(issue_request(stranger, purpose), metadata=h.metadata)
+        assert (to_member.expires_in_seconds, to_member.resend_after_seconds) == (
+            to_stranger.expires_in_seconds,
+            to_stranger.resend_after_seconds,
+        )
+        assert to_stranger.code_id
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.IssueCode(issue_request(stranger, purpose), metadata=h.metadata)
+        assert details_of(caught.value).quota_subjects == ["code.issue.destination"]
+    await h.drain_outbox()
+    recipients = [line["to"] for line in h.outbox_lines()]
+    assert recipients.count(registered) == 4
+    assert stranger not in recipients

@@ -181,6 +181,7 @@ class Container:
             clock=self.clock,
             queue=self.outbox,
             compose=render_code_message,
+            recipient_filter=self.accounts.receives_codes,
             metrics=self.metrics,
             audit=self.audit,
         )

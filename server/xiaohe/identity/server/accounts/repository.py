@@ -173,6 +173,17 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AccountRecord:
     )
 
 
+# Built once: the login path runs this lookup on every attempt.
+_FIND_BY_IDENTIFIER = (
+    sa.select(accounts)
+    .select_from(identifiers.join(accounts, identifiers.c.account_id == accounts.c.account_id))
+    .where(
+        identifiers.c.kind == sa.bindparam("kind"),
+        identifiers.c.blind_index == sa.bindparam("blind_index"),
+    )
+)
+
+
 class SqlAccountRepository:
     """AccountRepository on SQLite or PostgreSQL (SQLAlchemy Core)."""
 
@@ -255,15 +266,12 @@ class SqlAccountRepository:
 
     async def find_by_identifier(self, key: IdentifierKey) -> AccountRecord | None:
         """The account holding this identifier, or None."""
-        stmt = (
-            sa.select(accounts)
-            .select_from(
-                identifiers.join(accounts, identifiers.c.account_id == accounts.c.account_id)
-            )
-            .where(identifiers.c.kind == key.kind, identifiers.c.blind_index == key.blind_index)
-        )
         async with self._db.connect() as conn:
-            row = (await conn.execute(stmt)).first()
+            row = (
+                await conn.execute(
+                    _FIND_BY_IDENTIFIER, {"kind": key.kind, "blind_index": key.blind_index}
+                )
+            ).first()
         return None if row is None else _row_to_record(row)
 
     async def set_password_hash(self, account_id: str, password_hash: str, now: float) -> bool:

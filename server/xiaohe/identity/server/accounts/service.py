@@ -126,6 +126,11 @@ _KIND_NAMES: Final = {
 }
 
 
+# Purposes whose codes only make sense for a destination some account already holds.
+ACCOUNT_BOUND_PURPOSES = frozenset(
+    {Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT}
+)
+
 class TicketConsumer(Protocol):
     """Consumes verification tickets (`codes.service.TicketService`)."""
 
@@ -549,6 +554,19 @@ class AccountService:
     async def find_by_phone(self, e164: str) -> AccountCredentials | None:
         """The account whose phone is `e164` (normalised), or None."""
         return await self.find_credentials(IdentifierKind.PHONE, e164)
+
+    async def receives_codes(self, channel: Channel, destination: str, purpose: Purpose) -> bool:
+        """Whether a code for `purpose` is actually sent to this (normalised) destination.
+
+        Codes that act on an existing account (login, password reset, recovery) go only
+        to destinations an account holds; for any other, the code service pretends: it
+        answers and counts limits exactly as if it had sent (SECURITY B4), so the response
+        does not reveal who is registered. Every other purpose is sent to anyone.
+        """
+        if purpose not in ACCOUNT_BOUND_PURPOSES:
+            return True
+        kind = IdentifierKind.PHONE if channel is Channel.SMS else IdentifierKind.EMAIL
+        return await self.find_credentials(kind, destination) is not None
 
     async def get_credentials(self, account_id: str) -> AccountCredentials:
         """The credentials of an account; NotFound if none."""

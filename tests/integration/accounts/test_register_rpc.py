@@ -1,0 +1,373 @@
+"""AccountService.Register over real gRPC: refusals name the field, store nothing (P2, I1).
+
+A refused registration must leave no account behind and, when the request was
+refused before the ticket was looked at (shapes, password policy, policy
+version, a taken login name), must leave the ticket usable, so that the user
+only corrects the form and submits again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.conftest import Harness, wait_for_outbox
+from tests.rpc_errors import Details, details_of
+from xiaohe.identity.server.storage.schema import accounts, identifiers
+from xiaohe.identity.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    codes_pb2,
+    codes_pb2_grpc,
+    common_pb2,
+)
+
+PHONE = "+8613812345678"
+OTHER_PHONE = "+8613987654321"
+LOGIN_NAME = "zhang.wei"
+PASSWORD = "Qingshan-Lvshui-2026"
+ID_NUMBER = "11010519491231002X"
+BAD_ID_NUMBER = "110105194912310021"  # check character should be X
+USCC = "91350100M000100Y43"
+BAD_USCC = "91350100M000100Y44"  # check character should be 3
+
+Request = accounts_pb2.RegisterRequest
+Edit = Callable[[Request], None]
+
+
+async def register_ticket(h: Harness, phone: str) -> str:
+    """A REGISTER ticket for `phone` through IssueCode, the dev outbox and VerifyCode."""
+    codes = codes_pb2_grpc.CodeServiceStub(h.channel)
+    before = len(h.outbox_lines())
+    await codes.IssueCode(
+        codes_pb2.IssueCodeRequest(
+            channel=common_pb2.CHANNEL_SMS, destination=phone, purpose=common_pb2.PURPOSE_REGISTER
+        ),
+        metadata=h.metadata,
+    )
+    lines = await wait_for_outbox(h, before + 1)
+    assert len(lines) == before + 1
+    assert lines[-1]["to"] == phone
+    code = re.search(r"\d{6}", lines[-1]["text"])
+    assert code is not None
+    verified = await codes.VerifyCode(
+        codes_pb2.VerifyCodeRequest(
+            channel=common_pb2.CHANNEL_SMS,
+            destination=phone,
+            purpose=common_pb2.PURPOSE_REGISTER,
+            code=code.group(0),
+        ),
+        metadata=h.metadata,
+    )
+    return verified.ticket
+
+
+def natural(ticket: str, **changes: str | int) -> Request:
+    """A valid natural-person request (resident ID card) with `changes` applied.
+
+    `id_number=""` leaves the ID document out altogether (it is optional).
+    """
+    request = Request(
+        subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
+        login_name=LOGIN_NAME,
+        password=PASSWORD,
+        phone=PHONE,
+        phone_ticket=ticket,
+        accepted_policy_version=1,
+        natural_person=accounts_pb2.NaturalPersonProfile(
+            name="张伟", id_type=common_pb2.ID_TYPE_RESIDENT_ID_CARD, id_number=ID_NUMBER
+        ),
+    )
+    for name, value in changes.items():
+        if name == "id_number":
+            request.natural_person.id_number = str(value)
+            if not value:
+                request.natural_person.id_type = common_pb2.ID_TYPE_UNSPECIFIED
+        else:
+            setattr(request, name, value)
+    return request
+
+
+def legal(ticket: str, **changes: str | int) -> Request:
+    """A valid legal-person request with `changes` applied."""
+    request = Request(
+        subject_type=common_pb2.SUBJECT_TYPE_LEGAL_PERSON,
+        login_name="fuzhou-tech",
+        password=PASSWORD,
+        phone=PHONE,
+        phone_ticket=ticket,
+        accepted_policy_version=1,
+        legal_person=accounts_pb2.LegalPersonProfile(
+            organization_name="福州示例科技有限公司", uscc=USCC
+        ),
+    )
+    for name, value in changes.items():
+        if name == "uscc":
+            request.legal_person.uscc = str(value)
+        else:
+            setattr(request, name, value)
+    return request
+
+
+async def call_register(h: Harness, request: Request) -> accounts_pb2.RegisterResponse:
+    """Register with the all-grants client."""
+    return await accounts_pb2_grpc.AccountServiceStub(h.channel).Register(
+        request, metadata=h.metadata
+    )
+
+
+async def refused(h: Harness, request: Request) -> Details:
+    """The decoded error of a Register call that must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call_register(h, request)
+    return details_of(caught.value)
+
+
+async def stored(h: Harness) -> tuple[int, int]:
+    """How many rows `accounts` and `identifiers` hold."""
+    async with h.container.database.connect() as conn:
+        n_accounts = (await conn.execute(sa.select(sa.func.count()).select_from(accounts))).scalar()
+        n_identifiers = (
+            await conn.execute(sa.select(sa.func.count()).select_from(identifiers))
+        ).scalar()
+    return int(n_accounts or 0), int(n_identifiers or 0)
+
+
+async def login_ok(h: Harness, identifier: str, password: str = PASSWORD) -> str:
+    """Sign in and return the account id (the registration really took effect)."""
+    response = await auth_pb2_grpc.AuthServiceStub(h.channel).Login(
+        auth_pb2.LoginRequest(
+            password=auth_pb2.PasswordCredential(identifier=identifier, password=password)
+        ),
+        metadata=h.metadata,
+    )
+    return response.session.account_id
+
+
+# -- shapes and the password policy: INVALID_ARGUMENT, nothing stored, ticket kept ------------
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "why", "secret"),
+    [
+        pytest.param(
+            lambda t: legal(t, uscc=BAD_USCC),
+            "legal_person.uscc",
+            "check digit",
+            BAD_USCC,
+            id="uscc-check-digit",
+        ),
+        pytest.param(
+            lambda t: natural(t, id_number=BAD_ID_NUMBER),
+            "natural_person.id_number",
+            "check digit",
+            BAD_ID_NUMBER,
+            id="id-number-check-digit",
+        ),
+        pytest.param(
+            lambda t: natural(t, password="password123"),
+            "password",
+            "common",
+            "password123",
+            id="common-password",
+        ),
+        pytest.param(
+            lambda t: natural(t, password="12345678"),
+            "password",
+            "common",
+            "12345678",
+            id="common-digits",
+        ),
+        pytest.param(
+            lambda t: natural(t, password="zhang.wei-Qingshan-2026"),
+            "password",
+            "login name",
+            "zhang.wei-Qingshan-2026",
+            id="password-with-login-name",
+        ),
+        pytest.param(
+            lambda t: natural(t, password="Qingshan-ZhangWei-2026"),
+            "password",
+            "login name",
+            "Qingshan-ZhangWei-2026",
+            id="password-with-login-name-recased",
+        ),
+    ],
+)
+async def test_invalid_fields_are_named_and_nothing_is_stored(
+    h: Harness, make: Callable[[str], Request], field: str, why: str, secret: str
+) -> None:
+    """P2 and identifier checks: INVALID_ARGUMENT names the (nested) field and says why."""
+    ticket = await register_ticket(h, PHONE)
+    request = make(ticket)
+    d = await refused(h, request)
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert d.reason == "INVALID_ARGUMENT"
+    assert set(d.violations) == {field}
+    assert why in d.violations[field]
+    assert secret not in d.message
+    assert secret not in d.violations[field]
+    assert await stored(h) == (0, 0)
+
+    # Corrected, the same ticket registers.
+    corrected = make(ticket)
+    corrected.password = PASSWORD
+    if corrected.HasField("legal_person"):
+        corrected.legal_person.uscc = USCC
+    else:
+        corrected.natural_person.id_number = ID_NUMBER
+    account_id = (await call_register(h, corrected)).account_id
+    assert account_id.startswith("acc_")
+    assert await stored(h) == (1, 3)  # login name, phone and the USCC or ID number
+    assert await login_ok(h, corrected.login_name) == account_id
+
+
+async def test_all_violations_are_reported_at_once(h: Harness) -> None:
+    """Every bad field is listed in one BadRequest, not just the first."""
+    ticket = await register_ticket(h, PHONE)
+    d = await refused(h, legal(ticket, uscc=BAD_USCC, password="12345678"))
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(d.violations) == {"legal_person.uscc", "password"}
+    assert await stored(h) == (0, 0)
+    await call_register(h, legal(ticket))
+    assert (await stored(h))[0] == 1
+
+
+async def test_an_outdated_policy_version_is_a_failed_precondition(h: Harness) -> None:
+    """Consent must be to the current policy: v1 after v2 is published is refused."""
+    published = await h.container.policies.publish("# 隐私政策 第二版\n\n新的条款。\n")
+    assert published.version == 2
+    ticket = await register_ticket(h, PHONE)
+    d = await refused(h, natural(ticket, accepted_policy_version=1))
+    assert d.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert d.reason == "FAILED_PRECONDITION"
+    assert set(d.violations) == {"accepted_policy_version"}
+    assert "2" in d.violations["accepted_policy_version"]
+    assert await stored(h) == (0, 0)
+
+    d = await refused(h, natural(ticket, accepted_policy_version=3))
+    assert d.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert await stored(h) == (0, 0)
+
+    account_id = (await call_register(h, natural(ticket, accepted_policy_version=2))).account_id
+    assert await login_ok(h, LOGIN_NAME) == account_id
+    assert (await stored(h))[0] == 1
+
+
+# -- identifiers already taken: ALREADY_EXISTS naming the field, revealing no owner ----------
+
+
+async def test_a_taken_login_name_is_already_exists_and_keeps_the_ticket(h: Harness) -> None:
+    """Login names are checked before the ticket is spent; the message names no account."""
+    first = (await call_register(h, natural(await register_ticket(h, PHONE)))).account_id
+    before = await stored(h)
+    ticket = await register_ticket(h, OTHER_PHONE)
+    for taken in (LOGIN_NAME, "ZHANG.WEI", "ｚｈａｎｇ.ｗｅｉ"):
+        d = await refused(h, natural(ticket, login_name=taken, phone=OTHER_PHONE, id_number=""))
+        assert d.code == grpc.StatusCode.ALREADY_EXISTS, taken
+        assert d.reason == "ALREADY_EXISTS"
+        assert set(d.violations) == {"login_name"}
+        for leak in (first, PHONE, PHONE[3:], ID_NUMBER):
+            assert leak not in d.message
+            assert leak not in d.violations["login_name"]
+    assert await stored(h) == before
+    second = (
+        await call_register(h, natural(ticket, login_name="li.na", phone=OTHER_PHONE, id_number=""))
+    ).account_id
+    assert second != first
+    assert await login_ok(h, OTHER_PHONE) == second
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "field"),
+    [
+        pytest.param(
+            lambda t: natural(t),
+            lambda t: natural(t, login_name="li.na", id_number=""),
+            "phone",
+            id="phone",
+        ),
+        pytest.param(
+            lambda t: natural(t),
+            lambda t: natural(t, login_name="li.na", phone=OTHER_PHONE),
+            "natural_person.id_number",
+            id="id-number",
+        ),
+        pytest.param(
+            lambda t: legal(t),
+            lambda t: legal(t, login_name="another-co", phone=OTHER_PHONE),
+            "legal_person.uscc",
+            id="uscc",
+        ),
+    ],
+)
+async def test_a_taken_identifier_is_already_exists_naming_the_field(
+    h: Harness,
+    first: Callable[[str], Request],
+    second: Callable[[str], Request],
+    field: str,
+) -> None:
+    """A duplicate phone, ID number or USCC → ALREADY_EXISTS on that field, owner not revealed."""
+    first_request = first(await register_ticket(h, PHONE))
+    owner = (await call_register(h, first_request)).account_id
+    before = await stored(h)
+    h.clock.advance(61)  # the per-destination resend cooldown
+    second_request = second(await register_ticket(h, second(PHONE).phone))
+    d = await refused(h, second_request)
+    assert d.code == grpc.StatusCode.ALREADY_EXISTS
+    assert d.reason == "ALREADY_EXISTS"
+    assert set(d.violations) == {field}
+    for leak in (owner, first_request.login_name, PHONE, PHONE[3:], ID_NUMBER, USCC):
+        assert leak not in d.message, leak
+        assert leak not in d.violations[field], leak
+    assert await stored(h) == before
+
+
+# -- tickets --------------------------------------------------------------------------------------
+
+
+async def test_a_ticket_for_another_phone_is_ticket_invalid(h: Harness) -> None:
+    """The REGISTER ticket is bound to its phone: TICKET_INVALID on `phone_ticket`."""
+    ticket = await register_ticket(h, OTHER_PHONE)
+    d = await refused(h, natural(ticket, phone=PHONE))
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert d.reason == "TICKET_INVALID"
+    assert set(d.violations) == {"phone_ticket"}
+    assert PHONE not in d.message and OTHER_PHONE not in d.message
+    assert await stored(h) == (0, 0)
+
+    # A mismatch does not spend the ticket: with its own phone it registers, once.
+    account_id = (await call_register(h, natural(ticket, phone=OTHER_PHONE))).account_id
+    assert await login_ok(h, OTHER_PHONE) == account_id
+    d = await refused(h, natural(ticket, login_name="li.na", phone=OTHER_PHONE, id_number=""))
+    assert (d.code, d.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "TICKET_INVALID")
+    assert set(d.violations) == {"phone_ticket"}
+
+
+@pytest.mark.parametrize("ticket", ["", "vt1.forged.ticket", "not a ticket"])
+async def test_a_missing_or_forged_ticket_is_refused(h: Harness, ticket: str) -> None:
+    """No account without a ticket; the error names `phone_ticket`."""
+    d = await refused(h, natural(ticket))
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "phone_ticket" in d.violations
+    assert await stored(h) == (0, 0)
+
+
+# -- normalisation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phone", ["１３８１２３４５６７８", "＋８６ １３８ １２３４ ５６７８", "138 1234 5678"])
+async def test_a_phone_in_full_width_digits_normalises_and_registers(
+    h: Harness, phone: str
+) -> None:
+    """The phone is NFKC-normalised before the ticket binding is checked."""
+    ticket = await register_ticket(h, PHONE)
+    account_id = (await call_register(h, natural(ticket, phone=phone))).account_id
+    assert await login_ok(h, PHONE) == account_id
+    assert await login_ok(h, "13812345678") == account_id
