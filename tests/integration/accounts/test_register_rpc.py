@@ -198,6 +198,20 @@ async def login_ok(h: Harness, identifier: str, password: str = PASSWORD) -> str
             "Qingshan-ZhangWei-2026",
             id="password-with-login-name-recased",
         ),
+        pytest.param(
+            lambda t: natural(t, password="Qingshan-13812345678"),
+            "password",
+            "phone",
+            "13812345678",
+            id="password-with-phone-digits",
+        ),
+        pytest.param(
+            lambda t: natural(t, password="Xiaohe-Qingshan-2026"),
+            "password",
+            "platform name",
+            "Xiaohe-Qingshan-2026",
+            id="password-with-platform-name",
+        ),
     ],
 )
 async def test_invalid_fields_are_named_and_nothing_is_stored(
@@ -339,7 +353,8 @@ async def test_a_ticket_for_another_phone_is_ticket_invalid(h: Harness) -> None:
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT
     assert d.reason == "TICKET_INVALID"
     assert set(d.violations) == {"phone_ticket"}
-    assert PHONE not in d.message and OTHER_PHONE not in d.message
+    assert PHONE not in d.message
+    assert OTHER_PHONE not in d.message
     assert await stored(h) == (0, 0)
 
     # A mismatch does not spend the ticket: with its own phone it registers, once.
@@ -362,7 +377,9 @@ async def test_a_missing_or_forged_ticket_is_refused(h: Harness, ticket: str) ->
 # -- normalisation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("phone", ["１３８１２３４５６７８", "＋８６ １３８ １２３４ ５６７８", "138 1234 5678"])
+@pytest.mark.parametrize(
+    "phone", ["１３８１２３４５６７８", "＋８６ １３８ １２３４ ５６７８", "138 1234 5678"]
+)
 async def test_a_phone_in_full_width_digits_normalises_and_registers(
     h: Harness, phone: str
 ) -> None:

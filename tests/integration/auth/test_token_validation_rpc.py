@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -33,6 +34,11 @@ from xiaohe.identity.v1 import (
     codes_pb2_grpc,
     common_pb2,
 )
+
+if TYPE_CHECKING:
+    from xiaohe.identity.v1.accounts_pb2_grpc import AccountServiceAsyncStub
+    from xiaohe.identity.v1.auth_pb2_grpc import AuthServiceAsyncStub
+    from xiaohe.identity.v1.codes_pb2_grpc import CodeServiceAsyncStub
 
 PHONE = "+8613812345678"
 OTHER_PHONE = "+8613987654321"
@@ -54,9 +60,9 @@ Payload = dict[str, object]
 class Stubs:
     """The stubs of one harness channel."""
 
-    codes: codes_pb2_grpc.CodeServiceStub
-    auth: auth_pb2_grpc.AuthServiceStub
-    accounts: accounts_pb2_grpc.AccountServiceStub
+    codes: CodeServiceAsyncStub
+    auth: AuthServiceAsyncStub
+    accounts: AccountServiceAsyncStub
 
 
 def stubs(h: Harness) -> Stubs:
@@ -268,7 +274,7 @@ async def test_a_valid_token_validates_with_its_claims(h: Harness, alice: Signed
 async def test_forged_and_altered_tokens_are_invalid_not_errors(
     h: Harness, alice: SignedIn
 ) -> None:
-    """T1: alg=none, foreign keys, edited claims, wrong typ and attached keys are all refused."""
+    """T1: alg=none, foreign keys, edited claims, wrong typ, future iat and attached keys fail."""
     token = alice.session.access_token
     header, payload, signature = parts(token)
     kid = str(header["kid"])
@@ -358,6 +364,14 @@ async def test_forged_and_altered_tokens_are_invalid_not_errors(
         "crit header, signed by the server key": (
             compose({**header, "crit": ["exp"]}, payload, real_sign),
             "malformed",
+        ),
+        "issued in the future, signed by the server key": (
+            compose(header, {**payload, "iat": int(h.clock.now()) + 3600}, real_sign),
+            "not_yet_valid",
+        ),
+        "nbf in the future, signed by the server key": (
+            compose(header, {**payload, "nbf": int(h.clock.now()) + 3600}, real_sign),
+            "not_yet_valid",
         ),
         "another issuer, signed by the server key": (
             compose(header, {**payload, "iss": "https://attacker.example"}, real_sign),

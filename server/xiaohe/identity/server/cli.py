@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -151,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xiaohe-identity: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, file=settings.log_file)
+    if args.command != "migrate":
+        # Schema upgrades are routine for every other command; only `migrate` narrates them.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    os.umask(0o077)  # files the server or the CLI creates are the owner's alone
     try:
         if args.command == "serve":
             from xiaohe.identity.server.supervisor import serve

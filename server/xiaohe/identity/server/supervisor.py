@@ -106,7 +106,6 @@ def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 async def serve(settings: Settings) -> int:
     """Run the whole server until SIGTERM/SIGINT; returns the exit status."""
-    os.umask(0o077)  # everything the server writes in the data dir is the owner's alone
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     embedded: EmbeddedRedis | None = None
     redis_url = settings.redis_url

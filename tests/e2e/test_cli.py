@@ -1,0 +1,271 @@
+"""The operator commands of `xiaohe-identity`, run as an operator would: the script, a subprocess.
+
+Each test gets its own data directory through XIAOHE_IDENTITY_DATA_DIR and no
+other XIAOHE_IDENTITY_* variable from the environment, so the commands use
+their defaults: SQLite and the key ring file inside the data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import CLI
+from xiaohe.identity.server.audit.log import AuditLog
+from xiaohe.identity.server.callers.registry import ClientRegistry
+from xiaohe.identity.server.clock import SystemClock
+from xiaohe.identity.server.storage.database import Database
+
+ACCESS_TOKEN_TTL = 600
+SIGNING_KEY_EXTRA_KEEP = 3600
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished CLI run."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON (the commands print nothing else there)."""
+        return json.loads(self.stdout)
+
+    def messages(self) -> list[str]:
+        """stderr lines meant for the operator: everything but the JSON log records."""
+        lines = []
+        for line in self.stderr.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                lines.append(line)
+                continue
+            if not (isinstance(record, dict) and "level" in record):
+                lines.append(line)
+        return lines
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Runs `xiaohe-identity` against one data directory."""
+
+    data_dir: Path
+    cwd: Path
+
+    @property
+    def database_file(self) -> Path:
+        """The SQLite file the commands use by default."""
+        return self.data_dir / "identity.db"
+
+    @property
+    def keyring_file(self) -> Path:
+        """The key ring file the commands use by default."""
+        return self.data_dir / "keyring.json"
+
+    def run(self, *args: str) -> Result:
+        """Run one command to completion."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XIAOHE_IDENTITY_")}
+        env["XIAOHE_IDENTITY_DATA_DIR"] = str(self.data_dir)
+        done = subprocess.run(
+            [CLI, *args], env=env, cwd=self.cwd, capture_output=True, text=True, timeout=60
+        )
+        assert "Traceback" not in done.stderr, done.stderr[-2000:]
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def ok(self, *args: str) -> Result:
+        """Run a command that must succeed."""
+        result = self.run(*args)
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        return result
+
+    def keyring(self) -> dict[str, Any]:
+        """The key ring file's content."""
+        document = json.loads(self.keyring_file.read_text())
+        assert isinstance(document, dict)
+        return document
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """A CLI on a data directory that does not exist yet."""
+    return Cli(data_dir=tmp_path / "var", cwd=tmp_path)
+
+
+def mode_of(path: Path) -> int:
+    """Permission bits of a file."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def one_line_error(result: Result) -> str:
+    """The single operator-facing error line of a failed command."""
+    assert result.returncode != 0
+    assert result.stdout == ""
+    messages = result.messages()
+    assert len(messages) == 1, result.stderr
+    assert messages[0].startswith("xiaohe-identity: "), messages
+    return messages[0]
+
+
+def test_migrate_creates_the_schema_and_can_run_again(cli: Cli) -> None:
+    """`migrate` creates the database in a private data directory; a second run is a no-op."""
+    first = cli.ok("migrate")
+    assert "up to date" in first.stdout
+    assert cli.database_file.exists()
+    assert mode_of(cli.data_dir) == 0o700
+    with sqlite3.connect(cli.database_file) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"accounts", "identifiers", "sessions", "clients", "audit_log"} <= tables
+    cli.ok("migrate")
+
+
+def test_clients_create_list_and_revoke(cli: Cli) -> None:
+    """The secret is printed once at creation, never listed; revocation shows in the list."""
+    created = cli.ok("clients", "create", "web", "--grant", "codes", "--grant", "auth").json()
+    client_id, secret = created["client_id"], created["client_secret"]
+    assert client_id.startswith("xhc_")
+    assert secret.startswith("xhs_")
+    assert sorted(created["grants"]) == ["auth", "codes"]
+
+    # The printed secret is the one the server will accept.
+    async def authenticate() -> frozenset[str]:
+        database = Database.from_url(f"sqlite+aiosqlite:///{cli.database_file}")
+        try:
+            client = await ClientRegistry(database, SystemClock()).authenticate(client_id, secret)
+        finally:
+            await database.close()
+        return client.grants
+
+    assert asyncio.run(authenticate()) == {"auth", "codes"}
+
+    listing = cli.ok("clients", "list")
+    assert secret not in listing.stdout
+    assert "sha256$" not in listing.stdout
+    listed = {c["client_id"]: c for c in listing.json()}
+    assert set(listed) == {client_id}
+    assert listed[client_id]["name"] == "web"
+    assert listed[client_id]["revoked"] is False
+    assert "client_secret" not in listed[client_id]
+
+    revoked = cli.ok("clients", "revoke", client_id).json()
+    assert revoked == {"client_id": client_id, "revoked": True}
+    assert cli.ok("clients", "list").json()[0]["revoked"] is True
+
+    assert cli.ok("clients", "revoke", client_id).json()["revoked"] is True  # idempotent
+    unknown = cli.run("clients", "revoke", "xhc_000000000000000000000000")
+    assert unknown.returncode == 1
+    assert "client" in one_line_error(unknown)
+
+
+def test_an_unknown_grant_fails_with_one_line_and_creates_nothing(cli: Cli) -> None:
+    """`--grant nonsense` is refused before anything is stored."""
+    result = cli.run("clients", "create", "x", "--grant", "nonsense")
+    message = one_line_error(result)
+    assert result.returncode == 1
+    assert "nonsense" in message
+    assert cli.ok("clients", "list").json() == []
+
+
+def test_policy_publish_numbers_versions_and_refuses_the_same_text(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The packaged policy is version 1; a new text becomes 2; the same text again is refused."""
+    text = "# 小禾企服隐私政策（第二版）\n\n我们如何收集和使用您的个人信息。\n"
+    policy = tmp_path / "policy-v2.md"
+    policy.write_text(text, encoding="utf-8")
+    published = cli.ok("policy", "publish", str(policy)).json()
+    assert published == {"version": 2, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+    again = cli.run("policy", "publish", str(policy))
+    assert again.returncode == 1
+    assert "identical" in one_line_error(again)
+
+    policy.write_text(text + "\n第三版新增条款。\n", encoding="utf-8")
+    assert cli.ok("policy", "publish", str(policy)).json()["version"] == 3
+
+    missing = cli.run("policy", "publish", str(tmp_path / "absent.md"))
+    assert missing.returncode == 1
+    assert "cannot read" in one_line_error(missing)
+    with sqlite3.connect(cli.database_file) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM policy_versions")]
+    assert sorted(versions) == [1, 2, 3]
+
+
+def test_key_rotation_commands(cli: Cli) -> None:
+    """`keys rotate` and `keys rotate-signing` add keys, keep the old ones, keep the file 0600."""
+    master = cli.ok("keys", "rotate").json()
+    assert master["data_keys_rewrapped"] == 0  # no accounts yet
+    ring = cli.keyring()
+    assert mode_of(cli.keyring_file) == 0o600
+    master_ids = [k["id"] for k in ring["master_keys"]]
+    assert len(master_ids) == 2
+    assert ring["active_master_key_id"] == master["active_master_key"] == master_ids[-1]
+    assert master_ids[0] != master_ids[-1]
+    first_kid = ring["active_signing_kid"]
+
+    second = cli.ok("keys", "rotate").json()
+    assert second["active_master_key"] not in master_ids
+    assert len(cli.keyring()["master_keys"]) == 3
+
+    signing = cli.ok("keys", "rotate-signing").json()
+    new_kid = signing["active_signing_key"]
+    assert new_kid != first_kid
+    ring = cli.keyring()
+    assert mode_of(cli.keyring_file) == 0o600
+    assert ring["active_signing_kid"] == new_kid
+    by_kid = {k["kid"]: k for k in ring["signing_keys"]}
+    assert set(by_kid) == {first_kid, new_kid}
+    retired = by_kid[first_kid]
+    assert retired["retired_at"] is not None
+    assert retired["drop_after"] == pytest.approx(
+        retired["retired_at"] + ACCESS_TOKEN_TTL + SIGNING_KEY_EXTRA_KEEP
+    )
+    assert by_kid[new_kid]["retired_at"] is None
+    # The master keys were left alone by the signing rotation.
+    assert ring["active_master_key_id"] == second["active_master_key"]
+
+    third = cli.ok("keys", "rotate-signing").json()["active_signing_key"]
+    assert third not in {first_kid, new_kid}
+    assert {k["kid"] for k in cli.keyring()["signing_keys"]} == {first_kid, new_kid, third}
+
+
+def test_audit_verify_detects_a_tampered_row(cli: Cli) -> None:
+    """`audit verify` exits 0 on an intact chain and 1, naming the row, after an edit."""
+    empty = cli.ok("audit", "verify").json()
+    assert empty == {"intact": True, "records_checked": 0, "first_broken_seq": 0}
+
+    async def append_records() -> None:
+        database = Database.from_url(f"sqlite+aiosqlite:///{cli.database_file}")
+        try:
+            log = AuditLog(database, SystemClock())
+            for n in range(3):
+                await log.record(
+                    "client.create", f"xhc_{n:024d}", "ok", actor_client="cli", request_id=f"r{n}"
+                )
+        finally:
+            await database.close()
+
+    asyncio.run(append_records())
+    intact = cli.ok("audit", "verify").json()
+    assert intact == {"intact": True, "records_checked": 3, "first_broken_seq": 0}
+
+    with sqlite3.connect(cli.database_file) as conn:
+        changed = conn.execute("UPDATE audit_log SET outcome = 'denied' WHERE seq = 2").rowcount
+    assert changed == 1
+    broken = cli.run("audit", "verify")
+    assert broken.returncode == 1
+    report = broken.json()
+    assert report["intact"] is False
+    assert report["first_broken_seq"] == 2
