@@ -127,9 +127,8 @@ _KIND_NAMES: Final = {
 
 
 # Purposes whose codes only make sense for a destination some account already holds.
-ACCOUNT_BOUND_PURPOSES = frozenset(
-    {Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT}
-)
+ACCOUNT_BOUND_PURPOSES = frozenset({Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT})
+
 
 class TicketConsumer(Protocol):
     """Consumes verification tickets (`codes.service.TicketService`)."""
