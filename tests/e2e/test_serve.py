@@ -175,3 +175,27 @@ def test_invalid_settings_stop_start_up_with_a_one_line_reason(tmp_path: Path) -
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "XIAOHE_IDENTITY_LISTEN" in lines[0]
+
+
+def test_a_revoked_bootstrap_client_stays_revoked_after_a_restart(
+    tmp_path: Path, serve_factory: list[ServedProcess]
+) -> None:
+    """Restarting never re-creates an all-grants client an operator revoked."""
+    served = start_serve(tmp_path / "var")
+    serve_factory.append(served)
+    before = (served.data_dir / "bootstrap-client.json").read_text()
+    client_id = dict(served.metadata)["x-client-id"]
+    assert served.stop() == 0
+    env = {"XIAOHE_IDENTITY_DATA_DIR": str(served.data_dir), "PATH": "/usr/bin:/bin"}
+    revoked = subprocess.run(
+        [CLI, "clients", "revoke", client_id], env=env, capture_output=True, text=True, check=True
+    )
+    assert '"revoked": true' in revoked.stdout
+    again = start_serve(served.data_dir)
+    serve_factory.append(again)
+    assert (again.data_dir / "bootstrap-client.json").read_text() == before
+    with grpc.insecure_channel(again.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        codes_pb2_grpc.CodeServiceStub(channel).IssueCode(
+            register_request(), metadata=again.metadata, timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

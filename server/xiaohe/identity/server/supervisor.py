@@ -48,16 +48,15 @@ def write_private_file(path: Path, text: str) -> None:
 
 
 async def ensure_bootstrap_client(settings: Settings, database: Database) -> Path:
-    """Create the all-grants bootstrap client once; its id and secret go to a 0600 file."""
+    """Create the all-grants bootstrap client once; its id and secret go to a 0600 file.
+
+    Only when the file does not exist: an operator who revoked the bootstrap client
+    must not get it back by restarting. To make a new one on purpose, delete the file.
+    """
     path = settings.data_dir / BOOTSTRAP_FILE
-    registry = ClientRegistry(database, SystemClock())
     if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-            await registry.authenticate(saved["client_id"], saved["client_secret"])
-            return path
-        except Exception:
-            log.warning("bootstrap client file is stale; creating a new client")
+        return path
+    registry = ClientRegistry(database, SystemClock())
     client, secret = await registry.create("bootstrap", ["*"])
     write_private_file(
         path,

@@ -2,10 +2,14 @@
 
 A client holds a set of grant names. Each RPC needs one grant; `*` is every
 grant. `forward-end-user` is not an RPC grant: it makes the server trust the
-end-user IP, agent and device metadata the client forwards.
+end-user IP, agent and device metadata the client forwards. `audience:NAME`
+lets the client ask for access tokens for audience NAME; every client may ask
+for the default audience.
 """
 
 from __future__ import annotations
+
+import re
 
 ALL = "*"
 FORWARD_END_USER = "forward-end-user"
@@ -35,6 +39,21 @@ METHOD_GRANTS: dict[str, str] = {
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 KNOWN_GRANTS = frozenset(METHOD_GRANTS.values()) | {ALL, FORWARD_END_USER}
+
+AUDIENCE_PREFIX = "audience:"
+AUDIENCE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+
+
+def is_known_grant(grant: str) -> bool:
+    """Whether grant names an RPC grant, `*`, `forward-end-user` or `audience:NAME`."""
+    if grant.startswith(AUDIENCE_PREFIX):
+        return AUDIENCE_SHAPE.fullmatch(grant[len(AUDIENCE_PREFIX) :]) is not None
+    return grant in KNOWN_GRANTS
+
+
+def allows_audience(grants: frozenset[str], audience: str, default_audience: str) -> bool:
+    """Whether a client with these grants may obtain tokens for this audience."""
+    return audience == default_audience or ALL in grants or AUDIENCE_PREFIX + audience in grants
 
 
 def allows(grants: frozenset[str], method: str) -> bool:

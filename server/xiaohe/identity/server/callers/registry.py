@@ -17,7 +17,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from xiaohe.identity.server.callers.grants import KNOWN_GRANTS
+from xiaohe.identity.server.callers.grants import KNOWN_GRANTS, is_known_grant
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
     ClientUnauthenticated,
@@ -46,10 +46,13 @@ def hash_secret(secret: str) -> str:
 
 
 def _validate_grants(grants: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[str]:
-    unknown = sorted(set(grants) - KNOWN_GRANTS)
+    unknown = sorted(g for g in set(grants) if not is_known_grant(g))
     if unknown:
         raise InvalidArgument(
-            FieldViolation("grants", f"unknown grant(s) {unknown}; known: {sorted(KNOWN_GRANTS)}")
+            FieldViolation(
+                "grants",
+                f"unknown grant(s) {unknown}; known: {sorted(KNOWN_GRANTS)} and audience:NAME",
+            )
         )
     return frozenset(grants)
 

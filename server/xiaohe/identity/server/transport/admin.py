@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -10,6 +11,8 @@ from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger("xiaohe.identity.admin")
 
 
 def client_to_proto(client: Client) -> admin_pb2.Client:
@@ -30,11 +33,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._registry = registry
         self._audit = audit
 
+    async def _record(self, action: str, target: str, outcome: str) -> None:
+        """Audit an operator action that has already taken effect; a failure is logged only,
+        so the caller still learns the result (a new client's secret is shown once)."""
+        try:
+            await self._audit.record(action, target, outcome)
+        except Exception:
+            log.exception("audit record failed for %s", action)
+
     async def CreateClient(
         self, request: admin_pb2.CreateClientRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.CreateClientResponse:
         client, secret = await self._registry.create(request.name, list(request.grants))
-        await self._audit.record("client.create", client.client_id, "ok")
+        await self._record("client.create", client.client_id, "ok")
         return admin_pb2.CreateClientResponse(client=client_to_proto(client), client_secret=secret)
 
     async def ListClients(
@@ -48,14 +59,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeClientRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RevokeClientResponse:
         client = await self._registry.revoke(request.client_id)
-        await self._audit.record("client.revoke", client.client_id, "ok")
+        await self._record("client.revoke", client.client_id, "ok")
         return admin_pb2.RevokeClientResponse(client=client_to_proto(client))
 
     async def SetClientGrants(
         self, request: admin_pb2.SetClientGrantsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.SetClientGrantsResponse:
         client = await self._registry.set_grants(request.client_id, list(request.grants))
-        await self._audit.record("client.grants", client.client_id, "ok")
+        await self._record("client.grants", client.client_id, "ok")
         return admin_pb2.SetClientGrantsResponse(client=client_to_proto(client))
 
     async def VerifyAuditChain(

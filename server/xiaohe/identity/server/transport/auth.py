@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -9,10 +11,12 @@ import grpc
 
 from xiaohe.identity.server import context
 from xiaohe.identity.server.accounts.identifiers import IdentifierKind
+from xiaohe.identity.server.callers.grants import AUDIENCE_SHAPE, allows_audience
 from xiaohe.identity.server.credentials.login import LoginResult, LoginService
 from xiaohe.identity.server.errors import (
     FieldViolation,
     InvalidArgument,
+    PermissionDenied,
     TicketInvalid,
     TokenInvalid,
 )
@@ -34,6 +38,20 @@ def session_to_proto(session: IssuedSession) -> auth_pb2.Session:
         account_id=session.account_id,
         token_type="Bearer",  # noqa: S106 - the token scheme, not a secret
     )
+
+
+def unverified_audience(token: str) -> str:
+    """The first `aud` of a token's payload, unverified ("" if unreadable): only to pick the
+    audience that the (verifying) logout then checks the token against."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return ""
+    aud = claims.get("aud") if isinstance(claims, dict) else None
+    if isinstance(aud, list) and aud:
+        aud = aud[0]
+    return aud if isinstance(aud, str) and AUDIENCE_SHAPE.fullmatch(aud) else ""
 
 
 def _subject_type(name: str) -> common_pb2.SubjectType.ValueType:
@@ -58,8 +76,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._public_keys = public_keys
         self._default_audience = default_audience
 
-    def _audience(self, requested: str) -> str:
-        return requested or self._default_audience
+    def _audience(self, requested: str, *, keep_session_audience: bool = False) -> str:
+        """The audience to issue for; INVALID_ARGUMENT or PERMISSION_DENIED when not allowed.
+
+        An empty request means the default audience (or, on Refresh, the session's own).
+        """
+        if not requested:
+            return "" if keep_session_audience else self._default_audience
+        if AUDIENCE_SHAPE.fullmatch(requested) is None:
+            raise InvalidArgument(
+                FieldViolation("audience", "1-100 characters of letters, digits and ._:/-")
+            )
+        if not allows_audience(context.current().grants, requested, self._default_audience):
+            raise PermissionDenied(f"this client may not obtain tokens for audience {requested}")
+        return requested
 
     async def Login(
         self, request: auth_pb2.LoginRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -104,7 +134,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise InvalidArgument(FieldViolation("refresh_token", "is required"))
         # An empty audience keeps the session's own; the token is bound to its client.
         session = await self._sessions.refresh(
-            request.refresh_token, request.audience, client_id=context.current().client_id
+            request.refresh_token,
+            self._audience(request.audience, keep_session_audience=True),
+            client_id=context.current().client_id,
         )
         return auth_pb2.RefreshResponse(session=session_to_proto(session))
 
@@ -115,7 +147,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if which == "refresh_token" and request.refresh_token:
             await self._sessions.logout(refresh_token=request.refresh_token)
         elif which == "access_token" and request.access_token:
-            await self._sessions.logout(access_token=request.access_token)
+            # Whatever audience the token was issued for, it may end its own session;
+            # the signature and expiry are still checked.
+            await self._sessions.logout(
+                access_token=request.access_token,
+                audience=unverified_audience(request.access_token),
+            )
         else:
             raise InvalidArgument(FieldViolation("token", "give a refresh_token or access_token"))
         return auth_pb2.LogoutResponse()
@@ -124,7 +161,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.ValidateTokenRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.ValidateTokenResponse:
         try:
-            claims = self._sessions.validate(request.access_token, self._audience(request.audience))
+            # Checking a token needs no audience grant: it only answers whether it is valid.
+            claims = self._sessions.validate(
+                request.access_token, request.audience or self._default_audience
+            )
         except TokenInvalid:
             return auth_pb2.ValidateTokenResponse(valid=False)
         return auth_pb2.ValidateTokenResponse(

@@ -10,6 +10,7 @@ request id; its traceback goes to the log, never to the caller.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import time
@@ -85,21 +86,33 @@ class IdentityInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
-        if handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-
-        async def behaviour(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await self._serve(inner, request, ctx, method, _metadata(ctx))
-
         # One wrapper per method, built on its first call: the per-call cost is the call.
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        wrapped = self._wrap(handler, method)
         self._wrapped[method] = wrapped
         return wrapped
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        """The handler behind authentication, grants, context and error mapping.
+
+        Unary methods are wrapped; any other kind is refused outright until it is
+        wrapped too, so a streaming method added later cannot skip caller authentication.
+        """
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def behaviour(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await self._serve(unary, request, ctx, method, _metadata(ctx))
+
+            return grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        async def refuse(_request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "method kind not served")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
 
     async def _serve(
         self,
@@ -149,13 +162,16 @@ class IdentityInterceptor(_ServerInterceptor):
         metadata: dict[str, str],
         ctx: grpc.aio.ServicerContext[Any, Any],
     ) -> context.RequestContext:
+        peer = _peer_ip(ctx.peer())
         if trusts_end_user_metadata(client.grants):
-            ip = metadata.get("x-end-user-ip", "")[:64]
+            # A missing or malformed forwarded address must not switch per-IP limits off
+            # (or give each junk string its own bucket): the caller's own address counts.
+            ip = _valid_ip(metadata.get("x-end-user-ip", "")) or peer
             agent = metadata.get("x-end-user-agent", "")[:200]
             device = metadata.get("x-device-id", "")[:128]
         else:
             # Not trusted to speak for end users: the caller itself is the end user.
-            ip, agent, device = _peer_ip(ctx.peer()), "", ""
+            ip, agent, device = peer, "", ""
         return context.RequestContext(
             request_id=request_id,
             client_id=client.client_id,
@@ -180,6 +196,14 @@ class IdentityInterceptor(_ServerInterceptor):
                 (REQUEST_ID_HEADER, request_id),
             ),
         )
+
+
+def _valid_ip(text: str) -> str:
+    """The address in canonical form, or "" when text is not an IP address."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return ""
 
 
 def _peer_ip(peer: str) -> str:
