@@ -102,5 +102,27 @@ async def test_find_credentials_by_each_kind(env: AccountsEnv) -> None:
     assert creds.password_hash == new_hash
     with pytest.raises(NotFound):
         await env.service.set_password_hash("acc_000000000000000000000000", new_hash)
+
+
+async def test_conditional_password_hash_update_with_a_stale_hash_changes_nothing(
+    env: AccountsEnv,
+) -> None:
+    """A rehash conditional on the hash it verified cannot overwrite a newer password hash."""
+    person = (await env.register(natural_command())).account_id
+    original = (await env.service.get_credentials(person)).password_hash
+    changed = await env.hasher.hash("Another-Long-Passphrase-9")
+    # A password change lands first (unconditional) ...
+    env.clock.advance(60)
+    assert await env.service.set_password_hash(person, changed) is True
+    # ... then a rehash of the old password, conditional on the old hash, loses the race.
+    rehash = await env.hasher.hash("Third-Long-Passphrase-7")
+    assert await env.service.set_password_hash(person, rehash, expected_old_hash=original) is False
+    assert (await env.service.get_credentials(person)).password_hash == changed
+    # Conditional on the hash actually stored, the update happens.
+    assert await env.service.set_password_hash(person, rehash, expected_old_hash=changed) is True
+    assert (await env.service.get_credentials(person)).password_hash == rehash
+    # With an expected hash, an unknown account is simply "not changed", not NotFound.
+    unknown = "acc_000000000000000000000000"
+    assert await env.service.set_password_hash(unknown, rehash, expected_old_hash=rehash) is False
     with pytest.raises(NotFound):
         await env.service.get_credentials("acc_000000000000000000000000")

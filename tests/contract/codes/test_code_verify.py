@@ -8,6 +8,7 @@ import pytest
 
 from tests.contract.codes.conftest import (
     EMAIL,
+    HMAC_KEY,
     OTHER_PHONE,
     PHONE,
     CodeHarness,
@@ -20,6 +21,7 @@ from xiaohe.identity.server.codes.models import (
     Purpose,
     VerifyCodeCommand,
 )
+from xiaohe.identity.server.codes.service import CodeDigests
 from xiaohe.identity.server.errors import CodeInvalid, InvalidArgument, RateLimited
 
 
@@ -127,38 +129,81 @@ async def test_50_concurrent_wrong_codes_evaluate_at_most_5(make_codes: MakeHarn
 
 
 async def test_50_concurrent_wrong_codes_with_the_default_budget(h: CodeHarness) -> None:
-    """B5: with the default budget, 5 compared, 15 failures counted, the rest rate limited."""
+    """B5, B2: 5 compared and counted as failures; the other 45 find no live code, spend nothing."""
     code = await h.issue()
     wrong = other_than(code)
     results = await asyncio.gather(*(h.verify(wrong) for _ in range(50)), return_exceptions=True)
-    assert sum(isinstance(r, CodeInvalid) for r in results) == 15
-    limited = [r for r in results if isinstance(r, RateLimited)]
-    assert len(limited) == 35
-    assert all(r.policy == "code.verify.destination" and r.retry_after > 0 for r in limited)
+    assert all(isinstance(r, CodeInvalid) for r in results)
     assert h.metrics.outcomes().count("mismatch") == 5
-    with pytest.raises((CodeInvalid, RateLimited)):
+    assert await _failures(h) == 5
+    with pytest.raises(CodeInvalid):
         await h.verify(code)
+    assert await _failures(h) == 5
 
 
 async def test_failure_budget_is_not_reset_by_a_new_code(make_codes: MakeHarness) -> None:
-    """C3: re-issuing a code does not reset the destination's failure budget."""
-    h = make_codes(random_digits=digits_from("111111", "222222", "333333", "444444"))
-    for code in ("111111", "222222", "333333"):
+    """C3: re-issuing a code does not reset the budget (operator raised the issue limit)."""
+    codes = [f"{n}{n}{n}{n}{n}{n}" for n in range(1, 8)]
+    h = make_codes(CodePolicy(per_destination_hour=10), random_digits=digits_from(*codes))
+    for code in codes[:6]:
         assert await h.issue() == code
         for _ in range(5):
             with pytest.raises(CodeInvalid):
                 await h.verify("999999")
         h.clock.advance(61)
-    # 15 failures in the last hour: even a fresh code cannot be tried now.
-    assert await h.issue() == "444444"
+    assert await _failures(h) == 30
+    # 30 wrong guesses at live codes in the last hour: even a fresh code cannot be tried now.
+    assert await h.issue() == codes[6]
     with pytest.raises(RateLimited) as caught:
-        await h.verify("444444")
+        await h.verify(codes[6])
     assert caught.value.policy == "code.verify.destination"
-    # The oldest failure leaves the hour window after 3600 - 3 * 61 seconds.
-    assert caught.value.retry_after == pytest.approx(3600 - 3 * 61)
+    # The oldest failure leaves the hour window after 3600 - 6 * 61 seconds.
+    assert caught.value.retry_after == pytest.approx(3600 - 6 * 61)
     h.clock.advance(caught.value.retry_after)
     with pytest.raises(CodeInvalid):  # the budget has room again, but the code has expired
-        await h.verify("444444")
+        await h.verify(codes[6])
+
+
+async def test_bogus_verifications_without_a_live_code_spend_no_budget(h: CodeHarness) -> None:
+    """B2: 100 verifications with no live code cannot block the owner's SMS login."""
+    for i in range(100):
+        with pytest.raises(CodeInvalid):
+            await h.verify(f"{i:06d}", purpose=Purpose.LOGIN)
+    assert h.metrics.outcomes() == ["missing"] * 100
+    assert await _failures(h) == 0
+    code = await h.issue(purpose=Purpose.LOGIN)
+    assert (await h.verify(code, purpose=Purpose.LOGIN)).startswith("vt1.")
+
+
+async def test_expired_used_and_used_up_codes_spend_no_budget(make_codes: MakeHarness) -> None:
+    """B2, C3: only wrong guesses at a live code count, and they still count."""
+    h = make_codes(CodePolicy(failures_per_destination_hour=6))
+    code = await h.issue()
+    h.clock.advance(301)  # expired
+    for _ in range(20):
+        with pytest.raises(CodeInvalid):
+            await h.verify(other_than(code))
+    assert await _failures(h) == 0
+    code = await h.issue()
+    for _ in range(5):  # five wrong guesses at the live code: counted, and the code dies
+        with pytest.raises(CodeInvalid):
+            await h.verify(other_than(code))
+    for _ in range(20):  # used up: spends nothing
+        with pytest.raises(CodeInvalid):
+            await h.verify(code)
+    assert await _failures(h) == 5
+    h.clock.advance(61)
+    code = await h.issue()
+    assert (await h.verify(code)).startswith("vt1.")
+    for _ in range(20):  # used: spends nothing
+        with pytest.raises(CodeInvalid):
+            await h.verify(code)
+    h.clock.advance(61)
+    code = await h.issue()  # a new code does not reset the budget: one more wrong guess fills it
+    with pytest.raises(CodeInvalid):
+        await h.verify(other_than(code))
+    with pytest.raises(RateLimited):
+        await h.verify(code)
 
 
 async def test_failure_budget_is_per_destination(make_codes: MakeHarness) -> None:
@@ -205,6 +250,12 @@ async def test_malformed_verifications_spend_nothing(
     assert (await h.verify(code)).startswith("vt1.")
 
 
+async def _failures(h: CodeHarness, destination: str = PHONE) -> int:
+    """How many failures the destination's budget holds (its window set's size)."""
+    tag = CodeDigests(HMAC_KEY).destination_tag(Channel.SMS, destination)
+    return int(await h.redis.zcard(f"xh:fail:{{d:{tag}}}"))
+
+
 async def _tag(h: CodeHarness) -> str:
     keys = [k.decode() async for k in h.redis.scan_iter(match="xh:code:*")]
     assert len(keys) == 1
@@ -238,8 +289,21 @@ async def test_audit_records_use_the_pseudonym(h: CodeHarness) -> None:
     """I7, C4: audit targets are destination tags, never the raw destination."""
     code = await h.issue()
     await h.verify(code)
+    with pytest.raises(CodeInvalid):
+        await h.verify(code)  # no live code any more: metrics only, no audit row
+    with pytest.raises(CodeInvalid):
+        await h.verify(other_than(code), OTHER_PHONE)
+    h.clock.advance(61)
+    code = await h.issue(PHONE, Purpose.LOGIN)
+    with pytest.raises(CodeInvalid):
+        await h.verify(other_than(code), PHONE, Purpose.LOGIN)  # a wrong guess: audited
     actions = [(a, o) for a, _, o in h.audit.records]
-    assert actions == [("code.issue", "ok"), ("code.verify", "ok")]
+    assert actions == [
+        ("code.issue", "ok"),
+        ("code.verify", "ok"),
+        ("code.issue", "ok"),
+        ("code.verify", "invalid"),
+    ]
     targets = {t for _, t, _ in h.audit.records}
     assert len(targets) == 1
     (target,) = targets

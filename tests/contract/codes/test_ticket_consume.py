@@ -8,6 +8,7 @@ import pytest
 
 from tests.contract.codes.conftest import EMAIL, OTHER_PHONE, PHONE, CodeHarness
 from xiaohe.identity.server.codes.models import Channel, Purpose
+from xiaohe.identity.server.codes.service import parse_ticket, seal_destination
 from xiaohe.identity.server.errors import TicketInvalid
 
 
@@ -165,8 +166,56 @@ async def test_consume_is_audited_with_the_pseudonym(h: CodeHarness) -> None:
 
 
 async def test_redis_drops_the_ticket_soon_after_its_expiry(h: CodeHarness) -> None:
-    """C5, I1: the raw destination in a ticket leaves Redis within ticket TTL + 1 minute."""
+    """C5, I1: a ticket (and its sealed destination) leaves Redis within ticket TTL + 1 minute."""
     await ticket_for(h)
     (key,) = [k async for k in h.redis.scan_iter(match="xh:ticket:*")]
     ttl_ms = await h.redis.pttl(key)
     assert 600_000 < ttl_ms <= 660_000
+
+
+@pytest.mark.parametrize(
+    ("destination", "channel", "needles"),
+    [
+        (PHONE, Channel.SMS, [PHONE, "13812345678", "8613812345678", "1234 5678"]),
+        (EMAIL, Channel.EMAIL, [EMAIL, "zhangsan", "example.cn"]),
+    ],
+)
+async def test_redis_holds_no_destination_after_issue_and_verify(
+    h: CodeHarness, destination: str, channel: Channel, needles: list[str]
+) -> None:
+    """I1: no key, field, member or value in Redis contains the destination; consume still works."""
+    ticket = await ticket_for(h, destination, Purpose.LOGIN, channel)
+    dump = await h.dump()
+    assert any(item.startswith(b"xh:ticket:") for item in dump)  # the dump sees the ticket
+    everything = b"\n".join(dump)
+    for needle in needles:
+        assert needle.encode() not in everything
+    claims = await h.tickets.consume(ticket, purpose=Purpose.LOGIN)
+    assert (claims.channel, claims.destination) == (channel, destination)
+
+
+async def test_sealed_destination_that_does_not_open_is_ticket_invalid(h: CodeHarness) -> None:
+    """I1, C5: a stored destination altered in Redis makes the ticket TicketInvalid."""
+    ticket = await ticket_for(h)
+    (key,) = [k async for k in h.redis.scan_iter(match="xh:ticket:*")]
+    raw = await h.redis.hget(key, "dx")
+    assert isinstance(raw, bytes)
+    assert raw
+    sealed = raw.decode()
+    flipped = sealed[:20] + ("A" if sealed[20] != "A" else "B") + sealed[21:]
+    await h.redis.hset(key, "dx", flipped)
+    with pytest.raises(TicketInvalid):
+        await h.tickets.consume(ticket, purpose=Purpose.REGISTER)
+    assert [k async for k in h.redis.scan_iter(match="xh:ticket:*")] == []
+
+
+async def test_sealed_destination_must_match_the_ticket_tag(h: CodeHarness) -> None:
+    """C5: a destination sealed correctly but not the one the ticket's tag names is refused."""
+    ticket = await ticket_for(h)
+    parsed = parse_ticket(ticket)
+    assert parsed is not None
+    (key,) = [k async for k in h.redis.scan_iter(match="xh:ticket:*")]
+    forged = seal_destination(parsed.secret, parsed.ticket_hash, OTHER_PHONE, bytes(12))
+    await h.redis.hset(key, "dx", forged)
+    with pytest.raises(TicketInvalid):
+        await h.tickets.consume(ticket, purpose=Purpose.REGISTER)

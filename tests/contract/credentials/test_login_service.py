@@ -35,6 +35,8 @@ from tests.contract.accounts.conftest import (
     natural_command,
 )
 from xiaohe.identity.server.accounts.identifiers import IdentifierKind
+from xiaohe.identity.server.accounts.models import AccountCredentials
+from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import Purpose
 from xiaohe.identity.server.codes.service import TicketService, new_ticket
@@ -326,6 +328,55 @@ async def test_rehash_at_login_when_parameters_changed(env: LoginEnv) -> None:
     await env.login()
     assert env.hasher.hashes == 1
     assert (await env.accounts.service.get_credentials(account_id)).password_hash == rehashed
+
+
+@dataclass
+class RacingStore:
+    """The real accounts, where a password change lands just before the login's rehash."""
+
+    inner: AccountService
+    changed_hash: str
+    results: list[bool] = field(default_factory=list)
+
+    async def find_credentials(
+        self, kind: IdentifierKind, normalised: str
+    ) -> AccountCredentials | None:
+        """Delegate."""
+        return await self.inner.find_credentials(kind, normalised)
+
+    async def find_by_phone(self, e164: str) -> AccountCredentials | None:
+        """Delegate."""
+        return await self.inner.find_by_phone(e164)
+
+    async def set_password_hash(
+        self, account_id: str, new_hash: str, *, expected_old_hash: str | None = None
+    ) -> bool:
+        """Store the concurrent change first, then attempt the login's update."""
+        await self.inner.set_password_hash(account_id, self.changed_hash)
+        result = await self.inner.set_password_hash(
+            account_id, new_hash, expected_old_hash=expected_old_hash
+        )
+        self.results.append(result)
+        return result
+
+
+async def test_rehash_never_overwrites_a_concurrent_password_change(env: LoginEnv) -> None:
+    """P4: the rehash is conditional on the verified hash; losing the race is silent."""
+    older = PasswordHasher(Argon2Parameters(memory_cost=16, time_cost=2))
+    try:
+        service = env.accounts.with_service(hasher=older)
+        cmd = replace(natural_command(), phone_ticket=await env.accounts.ticket(PHONE))
+        account_id = (await service.register(cmd, client_id=CLIENT, channel="web")).account_id
+    finally:
+        older.close()
+    changed = await env.hasher.inner.hash("Changed-Long-Passphrase-3")
+    store = RacingStore(env.accounts.service, changed)
+    result = await env.login(service=env.make(accounts=store))
+    assert result.session.account_id == account_id
+    assert env.hasher.hashes == 1  # the rehash was computed ...
+    assert store.results == [False]  # ... but not stored over the newer hash
+    assert (await env.accounts.service.get_credentials(account_id)).password_hash == changed
+    assert env.audit.records == [("auth.login.password", account_id, "ok")]
 
 
 # -- brute force ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from nacl.signing import SigningKey
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.errors import (
     InvalidArgument,
@@ -37,7 +39,11 @@ from xiaohe.identity.server.sessions.models import (
 )
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
-from xiaohe.identity.server.sessions.service import SessionService, hash_refresh_token
+from xiaohe.identity.server.sessions.service import (
+    AuditSink,
+    SessionService,
+    hash_refresh_token,
+)
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
@@ -86,9 +92,13 @@ class Env:
 
 
 def make_service(
-    database: Database, revocations: RevocationList, clock: FakeClock, keys: SigningKeys
+    database: Database,
+    revocations: RevocationList,
+    clock: FakeClock,
+    keys: SigningKeys,
+    audit: AuditSink | None = None,
 ) -> SessionService:
-    """A SessionService with real token issuer and validator."""
+    """A SessionService with real token issuer and validator (and the given audit sink)."""
     return SessionService(
         database,
         SqlSessionRepository(database),
@@ -98,6 +108,7 @@ def make_service(
         clock,
         LIFETIMES,
         AUDIENCE,
+        audit=audit,
     )
 
 
@@ -589,3 +600,122 @@ async def test_delete_ended_removes_old_sessions_and_their_tokens(env: Env) -> N
     assert await repo.get(ended.session_id) is None
     assert await repo.find_by_token(hash_refresh_token(ended.refresh_token)) is None
     assert (await env.a.service.refresh(live.refresh_token)).session_id == live.session_id
+
+
+# ---------------------------------------------------------------- I7: revocations are audited
+
+
+@dataclass
+class FailingAudit:
+    """An audit sink that always fails, counting the attempts."""
+
+    calls: int = 0
+
+    async def record(self, action: str, target: str, outcome: str) -> object:
+        self.calls += 1
+        raise RuntimeError("audit store unreachable")
+
+
+def audited(env: Env, audit: AuditSink) -> SessionService:
+    """Worker A's service with an audit sink."""
+    return make_service(env.database, env.a.revocations, env.clock, env.keys, audit=audit)
+
+
+async def trail(audit: AuditLog) -> list[tuple[str, str, str]]:
+    """(action, target, outcome) of every audit record, oldest first."""
+    return [(r.action, r.target, r.outcome) for r in await audit.query(limit=1000)]
+
+
+async def test_logout_and_revocations_are_audited_in_the_chain(env: Env) -> None:
+    """[I7] logout, revoke and revoke_all each leave a record with a pseudonymous target."""
+    audit = AuditLog(env.database, env.clock)
+    service = audited(env, audit)
+    subject = await add_account(env.database, env.clock, "acc_1")
+    by_refresh, by_access, revoked, *rest = [await login(env, subject) for _ in range(5)]
+    await service.logout(refresh_token=by_refresh.refresh_token)
+    await service.logout(access_token=by_access.access_token)
+    await service.revoke_session("acc_1", revoked.session_id, RevokeReason.USER_REQUEST)
+    assert await service.revoke_all("acc_1", RevokeReason.PASSWORD_CHANGE) == 2
+    await service.revoke_all("acc_1", RevokeReason.DEACTIVATION)  # nothing left: still audited
+    assert await trail(audit) == [
+        ("session.logout", by_refresh.session_id, "ok"),
+        ("session.logout", by_access.session_id, "ok"),
+        ("session.revoke", revoked.session_id, "user_request"),
+        ("session.revoke_all", "acc_1", "password_change"),
+        ("session.revoke_all", "acc_1", "deactivation"),
+    ]
+    # Both tokens of one session: one session ended, one record.
+    last = await login(env, subject)
+    await service.logout(refresh_token=last.refresh_token, access_token=last.access_token)
+    assert (await trail(audit))[-1] == ("session.logout", last.session_id, "ok")
+    assert len(await trail(audit)) == 6
+    # Refused requests change nothing and are not recorded as revocations.
+    with pytest.raises(NotFound):
+        await service.revoke_session("acc_2", rest[0].session_id)
+    assert len(await trail(audit)) == 6
+    report = await audit.verify_chain()
+    assert (report.intact, report.records_checked) == (True, 6)
+
+
+async def test_refresh_token_replay_is_audited(env: Env) -> None:
+    """[I7] A replayed refresh token revokes its session and records session.refresh.replay."""
+    audit = AuditLog(env.database, env.clock)
+    service = audited(env, audit)
+    subject = await add_account(env.database, env.clock, "acc_1")
+    first = await login(env, subject)
+    await service.refresh(first.refresh_token)
+    assert await trail(audit) == []  # an ordinary rotation is not a revocation
+    with pytest.raises(TokenInvalid):
+        await service.refresh(first.refresh_token)
+    assert await trail(audit) == [("session.refresh.replay", first.session_id, "revoked")]
+    row = await session_row(env.database, first.session_id)
+    assert row.revoke_reason == RevokeReason.REFRESH_REPLAY
+    # Refresh of a session whose account went inactive revokes it too, and says why.
+    other = await login(env, subject)
+    await set_account(env.database, "acc_1", status="deactivated")
+    with pytest.raises(TokenInvalid):
+        await service.refresh(other.refresh_token)
+    assert (await trail(audit))[-1] == ("session.revoke", other.session_id, "account_inactive")
+    report = await audit.verify_chain()
+    assert (report.intact, report.records_checked) == (True, 2)
+
+
+async def test_a_failing_audit_never_fails_or_undoes_a_revocation(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """[I7] An audit error is logged by type; logout, revoke and revoke_all still succeed."""
+    audit = FailingAudit()
+    service = audited(env, audit)
+    subject = await add_account(env.database, env.clock, "acc_1")
+    one, two, three = [await login(env, subject) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="xiaohe.identity.server.sessions.service"):
+        await service.logout(refresh_token=one.refresh_token)
+        await service.revoke_session("acc_1", two.session_id)
+        assert await service.revoke_all("acc_1", RevokeReason.PASSWORD_CHANGE) == 1
+    assert audit.calls == 3
+    for issued in (one, two, three):
+        assert (await session_row(env.database, issued.session_id)).revoked_at is not None
+        assert await eventually(rejects(env.b.service, issued.access_token))
+    assert await env.a.service.list_sessions("acc_1") == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("RuntimeError" in m for m in messages) == 3
+    assert not any("unreachable" in m for m in messages)  # the type, not the message
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_logout_is_audited_even_when_redis_is_down(env: Env) -> None:
+    """[I7] SQL has ended the session, so the logout is recorded although the caller sees
+    Unavailable."""
+    audit = AuditLog(env.database, env.clock)
+    subject = await add_account(env.database, env.clock, "acc_1")
+    issued = await login(env, subject)
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    cut_off = RevocationList(dead, env.clock, LIFETIMES.access_ttl)
+    service = make_service(env.database, cut_off, env.clock, env.keys, audit=audit)
+    try:
+        with pytest.raises(Unavailable):
+            await service.logout(refresh_token=issued.refresh_token)
+    finally:
+        await dead.aclose()
+    assert await trail(audit) == [("session.logout", issued.session_id, "ok")]
+    assert (await audit.verify_chain()).intact

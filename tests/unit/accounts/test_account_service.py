@@ -117,7 +117,14 @@ class FakeRepository:
         account_id = self.index.get((key.kind, key.blind_index))
         return None if account_id is None else self.accounts[account_id]
 
-    async def set_password_hash(self, account_id: str, password_hash: str, now: float) -> bool:
+    async def set_password_hash(
+        self,
+        account_id: str,
+        password_hash: str,
+        now: float,
+        *,
+        expected_old_hash: str | None = None,
+    ) -> bool:
         record = self.accounts.get(account_id)
         if record is None:
             return False

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -19,14 +20,18 @@ from xiaohe.identity.server.codes.models import (
     VerifyCodeCommand,
 )
 from xiaohe.identity.server.codes.service import (
+    TICKET_DESTINATION_LABEL,
     CodeDigests,
     client_key,
     ip_bucket,
     ip_key,
     new_ticket,
     normalize_code,
+    open_destination,
     parse_ticket,
+    seal_destination,
     six_digits,
+    ticket_from_secret,
     ticket_hash,
 )
 from xiaohe.identity.server.errors import InvalidArgument
@@ -53,6 +58,58 @@ def test_parse_ticket_round_trip() -> None:
     assert parsed is not None
     assert parsed.tag == TAG
     assert parsed.ticket_hash == hashlib.sha256(ticket.encode()).hexdigest() == ticket_hash(ticket)
+    assert ticket_from_secret(TAG, parsed.secret) == ticket
+    assert len(parsed.secret) == 32
+    assert ticket.split(".")[2] not in repr(parsed)
+
+
+SECRET = bytes(range(100, 132))
+HASH = "ab" * 32
+NONCE = bytes(range(12))
+
+
+def test_sealed_destination_round_trips_and_hides_the_destination() -> None:
+    """I1: AES-256-GCM under HMAC(secret, label), aad = ticket hash; no digits in the clear."""
+    sealed = seal_destination(SECRET, HASH, "+8613812345678", NONCE)
+    assert "13812345678" not in sealed
+    assert open_destination(SECRET, HASH, sealed) == "+8613812345678"
+    blob = base64.urlsafe_b64decode(sealed)
+    assert blob[:12] == NONCE
+    assert len(blob) == 12 + len("+8613812345678") + 16
+    key = hmac.new(SECRET, TICKET_DESTINATION_LABEL, hashlib.sha256).digest()
+    assert TICKET_DESTINATION_LABEL == b"xiaohe ticket destination v1"
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    assert AESGCM(key).decrypt(NONCE, blob[12:], HASH.encode()) == b"+8613812345678"
+    assert seal_destination(SECRET, HASH, "+8613812345678", bytes(12)) != sealed
+
+
+@pytest.mark.parametrize(
+    ("secret", "hashed", "mangle"),
+    [
+        (bytes(32), HASH, lambda s: s),  # another ticket's secret
+        (SECRET, "cd" * 32, lambda s: s),  # another ticket's hash (aad)
+        (SECRET, HASH, lambda s: s[:-4] + ("AAAA" if s[-4:] != "AAAA" else "BBBB")),
+        (SECRET, HASH, lambda s: s[:20]),  # truncated below nonce + tag
+        (SECRET, HASH, lambda s: "not base64!"),
+        (SECRET, HASH, lambda s: "ü" + s),
+        (SECRET, HASH, lambda s: ""),
+    ],
+)
+def test_sealed_destination_does_not_open_otherwise(
+    secret: bytes, hashed: str, mangle: Callable[[str], str]
+) -> None:
+    """I1: a wrong secret, wrong hash or altered blob yields None, never an exception."""
+    sealed = seal_destination(SECRET, HASH, "zhangsan@example.cn", NONCE)
+    assert open_destination(secret, hashed, mangle(sealed)) is None
+
+
+def test_seal_refuses_a_bad_nonce_and_ticket_a_bad_secret() -> None:
+    """I1, C5: nonces are 96 bits and ticket secrets 32 bytes."""
+    with pytest.raises(ValueError, match="nonce"):
+        seal_destination(SECRET, HASH, "x@example.cn", bytes(8))
+    with pytest.raises(ValueError, match="32 bytes"):
+        ticket_from_secret(TAG, bytes(16))
 
 
 @pytest.mark.parametrize(
@@ -211,7 +268,16 @@ def test_default_policy_matches_the_architecture() -> None:
     p = CodePolicy()
     assert (p.ttl, p.max_attempts, p.ticket_ttl, p.cooldown) == (300, 5, 600, 60)
     assert (p.per_destination_hour, p.per_destination_day, p.per_ip_hour) == (5, 10, 30)
-    assert (p.per_client_minute, p.failures_per_destination_hour) == (600, 15)
+    assert (p.per_client_minute, p.failures_per_destination_hour) == (600, 30)
+
+
+def test_default_failure_budget_exceeds_what_default_issue_limits_allow() -> None:
+    """B2, C3: 5 codes/hour x 5 tries cannot spend the default budget (Settings and policy)."""
+    from xiaohe.identity.server.config import Settings
+
+    p = CodePolicy()
+    assert p.failures_per_destination_hour > p.per_destination_hour * p.max_attempts
+    assert Settings().code_failures_per_destination_hour == 30
     assert p.allowed_country_codes == ("86",)
 
 

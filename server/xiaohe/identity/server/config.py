@@ -48,7 +48,7 @@ class Settings:
     code_per_destination_day: int = 10
     code_per_ip_hour: int = 30
     code_per_client_minute: int = 600
-    code_failures_per_destination_hour: int = 15
+    code_failures_per_destination_hour: int = 30
     allowed_country_codes: tuple[str, ...] = ("86",)
 
     # Delivery.

@@ -264,6 +264,7 @@ class Container:
             self.clock,
             SessionLifetimes.from_settings(s),
             s.default_audience,
+            audit=self.audit,
         )
 
     @cached_property

@@ -129,8 +129,15 @@ class AccountRepository(Protocol):
         """The account holding this identifier, or None."""
         ...
 
-    async def set_password_hash(self, account_id: str, password_hash: str, now: float) -> bool:
-        """Replace the password hash; False if there is no such account."""
+    async def set_password_hash(
+        self,
+        account_id: str,
+        password_hash: str,
+        now: float,
+        *,
+        expected_old_hash: str | None = None,
+    ) -> bool:
+        """Replace the hash (only while it is `expected_old_hash`, if given); False if not."""
         ...
 
     async def stale_data_keys(
@@ -274,12 +281,27 @@ class SqlAccountRepository:
             ).first()
         return None if row is None else _row_to_record(row)
 
-    async def set_password_hash(self, account_id: str, password_hash: str, now: float) -> bool:
-        """Replace the password hash; False if there is no such account."""
+    async def set_password_hash(
+        self,
+        account_id: str,
+        password_hash: str,
+        now: float,
+        *,
+        expected_old_hash: str | None = None,
+    ) -> bool:
+        """Replace the hash (only while it is `expected_old_hash`, if given); False if not.
+
+        The condition sits in the UPDATE itself (compare-and-set), so a rehash
+        computed from an old password cannot overwrite a hash that a concurrent
+        password change or reset has stored in the meantime.
+        """
+        condition = accounts.c.account_id == account_id
+        if expected_old_hash is not None:
+            condition = sa.and_(condition, accounts.c.password_hash == expected_old_hash)
         async with self._db.begin() as conn:
             result = await conn.execute(
                 accounts.update()
-                .where(accounts.c.account_id == account_id)
+                .where(condition)
                 .values(password_hash=password_hash, updated_at=utc(now))
             )
         return bool(result.rowcount)

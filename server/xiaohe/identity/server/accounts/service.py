@@ -81,8 +81,9 @@ from xiaohe.identity.server.accounts.repository import (
     IdentifierTaken,
     NewAccountRecord,
 )
+from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims
+from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, TicketConsumer
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import (
     DataKeyCipher,
@@ -130,21 +131,6 @@ _KIND_NAMES: Final = {
 ACCOUNT_BOUND_PURPOSES = frozenset({Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT})
 
 
-class TicketConsumer(Protocol):
-    """Consumes verification tickets (`codes.service.TicketService`)."""
-
-    async def consume(
-        self,
-        ticket: str,
-        *,
-        purpose: Purpose,
-        channel: Channel | None = None,
-        destination: str | None = None,
-    ) -> TicketClaims:
-        """Use up the ticket or raise TicketInvalid."""
-        ...
-
-
 class PasswordChecker(Protocol):
     """The password policy (`credentials.passwords.PasswordPolicy`)."""
 
@@ -178,18 +164,6 @@ class PolicyVersionSource(Protocol):
         purpose: str = ...,
     ) -> str:
         """Record a consent inside the caller's transaction; returns its id."""
-        ...
-
-
-class AuditSink(Protocol):
-    """The audit log; `target` is pseudonymous (an account id), never personal data.
-
-    The result is ignored (typed `object`), so `audit.log.AuditLog`, whose
-    `record` returns the new sequence number, fits as is.
-    """
-
-    async def record(self, action: str, target: str, outcome: str) -> object:
-        """Append one audit record."""
         ...
 
 
@@ -571,10 +545,24 @@ class AccountService:
         """The credentials of an account; NotFound if none."""
         return _credentials(await self._get(account_id))
 
-    async def set_password_hash(self, account_id: str, new_hash: str) -> None:
-        """Store a new password hash (rehash at login, reset, change); NotFound if no account."""
-        if not await self._repo.set_password_hash(account_id, new_hash, self._clock.now()):
+    async def set_password_hash(
+        self, account_id: str, new_hash: str, *, expected_old_hash: str | None = None
+    ) -> bool:
+        """Store a new password hash (rehash at login, reset, change); NotFound if no account.
+
+        With `expected_old_hash` the update is conditional: it happens only while
+        the stored hash is still that one, and the result says whether it did
+        (False: the hash has changed meanwhile, or there is no such account).
+        The login rehash uses this so that it never overwrites a password that a
+        concurrent change or reset has just set. Without it the update is
+        unconditional and returns True or raises NotFound.
+        """
+        changed = await self._repo.set_password_hash(
+            account_id, new_hash, self._clock.now(), expected_old_hash=expected_old_hash
+        )
+        if not changed and expected_old_hash is None:
             raise NotFound("account not found")
+        return changed
 
     # -- key rotation -----------------------------------------------------------------
 

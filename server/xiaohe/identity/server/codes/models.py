@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from xiaohe.identity.server.config import Settings
 
@@ -82,7 +83,19 @@ class TicketClaims:
 
 @dataclass(frozen=True)
 class CodePolicy:
-    """Lifetimes (seconds) and limits of codes and tickets; defaults follow ARCHITECTURE.md."""
+    """Lifetimes (seconds) and limits of codes and tickets; defaults follow ARCHITECTURE.md.
+
+    `failures_per_destination_hour` bounds the wrong guesses compared against
+    live codes of one destination in a rolling hour, across codes: issuing a
+    new code never resets it (SECURITY.md C3). Verifications that find no live
+    code do not count (anyone can send them, B2), so a live code, and therefore
+    an issue, is needed to spend it. The default, 30, is above what the default
+    issue limits allow (5 codes per hour × 5 tries = 25 compared guesses), so an
+    attacker who triggers codes to the victim's phone and guesses wrong cannot
+    exhaust it and block the owner's SMS login; it remains defence in depth that
+    bites only when an operator raises the issue limits. Keep it above
+    `per_destination_hour × max_attempts` when changing either.
+    """
 
     ttl: int = 300
     max_attempts: int = 5
@@ -92,7 +105,7 @@ class CodePolicy:
     per_destination_day: int = 10
     per_ip_hour: int = 30
     per_client_minute: int = 600
-    failures_per_destination_hour: int = 15
+    failures_per_destination_hour: int = 30
     allowed_country_codes: tuple[str, ...] = ("86",)
 
     def __post_init__(self) -> None:
@@ -138,3 +151,18 @@ __all__ = [
     "VerifiedTicket",
     "VerifyCodeCommand",
 ]
+
+
+class TicketConsumer(Protocol):
+    """Consumes verification tickets (`codes.service.TicketService`); what flows depend on."""
+
+    async def consume(
+        self,
+        ticket: str,
+        *,
+        purpose: Purpose,
+        channel: Channel | None = None,
+        destination: str | None = None,
+    ) -> TicketClaims:
+        """Use up the ticket or raise TicketInvalid."""
+        ...

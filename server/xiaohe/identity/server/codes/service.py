@@ -5,7 +5,7 @@ password reset, binding, phone change, recovery, real name, deactivation) goes
 through `CodeService.issue` → the user types the code → `CodeService.verify` →
 a single-use ticket → the flow's RPC calls `TicketService.consume`.
 
-Why it is built this way (SECURITY.md C1–C7, B4, B5, F1):
+Why it is built this way (SECURITY.md C1–C7, B2, B4, B5, F1, I1):
 
 - A code is 6 digits from a CSPRNG (`secrets`), lives 5 minutes and is stored
   only as an HMAC bound to (channel, destination, purpose), so a REGISTER code
@@ -21,9 +21,27 @@ Why it is built this way (SECURITY.md C1–C7, B4, B5, F1):
   issue and replaces the previous code in one Lua script: under any concurrency,
   across all processes, one number gets one message per cooldown.
 - Verifying counts the attempt before comparing (constant time, in Lua), so
-  concurrent guesses cannot exceed `max_attempts`; failures also feed a rolling
-  per-destination budget that issuing a new code does not reset.
+  concurrent guesses cannot exceed `max_attempts`; wrong guesses also feed a
+  rolling per-destination budget that issuing a new code does not reset (C3).
+  Only a guess compared against a LIVE code is counted: a verification with no
+  live code (never issued, expired, used, used up) needs no access to the phone,
+  so counting it would let anyone block the owner's SMS login with a few bogus
+  calls (B2). A live code exists only after an issue, which is itself limited,
+  so the default budget (30/hour) exceeds what the default issue limits allow
+  (5 codes/hour × 5 tries = 25): an attacker who sends codes to the victim's
+  phone still cannot exhaust it. It stays as defence in depth for operators who
+  raise the issue limits (see `CodePolicy`).
+- A ticket gives its consumer the normalised destination back, but Redis
+  persists its data, so the destination is stored sealed (AES-256-GCM) under a
+  key derived from the ticket's random part, which only the ticket holder has;
+  Redis holds just the SHA-256 of the ticket (I1, see `seal_destination`).
 - Redis unreachable → `Unavailable`: nothing is sent and nothing is accepted.
+
+Audit: `code.issue` ok, `code.verify` ok / invalid (a wrong guess at a live code,
+bounded by the failure budget), `ticket.consume` ok / invalid. Refusals by a rate
+limit, and verifications that found no live code (which no budget bounds, since
+anyone may send them), are counted in metrics only: under a bombing burst an
+audit row per request would turn the attack onto the hash-chained, serialised log.
 """
 
 from __future__ import annotations
@@ -37,16 +55,19 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xiaohe.identity.server.accounts.identifiers import (
     normalize,
     normalize_email,
     normalize_phone,
 )
+from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import (
     Channel,
@@ -63,6 +84,7 @@ from xiaohe.identity.server.codes.store import (
     CodeStore,
     NewCode,
     RedisCodeStore,
+    StoredTicket,
     TicketStore,
     TicketToStore,
     VerifyOutcome,
@@ -91,6 +113,10 @@ TICKET_VERSION = "vt1"
 TICKET_SECRET_BYTES = 32
 # A ticket presented this many times with the wrong purpose/channel/destination is destroyed.
 TICKET_MAX_MISMATCHES = 3
+# Label of the key that seals a ticket's destination, derived from the ticket's secret.
+TICKET_DESTINATION_LABEL = b"xiaohe ticket destination v1"
+TICKET_NONCE_BYTES = 12
+_GCM_TAG_BYTES = 16
 
 _HOUR = 3600.0
 _MINUTE = 60.0
@@ -121,20 +147,6 @@ class CodeMetrics(Protocol):
 
     def limit_rejected(self, policy: str) -> None:
         """A request was refused by the dotted `policy`."""
-        ...
-
-
-class AuditSink(Protocol):
-    """The audit log; `target` is a pseudonym (the destination tag), never a raw destination.
-
-    Recorded: `code.issue` ok, `code.verify` ok / invalid (bounded by the
-    failure budget), `ticket.consume` ok / invalid. Refusals by a rate limit are
-    counted in metrics only: under an SMS-bombing burst an audit row per
-    refusal would turn the attack onto the (hash-chained, serialised) audit log.
-    """
-
-    async def record(self, action: str, target: str, outcome: str) -> object:
-        """Append one audit record (whatever it returns is ignored)."""
         ...
 
 
@@ -214,16 +226,24 @@ def client_key(client_id: str) -> str:
 
 @dataclass(frozen=True)
 class ParsedTicket:
-    """A well-formed ticket: the destination tag it names and the hex SHA-256 of the string."""
+    """A well-formed ticket: its destination tag, the hex SHA-256 of the string, its secret."""
 
     tag: str
     ticket_hash: str
+    secret: bytes = field(repr=False)
+
+
+def ticket_from_secret(tag: str, secret: bytes) -> str:
+    """The ticket `vt1.<tag>.<secret, urlsafe base64 without padding>`."""
+    if len(secret) != TICKET_SECRET_BYTES:
+        raise ValueError("a ticket secret is 32 bytes")
+    encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
+    return f"{TICKET_VERSION}.{tag}.{encoded}"
 
 
 def new_ticket(tag: str, token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
     """A fresh ticket `vt1.<tag>.<32 random bytes, urlsafe base64>`."""
-    secret = base64.urlsafe_b64encode(token_bytes(TICKET_SECRET_BYTES)).rstrip(b"=").decode()
-    return f"{TICKET_VERSION}.{tag}.{secret}"
+    return ticket_from_secret(tag, token_bytes(TICKET_SECRET_BYTES))
 
 
 def ticket_hash(ticket: str) -> str:
@@ -238,7 +258,46 @@ def parse_ticket(ticket: object) -> ParsedTicket | None:
     match = _TICKET_PATTERN.fullmatch(ticket)
     if match is None:
         return None
-    return ParsedTicket(tag=match.group(1), ticket_hash=ticket_hash(ticket))
+    secret = base64.urlsafe_b64decode(match.group(2) + "=")
+    return ParsedTicket(tag=match.group(1), ticket_hash=ticket_hash(ticket), secret=secret)
+
+
+def _destination_key(secret: bytes) -> bytes:
+    return hmac.new(secret, TICKET_DESTINATION_LABEL, hashlib.sha256).digest()
+
+
+def seal_destination(secret: bytes, ticket_hash: str, destination: str, nonce: bytes) -> str:
+    """A ticket's destination as stored: urlsafe base64 of nonce + AES-256-GCM ciphertext + tag.
+
+    The key is HMAC-SHA256(ticket secret, TICKET_DESTINATION_LABEL) and the
+    associated data is the ticket hash (the ticket's Redis name), so a sealed
+    destination opens only for the holder of that very ticket. Redis stores the
+    hash, never the ticket, so a Redis dump, its append-only file or a replica
+    reveals no destination (I1). Each key seals exactly one value, so the
+    random 96-bit `nonce` (from the injected randomness) is never reused.
+    """
+    if len(nonce) != TICKET_NONCE_BYTES:
+        raise ValueError("the nonce must be 12 bytes")
+    sealed = AESGCM(_destination_key(secret)).encrypt(
+        nonce, destination.encode("utf-8"), ticket_hash.encode("ascii")
+    )
+    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+
+def open_destination(secret: bytes, ticket_hash: str, sealed: str) -> str | None:
+    """The destination sealed by `seal_destination`, or None if it does not open."""
+    try:
+        blob = base64.urlsafe_b64decode(sealed.encode("ascii"))
+    except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
+        return None
+    if len(blob) < TICKET_NONCE_BYTES + _GCM_TAG_BYTES:
+        return None
+    nonce, body = blob[:TICKET_NONCE_BYTES], blob[TICKET_NONCE_BYTES:]
+    try:
+        plain = AESGCM(_destination_key(secret)).decrypt(nonce, body, ticket_hash.encode("ascii"))
+        return plain.decode("utf-8")
+    except (InvalidTag, UnicodeDecodeError):
+        return None
 
 
 _E = TypeVar("_E", Channel, Purpose)
@@ -457,7 +516,9 @@ class CodeService:
         """Check a code; on success consume it and return a single-use ticket.
 
         Wrong, expired, replaced, used and used-up codes all raise the same
-        CodeInvalid. When the destination's failure budget is spent the answer is
+        CodeInvalid, but only a wrong guess at a live code spends the
+        destination's failure budget (and is audited): the others need no access
+        to the phone (B2). When the budget is spent the answer is
         RateLimited(`code.verify.destination`) until old failures leave the
         window. `client_id` and `end_user_ip` are accepted for symmetry with
         `issue` (and future per-IP verify limits); they are not used yet.
@@ -475,16 +536,21 @@ class CodeService:
         policy = self._policy
         now_ms = int(self._clock.now() * 1000)
         tag = self._digests.destination_tag(channel, destination)
-        ticket = new_ticket(tag, self._token_bytes)
+        secret = self._token_bytes(TICKET_SECRET_BYTES)
+        ticket = ticket_from_secret(tag, secret)
+        hashed = ticket_hash(ticket)
+        sealed = seal_destination(
+            secret, hashed, destination, self._token_bytes(TICKET_NONCE_BYTES)
+        )
         result = await self._store.verify(
             tag,
             purpose.value,
             self._digests.code_mac(channel, destination, purpose, code),
             TicketToStore(
-                ticket_hash=ticket_hash(ticket),
+                ticket_hash=hashed,
                 channel=channel.value,
                 purpose=purpose.value,
-                destination=destination,
+                sealed_destination=sealed,
                 expires_at_ms=now_ms + policy.ticket_ttl * 1000,
             ),
             now_ms=now_ms,
@@ -501,7 +567,8 @@ class CodeService:
             if self._metrics is not None:
                 self._metrics.limit_rejected(VERIFY_POLICY)
             raise RateLimited(VERIFY_POLICY, result.retry_after)
-        await self._record("code.verify", tag, "invalid")
+        if result.outcome is VerifyOutcome.MISMATCH:
+            await self._record("code.verify", tag, "invalid")
         raise CodeInvalid()
 
     async def _release(self, reservations: Sequence[Reservation]) -> None:
@@ -570,6 +637,9 @@ class TicketService:
         that reads it, so it works exactly once. The destination is compared
         through its keyed tag, which the ticket string carries and its stored
         hash authenticates, so a raw destination never travels to Redis here.
+        The stored destination is opened with the ticket's own secret after the
+        script; one that does not open, or whose tag is not the ticket's (only
+        possible if Redis was tampered with), is TicketInvalid.
 
         A presentation that does not match is refused WITHOUT consuming the
         ticket: a flow that reached the wrong RPC, or a user who corrected a
@@ -594,14 +664,28 @@ class TicketService:
             destination_matches=bound,
             max_misses=TICKET_MAX_MISMATCHES,
         )
-        if stored is None:
+        claims = None if stored is None else self._open(parsed, stored)
+        if claims is None:
             await _record(self._audit, "ticket.consume", parsed.tag, "invalid")
             raise TicketInvalid()
         await _record(self._audit, "ticket.consume", parsed.tag, "ok")
+        return claims
+
+    def _open(self, parsed: ParsedTicket, stored: StoredTicket) -> TicketClaims | None:
+        """The claims of a consumed ticket, or None if its stored fields do not hold together."""
+        destination = open_destination(parsed.secret, parsed.ticket_hash, stored.sealed_destination)
+        if destination is None:
+            return None
+        try:
+            channel, purpose = Channel(stored.channel), Purpose(stored.purpose)
+        except ValueError:
+            return None
+        if self._digests.destination_tag(channel, destination) != parsed.tag:
+            return None
         return TicketClaims(
-            channel=Channel(stored.channel),
-            destination=stored.destination,
-            purpose=Purpose(stored.purpose),
+            channel=channel,
+            destination=destination,
+            purpose=purpose,
             issued_at=stored.issued_at_ms / 1000,
         )
 
@@ -637,7 +721,10 @@ __all__ = [
     "new_ticket",
     "normalize_code",
     "normalize_destination",
+    "open_destination",
     "parse_ticket",
+    "seal_destination",
     "six_digits",
+    "ticket_from_secret",
     "ticket_hash",
 ]

@@ -8,14 +8,25 @@ Cluster slot:
 - `xh:code:{d:<tag>}:<purpose>`  hash: mac (HMAC of the code), tries, exp, id, iat
 - `xh:fail:{d:<tag>}`            sliding window of failed verifications
 - `xh:rl:{d:<tag>}:issue`        sliding window of issued codes (cooldown, hour, day)
-- `xh:ticket:{d:<tag>}:<sha256>` hash: ch, pu, de, exp, iat, miss
+- `xh:ticket:{d:<tag>}:<sha256>` hash: ch, pu, dx, exp, iat, miss
 
-A ticket stores the normalised destination in clear for its short life (the
-consumer needs it back: an SMS-login ticket alone must say which phone), and
-Redis drops it one minute after its logical expiry (`TICKET_GC_GRACE_MS`);
-codes and windows hold no personal data at all. Times are integer milliseconds from
-the caller's clock; logical expiry is checked against it, and `PEXPIRE` only
-collects garbage (see `ratelimit.scripts.GC_GRACE_MS`).
+A ticket must give its consumer the normalised destination back (an SMS-login
+ticket alone must say which phone), but Redis persists what it holds (the
+append-only file, RDB snapshots, replicas), and a raw phone or email must never
+reach a file (SECURITY.md I1). So `dx` is the destination sealed by the service
+under a key derived from the ticket's secret part (see
+`service.seal_destination`): this module only stores and returns that opaque
+text. Whoever reads Redis has the SHA-256 of the ticket, not the ticket, and so
+cannot open it. Redis drops a ticket one minute after its logical expiry
+(`TICKET_GC_GRACE_MS`); codes and windows hold no personal data at all. Times
+are integer milliseconds from the caller's clock; logical expiry is checked
+against it, and `PEXPIRE` only collects garbage (see
+`ratelimit.scripts.GC_GRACE_MS`).
+
+The failure window counts only wrong guesses compared against a live code. A
+verification that finds no live code (never issued, expired, replaced, used,
+used up) spends nothing: anyone may send those without access to the phone, so
+counting them would let a stranger lock the owner out of SMS login (B2).
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ VERIFY_POLICY = "code.verify.destination"
 
 _HOUR_MS = 3_600_000
 
-# A ticket holds a raw destination, so Redis drops it soon after its logical
+# A ticket holds personal data (sealed), so Redis drops it soon after its logical
 # expiry: one minute covers any skew between the servers' clocks and Redis.
 TICKET_GC_GRACE_MS = 60_000
 
@@ -114,9 +125,11 @@ return 1
 
 # KEYS: code hash, failure window set, ticket hash.
 # ARGV: now, mac, max attempts, failure limit, failure window, failure member, grace,
-#       ticket exp, channel, purpose, destination, ticket grace.
+#       ticket exp, channel, purpose, sealed destination, ticket grace.
 # Returns {0} ok (ticket stored), {1, retry_ms} failure budget spent,
 #         {2} no live code, {3} attempts used up, {4} wrong code.
+# Only {4}, a guess compared against a live code, is recorded in the failure
+# window: {2} and {3} compare nothing, and anyone can provoke them.
 _VERIFY_LUA = (
     SLIDING_WINDOW_LUA
     + CONSTANT_TIME_EQUAL_LUA
@@ -133,30 +146,26 @@ if retry > 0 then
   return {1, retry}
 end
 
-local function failed(outcome)
-  sw_record(fails, now, ARGV[6], fail_window, grace)
-  return {outcome}
-end
-
 local stored = redis.call('HMGET', code, 'mac', 'exp')
 if not stored[1] or not stored[2] or tonumber(stored[2]) <= now then
   redis.call('DEL', code)
-  return failed(2)
+  return {2}
 end
 -- Count the attempt before comparing: concurrent guesses each spend one try.
 local tries = redis.call('HINCRBY', code, 'tries', 1)
 if tries > max_attempts then
   redis.call('DEL', code)
-  return failed(3)
+  return {3}
 end
 if not ct_equal(stored[1], ARGV[2]) then
   if tries >= max_attempts then
     redis.call('DEL', code)
   end
-  return failed(4)
+  sw_record(fails, now, ARGV[6], fail_window, grace)
+  return {4}
 end
 redis.call('DEL', code)
-redis.call('HSET', ticket, 'ch', ARGV[9], 'pu', ARGV[10], 'de', ARGV[11],
+redis.call('HSET', ticket, 'ch', ARGV[9], 'pu', ARGV[10], 'dx', ARGV[11],
   'exp', ARGV[8], 'iat', ARGV[1], 'miss', 0)
 redis.call('PEXPIRE', ticket, sw_ms(tonumber(ARGV[8]) - now + tonumber(ARGV[12])))
 return {0}
@@ -164,13 +173,14 @@ return {0}
 )
 
 # KEYS: ticket hash. ARGV: now, purpose, channel ('' = any), destination matches ('1'/'0'),
-# max misses. Returns {1, channel, purpose, destination, iat} and deletes the ticket, or {0}.
+# max misses. Returns {1, channel, purpose, sealed destination, iat} and deletes the ticket,
+# or {0}.
 # A presentation for another purpose/channel/destination does not consume the
 # ticket, but after `max misses` of them it is deleted.
 _CONSUME_LUA = r"""
 local ticket = KEYS[1]
 local now = tonumber(ARGV[1])
-local t = redis.call('HMGET', ticket, 'ch', 'pu', 'de', 'exp', 'iat')
+local t = redis.call('HMGET', ticket, 'ch', 'pu', 'dx', 'exp', 'iat')
 if not t[1] or not t[2] or not t[3] or not t[4] then
   return {0}
 end
@@ -221,11 +231,11 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class StoredTicket:
-    """The fields of a consumed ticket, as stored."""
+    """The fields of a consumed ticket, as stored (the destination still sealed)."""
 
     channel: str
     purpose: str
-    destination: str = field(repr=False)
+    sealed_destination: str = field(repr=False)
     issued_at_ms: int
 
 
@@ -240,12 +250,12 @@ class NewCode:
 
 @dataclass(frozen=True)
 class TicketToStore:
-    """What a successful verification writes as a ticket."""
+    """What a successful verification writes as a ticket; the destination arrives sealed."""
 
     ticket_hash: str
     channel: str
     purpose: str
-    destination: str = field(repr=False)
+    sealed_destination: str = field(repr=False)
     expires_at_ms: int
 
 
@@ -282,7 +292,7 @@ class CodeStore(Protocol):
         failure_limit: int,
         failure_member: str,
     ) -> VerifyResult:
-        """Count, compare and consume the code; on success store the ticket."""
+        """Compare and consume the code (wrong guesses spend budget); on success store a ticket."""
         ...
 
 
@@ -362,7 +372,7 @@ class RedisCodeStore:
         failure_limit: int,
         failure_member: str,
     ) -> VerifyResult:
-        """Count, compare and consume the code; on success store the ticket."""
+        """Compare and consume the code (wrong guesses spend budget); on success store a ticket."""
         reply = await run_script(
             self._verify,
             [code_key(tag, purpose), fail_key(tag), ticket_key(tag, ticket.ticket_hash)],
@@ -377,7 +387,7 @@ class RedisCodeStore:
                 ticket.expires_at_ms,
                 ticket.channel,
                 ticket.purpose,
-                ticket.destination,
+                ticket.sealed_destination,
                 TICKET_GC_GRACE_MS,
             ],
         )
@@ -408,7 +418,7 @@ class RedisCodeStore:
         return StoredTicket(
             channel=text(reply[1]),
             purpose=text(reply[2]),
-            destination=text(reply[3]),
+            sealed_destination=text(reply[3]),
             issued_at_ms=int(text(reply[4])),
         )
 

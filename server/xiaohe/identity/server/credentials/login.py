@@ -27,7 +27,9 @@ Password login, in order:
    InvalidCredentials *after* the verify, so its status does not show in the
    timing either.
 6. Rehash (P4) when the stored hash has other parameters; a failure to rehash
-   is logged and the login goes on (the old hash still works).
+   is logged and the login goes on (the old hash still works). The update is
+   conditional on the hash just verified, so it never overwrites a password
+   changed or reset concurrently; losing that race is logged at debug only.
 7. A session with amr `pwd`; next step CONSENT_REQUIRED when the account
    accepted an older privacy policy version (I3).
 
@@ -62,8 +64,9 @@ from xiaohe.identity.server.accounts.identifiers import (
     today_in_china,
 )
 from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
+from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims
+from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome
 from xiaohe.identity.server.errors import (
     FieldViolation,
@@ -125,8 +128,10 @@ class CredentialStore(Protocol):
         """The account whose phone is `e164`, or None."""
         ...
 
-    async def set_password_hash(self, account_id: str, new_hash: str) -> None:
-        """Store a new password hash."""
+    async def set_password_hash(
+        self, account_id: str, new_hash: str, *, expected_old_hash: str | None = None
+    ) -> bool:
+        """Store a new password hash, only while the stored one is `expected_old_hash` if given."""
         ...
 
 
@@ -144,21 +149,6 @@ class SessionIssuer(Protocol):
         user_agent: str = "",
     ) -> IssuedSession:
         """Start a session and return its first tokens."""
-        ...
-
-
-class TicketConsumer(Protocol):
-    """Consumes verification tickets (`codes.service.TicketService`)."""
-
-    async def consume(
-        self,
-        ticket: str,
-        *,
-        purpose: Purpose,
-        channel: Channel | None = None,
-        destination: str | None = None,
-    ) -> TicketClaims:
-        """Use up the ticket or raise TicketInvalid."""
         ...
 
 
@@ -211,14 +201,6 @@ class PolicyVersions(Protocol):
 
     async def current(self, *, fresh: bool = False) -> PolicyVersion:
         """The current version."""
-        ...
-
-
-class AuditSink(Protocol):
-    """The audit log; `target` is an account id or `unknown`, never an identifier."""
-
-    async def record(self, action: str, target: str, outcome: str) -> object:
-        """Append one audit record (the result is ignored)."""
         ...
 
 
@@ -479,10 +461,19 @@ class LoginService:
             return
         try:
             new_hash = await self._hasher.hash(password)
-            await self._accounts.set_password_hash(account.account_id, new_hash)
+            # Conditional on the hash just verified: if a password change or reset stored
+            # a new hash meanwhile, this rehash of the old password must not overwrite it.
+            stored = await self._accounts.set_password_hash(
+                account.account_id, new_hash, expected_old_hash=account.password_hash
+            )
         except Exception:
             logger.warning(
                 "rehash at login failed for account %s", account.account_id, exc_info=True
+            )
+            return
+        if not stored:
+            logger.debug(
+                "rehash at login skipped for account %s: hash changed meanwhile", account.account_id
             )
 
     # -- common ----------------------------------------------------------------------------

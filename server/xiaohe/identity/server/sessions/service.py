@@ -19,6 +19,15 @@ Errors never say why a token was refused: an unknown, malformed, used, revoked o
 expired token, a session past its idle or absolute lifetime and an inactive
 account all raise the same `TokenInvalid`; the reason goes to the log as a short
 code.
+
+Every revocation is audited (SECURITY I7), with pseudonymous targets only:
+`session.logout` (session id, `ok`), `session.revoke` (session id, the reason),
+`session.revoke_all` (account id, the reason) and `session.refresh.replay`
+(session id, `revoked`). The record is written after the revocation is in SQL
+and has been published (or has failed to publish), so auditing never delays
+revocation. A failing audit sink is logged by exception type and otherwise
+ignored: the revocation has happened and must not be reported as failed, nor
+ever be undone because of an audit problem.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from xiaohe.identity.client.jwt import Claims, InvalidToken
+from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
     FieldViolation,
@@ -74,6 +84,11 @@ _MAX_AUDIENCE_LENGTH = 100
 _MAX_CLIENT_ID_LENGTH = 64
 _MAX_IP_LENGTH = 64
 _MAX_USER_AGENT_LENGTH = 200
+
+AUDIT_LOGOUT = "session.logout"
+AUDIT_REVOKE = "session.revoke"
+AUDIT_REVOKE_ALL = "session.revoke_all"
+AUDIT_REFRESH_REPLAY = "session.refresh.replay"
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +131,7 @@ class SessionService:
         default_audience: str,
         *,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        audit: AuditSink | None = None,
     ) -> None:
         self._db = database
         self._repo = repo
@@ -126,6 +142,7 @@ class SessionService:
         self._lifetimes = lifetimes
         self._default_audience = default_audience
         self._random_bytes = random_bytes
+        self._audit = audit
 
     async def create(
         self,
@@ -193,6 +210,7 @@ class SessionService:
         if rotation.status is RotationStatus.REPLAYED and session is not None:
             log.warning("refresh token replayed; session %s revoked", session.session_id)
             await self._publish_quietly(session.session_id)
+            await self._record(AUDIT_REFRESH_REPLAY, session.session_id, "revoked")
             raise TokenInvalid()
         if rotation.status is not RotationStatus.ROTATED or session is None:
             log.info("refresh refused: %s", rotation.status.value)
@@ -204,6 +222,9 @@ class SessionService:
                 session.session_id, now=now, reason=RevokeReason.ACCOUNT_INACTIVE
             )
             await self._publish_quietly(session.session_id)
+            await self._record(
+                AUDIT_REVOKE, session.session_id, RevokeReason.ACCOUNT_INACTIVE.value
+            )
             raise TokenInvalid()
         return self._issue(session, subject, audience or session.audience, next_token, now)
 
@@ -242,9 +263,14 @@ class SessionService:
                 raise TokenInvalid()
             targets.append(found)
         now = self._clock.now()
-        for session in targets:
-            await self._repo.revoke(session.session_id, now=now, reason=RevokeReason.LOGOUT)
-        await self._revocations.revoke([s.session_id for s in targets])
+        session_ids = list(dict.fromkeys(s.session_id for s in targets))
+        for session_id in session_ids:
+            await self._repo.revoke(session_id, now=now, reason=RevokeReason.LOGOUT)
+        try:
+            await self._revocations.revoke(session_ids)
+        finally:
+            for session_id in session_ids:
+                await self._record(AUDIT_LOGOUT, session_id, "ok")
 
     async def revoke_session(
         self, account_id: str, session_id: str, reason: str = RevokeReason.USER_REQUEST
@@ -255,7 +281,10 @@ class SessionService:
             session_id, now=self._clock.now(), reason=reason, account_id=account_id
         ):
             raise NotFound("session not found")
-        await self._revocations.revoke([session_id])
+        try:
+            await self._revocations.revoke([session_id])
+        finally:
+            await self._record(AUDIT_REVOKE, session_id, reason)
 
     async def revoke_all(self, account_id: str, reason: str) -> int:
         """Revoke every session of the account (password or phone change, deactivation, …).
@@ -269,8 +298,11 @@ class SessionService:
         revoked = await self._repo.revoke_all(account_id, now=now, reason=reason)
         horizon = now - self._lifetimes.access_ttl - DEFAULT_LEEWAY
         live = [r.session_id for r in revoked if r.last_used_at >= horizon]
-        if live:
-            await self._revocations.revoke(live)
+        try:
+            if live:
+                await self._revocations.revoke(live)
+        finally:
+            await self._record(AUDIT_REVOKE_ALL, account_id, reason)
         return len(revoked)
 
     async def list_sessions(self, account_id: str) -> list[SessionInfo]:
@@ -344,6 +376,21 @@ class SessionService:
             rn_level=int(row.real_name_level),
         )
 
+    async def _record(self, action: str, target: str, outcome: str) -> None:
+        """Audit a revocation; a failure is logged by type only and never raised (see module)."""
+        if self._audit is None:
+            return
+        try:
+            await self._audit.record(action, target, outcome)
+        except Exception as exc:
+            log.error(
+                "audit record %s (%s) for %s failed: %s",
+                action,
+                outcome,
+                target,
+                type(exc).__name__,
+            )
+
     async def _publish_quietly(self, session_id: str) -> None:
         """Revoke in the list without failing the caller: SQL already holds the revocation."""
         try:
@@ -354,9 +401,14 @@ class SessionService:
 
 __all__ = [
     "ACTIVE_STATUS",
+    "AUDIT_LOGOUT",
+    "AUDIT_REFRESH_REPLAY",
+    "AUDIT_REVOKE",
+    "AUDIT_REVOKE_ALL",
     "REFRESH_TOKEN_BYTES",
     "REFRESH_TOKEN_PREFIX",
     "SESSION_ID_PREFIX",
+    "AuditSink",
     "Revocations",
     "SessionService",
     "hash_refresh_token",
