@@ -33,6 +33,7 @@ from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.delivery.templates import render_code_message
+from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
 from xiaohe.identity.v1 import (
@@ -171,6 +172,24 @@ async def register_account(
     )
 
 
+def mint_tokens(container: Container, account_id: str, session_id: str, count: int) -> list[str]:
+    """Access tokens for one live session, signed by the server's own key ring."""
+    key = container.keyring.active_signing_key
+    settings = container.settings
+    issuer = AccessTokenIssuer(
+        lambda: (key.kid, key.seed),
+        settings.token_issuer,
+        container.clock,
+        settings.access_token_ttl_seconds,
+    )
+    return [
+        issuer.issue(
+            account_id, session_id, settings.default_audience, ["pwd"], "NATURAL_PERSON", 0
+        )[0]
+        for _ in range(count)
+    ]
+
+
 async def _constant(value: str) -> str:
     return value
 
@@ -187,7 +206,7 @@ def signed_parts(tokens: list[str]) -> list[tuple[bytes, bytes]]:
 
 async def auth_rates(
     data_dir: Path, redis_url: str, concurrency: int, seconds: float
-) -> tuple[Rate, Rate, Rate, Rate]:
+) -> tuple[Rate, Rate, Rate, Rate, Rate]:
     """Password logins, ValidateToken RPCs, local TokenVerifier checks and raw Ed25519 checks."""
     container, channel, credentials = await started(data_dir, redis_url)
     auth = auth_pb2_grpc.AuthServiceStub(channel)
@@ -207,8 +226,8 @@ async def auth_rates(
             concurrency=min(concurrency, container.settings.password_hash_queue // 2),
             seconds=seconds,
         )
-        token = (await auth.Login(login_request, metadata=credentials)).session.access_token
-        validate_request = auth_pb2.ValidateTokenRequest(access_token=token)
+        session = (await auth.Login(login_request, metadata=credentials)).session
+        validate_request = auth_pb2.ValidateTokenRequest(access_token=session.access_token)
 
         async def validate(_i: int) -> None:
             reply = await auth.ValidateToken(validate_request, metadata=credentials)
@@ -217,6 +236,20 @@ async def auth_rates(
 
         validations = await measure_async(
             "ValidateToken", validate, concurrency=concurrency, seconds=seconds
+        )
+        # The same session's tokens, each new to the server: every call checks a signature.
+        fresh_tokens = iter(mint_tokens(container, session.account_id, session.session_id, 60_000))
+
+        async def validate_fresh(_i: int) -> None:
+            request = auth_pb2.ValidateTokenRequest(access_token=next(fresh_tokens))
+            if not (await auth.ValidateToken(request, metadata=credentials)).valid:
+                raise AssertionError("a freshly minted token was refused")
+
+        fresh = await measure_async(
+            "ValidateToken (each token new)",
+            validate_fresh,
+            concurrency=concurrency,
+            seconds=seconds,
         )
 
         keys = await auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), metadata=credentials)
@@ -244,7 +277,7 @@ async def auth_rates(
             lambda: verify_key.verify(*next(parts)),
             seconds=seconds,
         )
-        return logins, validations, local, raw
+        return logins, validations, fresh, local, raw
     finally:
         await stopped(container, channel)
 
@@ -290,8 +323,11 @@ How to read it:
   one bare grpc.aio echo call.
 - `password login`: Login by login name and password (lookup, lockout scripts, Argon2id,
   session, audit) against the raw Argon2id verify capacity of all cores.
-- `ValidateToken`: the RPC (client authentication, signature, revocation lookup) against
-  the bare echo call.
+- `ValidateToken`: the RPC (client authentication, revocation lookup) for one token
+  presented again and again, as a business system does on every request of a session:
+  after the first call its verified claims come from the server's cache until expiry.
+- `ValidateToken (each token new)`: the same with a token the server has not seen, so
+  every call also checks an Ed25519 signature.
 - `TokenVerifier local verify`: the SDK's local check of distinct tokens (no claims cache)
   against the bare libsodium Ed25519 verify of the same tokens.
 """
@@ -308,7 +344,7 @@ async def main(seconds: float, concurrency: int, report: Path | None) -> None:
             echo = await echo_rate(concurrency, seconds, b"x" * 64)
             pairs = await code_pairs(root / "codes", redis_url, concurrency, seconds)
             argon2 = argon2_verify_rate(bench_settings(root), seconds)
-            logins, validations, local, raw = await auth_rates(
+            logins, validations, fresh, local, raw = await auth_rates(
                 root / "auth", redis_url, concurrency, seconds
             )
             lines = [
@@ -317,6 +353,7 @@ async def main(seconds: float, concurrency: int, report: Path | None) -> None:
                     (pairs, echo),
                     (logins, argon2),
                     (validations, echo),
+                    (fresh, echo),
                     (local, raw),
                 )
             ]

@@ -267,3 +267,37 @@ def test_ttl_must_be_positive(ring: KeyRing, clock: FakeClock) -> None:
     """T1: a zero or negative lifetime is a configuration error."""
     with pytest.raises(ValueError, match="ttl"):
         _issuer(ring, clock, ttl=0)
+
+
+def test_repeated_validation_is_served_from_the_claims_cache(
+    ring: KeyRing, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T1: a repeat costs no signature check, still expires on time, and never serves
+    another audience or a token once its key left the ring."""
+    issuer, validator = _issuer(ring, clock), _validator(ring, clock)
+    token, _ = _issue(issuer)
+    first = validator.validate(token, AUDIENCE)
+    checks: list[str] = []
+    real = tokens_module.decode_verified
+
+    def counting(*args: object, **kwargs: object) -> object:
+        checks.append("verify")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tokens_module, "decode_verified", counting)
+    assert validator.validate(token, AUDIENCE) == first
+    assert checks == []
+    with pytest.raises(InvalidToken):
+        validator.validate(token, "another-audience")
+    assert checks == ["verify"]
+    clock.advance(600 + 5)
+    with pytest.raises(InvalidToken) as caught:
+        validator.validate(token, AUDIENCE)
+    assert caught.value.reason == "expired"
+
+    fresh, _ = _issue(issuer)
+    validator.validate(fresh, AUDIENCE)
+    ring.add("k2", bytes(range(9, 41)))
+    del ring.seeds["k1"]
+    with pytest.raises(UnknownKeyId):
+        validator.validate(fresh, AUDIENCE)

@@ -18,6 +18,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from xiaohe.identity.client.jwt import (
     Claims,
+    InvalidToken,
     decode_verified,
     encode_eddsa,
     jwk_from_public_key,
@@ -105,6 +106,12 @@ class AccessTokenValidator:
     `reason` callers may log; map it to `TokenInvalid` / `UserUnauthenticated`
     at the service layer. `leeway` is small by default: issuer and validator
     share one clock source.
+
+    A business system presents the same token on every request of a session, so
+    the claims of a verified (token, audience) pair are kept until the token
+    expires: a repeat costs a dict lookup and a lifetime check. The key is the
+    whole token string, so only a byte-identical token can hit; a change of the
+    key set clears the cache; revocation is the caller's check, on every call.
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class AccessTokenValidator:
         issuer: str,
         clock: Clock,
         leeway: float = 5.0,
+        cache_size: int = 10_000,
     ) -> None:
         self._public_keys_provider = public_keys_provider
         self._issuer = issuer
@@ -121,18 +129,33 @@ class AccessTokenValidator:
         self._source: dict[str, bytes] = {}
         self._keys: dict[str, VerifyKey] = {}
         self._header_cache: dict[str, str] = {}
+        self._verified: dict[tuple[str, str], Claims] = {}
+        self._cache_size = cache_size
 
     def validate(self, token: str, audience: str) -> Claims:
         """Verify `token` for `audience`; returns its claims or raises `InvalidToken`."""
-        return decode_verified(
+        keys = self._verify_keys()
+        now = self._clock.now()
+        cached = self._verified.get((token, audience))
+        if cached is not None:
+            if now - self._leeway < cached.exp:
+                return cached
+            del self._verified[(token, audience)]
+            raise InvalidToken("expired")
+        claims = decode_verified(
             token,
-            self._verify_keys(),
+            keys,
             audience=audience,
-            now=self._clock.now(),
+            now=now,
             leeway=self._leeway,
             issuer=self._issuer,
             header_cache=self._header_cache,
         )
+        if len(self._verified) >= self._cache_size:
+            # Drop the oldest entry (dicts keep insertion order): a bounded, cheap FIFO.
+            del self._verified[next(iter(self._verified))]
+        self._verified[(token, audience)] = claims
+        return claims
 
     def _verify_keys(self) -> dict[str, VerifyKey]:
         current = self._public_keys_provider()
@@ -140,6 +163,7 @@ class AccessTokenValidator:
             self._keys = {kid: VerifyKey(bytes(raw)) for kid, raw in current.items()}
             self._source = dict(current)
             self._header_cache.clear()
+            self._verified.clear()
         return self._keys
 
 
