@@ -83,10 +83,11 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._writer = engine.execution_options(xh_write=True)
-        # SQLite has one writer at a time. Queue this process's writers here instead of in
-        # SQLite's busy handler, which polls with sleeps of up to 100 ms and would turn
-        # contention into latency; other processes still meet the busy timeout.
+        # SQLite has one writer at a time. This process's writers queue on a lock and share
+        # one long-lived connection (no pool checkout per write); other processes' writers
+        # are waited for by the driver's asynchronous retry (storage/inline_sqlite.py).
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._write_conn: AsyncConnection | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -101,8 +102,18 @@ class Database:
                 async with self._writer.begin() as conn:
                     yield conn
                 return
-            async with self._write_lock, self._writer.begin() as conn:
-                yield conn
+            async with self._write_lock:
+                if self._write_conn is None:
+                    self._write_conn = await self._writer.connect()
+                conn = self._write_conn
+                try:
+                    async with conn.begin():
+                        yield conn
+                except BaseException:
+                    if conn.invalidated:
+                        self._write_conn = None
+                        await conn.close()
+                    raise
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -112,7 +123,10 @@ class Database:
                 yield conn
 
     async def close(self) -> None:
-        """Dispose the pool."""
+        """Close the writer connection and dispose the pool."""
+        if self._write_conn is not None:
+            await self._write_conn.close()
+            self._write_conn = None
         await self.engine.dispose()
 
 
