@@ -525,3 +525,46 @@ def test_backoff_doubles_with_jitter_and_cap(sealer: AesGcmTestSealer, clock: Fa
     assert [d.backoff(n) for n in (1, 2, 3, 4, 5, 9)] == pytest.approx(
         [1.05, 2.1, 4.2, 8.4, 10.5, 10.5]
     )
+
+
+async def test_a_handed_off_message_is_sent_without_a_claim_and_once(
+    database: Database, sealer: AesGcmTestSealer, clock: FakeClock
+) -> None:
+    """The enqueuer's hand-off: the row is born claimed and sent at once, exactly once."""
+    provider = RecordingProvider()
+    d = dispatcher(database, sealer, provider, clock)
+    box = Outbox(database, sealer, clock, hand_off=d.hand_off, lease_seconds=30)
+    message_id = await box.enqueue("SMS", PHONE, "LOGIN", TEXT)
+    for _ in range(100):
+        if provider.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert [m.message_id for m in provider.sent] == [message_id]
+    for _ in range(100):
+        if (await row(database, message_id)).status == "sent":
+            break
+        await asyncio.sleep(0.01)
+    done = await row(database, message_id)
+    assert (done.status, done.attempts, done.payload_enc) == ("sent", 1, None)
+    assert await d.run_once() == 0
+    clock.advance(31)
+    assert await d.run_once() == 0
+    assert len(provider.sent) == 1
+
+
+async def test_a_hand_off_lost_with_its_process_is_retaken_after_the_lease(
+    database: Database, sealer: AesGcmTestSealer, clock: FakeClock
+) -> None:
+    """A process that dies between enqueue and send loses nothing: the lease runs out and
+    another dispatcher claims and sends the message."""
+    lost: list[object] = []
+    box = Outbox(database, sealer, clock, hand_off=lost.append, lease_seconds=30)
+    message_id = await box.enqueue("SMS", PHONE, "LOGIN", TEXT)
+    provider = RecordingProvider()
+    other = dispatcher(database, sealer, provider, clock)
+    assert await other.run_once() == 0  # still leased to the enqueuing process
+    clock.advance(31)
+    assert await other.run_once() == 1
+    assert [m.message_id for m in provider.sent] == [message_id]
+    done = await row(database, message_id)
+    assert (done.status, done.attempts) == ("sent", 2)

@@ -164,7 +164,13 @@ class Container:
     @cached_property
     def outbox(self) -> Outbox:
         """The durable queue of outgoing messages."""
-        return Outbox(self.database, self.cipher, self.clock, wake=self.dispatcher.wake)
+        return Outbox(
+            self.database,
+            self.cipher,
+            self.clock,
+            hand_off=self.dispatcher.hand_off,
+            lease_seconds=self.dispatcher.lease_seconds,
+        )
 
     @cached_property
     def code_policy(self) -> CodePolicy:

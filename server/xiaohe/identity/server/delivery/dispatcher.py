@@ -46,7 +46,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -57,6 +56,7 @@ from xiaohe.identity.server.delivery.outbox import (
     STATUS_PENDING,
     STATUS_SENDING,
     STATUS_SENT,
+    ClaimedMessage,
     Payload,
     Sealer,
     payload_aad,
@@ -82,18 +82,6 @@ class DeliveryMetrics(Protocol):
     def delivery(self, provider: str, outcome: str) -> None:
         """Record one outcome."""
         ...
-
-
-@dataclass(frozen=True)
-class _Claimed:
-    """A row this dispatcher holds the lease on; `attempts` (after the claim) fences updates."""
-
-    message_id: str
-    channel: str
-    purpose: str
-    attempts: int
-    expires_at: float
-    payload_enc: bytes | None = field(repr=False)
 
 
 class Dispatcher:
@@ -137,6 +125,9 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._concurrency = concurrency
+        self._gate = asyncio.Semaphore(concurrency)
+        self.lease_seconds = lease_seconds
+        self._handed_off: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -165,10 +156,9 @@ class Dispatcher:
             candidates = list((await conn.execute(query)).scalars())
         if not candidates:
             return 0
-        gate = asyncio.Semaphore(self._concurrency)
 
         async def handle(message_id: str) -> bool:
-            async with gate:
+            async with self._gate:
                 return await self._handle(message_id)
 
         results = await asyncio.gather(*(handle(m) for m in candidates), return_exceptions=True)
@@ -194,6 +184,10 @@ class Dispatcher:
             if handled >= self._batch_size:
                 continue  # a full batch: more may be due right now
             await self._idle(stop)
+        if self._handed_off:
+            # Let messages handed off by enqueuers finish; whatever does not is re-claimed
+            # by a dispatcher once its lease runs out.
+            await asyncio.wait(set(self._handed_off), timeout=self._send_timeout)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
@@ -208,34 +202,52 @@ class Dispatcher:
 
     # -- one message ----------------------------------------------------------
 
+    def hand_off(self, claimed: ClaimedMessage) -> None:
+        """Send a message its enqueuer already claimed for this dispatcher, in the background."""
+        task = asyncio.create_task(self._deliver_handed_off(claimed))
+        self._handed_off.add(task)
+        task.add_done_callback(self._handed_off.discard)
+
+    async def _deliver_handed_off(self, claimed: ClaimedMessage) -> None:
+        async with self._gate:
+            try:
+                await self._deliver(claimed)
+            except Exception as exc:  # the lease runs out and the poll loop takes it over
+                log.warning("delivery of a handed-off message failed: %s", type(exc).__name__)
+
     async def _handle(self, message_id: str) -> bool:
         """Claim, send and record one message; False if another dispatcher got it first."""
         claimed = await self._claim(message_id)
         if claimed is None:
             return False
+        await self._deliver(claimed)
+        return True
+
+    async def _deliver(self, claimed: ClaimedMessage) -> None:
+        """Send a claimed message and record the outcome."""
         provider = self._providers.get(claimed.channel)
         provider_name = provider.name if provider is not None else _NO_PROVIDER
         now = self._clock.now()
         if claimed.expires_at <= now:
             await self._finish(claimed, STATUS_FAILED, provider_name, OUTCOME_EXPIRED, "expired")
-            return True
+            return
         if claimed.attempts > self._max_attempts:
             # Only reachable when earlier claims crashed or lost their lease mid-send.
             await self._finish(
                 claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, "attempts exhausted"
             )
-            return True
+            return
         if provider is None:
             await self._finish(
                 claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, "no provider for channel"
             )
-            return True
+            return
         message = self._open(claimed)
         if message is None:
             await self._finish(
                 claimed, STATUS_FAILED, provider_name, OUTCOME_FAILED, "payload unreadable"
             )
-            return True
+            return
         try:
             await asyncio.wait_for(provider.send(message), timeout=self._send_timeout)
         except DeliveryError as exc:
@@ -246,11 +258,10 @@ class Dispatcher:
             retryable, reason = True, f"provider error: {type(exc).__name__}"
         else:
             await self._finish(claimed, STATUS_SENT, provider_name, OUTCOME_SENT, None)
-            return True
+            return
         await self._after_failure(claimed, provider_name, retryable, reason)
-        return True
 
-    def _open(self, claimed: _Claimed) -> OutgoingMessage | None:
+    def _open(self, claimed: ClaimedMessage) -> OutgoingMessage | None:
         if claimed.payload_enc is None:
             return None
         try:
@@ -270,7 +281,7 @@ class Dispatcher:
             return None
 
     async def _after_failure(
-        self, claimed: _Claimed, provider_name: str, retryable: bool, reason: str
+        self, claimed: ClaimedMessage, provider_name: str, retryable: bool, reason: str
     ) -> None:
         log.info(
             "delivery of %s via %s failed (attempt %d): %s",
@@ -301,7 +312,7 @@ class Dispatcher:
 
     async def _finish(
         self,
-        claimed: _Claimed,
+        claimed: ClaimedMessage,
         status: str,
         provider_name: str,
         outcome: str,
@@ -323,7 +334,7 @@ class Dispatcher:
 
     # -- storage ----------------------------------------------------------------
 
-    async def _claim(self, message_id: str) -> _Claimed | None:
+    async def _claim(self, message_id: str) -> ClaimedMessage | None:
         now = self._clock.now()
         now_dt = utc(now)
         claim = (
@@ -352,7 +363,7 @@ class Dispatcher:
             if (await conn.execute(claim)).rowcount != 1:
                 return None
             row = (await conn.execute(read)).one()
-        return _Claimed(
+        return ClaimedMessage(
             message_id=message_id,
             channel=row.channel,
             purpose=row.purpose,
@@ -361,7 +372,7 @@ class Dispatcher:
             payload_enc=bytes(row.payload_enc) if row.payload_enc is not None else None,
         )
 
-    async def _update(self, claimed: _Claimed, **values: Any) -> None:
+    async def _update(self, claimed: ClaimedMessage, **values: Any) -> None:
         """Update the row only while this dispatcher still owns it (fenced on attempts)."""
         statement = (
             sa.update(outbox)

@@ -92,6 +92,21 @@ def new_message_id() -> str:
     return secrets.token_hex(16)
 
 
+_INSERT = outbox.insert()
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """A row a dispatcher holds the lease on; `attempts` (after the claim) fences updates."""
+
+    message_id: str
+    channel: str
+    purpose: str
+    attempts: int
+    expires_at: float
+    payload_enc: bytes | None = field(repr=False)
+
+
 class Outbox:
     """Queues messages durably for the dispatcher."""
 
@@ -102,12 +117,16 @@ class Outbox:
         clock: Clock,
         wake: Callable[[], None] | None = None,
         message_ids: Callable[[], str] = new_message_id,
+        hand_off: Callable[[ClaimedMessage], None] | None = None,
+        lease_seconds: float = 30.0,
     ) -> None:
         self._database = database
         self._sealer = sealer
         self._clock = clock
         self._wake = wake
         self._message_ids = message_ids
+        self._hand_off = hand_off
+        self._lease_seconds = lease_seconds
 
     async def enqueue(
         self,
@@ -133,27 +152,43 @@ class Outbox:
             payload_aad(message_id),
         )
         now = self._clock.now()
+        # With a hand-off, the row is born claimed (status sending, attempt 1, leased) and
+        # passed straight to this process's dispatcher: no claim transaction on the hot
+        # path. Should the process die first, the lease runs out and any dispatcher
+        # re-claims the row, exactly as after a crash mid-send.
+        claimed = self._hand_off is not None
         row = {
             "message_id": message_id,
             "channel": channel,
             "purpose": purpose,
             "payload_enc": sealed,
-            "status": STATUS_PENDING,
-            "attempts": 0,
+            "status": STATUS_SENDING if claimed else STATUS_PENDING,
+            "attempts": 1 if claimed else 0,
             "next_attempt_at": utc(now),
-            "lease_until": None,
+            "lease_until": utc(now + self._lease_seconds) if claimed else None,
             "created_at": utc(now),
             "expires_at": utc(now + expires_in_seconds),
         }
         try:
             async with self._database.begin() as conn:
-                await conn.execute(sa.insert(outbox).values(**row))
+                await conn.execute(_INSERT, row)
         except Unavailable:
             raise
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable("the message could not be queued") from exc
         log.debug("queued message %s (%s, %s)", message_id, channel, purpose)
-        if self._wake is not None:
+        if self._hand_off is not None:
+            self._hand_off(
+                ClaimedMessage(
+                    message_id=message_id,
+                    channel=channel,
+                    purpose=purpose,
+                    attempts=1,
+                    expires_at=now + expires_in_seconds,
+                    payload_enc=sealed,
+                )
+            )
+        elif self._wake is not None:
             try:
                 self._wake()
             except Exception as exc:  # the row is committed; the poll loop will find it
