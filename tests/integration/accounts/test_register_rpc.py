@@ -8,14 +8,14 @@ only corrects the form and submits again.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import grpc
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.conftest import Harness, wait_for_outbox
+from tests.integration.conftest import Harness
+from tests.integration.flows import LOGIN_NAME, OTHER_PHONE, PASSWORD, PHONE, register_ticket
 from tests.rpc_errors import Details, details_of
 from xiaohe.identity.server.storage.schema import accounts, identifiers
 from xiaohe.identity.v1 import (
@@ -23,15 +23,9 @@ from xiaohe.identity.v1 import (
     accounts_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
-    codes_pb2,
-    codes_pb2_grpc,
     common_pb2,
 )
 
-PHONE = "+8613812345678"
-OTHER_PHONE = "+8613987654321"
-LOGIN_NAME = "zhang.wei"
-PASSWORD = "Qingshan-Lvshui-2026"
 ID_NUMBER = "11010519491231002X"
 BAD_ID_NUMBER = "110105194912310021"  # check character should be X
 USCC = "91350100M000100Y43"
@@ -39,33 +33,6 @@ BAD_USCC = "91350100M000100Y44"  # check character should be 3
 
 Request = accounts_pb2.RegisterRequest
 Edit = Callable[[Request], None]
-
-
-async def register_ticket(h: Harness, phone: str) -> str:
-    """A REGISTER ticket for `phone` through IssueCode, the dev outbox and VerifyCode."""
-    codes = codes_pb2_grpc.CodeServiceStub(h.channel)
-    before = len(h.outbox_lines())
-    await codes.IssueCode(
-        codes_pb2.IssueCodeRequest(
-            channel=common_pb2.CHANNEL_SMS, destination=phone, purpose=common_pb2.PURPOSE_REGISTER
-        ),
-        metadata=h.metadata,
-    )
-    lines = await wait_for_outbox(h, before + 1)
-    assert len(lines) == before + 1
-    assert lines[-1]["to"] == phone
-    code = re.search(r"\d{6}", lines[-1]["text"])
-    assert code is not None
-    verified = await codes.VerifyCode(
-        codes_pb2.VerifyCodeRequest(
-            channel=common_pb2.CHANNEL_SMS,
-            destination=phone,
-            purpose=common_pb2.PURPOSE_REGISTER,
-            code=code.group(0),
-        ),
-        metadata=h.metadata,
-    )
-    return verified.ticket
 
 
 def natural(ticket: str, **changes: str | int) -> Request:

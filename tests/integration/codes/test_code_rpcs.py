@@ -219,32 +219,11 @@ async def test_successful_responses_carry_a_request_id(h: Harness) -> None:
 async def test_account_bound_codes_to_unregistered_numbers_pretend(h: Harness) -> None:
     """B4: LOGIN/RESET_PASSWORD/RECOVER_ACCOUNT to an unregistered number answer the same and
     count against the same limits, but nothing is sent; a registered number gets its code."""
-    from xiaohe.identity.v1 import accounts_pb2, accounts_pb2_grpc
+    from tests.integration.flows import register
 
     stub = codes_pb2_grpc.CodeServiceStub(h.channel)
     registered, stranger = "+8613811112222", "+8613833334444"
-    await stub.IssueCode(issue_request(registered), metadata=h.metadata)
-    code = code_from((await wait_for_outbox(h, 1))[0])
-    verified = await stub.VerifyCode(
-        codes_pb2.VerifyCodeRequest(
-            channel=common_pb2.CHANNEL_SMS,
-            destination=registered,
-            purpose=common_pb2.PURPOSE_REGISTER,
-            code=code,
-        ),
-        metadata=h.metadata,
-    )
-    await accounts_pb2_grpc.AccountServiceStub(h.channel).Register(
-        accounts_pb2.RegisterRequest(
-            subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
-            login_name="li.na",
-            password="Hongqiao-Yuelu-88",
-            phone=registered,
-            phone_ticket=verified.ticket,
-            accepted_policy_version=1,
-        ),
-        metadata=h.metadata,
-    )
+    await register(h, "li.na", registered)
     for purpose in (
         common_pb2.PURPOSE_LOGIN,
         common_pb2.PURPOSE_RESET_PASSWORD,
