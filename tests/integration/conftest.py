@@ -47,7 +47,7 @@ class Harness:
         await self.container.dispatcher.run_once()
 
 
-def test_settings(data_dir: Path, **changes: object) -> Settings:
+def harness_settings(data_dir: Path, **changes: object) -> Settings:
     """Settings for a test server: data in data_dir, cheap Argon2."""
     base = Settings(
         listen="127.0.0.1:0",
@@ -70,7 +70,7 @@ async def h(
     r = aioredis.Redis.from_url(redis_url)
     await r.flushdb()
     await r.aclose()
-    settings = test_settings(tmp_path / "var")
+    settings = harness_settings(tmp_path / "var")
     settings.data_dir.mkdir(parents=True)
     await upgrade_async(settings.effective_database_url)
     container = Container(settings, redis_url=redis_url, clock=clock)

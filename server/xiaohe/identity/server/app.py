@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.transport.accounts import AccountServicer
 from xiaohe.identity.server.transport.admin import AdminServicer
@@ -56,6 +58,21 @@ class RunningServer:
         await self.server.stop(grace)
 
 
+def _add_port(server: grpc.aio.Server, listen: str, settings: Settings) -> int:
+    """Listen in plaintext, or with TLS (mutual when a client CA is configured)."""
+    if not settings.tls_cert_file:
+        return server.add_insecure_port(listen)
+    key = Path(settings.tls_key_file).read_bytes()
+    chain = Path(settings.tls_cert_file).read_bytes()
+    client_ca = (
+        Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    return server.add_secure_port(listen, credentials)
+
+
 async def start_server(container: Container, listen: str) -> RunningServer:
     """Build, bind and start the server; `listen` may use port 0 (tests)."""
     server = grpc.aio.server(
@@ -95,7 +112,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         ),
         server,
     )
-    port = server.add_insecure_port(listen)
+    port = _add_port(server, listen, container.settings)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await container.policies.ensure_seeded()

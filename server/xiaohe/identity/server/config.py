@@ -38,6 +38,10 @@ class Settings:
     log_file: str = ""
     config_file: str = ""
     keyring_file: str = ""
+    # TLS: a certificate chain and key (PEM) make the listener TLS; a client CA adds mTLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     # Codes and tickets.
     code_ttl_seconds: int = 300
@@ -171,6 +175,14 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}: one of {sorted(allowed)}")
     if s.sms_provider == "http" and not s.sms_gateway_url:
         raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: required when SMS_PROVIDER=http")
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise SettingsError(f"{ENV_PREFIX}TLS_CERT_FILE and TLS_KEY_FILE go together")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise SettingsError(f"{ENV_PREFIX}TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: cannot read {path}")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
 
