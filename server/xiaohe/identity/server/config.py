@@ -53,6 +53,8 @@ class Settings:
     code_per_ip_hour: int = 30
     code_per_client_minute: int = 600
     code_failures_per_destination_hour: int = 30
+    code_verify_per_ip_hour: int = 120
+    code_verify_per_client_minute: int = 3000
     allowed_country_codes: tuple[str, ...] = ("86",)
 
     # Delivery.

@@ -95,6 +95,14 @@ class CodePolicy:
     exhaust it and block the owner's SMS login; it remains defence in depth that
     bites only when an operator raises the issue limits. Keep it above
     `per_destination_hour × max_attempts` when changing either.
+
+    `verify_per_ip_hour` (per end-user IPv4 address or IPv6 /64) and
+    `verify_per_client_minute` bound VerifyCode calls themselves, whatever
+    their outcome: a verification that finds no live code spends no
+    destination budget (see above), so without these nothing would bound the
+    Redis scripts a caller can make the server run. They sit well above what a
+    person typing codes needs (120 per hour) and what a busy front end relays
+    (3000 per minute).
     """
 
     ttl: int = 300
@@ -106,6 +114,8 @@ class CodePolicy:
     per_ip_hour: int = 30
     per_client_minute: int = 600
     failures_per_destination_hour: int = 30
+    verify_per_ip_hour: int = 120
+    verify_per_client_minute: int = 3000
     allowed_country_codes: tuple[str, ...] = ("86",)
 
     def __post_init__(self) -> None:
@@ -120,6 +130,8 @@ class CodePolicy:
             self.per_ip_hour,
             self.per_client_minute,
             self.failures_per_destination_hour,
+            self.verify_per_ip_hour,
+            self.verify_per_client_minute,
         )
         if min(counts) < 0:
             raise ValueError("cooldown and limits must not be negative")
@@ -137,6 +149,8 @@ class CodePolicy:
             per_ip_hour=settings.code_per_ip_hour,
             per_client_minute=settings.code_per_client_minute,
             failures_per_destination_hour=settings.code_failures_per_destination_hour,
+            verify_per_ip_hour=settings.code_verify_per_ip_hour,
+            verify_per_client_minute=settings.code_verify_per_client_minute,
             allowed_country_codes=tuple(settings.allowed_country_codes),
         )
 

@@ -31,6 +31,11 @@ Why it is built this way (SECURITY.md C1–C7, B2, B4, B5, F1, I1):
   (5 codes/hour × 5 tries = 25): an attacker who sends codes to the victim's
   phone still cannot exhaust it. It stays as defence in depth for operators who
   raise the issue limits (see `CodePolicy`).
+- Verification calls themselves are bounded per end-user IP (IPv4 address or
+  IPv6 /64) and per client, checked before the script: a verification that
+  finds no live code spends no destination budget, so without these anyone
+  could make the server run unbounded Redis scripts. They count every
+  verification that reaches the script, whatever its outcome.
 - A ticket gives its consumer the normalised destination back, but Redis
   persists its data, so the destination is stored sealed (AES-256-GCM) under a
   key derived from the ticket's random part, which only the ticket holder has;
@@ -107,6 +112,8 @@ logger = logging.getLogger(__name__)
 
 IP_POLICY = "code.issue.ip"
 CLIENT_POLICY = "code.issue.client"
+VERIFY_IP_POLICY = "code.verify.ip"
+VERIFY_CLIENT_POLICY = "code.verify.client"
 
 CODE_DIGITS = 6
 TICKET_VERSION = "vt1"
@@ -212,16 +219,16 @@ def ip_bucket(ip: str) -> str:
     return str(address)
 
 
-def ip_key(digests: CodeDigests, ip: str) -> str:
-    """Rate-limit key of an end-user IP for code issue."""
-    return f"xh:rl:{{ip:{digests.ip_tag(ip)}}}:code.issue"
+def ip_key(digests: CodeDigests, ip: str, action: str = "code.issue") -> str:
+    """Rate-limit key of an end-user IP for `action` (`code.issue` or `code.verify`)."""
+    return f"xh:rl:{{ip:{digests.ip_tag(ip)}}}:{action}"
 
 
-def client_key(client_id: str) -> str:
-    """Rate-limit key of a calling client for code issue (odd ids are hashed to keep keys tidy)."""
+def client_key(client_id: str, action: str = "code.issue") -> str:
+    """Rate-limit key of a calling client for `action` (odd ids are hashed to keep keys tidy)."""
     if not _SAFE_CLIENT_ID.fullmatch(client_id):
         client_id = "h-" + hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
-    return f"xh:rl:{{cl:{client_id}}}:code.issue"
+    return f"xh:rl:{{cl:{client_id}}}:{action}"
 
 
 @dataclass(frozen=True)
@@ -448,22 +455,14 @@ class CodeService:
         tag = self._digests.destination_tag(channel, destination)
         reservations: list[Reservation] = []
         try:
-            if end_user_ip:
-                reservations.append(
-                    await self._limiter.acquire(
-                        IP_POLICY,
-                        ip_key(self._digests, end_user_ip),
-                        policy.per_ip_hour,
-                        _HOUR,
-                        now,
-                    )
-                )
-            if client_id:
-                reservations.append(
-                    await self._limiter.acquire(
-                        CLIENT_POLICY, client_key(client_id), policy.per_client_minute, _MINUTE, now
-                    )
-                )
+            reservations = await self._charge_caller(
+                "code.issue",
+                client_id=client_id,
+                end_user_ip=end_user_ip,
+                per_ip_hour=policy.per_ip_hour,
+                per_client_minute=policy.per_client_minute,
+                now=now,
+            )
             code = self._new_code()
             code_id = self._new_id()
             await self._store.issue(
@@ -520,8 +519,16 @@ class CodeService:
         destination's failure budget (and is audited): the others need no access
         to the phone (B2). When the budget is spent the answer is
         RateLimited(`code.verify.destination`) until old failures leave the
-        window. `client_id` and `end_user_ip` are accepted for symmetry with
-        `issue` (and future per-IP verify limits); they are not used yet.
+        window.
+
+        Before the script, after validation (a malformed request spends
+        nothing): the end-user IP window `code.verify.ip` (if the IP is known),
+        then the client window `code.verify.client` (if the client is known); a
+        client refusal refunds the IP charge. Once the script has run, the
+        charges stay whatever its outcome, including a refusal by the
+        destination's failure budget: that refusal still cost a script, and
+        anyone can provoke it, so refunding it would leave such calls unbounded.
+        If the script cannot run (Redis unavailable), the charges are refunded.
         """
         channel, destination, purpose, violations = _validate_target(
             cmd.channel, cmd.destination, cmd.purpose, self._policy
@@ -534,7 +541,24 @@ class CodeService:
         if violations or channel is None or purpose is None:
             raise InvalidArgument(violations)
         policy = self._policy
-        now_ms = int(self._clock.now() * 1000)
+        now = self._clock.now()
+        now_ms = int(now * 1000)
+        try:
+            reservations = await self._charge_caller(
+                "code.verify",
+                client_id=client_id,
+                end_user_ip=end_user_ip,
+                per_ip_hour=policy.verify_per_ip_hour,
+                per_client_minute=policy.verify_per_client_minute,
+                now=now,
+            )
+        except RateLimited as exc:
+            if self._metrics is not None:
+                self._metrics.code_verified(
+                    channel.value, purpose.value, VerifyOutcome.RATE_LIMITED.value
+                )
+                self._metrics.limit_rejected(exc.policy)
+            raise
         tag = self._digests.destination_tag(channel, destination)
         secret = self._token_bytes(TICKET_SECRET_BYTES)
         ticket = ticket_from_secret(tag, secret)
@@ -542,22 +566,26 @@ class CodeService:
         sealed = seal_destination(
             secret, hashed, destination, self._token_bytes(TICKET_NONCE_BYTES)
         )
-        result = await self._store.verify(
-            tag,
-            purpose.value,
-            self._digests.code_mac(channel, destination, purpose, code),
-            TicketToStore(
-                ticket_hash=hashed,
-                channel=channel.value,
-                purpose=purpose.value,
-                sealed_destination=sealed,
-                expires_at_ms=now_ms + policy.ticket_ttl * 1000,
-            ),
-            now_ms=now_ms,
-            max_attempts=policy.max_attempts,
-            failure_limit=policy.failures_per_destination_hour,
-            failure_member=self._new_id(),
-        )
+        try:
+            result = await self._store.verify(
+                tag,
+                purpose.value,
+                self._digests.code_mac(channel, destination, purpose, code),
+                TicketToStore(
+                    ticket_hash=hashed,
+                    channel=channel.value,
+                    purpose=purpose.value,
+                    sealed_destination=sealed,
+                    expires_at_ms=now_ms + policy.ticket_ttl * 1000,
+                ),
+                now_ms=now_ms,
+                max_attempts=policy.max_attempts,
+                failure_limit=policy.failures_per_destination_hour,
+                failure_member=self._new_id(),
+            )
+        except Exception:
+            await self._release(reservations)
+            raise
         if self._metrics is not None:
             self._metrics.code_verified(channel.value, purpose.value, result.outcome.value)
         if result.outcome is VerifyOutcome.OK:
@@ -570,6 +598,49 @@ class CodeService:
         if result.outcome is VerifyOutcome.MISMATCH:
             await self._record("code.verify", tag, "invalid")
         raise CodeInvalid()
+
+    async def _charge_caller(
+        self,
+        action: str,
+        *,
+        client_id: str,
+        end_user_ip: str | None,
+        per_ip_hour: int,
+        per_client_minute: int,
+        now: float,
+    ) -> list[Reservation]:
+        """Charge the caller's windows: `<action>.ip` per hour, `<action>.client` per minute.
+
+        Each window is skipped when the request does not say who it is for (no
+        end-user IP, no client id). Raises RateLimited with the refusing policy,
+        after refunding the IP charge if the client window refused.
+        """
+        reservations: list[Reservation] = []
+        try:
+            if end_user_ip:
+                reservations.append(
+                    await self._limiter.acquire(
+                        f"{action}.ip",
+                        ip_key(self._digests, end_user_ip, action),
+                        per_ip_hour,
+                        _HOUR,
+                        now,
+                    )
+                )
+            if client_id:
+                reservations.append(
+                    await self._limiter.acquire(
+                        f"{action}.client",
+                        client_key(client_id, action),
+                        per_client_minute,
+                        _MINUTE,
+                        now,
+                    )
+                )
+        except Exception:
+            await self._release(reservations)
+            raise
+        return reservations
 
     async def _release(self, reservations: Sequence[Reservation]) -> None:
         for reservation in reservations:
@@ -706,6 +777,8 @@ class TicketService:
 __all__ = [
     "CLIENT_POLICY",
     "IP_POLICY",
+    "VERIFY_CLIENT_POLICY",
+    "VERIFY_IP_POLICY",
     "AuditSink",
     "CodeDigests",
     "CodeMetrics",
