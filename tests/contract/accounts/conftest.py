@@ -10,9 +10,8 @@ ticket binding run over `redis_client` (embedded and system Redis).
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from tests.contract.codes.conftest import ListQueue, RecordingAudit, compose
 from xiaohe.identity.server.accounts.identifiers import IdType
 from xiaohe.identity.server.accounts.models import (
     RegisterCommand,
@@ -96,39 +96,6 @@ def legal_command(**changes: Any) -> RegisterCommand:
         uscc=USCC,
     )
     return replace(base, **changes)
-
-
-@dataclass
-class ListQueue:
-    """A MessageQueue that keeps the messages, so a test can read the code like a user."""
-
-    texts: list[str] = field(default_factory=list)
-
-    async def enqueue(self, channel: str, destination: str, purpose: str, text: str) -> str:
-        """Append one message."""
-        self.texts.append(text)
-        return f"msg-{len(self.texts)}"
-
-    def last_code(self) -> str:
-        """The 6-digit code of the newest message."""
-        match = re.search(r"\b(\d{6})\b", self.texts[-1])
-        assert match is not None
-        return match.group(1)
-
-
-@dataclass
-class RecordingAudit:
-    """An audit sink that remembers every record."""
-
-    records: list[tuple[str, str, str]] = field(default_factory=list)
-
-    async def record(self, action: str, target: str, outcome: str) -> None:
-        """Remember one record."""
-        self.records.append((action, target, outcome))
-
-
-def _compose(channel: str, purpose: str, code: str, ttl_seconds: int) -> str:
-    return f"[{channel}/{purpose}] 验证码 {code}"
 
 
 @dataclass
@@ -227,7 +194,7 @@ async def build_env(
         hmac_key=keyring.code_hmac_key,
         clock=clock,
         queue=queue,
-        compose=_compose,
+        compose=compose,
         policy=_OPEN_CODE_POLICY,
     )
     tickets = TicketService(
