@@ -38,7 +38,7 @@ async def test_no_raw_phone_or_id_number_in_the_stored_database(env: AccountsEnv
     not in the SQLite file or its WAL, not in any column of any PostgreSQL table."""
     result = await env.register(natural_command())
     if env.database.dialect == "sqlite":
-        path = Path(str(env.database.engine.url.database))
+        path = Path(str(env.database.url.database))
         wal = path.with_name(path.name + "-wal")
         before_checkpoint = wal.read_bytes() if wal.exists() else b""
         await env.database.close()  # the last connection checkpoints the WAL into the file

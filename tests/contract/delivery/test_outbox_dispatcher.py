@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -113,18 +112,6 @@ def dispatcher(
 ) -> Dispatcher:
     kwargs.setdefault("random_source", lambda: 0.0)
     return Dispatcher(database, sealer, {"SMS": provider, "EMAIL": provider}, clock, **kwargs)
-
-
-async def join_new_sqlite_threads(before: set[threading.Thread]) -> None:
-    """Wait for aiosqlite worker threads started since `before` to end.
-
-    When aiosqlite fails to connect it stops its worker thread without awaiting
-    it; if the test's event loop closes first, the thread's reply hits a closed
-    loop and pytest reports an unhandled thread exception.
-    """
-    for thread in set(threading.enumerate()) - before:
-        if "_connection_worker_thread" in thread.name:
-            await asyncio.to_thread(thread.join, 5)
 
 
 async def row(database: Database, message_id: str) -> Any:
@@ -436,7 +423,6 @@ async def test_run_forever_sends_on_wake_and_survives_errors(
     stop.set()
     await asyncio.wait_for(loop_task, timeout=5)
 
-    threads = set(threading.enumerate())
     broken_db = Database.from_url("sqlite+aiosqlite:////nonexistent-xiaohe-dir/ro/identity.db")
     try:
         failing = dispatcher(broken_db, sealer, provider, clock, poll_interval=0.01)
@@ -449,7 +435,6 @@ async def test_run_forever_sends_on_wake_and_survives_errors(
             await asyncio.wait_for(loop_task, timeout=5)
     finally:
         await broken_db.close()
-        await join_new_sqlite_threads(threads)
     messages = [r.getMessage() for r in caplog.records if "delivery pass failed" in r.getMessage()]
     assert len(messages) >= 2
     assert all(m == "delivery pass failed: Unavailable" for m in messages)
@@ -467,7 +452,6 @@ async def test_enqueue_on_unreachable_database_is_unavailable(
 ) -> None:
     """F2: nothing could be queued, so the caller answers UNAVAILABLE."""
     woken: list[int] = []
-    threads = set(threading.enumerate())
     db = Database.from_url(url)
     try:
         with pytest.raises(Unavailable) as info:
@@ -476,7 +460,6 @@ async def test_enqueue_on_unreachable_database_is_unavailable(
             )
     finally:
         await db.close()
-        await join_new_sqlite_threads(threads)
     assert woken == []
     assert PHONE not in str(info.value)
     assert CODE not in str(info.value)

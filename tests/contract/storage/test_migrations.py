@@ -10,8 +10,14 @@ from xiaohe.identity.server.storage.schema import metadata
 
 
 async def test_all_tables_exist_after_upgrade(database: Database, database_url: str) -> None:
+    if database.dialect == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        query = (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
     async with database.connect() as conn:
-        names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+        names = {str(r[0]) for r in await conn.execute(sa.text(query))}
     assert set(metadata.tables) <= names
     assert "alembic_version" in names
     await upgrade_async(database_url)  # a second run changes nothing and does not fail

@@ -22,9 +22,14 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
+from xiaohe.identity.server.storage.database import (
+    Database,
+    SqlConnection,
+    epoch,
+    translate_errors,
+    utc,
+)
 from xiaohe.identity.server.storage.schema import accounts, identifiers
 
 
@@ -104,7 +109,7 @@ class DataKeyUpdate:
 class AccountRepository(Protocol):
     """Storage the account service needs."""
 
-    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+    def begin(self) -> AbstractAsyncContextManager[SqlConnection]:
         """One write transaction, shared with other stores (the consent record)."""
         ...
 
@@ -114,7 +119,7 @@ class AccountRepository(Protocol):
 
     async def insert(
         self,
-        conn: AsyncConnection,
+        conn: SqlConnection,
         account: NewAccountRecord,
         keys: Sequence[IdentifierKey],
     ) -> None:
@@ -197,7 +202,7 @@ class SqlAccountRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+    def begin(self) -> AbstractAsyncContextManager[SqlConnection]:
         """One write transaction, shared with other stores (the consent record)."""
         return self._db.begin()
 
@@ -217,7 +222,7 @@ class SqlAccountRepository:
 
     async def insert(
         self,
-        conn: AsyncConnection,
+        conn: SqlConnection,
         account: NewAccountRecord,
         keys: Sequence[IdentifierKey],
     ) -> None:

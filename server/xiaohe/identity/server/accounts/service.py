@@ -50,8 +50,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from xiaohe.identity.server.accounts.identifiers import (
     IdentifierKind,
     IdType,
@@ -102,6 +100,7 @@ from xiaohe.identity.server.errors import (
     TicketInvalid,
 )
 from xiaohe.identity.server.privacy.policies import PolicyVersion
+from xiaohe.identity.server.storage.database import SqlConnection
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ class PolicyVersionSource(Protocol):
 
     async def record_consent(
         self,
-        conn: AsyncConnection,
+        conn: SqlConnection,
         account_id: str,
         version: int,
         client_id: str,

@@ -39,11 +39,10 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from xiaohe.identity.server import context
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.storage.database import Database, translate_errors, utc
+from xiaohe.identity.server.storage.database import Database, SqlConnection, translate_errors, utc
 from xiaohe.identity.server.storage.schema import audit_log
 
 GENESIS_HASH = "0" * 64
@@ -52,6 +51,10 @@ GENESIS_HASH = "0" * 64
 _PG_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"xiaohe.identity.audit_log").digest()[:8], "big", signed=True
 )
+
+# Built once: a hot path (every audited request) binds them without rebuilding.
+_CHAIN_HEAD = sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+_INSERT = audit_log.insert()
 
 _VERIFY_BATCH = 500
 _MAX_BATCH = 200
@@ -243,7 +246,7 @@ class AuditLog:
 
     async def record_in(
         self,
-        conn: AsyncConnection,
+        conn: SqlConnection,
         action: str,
         target: str,
         outcome: str,
@@ -262,7 +265,7 @@ class AuditLog:
         return seq
 
     async def _append(
-        self, conn: AsyncConnection, entries: list[tuple[dict[str, str], datetime]]
+        self, conn: SqlConnection, entries: list[tuple[dict[str, str], datetime]]
     ) -> list[int]:
         """Chain and insert entries in order under the appenders' lock; returns their seqs."""
         with translate_errors():
@@ -270,13 +273,7 @@ class AuditLog:
                 await conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY}
                 )
-            last = (
-                await conn.execute(
-                    sa.select(audit_log.c.seq, audit_log.c.hash)
-                    .order_by(audit_log.c.seq.desc())
-                    .limit(1)
-                )
-            ).first()
+            last = (await conn.execute(_CHAIN_HEAD)).first()
             seq = 0 if last is None else int(last.seq)
             prev_hash = GENESIS_HASH if last is None else str(last.hash)
             rows: list[dict[str, object]] = []
@@ -289,7 +286,7 @@ class AuditLog:
                 )
                 seqs.append(seq)
                 prev_hash = digest
-            await conn.execute(audit_log.insert(), rows)
+            await conn.execute(_INSERT, rows)
         return seqs
 
     async def _batches(self) -> AsyncIterator[list[AuditRecord]]:

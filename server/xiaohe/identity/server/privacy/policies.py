@@ -32,7 +32,6 @@ from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
@@ -41,7 +40,13 @@ from xiaohe.identity.server.errors import (
     InvalidArgument,
     NotFound,
 )
-from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
+from xiaohe.identity.server.storage.database import (
+    Database,
+    SqlConnection,
+    epoch,
+    translate_errors,
+    utc,
+)
 from xiaohe.identity.server.storage.schema import consents, policy_versions
 
 PACKAGED_POLICY_RESOURCE: Final[tuple[str, ...]] = ("data", "privacy-policy.v1.zh.md")
@@ -208,7 +213,7 @@ class PolicyStore:
 
     async def record_consent(
         self,
-        conn: AsyncConnection,
+        conn: SqlConnection,
         account_id: str,
         version: int,
         client_id: str,

@@ -28,10 +28,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from xiaohe.identity.server.sessions.models import RevokeReason, SessionRecord
-from xiaohe.identity.server.storage.database import Database, epoch, utc
+from xiaohe.identity.server.storage.database import Database, SqlConnection, epoch, utc
 from xiaohe.identity.server.storage.schema import refresh_tokens, sessions
 
 AMR_SEPARATOR = " "
@@ -143,14 +142,14 @@ def _record(row: sa.Row[Any]) -> SessionRecord:
     )
 
 
-async def _load(conn: AsyncConnection, session_id: str) -> SessionRecord | None:
+async def _load(conn: SqlConnection, session_id: str) -> SessionRecord | None:
     row = (
         await conn.execute(sa.select(sessions).where(sessions.c.session_id == session_id))
     ).first()
     return None if row is None else _record(row)
 
 
-async def _revoke_in(conn: AsyncConnection, session_id: str, now: float, reason: str) -> None:
+async def _revoke_in(conn: SqlConnection, session_id: str, now: float, reason: str) -> None:
     await conn.execute(
         sa.update(sessions)
         .where(sessions.c.session_id == session_id, sessions.c.revoked_at.is_(None))

@@ -1,54 +1,105 @@
-"""The SQL engine: SQLite (embedded default) or PostgreSQL, async, with the pragmas SQLite needs.
+"""The SQL store: SQLite (embedded default) run inline on the event loop, or PostgreSQL, async.
 
-Every worker process shares the SQLite file, so it runs in WAL mode with a busy
-timeout; writers are serialised by SQLite, readers never block. Connection
-failures surface as `Unavailable` (F2) through `translate_errors`.
+Callers see one interface: `Database.begin()` yields a `SqlConnection` inside one
+write transaction, `Database.connect()` one for reads, and `SqlConnection.execute`
+is awaited and returns a SQLAlchemy `CursorResult`. Connection failures surface
+as `Unavailable` (F2) through `translate_errors`.
+
+SQLite runs on SQLAlchemy's *synchronous* engine with the standard `sqlite3`
+driver, on the event loop thread. A statement on a warm page cache takes a few
+microseconds; handing it to a thread (aiosqlite) or through SQLAlchemy's async
+adaptation costs ten to forty times that, and the login path paid more for the
+hand-overs than for its queries. Two things could block the loop, and neither is
+allowed to:
+
+- Waiting for another process's lock. Every worker process shares the file, in
+  WAL mode (readers never block); the busy timeout is 0, and a statement refused
+  with SQLITE_BUSY, which had no effect, is retried after an `asyncio.sleep`
+  (backing off to 20 ms) until `LOCK_WAIT_SECONDS` pass. A write transaction
+  takes the write lock up front (`BEGIN IMMEDIATE`), so it cannot fail half-way
+  because another process committed in between. Within one process, writers
+  queue on an asyncio lock and share one long-lived connection; reads share
+  another, each SELECT on its own WAL snapshot.
+- Durable commits. WAL with `synchronous=NORMAL` appends to the log without an
+  fsync per commit; only the periodic checkpoint syncs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.base import Executable
 
 from xiaohe.identity.server.errors import Unavailable
-from xiaohe.identity.server.storage import inline_sqlite
+
+LOCK_WAIT_SECONDS: Final = 30.0
+_FIRST_BACKOFF: Final = 0.0005
+_MAX_BACKOFF: Final = 0.02
+
+Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+"""Bound values of one statement: a mapping, or a sequence of mappings (executemany)."""
+
+Outcome = CursorResult[*tuple[Any, ...]]
+"""What a statement returns: its rows, or for a change its `rowcount`."""
+
+T = TypeVar("T")
+
+
+class SqlConnection(Protocol):
+    """A connection as the stores use it: awaited statements.
+
+    Read a result's rows before the next `await`: on SQLite the rows come from a
+    cursor of a connection that other coroutines share.
+    """
+
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Outcome:
+        """Execute one statement (or one per parameter mapping) and return its result."""
+        ...
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether a database URL names SQLite."""
+    return url.startswith("sqlite")
+
+
+def sqlite_engine(url: str, *, busy_timeout: float = 0.0) -> Engine:
+    """A synchronous engine on the SQLite file of `url`, with WAL, foreign keys and no fsync.
+
+    The server uses busy_timeout 0 (lock waits are asynchronous retries, see the
+    module docstring); migrations, which run on their own thread, may block.
+    """
+    engine = sa.create_engine(
+        make_url(url).set(drivername="sqlite+pysqlite"),
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver: `Database.begin` issues BEGIN itself,
+        # and reads run without BEGIN (each SELECT sees a consistent snapshot of its own).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine for the URL; SQLite gets WAL, a busy timeout and foreign keys."""
-    if url.startswith("sqlite"):
-        # The inline driver (storage/inline_sqlite.py) replaces aiosqlite's thread per
-        # connection; it waits for other processes' locks without blocking the loop.
-        engine = create_async_engine(url, module=inline_sqlite.dbapi())
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Take transaction control from the driver so `begin` below decides the mode.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # Writers take the lock up front: a deferred read-then-write transaction can fail
-            # with SQLITE_BUSY when another worker process committed in between.
-            # Reads run without BEGIN: each SELECT sees a consistent WAL snapshot of its own.
-            if conn.get_execution_options().get("xh_write", False):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
+    """An async engine for a PostgreSQL URL; `?schema=NAME` sets the search path."""
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
     schema = parsed.query.get("schema")
@@ -76,58 +127,135 @@ def translate_errors() -> Iterator[None]:
         raise Unavailable("the database is temporarily unavailable") from exc
 
 
-class Database:
-    """Owns the engine; `begin()` yields a connection inside one transaction."""
+def _is_busy(exc: BaseException) -> bool:
+    original = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(original, sqlite3.OperationalError):
+        return False
+    text = str(original).lower()
+    return "database is locked" in text or "database is busy" in text
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self._writer = engine.execution_options(xh_write=True)
-        # SQLite has one writer at a time. This process's writers queue on a lock and share
-        # one long-lived connection (no pool checkout per write); other processes' writers
-        # are waited for by the driver's asynchronous retry (storage/inline_sqlite.py).
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
-        self._write_conn: AsyncConnection | None = None
+
+async def _retry_busy(operation: Callable[[], T]) -> T:
+    """Run a SQLite operation; while another process holds the lock, sleep and retry."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = _FIRST_BACKOFF
+    while True:
+        try:
+            return operation()
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _MAX_BACKOFF)
+
+
+class _InlineConnection:
+    """A synchronous SQLite connection behind the awaited interface; statements run inline."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Outcome:
+        return await _retry_busy(lambda: self._conn.execute(statement, parameters))
+
+
+class _AsyncConnection:
+    """An asyncio SQLAlchemy connection (PostgreSQL) behind the same interface."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._conn = connection
+
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Outcome:
+        return await self._conn.execute(statement, parameters)
+
+
+class Database:
+    """The SQL store; `begin()` yields a connection inside one transaction, `connect()` reads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        self._sqlite: Engine | None = None
+        self._engine: AsyncEngine | None = None
+        if is_sqlite(url):
+            self._sqlite = sqlite_engine(url)
+        else:
+            self._engine = create_engine(url)
+        # SQLite has one writer at a time: this process's writers queue here.
+        self._write_lock = asyncio.Lock()
+        self._writer: Connection | None = None
+        self._reader: Connection | None = None
 
     @classmethod
     def from_url(cls, url: str) -> Database:
-        """A Database for a SQLAlchemy URL."""
-        return cls(create_engine(url))
+        """A Database for a SQLAlchemy URL (`sqlite+aiosqlite://` or `postgresql+asyncpg://`)."""
+        return cls(url)
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction; committed on success, rolled back on error."""
+    async def begin(self) -> AsyncIterator[SqlConnection]:
+        """One write transaction; committed on success, rolled back on error."""
         with translate_errors():
-            if self._write_lock is None:
-                async with self._writer.begin() as conn:
-                    yield conn
+            if self._engine is not None:
+                async with self._engine.begin() as conn:
+                    yield _AsyncConnection(conn)
                 return
-            async with self._write_lock:
-                if self._write_conn is None:
-                    self._write_conn = await self._writer.connect()
-                conn = self._write_conn
-                try:
-                    async with conn.begin():
-                        yield conn
-                except BaseException:
-                    if conn.invalidated:
-                        self._write_conn = None
-                        await conn.close()
-                    raise
-
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection without an explicit transaction (reads)."""
-        with translate_errors():
-            async with self.engine.connect() as conn:
+            async with self._write_lock, self._sqlite_transaction() as conn:
                 yield conn
 
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[SqlConnection]:
+        """A connection without an explicit transaction (reads)."""
+        with translate_errors():
+            if self._engine is not None:
+                async with self._engine.connect() as conn:
+                    yield _AsyncConnection(conn)
+                return
+            if self._reader is None:
+                self._reader = self._sqlite_connect()
+            yield _InlineConnection(self._reader)
+
     async def close(self) -> None:
-        """Close the writer connection and dispose the pool."""
-        if self._write_conn is not None:
-            await self._write_conn.close()
-            self._write_conn = None
-        await self.engine.dispose()
+        """Close the connections and dispose the engine."""
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                conn.close()
+        self._writer = self._reader = None
+        if self._sqlite is not None:
+            self._sqlite.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    def _sqlite_connect(self) -> Connection:
+        assert self._sqlite is not None
+        return self._sqlite.connect()
+
+    @asynccontextmanager
+    async def _sqlite_transaction(self) -> AsyncIterator[SqlConnection]:
+        """BEGIN IMMEDIATE on the writer connection, waiting asynchronously for other processes."""
+        if self._writer is None:
+            self._writer = self._sqlite_connect()
+        conn = self._writer
+        try:
+            await _retry_busy(lambda: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            yield _InlineConnection(conn)
+            # COMMIT on the driver, where SQLITE_BUSY can be retried; then end SQLAlchemy's
+            # own view of the transaction (the driver has nothing left to commit).
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            await _retry_busy(raw.commit)
+            conn.commit()
+        except BaseException:
+            self._roll_back(conn)
+            raise
+
+    def _roll_back(self, conn: Connection) -> None:
+        """Undo the writer's transaction; a connection that cannot roll back is replaced."""
+        try:
+            conn.rollback()
+        except Exception:
+            self._writer = None
+            conn.invalidate()
+            conn.close()
 
 
 def utc(ts: float) -> datetime:
@@ -142,4 +270,16 @@ def epoch(dt: datetime) -> float:
     return dt.timestamp()
 
 
-__all__ = ["Database", "create_engine", "epoch", "sa", "translate_errors", "utc"]
+__all__ = [
+    "Database",
+    "Outcome",
+    "Parameters",
+    "SqlConnection",
+    "create_engine",
+    "epoch",
+    "is_sqlite",
+    "sa",
+    "sqlite_engine",
+    "translate_errors",
+    "utc",
+]

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations over the async engine the server uses."""
+"""Alembic environment: runs migrations over the engine the server uses for the URL."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from xiaohe.identity.server.storage.database import create_engine
+from xiaohe.identity.server.storage.database import create_engine, is_sqlite, sqlite_engine
 from xiaohe.identity.server.storage.schema import metadata
 
 config = context.config
+# Migrations run on their own thread (storage/migrate.py), so they may wait for a lock.
+SQLITE_BUSY_TIMEOUT = 30.0
 
 
 def _run(connection: Connection) -> None:
@@ -19,12 +21,24 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _main() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+def _sqlite(url: str) -> None:
+    engine = sqlite_engine(url, busy_timeout=SQLITE_BUSY_TIMEOUT)
+    with engine.connect() as conn:
+        _run(conn)
+        conn.commit()
+    engine.dispose()
+
+
+async def _postgres(url: str) -> None:
+    engine = create_engine(url)
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()
     await engine.dispose()
 
 
-asyncio.run(_main())
+_url = config.get_main_option("sqlalchemy.url") or ""
+if is_sqlite(_url):
+    _sqlite(_url)
+else:
+    asyncio.run(_postgres(_url))
