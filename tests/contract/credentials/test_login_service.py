@@ -10,6 +10,7 @@ operations of each path (B1, B3); audit and metrics are recording fakes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -447,6 +448,30 @@ async def test_a_success_clears_the_failure_count(env: LoginEnv) -> None:
         for _ in range(9):
             await env.refused()
         await env.login()
+
+
+class SettleFails(LoginThrottle):
+    """The real throttle, except that settling a success finds Redis gone."""
+
+    async def record_success(self, account_id: str, ip: str, reservation: str) -> None:
+        raise Unavailable("redis went away")
+
+
+async def test_a_right_password_logs_in_when_clearing_failures_fails(
+    env: LoginEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The password was verified: a Redis error while settling only logs, and the
+    reservation stays counted as a failure (the safe side)."""
+    account_id = await env.register()
+    service = env.make(throttle=SettleFails(env.redis, env.clock, ip_key=b"i" * 32))
+    with caplog.at_level(logging.WARNING):
+        result = await env.login(service=service)
+    assert result.session.account_id == account_id
+    assert env.audit.records == [("auth.login.password", account_id, "ok")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"login of account {account_id}: failures not cleared (Unavailable)"]
+    # The reservation is still in the account's hourly window, counted like a failure.
+    assert await env.redis.zcard(f"xh:login:{{acct:{account_id}}}:window") == 1
 
 
 async def test_unknown_wrong_and_locked_look_the_same(env: LoginEnv) -> None:

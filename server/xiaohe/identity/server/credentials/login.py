@@ -22,8 +22,11 @@ Password login, in order:
 4. Throttle (SECURITY.md B1, B2; `lockout.LoginThrottle`). A refused admission
    (locked pair, spent hourly budget) still costs one dummy verify, then the
    same InvalidCredentials (B3).
-5. Verify. Wrong → the failure is recorded, InvalidCredentials. Right → this
-   IP's failures are cleared. An account that is not active gets
+5. Verify. Wrong → the failure is recorded, InvalidCredentials. Right → the
+   reservation is freed and this IP's failures are cleared, concurrently with
+   the steps below; if Redis fails at that point the login still succeeds (the
+   password was right) and the reservation stays counted as a failure, which
+   errs on the safe side. An account that is not active gets
    InvalidCredentials *after* the verify, so its status does not show in the
    timing either.
 6. Rehash (P4) when the stored hash has other parameters; a failure to rehash
@@ -51,6 +54,7 @@ and counted in metrics; malformed requests are only counted.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Collection
@@ -301,8 +305,16 @@ class LoginService:
         """
         attempt = _Attempt()
         try:
-            account = await self._authenticate(attempt, identifier, kind, password, ip)
-            result = await self._start(account, ("pwd",), audience, client_id, ip, user_agent)
+            account, reservation = await self._authenticate(attempt, identifier, kind, password, ip)
+            settling = await self._settle(account.account_id, ip, reservation)
+            try:
+                if account.status != AccountStatus.ACTIVE:
+                    attempt.outcome = "account_inactive"
+                    raise InvalidCredentials()
+                await self._rehash_if_needed(account, password)
+                result = await self._start(account, ("pwd",), audience, client_id, ip, user_agent)
+            finally:
+                await settling
         except Exception as exc:
             await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.failed(exc))
             raise
@@ -351,8 +363,8 @@ class LoginService:
         kind: IdentifierKind,
         password: str,
         ip: str,
-    ) -> AccountCredentials:
-        """Steps 1-6: the account whose password this is, or an exception."""
+    ) -> tuple[AccountCredentials, str]:
+        """Steps 1-5: the account whose password this is and its reservation, or an exception."""
         resolved = self._check_request(attempt, identifier, kind, password)
         normalised = self._normalise(identifier, resolved)
         account = None
@@ -370,12 +382,7 @@ class LoginService:
             await self._throttle.record_failure(account.account_id, ip, admission.reservation)
             attempt.outcome = "invalid_credentials"
             raise InvalidCredentials()
-        await self._throttle.record_success(account.account_id, ip, admission.reservation)
-        if account.status != AccountStatus.ACTIVE:
-            attempt.outcome = "account_inactive"
-            raise InvalidCredentials()
-        await self._rehash_if_needed(account, password)
-        return account
+        return account, admission.reservation
 
     def _check_request(
         self, attempt: _Attempt, identifier: str, kind: IdentifierKind | int, password: str
@@ -454,6 +461,28 @@ class LoginService:
             # Refused before any work was queued: nothing was evaluated, refund the slot.
             await self._throttle.release(account.account_id, ip, reservation)
             raise
+
+    async def _settle(self, account_id: str, ip: str, reservation: str) -> asyncio.Task[None]:
+        """Step 5, right password: free the reservation and clear this IP's failures.
+
+        It runs while the session is made (its script is sent before this returns),
+        and a failure only logs: the password was right, and a reservation left in
+        place counts as one more failure, which errs on the safe side.
+        """
+
+        async def settle() -> None:
+            try:
+                await self._throttle.record_success(account_id, ip, reservation)
+            except Exception as exc:
+                logger.warning(
+                    "login of account %s: failures not cleared (%s)",
+                    account_id,
+                    type(exc).__name__,
+                )
+
+        task = asyncio.create_task(settle())
+        await asyncio.sleep(0)  # one loop turn: the script goes out before the SQL work
+        return task
 
     async def _rehash_if_needed(self, account: AccountCredentials, password: str) -> None:
         """Step 6 (P4): store a hash with the current parameters; failures only log."""
