@@ -38,6 +38,7 @@ from tests.contract.accounts.conftest import (
 from xiaohe.identity.server.accounts.identifiers import IdentifierKind
 from xiaohe.identity.server.accounts.models import AccountCredentials
 from xiaohe.identity.server.accounts.service import AccountService
+from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import Purpose
 from xiaohe.identity.server.codes.service import TicketService, new_ticket
@@ -448,6 +449,32 @@ async def test_a_success_clears_the_failure_count(env: LoginEnv) -> None:
         for _ in range(9):
             await env.refused()
         await env.login()
+
+
+async def test_a_login_and_its_audit_record_commit_together(env: LoginEnv) -> None:
+    """I7: the real audit log holds the success in the session's transaction; when the
+    record cannot be written, no session is stored and the login fails."""
+    account_id = await env.register()
+    log = AuditLog(env.accounts.database, env.clock)
+    result = await env.login(service=env.make(audit=log))
+    records = await log.query(action="auth.login.password")
+    assert [(r.target, r.outcome) for r in records] == [(account_id, "ok")]
+    assert [s.session_id for s in await env.sessions.list_sessions(account_id)] == [
+        result.session.session_id
+    ]
+    assert (await log.verify_chain()).intact
+
+    class Unwritable(AuditLog):
+        async def record_in(self, conn: Any, action: str, target: str, outcome: str) -> int:
+            raise Unavailable("the audit log is temporarily unavailable")
+
+    with pytest.raises(Unavailable):
+        await env.login(service=env.make(audit=Unwritable(env.accounts.database, env.clock)))
+    assert len(await env.sessions.list_sessions(account_id)) == 1
+    assert [(r.target, r.outcome) for r in await log.query(action="auth.login.password")] == [
+        (account_id, "ok"),
+        (account_id, "unavailable"),
+    ]
 
 
 class SettleFails(LoginThrottle):

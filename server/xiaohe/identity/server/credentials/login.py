@@ -82,6 +82,7 @@ from xiaohe.identity.server.errors import (
 )
 from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
+from xiaohe.identity.server.storage.database import InTransaction, SqlConnection
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,19 @@ class SessionIssuer(Protocol):
         client_id: str,
         ip_masked: str = "",
         user_agent: str = "",
+        within: InTransaction | None = None,
     ) -> IssuedSession:
-        """Start a session and return its first tokens."""
+        """Start a session and return its first tokens; `within` runs in its transaction."""
+        ...
+
+
+class LoginAudit(AuditSink, Protocol):
+    """The audit log (`audit.log.AuditLog`), which can also record inside a transaction."""
+
+    async def record_in(
+        self, conn: SqlConnection, action: str, target: str, outcome: str
+    ) -> object:
+        """Append one audit record inside the caller's write transaction."""
         ...
 
 
@@ -244,6 +256,7 @@ class _Attempt:
     target: str = UNKNOWN_SUBJECT
     outcome: str = ""
     audited: bool = True
+    recorded: bool = False
 
     def failed(self, exc: Exception) -> _Attempt:
         """Settle the outcome of a failed attempt: the one set on the way, else the error's."""
@@ -269,7 +282,7 @@ class LoginService:
         throttle: Throttle,
         policies: PolicyVersions,
         clock: Clock,
-        audit: AuditSink | None = None,
+        audit: LoginAudit | None = None,
         metrics: LoginMetrics | None = None,
         allowed_country_codes: Collection[str] = ("86",),
     ) -> None:
@@ -312,7 +325,9 @@ class LoginService:
                     attempt.outcome = "account_inactive"
                     raise InvalidCredentials()
                 await self._rehash_if_needed(account, password)
-                result = await self._start(account, ("pwd",), audience, client_id, ip, user_agent)
+                result = await self._start(
+                    attempt, PASSWORD_ACTION, account, ("pwd",), audience, client_id, ip, user_agent
+                )
             finally:
                 await settling
         except Exception as exc:
@@ -347,7 +362,9 @@ class LoginService:
                 attempt.outcome = "account_inactive"
                 raise TicketInvalid()
             await self._throttle.clear(account.account_id, ip)
-            result = await self._start(account, ("sms",), audience, client_id, ip, user_agent)
+            result = await self._start(
+                attempt, SMS_ACTION, account, ("sms",), audience, client_id, ip, user_agent
+            )
         except Exception as exc:
             await self._observe(SMS_ACTION, SMS_METHOD, attempt.failed(exc))
             raise
@@ -509,6 +526,8 @@ class LoginService:
 
     async def _start(
         self,
+        attempt: _Attempt,
+        action: str,
         account: AccountCredentials,
         amr: tuple[str, ...],
         audience: str,
@@ -516,7 +535,22 @@ class LoginService:
         ip: str,
         user_agent: str,
     ) -> LoginResult:
-        """Step 7: a session for the account and its next step."""
+        """Step 7: a session for the account and its next step.
+
+        The success is audited in the transaction that stores the session, so
+        neither exists without the other; nothing after that can fail.
+        """
+        current = await self._policies.current()
+        next_step = NextStep.NONE
+        if account.accepted_policy_version < current.version:
+            next_step = NextStep.CONSENT_REQUIRED
+        audit = self._audit
+        within: InTransaction | None = None
+        if audit is not None:
+
+            async def within(conn: SqlConnection) -> None:
+                await audit.record_in(conn, action, account.account_id, "ok")
+
         session = await self._sessions.create(
             SessionSubject(
                 account_id=account.account_id,
@@ -528,11 +562,10 @@ class LoginService:
             client_id=client_id,
             ip_masked=mask_ip(ip),
             user_agent=user_agent,
+            within=within,
         )
-        current = await self._policies.current()
-        if account.accepted_policy_version < current.version:
-            return LoginResult(session=session, next_step=NextStep.CONSENT_REQUIRED)
-        return LoginResult(session=session, next_step=NextStep.NONE)
+        attempt.recorded = within is not None
+        return LoginResult(session=session, next_step=next_step)
 
     async def _observe(self, action: str, method: str, attempt: _Attempt) -> None:
         """Count the attempt, and audit it unless the request was malformed."""
@@ -541,7 +574,7 @@ class LoginService:
                 self._metrics.login(method, attempt.outcome)
             except Exception:
                 logger.warning("login metrics failed", exc_info=True)
-        if self._audit is None or not attempt.audited:
+        if self._audit is None or not attempt.audited or attempt.recorded:
             return
         try:
             await self._audit.record(action, attempt.target, attempt.outcome)
@@ -555,6 +588,7 @@ __all__ = [
     "UNKNOWN_SUBJECT",
     "AuditSink",
     "CredentialStore",
+    "LoginAudit",
     "LoginMetrics",
     "LoginResult",
     "LoginService",

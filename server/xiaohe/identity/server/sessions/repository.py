@@ -30,7 +30,13 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from xiaohe.identity.server.sessions.models import RevokeReason, SessionRecord
-from xiaohe.identity.server.storage.database import Database, SqlConnection, epoch, utc
+from xiaohe.identity.server.storage.database import (
+    Database,
+    InTransaction,
+    SqlConnection,
+    epoch,
+    utc,
+)
 from xiaohe.identity.server.storage.schema import refresh_tokens, sessions
 
 AMR_SEPARATOR = " "
@@ -70,8 +76,10 @@ class RevokedSession:
 class SessionRepository(Protocol):
     """What the session service needs from storage."""
 
-    async def create(self, session: SessionRecord, refresh_token_hash: str) -> None:
-        """Store a new session and its first refresh token in one transaction."""
+    async def create(
+        self, session: SessionRecord, refresh_token_hash: str, within: InTransaction | None = None
+    ) -> None:
+        """Store a new session and its first refresh token (and run `within`) in one transaction."""
         ...
 
     async def rotate(
@@ -173,8 +181,10 @@ class SqlSessionRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def create(self, session: SessionRecord, refresh_token_hash: str) -> None:
-        """Store a new session and its first refresh token in one transaction."""
+    async def create(
+        self, session: SessionRecord, refresh_token_hash: str, within: InTransaction | None = None
+    ) -> None:
+        """Store a new session and its first refresh token (and run `within`) in one transaction."""
         # Static statements with parameters: compiled once, then only bound (a hot path).
         async with self._db.begin() as conn:
             await conn.execute(
@@ -204,6 +214,8 @@ class SqlSessionRepository:
                     "used_at": None,
                 },
             )
+            if within is not None:
+                await within(conn)
 
     async def rotate(
         self,

@@ -67,7 +67,7 @@ from xiaohe.identity.server.sessions.repository import (
 )
 from xiaohe.identity.server.sessions.revocations import DEFAULT_LEEWAY
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
-from xiaohe.identity.server.storage.database import Database
+from xiaohe.identity.server.storage.database import Database, InTransaction
 from xiaohe.identity.server.storage.schema import accounts
 
 REFRESH_TOKEN_PREFIX = "xhr_"  # noqa: S105 - a prefix, not a secret
@@ -153,11 +153,13 @@ class SessionService:
         client_id: str,
         ip_masked: str = "",
         user_agent: str = "",
+        within: InTransaction | None = None,
     ) -> IssuedSession:
         """Start a session for an authenticated subject; returns its first tokens.
 
         `amr` lists the methods used (`pwd`, `sms`, …); `ip_masked` must already
-        be masked; an empty `audience` means the default audience.
+        be masked; an empty `audience` means the default audience. `within` runs
+        in the transaction that stores the session (the login's audit record).
         """
         audience = audience or self._default_audience
         if not amr or not all(_AMR_SHAPE.fullmatch(m) for m in amr):
@@ -181,7 +183,7 @@ class SessionService:
             idle_expires_at=now + self._lifetimes.idle,
             absolute_expires_at=now + self._lifetimes.absolute,
         )
-        await self._repo.create(session, hash_refresh_token(refresh_token))
+        await self._repo.create(session, hash_refresh_token(refresh_token), within)
         return self._issue(session, subject, audience, refresh_token, now)
 
     async def refresh(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
@@ -90,7 +90,9 @@ def sqlite_engine(url: str, *, busy_timeout: float = 0.0) -> Engine:
         # and reads run without BEGIN (each SELECT sees a consistent snapshot of its own).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL takes a lock even when the file is in WAL already; ask first.
+        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -147,6 +149,10 @@ async def _retry_busy(operation: Callable[[], T]) -> T:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, _MAX_BACKOFF)
+
+
+InTransaction = Callable[[SqlConnection], Awaitable[object]]
+"""More work for a store to do inside its own write transaction (an audit record, say)."""
 
 
 class _InlineConnection:
@@ -211,7 +217,7 @@ class Database:
                     yield _AsyncConnection(conn)
                 return
             if self._reader is None:
-                self._reader = self._sqlite_connect()
+                self._reader = await self._sqlite_connect()
             yield _InlineConnection(self._reader)
 
     async def close(self) -> None:
@@ -225,15 +231,17 @@ class Database:
         if self._engine is not None:
             await self._engine.dispose()
 
-    def _sqlite_connect(self) -> Connection:
-        assert self._sqlite is not None
-        return self._sqlite.connect()
+    async def _sqlite_connect(self) -> Connection:
+        """A new connection; its set-up may meet another process's lock like any statement."""
+        engine = self._sqlite
+        assert engine is not None
+        return await _retry_busy(engine.connect)
 
     @asynccontextmanager
     async def _sqlite_transaction(self) -> AsyncIterator[SqlConnection]:
         """BEGIN IMMEDIATE on the writer connection, waiting asynchronously for other processes."""
         if self._writer is None:
-            self._writer = self._sqlite_connect()
+            self._writer = await self._sqlite_connect()
         conn = self._writer
         try:
             await _retry_busy(lambda: conn.exec_driver_sql("BEGIN IMMEDIATE"))
@@ -272,6 +280,7 @@ def epoch(dt: datetime) -> float:
 
 __all__ = [
     "Database",
+    "InTransaction",
     "Outcome",
     "Parameters",
     "SqlConnection",
