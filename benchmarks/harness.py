@@ -43,6 +43,11 @@ async def measure_async(
     return Rate(name, count / (time.perf_counter() - started))
 
 
+def mean_rate(rates: list[Rate]) -> Rate:
+    """The mean of rates measured over equal durations (one name)."""
+    return Rate(rates[0].name, sum(r.per_second for r in rates) / len(rates))
+
+
 def measure_sync(name: str, op: Callable[[], object], *, seconds: float) -> Rate:
     """Call `op` in a loop for `seconds`; count calls."""
     for _ in range(10):
