@@ -197,6 +197,19 @@ async def test_inflight_reservations_survive_a_success_and_release_refunds(
     assert not (await t.admit(ACCOUNT, IP_B)).admitted
 
 
+async def test_touch_changes_nothing(redis_client: aioredis.Redis, clock: FakeClock) -> None:
+    """B3: the round trip a refused attempt makes neither counts, clears nor locks."""
+    t = throttle(redis_client, clock, failures_per_account_hour=4, failures_per_account_ip=2)
+    await fail(t, IP_A)
+    before = {k: await redis_client.dump(k) for k in await redis_client.keys("xh:login:*")}
+    for _ in range(5):
+        await t.touch(ACCOUNT, IP_A)
+        await t.touch(ACCOUNT, IP_B)
+    after = {k: await redis_client.dump(k) for k in await redis_client.keys("xh:login:*")}
+    assert after == before
+    assert await fail(t, IP_A) == 60  # the earlier failure still counts towards the lock
+
+
 async def test_keys_share_one_slot_and_hold_no_raw_ip(
     redis_client: aioredis.Redis, clock: FakeClock
 ) -> None:

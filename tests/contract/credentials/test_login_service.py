@@ -43,7 +43,12 @@ from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import Purpose
 from xiaohe.identity.server.codes.service import TicketService, new_ticket
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
-from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle
+from xiaohe.identity.server.credentials.lockout import (
+    Admission,
+    FailureOutcome,
+    LockoutPolicy,
+    LoginThrottle,
+)
 from xiaohe.identity.server.credentials.login import (
     LoginResult,
     LoginService,
@@ -124,6 +129,30 @@ class RecordingMetrics:
         self.logins.append((method, outcome))
 
 
+class CountingThrottle(LoginThrottle):
+    """The real throttle, counting its round trips to Redis."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scripts = 0
+
+    async def admit(self, account_id: str, ip: str) -> Admission:
+        self.scripts += 1
+        return await super().admit(account_id, ip)
+
+    async def record_failure(self, account_id: str, ip: str, reservation: str) -> FailureOutcome:
+        self.scripts += 1
+        return await super().record_failure(account_id, ip, reservation)
+
+    async def record_success(self, account_id: str, ip: str, reservation: str) -> None:
+        self.scripts += 1
+        await super().record_success(account_id, ip, reservation)
+
+    async def touch(self, account_id: str, ip: str) -> None:
+        self.scripts += 1
+        await super().touch(account_id, ip)
+
+
 @dataclass
 class LoginEnv:
     """A LoginService on real stores, and what tests inspect."""
@@ -137,8 +166,10 @@ class LoginEnv:
     redis: aioredis.Redis
     clock: FakeClock
     service: LoginService = field(init=False)
+    throttle: CountingThrottle = field(init=False)
 
     def __post_init__(self) -> None:
+        self.throttle = CountingThrottle(self.redis, self.clock, LockoutPolicy(), ip_key=b"i" * 32)
         self.service = self.make()
 
     def make(self, **overrides: Any) -> LoginService:
@@ -148,7 +179,7 @@ class LoginEnv:
             "sessions": self.sessions,
             "tickets": self.accounts.service_kwargs["tickets"],
             "hasher": self.hasher,
-            "throttle": LoginThrottle(self.redis, self.clock, LockoutPolicy(), ip_key=b"i" * 32),
+            "throttle": self.throttle,
             "policies": self.accounts.policies,
             "clock": self.clock,
             "audit": self.audit,
@@ -503,8 +534,8 @@ async def test_a_right_password_logs_in_when_clearing_failures_fails(
 
 async def test_unknown_wrong_and_locked_look_the_same(env: LoginEnv) -> None:
     """B3: unknown identifier, wrong password, locked account (and a malformed identifier or an
-    inactive account) raise the same error and message, each after exactly one Argon2 operation;
-    unknown and locked use the dummy verify."""
+    inactive account) raise the same error and message, each after exactly one Argon2 operation
+    and two throttle scripts; unknown and locked use the dummy verify."""
     account_id = await env.register()
     inactive_id = (await env.accounts.register(legal_command())).account_id
     await env.set_status(inactive_id, "deactivated")
@@ -513,9 +544,11 @@ async def test_unknown_wrong_and_locked_look_the_same(env: LoginEnv) -> None:
 
     async def one(expect_dummy: bool, **kwargs: Any) -> tuple[str, str, str]:
         verifies, dummies = env.hasher.verifies, env.hasher.dummies
+        scripts = env.throttle.scripts
         error = await env.refused(**kwargs)
         assert env.hasher.verifies + env.hasher.dummies - verifies - dummies == 1
         assert env.hasher.dummies - dummies == (1 if expect_dummy else 0)
+        assert env.throttle.scripts - scripts == 2  # the same Redis round trips, too
         return type(error).__name__, error.reason, str(error)
 
     answers = {
@@ -543,6 +576,25 @@ async def test_unknown_wrong_and_locked_look_the_same(env: LoginEnv) -> None:
     ]
     for _, target, _ in env.audit.records:
         assert target in {account_id, inactive_id, "unknown"}
+
+
+async def test_unknown_identifiers_cost_the_same_once_their_budget_is_spent(
+    env: LoginEnv,
+) -> None:
+    """B3: every unknown identifier shares one hourly budget; once it is spent, an unknown
+    identifier is refused, and that refusal costs what a wrong password for a real account
+    costs (one Argon2 operation, two throttle scripts)."""
+    await env.register()
+    for i in range(100):  # ten addresses, so no (account, IP) lock is reached first
+        await env.refused(identifier=f"nobody_{i}", ip=f"192.0.2.{i // 10}")
+
+    async def cost(**kwargs: Any) -> tuple[int, int]:
+        operations, scripts = env.hasher.operations, env.throttle.scripts
+        await env.refused(**kwargs)
+        return env.hasher.operations - operations, env.throttle.scripts - scripts
+
+    assert await cost(identifier="nobody_else") == await cost() == (1, 2)
+    assert [o for _, _, o in env.audit.records[-2:]] == ["rate_limited", "invalid_credentials"]
 
 
 async def test_an_unevaluated_attempt_is_refunded(env: LoginEnv) -> None:

@@ -181,6 +181,11 @@ _RELEASE_LUA = r"""
 return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
+# KEYS: the keys `_FAILURE_LUA` reads. Reads them and changes nothing.
+_TOUCH_LUA = r"""
+return redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+"""
+
 
 @dataclass(frozen=True)
 class LockoutPolicy:
@@ -271,6 +276,7 @@ class LoginThrottle:
         self._failure = redis.register_script(_FAILURE_LUA)
         self._clear = redis.register_script(_CLEAR_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._touch = redis.register_script(_TOUCH_LUA)
 
     def __repr__(self) -> str:
         return f"LoginThrottle({self._policy!r})"
@@ -354,6 +360,17 @@ class LoginThrottle:
         await run_script(
             self._release, [keys.window], [keys.pending(_check_reservation(reservation))]
         )
+
+    async def touch(self, account_id: str, ip: str) -> None:
+        """One round trip over the keys `record_failure` uses, changing nothing (B3).
+
+        A refused attempt makes it after its dummy verify, so that a refusal (a
+        locked pair, a spent hourly budget, the full window of the shared
+        pseudo-account of unknown identifiers) costs what a wrong password costs:
+        one Argon2 verify and two scripts.
+        """
+        keys = self._keys(account_id, self.ip_tag(ip))
+        await run_script(self._touch, [keys.window, keys.failures, keys.history, keys.lock], [])
 
     async def _run_clear(self, account_id: str, ip: str, reservation: str | None) -> None:
         keys = self._keys(account_id, self.ip_tag(ip))

@@ -20,8 +20,8 @@ Password login, in order:
    Unavailable, not an enumeration oracle), a dummy Argon2 verify spends the
    time of a real one, the failure is recorded, and InvalidCredentials follows.
 4. Throttle (SECURITY.md B1, B2; `lockout.LoginThrottle`). A refused admission
-   (locked pair, spent hourly budget) still costs one dummy verify, then the
-   same InvalidCredentials (B3).
+   (locked pair, spent hourly budget) still costs one dummy verify and a second
+   script that changes nothing (`touch`), then the same InvalidCredentials (B3).
 5. Verify. Wrong → the failure is recorded, InvalidCredentials. Right → the
    reservation is freed and this IP's failures are cleared, concurrently with
    the steps below; if Redis fails at that point the login still succeeds (the
@@ -37,8 +37,8 @@ Password login, in order:
    accepted an older privacy policy version (I3).
 
 So unknown identifier, wrong password and locked account each cost exactly one
-Argon2 operation and raise the same InvalidCredentials with the same message
-(B3). If the hasher's queue is full, every path raises Overloaded alike, and a
+Argon2 operation and two throttle scripts, and raise the same InvalidCredentials
+with the same message (B3). If the hasher's queue is full, every path raises Overloaded alike, and a
 reservation whose password was never evaluated is refunded.
 
 SMS login consumes a LOGIN ticket (SMS channel) and logs in the account that
@@ -71,7 +71,7 @@ from xiaohe.identity.server.accounts.models import AccountCredentials, AccountSt
 from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
-from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome
+from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
 from xiaohe.identity.server.errors import (
     FieldViolation,
     IdentityError,
@@ -209,6 +209,10 @@ class Throttle(Protocol):
 
     async def release(self, account_id: str, ip: str, reservation: str) -> None:
         """Refund a reservation that was never evaluated."""
+        ...
+
+    async def touch(self, account_id: str, ip: str) -> None:
+        """Cost what `record_failure` costs, changing nothing (a refusal's timing, B3)."""
         ...
 
 
@@ -392,9 +396,7 @@ class LoginService:
         attempt.target = account.account_id
         admission = await self._throttle.admit(account.account_id, ip)
         if admission.refusal is not None:
-            await self._hasher.dummy_verify(password)
-            attempt.outcome = admission.refusal.value
-            raise InvalidCredentials()
+            await self._refuse(attempt, admission.refusal, account.account_id, password, ip)
         if not await self._verify(account, password, ip, admission.reservation):
             await self._throttle.record_failure(account.account_id, ip, admission.reservation)
             attempt.outcome = "invalid_credentials"
@@ -450,9 +452,7 @@ class LoginService:
         """Step 3: the known-account path against the shared pseudo-account; always raises."""
         admission = await self._throttle.admit(UNKNOWN_SUBJECT, ip)
         if admission.refusal is not None:
-            await self._hasher.dummy_verify(password)
-            attempt.outcome = admission.refusal.value
-            raise InvalidCredentials()
+            await self._refuse(attempt, admission.refusal, UNKNOWN_SUBJECT, password, ip)
         try:
             await self._hasher.dummy_verify(password)
         except Overloaded:
@@ -460,6 +460,16 @@ class LoginService:
             raise
         await self._throttle.record_failure(UNKNOWN_SUBJECT, ip, admission.reservation)
         attempt.outcome = "invalid_credentials"
+        raise InvalidCredentials()
+
+    async def _refuse(
+        self, attempt: _Attempt, refusal: Refusal, subject: str, password: str, ip: str
+    ) -> NoReturn:
+        """Step 4, refused: the work of a wrong password (a verify, a second script), then
+        InvalidCredentials; nothing is evaluated or counted."""
+        await self._hasher.dummy_verify(password)
+        await self._throttle.touch(subject, ip)
+        attempt.outcome = refusal.value
         raise InvalidCredentials()
 
     async def _verify(
