@@ -48,9 +48,10 @@ class QueuedMessage:
 
 @dataclass
 class ListQueue:
-    """A MessageQueue that appends to a list, or fails like an unreachable outbox."""
+    """A MessageQueue that appends to lists, or fails like an unreachable outbox."""
 
     messages: list[QueuedMessage] = field(default_factory=list)
+    withheld: list[tuple[str, str]] = field(default_factory=list)
     unavailable: bool = False
 
     async def enqueue(self, channel: str, destination: str, purpose: str, text: str) -> str:
@@ -59,6 +60,13 @@ class ListQueue:
             raise Unavailable()
         self.messages.append(QueuedMessage(channel, destination, purpose, text))
         return f"msg-{len(self.messages)}"
+
+    async def withhold(self, channel: str, purpose: str) -> str:
+        """Remember a message that was not sent."""
+        if self.unavailable:
+            raise Unavailable()
+        self.withheld.append((channel, purpose))
+        return f"withheld-{len(self.withheld)}"
 
     def last_code(self) -> str:
         """The code in the most recent message."""

@@ -316,6 +316,7 @@ async def test_recipient_filter_silences_delivery_but_not_the_limits(
         IssueCodeCommand(Channel.SMS, OTHER_PHONE, Purpose.RESET_PASSWORD)
     )
     assert len(h.queue.messages) == 1
+    assert h.queue.withheld == [("SMS", "RESET_PASSWORD")]  # the same write, without a payload
     assert seen[-1] == (Channel.SMS, OTHER_PHONE, Purpose.RESET_PASSWORD)
     assert dataclasses.replace(unknown, code_id="") == dataclasses.replace(known, code_id="")
     assert len(unknown.code_id) == len(known.code_id)

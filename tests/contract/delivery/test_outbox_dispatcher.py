@@ -480,6 +480,33 @@ async def test_purge_removes_only_old_finished_rows(
     assert old not in left
 
 
+async def test_a_withheld_message_is_stored_without_payload_and_never_sent(
+    database: Database, sealer: AesGcmTestSealer, clock: FakeClock
+) -> None:
+    """B4: the pretend path writes a row like a real message, with nothing to deliver."""
+    box = Outbox(database, sealer, clock)
+    provider = RecordingProvider()
+    withheld = await box.withhold("SMS", "LOGIN")
+    d = dispatcher(database, sealer, provider, clock)
+    assert await d.run_once() == 0
+    clock.advance(3600)
+    assert await d.run_once() == 0
+    assert provider.sent == []
+    stored = await row(database, withheld)
+    assert (stored.status, stored.payload_enc, stored.channel, stored.purpose) == (
+        "withheld",
+        None,
+        "SMS",
+        "LOGIN",
+    )
+    clock.advance(86400)
+    assert await box.purge_finished(older_than_seconds=3600) == 1
+    async with database.connect() as conn:
+        assert (
+            await conn.execute(sa.select(sa.func.count()).select_from(outbox_table))
+        ).scalar() == 0
+
+
 async def test_enqueue_rejects_programming_errors_before_touching_the_database(
     sealer: AesGcmTestSealer, clock: FakeClock
 ) -> None:

@@ -140,6 +140,10 @@ class MessageQueue(Protocol):
         """Queue the message and return its id; raise errors.Unavailable if nothing was queued."""
         ...
 
+    async def withhold(self, channel: str, purpose: str) -> str:
+        """Store that a message was not sent, at the cost of queueing one (B4); no destination."""
+        ...
+
 
 class CodeMetrics(Protocol):
     """Counters about codes; labels never include a destination or a code."""
@@ -494,6 +498,9 @@ class CodeService:
             if deliver:
                 message = self._compose(channel.value, purpose.value, code, policy.ttl)
                 await self._queue.enqueue(channel.value, destination, purpose.value, message)
+            else:
+                # The same write as a real message, so the answer takes as long (B4).
+                await self._queue.withhold(channel.value, purpose.value)
         except Unavailable:
             # Nothing was queued: forget the code and refund every window.
             await self._cancel(tag, purpose, code_id, refund=True)

@@ -37,6 +37,8 @@ STATUS_PENDING = "pending"
 STATUS_SENDING = "sending"
 STATUS_SENT = "sent"
 STATUS_FAILED = "failed"
+STATUS_WITHHELD = "withheld"
+"""A code the service pretended to send (SECURITY B4): no payload, never delivered."""
 
 CODE_MESSAGE_TTL_SECONDS = 600.0
 """A code message not sent within 10 minutes is dropped: the code (TTL ≤ 10 min) is dead by then."""
@@ -195,13 +197,43 @@ class Outbox:
                 log.warning("waking the dispatcher failed: %s", type(exc).__name__)
         return message_id
 
+    async def withhold(self, channel: str, purpose: str) -> str:
+        """Record a message that is not sent, with the cost of queueing one; returns its id.
+
+        The code service answers a code request for a destination no account holds
+        exactly as for a registered one (SECURITY B4), and that includes the time
+        the outbox write takes. The row has no payload (no destination, no text),
+        is finished at birth, and is purged with sent and failed rows.
+        """
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
+        if not 0 < len(purpose) <= 32:
+            raise ValueError("a purpose is 1-32 characters")
+        message_id = self._message_ids()
+        now = utc(self._clock.now())
+        row = {
+            "message_id": message_id,
+            "channel": channel,
+            "purpose": purpose,
+            "payload_enc": None,
+            "status": STATUS_WITHHELD,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_until": None,
+            "created_at": now,
+            "expires_at": now,
+        }
+        async with self._database.begin() as conn:
+            await conn.execute(_INSERT, row)
+        return message_id
+
     async def purge_finished(self, older_than_seconds: float) -> int:
-        """Delete sent and failed rows older than `older_than_seconds`; returns how many."""
+        """Delete sent, failed and withheld rows older than `older_than_seconds`; how many."""
         cutoff = utc(self._clock.now() - older_than_seconds)
         async with self._database.begin() as conn:
             result = await conn.execute(
                 sa.delete(outbox).where(
-                    outbox.c.status.in_((STATUS_SENT, STATUS_FAILED)),
+                    outbox.c.status.in_((STATUS_SENT, STATUS_FAILED, STATUS_WITHHELD)),
                     outbox.c.created_at < cutoff,
                 )
             )
@@ -215,6 +247,7 @@ __all__ = [
     "STATUS_PENDING",
     "STATUS_SENDING",
     "STATUS_SENT",
+    "STATUS_WITHHELD",
     "Outbox",
     "Payload",
     "Sealer",
