@@ -66,7 +66,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database: SQLite always, PostgreSQL (own schema) when configured."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'identity.db'}"
+        yield f"sqlite:///{tmp_path / 'identity.db'}"
         return
     if not POSTGRES_URL:
         pytest.skip("XIAOHE_TEST_POSTGRES_URL is not set")

@@ -141,7 +141,7 @@ def test_clients_create_list_and_revoke(cli: Cli) -> None:
 
     # The printed secret is the one the server will accept.
     async def authenticate() -> frozenset[str]:
-        database = Database.from_url(f"sqlite+aiosqlite:///{cli.database_file}")
+        database = Database.from_url(f"sqlite:///{cli.database_file}")
         try:
             client = await ClientRegistry(database, SystemClock()).authenticate(client_id, secret)
         finally:
@@ -247,7 +247,7 @@ def test_audit_verify_detects_a_tampered_row(cli: Cli) -> None:
     assert empty == {"intact": True, "records_checked": 0, "first_broken_seq": 0}
 
     async def append_records() -> None:
-        database = Database.from_url(f"sqlite+aiosqlite:///{cli.database_file}")
+        database = Database.from_url(f"sqlite:///{cli.database_file}")
         try:
             log = AuditLog(database, SystemClock())
             for n in range(3):

@@ -423,7 +423,7 @@ async def test_run_forever_sends_on_wake_and_survives_errors(
     stop.set()
     await asyncio.wait_for(loop_task, timeout=5)
 
-    broken_db = Database.from_url("sqlite+aiosqlite:////nonexistent-xiaohe-dir/ro/identity.db")
+    broken_db = Database.from_url("sqlite:////nonexistent-xiaohe-dir/ro/identity.db")
     try:
         failing = dispatcher(broken_db, sealer, provider, clock, poll_interval=0.01)
         stop = asyncio.Event()
@@ -444,7 +444,7 @@ async def test_run_forever_sends_on_wake_and_survives_errors(
     "url",
     [
         "postgresql+asyncpg://postgres@127.0.0.1:1/test",
-        "sqlite+aiosqlite:////nonexistent-xiaohe-dir/ro/identity.db",
+        "sqlite:////nonexistent-xiaohe-dir/ro/identity.db",
     ],
 )
 async def test_enqueue_on_unreachable_database_is_unavailable(
@@ -510,7 +510,7 @@ async def test_a_withheld_message_is_stored_without_payload_and_never_sent(
 async def test_enqueue_rejects_programming_errors_before_touching_the_database(
     sealer: AesGcmTestSealer, clock: FakeClock
 ) -> None:
-    box = Outbox(Database.from_url("sqlite+aiosqlite:///:memory:"), sealer, clock)
+    box = Outbox(Database.from_url("sqlite:///:memory:"), sealer, clock)
     with pytest.raises(ValueError, match="channel"):
         await box.enqueue("FAX", PHONE, "LOGIN", TEXT)
     with pytest.raises(ValueError, match="purpose"):
@@ -523,7 +523,7 @@ async def test_enqueue_rejects_programming_errors_before_touching_the_database(
 
 def test_backoff_doubles_with_jitter_and_cap(sealer: AesGcmTestSealer, clock: FakeClock) -> None:
     d = Dispatcher(
-        Database.from_url("sqlite+aiosqlite:///:memory:"),
+        Database.from_url("sqlite:///:memory:"),
         sealer,
         {},
         clock,

@@ -37,7 +37,7 @@ def db_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def db(db_file: Path) -> AsyncIterator[Database]:
-    database = Database.from_url(f"sqlite+aiosqlite:///{db_file}")
+    database = Database.from_url(f"sqlite:///{db_file}")
     async with database.begin() as conn:
         await conn.execute(sa.text("CREATE TABLE probe (id INTEGER PRIMARY KEY, who TEXT)"))
     yield database

@@ -94,7 +94,7 @@ class Settings:
         """The configured database URL, or SQLite in the data dir (the embedded default)."""
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'identity.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'identity.db').resolve()}"
 
     @property
     def effective_keyring_file(self) -> Path:
@@ -159,12 +159,11 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             f"{ENV_PREFIX}WORKERS: must be 0 (one per core) or more, got {s.workers}"
         )
+    # sqlite+aiosqlite:// is the spelling of earlier releases, still accepted.
     if s.database_url and not s.database_url.startswith(
-        ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+        ("sqlite://", "sqlite+aiosqlite://", "postgresql+asyncpg://")
     ):
-        raise SettingsError(
-            f"{ENV_PREFIX}DATABASE_URL: use sqlite+aiosqlite:// or postgresql+asyncpg://"
-        )
+        raise SettingsError(f"{ENV_PREFIX}DATABASE_URL: use sqlite:// or postgresql+asyncpg://")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(f"{ENV_PREFIX}REDIS_URL: use redis://, rediss:// or unix://")
     if not 60 <= s.code_ttl_seconds <= 600:

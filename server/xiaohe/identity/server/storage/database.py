@@ -194,7 +194,7 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str) -> Database:
-        """A Database for a SQLAlchemy URL (`sqlite+aiosqlite://` or `postgresql+asyncpg://`)."""
+        """A Database for a SQLAlchemy URL (`sqlite://` or `postgresql+asyncpg://`)."""
         return cls(url)
 
     @asynccontextmanager
