@@ -201,12 +201,20 @@ async def test_touch_changes_nothing(redis_client: aioredis.Redis, clock: FakeCl
     """B3: the round trip a refused attempt makes neither counts, clears nor locks."""
     t = throttle(redis_client, clock, failures_per_account_hour=4, failures_per_account_ip=2)
     await fail(t, IP_A)
-    before = {k: await redis_client.dump(k) for k in await redis_client.keys("xh:login:*")}
+
+    async def state() -> dict[bytes, tuple[bytes | None, int]]:
+        keys = await redis_client.keys("xh:login:*")
+        return {k: (await redis_client.dump(k), await redis_client.pttl(k)) for k in keys}
+
+    before = await state()
     for _ in range(5):
         await t.touch(ACCOUNT, IP_A)
         await t.touch(ACCOUNT, IP_B)
-    after = {k: await redis_client.dump(k) for k in await redis_client.keys("xh:login:*")}
-    assert after == before
+    after = await state()
+    assert after.keys() == before.keys()
+    for key, (value, ttl) in after.items():
+        assert value == before[key][0]
+        assert before[key][1] - 1000 <= ttl <= before[key][1]  # only time has passed
     assert await fail(t, IP_A) == 60  # the earlier failure still counts towards the lock
 
 

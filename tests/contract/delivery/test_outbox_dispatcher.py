@@ -465,6 +465,25 @@ async def test_enqueue_on_unreachable_database_is_unavailable(
     assert CODE not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://postgres@127.0.0.1:1/test",
+        "sqlite:////nonexistent-xiaohe-dir/ro/identity.db",
+    ],
+)
+async def test_withhold_on_unreachable_database_is_unavailable_like_enqueue(
+    url: str, sealer: AesGcmTestSealer, clock: FakeClock
+) -> None:
+    """B4, F2: a pretended send fails exactly like a real one when the outbox is down."""
+    db = Database.from_url(url)
+    try:
+        with pytest.raises(Unavailable):
+            await Outbox(db, sealer, clock).withhold("SMS", "LOGIN")
+    finally:
+        await db.close()
+
+
 async def test_purge_removes_only_old_finished_rows(
     database: Database, sealer: AesGcmTestSealer, clock: FakeClock
 ) -> None:

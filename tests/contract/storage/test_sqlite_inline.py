@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -137,3 +138,53 @@ async def test_writes_of_one_process_are_serialised(db: Database) -> None:
 
     await asyncio.gather(*(write(i) for i in range(20)))
     assert await _who(db) == [str(i) for i in range(20)]
+
+
+async def test_a_failed_commit_rolls_back_and_the_writer_stays_usable(db: Database) -> None:
+    """A deferred foreign-key violation is found only at COMMIT: the error arrives like any
+    statement's, nothing is stored, and the next transaction works."""
+    async with db.begin() as conn:
+        await conn.execute(
+            sa.text("CREATE TABLE child (id INTEGER PRIMARY KEY, probe_id REFERENCES probe(id))")
+        )
+
+    async def orphan() -> None:
+        async with db.begin() as conn:
+            await conn.execute(sa.text("PRAGMA defer_foreign_keys = ON"))
+            await conn.execute(sa.text("INSERT INTO child (probe_id) VALUES (42)"))
+            await conn.execute(sa.text("INSERT INTO probe (who) VALUES ('undone')"))
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await orphan()
+    await _insert(db, "kept")
+    assert await _who(db) == ["kept"]
+
+
+async def test_a_result_left_half_read_does_not_hold_an_old_snapshot(db: Database) -> None:
+    """Reads share one connection: an unfinished result must not pin every later read to
+    the data of its time."""
+    for who in ("a", "b", "c"):
+        await _insert(db, who)
+    async with db.connect() as conn:
+        result = await conn.execute(sa.text("SELECT who FROM probe"))
+        assert result.fetchone() is not None  # the rest is never read
+    await _insert(db, "d")
+    assert await _who(db) == ["a", "b", "c", "d"]
+
+
+async def test_only_the_checkpoint_call_copies_the_log_into_the_file(
+    db: Database, db_file: Path
+) -> None:
+    """No commit stalls the loop with a checkpoint; `checkpoint` (on a thread) does it."""
+    async with db.connect() as conn:
+        assert (await conn.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar() == 0
+    size = await asyncio.to_thread(os.path.getsize, db_file)
+    for _ in range(12):  # about 1,200 pages: past SQLite's default threshold of 1,000
+        async with db.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO probe (who) VALUES (:who)"),
+                [{"who": "x" * 4000} for _ in range(100)],
+            )
+    assert await asyncio.to_thread(os.path.getsize, db_file) == size
+    await db.checkpoint()
+    assert await asyncio.to_thread(os.path.getsize, db_file) > size + 4_000_000

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -54,6 +55,11 @@ from xiaohe.identity.server.storage.database import Database
 log = logging.getLogger("xiaohe.identity.container")
 
 KEYRING_RELOAD_SECONDS = 30.0
+CHECKPOINT_SECONDS = 1.0
+"""How often a worker copies the SQLite log into the database file (storage/database.py)."""
+OUTBOX_PURGE_SECONDS = 3600.0
+OUTBOX_RETENTION_SECONDS = 7 * 86400.0
+"""Sent, failed and withheld outbox rows (no payload left) are kept a week, for support."""
 
 
 class Container:
@@ -295,22 +301,36 @@ class Container:
         )
 
     async def start_background(self) -> None:
-        """Start the delivery loop (first: `close` lets it finish), the revocation feed
-        and the key ring refresh."""
+        """Start the delivery loop (first: `close` lets it finish), the revocation feed,
+        the key ring refresh and the store's housekeeping."""
         self._tasks.append(asyncio.create_task(self.dispatcher.run_forever(self._stop)))
         self._tasks.append(asyncio.create_task(self.revocations.run(self._stop)))
-        self._tasks.append(asyncio.create_task(self._reload_keyring()))
+        self._tasks.append(asyncio.create_task(self._every(KEYRING_RELOAD_SECONDS, self._reload)))
+        self._tasks.append(
+            asyncio.create_task(self._every(CHECKPOINT_SECONDS, self.database.checkpoint))
+        )
+        self._tasks.append(asyncio.create_task(self._every(OUTBOX_PURGE_SECONDS, self._purge)))
 
-    async def _reload_keyring(self) -> None:
-        """Pick up keys rotated by the CLI (new signing key, new master key) without a restart."""
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        """Run `job` every `seconds` until stopped; a failure is logged and tried again."""
         while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=KEYRING_RELOAD_SECONDS)
-            if not self._stop.is_set():
-                try:
-                    await asyncio.to_thread(self.keyring.reload)
-                except Exception:
-                    log.exception("key ring reload failed")
+                await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+            if self._stop.is_set():
+                return
+            try:
+                await job()
+            except Exception as exc:
+                log.warning("%s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
+
+    async def _purge(self) -> None:
+        purged = await self.outbox.purge_finished(OUTBOX_RETENTION_SECONDS)
+        if purged:
+            log.info("purged %d finished outbox row(s)", purged)
+
+    async def _reload(self) -> None:
+        """Pick up keys rotated by the CLI (new signing key, new master key) without a restart."""
+        await asyncio.to_thread(self.keyring.reload)
 
     async def close(self) -> None:
         """Stop background work and close connections."""

@@ -300,6 +300,7 @@ class LoginService:
         self._audit = audit
         self._metrics = metrics
         self._allowed_country_codes = tuple(allowed_country_codes)
+        self._settling: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return "LoginService()"
@@ -333,7 +334,8 @@ class LoginService:
                     attempt, PASSWORD_ACTION, account, ("pwd",), audience, client_id, ip, user_agent
                 )
             finally:
-                await settling
+                # Shielded: a cancelled login still lets its reservation be settled.
+                await asyncio.shield(settling)
         except Exception as exc:
             await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.failed(exc))
             raise
@@ -508,6 +510,8 @@ class LoginService:
                 )
 
         task = asyncio.create_task(settle())
+        self._settling.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._settling.discard)
         await asyncio.sleep(0)  # one loop turn: the script goes out before the SQL work
         return task
 

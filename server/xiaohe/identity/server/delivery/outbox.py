@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -140,10 +140,7 @@ class Outbox:
         expires_in_seconds: float = CODE_MESSAGE_TTL_SECONDS,
     ) -> str:
         """Queue one message and return its id; raises Unavailable if it could not be queued."""
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r}")
-        if not 0 < len(purpose) <= 32:
-            raise ValueError("a purpose is 1-32 characters")
+        _check_kind(channel, purpose)
         if not destination or not text:
             raise ValueError("a message needs a destination and a text")
         if expires_in_seconds <= 0:
@@ -171,13 +168,7 @@ class Outbox:
             "created_at": utc(now),
             "expires_at": utc(now + expires_in_seconds),
         }
-        try:
-            async with self._database.begin() as conn:
-                await conn.execute(_INSERT, row)
-        except Unavailable:
-            raise
-        except (SQLAlchemyError, OSError) as exc:
-            raise Unavailable("the message could not be queued") from exc
+        await self._insert(row)
         log.debug("queued message %s (%s, %s)", message_id, channel, purpose)
         if self._hand_off is not None:
             self._hand_off(
@@ -205,10 +196,7 @@ class Outbox:
         the outbox write takes. The row has no payload (no destination, no text),
         is finished at birth, and is purged with sent and failed rows.
         """
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r}")
-        if not 0 < len(purpose) <= 32:
-            raise ValueError("a purpose is 1-32 characters")
+        _check_kind(channel, purpose)
         message_id = self._message_ids()
         now = utc(self._clock.now())
         row = {
@@ -223,9 +211,18 @@ class Outbox:
             "created_at": now,
             "expires_at": now,
         }
-        async with self._database.begin() as conn:
-            await conn.execute(_INSERT, row)
+        await self._insert(row)
         return message_id
+
+    async def _insert(self, row: Mapping[str, object]) -> None:
+        """Insert one outbox row; any database failure is Unavailable (nothing was queued)."""
+        try:
+            async with self._database.begin() as conn:
+                await conn.execute(_INSERT, row)
+        except Unavailable:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise Unavailable("the message could not be queued") from exc
 
     async def purge_finished(self, older_than_seconds: float) -> int:
         """Delete sent, failed and withheld rows older than `older_than_seconds`; how many."""
@@ -238,6 +235,13 @@ class Outbox:
                 )
             )
         return int(result.rowcount)
+
+
+def _check_kind(channel: str, purpose: str) -> None:
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    if not 0 < len(purpose) <= 32:
+        raise ValueError("a purpose is 1-32 characters")
 
 
 __all__ = [

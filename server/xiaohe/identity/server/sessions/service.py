@@ -183,8 +183,10 @@ class SessionService:
             idle_expires_at=now + self._lifetimes.idle,
             absolute_expires_at=now + self._lifetimes.absolute,
         )
+        # Signed first: once the session (and what `within` adds) is committed, nothing fails.
+        issued = self._issue(session, subject, audience, refresh_token, now)
         await self._repo.create(session, hash_refresh_token(refresh_token), within)
-        return self._issue(session, subject, audience, refresh_token, now)
+        return issued
 
     async def refresh(
         self, refresh_token: str, audience: str = "", *, client_id: str | None = None

@@ -20,8 +20,16 @@ allowed to:
   because another process committed in between. Within one process, writers
   queue on an asyncio lock and share one long-lived connection; reads share
   another, each SELECT on its own WAL snapshot.
-- Durable commits. WAL with `synchronous=NORMAL` appends to the log without an
-  fsync per commit; only the periodic checkpoint syncs.
+- Durable commits and checkpoints. WAL with `synchronous=NORMAL` appends to the
+  log without an fsync per commit. Copying the log back into the database file
+  (a checkpoint, which syncs) is not left to whichever commit crosses SQLite's
+  threshold: connections here never checkpoint by themselves, and the server
+  calls `Database.checkpoint` (PASSIVE, on a thread of its own) every second.
+  The last connection to close checkpoints too, so short-lived users (the CLI,
+  tests) need nothing more.
+
+What still runs on the loop is SQLite's own work: statements on pages in memory
+take microseconds; a page read from disk takes as long as the disk does.
 """
 
 from __future__ import annotations
@@ -73,11 +81,12 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def sqlite_engine(url: str, *, busy_timeout: float = 0.0) -> Engine:
+def sqlite_engine(url: str, *, busy_timeout: float = 0.0, autocheckpoint: bool = True) -> Engine:
     """A synchronous engine on the SQLite file of `url`, with WAL, foreign keys and no fsync.
 
-    The server uses busy_timeout 0 (lock waits are asynchronous retries, see the
-    module docstring); migrations, which run on their own thread, may block.
+    The server uses busy_timeout 0 (lock waits are asynchronous retries) and no
+    automatic checkpoints (see the module docstring); migrations, which run on
+    their own thread, may block.
     """
     engine = sa.create_engine(
         make_url(url).set(drivername="sqlite+pysqlite"),
@@ -95,6 +104,8 @@ def sqlite_engine(url: str, *, busy_timeout: float = 0.0) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if not autocheckpoint:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     return engine
@@ -156,13 +167,28 @@ InTransaction = Callable[[SqlConnection], Awaitable[object]]
 
 
 class _InlineConnection:
-    """A synchronous SQLite connection behind the awaited interface; statements run inline."""
+    """A synchronous SQLite connection behind the awaited interface; statements run inline.
+
+    The connection is shared by every coroutine of the process, and a result whose rows
+    are not all read keeps its statement, and so an old snapshot, open for everyone.
+    So the results of one `connect()` or `begin()` block are closed when it ends.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self._conn = connection
+        self._results: list[Outcome] = []
 
     async def execute(self, statement: Executable, parameters: Parameters = None) -> Outcome:
-        return await _retry_busy(lambda: self._conn.execute(statement, parameters))
+        result = await _retry_busy(lambda: self._conn.execute(statement, parameters))
+        if result.returns_rows:
+            self._results.append(result)
+        return result
+
+    def close_results(self) -> None:
+        """Close the results of this block (those already read are closed already)."""
+        for result in self._results:
+            result.close()
+        self._results.clear()
 
 
 class _AsyncConnection:
@@ -184,7 +210,7 @@ class Database:
         self._sqlite: Engine | None = None
         self._engine: AsyncEngine | None = None
         if is_sqlite(url):
-            self._sqlite = sqlite_engine(url)
+            self._sqlite = sqlite_engine(url, autocheckpoint=False)
         else:
             self._engine = create_engine(url)
         # SQLite has one writer at a time: this process's writers queue here.
@@ -217,8 +243,30 @@ class Database:
                     yield _AsyncConnection(conn)
                 return
             if self._reader is None:
-                self._reader = await self._sqlite_connect()
-            yield _InlineConnection(self._reader)
+                reader = await self._sqlite_connect()
+                if self._reader is None:  # another coroutine may have opened one meanwhile
+                    self._reader = reader
+                else:
+                    reader.close()
+            inline = _InlineConnection(self._reader)
+            try:
+                yield inline
+            finally:
+                inline.close_results()
+
+    async def checkpoint(self) -> None:
+        """Copy the SQLite log into the database file without waiting for anyone (PASSIVE).
+
+        Runs on a thread with a connection of its own: it reads and writes pages
+        and syncs the file, which must not stall the event loop. No-op on PostgreSQL.
+        """
+        if self._sqlite is None:
+            return
+        path = self.url.database
+        if not path or path == ":memory:":
+            return
+        with translate_errors():
+            await asyncio.to_thread(_checkpoint, path)
 
     async def close(self) -> None:
         """Close the connections and dispose the engine."""
@@ -243,16 +291,18 @@ class Database:
         if self._writer is None:
             self._writer = await self._sqlite_connect()
         conn = self._writer
+        inline = _InlineConnection(conn)
         try:
             await _retry_busy(lambda: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-            yield _InlineConnection(conn)
-            # COMMIT on the driver, where SQLITE_BUSY can be retried; then end SQLAlchemy's
-            # own view of the transaction (the driver has nothing left to commit).
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            await _retry_busy(raw.commit)
+            yield inline
+            inline.close_results()
+            # COMMIT as a statement, so that SQLITE_BUSY can be retried and other errors
+            # arrive wrapped like any statement's; then end SQLAlchemy's own view of the
+            # transaction (the driver has nothing left to commit).
+            await _retry_busy(lambda: conn.exec_driver_sql("COMMIT"))
             conn.commit()
         except BaseException:
+            inline.close_results()
             self._roll_back(conn)
             raise
 
@@ -264,6 +314,14 @@ class Database:
             self._writer = None
             conn.invalidate()
             conn.close()
+
+
+def _checkpoint(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=0)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
 
 
 def utc(ts: float) -> datetime:
