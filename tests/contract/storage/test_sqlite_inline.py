@@ -188,3 +188,14 @@ async def test_only_the_checkpoint_call_copies_the_log_into_the_file(
     assert await asyncio.to_thread(os.path.getsize, db_file) == size
     await db.checkpoint()
     assert await asyncio.to_thread(os.path.getsize, db_file) > size + 4_000_000
+
+
+async def test_a_checkpoint_never_creates_a_database(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    database = Database.from_url(f"sqlite:///{missing}")
+    try:
+        with pytest.raises(Unavailable):
+            await database.checkpoint()
+    finally:
+        await database.close()
+    assert not await asyncio.to_thread(missing.exists)

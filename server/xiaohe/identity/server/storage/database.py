@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -136,7 +137,7 @@ def translate_errors() -> Iterator[None]:
         if exc.connection_invalidated:
             raise Unavailable("the database is temporarily unavailable") from exc
         raise
-    except (OSError, ConnectionError) as exc:
+    except (sqlite3.OperationalError, OSError, ConnectionError) as exc:
         raise Unavailable("the database is temporarily unavailable") from exc
 
 
@@ -317,7 +318,8 @@ class Database:
 
 
 def _checkpoint(path: str) -> None:
-    conn = sqlite3.connect(path, timeout=0)
+    # mode=rw: a checkpoint must never create an empty database where none exists.
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=0)
     try:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
