@@ -92,6 +92,7 @@ def sqlite_engine(url: str, *, busy_timeout: float = 0.0, autocheckpoint: bool =
     engine = sa.create_engine(
         make_url(url).set(drivername="sqlite+pysqlite"),
         connect_args={"timeout": busy_timeout, "check_same_thread": False},
+        hide_parameters=True,  # bound values (names, login names) never reach an error text
     )
 
     @event.listens_for(engine, "connect")
@@ -122,7 +123,12 @@ def create_engine(url: str) -> AsyncEngine:
         parsed = parsed.difference_update_query(["schema"])
         connect_args["server_settings"] = {"search_path": schema}
     return create_async_engine(
-        parsed, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+        parsed,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        hide_parameters=True,  # bound values (names, login names) never reach an error text
     )
 
 
