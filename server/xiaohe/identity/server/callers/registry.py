@@ -107,14 +107,13 @@ class ClientRegistry:
     async def revoke(self, client_id: str) -> Client:
         """Revoke a client: its secret stops working."""
         async with self._db.begin() as conn:
-            result = await conn.execute(
+            await conn.execute(
                 clients.update()
                 .where(clients.c.client_id == client_id, clients.c.revoked_at.is_(None))
                 .values(revoked_at=utc(self._clock.now()))
             )
         self._cache.pop(client_id, None)
-        if result.rowcount == 0:
-            await self.get(client_id)  # NotFound if it never existed
+        # Revoked now or before: either way the stored client; NotFound if it never existed.
         return await self.get(client_id)
 
     async def set_grants(self, client_id: str, grants: list[str]) -> Client:

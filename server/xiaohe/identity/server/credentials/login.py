@@ -259,8 +259,8 @@ class _Attempt:
 
     target: str = UNKNOWN_SUBJECT
     outcome: str = ""
-    audited: bool = True
-    recorded: bool = False
+    to_audit: bool = True
+    """False once recorded with the session, or for a malformed request (never audited)."""
 
     def failed(self, exc: Exception) -> _Attempt:
         """Settle the outcome of a failed attempt: the one set on the way, else the error's."""
@@ -352,7 +352,7 @@ class LoginService:
         attempt = _Attempt()
         try:
             if not ticket.strip() or len(ticket) > MAX_TICKET_CHARS:
-                attempt.audited = False
+                attempt.to_audit = False
                 raise InvalidArgument(
                     FieldViolation(TICKET_FIELD, "must be a ticket from VerifyCode")
                 )
@@ -430,7 +430,7 @@ class LoginService:
                 FieldViolation(PASSWORD_FIELD, f"must be at most {MAX_PASSWORD_CHARS} characters")
             )
         if violations:
-            attempt.audited = False
+            attempt.to_audit = False
             raise InvalidArgument(violations)
         return resolved
 
@@ -578,7 +578,7 @@ class LoginService:
             user_agent=user_agent,
             within=within,
         )
-        attempt.recorded = within is not None
+        attempt.to_audit = within is None
         return LoginResult(session=session, next_step=next_step)
 
     async def _observe(self, action: str, method: str, attempt: _Attempt) -> None:
@@ -588,7 +588,7 @@ class LoginService:
                 self._metrics.login(method, attempt.outcome)
             except Exception:
                 logger.warning("login metrics failed", exc_info=True)
-        if self._audit is None or not attempt.audited or attempt.recorded:
+        if self._audit is None or not attempt.to_audit:
             return
         try:
             await self._audit.record(action, attempt.target, attempt.outcome)

@@ -266,12 +266,13 @@ class SqlSessionRepository:
                     .values(last_used_at=utc(now), idle_expires_at=utc(idle_expires_at))
                 )
                 await conn.execute(
-                    sa.insert(refresh_tokens).values(
-                        token_hash=next_token_hash,
-                        session_id=session.session_id,
-                        issued_at=utc(now),
-                        used_at=None,
-                    )
+                    _INSERT_REFRESH_TOKEN,
+                    {
+                        "token_hash": next_token_hash,
+                        "session_id": session.session_id,
+                        "issued_at": utc(now),
+                        "used_at": None,
+                    },
                 )
                 return Rotation(
                     RotationStatus.ROTATED,

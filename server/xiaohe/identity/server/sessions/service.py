@@ -43,6 +43,7 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from xiaohe.identity.client.jwt import Claims, InvalidToken
+from xiaohe.identity.server.accounts.models import AccountStatus
 from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
@@ -73,7 +74,6 @@ from xiaohe.identity.server.storage.schema import accounts
 REFRESH_TOKEN_PREFIX = "xhr_"  # noqa: S105 - a prefix, not a secret
 REFRESH_TOKEN_BYTES = 32
 SESSION_ID_PREFIX = "ses_"
-ACTIVE_STATUS = "active"
 
 _SESSION_ID_BYTES = 16
 _REFRESH_TOKEN_SHAPE = re.compile(r"xhr_[A-Za-z0-9_-]{43}")
@@ -372,7 +372,7 @@ class SessionService:
         ).where(accounts.c.account_id == account_id)
         async with self._db.connect() as conn:
             row = (await conn.execute(query)).first()
-        if row is None or row.status != ACTIVE_STATUS:
+        if row is None or row.status != AccountStatus.ACTIVE:
             return None
         return SessionSubject(
             account_id=account_id,
@@ -404,7 +404,6 @@ class SessionService:
 
 
 __all__ = [
-    "ACTIVE_STATUS",
     "AUDIT_LOGOUT",
     "AUDIT_REFRESH_REPLAY",
     "AUDIT_REVOKE",

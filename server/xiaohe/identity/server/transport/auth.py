@@ -162,9 +162,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.ValidateTokenResponse:
         try:
             # Checking a token needs no audience grant: it only answers whether it is valid.
-            claims = self._sessions.validate(
-                request.access_token, request.audience or self._default_audience
-            )
+            # An empty audience means the default one (SessionService.validate).
+            claims = self._sessions.validate(request.access_token, request.audience)
         except TokenInvalid:
             return auth_pb2.ValidateTokenResponse(valid=False)
         return auth_pb2.ValidateTokenResponse(
