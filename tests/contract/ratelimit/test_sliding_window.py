@@ -93,8 +93,8 @@ async def test_release_refunds_a_reservation(
     await limiter.acquire(POLICY, KEY, 2, 60, clock.now())
     with pytest.raises(RateLimited):
         await limiter.acquire(POLICY, KEY, 2, 60, clock.now())
-    await limiter.release(first.policy, first.key, first.member)
-    await limiter.release(first.policy, first.key, first.member)  # idempotent
+    await limiter.release(first)
+    await limiter.release(first)  # idempotent
     await limiter.acquire(POLICY, KEY, 2, 60, clock.now())
     with pytest.raises(RateLimited):
         await limiter.acquire(POLICY, KEY, 2, 60, clock.now())

@@ -652,7 +652,7 @@ class CodeService:
     async def _release(self, reservations: Sequence[Reservation]) -> None:
         for reservation in reservations:
             try:
-                await self._limiter.release(reservation.policy, reservation.key, reservation.member)
+                await self._limiter.release(reservation)
             except Exception:  # best effort: the window forgets it anyway
                 logger.warning("could not refund a %s reservation", reservation.policy)
 

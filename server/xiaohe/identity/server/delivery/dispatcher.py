@@ -119,14 +119,13 @@ class Dispatcher:
         self._backoff_cap = backoff_cap
         self._jitter = jitter
         self._random = random_source or random.Random().random
-        self._lease_seconds = lease_seconds
+        self.lease_seconds = lease_seconds
+        """How long a claimed row is this dispatcher's (the outbox hands rows off with it)."""
         self._send_timeout = send_timeout if send_timeout is not None else lease_seconds / 2
         self._metrics = metrics
         self._poll_interval = poll_interval
         self._batch_size = batch_size
-        self._concurrency = concurrency
         self._gate = asyncio.Semaphore(concurrency)
-        self.lease_seconds = lease_seconds
         self._handed_off: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -348,7 +347,7 @@ class Dispatcher:
             )
             .values(
                 status=STATUS_SENDING,
-                lease_until=utc(now + self._lease_seconds),
+                lease_until=utc(now + self.lease_seconds),
                 attempts=outbox.c.attempts + 1,
             )
         )

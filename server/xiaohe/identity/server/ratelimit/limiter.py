@@ -89,7 +89,7 @@ class RateLimiter(Protocol):
         """Record one event if it fits every window, else raise RateLimited."""
         ...
 
-    async def release(self, policy: str, key: str, member: str) -> None:
+    async def release(self, reservation: Reservation) -> None:
         """Refund a reservation."""
         ...
 
@@ -149,13 +149,9 @@ class SlidingWindowLimiter:
             raise RateLimited(policy, int(reply[1]) / 1000)
         return Reservation(policy=policy, key=key, member=member)
 
-    async def release(self, policy: str, key: str, member: str) -> None:
-        """Refund a reservation (no-op if it already left the window)."""
-        await run_script(self._release, [key], [member])
-
-    async def release_reservation(self, reservation: Reservation) -> None:
-        """Refund a reservation returned by `acquire`."""
-        await self.release(reservation.policy, reservation.key, reservation.member)
+    async def release(self, reservation: Reservation) -> None:
+        """Refund a reservation returned by `acquire` (no-op if it already left the window)."""
+        await run_script(self._release, [reservation.key], [reservation.member])
 
 
 __all__ = ["RateLimiter", "Reservation", "SlidingWindowLimiter", "Window"]
