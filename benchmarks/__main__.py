@@ -32,7 +32,7 @@ from xiaohe.identity.server.codes.service import CodeService
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
-from xiaohe.identity.server.delivery.templates import render_code_message
+from xiaohe.identity.server.delivery.templates import compose_code_message
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
@@ -72,7 +72,7 @@ def install_known_codes(container: Container) -> None:
         hmac_key=container.keyring.code_hmac_key,
         clock=container.clock,
         queue=container.outbox,
-        compose=render_code_message,
+        compose=compose_code_message,
         random_digits=lambda: BENCH_CODE,
         metrics=container.metrics,
         audit=container.audit,

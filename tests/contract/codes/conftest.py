@@ -44,6 +44,7 @@ class QueuedMessage:
     destination: str
     purpose: str
     text: str
+    subject: str = ""
 
 
 @dataclass
@@ -54,11 +55,13 @@ class ListQueue:
     withheld: list[tuple[str, str]] = field(default_factory=list)
     unavailable: bool = False
 
-    async def enqueue(self, channel: str, destination: str, purpose: str, text: str) -> str:
+    async def enqueue(
+        self, channel: str, destination: str, purpose: str, text: str, subject: str = ""
+    ) -> str:
         """Queue (append) one message."""
         if self.unavailable:
             raise Unavailable()
-        self.messages.append(QueuedMessage(channel, destination, purpose, text))
+        self.messages.append(QueuedMessage(channel, destination, purpose, text, subject))
         return f"msg-{len(self.messages)}"
 
     async def withhold(self, channel: str, purpose: str) -> str:
@@ -115,9 +118,10 @@ class RecordingAudit:
         self.records.append((action, target, outcome))
 
 
-def compose(channel: str, purpose: str, code: str, ttl_seconds: int) -> str:
-    """A stand-in for the real templates."""
-    return f"[{channel}/{purpose}] code {code}, valid {ttl_seconds // 60} min"
+def compose(channel: str, purpose: str, code: str, ttl_seconds: int) -> tuple[str, str]:
+    """A stand-in for the real templates: the text, and a subject for emails."""
+    subject = f"[{purpose}] code" if channel == "EMAIL" else ""
+    return f"[{channel}/{purpose}] code {code}, valid {ttl_seconds // 60} min", subject
 
 
 @dataclass

@@ -103,6 +103,7 @@ async def test_queue_receives_normalised_email(h: CodeHarness) -> None:
     await h.issue("  ZhangSan@Example.CN ", Purpose.BIND_EMAIL, Channel.EMAIL)
     assert h.queue.messages[-1].destination == EMAIL
     assert h.queue.messages[-1].channel == "EMAIL"
+    assert h.queue.messages[-1].subject == "[BIND_EMAIL] code"  # what compose made of it
 
 
 async def test_100_concurrent_issues_for_one_number_send_exactly_one_message(

@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.conftest import Harness, wait_for_outbox
 from tests.rpc_errors import details_of
+from xiaohe.identity.server.delivery.templates import render_code_email_subject
 from xiaohe.identity.v1 import codes_pb2, codes_pb2_grpc, common_pb2
 
 PHONE = "+8613800138000"
@@ -53,6 +54,19 @@ async def test_issue_writes_one_outbox_line_and_verify_returns_a_ticket(h: Harne
     )
     assert verified.ticket.startswith("vt1.")
     assert verified.expires_in_seconds > 0
+
+
+async def test_a_code_email_has_a_subject_without_the_code(h: Harness) -> None:
+    """An email code is delivered with its purpose's subject line; the code is only in the text."""
+    stub = codes_pb2_grpc.CodeServiceStub(h.channel)
+    await stub.IssueCode(
+        issue_request(destination="zhangsan@example.cn", channel=common_pb2.CHANNEL_EMAIL),
+        metadata=h.metadata,
+    )
+    (line,) = await wait_for_outbox(h, 1, channel="email")
+    code = code_from(line)
+    assert line["subject"] == render_code_email_subject("REGISTER")
+    assert code not in line["subject"]
 
 
 async def test_second_issue_inside_cooldown_is_resource_exhausted_with_retry_info(

@@ -8,6 +8,7 @@ from xiaohe.identity.server.delivery.templates import (
     CHANNELS,
     NOTICE_KINDS,
     PURPOSES,
+    compose_code_message,
     render_code_email_subject,
     render_code_message,
     render_notice,
@@ -117,3 +118,13 @@ def test_notice_values_are_not_interpreted_as_templates() -> None:
     text = render_notice("email_changed", at="{at}", new_email="a{0}@x.example")
     assert "{at}" in text
     assert "a{0}@x.example" in text
+
+
+def test_a_composed_code_email_has_its_subject_and_an_sms_none() -> None:
+    """A code email goes out with the purpose's subject line, never the code in it."""
+    text, subject = compose_code_message("EMAIL", "BIND_EMAIL", "908172", 300)
+    assert text == render_code_message("EMAIL", "BIND_EMAIL", "908172", 300)
+    assert subject == render_code_email_subject("BIND_EMAIL")
+    assert subject
+    assert "908172" not in subject
+    assert compose_code_message("SMS", "LOGIN", "908172", 300)[1] == ""

@@ -42,7 +42,7 @@ from xiaohe.identity.server.delivery.providers import (
     Provider,
     SmtpProvider,
 )
-from xiaohe.identity.server.delivery.templates import render_code_message
+from xiaohe.identity.server.delivery.templates import compose_code_message
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.sessions.models import SessionLifetimes
@@ -192,7 +192,7 @@ class Container:
             hmac_key=self.keyring.code_hmac_key,
             clock=self.clock,
             queue=self.outbox,
-            compose=render_code_message,
+            compose=compose_code_message,
             recipient_filter=self.accounts.receives_codes,
             metrics=self.metrics,
             audit=self.audit,

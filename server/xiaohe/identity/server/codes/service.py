@@ -136,8 +136,11 @@ _SAFE_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 class MessageQueue(Protocol):
     """The delivery outbox: queues one message for a provider."""
 
-    async def enqueue(self, channel: str, destination: str, purpose: str, text: str) -> str:
-        """Queue the message and return its id; raise errors.Unavailable if nothing was queued."""
+    async def enqueue(
+        self, channel: str, destination: str, purpose: str, text: str, subject: str = ""
+    ) -> str:
+        """Queue the message (an email with its subject) and return its id; raise
+        errors.Unavailable if nothing was queued."""
         ...
 
     async def withhold(self, channel: str, purpose: str) -> str:
@@ -164,8 +167,8 @@ class CodeMetrics(Protocol):
 RecipientFilter = Callable[[Channel, str, Purpose], Awaitable[bool]]
 """Whether to actually send a code to (channel, normalised destination, purpose)."""
 
-ComposeMessage = Callable[[str, str, str, int], str]
-"""(channel, purpose, code, ttl seconds) → the message text."""
+ComposeMessage = Callable[[str, str, str, int], tuple[str, str]]
+"""(channel, purpose, code, ttl seconds) → the message text and, for an email, its subject."""
 
 
 def six_digits() -> str:
@@ -496,8 +499,8 @@ class CodeService:
             if self._recipient_filter is not None:
                 deliver = await self._recipient_filter(channel, destination, purpose)
             if deliver:
-                message = self._compose(channel.value, purpose.value, code, policy.ttl)
-                await self._queue.enqueue(channel.value, destination, purpose.value, message)
+                text, subject = self._compose(channel.value, purpose.value, code, policy.ttl)
+                await self._queue.enqueue(channel.value, destination, purpose.value, text, subject)
             else:
                 # The same write as a real message, so the answer takes as long (B4).
                 await self._queue.withhold(channel.value, purpose.value)

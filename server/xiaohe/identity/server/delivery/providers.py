@@ -126,6 +126,8 @@ class JsonlFileProvider:
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
         }
+        if message.subject:
+            record["subject"] = message.subject
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         # Keep U+2028/U+2029 escaped: `str.splitlines()` would split a line on them.
         line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

@@ -146,6 +146,14 @@ def render_code_email_subject(purpose: str) -> str:
     return f"{SIGNATURE}{_purpose(purpose).subject}"
 
 
+def compose_code_message(
+    channel: str, purpose: str, code: str, ttl_seconds: int
+) -> tuple[str, str]:
+    """The text of a verification-code message and, for an email, its subject ("" for SMS)."""
+    subject = render_code_email_subject(purpose) if channel == CHANNEL_EMAIL else ""
+    return render_code_message(channel, purpose, code, ttl_seconds), subject
+
+
 def render_notice(kind: str, **fields: str) -> str:
     """The text of a security notice (e.g. `password_changed`, fields `at=...`), for SMS or email.
 
@@ -175,6 +183,7 @@ __all__ = [
     "CHANNEL_SMS",
     "NOTICE_KINDS",
     "PURPOSES",
+    "compose_code_message",
     "render_code_email_subject",
     "render_code_message",
     "render_notice",
