@@ -68,8 +68,9 @@ T = TypeVar("T")
 class SqlConnection(Protocol):
     """A connection as the stores use it: awaited statements.
 
-    Read a result's rows before the next `await`: on SQLite the rows come from a
-    cursor of a connection that other coroutines share.
+    Read a result's rows inside the `connect()` or `begin()` block that made it: on
+    SQLite they come from a connection other coroutines share, and the block's end
+    closes them.
     """
 
     async def execute(self, statement: Executable, parameters: Parameters = None) -> Outcome:
