@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.harness import Rate, echo_rate, line, mean_rate, measure_async, measure_sync
+from benchmarks.harness import Rate, alternating, echo_rate, line, measure_async, measure_sync
 from xiaohe.identity.client.jwt import keys_from_jwks
 from xiaohe.identity.client.verifier import TokenVerifier
 from xiaohe.identity.server.app import start_server
@@ -50,10 +50,9 @@ BENCH_CODE = "246810"
 BENCH_PHONE = "+8613600136000"
 BENCH_LOGIN = "bench.user"
 PASSWORD = "Lanshan-Baiyun-2026"  # noqa: S105 - the benchmark account's password
-LOGIN_ROUNDS = 3
-"""Password logins and raw Argon2 verifies are measured in alternating rounds, so that a
-change in the machine's speed during the run (other tenants of a shared host) affects
-both alike instead of only whichever ran at the time."""
+ECHO_PAYLOAD = b"x" * 64
+ROUNDS = 3
+"""Each comparison with a bar (logins, ValidateToken) alternates with its baseline this often."""
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -210,9 +209,9 @@ def signed_parts(tokens: list[str]) -> list[tuple[bytes, bytes]]:
 
 async def auth_rates(
     data_dir: Path, redis_url: str, concurrency: int, seconds: float
-) -> tuple[Rate, Rate, Rate, Rate, Rate, Rate]:
-    """Password logins and raw Argon2 verifies, ValidateToken RPCs, local TokenVerifier checks
-    and raw Ed25519 checks."""
+) -> dict[str, Rate]:
+    """Password logins and raw Argon2 verifies, ValidateToken RPCs and the echo baseline,
+    local TokenVerifier checks and raw Ed25519 checks, by name."""
     container, channel, credentials = await started(data_dir, redis_url)
     auth = auth_pb2_grpc.AuthServiceStub(channel)
     try:
@@ -226,17 +225,13 @@ async def auth_rates(
 
         # Enough logins in flight to keep every hashing thread busy, below the shedding bound.
         in_flight = min(concurrency, container.settings.password_hash_queue // 2)
-        login_rounds: list[Rate] = []
-        verify_rounds: list[Rate] = []
-        for _ in range(LOGIN_ROUNDS):
-            # The server idles meanwhile; its background tasks wake a few times a second.
-            verify_rounds.append(
-                await asyncio.to_thread(argon2_verify_rate, container.settings, seconds)
-            )
-            login_rounds.append(
-                await measure_async("password login", login, concurrency=in_flight, seconds=seconds)
-            )
-        logins, verifies = mean_rate(login_rounds), mean_rate(verify_rounds)
+        # While Argon2 is measured alone the server idles (its background tasks wake
+        # a few times a second).
+        verifies, logins = await alternating(
+            ROUNDS,
+            lambda: asyncio.to_thread(argon2_verify_rate, container.settings, seconds),
+            lambda: measure_async("password login", login, concurrency=in_flight, seconds=seconds),
+        )
         session = (await auth.Login(login_request, metadata=credentials)).session
         validate_request = auth_pb2.ValidateTokenRequest(access_token=session.access_token)
 
@@ -245,22 +240,28 @@ async def auth_rates(
             if not reply.valid:
                 raise AssertionError("the benchmark token stopped being valid")
 
-        validations = await measure_async(
-            "ValidateToken", validate, concurrency=concurrency, seconds=seconds
-        )
         # The same session's tokens, each new to the server: every call checks a signature.
-        fresh_tokens = iter(mint_tokens(container, session.account_id, session.session_id, 60_000))
+        fresh_tokens = iter(
+            mint_tokens(container, session.account_id, session.session_id, 15_000 * ROUNDS)
+        )
 
         async def validate_fresh(_i: int) -> None:
             request = auth_pb2.ValidateTokenRequest(access_token=next(fresh_tokens))
             if not (await auth.ValidateToken(request, metadata=credentials)).valid:
                 raise AssertionError("a freshly minted token was refused")
 
-        fresh = await measure_async(
-            "ValidateToken (each token new)",
-            validate_fresh,
-            concurrency=concurrency,
-            seconds=seconds,
+        echo, validations, fresh = await alternating(
+            ROUNDS,
+            lambda: echo_rate(concurrency, seconds, ECHO_PAYLOAD),
+            lambda: measure_async(
+                "ValidateToken", validate, concurrency=concurrency, seconds=seconds
+            ),
+            lambda: measure_async(
+                "ValidateToken (each token new)",
+                validate_fresh,
+                concurrency=concurrency,
+                seconds=seconds,
+            ),
         )
 
         keys = await auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), metadata=credentials)
@@ -288,7 +289,15 @@ async def auth_rates(
             lambda: verify_key.verify(*next(parts)),
             seconds=seconds,
         )
-        return logins, verifies, validations, fresh, local, raw
+        return {
+            "logins": logins,
+            "verifies": verifies,
+            "echo": echo,
+            "validations": validations,
+            "fresh": fresh,
+            "local": local,
+            "raw": raw,
+        }
     finally:
         await stopped(container, channel)
 
@@ -324,8 +333,8 @@ Written by `make bench` ({now}); every number below comes from one run on one ma
 - Setup: one in-process worker on the embedded stores (SQLite, embedded redis-server),
   OWASP Argon2id (m=19 MiB, t=2, p=1), loopback gRPC, {concurrency} calls in flight,
   {seconds:g} s per measurement after a warm-up. Each baseline is measured in the same run,
-  on the same cores, with the same client shape; password logins and their baseline in
-  {LOGIN_ROUNDS} alternating rounds each, averaged.
+  on the same cores, with the same client shape; password logins and ValidateToken
+  alternate with their baselines, {ROUNDS} rounds each, averaged.
 
 {body}
 
@@ -353,19 +362,17 @@ async def main(seconds: float, concurrency: int, report: Path | None) -> None:
         redis_server = EmbeddedRedis(root / "redis")
         redis_url = redis_server.start()
         try:
-            echo = await echo_rate(concurrency, seconds, b"x" * 64)
+            echo = await echo_rate(concurrency, seconds, ECHO_PAYLOAD)
             pairs = await code_pairs(root / "codes", redis_url, concurrency, seconds)
-            logins, argon2, validations, fresh, local, raw = await auth_rates(
-                root / "auth", redis_url, concurrency, seconds
-            )
+            auth = await auth_rates(root / "auth", redis_url, concurrency, seconds)
             lines = [
                 line(measured, baseline)
                 for measured, baseline in (
                     (pairs, echo),
-                    (logins, argon2),
-                    (validations, echo),
-                    (fresh, echo),
-                    (local, raw),
+                    (auth["logins"], auth["verifies"]),
+                    (auth["validations"], auth["echo"]),
+                    (auth["fresh"], auth["echo"]),
+                    (auth["local"], auth["raw"]),
                 )
             ]
         finally:

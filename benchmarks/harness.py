@@ -48,6 +48,20 @@ def mean_rate(rates: list[Rate]) -> Rate:
     return Rate(rates[0].name, sum(r.per_second for r in rates) / len(rates))
 
 
+async def alternating(rounds: int, *measurements: Callable[[], Awaitable[Rate]]) -> list[Rate]:
+    """Run the measurements in turn, `rounds` times over; the mean rate of each.
+
+    A measured rate and its baseline taken in alternation see the same machine: a
+    change in its speed during the run (other tenants of a shared host) affects both
+    alike instead of only whichever ran at the time.
+    """
+    taken: list[list[Rate]] = [[] for _ in measurements]
+    for _ in range(rounds):
+        for rates, measure in zip(taken, measurements, strict=True):
+            rates.append(await measure())
+    return [mean_rate(rates) for rates in taken]
+
+
 def measure_sync(name: str, op: Callable[[], object], *, seconds: float) -> Rate:
     """Call `op` in a loop for `seconds`; count calls."""
     for _ in range(10):
