@@ -20,7 +20,8 @@ ENV = "XIAOHE_IDENTITY_DATABASE_URL"
     ],
 )
 def test_supported_database_urls_are_accepted(url: str) -> None:
-    assert load_settings({ENV: url}).effective_database_url == url
+    env = {ENV: url, "XIAOHE_IDENTITY_KEYRING_FILE": "/run/secrets/keyring.json"}
+    assert load_settings(env).effective_database_url == url
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.sessions.revocations import (
     REVOCATION_CHANNEL,
     REVOKED_KEY,
+    SKEW_MARGIN,
     RevocationList,
     decode_revocation_message,
     encode_revocation_message,
@@ -32,7 +33,8 @@ from xiaohe.identity.server.sessions.revocations import (
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 
 ACCESS_TTL = 600
-LEEWAY = 60
+VALIDATOR_LEEWAY = 5
+LEEWAY = VALIDATOR_LEEWAY + SKEW_MARGIN
 FAST_FAIL = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 1, "socket_timeout": 2}
 
 
@@ -42,7 +44,7 @@ def make_list(client: aioredis.Redis, clock: FakeClock) -> RevocationList:
         client,
         clock,
         ACCESS_TTL,
-        leeway=LEEWAY,
+        validator_leeway=VALIDATOR_LEEWAY,
         tick=0.05,
         backoff_initial=0.05,
         backoff_max=0.2,
@@ -267,3 +269,12 @@ async def test_reconnect_reloads_what_was_missed(
             assert took is not None, "A did not reload after its subscription was cut"
     finally:
         await a_client.aclose()
+
+
+@pytest.mark.parametrize("validator_leeway", [0.0, 5.0, 30.0, 60.0])
+def test_an_entry_outlives_every_token_the_validator_may_accept(
+    redis_client: aioredis.Redis, clock: FakeClock, validator_leeway: float
+) -> None:
+    """T3: the list keeps a revocation past exp + the validator's leeway, whatever it is set to."""
+    revocations = RevocationList(redis_client, clock, ACCESS_TTL, validator_leeway=validator_leeway)
+    assert revocations.leeway >= validator_leeway + SKEW_MARGIN

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     pass
 
 ACCESS_TTL = 600
-SERVER_LEEWAY = 30
+SERVER_LEEWAY = 5
 
 Header = dict[str, object]
 Payload = dict[str, object]
@@ -74,7 +74,7 @@ def published_kids(document: dict[str, object]) -> set[str]:
     return {str(k["kid"]) for k in keys}
 
 
-def verifier_for(h: Harness, audience: str = AUDIENCE) -> TokenVerifier:
+def verifier_for(h: Harness, audience: str = AUDIENCE, leeway: float = 30.0) -> TokenVerifier:
     """The SDK's local verifier, fed by GetSigningKeys over the harness channel."""
 
     async def fetch_jwks() -> str:
@@ -84,7 +84,11 @@ def verifier_for(h: Harness, audience: str = AUDIENCE) -> TokenVerifier:
         return reply.jwks_json
 
     return TokenVerifier(
-        fetch_jwks, audience=audience, issuer=h.container.settings.token_issuer, clock=h.clock.now
+        fetch_jwks,
+        audience=audience,
+        issuer=h.container.settings.token_issuer,
+        leeway=leeway,
+        clock=h.clock.now,
     )
 
 
@@ -148,12 +152,14 @@ async def alice(h: Harness) -> SignedIn:
     return SignedIn(account_id, session)
 
 
-async def assert_refused(h: Harness, token: str, reason: str, case: str) -> None:
+async def assert_refused(
+    h: Harness, token: str, reason: str, case: str, sdk_leeway: float = 30.0
+) -> None:
     """ValidateToken answers valid=False (no error, no claims); the SDK raises InvalidToken."""
     answer = await validate(h, token)
     assert answer == auth_pb2.ValidateTokenResponse(valid=False), case
     with pytest.raises(InvalidToken) as caught:
-        await verifier_for(h).verify(token)
+        await verifier_for(h, leeway=sdk_leeway).verify(token)
     assert caught.value.reason == reason, case
 
 
@@ -344,10 +350,11 @@ async def test_a_token_expires_after_ten_minutes_plus_leeway(h: Harness, alice: 
     """T1: valid up to exp + leeway, then valid=False from ValidateToken and the SDK."""
     token = alice.session.access_token
     assert alice.session.access_token_expires_in_seconds == ACCESS_TTL
+    assert h.container.settings.token_leeway_seconds == SERVER_LEEWAY
     h.clock.advance(ACCESS_TTL + SERVER_LEEWAY - 1)
     assert (await validate(h, token)).valid
     h.clock.advance(2)
-    await assert_refused(h, token, "expired", "expired")
+    await assert_refused(h, token, "expired", "expired", sdk_leeway=SERVER_LEEWAY)
 
 
 async def test_a_token_is_valid_only_for_its_audience(h: Harness, alice: SignedIn) -> None:

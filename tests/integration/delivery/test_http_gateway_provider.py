@@ -172,8 +172,18 @@ async def test_connection_refused_is_retryable(clock: FakeClock) -> None:
 
 
 def test_only_http_urls_are_accepted(clock: FakeClock) -> None:
-    with pytest.raises(ValueError, match="http"):
+    with pytest.raises(ValueError, match="https"):
         HttpSmsGatewayProvider("file:///etc/passwd", "k", SECRET, clock)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://sms.example.net/send", "http://10.0.0.5/send", "http://0.0.0.0/send"]
+)
+def test_plain_http_is_refused_off_loopback(clock: FakeClock, url: str) -> None:
+    """X2: the body carries a phone number and a code; plain HTTP only to this machine."""
+    with pytest.raises(ValueError, match="https"):
+        HttpSmsGatewayProvider(url, "k", SECRET, clock)
+    assert HttpSmsGatewayProvider("https" + url[4:], "k", SECRET, clock) is not None
 
 
 def test_verify_gateway_signature_rejects_tampering_and_stale_timestamps() -> None:

@@ -170,3 +170,24 @@ async def test_a_header_injection_attempt_is_refused_permanently(
     assert info.value.retryable is False
     assert "attacker" not in str(info.value)
     assert handler.messages == []
+
+
+def test_credentials_without_starttls_are_refused() -> None:
+    """X2: a provider that would log in over plaintext cannot be built."""
+    with pytest.raises(ValueError, match="STARTTLS"):
+        SmtpProvider("127.0.0.1", 25, "noreply@xiaohe.example", "mailer", "smtp-secret")
+
+
+async def test_a_server_without_starttls_never_sees_the_credentials(
+    smtp: tuple[RecordingHandler, int],
+) -> None:
+    """X2: STARTTLS comes first; a server that does not offer it gets no AUTH and no mail."""
+    handler, port = smtp
+    mailer = SmtpProvider(
+        "127.0.0.1", port, "noreply@xiaohe.example", "mailer", "smtp-secret", starttls=True
+    )
+    with pytest.raises(DeliveryError) as info:
+        await mailer.send(outgoing())
+    assert not info.value.retryable
+    assert "smtp-secret" not in info.value.reason
+    assert handler.messages == []

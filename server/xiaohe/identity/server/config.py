@@ -12,11 +12,25 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Final, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
+
+from xiaohe.identity.server.shared.network import is_loopback_host
 
 ENV_PREFIX = "XIAOHE_IDENTITY_"
+
+SECRET_FIELDS: Final = frozenset({"smtp_password", "sms_gateway_secret"})
+"""Settings whose values never appear in a repr, a log line or an error message."""
+
+URL_FIELDS: Final = frozenset({"database_url", "redis_url", "sms_gateway_url"})
+"""Settings that are URLs and may carry a password, shown with it masked."""
+
+MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
+"""Upper bound of `token_leeway_seconds`; revocations are kept past it (sessions/revocations.py)."""
+
+HIDDEN: Final = "<hidden>"
 
 
 class SettingsError(Exception):
@@ -42,6 +56,12 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # Plaintext gRPC on a non-loopback address only with this (a mesh that terminates TLS).
+    allow_plaintext: bool = False
+    # The largest request message accepted, in bytes (requests here are a few hundred bytes).
+    max_message_bytes: int = 64 * 1024
+    # Every Redis operation is answered within this bound, or fails closed (UNAVAILABLE).
+    redis_op_timeout_seconds: float = 2.0
 
     # Codes and tickets.
     code_ttl_seconds: int = 300
@@ -64,11 +84,11 @@ class Settings:
     smtp_port: int = 25
     smtp_sender: str = "noreply@xiaohe.example"
     smtp_username: str = ""
-    smtp_password: str = ""
+    smtp_password: str = field(default="", repr=False)
     smtp_starttls: bool = False
     sms_gateway_url: str = ""
     sms_gateway_key_id: str = ""
-    sms_gateway_secret: str = ""
+    sms_gateway_secret: str = field(default="", repr=False)
     delivery_max_attempts: int = 8
     delivery_backoff_base_seconds: float = 1.0
 
@@ -87,7 +107,31 @@ class Settings:
     refresh_absolute_seconds: int = 7 * 86400
     token_issuer: str = "https://identity.xiaohe.example"  # noqa: S105 - an issuer URL
     default_audience: str = "xiaohe-platform"
-    token_leeway_seconds: float = 30.0
+    token_leeway_seconds: float = 5.0
+
+    def __repr__(self) -> str:
+        """Every setting, with secrets hidden and passwords in URLs masked."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                shown = HIDDEN if value else "''"
+            elif f.name in URL_FIELDS:
+                shown = repr(mask_url_password(value))
+            else:
+                shown = repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+    @property
+    def embedded_store(self) -> bool:
+        """Whether the durable store is SQLite on this machine (dev and single-host installs).
+
+        Only then does the server create a key ring and a bootstrap client by itself;
+        with an external database every replica must share one explicit key ring, and
+        clients are created through the CLI (SECURITY F5).
+        """
+        return self.effective_database_url.startswith("sqlite")
 
     @property
     def effective_database_url(self) -> str:
@@ -105,6 +149,20 @@ class Settings:
     def effective_workers(self) -> int:
         """Worker processes: the setting, or one per core."""
         return self.workers or (os.cpu_count() or 1)
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with its password (if any) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return HIDDEN
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -136,9 +194,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return tuple(str(i).strip().lstrip("+") for i in items if str(i).strip())
         return str(value)
     except (TypeError, ValueError):
-        raise SettingsError(
-            f"{ENV_PREFIX}{name.upper()}: cannot read {value!r} as {kind}"
-        ) from None
+        shown = HIDDEN if name in SECRET_FIELDS | URL_FIELDS else repr(value)
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}: cannot read {shown} as {kind}") from None
 
 
 def _validate(s: Settings) -> None:
@@ -186,6 +243,63 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}: cannot read {path}")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
+    if not 1024 <= s.max_message_bytes <= 4 * 1024 * 1024:
+        raise SettingsError(f"{ENV_PREFIX}MAX_MESSAGE_BYTES: between 1024 and 4194304")
+    if not 0 < s.redis_op_timeout_seconds <= 30:
+        raise SettingsError(f"{ENV_PREFIX}REDIS_OP_TIMEOUT_SECONDS: more than 0, at most 30")
+    if not 0 <= s.token_leeway_seconds <= MAX_TOKEN_LEEWAY_SECONDS:
+        raise SettingsError(
+            f"{ENV_PREFIX}TOKEN_LEEWAY_SECONDS: between 0 and {MAX_TOKEN_LEEWAY_SECONDS:.0f}"
+        )
+    _validate_transport_security(s)
+
+
+def _validate_transport_security(s: Settings) -> None:
+    """Secrets travel only over TLS, and an external store has no generated keys (F5, X2)."""
+    check_listen_security(s)
+    if not s.embedded_store and not s.keyring_file:
+        raise SettingsError(
+            f"{ENV_PREFIX}KEYRING_FILE: required with an external database, so that every "
+            "replica signs and encrypts with the same keys; create it once with "
+            "`xiaohe-identity keys init`"
+        )
+    if (s.smtp_username or s.smtp_password) and not s.smtp_starttls:
+        raise SettingsError(
+            f"{ENV_PREFIX}SMTP_STARTTLS: must be true when SMTP credentials are set "
+            "(they are never sent in plaintext)"
+        )
+    if s.sms_gateway_url:
+        try:
+            parts = urlsplit(s.sms_gateway_url)
+            host = parts.hostname or ""
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: not a URL") from None
+        if parts.scheme not in ("https", "http") or not host:
+            raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: use https://HOST/...")
+        if parts.scheme == "http" and not is_loopback_host(host):
+            raise SettingsError(
+                f"{ENV_PREFIX}SMS_GATEWAY_URL: plain http:// only to a loopback address; "
+                "use https://"
+            )
+
+
+def check_listen_security(s: Settings) -> None:
+    """Refuse plaintext gRPC on an address other machines can reach, unless allowed (F5).
+
+    Every call carries a client secret in its metadata, so a plaintext listener
+    on a routable address hands it to anyone on the path. A service mesh that
+    terminates TLS in a sidecar is the one legitimate exception:
+    `XIAOHE_IDENTITY_ALLOW_PLAINTEXT=true` says so explicitly.
+    """
+    if s.tls_cert_file or s.allow_plaintext:
+        return
+    host = s.listen.rpartition(":")[0]
+    if not is_loopback_host(host):
+        raise SettingsError(
+            f"{ENV_PREFIX}LISTEN: {s.listen} is reachable from other machines but no TLS "
+            f"certificate is set; set {ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE, "
+            f"or {ENV_PREFIX}ALLOW_PLAINTEXT=true behind a mesh that terminates TLS"
+        )
 
 
 def load_settings(
@@ -231,4 +345,13 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings", "with_overrides"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "Settings",
+    "SettingsError",
+    "check_listen_security",
+    "load_settings",
+    "mask_url_password",
+    "with_overrides",
+]

@@ -253,7 +253,13 @@ class Container:
     @cached_property
     def revocations(self) -> RevocationList:
         """This worker's in-memory view of revoked sessions, fed from Redis."""
-        return RevocationList(self.redis, self.clock, self.settings.access_token_ttl_seconds)
+        s = self.settings
+        return RevocationList(
+            self.redis,
+            self.clock,
+            s.access_token_ttl_seconds,
+            validator_leeway=s.token_leeway_seconds,
+        )
 
     @cached_property
     def sessions(self) -> SessionService:

@@ -25,6 +25,7 @@ import os
 import smtplib
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.shared.network import is_loopback_host
 
 _REMEMBERED_IDS = 10_000
 _MESSAGE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -195,6 +197,10 @@ class SmtpProvider:
     after a crash carries the same id and mail systems can drop the duplicate.
     SMTP 4xx replies and connection problems are retryable; 5xx replies are
     permanent.
+
+    Credentials are only ever sent after STARTTLS (SECURITY X2): a provider with a
+    username but without `starttls` cannot be built, and a server that does not
+    offer STARTTLS is a permanent failure before any AUTH command.
     """
 
     name = "smtp"
@@ -216,6 +222,8 @@ class SmtpProvider:
         self._password = password
         self._starttls = starttls
         self._timeout = timeout
+        if (username or password) and not starttls:
+            raise ValueError("SMTP credentials are sent only over STARTTLS; enable starttls")
         domain = parseaddr(sender)[1].rpartition("@")[2]
         self._domain = domain or "xiaohe-identity.invalid"
 
@@ -338,7 +346,8 @@ class HttpSmsGatewayProvider:
     (the message id; a resend after a timeout carries the same key, so the
     gateway must send at most once per key). 2xx is accepted; 408, 429, 5xx
     and connection problems are retryable; redirects and other 4xx are
-    permanent.
+    permanent. The body holds a phone number and a code, so plain `http://` is
+    accepted only for a gateway on this machine (SECURITY X2).
     """
 
     name = "http"
@@ -352,8 +361,11 @@ class HttpSmsGatewayProvider:
         timeout: float = 10.0,
         proxies: Mapping[str, str] | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("the SMS gateway URL must be http:// or https://")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the SMS gateway URL must be https://HOST/...")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("the SMS gateway URL must be https:// unless it is on loopback")
         self._url = url
         self._key_id = key_id
         self._secret = secret

@@ -4,9 +4,12 @@ The hot path (`is_revoked`, called by `SessionService.validate` for every
 ValidateToken) is one dict lookup: no network call sits on it (ARCHITECTURE
 "Tokens and sessions"). Each worker keeps `sid → expiry`; an entry matters only
 until every access token of that session has expired, so its expiry is the
-revocation time + the access-token lifetime + `leeway` (which covers the
-validator's leeway, clock skew between workers and a refresh that raced the
-revocation and signed one last token).
+revocation time + the access-token lifetime + `leeway`. The leeway is derived
+from the validator's own (`validator_leeway`, the `token_leeway_seconds`
+setting) plus `SKEW_MARGIN` for clock skew between workers and a refresh that
+raced the revocation and signed one last token. Deriving it, rather than
+configuring it beside the validator's, is what keeps a larger validator leeway
+from letting a revoked token validate again once its entry is gone.
 
 Redis holds the shared truth in two places:
 
@@ -56,7 +59,11 @@ from xiaohe.identity.server.ratelimit.scripts import is_unavailable, text
 
 REVOKED_KEY = "xh:revoked"
 REVOCATION_CHANNEL = "xh:revocations"
-DEFAULT_LEEWAY = 60.0
+SKEW_MARGIN = 60.0
+"""Seconds a revocation is kept beyond the last moment a validator could accept its tokens."""
+
+DEFAULT_VALIDATOR_LEEWAY = 5.0
+DEFAULT_LEEWAY = DEFAULT_VALIDATOR_LEEWAY + SKEW_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +102,18 @@ class RevocationList:
         clock: Clock,
         access_ttl: float,
         *,
-        leeway: float = DEFAULT_LEEWAY,
+        validator_leeway: float = DEFAULT_VALIDATOR_LEEWAY,
         tick: float = 1.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         prune_interval: float = 60.0,
     ) -> None:
-        if access_ttl <= 0 or leeway < 0 or tick <= 0:
+        if access_ttl <= 0 or validator_leeway < 0 or tick <= 0:
             raise ValueError("access_ttl and tick must be positive, leeway not negative")
         self._redis = redis
         self._clock = clock
         self._ttl = float(access_ttl)
-        self._leeway = float(leeway)
+        self._leeway = float(validator_leeway) + SKEW_MARGIN
         self._tick = tick
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -126,6 +133,11 @@ class RevocationList:
         if not self._loaded:
             raise Unavailable("the revocation list is not loaded yet")
         return session_id in self._revoked
+
+    @property
+    def leeway(self) -> float:
+        """Seconds an entry outlives the access-token lifetime (validator leeway + margin)."""
+        return self._leeway
 
     @property
     def pending(self) -> frozenset[str]:
@@ -261,8 +273,10 @@ class RevocationList:
 
 __all__ = [
     "DEFAULT_LEEWAY",
+    "DEFAULT_VALIDATOR_LEEWAY",
     "REVOCATION_CHANNEL",
     "REVOKED_KEY",
+    "SKEW_MARGIN",
     "RevocationList",
     "decode_revocation_message",
     "encode_revocation_message",

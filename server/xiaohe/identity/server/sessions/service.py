@@ -66,7 +66,6 @@ from xiaohe.identity.server.sessions.repository import (
     RotationStatus,
     SessionRepository,
 )
-from xiaohe.identity.server.sessions.revocations import DEFAULT_LEEWAY
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.storage.database import Database, InTransaction
 from xiaohe.identity.server.storage.schema import accounts
@@ -95,6 +94,11 @@ log = logging.getLogger(__name__)
 
 class Revocations(Protocol):
     """What the service needs of the revocation list (`revocations.RevocationList`)."""
+
+    @property
+    def leeway(self) -> float:
+        """Seconds a revocation outlives the access-token lifetime."""
+        ...
 
     def is_revoked(self, session_id: str) -> bool:
         """Whether the session is revoked (in memory)."""
@@ -300,7 +304,7 @@ class SessionService:
         reason = _check_reason(reason)
         now = self._clock.now()
         revoked = await self._repo.revoke_all(account_id, now=now, reason=reason)
-        horizon = now - self._lifetimes.access_ttl - DEFAULT_LEEWAY
+        horizon = now - self._lifetimes.access_ttl - self._revocations.leeway
         live = [r.session_id for r in revoked if r.last_used_at >= horizon]
         try:
             if live:

@@ -1,0 +1,1 @@
+"""Helpers that several capability packages use; they import nothing of the server above them."""
