@@ -62,6 +62,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     # Every Redis operation is answered within this bound, or fails closed (UNAVAILABLE).
     redis_op_timeout_seconds: float = 2.0
+    # How often a worker anchors the audit chain's head in a signed checkpoint.
+    audit_checkpoint_seconds: float = 300.0
 
     # Codes and tickets.
     code_ttl_seconds: int = 300
@@ -245,6 +247,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
     if not 1024 <= s.max_message_bytes <= 4 * 1024 * 1024:
         raise SettingsError(f"{ENV_PREFIX}MAX_MESSAGE_BYTES: between 1024 and 4194304")
+    if not 1 <= s.audit_checkpoint_seconds <= 86400:
+        raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
     if not 0 < s.redis_op_timeout_seconds <= 30:
         raise SettingsError(f"{ENV_PREFIX}REDIS_OP_TIMEOUT_SECONDS: more than 0, at most 30")
     if not 0 <= s.token_leeway_seconds <= MAX_TOKEN_LEEWAY_SECONDS:
