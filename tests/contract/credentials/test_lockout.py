@@ -19,7 +19,7 @@ from xiaohe.identity.server.credentials.lockout import (
     Refusal,
 )
 from xiaohe.identity.server.errors import Unavailable
-from xiaohe.identity.server.ratelimit.scripts import text
+from xiaohe.identity.server.storage.redis import text
 
 ACCOUNT = "acc_0123456789abcdef01234567"
 OTHER_ACCOUNT = "acc_fedcba9876543210fedcba98"

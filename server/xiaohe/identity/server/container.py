@@ -14,11 +14,6 @@ from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from xiaohe.identity.server.accounts.repository import SqlAccountRepository
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
@@ -51,6 +46,7 @@ from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.storage.database import Database
+from xiaohe.identity.server.storage.redis import BoundedRedis, bounded_client
 
 log = logging.getLogger("xiaohe.identity.container")
 
@@ -91,21 +87,9 @@ class Container:
         return Database.from_url(self.settings.effective_database_url)
 
     @cached_property
-    def redis(self) -> aioredis.Redis:
-        """The Redis client (reconnects by itself after an outage)."""
-        # Fail fast when Redis is down (one retry, no backoff): callers get UNAVAILABLE at
-        # once instead of after redis-py's default ten retries; the pool blocks briefly
-        # rather than failing when every connection is busy.
-        pool = BlockingConnectionPool.from_url(
-            self.redis_url,
-            max_connections=256,
-            timeout=2.0,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            health_check_interval=10,
-            retry=Retry(NoBackoff(), 1),
-        )
-        return aioredis.Redis(connection_pool=pool)
+    def redis(self) -> BoundedRedis:
+        """The Redis client: every operation bounded, failing fast while Redis is unreachable."""
+        return bounded_client(self.redis_url, self.settings.redis_op_timeout_seconds)
 
     @cached_property
     def keyring(self) -> KeyRing:

@@ -42,9 +42,8 @@ from xiaohe.identity.server.ratelimit.scripts import (
     CONSTANT_TIME_EQUAL_LUA,
     GC_GRACE_MS,
     SLIDING_WINDOW_LUA,
-    run_script,
-    text,
 )
+from xiaohe.identity.server.storage.redis import run_script, text
 
 ISSUE_POLICY = "code.issue.destination"
 VERIFY_POLICY = "code.verify.destination"

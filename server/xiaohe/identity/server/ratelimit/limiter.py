@@ -11,11 +11,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from xiaohe.identity.server.errors import RateLimited
-from xiaohe.identity.server.ratelimit.scripts import (
-    GC_GRACE_MS,
-    SLIDING_WINDOW_LUA,
-    run_script,
-)
+from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
+from xiaohe.identity.server.storage.redis import run_script
 
 # KEYS[1] the window set. ARGV: now_ms, member, grace_ms, then (limit, window_ms) pairs.
 # Returns {1} when the event was recorded, {0, retry_ms, index of the tightest window}.

@@ -1,4 +1,4 @@
-"""Lua building blocks shared by every Redis script of the server, and the one way to run them.
+"""Lua building blocks shared by every Redis script of the server (run by `storage.redis`).
 
 Each check-and-update is one script, so it is atomic: Redis runs a script to the
 end before serving any other command. Scripts receive the current time from the
@@ -6,32 +6,11 @@ caller's injected clock (`now`, integer milliseconds), never from Redis, so a
 fake clock drives every limit and expiry in tests. Key expiry (`PEXPIRE`) is only
 garbage collection, set past the logical lifetime by `GC_GRACE_MS`.
 
-`run_script` turns every "Redis cannot serve this" error into
-`errors.Unavailable` (and an exhausted connection pool into `errors.Overloaded`),
-so callers fail closed (nothing sent, nothing accepted);
 redis-py reconnects by itself once the server is back, and `register_script`
 re-loads a script that the server forgot (NOSCRIPT after a restart).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
-
-from redis.commands.core import AsyncScript
-from redis.exceptions import (
-    ClusterError,
-    MaxConnectionsError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisClusterException,
-    ResponseError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from xiaohe.identity.server.errors import Overloaded, Unavailable
 
 # Keys outlive their logical expiry by this much (one hour), so that Redis never
 # deletes anything a caller's clock still considers alive; it is not a security bound.
@@ -94,53 +73,8 @@ end
 """
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether a Redis client error means "cannot serve now" (fail closed) rather than a bug."""
-    if isinstance(
-        exc,
-        RedisConnectionError
-        | RedisTimeoutError
-        | OutOfMemoryError
-        | ReadOnlyError
-        | TryAgainError
-        | ClusterError
-        | RedisClusterException
-        | OSError,
-    ):
-        return True
-    if isinstance(exc, ResponseError):
-        return str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"))
-    return False
-
-
-async def run_script(script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-    """Run a registered script; connection-type failures become `errors.Unavailable`.
-
-    An exhausted local connection pool is this process being overloaded, not
-    Redis being down, so it becomes `errors.Overloaded` (shed load, retry soon).
-    """
-    try:
-        return await script(keys=list(keys), args=list(args))
-    except MaxConnectionsError as exc:
-        raise Overloaded() from exc
-    except Exception as exc:
-        if is_unavailable(exc):
-            raise Unavailable() from exc
-        raise
-
-
-def text(value: object) -> str:
-    """A reply element as str, whether the client decodes responses or not."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return str(value)
-
-
 __all__ = [
     "CONSTANT_TIME_EQUAL_LUA",
     "GC_GRACE_MS",
     "SLIDING_WINDOW_LUA",
-    "is_unavailable",
-    "run_script",
-    "text",
 ]

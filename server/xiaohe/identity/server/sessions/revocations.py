@@ -55,7 +55,7 @@ import redis.asyncio as aioredis
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import Unavailable
-from xiaohe.identity.server.ratelimit.scripts import is_unavailable, text
+from xiaohe.identity.server.storage.redis import is_unavailable, text
 
 REVOKED_KEY = "xh:revoked"
 REVOCATION_CHANNEL = "xh:revocations"
