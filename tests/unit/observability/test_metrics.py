@@ -46,6 +46,8 @@ def test_counters_move() -> None:
     m.limit_rejected("code.issue.destination")
     m.delivery("file", "sent")
     m.login("password", "failed")
+    m.undecodable_request("IssueCode")
+    m.undecodable_request("IssueCode")
     assert _value(m, "xiaohe_rpc_requests_total", {"method": ISSUE, "code": "OK"}) == 2
     assert (
         _value(m, "xiaohe_rpc_requests_total", {"method": ISSUE, "code": "RESOURCE_EXHAUSTED"}) == 1
@@ -59,6 +61,7 @@ def test_counters_move() -> None:
     assert _value(m, "xiaohe_limit_rejections_total", {"policy": "code.issue.destination"}) == 1
     assert _value(m, "xiaohe_deliveries_total", {"provider": "file", "outcome": "sent"}) == 1
     assert _value(m, "xiaohe_logins_total", {"method": "password", "outcome": "failed"}) == 1
+    assert _value(m, "xiaohe_undecodable_requests_total", {"method": "IssueCode"}) == 2
 
 
 def test_exposition_contains_every_metric_name() -> None:
@@ -69,6 +72,7 @@ def test_exposition_contains_every_metric_name() -> None:
     m.limit_rejected("ip.login")
     m.delivery("smtp", "failed")
     m.login("sms", "ok")
+    m.undecodable_request("Login")
     text = m.render().decode()
     for name in (
         "xiaohe_rpc_requests_total",
@@ -78,6 +82,7 @@ def test_exposition_contains_every_metric_name() -> None:
         "xiaohe_limit_rejections_total",
         "xiaohe_deliveries_total",
         "xiaohe_logins_total",
+        "xiaohe_undecodable_requests_total",
     ):
         assert f"\n{name}{{" in text
     assert 'xiaohe_logins_total{method="sms",outcome="ok"} 1.0' in text

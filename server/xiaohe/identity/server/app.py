@@ -79,7 +79,10 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         interceptors=[IdentityInterceptor(container.clients, container.metrics)],
         options=[
             ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            # Requests are a few hundred bytes: grpc refuses a larger one (RESOURCE_EXHAUSTED)
+            # before any handler sees it. Responses are not capped: a policy text or
+            # a client list may legitimately grow past a request-sized bound.
+            ("grpc.max_receive_message_length", container.settings.max_message_bytes),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )

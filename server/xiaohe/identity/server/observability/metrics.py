@@ -155,6 +155,12 @@ class Metrics:
             ["method", "outcome"],
             registry=registry,
         )
+        self._undecodable_requests = Counter(
+            "xiaohe_undecodable_requests",
+            "Requests whose bytes do not parse as the method's request message, by method.",
+            ["method"],
+            registry=registry,
+        )
 
     @classmethod
     def in_memory(cls) -> Metrics:
@@ -200,6 +206,10 @@ class Metrics:
     def login(self, method: str, outcome: str) -> None:
         """Count one login attempt and its outcome."""
         self._logins.labels(method=bounded_label(method), outcome=bounded_label(outcome)).inc()
+
+    def undecodable_request(self, method: str) -> None:
+        """Count one request refused because its bytes are not a message of its type."""
+        self._undecodable_requests.labels(method=bounded_label(method)).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (this process's values only)."""

@@ -3,21 +3,35 @@
 For every RPC but health and reflection it authenticates the client from
 `x-client-id` / `x-client-secret` metadata, checks the method's grant, binds
 a RequestContext (end-user metadata only from clients granted
-`forward-end-user`), runs the handler, and maps a domain exception to a status
-with `google.rpc` details. Anything unexpected becomes INTERNAL with the
-request id; its traceback goes to the log, never to the caller.
+`forward-end-user`), decodes the request, runs the handler, and maps a domain
+exception to a status with `google.rpc` details. Anything unexpected becomes
+INTERNAL with the request id; its traceback goes to the log, never to the caller.
+
+Undecodable requests (SECURITY.md F3). Handlers are re-registered without a
+request deserializer, so grpc hands over the raw bytes and the interceptor
+parses them itself, after caller authentication and the grant check. Left to
+grpc, a parse error would answer UNKNOWN with the exception's class and text
+and log an ERROR traceback per request: a free log flood. Here it is an
+ordinary INVALID_ARGUMENT (ErrorInfo, a BadRequest violation on `request`),
+logged at DEBUG and counted in `xiaohe_undecodable_requests`. Unauthenticated
+garbage still gets UNAUTHENTICATED, so the parser never runs for strangers.
+Health and reflection stay public, but their requests are decoded here too,
+so they cannot flood the log either. The size cap is grpc's
+(`max_message_bytes`, see `app.py`): an oversized message never reaches us.
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from xiaohe.identity.server import context, errors
@@ -30,6 +44,11 @@ log = logging.getLogger("xiaohe.identity.rpc")
 REQUEST_ID_HEADER = "x-request-id"
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Deserializer: TypeAlias = Callable[[bytes], Any]
+ServicerContext: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+# Says what is wrong without naming the parser, its exception or the message type.
+UNDECODABLE = "not a well-formed message of this method's request type"
 
 
 class Authenticator(Protocol):
@@ -45,6 +64,10 @@ class RpcMetrics(Protocol):
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """Record one finished RPC."""
+        ...
+
+    def undecodable_request(self, method: str) -> None:
+        """Record one request whose bytes do not parse as the method's request type."""
         ...
 
 
@@ -84,29 +107,33 @@ class IdentityInterceptor(_ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
+        if handler is None:
             return handler
         # One wrapper per method, built on its first call: the per-call cost is the call.
-        wrapped = self._wrap(handler, method)
+        if method.startswith(PUBLIC_PREFIXES):
+            wrapped = self._wrap_public(handler, method)
+        else:
+            wrapped = self._wrap(handler, method)
         self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(self, handler: Handler, method: str) -> Handler:
-        """The handler behind authentication, grants, context and error mapping.
+        """The handler behind authentication, grants, decoding, context and error mapping.
 
         Unary methods are wrapped; any other kind is refused outright until it is
         wrapped too, so a streaming method added later cannot skip caller authentication.
         """
         if handler.unary_unary is not None:
             unary = handler.unary_unary
+            decode = handler.request_deserializer
+            name = method.rsplit("/", 1)[-1]
 
-            async def behaviour(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                return await self._serve(unary, request, ctx, method, _metadata(ctx))
+            async def behaviour(raw: bytes, ctx: ServicerContext) -> Any:
+                return await self._serve(unary, decode, raw, ctx, method, name, _metadata(ctx))
 
+            # No request deserializer: the raw bytes come to `_serve`, which decodes them.
             return grpc.unary_unary_rpc_method_handler(
-                behaviour,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                behaviour, response_serializer=handler.response_serializer
             )
 
         async def refuse(_request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -114,12 +141,88 @@ class IdentityInterceptor(_ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(refuse)
 
+    def _wrap_public(self, handler: Handler, method: str) -> Handler:
+        """A public handler (health, reflection) behind request decoding only, of any kind."""
+        decode = handler.request_deserializer
+        serialize = handler.response_serializer
+        name = method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            uu: Callable[..., Any] = handler.unary_unary
+
+            async def unary_unary(raw: bytes, ctx: ServicerContext) -> Any:
+                return await uu(await self._decode_public(decode, raw, ctx, name), ctx)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+        if handler.unary_stream is not None:
+            us: Callable[..., Any] = handler.unary_stream
+
+            async def unary_stream(raw: bytes, ctx: ServicerContext) -> None:
+                await _respond(us(await self._decode_public(decode, raw, ctx, name), ctx), ctx)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
+        if handler.stream_unary is not None:
+            su: Callable[..., Any] = handler.stream_unary
+
+            async def stream_unary(raws: AsyncIterator[bytes], ctx: ServicerContext) -> Any:
+                return await su(self._decode_each(decode, raws, ctx, name), ctx)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
+        if handler.stream_stream is not None:
+            ss: Callable[..., Any] = handler.stream_stream
+
+            async def stream_stream(raws: AsyncIterator[bytes], ctx: ServicerContext) -> None:
+                await _respond(ss(self._decode_each(decode, raws, ctx, name), ctx), ctx)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, response_serializer=serialize
+            )
+        return handler
+
+    def _decode(self, decode: Deserializer | None, raw: bytes, name: str) -> Any:
+        """The request parsed from raw bytes, or InvalidArgument (logged at DEBUG, counted)."""
+        if decode is None:
+            return raw
+        try:
+            return decode(raw)
+        except DecodeError:
+            # The caller's mistake, not ours: nothing above DEBUG, or garbage floods the log.
+            log.debug("undecodable request to %s (%d bytes)", name, len(raw))
+            if self._metrics is not None:
+                self._metrics.undecodable_request(name)
+            raise errors.InvalidArgument(errors.FieldViolation("request", UNDECODABLE)) from None
+
+    async def _decode_public(
+        self, decode: Deserializer | None, raw: bytes, ctx: ServicerContext, name: str
+    ) -> Any:
+        """The request of a public method, or the call aborted with INVALID_ARGUMENT."""
+        try:
+            return self._decode(decode, raw, name)
+        except errors.InvalidArgument as exc:
+            request_id = _new_request_id()
+            await self._abort(
+                ctx, grpc.StatusCode.INVALID_ARGUMENT, to_rpc_status(exc, request_id), request_id
+            )
+            raise AssertionError("unreachable") from None  # pragma: no cover
+
+    async def _decode_each(
+        self,
+        decode: Deserializer | None,
+        raws: AsyncIterator[bytes],
+        ctx: ServicerContext,
+        name: str,
+    ) -> AsyncIterator[Any]:
+        """The requests of a client stream, decoded one by one; the first bad one aborts."""
+        async for raw in raws:
+            yield await self._decode_public(decode, raw, ctx, name)
+
     async def _serve(
         self,
         inner: Callable[..., Any],
-        request: Any,
-        ctx: grpc.aio.ServicerContext[Any, Any],
+        decode: Deserializer | None,
+        raw: bytes,
+        ctx: ServicerContext,
         method: str,
+        name: str,
         metadata: dict[str, str],
     ) -> Any:
         request_id = _new_request_id()
@@ -133,7 +236,7 @@ class IdentityInterceptor(_ServerInterceptor):
             if not allows(client.grants, method):
                 raise errors.PermissionDenied("this client is not granted this method")
             context.bind(self._context_for(request_id, client, metadata, ctx))
-            response = await inner(request, ctx)
+            response = await inner(self._decode(decode, raw, name), ctx)
             ctx.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             return response
         except errors.IdentityError as exc:
@@ -151,7 +254,7 @@ class IdentityInterceptor(_ServerInterceptor):
             )
         finally:
             if self._metrics is not None:
-                self._metrics.rpc(method.rsplit("/", 1)[-1], code, time.perf_counter() - started)
+                self._metrics.rpc(name, code, time.perf_counter() - started)
             context.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -196,6 +299,16 @@ class IdentityInterceptor(_ServerInterceptor):
                 (REQUEST_ID_HEADER, request_id),
             ),
         )
+
+
+async def _respond(result: Any, ctx: ServicerContext) -> None:
+    """Run a streaming handler's result: await a coroutine that writes, or write what it yields."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    stream: AsyncIterable[Any] = result
+    async for response in stream:
+        await ctx.write(response)
 
 
 def _valid_ip(text: str) -> str:
