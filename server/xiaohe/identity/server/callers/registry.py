@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,13 +46,45 @@ def hash_secret(secret: str) -> str:
     return "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
 
 
+MAX_NAME_CHARS = 200
+MAX_GRANTS = 64
+_SHOWN_UNKNOWN = 3
+_SHOWN_CHARS = 40
+
+
+def _shown(value: str) -> str:
+    """A caller-given value as an error may quote it: printable, bounded."""
+    printable = "".join(ch if ch.isprintable() else "?" for ch in value[:_SHOWN_CHARS])
+    return printable + ("…" if len(value) > _SHOWN_CHARS else "")
+
+
+def _validate_name(name: str) -> str:
+    """A client's display name: NFKC, 1-200 characters, one line, no control or bidi characters.
+
+    Names appear in operator listings, logs and audit exports; a line break or a
+    right-to-left override there forges or hides what an operator reads.
+    """
+    name = unicodedata.normalize("NFKC", name).strip()
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(FieldViolation("name", f"must be 1 to {MAX_NAME_CHARS} characters"))
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs") for ch in name):
+        raise InvalidArgument(
+            FieldViolation("name", "must be one line without control or direction characters")
+        )
+    return name
+
+
 def _validate_grants(grants: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[str]:
+    if len(grants) > MAX_GRANTS:
+        raise InvalidArgument(FieldViolation("grants", f"at most {MAX_GRANTS} grants"))
     unknown = sorted(g for g in set(grants) if not is_known_grant(g))
     if unknown:
+        shown = ", ".join(repr(_shown(g)) for g in unknown[:_SHOWN_UNKNOWN])
+        more = f" and {len(unknown) - _SHOWN_UNKNOWN} more" if len(unknown) > _SHOWN_UNKNOWN else ""
         raise InvalidArgument(
             FieldViolation(
                 "grants",
-                f"unknown grant(s) {unknown}; known: {sorted(KNOWN_GRANTS)} and audience:NAME",
+                f"unknown grant(s) {shown}{more}; known: {sorted(KNOWN_GRANTS)} and audience:NAME",
             )
         )
     return frozenset(grants)
@@ -69,9 +102,7 @@ class ClientRegistry:
 
     async def create(self, name: str, grants: list[str] | tuple[str, ...]) -> tuple[Client, str]:
         """Create a client; returns it with its secret (shown only now)."""
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidArgument(FieldViolation("name", "must be 1 to 200 characters"))
+        name = _validate_name(name)
         checked = _validate_grants(grants)
         client_id = "xhc_" + secrets.token_hex(12)
         secret = "xhs_" + secrets.token_urlsafe(32)

@@ -88,7 +88,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 FieldViolation("audience", "1-100 characters of letters, digits and ._:/-")
             )
         if not allows_audience(context.current().grants, requested, self._default_audience):
-            raise PermissionDenied(f"this client may not obtain tokens for audience {requested}")
+            raise PermissionDenied("this client may not obtain tokens for the requested audience")
         return requested
 
     async def Login(
