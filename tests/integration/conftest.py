@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,29 +59,46 @@ def harness_settings(data_dir: Path, **changes: object) -> Settings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
 @pytest.fixture
-async def h(
+async def harness_factory(
     tmp_path: Path, embedded_redis: EmbeddedRedis, clock: FakeClock
-) -> AsyncIterator[Harness]:
-    """A started server on SQLite and the embedded Redis (db 2, emptied)."""
+) -> AsyncIterator[HarnessFactory]:
+    """Starts servers on SQLite and the embedded Redis (db 2, emptied), with setting overrides."""
     import redis.asyncio as aioredis
 
-    redis_url = embedded_redis.url + "?db=2"
-    r = aioredis.Redis.from_url(redis_url)
-    await r.flushdb()
-    await r.aclose()
-    settings = harness_settings(tmp_path / "var")
-    settings.data_dir.mkdir(parents=True)
-    await upgrade_async(settings.effective_database_url)
-    container = Container(settings, redis_url=redis_url, clock=clock)
-    running = await start_server(container, settings.listen)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    client, secret = await container.clients.create("integration", ["*"])
-    metadata = (("x-client-id", client.client_id), ("x-client-secret", secret))
-    yield Harness(channel, metadata, container, running, clock, settings.data_dir)
-    await channel.close()
-    await running.stop(0)
-    await container.close()
+    started: list[Harness] = []
+
+    async def make(**overrides: object) -> Harness:
+        redis_url = embedded_redis.url + "?db=2"
+        r = aioredis.Redis.from_url(redis_url)
+        await r.flushdb()
+        await r.aclose()
+        settings = harness_settings(tmp_path / f"var{len(started) or ''}", **overrides)
+        settings.data_dir.mkdir(parents=True)
+        await upgrade_async(settings.effective_database_url)
+        container = Container(settings, redis_url=redis_url, clock=clock)
+        running = await start_server(container, settings.listen)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        client, secret = await container.clients.create("integration", ["*"])
+        metadata = (("x-client-id", client.client_id), ("x-client-secret", secret))
+        harness = Harness(channel, metadata, container, running, clock, settings.data_dir)
+        started.append(harness)
+        return harness
+
+    yield make
+    for harness in started:
+        await harness.channel.close()
+        await harness.running.stop(0)
+        await harness.container.close()
+
+
+@pytest.fixture
+async def h(harness_factory: HarnessFactory) -> Harness:
+    """A started server on SQLite and the embedded Redis (db 2, emptied)."""
+    return await harness_factory()
 
 
 async def wait_for_outbox(h: Harness, count: int, channel: str = "sms") -> list[dict[str, str]]:

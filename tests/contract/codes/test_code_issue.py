@@ -106,6 +106,27 @@ async def test_queue_receives_normalised_email(h: CodeHarness) -> None:
     assert h.queue.messages[-1].subject == "[BIND_EMAIL] code"  # what compose made of it
 
 
+async def test_plus_tags_of_one_mailbox_share_its_send_limits(h: CodeHarness) -> None:
+    """C6: `zhangsan+1@…`, `zhangsan+2@…` and `zhangsan@…` are one mailbox: one cooldown and
+    one hourly budget, refused as the destination's limit; nothing extra is sent."""
+    await h.issue("zhangsan+1@example.cn", Purpose.BIND_EMAIL, Channel.EMAIL)
+    for variant in ("zhangsan+2@example.cn", EMAIL, "ZhangSan+news@Example.CN"):
+        with pytest.raises(RateLimited) as caught:
+            await h.issue(variant, Purpose.BIND_EMAIL, Channel.EMAIL)
+        assert caught.value.policy == "code.issue.destination"
+        assert caught.value.retry_after == pytest.approx(60)
+    assert [m.destination for m in h.queue.messages] == ["zhangsan+1@example.cn"]
+    await h.issue("lisi+1@example.cn", Purpose.BIND_EMAIL, Channel.EMAIL)  # another mailbox
+    for i in range(2, 6):
+        h.clock.advance(61)
+        await h.issue(f"zhangsan+{i}@example.cn", Purpose.BIND_EMAIL, Channel.EMAIL)
+    h.clock.advance(61)
+    with pytest.raises(RateLimited) as caught:  # the mailbox's 5 per hour are used
+        await h.issue("zhangsan+99@example.cn", Purpose.BIND_EMAIL, Channel.EMAIL)
+    assert caught.value.policy == "code.issue.destination"
+    assert len(h.queue.messages) == 6
+
+
 async def test_100_concurrent_issues_for_one_number_send_exactly_one_message(
     h: CodeHarness,
 ) -> None:

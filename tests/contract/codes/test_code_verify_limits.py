@@ -27,12 +27,11 @@ from xiaohe.identity.server.codes.service import (
     VERIFY_CLIENT_POLICY,
     VERIFY_IP_POLICY,
     CodeDigests,
-    client_key,
-    ip_key,
 )
 from xiaohe.identity.server.codes.store import RedisCodeStore, VerifyResult, code_key
 from xiaohe.identity.server.config import Settings, load_settings
 from xiaohe.identity.server.errors import CodeInvalid, InvalidArgument, RateLimited, Unavailable
+from xiaohe.identity.server.ratelimit.callers import client_key, ip_key
 
 BOGUS = "000000"
 
@@ -162,7 +161,7 @@ async def test_the_client_window_and_refund_of_the_ip(make_codes: MakeHarness) -
     assert h.metrics.rejected == ["code.verify.client"]
     # Another client is unaffected, and the refused request left no charge on 192.0.2.21.
     digests = CodeDigests(HMAC_KEY)
-    assert await h.redis.zcard(ip_key(digests, "192.0.2.21", "code.verify")) == 0
+    assert await h.redis.zcard(ip_key(digests.ip_tag("192.0.2.21"), "code.verify")) == 0
     # 192.0.2.20 has used 3 of 4: one more from it (via another client), then its own refusal.
     with pytest.raises(CodeInvalid):
         await verify(h, client_id="bff-2", ip="192.0.2.20")
@@ -255,8 +254,8 @@ async def test_issue_and_verify_windows_are_separate(make_codes: MakeHarness) ->
         await verify(h, client_id="bff", ip="192.0.2.70")
     assert caught.value.policy == "code.verify.ip"
     digests = CodeDigests(HMAC_KEY)
-    assert await h.redis.zcard(ip_key(digests, "192.0.2.70", "code.verify")) == 1
-    assert await h.redis.zcard(ip_key(digests, "192.0.2.70")) == 1
+    assert await h.redis.zcard(ip_key(digests.ip_tag("192.0.2.70"), "code.verify")) == 1
+    assert await h.redis.zcard(ip_key(digests.ip_tag("192.0.2.70"))) == 1
     assert await h.redis.zcard(client_key("bff", "code.verify")) == 1
     assert await h.redis.zcard(client_key("bff")) == 1
     for key in await h.dump():
@@ -302,7 +301,7 @@ async def test_a_verification_that_could_not_run_is_refunded(make_codes: MakeHar
         with pytest.raises(Unavailable):
             await verify(broken, client_id="bff", ip="192.0.2.90")
     digests = CodeDigests(HMAC_KEY)
-    assert await h.redis.zcard(ip_key(digests, "192.0.2.90", "code.verify")) == 0
+    assert await h.redis.zcard(ip_key(digests.ip_tag("192.0.2.90"), "code.verify")) == 0
     assert await h.redis.zcard(client_key("bff", "code.verify")) == 0
     with pytest.raises(CodeInvalid):
         await verify(h, client_id="bff", ip="192.0.2.90")

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.conftest import Harness
+from tests.integration.conftest import Harness, HarnessFactory
 from tests.integration.flows import LOGIN_NAME, OTHER_PHONE, PASSWORD, PHONE, register_ticket
 from tests.rpc_errors import Details, details_of
 from xiaohe.identity.server.storage.schema import accounts, identifiers
@@ -265,49 +265,113 @@ async def test_a_taken_login_name_is_already_exists_and_keeps_the_ticket(h: Harn
     assert await login_ok(h, OTHER_PHONE) == second
 
 
+async def test_a_taken_phone_is_already_exists_naming_the_field(h: Harness) -> None:
+    """The caller has just proven control of the phone: ALREADY_EXISTS on `phone`, no owner."""
+    owner = (await call_register(h, natural(await register_ticket(h, PHONE)))).account_id
+    before = await stored(h)
+    h.clock.advance(61)  # the per-destination resend cooldown
+    d = await refused(h, natural(await register_ticket(h, PHONE), login_name="li.na", id_number=""))
+    assert d.code == grpc.StatusCode.ALREADY_EXISTS
+    assert d.reason == "ALREADY_EXISTS"
+    assert set(d.violations) == {"phone"}
+    for leak in (owner, LOGIN_NAME, PHONE, PHONE[3:], ID_NUMBER):
+        assert leak not in d.message, leak
+        assert leak not in d.violations["phone"], leak
+    assert await stored(h) == before
+
+
 @pytest.mark.parametrize(
-    ("first", "second", "field"),
+    ("first", "second", "identifier"),
     [
         pytest.param(
             lambda t: natural(t),
-            lambda t: natural(t, login_name="li.na", id_number=""),
-            "phone",
-            id="phone",
-        ),
-        pytest.param(
-            lambda t: natural(t),
             lambda t: natural(t, login_name="li.na", phone=OTHER_PHONE),
-            "natural_person.id_number",
+            ID_NUMBER,
             id="id-number",
         ),
         pytest.param(
             lambda t: legal(t),
             lambda t: legal(t, login_name="another-co", phone=OTHER_PHONE),
-            "legal_person.uscc",
+            USCC,
             id="uscc",
         ),
     ],
 )
-async def test_a_taken_identifier_is_already_exists_naming_the_field(
+async def test_a_taken_id_number_or_uscc_is_not_confirmed(
     h: Harness,
     first: Callable[[str], Request],
     second: Callable[[str], Request],
-    field: str,
+    identifier: str,
 ) -> None:
-    """A duplicate phone, ID number or USCC → ALREADY_EXISTS on that field, owner not revealed."""
-    first_request = first(await register_ticket(h, PHONE))
-    owner = (await call_register(h, first_request)).account_id
-    before = await stored(h)
-    h.clock.advance(61)  # the per-destination resend cooldown
-    second_request = second(await register_ticket(h, second(PHONE).phone))
-    d = await refused(h, second_request)
-    assert d.code == grpc.StatusCode.ALREADY_EXISTS
-    assert d.reason == "ALREADY_EXISTS"
-    assert set(d.violations) == {field}
-    for leak in (owner, first_request.login_name, PHONE, PHONE[3:], ID_NUMBER, USCC):
-        assert leak not in d.message, leak
-        assert leak not in d.violations[field], leak
-    assert await stored(h) == before
+    """F5 (I6's spirit, PIPL): registering with a stranger's ID number or USCC answers exactly
+    like a free one; the document stays unbound (it neither logs in nor moves), and its
+    holder, not the caller, is pointed to recovery or review on their own phone."""
+    owner = (await call_register(h, first(await register_ticket(h, PHONE)))).account_id
+    h.clock.advance(61)
+    squatter_request = second(await register_ticket(h, OTHER_PHONE))
+    answer = await call_register(h, squatter_request)
+    assert answer.account_id.startswith("acc_")
+    assert answer.account_id != owner
+    assert set(answer.DESCRIPTOR.fields_by_name) == {"account_id"}
+
+    assert await login_ok(h, squatter_request.login_name) == answer.account_id
+    assert await login_ok(h, identifier) == owner  # the document still logs in its holder
+    await h.drain_outbox()
+    notices = [m for m in h.outbox_lines() if m["purpose"] == "NOTICE"]
+    assert [m["to"] for m in notices] == [PHONE]
+    assert "找回账号" in notices[0]["text"]
+    assert "人工审核" in notices[0]["text"]
+    for leak in (identifier, OTHER_PHONE[3:], squatter_request.login_name):
+        assert leak not in notices[0]["text"]
+    assert not [m for m in h.outbox_lines() if m["to"] == OTHER_PHONE and m["purpose"] == "NOTICE"]
+    claims = await h.container.audit.query(action="account.identity_claimed")
+    assert [(r.target, r.outcome) for r in claims] == [(owner, "notified")]
+
+
+async def test_without_a_live_ticket_login_names_are_not_answered(h: Harness) -> None:
+    """F6: a taken and a free login name get the same TICKET_INVALID without a ticket."""
+    await call_register(h, natural(await register_ticket(h, PHONE)))
+    answers = []
+    for name in (LOGIN_NAME, "nobody.yet"):
+        for ticket in ("bogus", "vt1.0123456789abcdef0123456789abcdef.xxxx"):
+            d = await refused(h, natural(ticket, login_name=name, phone=OTHER_PHONE, id_number=""))
+            answers.append((d.code, d.reason, d.message, tuple(d.violations)))
+    assert len(set(answers)) == 1
+    assert answers[0][:2] == (grpc.StatusCode.INVALID_ARGUMENT, "TICKET_INVALID")
+
+
+async def test_login_name_checks_are_limited_per_end_user(harness_factory: HarnessFactory) -> None:
+    """F6: even with a live ticket, name checks from one address are bounded (per hour)."""
+    h = await harness_factory(login_name_checks_per_ip_hour=3)
+    await call_register(h, natural(await register_ticket(h, PHONE)))  # the first check
+    ticket = await register_ticket(h, OTHER_PHONE)
+    for _ in range(2):
+        d = await refused(h, natural(ticket, phone=OTHER_PHONE, id_number=""))
+        assert d.code == grpc.StatusCode.ALREADY_EXISTS
+    d = await refused(h, natural(ticket, login_name="nobody.yet", phone=OTHER_PHONE, id_number=""))
+    assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    assert d.quota_subjects == ["account.login_name.ip"]
+    assert d.retry_after is not None
+
+
+async def test_login_name_checks_are_limited_per_client(harness_factory: HarnessFactory) -> None:
+    """F6: a client relaying many end users is bounded too (per minute)."""
+    h = await harness_factory(login_name_checks_per_client_minute=2)
+    ticket = await register_ticket(h, OTHER_PHONE)
+    for _ in range(2):
+        d = await refused(h, natural(ticket, phone=PHONE, id_number=""))
+        assert d.reason == "TICKET_INVALID"  # a mismatch: refused before any name check
+    await call_register(h, natural(ticket, login_name="li.na", phone=OTHER_PHONE, id_number=""))
+    other = await register_ticket(h, "+8613700001111")
+    await call_register(
+        h, natural(other, login_name="wang.fang", phone="+8613700001111", id_number="")
+    )
+    third = await register_ticket(h, "+8613700002222")
+    d = await refused(
+        h, natural(third, login_name="zhao.lei", phone="+8613700002222", id_number="")
+    )
+    assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    assert d.quota_subjects == ["account.login_name.client"]
 
 
 # -- tickets --------------------------------------------------------------------------------------

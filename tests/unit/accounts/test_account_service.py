@@ -185,6 +185,23 @@ class FakeTickets:
     claims: TicketClaims | None = None
     used: bool = False
 
+    async def check(
+        self,
+        ticket: str,
+        *,
+        purpose: Purpose,
+        channel: Channel | None = None,
+        destination: str | None = None,
+    ) -> TicketClaims:
+        if ticket != TICKET or self.used:
+            raise TicketInvalid()
+        return self.claims or TicketClaims(
+            channel=channel or Channel.SMS,
+            destination=destination or "",
+            purpose=purpose,
+            issued_at=0.0,
+        )
+
     async def consume(
         self,
         ticket: str,
@@ -203,6 +220,25 @@ class FakeTickets:
             purpose=purpose,
             issued_at=0.0,
         )
+
+
+@dataclass
+class FakeNotices:
+    """Remembers queued notices."""
+
+    sent: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    async def enqueue(
+        self,
+        channel: str,
+        destination: str,
+        purpose: str,
+        text: str,
+        subject: str = "",
+        expires_in_seconds: float = 0.0,
+    ) -> str:
+        self.sent.append((channel, destination, purpose, text))
+        return "m1"
 
 
 @dataclass
@@ -341,8 +377,9 @@ async def test_a_registration_walks_every_step(h: Harness) -> None:
     assert record.status == "active"
     assert record.master_key_id == "mk-1"
     assert record.email_enc is None
-    # Login name checked before the ticket, the other identifiers after it.
-    assert h.repo.taken_calls == [["login_name"], ["phone", "id_number"]]
+    # The login name is checked before the ticket is spent, the phone after it, and the
+    # document claims last (they never refuse a registration).
+    assert h.repo.taken_calls == [["login_name"], ["phone"], ["id_number"]]
 
 
 async def test_every_violation_is_reported_at_once_and_nothing_is_spent(h: Harness) -> None:
@@ -436,7 +473,7 @@ async def test_taken_login_name_keeps_the_ticket_but_taken_phone_spends_it(h: Ha
 
 
 async def test_a_lost_race_maps_to_already_exists(password_policy: PasswordPolicy) -> None:
-    """A duplicate only the insert notices (a race) is AlreadyExists naming the field."""
+    """A duplicate phone only the insert notices (a race) is AlreadyExists naming the field."""
     h = make_harness(password_policy)
     await register(h, natural())
     h.tickets.used = False
@@ -446,10 +483,36 @@ async def test_a_lost_race_maps_to_already_exists(password_policy: PasswordPolic
 
     h.repo.taken_kinds = nothing_taken  # type: ignore[method-assign]
     with pytest.raises(AlreadyExists) as caught:
-        await register(h, natural(login_name="lisi", phone="13987654321"))
-    assert caught.value.field == "id_number"
+        await register(h, natural(login_name="lisi", id_type=IdType.UNSPECIFIED, id_number=""))
+    assert caught.value.field == "phone"
     assert len(h.repo.accounts) == 1
     assert h.audit.records[-1][2] == "already_exists"
+
+
+async def test_a_document_claim_lost_in_a_race_is_left_unbound(
+    password_policy: PasswordPolicy,
+) -> None:
+    """F5: an ID number another registration bound meanwhile is not an error: it stays unbound."""
+    notices = FakeNotices()
+    h = make_harness(password_policy, notices=notices)
+    first = await register(h, natural())
+    h.tickets.used = False
+
+    async def nothing_taken(keys: Sequence[IdentifierKey]) -> set[str]:
+        return set()
+
+    h.repo.taken_kinds = nothing_taken  # type: ignore[method-assign]
+    second = await register(h, natural(login_name="lisi", phone="13987654321"))
+    assert second != first
+    bound = {kind for (kind, _), owner in h.repo.index.items() if owner == second}
+    assert bound == {"login_name", "phone"}
+    assert h.audit.records[-2:] == [
+        ("account.register", second, "ok"),
+        ("account.identity_claimed", first, "notified"),
+    ]
+    assert [(channel, to, purpose) for channel, to, purpose, _ in notices.sent] == [
+        ("SMS", PHONE_E164, "NOTICE")
+    ]
 
 
 async def test_claims_for_another_destination_are_refused(h: Harness) -> None:

@@ -22,9 +22,6 @@ from xiaohe.identity.server.codes.models import (
 from xiaohe.identity.server.codes.service import (
     TICKET_DESTINATION_LABEL,
     CodeDigests,
-    client_key,
-    ip_bucket,
-    ip_key,
     new_ticket,
     normalize_code,
     open_destination,
@@ -35,6 +32,8 @@ from xiaohe.identity.server.codes.service import (
     ticket_hash,
 )
 from xiaohe.identity.server.errors import InvalidArgument
+from xiaohe.identity.server.ratelimit.callers import client_key, ip_key
+from xiaohe.identity.server.shared.network import ip_bucket
 
 KEY = bytes(range(32))
 TAG = "0123456789abcdef0123456789abcdef"
@@ -193,11 +192,11 @@ def test_ip_buckets(ip: str, bucket: str) -> None:
 def test_rate_limit_keys_are_hash_tagged_and_pseudonymous() -> None:
     """Keys carry one hash tag each and never the raw IP."""
     d = CodeDigests(KEY)
-    key = ip_key(d, "203.0.113.7")
+    key = ip_key(d.ip_tag("203.0.113.7"))
     assert key.startswith("xh:rl:{ip:")
     assert key.endswith("}:code.issue")
     assert "203.0.113.7" not in key
-    assert ip_key(d, "2001:db8::1") == ip_key(d, "2001:db8::2")
+    assert ip_key(d.ip_tag("2001:db8::1")) == ip_key(d.ip_tag("2001:db8::2"))
     assert client_key("bff-web_1") == "xh:rl:{cl:bff-web_1}:code.issue"
     odd = client_key("a}b{c")
     assert odd.count("{") == 1

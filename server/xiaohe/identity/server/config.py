@@ -78,6 +78,9 @@ class Settings:
     code_verify_per_ip_hour: int = 120
     code_verify_per_client_minute: int = 3000
     allowed_country_codes: tuple[str, ...] = ("86",)
+    # Registrations that reach the login-name check, per end-user IP and per client.
+    login_name_checks_per_ip_hour: int = 60
+    login_name_checks_per_client_minute: int = 600
 
     # Delivery.
     sms_provider: str = "file"

@@ -40,11 +40,14 @@ from xiaohe.identity.server.delivery.providers import (
 from xiaohe.identity.server.delivery.templates import compose_code_message
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
+from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
+from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.redis import BoundedRedis, bounded_client
 
@@ -232,6 +235,14 @@ class Container:
             clock=self.clock,
             allowed_country_codes=self.settings.allowed_country_codes,
             audit=self.audit,
+            name_checks=CallerLimits(
+                SlidingWindowLimiter(self.redis), Pseudonyms(self.keyring.code_hmac_key).ip
+            ),
+            name_check_budget=CallerBudget(
+                per_ip_hour=self.settings.login_name_checks_per_ip_hour,
+                per_client_minute=self.settings.login_name_checks_per_client_minute,
+            ),
+            notices=self.outbox,
         )
 
     @cached_property

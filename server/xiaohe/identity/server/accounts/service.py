@@ -10,27 +10,39 @@ the previous one passed:
    no ticket, no hash, no write.
 2. Policy version. The accepted version must be the current one, or
    FailedPrecondition names the current version.
-3. Login name taken? (blind-index lookup) → AlreadyExists(`login_name`), ticket
-   still unspent, so a user who picked a taken name just picks another.
-4. The phone ticket is consumed: REGISTER purpose, SMS channel, destination equal
-   to the normalised phone.
-5. Phone, USCC or ID number taken? → AlreadyExists(field).
-6. The password is hashed (Argon2id, off the event loop).
-7. One transaction inserts the account, its identifier rows and the consent
-   record. A unique violation here (two registrations racing for the same
-   identifier past step 3/5) → AlreadyExists(field); nothing of the loser stays
-   behind, but its ticket is spent.
+3. The phone ticket is checked, not yet consumed: a REGISTER ticket (SMS) for
+   the normalised phone, or TicketInvalid.
+4. The caller's budget for login-name checks (`account.login_name.ip` per hour,
+   `account.login_name.client` per minute), or RateLimited.
+5. Login name taken? (blind-index lookup) → AlreadyExists(`login_name`); the
+   ticket stays usable, so a user who picked a taken name just picks another.
+6. The ticket is consumed.
+7. Phone taken? → AlreadyExists(`phone`).
+8. The password is hashed (Argon2id, off the event loop).
+9. One transaction inserts the account, its identifier rows and the consent
+   record. A unique violation on the login name or the phone (two
+   registrations racing past steps 5/7) → AlreadyExists(field); nothing of the
+   loser stays behind, but its ticket is spent.
 
-Why phone, USCC and ID number are checked only *after* the ticket (step 5): a
-check before it would answer "is this phone / ID number registered?" to anyone
-with a made-up ticket, an enumeration oracle for exactly the sensitive data the
-platform must protect (PIPL; SECURITY.md B4's spirit). After step 4 the caller
-has proven control of the phone, and each probe costs a fresh SMS code under the
-per-number send limits. The price is that a duplicate phone/USCC/ID number burns
-the ticket: rare, and for a duplicate phone the owner wants to log in anyway.
-Login names are different: they are chosen, not personal data, and every sign-up
-form checks their availability, so they are checked before the ticket.
+Why the ticket comes before the login name (steps 3-5). Answering "taken" or
+"free" for a login name to anyone would hand out a list of targets for password
+spraying. So only a caller holding a live ticket (which costs a real SMS code
+under the per-number send limits) gets an answer, and even then a bounded
+number per address and per client; checking the ticket without consuming it
+keeps the name check friendly to a user who just has to pick another name.
 
+Why a taken ID number or USCC is not refused. Answering ALREADY_EXISTS for it
+would tell a stranger, who only needs a phone of their own, whether a given
+person or company has an account here: an enumeration oracle for exactly the
+data the platform must protect (PIPL). So the registration goes through
+exactly as with a free one, and the document number stays an unverified claim
+in the new account's encrypted profile, *not bound*: no identifier row, so it
+neither logs in nor blocks anyone, and real-name verification later decides
+who holds it. The person who does hold it is told on their bound phone that
+their details were used, and pointed to recovery or manual review (a notice
+through the outbox; audited as `account.identity_claimed`). Only that person
+learns anything. A taken phone is still ALREADY_EXISTS: the caller has just
+proven control of that phone, so it is theirs to know.
 Personal data at rest (SECURITY.md I1): each account gets a random data key,
 stored only wrapped under the key ring's active master key. Phone, email and the
 profile (JSON of name/ID type/ID number, or organization name/USCC) are
@@ -90,6 +102,8 @@ from xiaohe.identity.server.crypto.envelope import (
     WrappedDataKey,
     field_aad,
 )
+from xiaohe.identity.server.delivery.outbox import NOTICE_MESSAGE_TTL_SECONDS
+from xiaohe.identity.server.delivery.templates import notice_time, render_notice
 from xiaohe.identity.server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -100,6 +114,7 @@ from xiaohe.identity.server.errors import (
     TicketInvalid,
 )
 from xiaohe.identity.server.privacy.policies import PolicyVersion
+from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.storage.database import SqlConnection
 
 logger = logging.getLogger(__name__)
@@ -126,6 +141,17 @@ _KIND_NAMES: Final = {
 }
 
 
+IDENTITY_CLAIM_KINDS: Final = ("uscc", "id_number")
+"""Document identifiers a registration claims but does not bind when another account holds them."""
+
+LOGIN_NAME_CHECK_ACTION: Final = "account.login_name"
+"""Rate-limit action of registrations reaching the login-name check (`.ip`, `.client`)."""
+
+DEFAULT_NAME_CHECK_BUDGET: Final = CallerBudget(per_ip_hour=60, per_client_minute=600)
+
+NOTICE_PURPOSE: Final = "NOTICE"
+"""Outbox purpose of security notices (no code inside)."""
+
 # Purposes whose codes only make sense for a destination some account already holds.
 ACCOUNT_BOUND_PURPOSES = frozenset({Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT})
 
@@ -143,6 +169,22 @@ class PasswordHashing(Protocol):
 
     async def hash(self, password: str) -> str:
         """The encoded hash of `password`."""
+        ...
+
+
+class NoticeQueue(Protocol):
+    """The delivery outbox, for security notices."""
+
+    async def enqueue(
+        self,
+        channel: str,
+        destination: str,
+        purpose: str,
+        text: str,
+        subject: str = "",
+        expires_in_seconds: float = ...,
+    ) -> str:
+        """Queue one message; Unavailable if nothing was queued."""
         ...
 
 
@@ -254,6 +296,9 @@ class AccountService:
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
         audit: AuditSink | None = None,
         rewrap_batch_size: int = DEFAULT_REWRAP_BATCH,
+        name_checks: CallerLimits | None = None,
+        name_check_budget: CallerBudget = DEFAULT_NAME_CHECK_BUDGET,
+        notices: NoticeQueue | None = None,
     ) -> None:
         if rewrap_batch_size < 1:
             raise ValueError("rewrap_batch_size must be at least 1")
@@ -270,6 +315,9 @@ class AccountService:
         self._token_bytes = token_bytes
         self._audit = audit
         self._rewrap_batch_size = rewrap_batch_size
+        self._name_checks = name_checks
+        self._name_check_budget = name_check_budget
+        self._notices = notices
 
     def __repr__(self) -> str:
         return "AccountService()"
@@ -277,19 +325,32 @@ class AccountService:
     # -- registration -----------------------------------------------------------
 
     async def register(
-        self, cmd: RegisterCommand, *, client_id: str, channel: str
+        self,
+        cmd: RegisterCommand,
+        *,
+        client_id: str,
+        channel: str,
+        end_user_ip: str | None = None,
     ) -> RegisteredAccount:
         """Create an account (steps and their order in the module docstring).
 
         Raises InvalidArgument (all field violations at once), FailedPrecondition
-        (outdated policy version), AlreadyExists(field), TicketInvalid, or
-        Overloaded (hashing queue full). The audit record's target is the
-        account id, also for failures (a fresh id that then never exists).
+        (outdated policy version), TicketInvalid, RateLimited (login-name checks),
+        AlreadyExists(`login_name` or `phone`), or Overloaded (hashing queue full).
+        The audit record's target is the account id, also for failures (a fresh
+        id that then never exists).
         """
         account_id = self._new_account_id()
         try:
             valid = self._validate(cmd, channel=channel)
             await self._check_policy_version(cmd.accepted_policy_version)
+            await self._tickets.check(
+                cmd.phone_ticket,
+                purpose=Purpose.REGISTER,
+                channel=Channel.SMS,
+                destination=valid.phone,
+            )
+            await self._charge_name_check(client_id, end_user_ip)
             await self._check_taken(valid, ("login_name",))
             claims = await self._tickets.consume(
                 cmd.phone_ticket,
@@ -298,15 +359,17 @@ class AccountService:
                 destination=valid.phone,
             )
             self._check_claims(claims, valid.phone)
-            await self._check_taken(valid, ("phone", "uscc", "id_number"))
+            await self._check_taken(valid, ("phone",))
+            held = await self._repo.taken_kinds(self._identity_claims(valid))
             password_hash = await self._hasher.hash(valid.password)
-            await self._insert(
+            unbound = await self._insert(
                 account_id,
                 valid,
                 password_hash,
                 cmd.accepted_policy_version,
                 client_id=client_id,
                 channel=channel,
+                unbound=held,
             )
         except IdentityError as exc:
             await self._record("account.register", account_id, exc.reason.lower())
@@ -315,7 +378,56 @@ class AccountService:
             await self._record("account.register", account_id, "error")
             raise
         await self._record("account.register", account_id, "ok")
+        for key in self._identity_claims(valid):
+            if key.kind in unbound:
+                await self._tell_identity_holder(key)
         return RegisteredAccount(account_id=account_id)
+
+    async def _charge_name_check(self, client_id: str, end_user_ip: str | None) -> None:
+        """Step 4: one login-name check from this end user and this client (RateLimited)."""
+        if self._name_checks is None:
+            return
+        await self._name_checks.charge(
+            LOGIN_NAME_CHECK_ACTION,
+            self._name_check_budget,
+            client_id=client_id,
+            end_user_ip=end_user_ip,
+            now=self._clock.now(),
+        )
+
+    def _identity_claims(self, valid: _ValidRegistration) -> list[IdentifierKey]:
+        """The document identifiers a registration claims (USCC, ID number), if any."""
+        keys = self._keys(valid)
+        return [keys[kind] for kind in IDENTITY_CLAIM_KINDS if kind in keys]
+
+    async def _tell_identity_holder(self, key: IdentifierKey) -> None:
+        """Point whoever holds a claimed ID number or USCC to recovery or review (best effort).
+
+        The notice goes to that account's bound phone, never to the registrant,
+        and says nothing about who registered (see the module docstring).
+        """
+        holder = await self._repo.find_by_identifier(key)
+        if holder is None or self._notices is None:
+            return
+        try:
+            phone = self._decrypt(holder).phone
+            if phone:
+                await self._notices.enqueue(
+                    "SMS",
+                    phone,
+                    NOTICE_PURPOSE,
+                    render_notice("identity_claimed", at=notice_time(self._clock.now())),
+                    expires_in_seconds=NOTICE_MESSAGE_TTL_SECONDS,
+                )
+        except Exception as exc:
+            logger.warning(
+                "identity claim notice for account %s not queued (%s)",
+                holder.account_id,
+                type(exc).__name__,
+            )
+            await self._record("account.identity_claimed", holder.account_id, "not_notified")
+            return
+        await self._record("account.identity_claimed", holder.account_id, "notified")
 
     def _validate(self, cmd: RegisterCommand, *, channel: str) -> _ValidRegistration:
         """Normalise and validate every field of a register request; InvalidArgument lists all."""
@@ -457,7 +569,14 @@ class AccountService:
         *,
         client_id: str,
         channel: str,
-    ) -> None:
+        unbound: set[str],
+    ) -> set[str]:
+        """Step 9; returns the claimed document kinds left unbound (held by another account).
+
+        A document identifier that another registration bound in the meantime is
+        left unbound too (the insert is retried without it); a login name or phone
+        taken in the meantime is AlreadyExists.
+        """
         data_key = self._cipher.new_data_key()
         now = self._clock.now()
         record = NewAccountRecord(
@@ -479,15 +598,22 @@ class AccountService:
             ),
             created_at=now,
         )
-        keys = list(self._keys(valid).values())
-        try:
-            async with self._repo.begin() as conn:
-                await self._repo.insert(conn, record, keys)
-                await self._policies.record_consent(
-                    conn, account_id, policy_version, client_id, channel
-                )
-        except IdentifierTaken as exc:
-            raise AlreadyExists(exc.kind) from None
+        unbound = set(unbound)
+        for _ in range(len(IDENTITY_CLAIM_KINDS) + 1):
+            keys = [k for k in self._keys(valid).values() if k.kind not in unbound]
+            try:
+                async with self._repo.begin() as conn:
+                    await self._repo.insert(conn, record, keys)
+                    await self._policies.record_consent(
+                        conn, account_id, policy_version, client_id, channel
+                    )
+            except IdentifierTaken as exc:
+                if exc.kind not in IDENTITY_CLAIM_KINDS or exc.kind in unbound:
+                    raise AlreadyExists(exc.kind) from None
+                unbound.add(exc.kind)
+                continue
+            return unbound
+        raise AssertionError("unreachable: each retry leaves one more claim unbound")
 
     # -- reads ------------------------------------------------------------------------
 

@@ -180,3 +180,14 @@ class TicketConsumer(Protocol):
     ) -> TicketClaims:
         """Use up the ticket or raise TicketInvalid."""
         ...
+
+    async def check(
+        self,
+        ticket: str,
+        *,
+        purpose: Purpose,
+        channel: Channel | None = None,
+        destination: str | None = None,
+    ) -> TicketClaims:
+        """What `consume` would answer, leaving the ticket usable; TicketInvalid otherwise."""
+        ...

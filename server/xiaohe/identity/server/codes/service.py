@@ -55,7 +55,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 import secrets
@@ -85,6 +84,7 @@ from xiaohe.identity.server.codes.models import (
     VerifyCodeCommand,
 )
 from xiaohe.identity.server.codes.store import (
+    ISSUE_POLICY,
     VERIFY_POLICY,
     CodeStore,
     NewCode,
@@ -102,11 +102,14 @@ from xiaohe.identity.server.errors import (
     TicketInvalid,
     Unavailable,
 )
+from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import (
     RateLimiter,
     Reservation,
     SlidingWindowLimiter,
+    Window,
 )
+from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ VERIFY_IP_POLICY = "code.verify.ip"
 VERIFY_CLIENT_POLICY = "code.verify.client"
 
 CODE_DIGITS = 6
+_HOUR = 3600.0
+_DAY = 86400.0
 TICKET_VERSION = "vt1"
 TICKET_SECRET_BYTES = 32
 # A ticket presented this many times with the wrong purpose/channel/destination is destroyed.
@@ -125,12 +130,9 @@ TICKET_DESTINATION_LABEL = b"xiaohe ticket destination v1"
 TICKET_NONCE_BYTES = 12
 _GCM_TAG_BYTES = 16
 
-_HOUR = 3600.0
-_MINUTE = 60.0
 _MAX_DESTINATION_CHARS = 512
 _MAX_CODE_CHARS = 64
 _TICKET_PATTERN = re.compile(r"vt1\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})")
-_SAFE_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class MessageQueue(Protocol):
@@ -191,6 +193,7 @@ class CodeDigests:
         if len(key) < 32:
             raise ValueError("the code HMAC key must be at least 32 bytes")
         self._key = key
+        self._pseudonyms = Pseudonyms(key)
 
     def __repr__(self) -> str:
         return "CodeDigests(<key hidden>)"
@@ -209,33 +212,7 @@ class CodeDigests:
 
     def ip_tag(self, ip: str) -> str:
         """The pseudonym of an end-user IP (IPv6 by /64 prefix, where one user usually sits)."""
-        return self._mac("\x00".join(("xh.ip.v1", ip_bucket(ip))))[:16].hex()
-
-
-def ip_bucket(ip: str) -> str:
-    """The unit an IP limit counts: the IPv4 address, or the IPv6 /64 (IPv4-mapped → IPv4)."""
-    raw = ip.strip()
-    try:
-        address = ipaddress.ip_address(raw)
-    except ValueError:
-        return "raw:" + raw
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-def ip_key(digests: CodeDigests, ip: str, action: str = "code.issue") -> str:
-    """Rate-limit key of an end-user IP for `action` (`code.issue` or `code.verify`)."""
-    return f"xh:rl:{{ip:{digests.ip_tag(ip)}}}:{action}"
-
-
-def client_key(client_id: str, action: str = "code.issue") -> str:
-    """Rate-limit key of a calling client for `action` (odd ids are hashed to keep keys tidy)."""
-    if not _SAFE_CLIENT_ID.fullmatch(client_id):
-        client_id = "h-" + hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
-    return f"xh:rl:{{cl:{client_id}}}:{action}"
+        return self._pseudonyms.ip(ip)
 
 
 @dataclass(frozen=True)
@@ -336,6 +313,17 @@ def _required_channel(purpose: Purpose) -> Channel | None:
     return None
 
 
+def mailbox(address: str) -> str:
+    """The mailbox an (already normalised) email address delivers to: without its `+tag`."""
+    local, _, domain = address.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
+def mailbox_key(tag: str) -> str:
+    """The issue windows shared by every `+tag` address of one mailbox."""
+    return f"xh:rl:{{mb:{tag}}}:issue"
+
+
 def normalize_destination(
     channel: Channel, raw: str, allowed_country_codes: Sequence[str], field: str = "destination"
 ) -> str:
@@ -407,10 +395,11 @@ class CodeService:
             store = store or RedisCodeStore(redis)
             limiter = limiter or SlidingWindowLimiter(redis, token_bytes=token_bytes)
         self._store = store
-        self._limiter = limiter
         self._queue = queue
         self._compose = compose
         self._digests = CodeDigests(hmac_key)
+        self._limiter = limiter
+        self._callers = CallerLimits(limiter, self._digests.ip_tag)
         self._clock = clock
         self._policy = policy or CodePolicy()
         self._random_digits = random_digits
@@ -462,14 +451,15 @@ class CodeService:
         tag = self._digests.destination_tag(channel, destination)
         reservations: list[Reservation] = []
         try:
-            reservations = await self._charge_caller(
+            reservations = await self._callers.charge(
                 "code.issue",
+                CallerBudget(policy.per_ip_hour, policy.per_client_minute),
                 client_id=client_id,
                 end_user_ip=end_user_ip,
-                per_ip_hour=policy.per_ip_hour,
-                per_client_minute=policy.per_client_minute,
                 now=now,
             )
+            if channel is Channel.EMAIL:
+                reservations.append(await self._charge_mailbox(destination, now))
             code = self._new_code()
             code_id = self._new_id()
             await self._store.issue(
@@ -486,12 +476,12 @@ class CodeService:
                 per_day=policy.per_destination_day,
             )
         except RateLimited as exc:
-            await self._release(reservations)
+            await self._callers.release(reservations)
             if self._metrics is not None:
                 self._metrics.limit_rejected(exc.policy)
             raise
         except Exception:
-            await self._release(reservations)
+            await self._callers.release(reservations)
             raise
 
         try:
@@ -507,7 +497,7 @@ class CodeService:
         except Unavailable:
             # Nothing was queued: forget the code and refund every window.
             await self._cancel(tag, purpose, code_id, refund=True)
-            await self._release(reservations)
+            await self._callers.release(reservations)
             raise
         except Exception:
             # Unknown whether anything went out: kill the code but keep the charges.
@@ -554,12 +544,11 @@ class CodeService:
         now = self._clock.now()
         now_ms = int(now * 1000)
         try:
-            reservations = await self._charge_caller(
+            reservations = await self._callers.charge(
                 "code.verify",
+                CallerBudget(policy.verify_per_ip_hour, policy.verify_per_client_minute),
                 client_id=client_id,
                 end_user_ip=end_user_ip,
-                per_ip_hour=policy.verify_per_ip_hour,
-                per_client_minute=policy.verify_per_client_minute,
                 now=now,
             )
         except RateLimited as exc:
@@ -594,7 +583,7 @@ class CodeService:
                 failure_member=self._new_id(),
             )
         except Exception:
-            await self._release(reservations)
+            await self._callers.release(reservations)
             raise
         if self._metrics is not None:
             self._metrics.code_verified(channel.value, purpose.value, result.outcome.value)
@@ -609,55 +598,20 @@ class CodeService:
             await self._record("code.verify", tag, "invalid")
         raise CodeInvalid()
 
-    async def _charge_caller(
-        self,
-        action: str,
-        *,
-        client_id: str,
-        end_user_ip: str | None,
-        per_ip_hour: int,
-        per_client_minute: int,
-        now: float,
-    ) -> list[Reservation]:
-        """Charge the caller's windows: `<action>.ip` per hour, `<action>.client` per minute.
+    async def _charge_mailbox(self, address: str, now: float) -> Reservation:
+        """The send limits of the mailbox behind an address, whatever `+tag` it carries.
 
-        Each window is skipped when the request does not say who it is for (no
-        end-user IP, no client id). Raises RateLimited with the refusing policy,
-        after refunding the IP charge if the client window refused.
+        `zhang+1@example.com`, `zhang+2@…` and `zhang@…` are one mailbox, but they are
+        three destinations (each code is bound to the address typed), so without this
+        window every tag would get the full per-destination budget: an email bomb.
+        Same cooldown and windows, refused as the destination's own limit.
         """
-        reservations: list[Reservation] = []
-        try:
-            if end_user_ip:
-                reservations.append(
-                    await self._limiter.acquire(
-                        f"{action}.ip",
-                        ip_key(self._digests, end_user_ip, action),
-                        per_ip_hour,
-                        _HOUR,
-                        now,
-                    )
-                )
-            if client_id:
-                reservations.append(
-                    await self._limiter.acquire(
-                        f"{action}.client",
-                        client_key(client_id, action),
-                        per_client_minute,
-                        _MINUTE,
-                        now,
-                    )
-                )
-        except Exception:
-            await self._release(reservations)
-            raise
-        return reservations
-
-    async def _release(self, reservations: Sequence[Reservation]) -> None:
-        for reservation in reservations:
-            try:
-                await self._limiter.release(reservation)
-            except Exception:  # best effort: the window forgets it anyway
-                logger.warning("could not refund a %s reservation", reservation.policy)
+        p = self._policy
+        windows = [Window(p.per_destination_hour, _HOUR), Window(p.per_destination_day, _DAY)]
+        if p.cooldown > 0:
+            windows.append(Window(1, p.cooldown))
+        tag = self._digests.destination_tag(Channel.EMAIL, mailbox(address))
+        return await self._limiter.acquire_windows(ISSUE_POLICY, mailbox_key(tag), windows, now)
 
     async def _cancel(self, tag: str, purpose: Purpose, code_id: str, *, refund: bool) -> None:
         try:
@@ -730,6 +684,34 @@ class TicketService:
         mismatch destroys it. Unknown, expired, used and mismatched tickets, and
         strings that are not tickets at all, raise the same TicketInvalid.
         """
+        return await self._present(ticket, purpose, channel, destination, keep=False)
+
+    async def check(
+        self,
+        ticket: str,
+        *,
+        purpose: Purpose,
+        channel: Channel | None = None,
+        destination: str | None = None,
+    ) -> TicketClaims:
+        """What `consume` would answer, without using the ticket up.
+
+        A flow calls it before a check that should not cost the user the ticket
+        (a login name that is taken): a caller must hold a live ticket before the
+        flow answers anything, and a mismatch counts toward the ticket's
+        destruction exactly as in `consume`. Not audited: nothing changed.
+        """
+        return await self._present(ticket, purpose, channel, destination, keep=True)
+
+    async def _present(
+        self,
+        ticket: str,
+        purpose: Purpose,
+        channel: Channel | None,
+        destination: str | None,
+        *,
+        keep: bool,
+    ) -> TicketClaims:
         parsed = parse_ticket(ticket)
         if parsed is None:
             raise TicketInvalid()
@@ -744,8 +726,13 @@ class TicketService:
             channel=Channel(channel).value if channel is not None else "",
             destination_matches=bound,
             max_misses=TICKET_MAX_MISMATCHES,
+            keep=keep,
         )
         claims = None if stored is None else self._open(parsed, stored)
+        if keep:
+            if claims is None:
+                raise TicketInvalid()
+            return claims
         if claims is None:
             await _record(self._audit, "ticket.consume", parsed.tag, "invalid")
             raise TicketInvalid()
@@ -798,9 +785,8 @@ __all__ = [
     "ParsedTicket",
     "RecipientFilter",
     "TicketService",
-    "client_key",
-    "ip_bucket",
-    "ip_key",
+    "mailbox",
+    "mailbox_key",
     "new_ticket",
     "normalize_code",
     "normalize_destination",

@@ -172,8 +172,9 @@ return {0}
 )
 
 # KEYS: ticket hash. ARGV: now, purpose, channel ('' = any), destination matches ('1'/'0'),
-# max misses. Returns {1, channel, purpose, sealed destination, iat} and deletes the ticket,
-# or {0}.
+# max misses, 6 '1' to keep a matching ticket (a check before the flow consumes it).
+# Returns {1, channel, purpose, sealed destination, iat} and deletes the ticket (unless
+# kept), or {0}.
 # A presentation for another purpose/channel/destination does not consume the
 # ticket, but after `max misses` of them it is deleted.
 _CONSUME_LUA = r"""
@@ -196,7 +197,9 @@ if t[2] ~= ARGV[2] or wrong_channel or wrong_destination then
   end
   return {0}
 end
-redis.call('DEL', ticket)
+if ARGV[6] ~= '1' then
+  redis.call('DEL', ticket)
+end
 return {1, t[1], t[2], t[3], t[5] or ARGV[1]}
 """
 
@@ -308,8 +311,10 @@ class TicketStore(Protocol):
         channel: str,
         destination_matches: bool,
         max_misses: int,
+        keep: bool = False,
     ) -> StoredTicket | None:
-        """Delete and return a live ticket if it matches; None otherwise (a mismatch is counted)."""
+        """Delete (unless `keep`) and return a live ticket if it matches; None otherwise (a
+        mismatch is counted)."""
         ...
 
 
@@ -405,12 +410,21 @@ class RedisCodeStore:
         channel: str,
         destination_matches: bool,
         max_misses: int,
+        keep: bool = False,
     ) -> StoredTicket | None:
-        """Delete and return a live ticket if it matches; None otherwise (a mismatch is counted)."""
+        """Delete (unless `keep`) and return a live ticket if it matches; None otherwise (a
+        mismatch is counted)."""
         reply = await run_script(
             self._consume,
             [ticket_key(tag, ticket_hash)],
-            [now_ms, purpose, channel, "1" if destination_matches else "0", max_misses],
+            [
+                now_ms,
+                purpose,
+                channel,
+                "1" if destination_matches else "0",
+                max_misses,
+                "1" if keep else "0",
+            ],
         )
         if int(reply[0]) != 1:
             return None

@@ -56,9 +56,9 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.codes.service import ip_bucket
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
+from xiaohe.identity.server.shared.network import ip_bucket
 from xiaohe.identity.server.storage.redis import run_script
 
 ACCOUNT_WINDOW_SECONDS: Final = 3600

@@ -10,9 +10,11 @@ user input, and the message never contains the code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
 SIGNATURE = "【小禾企服网】"
+_CHINA = timezone(timedelta(hours=8), "CST")
 PLATFORM = "小禾企服网"
 
 CHANNEL_SMS = "SMS"
@@ -90,6 +92,13 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             + "您的账号已于{at}通过“找回账号”重置了登录信息。如非本人操作，请立即联系客服。",
             frozenset({"at"}),
         ),
+        "identity_claimed": _NoticeText(
+            "有人使用您的证件信息注册账号",
+            SIGNATURE
+            + "有人于{at}使用与您账号相同的证件信息注册了新账号，该证件信息未被关联到新账号。"
+            "如是您本人，您已有账号，请通过“找回账号”找回；如有疑问，请申请人工审核。",
+            frozenset({"at"}),
+        ),
         "account_deactivated": _NoticeText(
             "账号已注销",
             SIGNATURE + "您的账号已于{at}注销，所有登录状态已失效。如非本人操作，请立即联系客服。",
@@ -154,6 +163,11 @@ def compose_code_message(
     return render_code_message(channel, purpose, code, ttl_seconds), subject
 
 
+def notice_time(epoch_seconds: float) -> str:
+    """A notice's `at` field: the local time in China, to the minute (`2026-12-02 23:09`)."""
+    return datetime.fromtimestamp(epoch_seconds, tz=_CHINA).strftime("%Y-%m-%d %H:%M")
+
+
 def render_notice(kind: str, **fields: str) -> str:
     """The text of a security notice (e.g. `password_changed`, fields `at=...`), for SMS or email.
 
@@ -184,6 +198,7 @@ __all__ = [
     "NOTICE_KINDS",
     "PURPOSES",
     "compose_code_message",
+    "notice_time",
     "render_code_email_subject",
     "render_code_message",
     "render_notice",

@@ -73,11 +73,13 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     async def Register(
         self, request: accounts_pb2.RegisterRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> accounts_pb2.RegisterResponse:
+        rc = context.current()
         try:
             registered = await self._accounts.register(
                 register_command(request),
-                client_id=context.current().client_id,
+                client_id=rc.client_id,
                 channel=CONSENT_CHANNEL,
+                end_user_ip=rc.end_user_ip or None,
             )
         except TicketInvalid as exc:
             raise TicketInvalid(exc.message, field="phone_ticket") from None

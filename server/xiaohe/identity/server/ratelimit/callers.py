@@ -1,0 +1,101 @@
+"""Limits on who asks: per end-user IP and per calling client, for one action.
+
+Every flow that anyone may call at will (sending a code, verifying one,
+checking whether a login name is taken) is bounded twice before it does its
+own work: `<action>.ip` per hour for the end user's address (IPv4, or the IPv6
+/64 a user sits behind) and `<action>.client` per minute for the client that
+relays it. A window is skipped when the request does not say who it is for.
+A client refusal refunds the IP charge, so a refused request costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from xiaohe.identity.server.ratelimit.limiter import RateLimiter, Reservation
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600.0
+MINUTE = 60.0
+_SAFE_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def ip_key(ip_tag: str, action: str = "code.issue") -> str:
+    """Rate-limit key of an end-user IP's pseudonym for `action`."""
+    return f"xh:rl:{{ip:{ip_tag}}}:{action}"
+
+
+def client_key(client_id: str, action: str = "code.issue") -> str:
+    """Rate-limit key of a calling client for `action` (odd ids are hashed to keep keys tidy)."""
+    if not _SAFE_CLIENT_ID.fullmatch(client_id):
+        client_id = "h-" + hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:32]
+    return f"xh:rl:{{cl:{client_id}}}:{action}"
+
+
+@dataclass(frozen=True)
+class CallerBudget:
+    """How often one end user (per hour) and one client (per minute) may ask for an action."""
+
+    per_ip_hour: int
+    per_client_minute: int
+
+
+class CallerLimits:
+    """Charges and refunds the `<action>.ip` and `<action>.client` windows."""
+
+    def __init__(self, limiter: RateLimiter, ip_tag: Callable[[str], str]) -> None:
+        self._limiter = limiter
+        self._ip_tag = ip_tag
+
+    async def charge(
+        self,
+        action: str,
+        budget: CallerBudget,
+        *,
+        client_id: str,
+        end_user_ip: str | None,
+        now: float,
+    ) -> list[Reservation]:
+        """Charge the caller's windows; RateLimited names the refusing policy (nothing kept)."""
+        reservations: list[Reservation] = []
+        try:
+            if end_user_ip:
+                reservations.append(
+                    await self._limiter.acquire(
+                        f"{action}.ip",
+                        ip_key(self._ip_tag(end_user_ip), action),
+                        budget.per_ip_hour,
+                        HOUR,
+                        now,
+                    )
+                )
+            if client_id:
+                reservations.append(
+                    await self._limiter.acquire(
+                        f"{action}.client",
+                        client_key(client_id, action),
+                        budget.per_client_minute,
+                        MINUTE,
+                        now,
+                    )
+                )
+        except Exception:
+            await self.release(reservations)
+            raise
+        return reservations
+
+    async def release(self, reservations: Sequence[Reservation]) -> None:
+        """Refund reservations, best effort: the window forgets them anyway."""
+        for reservation in reservations:
+            try:
+                await self._limiter.release(reservation)
+            except Exception:
+                log.warning("could not refund a %s reservation", reservation.policy)
+
+
+__all__ = ["HOUR", "MINUTE", "CallerBudget", "CallerLimits", "client_key", "ip_key"]
