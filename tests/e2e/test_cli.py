@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import CLI
+from xiaohe.identity.server.audit.checkpoints import Checkpoint, anchor_text
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
+from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.storage.database import Database
 
 ACCESS_TOKEN_TTL = 600
@@ -241,25 +243,45 @@ def test_key_rotation_commands(cli: Cli) -> None:
     assert {k["kid"] for k in cli.keyring()["signing_keys"]} == {first_kid, new_kid, third}
 
 
-def test_audit_verify_detects_a_tampered_row(cli: Cli) -> None:
-    """`audit verify` exits 0 on an intact chain and 1, naming the row, after an edit."""
-    empty = cli.ok("audit", "verify").json()
-    assert empty == {"intact": True, "records_checked": 0, "first_broken_seq": 0}
+EMPTY_REPORT = {
+    "intact": True,
+    "records_checked": 0,
+    "first_broken_seq": 0,
+    "checkpoints_checked": 0,
+    "last_checkpoint_seq": 0,
+    "truncated": False,
+    "first_bad_checkpoint_seq": 0,
+    "legacy_records": 0,
+}
 
-    async def append_records() -> None:
+
+def append_audit_records(cli: Cli, count: int, *, checkpoint: bool = False) -> Checkpoint | None:
+    """Append records the way the server does, keyed by the CLI's own key ring."""
+
+    async def append() -> Checkpoint | None:
+        keys = KeyRing.load_or_create(cli.keyring_file, SystemClock()).audit_keys
         database = Database.from_url(f"sqlite:///{cli.database_file}")
         try:
-            log = AuditLog(database, SystemClock())
-            for n in range(3):
+            log = AuditLog(database, SystemClock(), keys)
+            for n in range(count):
                 await log.record(
                     "client.create", f"xhc_{n:024d}", "ok", actor_client="cli", request_id=f"r{n}"
                 )
+            return await log.checkpoint() if checkpoint else None
         finally:
             await database.close()
 
-    asyncio.run(append_records())
+    return asyncio.run(append())
+
+
+def test_audit_verify_detects_a_tampered_row(cli: Cli) -> None:
+    """I7: `audit verify` exits 0 on an intact chain and 1, naming the row, after an edit."""
+    empty = cli.ok("audit", "verify").json()
+    assert empty == EMPTY_REPORT
+
+    append_audit_records(cli, 3)
     intact = cli.ok("audit", "verify").json()
-    assert intact == {"intact": True, "records_checked": 3, "first_broken_seq": 0}
+    assert intact == {**EMPTY_REPORT, "records_checked": 3}
 
     with sqlite3.connect(cli.database_file) as conn:
         changed = conn.execute("UPDATE audit_log SET outcome = 'denied' WHERE seq = 2").rowcount
@@ -269,3 +291,48 @@ def test_audit_verify_detects_a_tampered_row(cli: Cli) -> None:
     report = broken.json()
     assert report["intact"] is False
     assert report["first_broken_seq"] == 2
+
+
+def test_audit_verify_reports_checkpoints_truncation_and_anchors(cli: Cli) -> None:
+    """I7: `audit verify` prints the checkpoints it checked; rows cut off after a checkpoint are
+    truncation (exit 1); `--anchor-seq/--anchor-mac` check an anchor saved from the log."""
+    cli.ok("migrate")
+    first = append_audit_records(cli, 4, checkpoint=True)
+    second = append_audit_records(cli, 2, checkpoint=True)
+    assert first is not None
+    assert second is not None
+    logged_mac = anchor_text(second.mac)  # as the INFO line shows it
+    report = cli.ok("audit", "verify", "--anchor-seq", "6", "--anchor-mac", logged_mac).json()
+    assert report == {
+        **EMPTY_REPORT,
+        "records_checked": 6,
+        "checkpoints_checked": 2,
+        "last_checkpoint_seq": 6,
+    }
+
+    with sqlite3.connect(cli.database_file) as conn:
+        conn.execute("DELETE FROM audit_log WHERE seq >= 4")
+    truncated = cli.run("audit", "verify")
+    assert truncated.returncode == 1
+    assert truncated.json() == {
+        **EMPTY_REPORT,
+        "intact": False,
+        "records_checked": 3,
+        "first_broken_seq": 4,
+        "checkpoints_checked": 2,
+        "last_checkpoint_seq": 6,
+        "truncated": True,
+    }
+
+    # The checkpoints deleted as well: only the anchor from the log still shows the cut.
+    with sqlite3.connect(cli.database_file) as conn:
+        conn.execute("DELETE FROM audit_checkpoints")
+    assert cli.ok("audit", "verify").json()["intact"] is True
+    anchored = cli.run("audit", "verify", "--anchor-seq", "6", "--anchor-mac", logged_mac)
+    assert anchored.returncode == 1
+    assert anchored.json()["truncated"] is True
+
+    bad = cli.run("audit", "verify", "--anchor-seq", "2")
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.messages() == ["xiaohe-identity: --anchor-mac: must be 64 hex digits"]

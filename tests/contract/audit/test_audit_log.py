@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import itertools
 import json
 import multiprocessing
@@ -13,9 +14,13 @@ import pytest
 import sqlalchemy as sa
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.audit.log import GENESIS_HASH, AuditLog, record_hash
+from xiaohe.identity.server.audit.log import GENESIS_HASH, AuditLog, record_mac
 from xiaohe.identity.server.clock import FakeClock, SystemClock
+from xiaohe.identity.server.crypto.audit_keys import MAC_INFO, AuditKeys, hkdf_sha256
 from xiaohe.identity.server.storage.database import Database
+
+AUDIT_ROOT = bytes(range(32))
+KEYS = AuditKeys(AUDIT_ROOT)
 
 PER_PROCESS = 15
 _CHILD_PRELOAD = (
@@ -32,7 +37,7 @@ _CHILD_PRELOAD = (
 async def _append_many(url: str, worker: int, count: int) -> None:
     db = Database.from_url(url)
     try:
-        log = AuditLog(db, SystemClock())
+        log = AuditLog(db, SystemClock(), KEYS)
         for i in range(count):
             await log.record(
                 "test.append",
@@ -57,7 +62,7 @@ async def _all_rows(database: Database) -> list[sa.Row[tuple[object, ...]]]:
 
 async def test_chain_verifies_after_many_records(database: Database, clock: FakeClock) -> None:
     """[I7] Records are hash-chained from a genesis of 64 zeros; the chain verifies."""
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     for i in range(1, 26):
         assert await log.record("account.login", f"acct_{i:04d}", "ok", actor_client="bff") == i
         clock.advance(1.5)
@@ -72,9 +77,10 @@ async def test_chain_verifies_after_many_records(database: Database, clock: Fake
         assert cur.prev_hash == prev.hash
 
 
-async def test_hash_is_sha256_of_canonical_json(database: Database, clock: FakeClock) -> None:
-    """[I7] The documented encoding: sorted-key JSON of the fields, `at` in UTC with µs."""
-    log = AuditLog(database, clock)
+async def test_chain_value_is_hmac_of_canonical_json(database: Database, clock: FakeClock) -> None:
+    """[I7] The documented encoding: sorted-key JSON of the fields, `at` in UTC with µs,
+    under HMAC-SHA256 with the key HKDF derives from the ring's audit key."""
+    log = AuditLog(database, clock, KEYS)
     clock.advance(0.123456)
     await log.record("code.issue", "blind_ab12", "sent", actor_client="bff", request_id="req-1")
     (rec,) = await log.query()
@@ -83,22 +89,26 @@ async def test_hash_is_sha256_of_canonical_json(database: Database, clock: FakeC
         "seq": 1,
         "at": at,
         "actor_client": "bff",
+        "actor_account": "",
         "action": "code.issue",
         "target": "blind_ab12",
         "outcome": "sent",
         "request_id": "req-1",
         "prev_hash": "0" * 64,
     }
-    expected = hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    expected = hmac.new(
+        hkdf_sha256(AUDIT_ROOT, MAC_INFO),
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
+        hashlib.sha256,
     ).hexdigest()
     assert rec.hash == expected
+    assert rec.alg == "hmac-sha256"
     assert at.endswith(".123456+00:00")
 
 
 async def test_timestamps_are_utc(database: Database, clock: FakeClock) -> None:
     """[I7] Record time is UTC, stored and returned with microseconds."""
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     await log.record("account.register", "acct_1", "ok")
     (rec,) = await log.query()
     assert rec.at.utcoffset() == timedelta(0)
@@ -112,7 +122,7 @@ async def test_timestamps_are_utc(database: Database, clock: FakeClock) -> None:
 
 
 async def test_actor_and_request_id_come_from_context(database: Database, clock: FakeClock) -> None:
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     token = context.bind(context.RequestContext(request_id="req-42", client_id="bff-web"))
     try:
         await log.record("account.login", "acct_1", "ok")
@@ -125,7 +135,7 @@ async def test_actor_and_request_id_come_from_context(database: Database, clock:
 
 
 async def test_query_filters_by_time_and_action(database: Database, clock: FakeClock) -> None:
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     start = clock.now()
     for i in range(6):
         await log.record("a.even" if i % 2 == 0 else "a.odd", f"t{i}", "ok")
@@ -158,7 +168,7 @@ async def test_targets_looking_like_personal_data_are_refused(
     database: Database, clock: FakeClock
 ) -> None:
     """[I7] Audit records hold no raw personal data: phone, email or ID-shaped targets fail."""
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     for target in PERSONAL_TARGETS:
         with pytest.raises(ValueError, match="pseudonymous") as info:
             await log.record("account.login", target, "ok")
@@ -169,7 +179,7 @@ async def test_targets_looking_like_personal_data_are_refused(
 
 
 async def test_oversized_fields_are_refused(database: Database, clock: FakeClock) -> None:
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     with pytest.raises(ValueError, match="action"):
         await log.record("x" * 101, "acct_1", "ok")
     with pytest.raises(ValueError, match="empty"):
@@ -178,7 +188,7 @@ async def test_oversized_fields_are_refused(database: Database, clock: FakeClock
 
 async def test_concurrent_tasks_keep_the_chain_linear(database: Database) -> None:
     """[I7] 20 concurrent appenders on one Database produce one contiguous, intact chain."""
-    log = AuditLog(database, SystemClock())
+    log = AuditLog(database, SystemClock(), KEYS)
     seqs = await asyncio.gather(*(log.record("test.task", f"acct_{i}", "ok") for i in range(20)))
     assert sorted(seqs) == list(range(1, 21))
     report = await log.verify_chain()
@@ -204,13 +214,13 @@ async def test_concurrent_processes_keep_the_chain_linear(
     rows = await _all_rows(database)
     assert [r.seq for r in rows] == list(range(1, 3 * PER_PROCESS + 1))
     assert {r.actor_client for r in rows} == {"w0", "w1", "w2"}
-    report = await AuditLog(database, SystemClock()).verify_chain()
+    report = await AuditLog(database, SystemClock(), KEYS).verify_chain()
     assert report.intact
     assert report.records_checked == 3 * PER_PROCESS
 
 
 async def _fill(database: Database, clock: FakeClock, count: int) -> AuditLog:
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     for i in range(count):
         await log.record("account.login", f"acct_{i}", "ok")
         clock.advance(1)
@@ -241,13 +251,16 @@ async def test_deleted_middle_row_is_detected(database: Database, clock: FakeClo
 async def test_rewritten_row_with_recomputed_hash_breaks_the_next_link(
     database: Database, clock: FakeClock
 ) -> None:
-    """[I7] A forger who recomputes the changed row's hash is caught by the following prev link."""
+    """[I7] Even a forger holding the key, recomputing only the changed row's MAC, is caught by
+    the following prev link."""
     log = await _fill(database, clock, 8)
     (rec,) = [r for r in await log.query() if r.seq == 3]
-    forged = record_hash(
+    forged = record_mac(
+        KEYS,
         seq=rec.seq,
         at=rec.at,
         actor_client=rec.actor_client,
+        actor_account=rec.actor_account,
         action=rec.action,
         target=rec.target,
         outcome="denied",
@@ -266,7 +279,7 @@ async def test_rewritten_row_with_recomputed_hash_breaks_the_next_link(
 
 async def test_verify_streams_across_batches(database: Database, clock: FakeClock) -> None:
     """Verification reads in batches; a break beyond the first batch is still found."""
-    log = AuditLog(database, clock)
+    log = AuditLog(database, clock, KEYS)
     async with database.begin() as conn:
         for _ in range(520):
             await log.record_in(conn, "bulk.append", "acct_1", "ok")
@@ -278,11 +291,11 @@ async def test_verify_streams_across_batches(database: Database, clock: FakeCloc
 
 
 async def test_empty_log_is_intact(database: Database, clock: FakeClock) -> None:
-    report = await AuditLog(database, clock).verify_chain()
+    report = await AuditLog(database, clock, KEYS).verify_chain()
     assert (report.intact, report.records_checked, report.first_broken_seq) == (True, 0, 0)
 
 
 def test_no_update_or_delete_methods() -> None:
     """[I7] The API is append-only."""
     public = {name for name in dir(AuditLog) if not name.startswith("_")}
-    assert public == {"record", "record_in", "verify_chain", "query"}
+    assert public == {"record", "record_in", "verify_chain", "query", "checkpoint"}

@@ -56,6 +56,7 @@ from xiaohe.identity.server.credentials.login import (
     mask_ip,
 )
 from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import (
     IdentityError,
     InvalidArgument,
@@ -486,7 +487,7 @@ async def test_a_login_and_its_audit_record_commit_together(env: LoginEnv) -> No
     """I7: the real audit log holds the success in the session's transaction; when the
     record cannot be written, no session is stored and the login fails."""
     account_id = await env.register()
-    log = AuditLog(env.accounts.database, env.clock)
+    log = AuditLog(env.accounts.database, env.clock, AuditKeys(bytes(range(32))))
     result = await env.login(service=env.make(audit=log))
     records = await log.query(action="auth.login.password")
     assert [(r.target, r.outcome) for r in records] == [(account_id, "ok")]
@@ -500,7 +501,11 @@ async def test_a_login_and_its_audit_record_commit_together(env: LoginEnv) -> No
             raise Unavailable("the audit log is temporarily unavailable")
 
     with pytest.raises(Unavailable):
-        await env.login(service=env.make(audit=Unwritable(env.accounts.database, env.clock)))
+        await env.login(
+            service=env.make(
+                audit=Unwritable(env.accounts.database, env.clock, AuditKeys(bytes(range(32))))
+            )
+        )
     assert len(await env.sessions.list_sessions(account_id)) == 1
     assert [(r.target, r.outcome) for r in await log.query(action="auth.login.password")] == [
         (account_id, "ok"),

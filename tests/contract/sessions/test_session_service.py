@@ -25,12 +25,14 @@ from redis.backoff import NoBackoff
 
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
+from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import (
     InvalidArgument,
     NotFound,
     TokenInvalid,
     Unavailable,
 )
+from xiaohe.identity.server.observability.logging import redact
 from xiaohe.identity.server.sessions.models import (
     IssuedSession,
     RevokeReason,
@@ -45,6 +47,7 @@ from xiaohe.identity.server.sessions.service import (
     hash_refresh_token,
 )
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
+from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.schema import accounts, refresh_tokens, sessions
@@ -109,6 +112,7 @@ def make_service(
         LIFETIMES,
         AUDIENCE,
         audit=audit,
+        log_pseudonym=Pseudonyms(b"p" * 32).for_log,
     )
 
 
@@ -628,7 +632,7 @@ async def trail(audit: AuditLog) -> list[tuple[str, str, str]]:
 
 async def test_logout_and_revocations_are_audited_in_the_chain(env: Env) -> None:
     """[I7] logout, revoke and revoke_all each leave a record with a pseudonymous target."""
-    audit = AuditLog(env.database, env.clock)
+    audit = AuditLog(env.database, env.clock, AuditKeys(bytes(range(32))))
     service = audited(env, audit)
     subject = await add_account(env.database, env.clock, "acc_1")
     by_refresh, by_access, revoked, *rest = [await login(env, subject) for _ in range(5)]
@@ -659,7 +663,7 @@ async def test_logout_and_revocations_are_audited_in_the_chain(env: Env) -> None
 
 async def test_refresh_token_replay_is_audited(env: Env) -> None:
     """[I7] A replayed refresh token revokes its session and records session.refresh.replay."""
-    audit = AuditLog(env.database, env.clock)
+    audit = AuditLog(env.database, env.clock, AuditKeys(bytes(range(32))))
     service = audited(env, audit)
     subject = await add_account(env.database, env.clock, "acc_1")
     first = await login(env, subject)
@@ -706,7 +710,7 @@ async def test_a_failing_audit_never_fails_or_undoes_a_revocation(
 async def test_logout_is_audited_even_when_redis_is_down(env: Env) -> None:
     """[I7] SQL has ended the session, so the logout is recorded although the caller sees
     Unavailable."""
-    audit = AuditLog(env.database, env.clock)
+    audit = AuditLog(env.database, env.clock, AuditKeys(bytes(range(32))))
     subject = await add_account(env.database, env.clock, "acc_1")
     issued = await login(env, subject)
     dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
@@ -719,3 +723,22 @@ async def test_logout_is_audited_even_when_redis_is_down(env: Env) -> None:
         await dead.aclose()
     assert await trail(audit) == [("session.logout", issued.session_id, "ok")]
     assert (await audit.verify_chain()).intact
+
+
+async def test_logs_name_sessions_by_a_keyed_pseudonym(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """C4, I7: a log line about a session carries a stable keyed tag, never the session id, so
+    lines can be correlated after redaction without revealing what they name."""
+    subject = await add_account(env.database, env.clock, "acc_1")
+    first = await login(env, subject)
+    await env.a.service.refresh(first.refresh_token)
+    caplog.set_level(logging.INFO, logger="xiaohe.identity.server.sessions.service")
+    with pytest.raises(TokenInvalid):
+        await env.a.service.refresh(first.refresh_token)  # a replay: logged
+    lines = [redact(r.getMessage()) for r in caplog.records if "replayed" in r.getMessage()]
+    assert len(lines) == 1
+    tag = Pseudonyms(b"p" * 32).for_log(first.session_id)
+    assert f"sid~{tag}" in lines[0]
+    assert first.session_id not in lines[0]
+    assert first.session_id.removeprefix("ses_") not in lines[0]

@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
 from xiaohe.identity.server.config import Settings, SettingsError, load_settings
-from xiaohe.identity.server.container import Container
-from xiaohe.identity.server.crypto.keyring import KeyRing
-from xiaohe.identity.server.errors import IdentityError
+from xiaohe.identity.server.container import Container, open_keyring
+from xiaohe.identity.server.crypto.keyring import KeyRing, KeyRingError
+from xiaohe.identity.server.errors import IdentityError, InvalidArgument
 from xiaohe.identity.server.observability.logging import configure_logging
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.storage.database import Database
@@ -48,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("client_id")
 
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="action", required=True)
-    audit.add_parser("verify", help="check the audit hash chain")
+    verify = audit.add_parser(
+        "verify", help="check the audit chain, its signed checkpoints and optionally an anchor"
+    )
+    verify.add_argument("--anchor-seq", type=int, help="seq of a checkpoint saved from the log")
+    verify.add_argument("--anchor-mac", help="that checkpoint's MAC, as logged (colons allowed)")
 
     policy = sub.add_parser("policy", help="privacy policy versions").add_subparsers(
         dest="action", required=True
@@ -57,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file", help="the policy text (UTF-8 Markdown)")
 
     keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
+    keys.add_parser("init", help="create the key ring file (for an external database)")
     keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     return parser
@@ -109,9 +115,22 @@ async def _clients(args: argparse.Namespace, settings: Settings) -> int:
     return await _with_database(settings, work)
 
 
-async def _audit_verify(settings: Settings) -> int:
+async def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    anchor = None
+    if args.anchor_seq is not None or args.anchor_mac is not None:
+        try:
+            anchor = ChainAnchor.parse(args.anchor_seq or 0, args.anchor_mac or "")
+        except InvalidArgument as exc:
+            for v in exc.violations:
+                print(
+                    f"xiaohe-identity: --{v.field.replace('.', '-')}: {v.description}",
+                    file=sys.stderr,
+                )
+            return 2
+    keys = open_keyring(settings, SystemClock()).audit_keys
+
     async def work(database: Database) -> int:
-        report = await AuditLog(database, SystemClock()).verify_chain()
+        report = await AuditLog(database, SystemClock(), keys).verify_chain(anchor)
         _print(dataclasses.asdict(report))
         return 0 if report.intact else 1
 
@@ -170,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "clients":
             return asyncio.run(_clients(args, settings))
         if args.command == "audit":
-            return asyncio.run(_audit_verify(settings))
+            return asyncio.run(_audit_verify(args, settings))
         if args.command == "policy":
             try:
                 text = Path(args.file).read_text(encoding="utf-8")
@@ -179,7 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             return asyncio.run(_policy_publish(text, settings))
         if args.command == "keys":
-            ring = KeyRing.load_or_create(settings.effective_keyring_file, SystemClock())
+            if args.action == "init":
+                created = KeyRing.create(settings.effective_keyring_file, SystemClock())
+                _print({"keyring_file": str(created.path)})
+                return 0
+            ring = open_keyring(settings, SystemClock())
             if args.action == "rotate":
                 key = ring.rotate_master_key()
                 rewrapped = asyncio.run(_rewrap(settings))
@@ -193,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IdentityError as exc:
         print(f"xiaohe-identity: {exc.message}", file=sys.stderr)
         return 1
+    except KeyRingError as exc:
+        print(f"xiaohe-identity: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 2

@@ -97,7 +97,7 @@ class Container:
     @cached_property
     def keyring(self) -> KeyRing:
         """Master, index and signing keys."""
-        return KeyRing.load_or_create(self.settings.effective_keyring_file, self.clock)
+        return open_keyring(self.settings, self.clock)
 
     @cached_property
     def cipher(self) -> DataKeyCipher:
@@ -112,7 +112,7 @@ class Container:
     @cached_property
     def audit(self) -> AuditLog:
         """The hash-chained audit log."""
-        return AuditLog(self.database, self.clock)
+        return AuditLog(self.database, self.clock, self.keyring.audit_keys)
 
     @cached_property
     def providers(self) -> dict[str, Provider]:
@@ -278,6 +278,7 @@ class Container:
             SessionLifetimes.from_settings(s),
             s.default_audience,
             audit=self.audit,
+            log_pseudonym=Pseudonyms(ring.audit_pseudonym_key).for_log,
         )
 
     @cached_property
@@ -311,6 +312,11 @@ class Container:
             asyncio.create_task(self._every(CHECKPOINT_SECONDS, self.database.checkpoint))
         )
         self._tasks.append(asyncio.create_task(self._every(OUTBOX_PURGE_SECONDS, self._purge)))
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(self.settings.audit_checkpoint_seconds, self.audit.checkpoint)
+            )
+        )
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
         """Run `job` every `seconds` until stopped; a failure is logged and tried again."""
@@ -348,6 +354,20 @@ class Container:
             await self.redis.aclose()
         if "database" in self.__dict__:
             await self.database.close()
+
+
+def open_keyring(settings: Settings, clock: Clock) -> KeyRing:
+    """The key ring: generated on first use only for the embedded store (SECURITY F5).
+
+    With SQLite on this machine a fresh data directory gets its own ring. With an
+    external database every replica must sign and encrypt with the same keys, so
+    the ring is an explicit file made once with `xiaohe-identity keys init`;
+    a missing one stops start-up (KeyRingError) instead of being generated.
+    """
+    path = settings.effective_keyring_file
+    if settings.embedded_store:
+        return KeyRing.load_or_create(path, clock)
+    return KeyRing.load(path, clock)
 
 
 def data_path(settings: Settings, *parts: str) -> Path:

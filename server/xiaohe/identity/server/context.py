@@ -1,7 +1,9 @@
 """Per-request context (request id, calling client, forwarded end-user data) in a contextvar.
 
-The transport interceptor sets it once per RPC; domain code reads it for audit
-records and per-IP limits without threading it through every signature.
+The transport interceptor sets it once per RPC and resets it when the RPC ends;
+`transport/users.require_user` rebinds it with the end user's account once their
+access token is verified. Domain code reads it for audit records and per-IP
+limits without threading it through every signature.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class RequestContext:
     end_user_ip: str = ""
     end_user_agent: str = ""
     device_id: str = ""
+    # The signed-in end user's account, once a bearer token was verified (transport/users.py).
+    account_id: str = ""
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(

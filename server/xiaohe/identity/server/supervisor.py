@@ -1,7 +1,8 @@
 """`xiaohe-identity serve`: prepares the data dir and stores, then runs N worker processes.
 
 Preparation happens once, here, before any worker starts: the embedded Redis
-(when no URL is set), migrations, the key ring, the bootstrap client and the
+(when no URL is set), the key ring, migrations, the bootstrap client (embedded
+store only: with an external database clients are made with the CLI) and the
 metrics endpoint. Workers share the gRPC port (SO_REUSEPORT). SIGTERM/SIGINT
 stop the workers gracefully, then the embedded Redis.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
 from xiaohe.identity.server.config import ENV_PREFIX, Settings
-from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.container import open_keyring
 from xiaohe.identity.server.observability.metrics import (
     prepare_multiproc_dir,
     start_metrics_server,
@@ -74,19 +75,23 @@ async def ensure_bootstrap_client(settings: Settings, database: Database) -> Pat
     return path
 
 
-async def prepare(settings: Settings, redis_url: str) -> None:
-    """Migrations, key ring and bootstrap client, before workers start."""
+async def prepare(settings: Settings) -> None:
+    """Key ring, migrations and (embedded store only) the bootstrap client, before workers start.
+
+    The key ring comes first: with an external database and no ring file, start-up
+    stops before anything is written (SECURITY F5).
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    open_keyring(settings, SystemClock())
     url = settings.effective_database_url
     await upgrade_async(url, lock_file=settings.data_dir / ".migrate.lock")
-    KeyRing.load_or_create(settings.effective_keyring_file, SystemClock())
     database = Database.from_url(url)
     try:
         await PolicyStore(database, SystemClock()).ensure_seeded()
-        await ensure_bootstrap_client(settings, database)
+        if settings.embedded_store:
+            await ensure_bootstrap_client(settings, database)
     finally:
         await database.close()
-    del redis_url
 
 
 def _worker_env(settings: Settings, redis_url: str, multiproc_dir: Path) -> dict[str, str]:
@@ -114,7 +119,7 @@ async def serve(settings: Settings) -> int:
     metrics_server = None
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        await prepare(settings, redis_url)
+        await prepare(settings)
         multiproc_dir = settings.data_dir / "metrics"
         prepare_multiproc_dir(multiproc_dir)
         metrics_server = start_metrics_server(settings.metrics_listen, multiproc_dir)

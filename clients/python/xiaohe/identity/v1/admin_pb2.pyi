@@ -218,15 +218,48 @@ class SetClientGrantsResponse(_message.Message):
 Global___SetClientGrantsResponse: _TypeAlias = SetClientGrantsResponse  # noqa: Y015
 
 @_typing.final
-class VerifyAuditChainRequest(_message.Message):
+class AuditChainAnchor(_message.Message):
+    """A chain head saved outside the database, e.g. from an "audit checkpoint" log line."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    SEQ_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Sequence number of the record, at least 1."""
+    mac: _builtins.str
+    """Its chain MAC: 64 hex digits; colons and spaces (as logged) are ignored."""
     def __init__(
         self,
+        *,
+        seq: _builtins.int = ...,
+        mac: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mac", b"mac", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditChainAnchor: _TypeAlias = AuditChainAnchor  # noqa: Y015
+
+@_typing.final
+class VerifyAuditChainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def anchor(self) -> Global___AuditChainAnchor:
+        """Optional: the chain must hold this MAC at this seq, and must not end before it."""
+
+    def __init__(
+        self,
+        *,
+        anchor: Global___AuditChainAnchor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,20 +272,42 @@ class VerifyAuditChainResponse(_message.Message):
     INTACT_FIELD_NUMBER: _builtins.int
     RECORDS_CHECKED_FIELD_NUMBER: _builtins.int
     FIRST_BROKEN_SEQ_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_CHECKED_FIELD_NUMBER: _builtins.int
+    LAST_CHECKPOINT_SEQ_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    FIRST_BAD_CHECKPOINT_SEQ_FIELD_NUMBER: _builtins.int
+    LEGACY_RECORDS_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     records_checked: _builtins.int
     first_broken_seq: _builtins.int
-    """Sequence number of the first record whose hash does not match, 0 when intact."""
+    """Sequence number of the first record that does not verify (its MAC, its link, or a
+    checkpointed or anchored MAC), or the first missing one when truncated; 0 when intact.
+    """
+    checkpoints_checked: _builtins.int
+    """Stored checkpoints whose signature was checked."""
+    last_checkpoint_seq: _builtins.int
+    """Sequence number of the newest validly signed checkpoint, 0 when there is none."""
+    truncated: _builtins.bool
+    """The chain ends before the newest valid checkpoint or the anchor: rows were cut off the end."""
+    first_bad_checkpoint_seq: _builtins.int
+    """Sequence number of the first checkpoint whose signature does not verify, 0 when none."""
+    legacy_records: _builtins.int
+    """Records chained with plain SHA-256 before keyed MACs (accepted only as a prefix)."""
     def __init__(
         self,
         *,
         intact: _builtins.bool = ...,
         records_checked: _builtins.int = ...,
         first_broken_seq: _builtins.int = ...,
+        checkpoints_checked: _builtins.int = ...,
+        last_checkpoint_seq: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+        first_bad_checkpoint_seq: _builtins.int = ...,
+        legacy_records: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_broken_seq", b"first_broken_seq", "intact", b"intact", "records_checked", b"records_checked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints_checked", b"checkpoints_checked", "first_bad_checkpoint_seq", b"first_bad_checkpoint_seq", "first_broken_seq", b"first_broken_seq", "intact", b"intact", "last_checkpoint_seq", b"last_checkpoint_seq", "legacy_records", b"legacy_records", "records_checked", b"records_checked", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

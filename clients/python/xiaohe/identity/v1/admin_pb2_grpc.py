@@ -94,7 +94,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditChain(self, request, context):
-        """Walks the audit hash chain and reports the first broken link, if any.
+        """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
+        external anchor, and reports the first broken link and any truncation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,7 +41,9 @@ class AdminServiceStub:
     SetClientGrants: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetClientGrantsRequest, _admin_pb2.SetClientGrantsResponse]
     """Replaces a client's grants."""
     VerifyAuditChain: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditChainRequest, _admin_pb2.VerifyAuditChainResponse]
-    """Walks the audit hash chain and reports the first broken link, if any."""
+    """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
+    external anchor, and reports the first broken link and any truncation.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -56,7 +58,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetClientGrants: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetClientGrantsRequest, _admin_pb2.SetClientGrantsResponse]  # type: ignore[assignment]
     """Replaces a client's grants."""
     VerifyAuditChain: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditChainRequest, _admin_pb2.VerifyAuditChainResponse]  # type: ignore[assignment]
-    """Walks the audit hash chain and reports the first broken link, if any."""
+    """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
+    external anchor, and reports the first broken link and any truncation.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator API: API clients and their grants, audit chain checks."""
@@ -98,6 +102,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.VerifyAuditChainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.VerifyAuditChainResponse, _abc.Awaitable[_admin_pb2.VerifyAuditChainResponse]]:
-        """Walks the audit hash chain and reports the first broken link, if any."""
+        """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
+        external anchor, and reports the first broken link and any truncation.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,12 +1,44 @@
-"""The audit log: append-only, hash-chained records of who did what to whom (SECURITY.md I7).
+"""The audit log: append-only, MAC-chained records of who did what to whom (SECURITY.md I7).
 
-Each record holds the time (UTC), the acting client, the action, a *pseudonymous*
-target, the outcome and the request id, plus the hash of the previous record and
-its own hash: SHA-256 (hex) over a canonical JSON encoding (sorted keys, no
-whitespace, ASCII) of `seq`, `at` (ISO 8601, UTC, microseconds), `actor_client`,
-`action`, `target`, `outcome`, `request_id` and `prev_hash`. The first record's
-`prev_hash` is 64 zeros. Changing, inserting or removing a row in the middle
-breaks the chain at that row, which `verify_chain` reports.
+Each record holds the time (UTC), the acting client and end-user account (`""`
+when no user is signed in), the action, a *pseudonymous* target, the outcome and
+the request id, plus the chain value of the previous record (`prev_hash`) and its
+own (`hash`): HMAC-SHA256 (hex) under the chain MAC key, which is derived from
+the key ring (crypto/audit_keys.py), over a canonical JSON encoding (sorted keys,
+no whitespace, ASCII) of `seq`, `at` (ISO 8601, UTC, microseconds),
+`actor_client`, `actor_account`, `action`, `target`, `outcome`, `request_id` and
+`prev_hash`. The first record's `prev_hash` is 64 zeros; `alg` is `hmac-sha256`.
+
+The threat is someone who can write to the database but does not hold the key
+ring: a leaked database credential, an administrator covering tracks, an
+injection elsewhere, an edited backup. Against a plain hash chain such a writer
+changes a row and recomputes every hash after it, and the chain still verifies.
+Without the MAC key no changed, inserted or reordered row can be given a valid
+value, so `verify_chain` names the first row touched, whatever was recomputed.
+
+A MAC chain cannot show that rows were cut from its *end*: what is left is a
+valid prefix. So the head is anchored. Every `audit_checkpoint_seconds` each
+worker signs the head (seq, MAC, time) with the ring's Ed25519 checkpoint key and
+stores it in `audit_checkpoints` (audit/checkpoints.py), only when the head moved
+since the newest checkpoint; workers racing for one head collide on its primary
+key and the losers write nothing. Each checkpoint is also logged at INFO with its
+seq and MAC, so a log store outside the database holds the anchor as well.
+`verify_chain` checks every checkpoint's signature and that the chain holds that
+MAC at that seq; a chain shorter than the newest checkpoint is *truncated*. A
+writer who also deletes the newest checkpoints leaves an older, consistent state
+that the database alone cannot tell from the truth: against that, verify with an
+anchor saved from the log (`verify_chain(anchor)`, the `VerifyAuditChain` RPC,
+`xiaohe-identity audit verify --anchor-seq N --anchor-mac MAC`). None of this
+stands against a holder of the key ring, who can re-key the whole chain; an
+anchor kept elsewhere still shows that the history before it was rewritten.
+
+Rows written before migration 0002 are *legacy*: `alg = 'sha256'`, the plain
+SHA-256 of the encoding above without `actor_account` (which they hold as "").
+They verify only as a prefix before the first keyed row, whose MAC covers the
+last legacy hash, so the prefix cannot change without breaking that row.
+Rewriting the *whole* chain as legacy rows (a downgrade) is caught by any
+checkpoint or anchor taken after the upgrade, and shows as a growing
+`legacy_records` count, which after the upgrade must never grow.
 
 Appending must stay linear while several worker processes write at once: the read
 of the last (seq, hash) and the insert of seq + 1 happen in one write transaction
@@ -17,21 +49,20 @@ all appenders of every process serialise on it, released at commit). The primary
 key on `seq` is the last line of defence: a second writer with the same seq fails
 instead of forking the chain.
 
-What the chain cannot show on its own: rows removed from the *end* (the head is
-simply shorter). Operators who need that should export the head hash
-(`AuditRecord.hash` of the last record) to a separate store periodically.
-
 Targets are pseudonymous ids the caller computes (an account id, a case id, a
 blind index); raw personal data (phone, email, ID numbers, names) must never be
-passed. `record` refuses targets that look like a phone number, an email address
-or an 18-character resident ID as a guard against mistakes, without echoing them.
+passed. `record` refuses targets (and acting accounts) that look like a phone
+number, an email address or an 18-character resident ID as a guard against
+mistakes, without echoing them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,11 +72,26 @@ from types import MappingProxyType
 import sqlalchemy as sa
 
 from xiaohe.identity.server import context
+from xiaohe.identity.server.audit.checkpoints import (
+    ChainAnchor,
+    Checkpoint,
+    anchor_text,
+    checkpoint_is_valid,
+    insert_checkpoint,
+    load_checkpoints,
+    newest_checkpoint_seq,
+    sign_checkpoint,
+)
 from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.storage.database import Database, SqlConnection, translate_errors, utc
 from xiaohe.identity.server.storage.schema import audit_log
 
+log = logging.getLogger("xiaohe.identity.audit")
+
 GENESIS_HASH = "0" * 64
+ALG_KEYED = "hmac-sha256"
+ALG_LEGACY = "sha256"
 
 # A fixed 64-bit key for pg_advisory_xact_lock: the first 8 bytes of SHA-256 of a name.
 _PG_LOCK_KEY = int.from_bytes(
@@ -62,7 +108,14 @@ _MAX_QUERY_LIMIT = 1000
 
 # Column limits of the `audit_log` table.
 _LIMITS = MappingProxyType(
-    {"actor_client": 64, "action": 100, "target": 100, "outcome": 50, "request_id": 64}
+    {
+        "actor_client": 64,
+        "actor_account": 40,
+        "action": 100,
+        "target": 100,
+        "outcome": 50,
+        "request_id": 64,
+    }
 )
 
 # Shapes of raw personal data that must never be an audit target. A shape counts only
@@ -74,7 +127,7 @@ _ID_NUMBER_SHAPE = re.compile(r"(?<![A-Za-z0-9])\d{17}[\dXx](?![A-Za-z0-9])")
 
 @dataclass(frozen=True)
 class AuditRecord:
-    """One audit record as stored; `at` is an aware UTC datetime."""
+    """One audit record as stored; `at` is an aware UTC datetime, `hash` its chain value."""
 
     seq: int
     at: datetime
@@ -85,15 +138,28 @@ class AuditRecord:
     request_id: str
     prev_hash: str
     hash: str
+    actor_account: str = ""
+    alg: str = ALG_KEYED
 
 
 @dataclass(frozen=True)
 class ChainReport:
-    """Result of `verify_chain`; `first_broken_seq` is 0 when the chain is intact."""
+    """Result of `verify_chain`; `first_broken_seq` is 0 when every record verifies.
+
+    `truncated`: the chain ends before the newest valid checkpoint (or the anchor),
+    and `first_broken_seq` is then the first missing seq. `first_bad_checkpoint_seq`
+    names the first checkpoint whose signature does not verify (forged or altered).
+    `legacy_records` counts plain SHA-256 rows from before keyed MACs.
+    """
 
     intact: bool
     records_checked: int
     first_broken_seq: int
+    checkpoints_checked: int = 0
+    last_checkpoint_seq: int = 0
+    truncated: bool = False
+    first_bad_checkpoint_seq: int = 0
+    legacy_records: int = 0
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -103,7 +169,44 @@ def _as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def record_hash(
+def _canonical(body: dict[str, object]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+        "ascii"
+    )
+
+
+def record_mac(
+    keys: AuditKeys,
+    *,
+    seq: int,
+    at: datetime,
+    actor_client: str,
+    actor_account: str,
+    action: str,
+    target: str,
+    outcome: str,
+    request_id: str,
+    prev_hash: str,
+) -> str:
+    """The hex HMAC-SHA256 chain value of a record (see the module docstring)."""
+    return keys.mac(
+        _canonical(
+            {
+                "seq": seq,
+                "at": _as_utc(at).isoformat(timespec="microseconds"),
+                "actor_client": actor_client,
+                "actor_account": actor_account,
+                "action": action,
+                "target": target,
+                "outcome": outcome,
+                "request_id": request_id,
+                "prev_hash": prev_hash,
+            }
+        )
+    )
+
+
+def legacy_record_hash(
     *,
     seq: int,
     at: datetime,
@@ -114,35 +217,35 @@ def record_hash(
     request_id: str,
     prev_hash: str,
 ) -> str:
-    """The SHA-256 hex digest of a record's canonical encoding (see the module docstring)."""
-    canonical = json.dumps(
-        {
-            "seq": seq,
-            "at": _as_utc(at).isoformat(timespec="microseconds"),
-            "actor_client": actor_client,
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "request_id": request_id,
-            "prev_hash": prev_hash,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    """The plain SHA-256 chain value of a legacy row (written before migration 0002)."""
+    body: dict[str, object] = {
+        "seq": seq,
+        "at": _as_utc(at).isoformat(timespec="microseconds"),
+        "actor_client": actor_client,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "request_id": request_id,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def _check_personal(what: str, value: str) -> None:
+    """Refuse values shaped like raw personal data; the message never repeats the value."""
+    if _PHONE_SHAPE.search(value):
+        raise ValueError(f"audit {what} looks like a phone number; pass a pseudonymous id")
+    if _EMAIL_SHAPE.search(value):
+        raise ValueError(f"audit {what} looks like an email address; pass a pseudonymous id")
+    if _ID_NUMBER_SHAPE.search(value):
+        raise ValueError(f"audit {what} looks like an ID number; pass a pseudonymous id")
 
 
 def _check_target(target: str) -> None:
-    """Refuse targets shaped like raw personal data; the message never repeats the value."""
+    """Refuse empty targets and targets shaped like raw personal data."""
     if not target:
         raise ValueError("audit target must not be empty")
-    if _PHONE_SHAPE.search(target):
-        raise ValueError("audit target looks like a phone number; pass a pseudonymous id")
-    if _EMAIL_SHAPE.search(target):
-        raise ValueError("audit target looks like an email address; pass a pseudonymous id")
-    if _ID_NUMBER_SHAPE.search(target):
-        raise ValueError("audit target looks like an ID number; pass a pseudonymous id")
+    _check_personal("target", target)
 
 
 def _check_lengths(fields: dict[str, str]) -> None:
@@ -161,18 +264,25 @@ class _Pending:
 
 
 def _fields(
-    action: str, target: str, outcome: str, actor_client: str | None, request_id: str | None
+    action: str,
+    target: str,
+    outcome: str,
+    actor_client: str | None,
+    actor_account: str | None,
+    request_id: str | None,
 ) -> dict[str, str]:
-    """The caller-given columns of one record, checked; actor and request id from the context."""
+    """The caller-given columns of one record, checked; actors and request id from the context."""
     ctx = context.current()
     fields = {
         "actor_client": ctx.client_id if actor_client is None else actor_client,
+        "actor_account": ctx.account_id if actor_account is None else actor_account,
         "action": action,
         "target": target,
         "outcome": outcome,
         "request_id": ctx.request_id if request_id is None else request_id,
     }
     _check_target(target)
+    _check_personal("actor account", fields["actor_account"])
     _check_lengths(fields)
     return fields
 
@@ -189,11 +299,13 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AuditRecord:
         request_id=str(m["request_id"]),
         prev_hash=str(m["prev_hash"]),
         hash=str(m["hash"]),
+        actor_account=str(m["actor_account"]),
+        alg=str(m["alg"]),
     )
 
 
 class AuditLog:
-    """Appends to, reads and verifies the hash-chained audit log. There is no update or delete.
+    """Appends to, reads, checkpoints and verifies the MAC-chained audit log; no update or delete.
 
     `record` commits in groups: concurrent callers of one process are written
     together in one transaction (one lock, one read of the chain head, one insert
@@ -202,9 +314,10 @@ class AuditLog:
     batch, without weakening durability.
     """
 
-    def __init__(self, database: Database, clock: Clock) -> None:
+    def __init__(self, database: Database, clock: Clock, keys: AuditKeys) -> None:
         self._db = database
         self._clock = clock
+        self._keys = keys
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -215,14 +328,15 @@ class AuditLog:
         outcome: str,
         *,
         actor_client: str | None = None,
+        actor_account: str | None = None,
         request_id: str | None = None,
     ) -> int:
         """Append one record (group-committed with concurrent ones); returns its seq.
 
-        `target` must already be pseudonymous (see the module docstring); the actor
+        `target` must already be pseudonymous (see the module docstring); the actors
         and request id default to the current request context.
         """
-        fields = _fields(action, target, outcome, actor_client, request_id)
+        fields = _fields(action, target, outcome, actor_client, actor_account, request_id)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(fields, utc(self._clock.now()), done))
         if self._flusher is None or self._flusher.done():
@@ -252,6 +366,7 @@ class AuditLog:
         outcome: str,
         *,
         actor_client: str | None = None,
+        actor_account: str | None = None,
         request_id: str | None = None,
     ) -> int:
         """Append one record inside the caller's write transaction (from `Database.begin()`).
@@ -260,7 +375,7 @@ class AuditLog:
         PostgreSQL this holds the audit lock until the caller's transaction ends,
         so keep that transaction short.
         """
-        fields = _fields(action, target, outcome, actor_client, request_id)
+        fields = _fields(action, target, outcome, actor_client, actor_account, request_id)
         (seq,) = await self._append(conn, [(fields, utc(self._clock.now()))])
         return seq
 
@@ -280,14 +395,47 @@ class AuditLog:
             seqs: list[int] = []
             for fields, at in entries:
                 seq += 1
-                digest = record_hash(seq=seq, at=at, prev_hash=prev_hash, **fields)
+                mac = record_mac(self._keys, seq=seq, at=at, prev_hash=prev_hash, **fields)
                 rows.append(
-                    {"seq": seq, "at": at, "prev_hash": prev_hash, "hash": digest, **fields}
+                    {
+                        "seq": seq,
+                        "at": at,
+                        "prev_hash": prev_hash,
+                        "hash": mac,
+                        "alg": ALG_KEYED,
+                        **fields,
+                    }
                 )
                 seqs.append(seq)
-                prev_hash = digest
+                prev_hash = mac
             await conn.execute(_INSERT, rows)
         return seqs
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign and store the chain head if it moved since the newest checkpoint, else None.
+
+        Every worker runs this periodically. Two workers that read the same head
+        race to insert the same seq; the primary key keeps one and the other gets
+        None. A head at or below the newest checkpoint is never signed, so a chain
+        cut short stays reported as truncated. A stored checkpoint is logged at INFO
+        (seq and MAC, both pseudonymous) so that a log store outside the database
+        holds an anchor.
+        """
+        async with self._db.connect() as conn:
+            head = (await conn.execute(_CHAIN_HEAD)).first()
+            newest = await newest_checkpoint_seq(conn)
+        if head is None or int(head.seq) <= newest:
+            return None
+        signed = sign_checkpoint(self._keys, int(head.seq), str(head.hash), utc(self._clock.now()))
+        if not await insert_checkpoint(self._db, signed):
+            return None
+        log.info(
+            "audit checkpoint seq=%d mac=%s",
+            signed.seq,
+            anchor_text(signed.mac),
+            extra={"audit_checkpoint": {"seq": signed.seq, "key_id": signed.key_id}},
+        )
+        return signed
 
     async def _batches(self) -> AsyncIterator[list[AuditRecord]]:
         """All records in seq order, a batch per short read (keyset pagination)."""
@@ -308,37 +456,103 @@ class AuditLog:
             yield batch
             after = batch[-1].seq
 
-    async def verify_chain(self) -> ChainReport:
-        """Recompute every hash and check every link and the seq continuity, in seq order.
+    def _chain_value(self, rec: AuditRecord, keyed_seen: bool) -> str | None:
+        """What `rec.hash` must be, or None when the row may not be of its `alg` here."""
+        if rec.alg == ALG_KEYED:
+            return record_mac(
+                self._keys,
+                seq=rec.seq,
+                at=rec.at,
+                actor_client=rec.actor_client,
+                actor_account=rec.actor_account,
+                action=rec.action,
+                target=rec.target,
+                outcome=rec.outcome,
+                request_id=rec.request_id,
+                prev_hash=rec.prev_hash,
+            )
+        # A legacy row is accepted only before the first keyed one, and its hash does
+        # not cover an acting account, so it must not claim one.
+        if rec.alg == ALG_LEGACY and not keyed_seen and not rec.actor_account:
+            return legacy_record_hash(
+                seq=rec.seq,
+                at=rec.at,
+                actor_client=rec.actor_client,
+                action=rec.action,
+                target=rec.target,
+                outcome=rec.outcome,
+                request_id=rec.request_id,
+                prev_hash=rec.prev_hash,
+            )
+        return None
 
-        `first_broken_seq` is the lowest seq at which the chain stops verifying: a
-        changed row's own seq, the seq that is missing where a row was removed, or
-        the seq of a row whose `prev_hash` does not match its predecessor.
-        `records_checked` counts the rows read, including the broken one.
+    async def verify_chain(self, anchor: ChainAnchor | None = None) -> ChainReport:
+        """Check every record, every link, every checkpoint and, if given, an external anchor.
+
+        Records are read in seq order; each must follow its predecessor's seq and
+        chain value and carry the MAC of its own fields (legacy SHA-256 rows only
+        before the first keyed row). Each checkpoint must carry this ring's valid
+        signature, and the chain must hold the checkpoint's MAC at its seq; so must
+        it hold the anchor's. `first_broken_seq` is the lowest seq at which that
+        fails (a changed row's own seq, the seq missing where a row was removed, a
+        row whose `prev_hash` does not match, or a checkpointed or anchored seq whose
+        MAC differs); `records_checked` counts the rows read, including the broken
+        one. A chain that verifies but ends before the newest valid checkpoint or
+        the anchor is `truncated`, and its first missing seq is `first_broken_seq`.
         """
+        checkpoints = await load_checkpoints(self._db)
+        signed: dict[int, str] = {}
+        first_bad = 0
+        for cp in checkpoints:
+            if checkpoint_is_valid(self._keys, cp):
+                signed[cp.seq] = cp.mac
+            elif first_bad == 0:
+                first_bad = cp.seq
+        last_signed = max(signed, default=0)
+
+        def report(records: int, broken: int, legacy: int, truncated: bool = False) -> ChainReport:
+            return ChainReport(
+                intact=broken == 0 and first_bad == 0,
+                records_checked=records,
+                first_broken_seq=broken,
+                checkpoints_checked=len(checkpoints),
+                last_checkpoint_seq=last_signed,
+                truncated=truncated,
+                first_bad_checkpoint_seq=first_bad,
+                legacy_records=legacy,
+            )
+
+        anchored = {} if anchor is None else {anchor.seq: anchor.mac}
         expected_seq = 1
         prev_hash = GENESIS_HASH
-        checked = 0
+        checked = legacy = 0
+        keyed_seen = False
         async for batch in self._batches():
             for rec in batch:
                 checked += 1
                 if rec.seq != expected_seq:
-                    return ChainReport(False, checked, expected_seq)
-                recomputed = record_hash(
-                    seq=rec.seq,
-                    at=rec.at,
-                    actor_client=rec.actor_client,
-                    action=rec.action,
-                    target=rec.target,
-                    outcome=rec.outcome,
-                    request_id=rec.request_id,
-                    prev_hash=rec.prev_hash,
+                    return report(checked, expected_seq, legacy)
+                value = self._chain_value(rec, keyed_seen)
+                verifies = (
+                    value is not None
+                    and _same(value, rec.hash)
+                    and _same(prev_hash, rec.prev_hash)
+                    and _same(signed.get(rec.seq, rec.hash), rec.hash)
+                    and _same(anchored.get(rec.seq, rec.hash), rec.hash)
                 )
-                if rec.prev_hash != prev_hash or recomputed != rec.hash:
-                    return ChainReport(False, checked, rec.seq)
+                if not verifies:
+                    return report(checked, rec.seq, legacy)
+                if rec.alg == ALG_LEGACY:
+                    legacy += 1
+                else:
+                    keyed_seen = True
                 prev_hash = rec.hash
                 expected_seq += 1
-        return ChainReport(True, checked, 0)
+        head = expected_seq - 1
+        needed = max(last_signed, anchor.seq if anchor is not None else 0)
+        if needed > head:
+            return report(checked, head + 1, legacy, truncated=True)
+        return report(checked, 0, legacy)
 
     async def query(
         self, since: float | None = None, action: str | None = None, limit: int = 100
@@ -356,4 +570,19 @@ class AuditLog:
         return [_row_to_record(r) for r in rows]
 
 
-__all__ = ["GENESIS_HASH", "AuditLog", "AuditRecord", "ChainReport", "record_hash"]
+def _same(expected: str, stored: str) -> bool:
+    """Constant-time equality of two chain values (stored ones may hold anything)."""
+    return hmac.compare_digest(expected.encode(), stored.encode())
+
+
+__all__ = [
+    "ALG_KEYED",
+    "ALG_LEGACY",
+    "GENESIS_HASH",
+    "AuditLog",
+    "AuditRecord",
+    "ChainAnchor",
+    "ChainReport",
+    "legacy_record_hash",
+    "record_mac",
+]

@@ -9,7 +9,8 @@ class AuditSink(Protocol):
     """The audit log (`audit.log.AuditLog`).
 
     `target` is always a pseudonym (an account, session or client id, a destination
-    tag, `unknown`), never personal data. The result is ignored (typed `object`), so
+    tag, `unknown`), never personal data; the acting client and end-user account
+    come from the request context. The result is ignored (typed `object`), so
     `AuditLog.record`, which returns the new sequence number, fits as is.
     """
 

@@ -25,7 +25,8 @@ File handling is the security-relevant part:
 Master keys are never dropped (data keys wrapped under them would become
 unreadable); `DataKeyCipher.rewrap` moves data keys to the active one. The blind
 index, code HMAC and audit pseudonym keys are not rotated by master-key rotation:
-changing them would orphan every stored index and tag.
+changing them would orphan every stored index and tag (and the audit chain, whose
+MAC and checkpoint keys are derived from the audit pseudonym key: crypto/audit_keys.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 
 FORMAT_NAME = "xiaohe-identity-keyring"
 FORMAT_VERSION = 1
@@ -163,6 +165,34 @@ class KeyRing:
             state = fresh if _publish_new(path, _encode_state(fresh)) else _read_state(path)
         return cls(path, clock, state, token_bytes)
 
+    @classmethod
+    def load(cls, path: Path, clock: Clock) -> KeyRing:
+        """Load the ring at `path`; KeyRingError if it does not exist (nothing is created)."""
+        path = Path(path)
+        try:
+            state = _read_state(path)
+        except FileNotFoundError:
+            raise KeyRingError(
+                f"key ring file {path} does not exist; create it once with "
+                "`xiaohe-identity keys init` and give every replica the same file"
+            ) from None
+        return cls(path, clock, state)
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        clock: Clock,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> KeyRing:
+        """Create a new ring with fresh keys at `path`; KeyRingError if a file is there already."""
+        path = Path(path)
+        path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        fresh = _new_state(clock.now(), token_bytes)
+        if not _publish_new(path, _encode_state(fresh)):
+            raise KeyRingError(f"key ring file {path} exists already; it was left as it is")
+        return cls(path, clock, fresh, token_bytes)
+
     @property
     def path(self) -> Path:
         """Where the ring is stored."""
@@ -229,6 +259,11 @@ class KeyRing:
     def audit_pseudonym_key(self) -> bytes:
         """HMAC key for pseudonymous audit-log targets."""
         return self._state.audit_pseudonym_key
+
+    @property
+    def audit_keys(self) -> AuditKeys:
+        """The audit chain's MAC and checkpoint keys, derived from the audit pseudonym key."""
+        return AuditKeys(self._state.audit_pseudonym_key)
 
     # -- signing keys --------------------------------------------------------
 

@@ -136,6 +136,7 @@ class SessionService:
         *,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         audit: AuditSink | None = None,
+        log_pseudonym: Callable[[str], str] | None = None,
     ) -> None:
         self._db = database
         self._repo = repo
@@ -147,6 +148,7 @@ class SessionService:
         self._default_audience = default_audience
         self._random_bytes = random_bytes
         self._audit = audit
+        self._log_pseudonym = log_pseudonym
 
     async def create(
         self,
@@ -216,7 +218,7 @@ class SessionService:
         )
         session = rotation.session
         if rotation.status is RotationStatus.REPLAYED and session is not None:
-            log.warning("refresh token replayed; session %s revoked", session.session_id)
+            log.warning("refresh token replayed; session %s revoked", self._log_tag(session))
             await self._publish_quietly(session.session_id)
             await self._record(AUDIT_REFRESH_REPLAY, session.session_id, "revoked")
             raise TokenInvalid()
@@ -225,7 +227,9 @@ class SessionService:
             raise TokenInvalid()
         subject = await self._subject(session.account_id)
         if subject is None:
-            log.info("refresh refused: account not active; session %s revoked", session.session_id)
+            log.info(
+                "refresh refused: account not active; session %s revoked", self._log_tag(session)
+            )
             await self._repo.revoke(
                 session.session_id, now=now, reason=RevokeReason.ACCOUNT_INACTIVE
             )
@@ -399,12 +403,24 @@ class SessionService:
                 type(exc).__name__,
             )
 
+    def _log_tag(self, session: SessionRecord | str) -> str:
+        """How a log line names a session: `sid~<keyed pseudonym>`, stable and unreversible.
+
+        The session id itself is a bearer-adjacent secret (it names what a revocation
+        acts on) and the log redaction masks it whole, which left operators unable to
+        correlate two lines about one session; a keyed tag correlates without revealing.
+        """
+        session_id = session if isinstance(session, str) else session.session_id
+        if self._log_pseudonym is None:
+            return "sid~?"
+        return f"sid~{self._log_pseudonym(session_id)}"
+
     async def _publish_quietly(self, session_id: str) -> None:
         """Revoke in the list without failing the caller: SQL already holds the revocation."""
         try:
             await self._revocations.revoke([session_id])
         except Unavailable:
-            log.warning("revocation of session %s left pending", session_id)
+            log.warning("revocation of session %s left pending", self._log_tag(session_id))
 
 
 __all__ = [

@@ -38,12 +38,32 @@ audit_log = sa.Table(
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("actor_client", sa.String(64), nullable=False),
+    # The end-user account acting ("" when none); rows from before 0002 hold "".
+    sa.Column("actor_account", sa.String(40), nullable=False),
     sa.Column("action", sa.String(100), nullable=False),
     sa.Column("target", sa.String(100), nullable=False),
     sa.Column("outcome", sa.String(50), nullable=False),
     sa.Column("request_id", sa.String(64), nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
+    # The chain value: HMAC-SHA256 (alg `hmac-sha256`), or plain SHA-256 on legacy rows.
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("alg", sa.String(16), nullable=False),
+)
+
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    # One checkpoint per chain head: concurrent workers signing the same head collide here.
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("mac", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("key_id", sa.String(40), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
 )
 
 outbox = sa.Table(

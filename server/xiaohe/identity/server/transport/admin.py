@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
 from xiaohe.identity.server.transport.timestamps import timestamp
@@ -72,9 +73,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def VerifyAuditChain(
         self, request: admin_pb2.VerifyAuditChainRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.VerifyAuditChainResponse:
-        report = await self._audit.verify_chain()
+        anchor = None
+        if request.HasField("anchor"):
+            anchor = ChainAnchor.parse(request.anchor.seq, request.anchor.mac)
+        report = await self._audit.verify_chain(anchor)
         return admin_pb2.VerifyAuditChainResponse(
             intact=report.intact,
             records_checked=report.records_checked,
             first_broken_seq=report.first_broken_seq,
+            checkpoints_checked=report.checkpoints_checked,
+            last_checkpoint_seq=report.last_checkpoint_seq,
+            truncated=report.truncated,
+            first_bad_checkpoint_seq=report.first_bad_checkpoint_seq,
+            legacy_records=report.legacy_records,
         )

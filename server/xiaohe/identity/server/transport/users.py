@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import grpc
 
 from xiaohe.identity.client.jwt import Claims
+from xiaohe.identity.server import context
 from xiaohe.identity.server.errors import TokenInvalid, UserUnauthenticated
 
 
@@ -29,11 +31,18 @@ def bearer_token(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 def require_user(ctx: grpc.aio.ServicerContext[Any, Any], tokens: TokenValidation) -> Claims:
-    """The signed-in user's claims, or UserUnauthenticated."""
+    """The signed-in user's claims, or UserUnauthenticated.
+
+    A valid token also binds its account to the request context, so audit records
+    of this RPC name the end user as well as the client; the interceptor restores
+    the previous context when the RPC ends.
+    """
     token = bearer_token(ctx)
     if not token:
         raise UserUnauthenticated("an access token is required (authorization: Bearer …)")
     try:
-        return tokens.validate(token)
+        claims = tokens.validate(token)
     except TokenInvalid:
         raise UserUnauthenticated("the access token is invalid or has expired") from None
+    context.bind(dataclasses.replace(context.current(), account_id=claims.sub))
+    return claims
