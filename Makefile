@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 PROTO_OUT := clients/python
 
-.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench clean
+.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench clean security-map security-map-check
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,12 @@ $(VENV)/.installed: $(BIN)/uv requirements.lock pyproject.toml
 serve: $(VENV)/.installed
 	$(BIN)/xiaohe-identity serve
 
-test: $(VENV)/.installed lint types protos-check
+test: $(VENV)/.installed lint types protos-check security-map-check
 	$(BIN)/pytest -q tests
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check server clients tests
-	$(BIN)/ruff format --check server clients tests
+	$(BIN)/ruff check server clients tests scripts benchmarks
+	$(BIN)/ruff format --check server clients tests scripts benchmarks
 	$(BIN)/buf lint protos
 
 types: $(VENV)/.installed
@@ -38,6 +38,12 @@ protos: $(VENV)/.installed
 
 protos-check: $(VENV)/.installed
 	$(BIN)/python scripts/gen_protos.py --check
+
+security-map: $(VENV)/.installed
+	$(BIN)/python scripts/security_map.py
+
+security-map-check: $(VENV)/.installed
+	$(BIN)/python scripts/security_map.py --check
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks --report docs/performance.md
