@@ -29,6 +29,7 @@ from xiaohe.identity.client import (
     UserUnauthenticated,
 )
 from xiaohe.identity.server import context
+from xiaohe.identity.server.audit.checkpoints import anchor_text
 from xiaohe.identity.v1 import accounts_pb2, auth_pb2
 
 PHONE = "+8613800138000"
@@ -296,3 +297,20 @@ async def test_sessions_of_the_signed_in_user(h: Harness) -> None:
         assert (await identity.validate_token(second.access_token)).valid
         await identity.logout(access_token=second.access_token)
         assert not (await identity.validate_token(second.access_token)).valid
+
+
+async def test_the_sdk_verifies_the_audit_chain_with_an_anchor(h: Harness) -> None:
+    """I7: VerifyAuditChain through the SDK, with and without an anchor from the log."""
+    async with client_for(h) as client:
+        await client.create_client("web-1", ["codes"])
+        checkpoint = await h.container.audit.checkpoint()
+        assert checkpoint is not None
+        report = await client.verify_audit_chain()
+        assert (report.intact, report.checkpoints_checked) == (True, 1)
+        anchored = await client.verify_audit_chain(
+            anchor_seq=checkpoint.seq, anchor_mac=anchor_text(checkpoint.mac)
+        )
+        assert anchored.intact
+        wrong = await client.verify_audit_chain(anchor_seq=checkpoint.seq, anchor_mac="0" * 64)
+        assert not wrong.intact
+        assert wrong.first_broken_seq == checkpoint.seq

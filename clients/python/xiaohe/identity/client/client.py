@@ -522,12 +522,19 @@ class IdentityClient:
         )
 
     async def verify_audit_chain(
-        self, *, end_user: EndUser | None = None
+        self,
+        *,
+        anchor_seq: int = 0,
+        anchor_mac: str = "",
+        end_user: EndUser | None = None,
     ) -> admin_pb2.VerifyAuditChainResponse:
-        """Walk the audit hash chain and report the first broken link, if any."""
+        """Walk the audit chain and its signed checkpoints; report the first broken link.
+
+        With `anchor_seq` and `anchor_mac` (a checkpoint saved from the server log), the
+        chain must also hold that MAC at that seq and must not end before it.
+        """
         stubs = self._ensure_stubs()
-        return await self._unary(
-            stubs.admin.VerifyAuditChain,
-            admin_pb2.VerifyAuditChainRequest(),
-            end_user=end_user,
-        )
+        request = admin_pb2.VerifyAuditChainRequest()
+        if anchor_seq or anchor_mac:
+            request.anchor.CopyFrom(admin_pb2.AuditChainAnchor(seq=anchor_seq, mac=anchor_mac))
+        return await self._unary(stubs.admin.VerifyAuditChain, request, end_user=end_user)
