@@ -71,11 +71,13 @@ async def harness_factory(
 
     started: list[Harness] = []
 
-    async def make(**overrides: object) -> Harness:
-        redis_url = embedded_redis.url + "?db=2"
-        r = aioredis.Redis.from_url(redis_url)
-        await r.flushdb()
-        await r.aclose()
+    async def make(redis_url: str = "", **overrides: object) -> Harness:
+        """A server with these setting overrides (on `redis_url` if given, else db 2, emptied)."""
+        if not redis_url:
+            redis_url = embedded_redis.url + "?db=2"
+            r = aioredis.Redis.from_url(redis_url)
+            await r.flushdb()
+            await r.aclose()
         settings = harness_settings(tmp_path / f"var{len(started) or ''}", **overrides)
         settings.data_dir.mkdir(parents=True)
         await upgrade_async(settings.effective_database_url)

@@ -48,31 +48,38 @@ def stubs(h: Harness) -> Stubs:
     )
 
 
-async def register_ticket(h: Harness, phone: str) -> str:
-    """A REGISTER ticket for `phone`, through IssueCode, the dev outbox and VerifyCode."""
+async def code_ticket(
+    h: Harness,
+    destination: str,
+    purpose: common_pb2.Purpose.ValueType = common_pb2.PURPOSE_REGISTER,
+    channel: common_pb2.Channel.ValueType = common_pb2.CHANNEL_SMS,
+) -> str:
+    """A ticket for `destination` and `purpose`: IssueCode, the code from the dev outbox,
+    VerifyCode."""
     s = stubs(h)
-    before = len(h.outbox_lines())
+    outbox = "sms" if channel == common_pb2.CHANNEL_SMS else "email"
+    before = len(h.outbox_lines(outbox))
     await s.codes.IssueCode(
-        codes_pb2.IssueCodeRequest(
-            channel=common_pb2.CHANNEL_SMS, destination=phone, purpose=common_pb2.PURPOSE_REGISTER
-        ),
+        codes_pb2.IssueCodeRequest(channel=channel, destination=destination, purpose=purpose),
         metadata=h.metadata,
     )
-    lines = await wait_for_outbox(h, before + 1)
+    lines = await wait_for_outbox(h, before + 1, outbox)
     assert len(lines) == before + 1
-    assert lines[-1]["to"] == phone
+    assert lines[-1]["to"] == destination
     code = re.search(r"\d{6}", lines[-1]["text"])
     assert code is not None
     verified = await s.codes.VerifyCode(
         codes_pb2.VerifyCodeRequest(
-            channel=common_pb2.CHANNEL_SMS,
-            destination=phone,
-            purpose=common_pb2.PURPOSE_REGISTER,
-            code=code.group(0),
+            channel=channel, destination=destination, purpose=purpose, code=code.group(0)
         ),
         metadata=h.metadata,
     )
     return verified.ticket
+
+
+async def register_ticket(h: Harness, phone: str) -> str:
+    """A REGISTER ticket for `phone`, through IssueCode, the dev outbox and VerifyCode."""
+    return await code_ticket(h, phone, common_pb2.PURPOSE_REGISTER)
 
 
 async def register(h: Harness, login_name: str, phone: str) -> str:

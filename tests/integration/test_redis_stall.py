@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,14 +15,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.conftest import Harness, harness_settings, wait_for_outbox
-from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, register, stubs
+from tests.integration.conftest import Harness, HarnessFactory
+from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, code_ticket, register, stubs
 from tests.rpc_errors import details_of
-from xiaohe.identity.server.app import start_server
-from xiaohe.identity.server.clock import FakeClock
-from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
-from xiaohe.identity.server.storage.migrate import upgrade_async
 from xiaohe.identity.v1 import accounts_pb2, auth_pb2, codes_pb2, common_pb2
 
 OP_TIMEOUT = 0.5
@@ -33,59 +28,23 @@ CALL_DEADLINE = 10.0
 
 @pytest.fixture
 async def stalling(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, harness_factory: HarnessFactory
 ) -> AsyncIterator[tuple[Harness, EmbeddedRedis]]:
     """A started server whose embedded Redis this test alone may pause."""
     redis_server = EmbeddedRedis(tmp_path / "redis")
     redis_url = redis_server.start()
-    settings = harness_settings(tmp_path / "var", redis_op_timeout_seconds=OP_TIMEOUT)
-    settings.data_dir.mkdir(parents=True)
-    await upgrade_async(settings.effective_database_url)
-    container = Container(settings, redis_url=redis_url, clock=clock)
-    running = await start_server(container, settings.listen)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    client, secret = await container.clients.create("integration", ["*"])
-    metadata = (("x-client-id", client.client_id), ("x-client-secret", secret))
-    await container.revocations.wait_ready()
-    harness = Harness(channel, metadata, container, running, clock, settings.data_dir)
     try:
-        yield harness, redis_server
+        h = await harness_factory(redis_url=redis_url, redis_op_timeout_seconds=OP_TIMEOUT)
+        await h.container.revocations.wait_ready()
+        yield h, redis_server
     finally:
-        assert redis_server._process is not None
-        os.kill(redis_server._process.pid, signal.SIGCONT)
-        await channel.close()
-        await running.stop(0)
-        await container.close()
+        _pause(redis_server, signal.SIGCONT)
         redis_server.stop()
 
 
 def _pause(redis_server: EmbeddedRedis, sig: signal.Signals) -> None:
     assert redis_server._process is not None
     os.kill(redis_server._process.pid, sig)
-
-
-async def _sms_login_ticket(h: Harness) -> str:
-    s = stubs(h)
-    before = len(h.outbox_lines())
-    await s.codes.IssueCode(
-        codes_pb2.IssueCodeRequest(
-            channel=common_pb2.CHANNEL_SMS, destination=PHONE, purpose=common_pb2.PURPOSE_LOGIN
-        ),
-        metadata=h.metadata,
-    )
-    line = (await wait_for_outbox(h, before + 1))[-1]
-    code = re.search(r"\d{6}", line["text"])
-    assert code is not None
-    verified = await s.codes.VerifyCode(
-        codes_pb2.VerifyCodeRequest(
-            channel=common_pb2.CHANNEL_SMS,
-            destination=PHONE,
-            purpose=common_pb2.PURPOSE_LOGIN,
-            code=code.group(0),
-        ),
-        metadata=h.metadata,
-    )
-    return verified.ticket
 
 
 async def test_a_paused_redis_fails_closed_within_the_bound_and_recovers(
@@ -98,7 +57,7 @@ async def test_a_paused_redis_fails_closed_within_the_bound_and_recovers(
     s = stubs(h)
     await register(h, LOGIN_NAME, PHONE)
     h.clock.advance(61)
-    ticket = await _sms_login_ticket(h)
+    ticket = await code_ticket(h, PHONE, common_pb2.PURPOSE_LOGIN)
     h.clock.advance(61)
     sent_before = len(h.outbox_lines())
     caplog.set_level(logging.INFO, logger="xiaohe.identity.redis")
