@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from tests.contract.codes.conftest import ListQueue, RecordingAudit, compose
-from xiaohe.identity.server.accounts.identifiers import IdType
 from xiaohe.identity.server.accounts.models import (
     RegisterCommand,
     RegisteredAccount,
@@ -43,6 +42,7 @@ from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.shared.identifiers import IdType
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 

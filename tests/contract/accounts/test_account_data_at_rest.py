@@ -18,8 +18,8 @@ from tests.contract.accounts.conftest import (
     legal_command,
     natural_command,
 )
-from xiaohe.identity.server.accounts.identifiers import IdType
 from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.shared.identifiers import IdType
 
 SECRETS = {
     "phone": PHONE.encode(),

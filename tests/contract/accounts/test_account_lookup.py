@@ -13,10 +13,10 @@ from tests.contract.accounts.conftest import (
     legal_command,
     natural_command,
 )
-from xiaohe.identity.server.accounts.identifiers import IdentifierKind
 from xiaohe.identity.server.accounts.models import AccountStatus, SubjectType
 from xiaohe.identity.server.crypto.envelope import WrappedDataKey, field_aad
 from xiaohe.identity.server.errors import NotFound
+from xiaohe.identity.server.shared.identifiers import IdentifierKind
 from xiaohe.identity.server.storage.database import utc
 
 

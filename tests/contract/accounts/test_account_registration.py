@@ -26,7 +26,6 @@ from tests.contract.accounts.conftest import (
     legal_command,
     natural_command,
 )
-from xiaohe.identity.server.accounts.identifiers import IdType
 from xiaohe.identity.server.accounts.models import AccountStatus, RegisterCommand, SubjectType
 from xiaohe.identity.server.accounts.repository import IdentifierKey, SqlAccountRepository
 from xiaohe.identity.server.codes.models import Purpose
@@ -38,6 +37,7 @@ from xiaohe.identity.server.errors import (
     TicketInvalid,
 )
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.shared.identifiers import IdType
 
 ACCOUNT_ID = re.compile(r"acc_[0-9a-f]{24}")
 EMPTY = {"accounts": 0, "identifiers": 0, "consents": 0}

@@ -35,7 +35,6 @@ from tests.contract.accounts.conftest import (
     legal_command,
     natural_command,
 )
-from xiaohe.identity.server.accounts.identifiers import IdentifierKind
 from xiaohe.identity.server.accounts.models import AccountCredentials
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
@@ -70,6 +69,7 @@ from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
+from xiaohe.identity.server.shared.identifiers import IdentifierKind
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.schema import accounts
 

@@ -11,7 +11,6 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from xiaohe.identity.server.accounts.identifiers import IdentifierKind, IdType
 from xiaohe.identity.server.accounts.models import (
     AccountCredentials,
     PersonalData,
@@ -46,6 +45,7 @@ from xiaohe.identity.server.errors import (
     TicketInvalid,
 )
 from xiaohe.identity.server.privacy.policies import PolicyVersion
+from xiaohe.identity.server.shared.identifiers import IdentifierKind, IdType
 
 PHONE_E164 = "+8613812345678"
 TICKET = "vt1.0123456789abcdef0123456789abcdef.ticket"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from xiaohe.identity.server.accounts.identifiers import IdType
+from xiaohe.identity.server.shared.identifiers import IdType
 
 
 class SubjectType(StrEnum):

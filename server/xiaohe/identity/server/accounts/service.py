@@ -62,18 +62,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from xiaohe.identity.server.accounts.identifiers import (
-    IdentifierKind,
-    IdType,
-    mask_email,
-    mask_phone,
-    normalize,
-    normalize_id_number,
-    normalize_login_name,
-    normalize_phone,
-    normalize_uscc,
-    today_in_china,
-)
 from xiaohe.identity.server.accounts.models import (
     AccountCredentials,
     AccountStatus,
@@ -115,6 +103,18 @@ from xiaohe.identity.server.errors import (
 )
 from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
+from xiaohe.identity.server.shared.identifiers import (
+    IdentifierKind,
+    IdType,
+    mask_email,
+    mask_phone,
+    normalize,
+    normalize_id_number,
+    normalize_login_name,
+    normalize_phone,
+    normalize_uscc,
+    today_in_china,
+)
 from xiaohe.identity.server.storage.database import SqlConnection
 
 logger = logging.getLogger(__name__)

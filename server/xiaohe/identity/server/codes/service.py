@@ -66,11 +66,6 @@ import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from xiaohe.identity.server.accounts.identifiers import (
-    normalize,
-    normalize_email,
-    normalize_phone,
-)
 from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import (
@@ -108,6 +103,11 @@ from xiaohe.identity.server.ratelimit.limiter import (
     Reservation,
     SlidingWindowLimiter,
     Window,
+)
+from xiaohe.identity.server.shared.identifiers import (
+    normalize,
+    normalize_email,
+    normalize_phone,
 )
 from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 

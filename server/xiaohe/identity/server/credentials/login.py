@@ -62,11 +62,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, NoReturn, Protocol
 
-from xiaohe.identity.server.accounts.identifiers import (
-    IdentifierKind,
-    normalize_identifier,
-    today_in_china,
-)
 from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
 from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
@@ -82,6 +77,11 @@ from xiaohe.identity.server.errors import (
 )
 from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
+from xiaohe.identity.server.shared.identifiers import (
+    IdentifierKind,
+    normalize_identifier,
+    today_in_china,
+)
 from xiaohe.identity.server.storage.database import InTransaction, SqlConnection
 
 logger = logging.getLogger(__name__)

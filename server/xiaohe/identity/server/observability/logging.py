@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.accounts.identifiers import mask_email, mask_id_number, mask_phone
+from xiaohe.identity.server.shared.identifiers import mask_email, mask_id_number, mask_phone
 
 REDACTED = "[redacted]"
 

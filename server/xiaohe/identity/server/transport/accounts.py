@@ -7,7 +7,6 @@ from typing import Any
 import grpc
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.accounts.identifiers import IdType
 from xiaohe.identity.server.accounts.models import RegisterCommand, SubjectType
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.errors import (
@@ -18,6 +17,7 @@ from xiaohe.identity.server.errors import (
 )
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.sessions.service import SessionService
+from xiaohe.identity.server.shared.identifiers import IdType
 from xiaohe.identity.server.transport.enums import from_proto, to_proto
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.server.transport.users import require_user

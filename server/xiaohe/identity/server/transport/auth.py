@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.accounts.identifiers import IdentifierKind
 from xiaohe.identity.server.callers.grants import AUDIENCE_SHAPE, allows_audience
 from xiaohe.identity.server.credentials.login import LoginResult, LoginService
 from xiaohe.identity.server.errors import (
@@ -23,6 +22,7 @@ from xiaohe.identity.server.errors import (
 from xiaohe.identity.server.sessions.models import IssuedSession
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import jwks_json
+from xiaohe.identity.server.shared.identifiers import IdentifierKind
 from xiaohe.identity.server.transport.enums import to_proto
 from xiaohe.identity.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 

@@ -7,7 +7,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from xiaohe.identity.server.accounts.identifiers import (
+from xiaohe.identity.server.clock import FakeClock
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.shared.identifiers import (
     USCC_ALPHABET,
     IdentifierKind,
     IdType,
@@ -27,8 +29,6 @@ from xiaohe.identity.server.accounts.identifiers import (
     today_in_china,
     validate_org_code,
 )
-from xiaohe.identity.server.clock import FakeClock
-from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
 
 TODAY = date(2025, 6, 1)
 
