@@ -32,8 +32,8 @@ from tests.integration.flows import (
     stubs,
 )
 from tests.rpc_errors import details_of
-from xiaohe.identity.client.jwt import InvalidToken
 from xiaohe.identity.client.verifier import TokenVerifier
+from xiaohe.identity.tokens.jwt import InvalidToken
 from xiaohe.identity.v1 import (
     accounts_pb2,
     auth_pb2,

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from xiaohe.identity.client.jwt import (
+from xiaohe.identity.tokens.jwt import (
     MAX_TOKEN_LENGTH,
     Claims,
     InvalidToken,

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-import xiaohe.identity.client.jwt as jwt_module
 import xiaohe.identity.client.verifier as verifier_module
-from xiaohe.identity.client.jwt import (
+import xiaohe.identity.tokens.jwt as jwt_module
+from xiaohe.identity.client.verifier import TokenVerifier
+from xiaohe.identity.server.clock import FakeClock
+from xiaohe.identity.tokens.jwt import (
     Claims,
     InvalidToken,
     UnknownKeyId,
     encode_eddsa,
     jwk_from_public_key,
 )
-from xiaohe.identity.client.verifier import TokenVerifier
-from xiaohe.identity.server.clock import FakeClock
 
 AUDIENCE = "biz.orders"
 ISSUER = "https://id.xiaohe.test"

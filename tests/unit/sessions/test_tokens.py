@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 import xiaohe.identity.server.sessions.tokens as tokens_module
-from xiaohe.identity.client.jwt import InvalidToken, UnknownKeyId, keys_from_jwks
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.sessions.tokens import (
     AccessTokenIssuer,
     AccessTokenValidator,
     jwks_json,
 )
+from xiaohe.identity.tokens.jwt import InvalidToken, UnknownKeyId, keys_from_jwks
 
 ISSUER = "https://id.xiaohe.test"
 AUDIENCE = "biz.orders"

@@ -29,8 +29,8 @@ from xiaohe.identity.client.errors import (
     UserUnauthenticated,
     from_rpc_error,
 )
-from xiaohe.identity.client.jwt import Claims, InvalidToken, UnknownKeyId
 from xiaohe.identity.client.verifier import TokenVerifier
+from xiaohe.identity.tokens.jwt import Claims, InvalidToken, UnknownKeyId
 
 __all__ = [
     "AlreadyExists",

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from nacl.signing import VerifyKey
 
-from xiaohe.identity.client.jwt import (
+from xiaohe.identity.tokens.jwt import (
     Claims,
     InvalidToken,
     UnknownKeyId,

@@ -42,7 +42,6 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from xiaohe.identity.client.jwt import Claims, InvalidToken
 from xiaohe.identity.server.accounts.models import AccountStatus
 from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
@@ -69,6 +68,7 @@ from xiaohe.identity.server.sessions.repository import (
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.storage.database import Database, InTransaction
 from xiaohe.identity.server.storage.schema import accounts
+from xiaohe.identity.tokens.jwt import Claims, InvalidToken
 
 REFRESH_TOKEN_PREFIX = "xhr_"  # noqa: S105 - a prefix, not a secret
 REFRESH_TOKEN_BYTES = 32

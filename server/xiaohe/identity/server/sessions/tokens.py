@@ -1,7 +1,7 @@
 """Access tokens: issued as EdDSA JWTs, validated with the SDK's verification code.
 
 The server does not carry its own JWT verifier: `AccessTokenValidator` calls
-`xiaohe.identity.client.jwt.decode_verified`, the same code business systems run
+`xiaohe.identity.tokens.jwt.decode_verified`, the same code business systems run
 through `TokenVerifier`, so the two cannot disagree about what a valid token is
 (SECURITY T1). Revocation is not checked here; the session service does that on
 top of `validate` (ARCHITECTURE "Tokens and sessions").
@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from nacl.signing import SigningKey, VerifyKey
 
-from xiaohe.identity.client.jwt import (
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.tokens.jwt import (
     Claims,
     InvalidToken,
     decode_verified,
     encode_eddsa,
     jwk_from_public_key,
 )
-from xiaohe.identity.server.clock import Clock
 
 DEFAULT_ACCESS_TOKEN_TTL = 600.0
 _JTI_BYTES = 16

@@ -7,9 +7,9 @@ from typing import Any, Protocol
 
 import grpc
 
-from xiaohe.identity.client.jwt import Claims
 from xiaohe.identity.server import context
 from xiaohe.identity.server.errors import TokenInvalid, UserUnauthenticated
+from xiaohe.identity.tokens.jwt import Claims
 
 
 class TokenValidation(Protocol):

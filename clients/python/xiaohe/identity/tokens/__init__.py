@@ -1,0 +1,1 @@
+"""Access-token encoding and verification, shared by the server and the SDK; no grpc inside."""
