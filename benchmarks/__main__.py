@@ -25,7 +25,6 @@ from pathlib import Path
 import grpc
 
 from benchmarks.harness import Rate, alternating, echo_rate, line, measure_async, measure_sync
-from xiaohe.identity.client.jwt import keys_from_jwks
 from xiaohe.identity.client.verifier import TokenVerifier
 from xiaohe.identity.server.app import start_server
 from xiaohe.identity.server.codes.service import CodeService
@@ -36,6 +35,7 @@ from xiaohe.identity.server.delivery.templates import compose_code_message
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
+from xiaohe.identity.tokens.jwt import keys_from_jwks
 from xiaohe.identity.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,

@@ -351,6 +351,7 @@ async def test_recipient_filter_silences_delivery_but_not_the_limits(
 async def test_policy_reads_the_settings() -> None:
     """The policy comes from the code_* settings."""
     from xiaohe.identity.server.config import Settings
+    from xiaohe.identity.server.container import code_policy
 
     settings = Settings(
         code_ttl_seconds=120,
@@ -364,7 +365,7 @@ async def test_policy_reads_the_settings() -> None:
         code_failures_per_destination_hour=9,
         allowed_country_codes=("86", "852"),
     )
-    assert CodePolicy.from_settings(settings) == CodePolicy(
+    assert code_policy(settings) == CodePolicy(
         ttl=120,
         max_attempts=3,
         ticket_ttl=90,
@@ -376,7 +377,7 @@ async def test_policy_reads_the_settings() -> None:
         failures_per_destination_hour=9,
         allowed_country_codes=("86", "852"),
     )
-    assert CodePolicy.from_settings(Settings()) == CodePolicy()
+    assert code_policy(Settings()) == CodePolicy()
 
 
 async def test_allowed_country_codes_come_from_the_policy(make_codes: MakeHarness) -> None:

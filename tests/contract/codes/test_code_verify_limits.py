@@ -30,6 +30,7 @@ from xiaohe.identity.server.codes.service import (
 )
 from xiaohe.identity.server.codes.store import RedisCodeStore, VerifyResult, code_key
 from xiaohe.identity.server.config import Settings, load_settings
+from xiaohe.identity.server.container import code_policy
 from xiaohe.identity.server.errors import CodeInvalid, InvalidArgument, RateLimited, Unavailable
 from xiaohe.identity.server.ratelimit.callers import client_key, ip_key
 
@@ -319,7 +320,7 @@ def test_policy_defaults_settings_and_environment() -> None:
             "XIAOHE_IDENTITY_CODE_VERIFY_PER_CLIENT_MINUTE": "500",
         }
     )
-    q = CodePolicy.from_settings(loaded)
+    q = code_policy(loaded)
     assert (q.verify_per_ip_hour, q.verify_per_client_minute) == (60, 500)
     with pytest.raises(ValueError, match="must"):
         CodePolicy(verify_per_ip_hour=-1)

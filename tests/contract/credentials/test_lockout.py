@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.config import Settings
+from xiaohe.identity.server.container import lockout_policy
 from xiaohe.identity.server.credentials.lockout import (
     Admission,
     LockoutPolicy,
@@ -243,9 +244,7 @@ async def test_keys_share_one_slot_and_hold_no_raw_ip(
 
 def test_policy_from_settings_and_bounds() -> None:
     """B1/B2 defaults come from the settings; nonsense limits are refused."""
-    policy = LockoutPolicy.from_settings(
-        Settings(login_failures_per_account_hour=50, lock_base_seconds=30)
-    )
+    policy = lockout_policy(Settings(login_failures_per_account_hour=50, lock_base_seconds=30))
     assert policy.failures_per_account_hour == 50
     assert policy.failures_per_account_ip == 10
     assert (policy.lock_base_seconds, policy.lock_max_seconds) == (30, 3600)

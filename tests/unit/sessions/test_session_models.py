@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xiaohe.identity.server.config import Settings, with_overrides
+from xiaohe.identity.server.container import session_lifetimes
 from xiaohe.identity.server.sessions.models import (
     IssuedSession,
     RevokeReason,
@@ -15,7 +16,7 @@ from xiaohe.identity.server.sessions.models import (
 
 def test_lifetimes_default_to_the_documented_values() -> None:
     """10 min access tokens, 24 h idle, 7 d absolute (ARCHITECTURE "Tokens and sessions")."""
-    assert SessionLifetimes() == SessionLifetimes.from_settings(Settings())
+    assert SessionLifetimes() == session_lifetimes(Settings())
     assert SessionLifetimes() == SessionLifetimes(600, 86400, 604800)
 
 
@@ -27,7 +28,7 @@ def test_lifetimes_follow_the_settings() -> None:
         refresh_idle_seconds=7200,
         refresh_absolute_seconds=86400,
     )
-    assert SessionLifetimes.from_settings(settings) == SessionLifetimes(300, 7200, 86400)
+    assert session_lifetimes(settings) == SessionLifetimes(300, 7200, 86400)
 
 
 @pytest.mark.parametrize("field", ["access_ttl", "idle", "absolute"])

@@ -168,7 +168,7 @@ class Container:
     @cached_property
     def code_policy(self) -> CodePolicy:
         """Code TTLs and limits from settings."""
-        return CodePolicy.from_settings(self.settings)
+        return code_policy(self.settings)
 
     @cached_property
     def codes(self) -> CodeService:
@@ -275,7 +275,7 @@ class Container:
             ),
             self.revocations,
             self.clock,
-            SessionLifetimes.from_settings(s),
+            session_lifetimes(s),
             s.default_audience,
             audit=self.audit,
             log_pseudonym=Pseudonyms(ring.audit_pseudonym_key).for_log,
@@ -292,7 +292,7 @@ class Container:
             throttle=LoginThrottle(
                 self.redis,
                 self.clock,
-                LockoutPolicy.from_settings(self.settings),
+                lockout_policy(self.settings),
                 ip_key=self.keyring.code_hmac_key,
             ),
             policies=self.policies,
@@ -354,6 +354,43 @@ class Container:
             await self.redis.aclose()
         if "database" in self.__dict__:
             await self.database.close()
+
+
+def code_policy(settings: Settings) -> CodePolicy:
+    """Code lifetimes and limits from the `code_*`, `ticket_ttl_seconds` and country settings."""
+    return CodePolicy(
+        ttl=settings.code_ttl_seconds,
+        max_attempts=settings.code_max_attempts,
+        ticket_ttl=settings.ticket_ttl_seconds,
+        cooldown=settings.code_cooldown_seconds,
+        per_destination_hour=settings.code_per_destination_hour,
+        per_destination_day=settings.code_per_destination_day,
+        per_ip_hour=settings.code_per_ip_hour,
+        per_client_minute=settings.code_per_client_minute,
+        failures_per_destination_hour=settings.code_failures_per_destination_hour,
+        verify_per_ip_hour=settings.code_verify_per_ip_hour,
+        verify_per_client_minute=settings.code_verify_per_client_minute,
+        allowed_country_codes=tuple(settings.allowed_country_codes),
+    )
+
+
+def lockout_policy(settings: Settings) -> LockoutPolicy:
+    """Password-failure limits from the `login_failures_*` and `lock_*_seconds` settings."""
+    return LockoutPolicy(
+        failures_per_account_hour=settings.login_failures_per_account_hour,
+        failures_per_account_ip=settings.login_failures_per_account_ip,
+        lock_base_seconds=settings.lock_base_seconds,
+        lock_max_seconds=settings.lock_max_seconds,
+    )
+
+
+def session_lifetimes(settings: Settings) -> SessionLifetimes:
+    """Token and session lifetimes from `access_token_ttl_seconds` and `refresh_*_seconds`."""
+    return SessionLifetimes(
+        access_ttl=settings.access_token_ttl_seconds,
+        idle=settings.refresh_idle_seconds,
+        absolute=settings.refresh_absolute_seconds,
+    )
 
 
 def open_keyring(settings: Settings, clock: Clock) -> KeyRing:

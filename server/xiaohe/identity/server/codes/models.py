@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from xiaohe.identity.server.config import Settings
-
 
 class Channel(StrEnum):
     """How a code reaches its destination; values are the names, as the delivery package expects."""
@@ -135,24 +133,6 @@ class CodePolicy:
         )
         if min(counts) < 0:
             raise ValueError("cooldown and limits must not be negative")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CodePolicy:
-        """The policy configured by `code_*` (and `ticket_ttl_seconds`, country codes) settings."""
-        return cls(
-            ttl=settings.code_ttl_seconds,
-            max_attempts=settings.code_max_attempts,
-            ticket_ttl=settings.ticket_ttl_seconds,
-            cooldown=settings.code_cooldown_seconds,
-            per_destination_hour=settings.code_per_destination_hour,
-            per_destination_day=settings.code_per_destination_day,
-            per_ip_hour=settings.code_per_ip_hour,
-            per_client_minute=settings.code_per_client_minute,
-            failures_per_destination_hour=settings.code_failures_per_destination_hour,
-            verify_per_ip_hour=settings.code_verify_per_ip_hour,
-            verify_per_client_minute=settings.code_verify_per_client_minute,
-            allowed_country_codes=tuple(settings.allowed_country_codes),
-        )
 
 
 __all__ = [

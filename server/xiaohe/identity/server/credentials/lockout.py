@@ -56,7 +56,6 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
 from xiaohe.identity.server.shared.network import ip_bucket
 from xiaohe.identity.server.storage.redis import run_script
@@ -208,16 +207,6 @@ class LockoutPolicy:
         )
         if min(windows) <= 0:
             raise ValueError("windows must be positive")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LockoutPolicy:
-        """The policy configured by the `login_failures_*` and `lock_*_seconds` settings."""
-        return cls(
-            failures_per_account_hour=settings.login_failures_per_account_hour,
-            failures_per_account_ip=settings.login_failures_per_account_ip,
-            lock_base_seconds=settings.lock_base_seconds,
-            lock_max_seconds=settings.lock_max_seconds,
-        )
 
 
 class Refusal(StrEnum):

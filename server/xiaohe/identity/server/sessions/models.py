@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from xiaohe.identity.server.config import Settings
-
 
 class RevokeReason(StrEnum):
     """Why a session was revoked; stored in `sessions.revoke_reason` (at most 40 characters)."""
@@ -110,15 +108,6 @@ class SessionLifetimes:
         for name in ("access_ttl", "idle", "absolute"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"session lifetime {name} must be positive")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SessionLifetimes:
-        """Lifetimes from the `access_token_ttl_seconds` and `refresh_*_seconds` settings."""
-        return cls(
-            access_ttl=settings.access_token_ttl_seconds,
-            idle=settings.refresh_idle_seconds,
-            absolute=settings.refresh_absolute_seconds,
-        )
 
 
 __all__ = [
