@@ -300,8 +300,8 @@ async def test_actor_account_comes_from_the_context_and_is_covered_by_the_mac(
     try:
         await log.record("session.revoke", "ses_1", "ok")
         await log.record("session.revoke", "ses_2", "ok", actor_account="acc_OPS")
-        async with database.begin() as conn:
-            await log.record_in(conn, "session.revoke", "ses_3", "ok")
+        async with database.begin():
+            await log.record("session.revoke", "ses_3", "ok")
     finally:
         context.reset(token)
     rows = await records(log)

@@ -280,9 +280,9 @@ async def test_rewritten_row_with_recomputed_hash_breaks_the_next_link(
 async def test_verify_streams_across_batches(database: Database, clock: FakeClock) -> None:
     """Verification reads in batches; a break beyond the first batch is still found."""
     log = AuditLog(database, clock, KEYS)
-    async with database.begin() as conn:
+    async with database.begin():
         for _ in range(520):
-            await log.record_in(conn, "bulk.append", "acct_1", "ok")
+            await log.record("bulk.append", "acct_1", "ok")
     assert await log.verify_chain() == type(await log.verify_chain())(True, 520, 0)
     async with database.begin() as conn:
         await conn.execute(sa.text("UPDATE audit_log SET target = 'acct_2' WHERE seq = 510"))
@@ -298,4 +298,4 @@ async def test_empty_log_is_intact(database: Database, clock: FakeClock) -> None
 def test_no_update_or_delete_methods() -> None:
     """[I7] The API is append-only."""
     public = {name for name in dir(AuditLog) if not name.startswith("_")}
-    assert public == {"record", "record_in", "verify_chain", "query", "checkpoint"}
+    assert public == {"record", "verify_chain", "query", "checkpoint"}

@@ -113,10 +113,6 @@ class RecordingAudit:
         """Remember one record."""
         self.records.append((action, target, outcome))
 
-    async def record_in(self, conn: object, action: str, target: str, outcome: str) -> None:
-        """Remember one record made inside a transaction (which commits it or not)."""
-        self.records.append((action, target, outcome))
-
 
 def compose(channel: str, purpose: str, code: str, ttl_seconds: int) -> tuple[str, str]:
     """A stand-in for the real templates: the text, and a subject for emails."""

@@ -23,6 +23,7 @@ from nacl.signing import SigningKey
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from xiaohe.identity.server.accounts.repository import SqlAccountRepository
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
@@ -94,6 +95,19 @@ class Env:
     redis_url: str
 
 
+class StoredSubjects:
+    """The sessions' SubjectSource over the real accounts table (as the login flow provides)."""
+
+    def __init__(self, database: Database) -> None:
+        self._accounts = SqlAccountRepository(database)
+
+    async def __call__(self, account_id: str) -> SessionSubject | None:
+        record = await self._accounts.get(account_id)
+        if record is None or record.status != "active":
+            return None
+        return SessionSubject(account_id, record.subject_type, record.real_name_level)
+
+
 def make_service(
     database: Database,
     revocations: RevocationList,
@@ -105,6 +119,7 @@ def make_service(
     return SessionService(
         database,
         SqlSessionRepository(database),
+        StoredSubjects(database),
         AccessTokenIssuer(keys.signing_key, ISSUER, clock, ttl=LIFETIMES.access_ttl),
         AccessTokenValidator(keys.public_keys, ISSUER, clock),
         revocations,

@@ -24,7 +24,6 @@ from xiaohe.identity.server.codes.service import CodeService, TicketService
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle
-from xiaohe.identity.server.credentials.login import LoginService
 from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
@@ -38,6 +37,7 @@ from xiaohe.identity.server.delivery.providers import (
     SmtpProvider,
 )
 from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
@@ -269,6 +269,7 @@ class Container:
         return SessionService(
             self.database,
             SqlSessionRepository(self.database),
+            ActiveSubjects(self.accounts),
             AccessTokenIssuer(signing_key, s.token_issuer, self.clock, s.access_token_ttl_seconds),
             AccessTokenValidator(
                 ring.public_keys, s.token_issuer, self.clock, s.token_leeway_seconds
@@ -282,9 +283,10 @@ class Container:
         )
 
     @cached_property
-    def login(self) -> LoginService:
+    def login(self) -> LoginFlow:
         """Password and SMS-code login."""
-        return LoginService(
+        return LoginFlow(
+            uow=self.database,
             accounts=self.accounts,
             sessions=self.sessions,
             tickets=self.tickets,

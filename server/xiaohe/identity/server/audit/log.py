@@ -331,12 +331,19 @@ class AuditLog:
         actor_account: str | None = None,
         request_id: str | None = None,
     ) -> int:
-        """Append one record (group-committed with concurrent ones); returns its seq.
+        """Append one record; returns its seq.
 
-        `target` must already be pseudonymous (see the module docstring); the actors
-        and request id default to the current request context.
+        Inside a unit of work (`Database.begin()` open in this task) the record is
+        part of that transaction: it commits with the change it describes, or not
+        at all. Otherwise it is group-committed with concurrent records of this
+        process. `target` must already be pseudonymous (see the module docstring);
+        the actors and request id default to the current request context.
         """
         fields = _fields(action, target, outcome, actor_client, actor_account, request_id)
+        if self._db.in_transaction():
+            async with self._db.begin() as conn:
+                (seq,) = await self._append(conn, [(fields, utc(self._clock.now()))])
+            return seq
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(fields, utc(self._clock.now()), done))
         if self._flusher is None or self._flusher.done():
@@ -357,27 +364,6 @@ class AuditLog:
             for p, seq in zip(batch, seqs, strict=True):
                 if not p.done.done():
                     p.done.set_result(seq)
-
-    async def record_in(
-        self,
-        conn: SqlConnection,
-        action: str,
-        target: str,
-        outcome: str,
-        *,
-        actor_client: str | None = None,
-        actor_account: str | None = None,
-        request_id: str | None = None,
-    ) -> int:
-        """Append one record inside the caller's write transaction (from `Database.begin()`).
-
-        Use it when the audited change and its record must commit together. On
-        PostgreSQL this holds the audit lock until the caller's transaction ends,
-        so keep that transaction short.
-        """
-        fields = _fields(action, target, outcome, actor_client, actor_account, request_id)
-        (seq,) = await self._append(conn, [(fields, utc(self._clock.now()))])
-        return seq
 
     async def _append(
         self, conn: SqlConnection, entries: list[tuple[dict[str, str], datetime]]

@@ -32,7 +32,6 @@ import sqlalchemy as sa
 from xiaohe.identity.server.sessions.models import RevokeReason, SessionRecord
 from xiaohe.identity.server.storage.database import (
     Database,
-    InTransaction,
     SqlConnection,
     epoch,
     utc,
@@ -76,10 +75,8 @@ class RevokedSession:
 class SessionRepository(Protocol):
     """What the session service needs from storage."""
 
-    async def create(
-        self, session: SessionRecord, refresh_token_hash: str, within: InTransaction | None = None
-    ) -> None:
-        """Store a new session and its first refresh token (and run `within`) in one transaction."""
+    async def create(self, session: SessionRecord, refresh_token_hash: str) -> None:
+        """Store a new session and its first refresh token (in the unit of work, if one is open)."""
         ...
 
     async def rotate(
@@ -112,8 +109,10 @@ class SessionRepository(Protocol):
         """Mark a session revoked (kept if already revoked); False if none matches."""
         ...
 
-    async def revoke_all(self, account_id: str, *, now: float, reason: str) -> list[RevokedSession]:
-        """Revoke every not-yet-revoked session of the account; returns those it revoked."""
+    async def revoke_all(
+        self, account_id: str, *, now: float, reason: str, keep: str = ""
+    ) -> list[RevokedSession]:
+        """Revoke every not-yet-revoked session of the account but `keep`; returns those."""
         ...
 
     async def delete_ended(self, before: float) -> int:
@@ -181,10 +180,8 @@ class SqlSessionRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def create(
-        self, session: SessionRecord, refresh_token_hash: str, within: InTransaction | None = None
-    ) -> None:
-        """Store a new session and its first refresh token (and run `within`) in one transaction."""
+    async def create(self, session: SessionRecord, refresh_token_hash: str) -> None:
+        """Store a new session and its first refresh token (in the unit of work, if one is open)."""
         # Static statements with parameters: compiled once, then only bound (a hot path).
         async with self._db.begin() as conn:
             await conn.execute(
@@ -214,8 +211,6 @@ class SqlSessionRepository:
                     "used_at": None,
                 },
             )
-            if within is not None:
-                await within(conn)
 
     async def rotate(
         self,
@@ -330,16 +325,21 @@ class SqlSessionRepository:
             await _revoke_in(conn, session_id, now, reason)
             return True
 
-    async def revoke_all(self, account_id: str, *, now: float, reason: str) -> list[RevokedSession]:
-        """Revoke every not-yet-revoked session of the account; returns those it revoked.
+    async def revoke_all(
+        self, account_id: str, *, now: float, reason: str, keep: str = ""
+    ) -> list[RevokedSession]:
+        """Revoke every not-yet-revoked session of the account but `keep`; returns those.
 
         Expired sessions are included: an access token issued just before the
         end of a session outlives it by up to the access-token lifetime.
         """
+        condition = sa.and_(sessions.c.account_id == account_id, sessions.c.revoked_at.is_(None))
+        if keep:
+            condition = sa.and_(condition, sessions.c.session_id != keep)
         async with self._db.begin() as conn:
             result = await conn.execute(
                 sa.update(sessions)
-                .where(sessions.c.account_id == account_id, sessions.c.revoked_at.is_(None))
+                .where(condition)
                 .values(revoked_at=utc(now), revoke_reason=str(reason))
                 .returning(sessions.c.session_id, sessions.c.last_used_at)
             )

@@ -40,9 +40,6 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import sqlalchemy as sa
-
-from xiaohe.identity.server.accounts.models import AccountStatus
 from xiaohe.identity.server.audit.sink import AuditSink
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
@@ -66,8 +63,7 @@ from xiaohe.identity.server.sessions.repository import (
     SessionRepository,
 )
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
-from xiaohe.identity.server.storage.database import Database, InTransaction
-from xiaohe.identity.server.storage.schema import accounts
+from xiaohe.identity.server.storage.database import UnitOfWork
 from xiaohe.identity.tokens.jwt import Claims, InvalidToken
 
 REFRESH_TOKEN_PREFIX = "xhr_"  # noqa: S105 - a prefix, not a secret
@@ -90,6 +86,18 @@ AUDIT_REVOKE_ALL = "session.revoke_all"
 AUDIT_REFRESH_REPLAY = "session.refresh.replay"
 
 log = logging.getLogger(__name__)
+
+
+class SubjectSource(Protocol):
+    """Who an account's next tokens speak for, or None once it is gone or inactive.
+
+    Sessions do not read accounts themselves (each package owns its tables): the
+    flows that combine both provide this (`flows.login.ActiveSubjects`).
+    """
+
+    async def __call__(self, account_id: str) -> SessionSubject | None:
+        """The subject of an active account, or None."""
+        ...
 
 
 class Revocations(Protocol):
@@ -125,8 +133,9 @@ class SessionService:
 
     def __init__(
         self,
-        database: Database,
+        database: UnitOfWork,
         repo: SessionRepository,
+        subjects: SubjectSource,
         issuer: AccessTokenIssuer,
         validator: AccessTokenValidator,
         revocations: Revocations,
@@ -140,6 +149,7 @@ class SessionService:
     ) -> None:
         self._db = database
         self._repo = repo
+        self._subjects = subjects
         self._issuer = issuer
         self._validator = validator
         self._revocations = revocations
@@ -159,13 +169,12 @@ class SessionService:
         client_id: str,
         ip_masked: str = "",
         user_agent: str = "",
-        within: InTransaction | None = None,
     ) -> IssuedSession:
         """Start a session for an authenticated subject; returns its first tokens.
 
         `amr` lists the methods used (`pwd`, `sms`, …); `ip_masked` must already
-        be masked; an empty `audience` means the default audience. `within` runs
-        in the transaction that stores the session (the login's audit record).
+        be masked; an empty `audience` means the default audience. Inside a unit of
+        work the session commits with the rest of it (the login's audit record).
         """
         audience = audience or self._default_audience
         if not amr or not all(_AMR_SHAPE.fullmatch(m) for m in amr):
@@ -191,7 +200,7 @@ class SessionService:
         )
         # Signed first: once the session (and what `within` adds) is committed, nothing fails.
         issued = self._issue(session, subject, audience, refresh_token, now)
-        await self._repo.create(session, hash_refresh_token(refresh_token), within)
+        await self._repo.create(session, hash_refresh_token(refresh_token))
         return issued
 
     async def refresh(
@@ -225,7 +234,7 @@ class SessionService:
         if rotation.status is not RotationStatus.ROTATED or session is None:
             log.info("refresh refused: %s", rotation.status.value)
             raise TokenInvalid()
-        subject = await self._subject(session.account_id)
+        subject = await self._subjects(session.account_id)
         if subject is None:
             log.info(
                 "refresh refused: account not active; session %s revoked", self._log_tag(session)
@@ -298,18 +307,31 @@ class SessionService:
         finally:
             await self._record(AUDIT_REVOKE, session_id, reason)
 
-    async def revoke_all(self, account_id: str, reason: str) -> int:
-        """Revoke every session of the account (password or phone change, deactivation, …).
+    async def revoke_all(self, account_id: str, reason: str, *, keep: str = "") -> int:
+        """Revoke every session of the account but `keep` (password or phone change, …).
 
         Returns how many sessions were still unrevoked. Only sessions that could
         still have a live access token (used within the access-token lifetime)
         go to the revocation list; the others are dead for refresh in SQL already.
+
+        Inside a flow's unit of work the revocation is part of that change: its
+        audit record joins the transaction (an audit failure undoes everything),
+        and the ids are published once it commits, quietly (a Redis failure leaves
+        them pending, published when Redis is back, without failing a change that
+        is already durable). Called on its own it behaves like `revoke_session`.
         """
         reason = _check_reason(reason)
         now = self._clock.now()
-        revoked = await self._repo.revoke_all(account_id, now=now, reason=reason)
+        in_flow = self._db.in_transaction()
+        revoked = await self._repo.revoke_all(account_id, now=now, reason=reason, keep=keep)
         horizon = now - self._lifetimes.access_ttl - self._revocations.leeway
         live = [r.session_id for r in revoked if r.last_used_at >= horizon]
+        if in_flow:
+            if self._audit is not None:
+                await self._audit.record(AUDIT_REVOKE_ALL, account_id, reason)
+            if live:
+                await self._db.after_commit(lambda: self._publish_quietly(*live))
+            return len(revoked)
         try:
             if live:
                 await self._revocations.revoke(live)
@@ -373,21 +395,6 @@ class SessionService:
             refresh_expires_in=max(0, int(refresh_ends - now)),
         )
 
-    async def _subject(self, account_id: str) -> SessionSubject | None:
-        """The account's current claims, or None unless it exists and is active."""
-        query = sa.select(
-            accounts.c.status, accounts.c.subject_type, accounts.c.real_name_level
-        ).where(accounts.c.account_id == account_id)
-        async with self._db.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None or row.status != AccountStatus.ACTIVE:
-            return None
-        return SessionSubject(
-            account_id=account_id,
-            subject_type=str(row.subject_type),
-            rn_level=int(row.real_name_level),
-        )
-
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Audit a revocation; a failure is logged by type only and never raised (see module)."""
         if self._audit is None:
@@ -415,12 +422,13 @@ class SessionService:
             return "sid~?"
         return f"sid~{self._log_pseudonym(session_id)}"
 
-    async def _publish_quietly(self, session_id: str) -> None:
+    async def _publish_quietly(self, *session_ids: str) -> None:
         """Revoke in the list without failing the caller: SQL already holds the revocation."""
         try:
-            await self._revocations.revoke([session_id])
+            await self._revocations.revoke(list(session_ids))
         except Unavailable:
-            log.warning("revocation of session %s left pending", self._log_tag(session_id))
+            for session_id in session_ids:
+                log.warning("revocation of session %s left pending", self._log_tag(session_id))
 
 
 __all__ = [
@@ -434,5 +442,6 @@ __all__ = [
     "AuditSink",
     "Revocations",
     "SessionService",
+    "SubjectSource",
     "hash_refresh_token",
 ]

@@ -30,15 +30,33 @@ allowed to:
 
 What still runs on the loop is SQLite's own work: statements on pages in memory
 take microseconds; a page read from disk takes as long as the disk does.
+
+The unit of work. A use case that writes to several stores (an account, its
+sessions, an audit record, an outbox message) opens one transaction with
+`begin()` and calls the repositories it needs; each repository opens its own
+`begin()` (or `connect()` to read) and so *joins* the transaction already open
+in this task instead of starting another: nobody hands a connection down. The
+transaction commits once, when the outermost block ends, and then runs what
+was registered with `after_commit` (a message handed to the dispatcher, a
+revocation published to Redis): side effects outside SQL happen only for
+changes that are durable, and a failure anywhere before the commit leaves
+nothing behind, neither rows nor side effects. Joining is per asyncio task: a
+task started inside the block (which copies the context) opens transactions of
+its own, so two coroutines never share a connection. Keep a unit of work
+short and free of slow steps (Argon2, Redis, the network): on SQLite it holds
+the database's single write lock, on PostgreSQL its row locks, until it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import quote
@@ -63,6 +81,26 @@ Outcome = CursorResult[*tuple[Any, ...]]
 """What a statement returns: its rows, or for a change its `rowcount`."""
 
 T = TypeVar("T")
+
+
+AfterCommit = Callable[[], Awaitable[object] | object]
+"""Work to run once the use case's transaction has committed (see the module docstring)."""
+
+
+class UnitOfWork(Protocol):
+    """What a flow needs to make its changes atomic: `Database.begin()` and `after_commit`."""
+
+    def begin(self) -> AbstractAsyncContextManager[SqlConnection]:
+        """Open (or join) the use case's transaction."""
+        ...
+
+    async def after_commit(self, work: AfterCommit) -> None:
+        """Run `work` after the open transaction commits."""
+        ...
+
+    def in_transaction(self) -> bool:
+        """Whether this task has a unit of work open."""
+        ...
 
 
 class SqlConnection(Protocol):
@@ -170,8 +208,25 @@ async def _retry_busy(operation: Callable[[], T]) -> T:
         delay = min(delay * 2, _MAX_BACKOFF)
 
 
-InTransaction = Callable[[SqlConnection], Awaitable[object]]
-"""More work for a store to do inside its own write transaction (an audit record, say)."""
+@dataclass
+class _Transaction:
+    """The unit of work open in one task: its connection and what runs after the commit."""
+
+    connection: SqlConnection
+    task: asyncio.Task[Any] | None
+    after_commit: list[AfterCommit] = field(default_factory=list)
+    open: bool = True
+
+
+_current: ContextVar[_Transaction | None] = ContextVar("xiaohe_unit_of_work", default=None)
+
+
+def _joinable() -> _Transaction | None:
+    """The transaction this task has open, or None (a copied context's one is not ours)."""
+    tx = _current.get()
+    if tx is None or not tx.open or tx.task is not asyncio.current_task():
+        return None
+    return tx
 
 
 class _InlineConnection:
@@ -233,7 +288,45 @@ class Database:
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[SqlConnection]:
-        """One write transaction; committed on success, rolled back on error."""
+        """The unit of work: joins the transaction open in this task, or opens one.
+
+        The outermost block commits on success (then runs the `after_commit`
+        work) and rolls back on error; an inner block only shares the connection.
+        """
+        joined = _joinable()
+        if joined is not None:
+            yield joined.connection
+            return
+        tx: _Transaction | None = None
+        token: Token[_Transaction | None] | None = None
+        try:
+            async with self._transaction() as conn:
+                tx = _Transaction(conn, asyncio.current_task())
+                token = _current.set(tx)
+                yield conn
+        finally:
+            if tx is not None:
+                tx.open = False
+            if token is not None:
+                _current.reset(token)
+        assert tx is not None
+        await _run_after_commit(tx.after_commit)
+
+    def in_transaction(self) -> bool:
+        """Whether this task has a unit of work open (writes would join it)."""
+        return _joinable() is not None
+
+    async def after_commit(self, work: AfterCommit) -> None:
+        """Run `work` once the open unit of work commits (never, if it rolls back), or now."""
+        tx = _joinable()
+        if tx is not None:
+            tx.after_commit.append(work)
+            return
+        await _run_after_commit([work])
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SqlConnection]:
+        """A new write transaction; committed on success, rolled back on error."""
         with translate_errors():
             if self._engine is not None:
                 async with self._engine.begin() as conn:
@@ -244,7 +337,11 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[SqlConnection]:
-        """A connection without an explicit transaction (reads)."""
+        """A connection for reads: the open unit of work's (it sees its writes), or a new one."""
+        joined = _joinable()
+        if joined is not None:
+            yield joined.connection
+            return
         with translate_errors():
             if self._engine is not None:
                 async with self._engine.connect() as conn:
@@ -324,6 +421,20 @@ class Database:
             conn.close()
 
 
+async def _run_after_commit(work: list[AfterCommit]) -> None:
+    """Run every piece of after-commit work in order; the first failure is raised at the end."""
+    failure: BaseException | None = None
+    for item in work:
+        try:
+            result = item()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
 def _checkpoint(path: str) -> None:
     # mode=rw: a checkpoint must never create an empty database where none exists.
     conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=0)
@@ -346,11 +457,12 @@ def epoch(dt: datetime) -> float:
 
 
 __all__ = [
+    "AfterCommit",
     "Database",
-    "InTransaction",
     "Outcome",
     "Parameters",
     "SqlConnection",
+    "UnitOfWork",
     "create_engine",
     "epoch",
     "is_sqlite",

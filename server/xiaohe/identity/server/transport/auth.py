@@ -11,7 +11,6 @@ import grpc
 
 from xiaohe.identity.server import context
 from xiaohe.identity.server.callers.grants import AUDIENCE_SHAPE, allows_audience
-from xiaohe.identity.server.credentials.login import LoginResult, LoginService
 from xiaohe.identity.server.errors import (
     FieldViolation,
     InvalidArgument,
@@ -19,6 +18,7 @@ from xiaohe.identity.server.errors import (
     TicketInvalid,
     TokenInvalid,
 )
+from xiaohe.identity.server.flows.login import LoginFlow, LoginResult
 from xiaohe.identity.server.sessions.models import IssuedSession
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import jwks_json
@@ -66,7 +66,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def __init__(
         self,
-        login: LoginService,
+        login: LoginFlow,
         sessions: SessionService,
         public_keys: Callable[[], Mapping[str, bytes]],
         default_audience: str,

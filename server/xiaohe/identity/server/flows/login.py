@@ -1,4 +1,4 @@
-"""Login by password or by SMS ticket: the domain logic of `AuthService.Login`.
+"""The login flow: by password or by SMS ticket (`AuthService.Login`).
 
 Password login, in order:
 
@@ -72,6 +72,7 @@ from xiaohe.identity.server.errors import (
     IdentityError,
     InvalidArgument,
     InvalidCredentials,
+    NotFound,
     Overloaded,
     TicketInvalid,
 )
@@ -82,7 +83,7 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_identifier,
     today_in_china,
 )
-from xiaohe.identity.server.storage.database import InTransaction, SqlConnection
+from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,10 @@ class CredentialStore(Protocol):
         """The account whose phone is `e164`, or None."""
         ...
 
+    async def get_credentials(self, account_id: str) -> AccountCredentials:
+        """The credentials of an account; NotFound if none."""
+        ...
+
     async def set_password_hash(
         self, account_id: str, new_hash: str, *, expected_old_hash: str | None = None
     ) -> bool:
@@ -152,19 +157,8 @@ class SessionIssuer(Protocol):
         client_id: str,
         ip_masked: str = "",
         user_agent: str = "",
-        within: InTransaction | None = None,
     ) -> IssuedSession:
-        """Start a session and return its first tokens; `within` runs in its transaction."""
-        ...
-
-
-class LoginAudit(AuditSink, Protocol):
-    """The audit log (`audit.log.AuditLog`), which can also record inside a transaction."""
-
-    async def record_in(
-        self, conn: SqlConnection, action: str, target: str, outcome: str
-    ) -> object:
-        """Append one audit record inside the caller's write transaction."""
+        """Start a session and return its first tokens (inside the open unit of work)."""
         ...
 
 
@@ -232,6 +226,32 @@ class LoginMetrics(Protocol):
         ...
 
 
+class ActiveSubjects:
+    """Who a session's refreshed tokens speak for: the sessions' `SubjectSource`.
+
+    An account that no longer exists or is not active has no subject, and its
+    sessions stop refreshing. The claims are read fresh, so a refresh carries
+    the current subject type and real-name level.
+    """
+
+    def __init__(self, accounts: CredentialStore) -> None:
+        self._accounts = accounts
+
+    async def __call__(self, account_id: str) -> SessionSubject | None:
+        """The subject of an active account, or None."""
+        try:
+            account = await self._accounts.get_credentials(account_id)
+        except NotFound:
+            return None
+        if account.status != AccountStatus.ACTIVE:
+            return None
+        return SessionSubject(
+            account_id=account.account_id,
+            subject_type=account.subject_type.value,
+            rn_level=account.real_name_level,
+        )
+
+
 def mask_ip(ip: str) -> str:
     """An end-user IP as sessions store and show it: IPv4 /24 (`203.0.113.*`), IPv6 /48.
 
@@ -274,11 +294,12 @@ class _Attempt:
         return self
 
 
-class LoginService:
+class LoginFlow:
     """Authenticates end users by password or SMS ticket and starts their sessions."""
 
     def __init__(
         self,
+        uow: UnitOfWork,
         accounts: CredentialStore,
         sessions: SessionIssuer,
         tickets: TicketConsumer,
@@ -286,10 +307,11 @@ class LoginService:
         throttle: Throttle,
         policies: PolicyVersions,
         clock: Clock,
-        audit: LoginAudit | None = None,
+        audit: AuditSink | None = None,
         metrics: LoginMetrics | None = None,
         allowed_country_codes: Collection[str] = ("86",),
     ) -> None:
+        self._uow = uow
         self._accounts = accounts
         self._sessions = sessions
         self._tickets = tickets
@@ -303,7 +325,7 @@ class LoginService:
         self._settling: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return "LoginService()"
+        return "LoginFlow()"
 
     async def login_with_password(
         self,
@@ -551,34 +573,29 @@ class LoginService:
     ) -> LoginResult:
         """Step 7: a session for the account and its next step.
 
-        The success is audited in the transaction that stores the session, so
+        The success is audited in the unit of work that stores the session, so
         neither exists without the other; nothing after that can fail.
         """
         current = await self._policies.current()
         next_step = NextStep.NONE
         if account.accepted_policy_version < current.version:
             next_step = NextStep.CONSENT_REQUIRED
-        audit = self._audit
-        within: InTransaction | None = None
-        if audit is not None:
-
-            async def within(conn: SqlConnection) -> None:
-                await audit.record_in(conn, action, account.account_id, "ok")
-
-        session = await self._sessions.create(
-            SessionSubject(
-                account_id=account.account_id,
-                subject_type=account.subject_type.value,
-                rn_level=account.real_name_level,
-            ),
-            amr,
-            audience=audience,
-            client_id=client_id,
-            ip_masked=mask_ip(ip),
-            user_agent=user_agent,
-            within=within,
-        )
-        attempt.to_audit = within is None
+        async with self._uow.begin():
+            session = await self._sessions.create(
+                SessionSubject(
+                    account_id=account.account_id,
+                    subject_type=account.subject_type.value,
+                    rn_level=account.real_name_level,
+                ),
+                amr,
+                audience=audience,
+                client_id=client_id,
+                ip_masked=mask_ip(ip),
+                user_agent=user_agent,
+            )
+            if self._audit is not None:
+                await self._audit.record(action, account.account_id, "ok")
+        attempt.to_audit = False
         return LoginResult(session=session, next_step=next_step)
 
     async def _observe(self, action: str, method: str, attempt: _Attempt) -> None:
@@ -600,12 +617,12 @@ __all__ = [
     "MAX_IDENTIFIER_CHARS",
     "MAX_PASSWORD_CHARS",
     "UNKNOWN_SUBJECT",
+    "ActiveSubjects",
     "AuditSink",
     "CredentialStore",
-    "LoginAudit",
+    "LoginFlow",
     "LoginMetrics",
     "LoginResult",
-    "LoginService",
     "NextStep",
     "PasswordVerifier",
     "PolicyVersions",

@@ -1,4 +1,4 @@
-"""LoginService end to end: real accounts, sessions, tickets, throttle and Argon2 (cheap costs).
+"""LoginFlow end to end: real accounts, sessions, tickets, throttle and Argon2 (cheap costs).
 
 Everything that stores, counts or hashes is real: AccountService and
 SessionService on the `database` fixture (SQLite and PostgreSQL), TicketService
@@ -48,12 +48,6 @@ from xiaohe.identity.server.credentials.lockout import (
     LockoutPolicy,
     LoginThrottle,
 )
-from xiaohe.identity.server.credentials.login import (
-    LoginResult,
-    LoginService,
-    NextStep,
-    mask_ip,
-)
 from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import (
@@ -63,6 +57,13 @@ from xiaohe.identity.server.errors import (
     Overloaded,
     TicketInvalid,
     Unavailable,
+)
+from xiaohe.identity.server.flows.login import (
+    ActiveSubjects,
+    LoginFlow,
+    LoginResult,
+    NextStep,
+    mask_ip,
 )
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
@@ -156,7 +157,7 @@ class CountingThrottle(LoginThrottle):
 
 @dataclass
 class LoginEnv:
-    """A LoginService on real stores, and what tests inspect."""
+    """A LoginFlow on real stores, and what tests inspect."""
 
     accounts: AccountsEnv
     sessions: SessionService
@@ -166,16 +167,17 @@ class LoginEnv:
     metrics: RecordingMetrics
     redis: aioredis.Redis
     clock: FakeClock
-    service: LoginService = field(init=False)
+    service: LoginFlow = field(init=False)
     throttle: CountingThrottle = field(init=False)
 
     def __post_init__(self) -> None:
         self.throttle = CountingThrottle(self.redis, self.clock, LockoutPolicy(), ip_key=b"i" * 32)
         self.service = self.make()
 
-    def make(self, **overrides: Any) -> LoginService:
-        """A LoginService on these collaborators; keyword arguments replace some."""
+    def make(self, **overrides: Any) -> LoginFlow:
+        """A LoginFlow on these collaborators; keyword arguments replace some."""
         kwargs: dict[str, Any] = {
+            "uow": self.accounts.database,
             "accounts": self.accounts.service,
             "sessions": self.sessions,
             "tickets": self.accounts.service_kwargs["tickets"],
@@ -187,7 +189,7 @@ class LoginEnv:
             "metrics": self.metrics,
         }
         kwargs.update(overrides)
-        return LoginService(**kwargs)
+        return LoginFlow(**kwargs)
 
     async def register(self, **changes: Any) -> str:
         """Register a natural person (keyword arguments override); returns the account id."""
@@ -200,7 +202,7 @@ class LoginEnv:
         *,
         ip: str = IP_A,
         kind: IdentifierKind = IdentifierKind.UNSPECIFIED,
-        service: LoginService | None = None,
+        service: LoginFlow | None = None,
     ) -> LoginResult:
         """A password login with the usual request context."""
         return await (service or self.service).login_with_password(
@@ -282,6 +284,7 @@ async def env(
     sessions = SessionService(
         database,
         SqlSessionRepository(database),
+        ActiveSubjects(accounts_env.service),
         AccessTokenIssuer(signing_key, ISSUER, clock, lifetimes.access_ttl),
         AccessTokenValidator(ring.public_keys, ISSUER, clock),
         RevocationList(client, clock, lifetimes.access_ttl),
@@ -497,8 +500,12 @@ async def test_a_login_and_its_audit_record_commit_together(env: LoginEnv) -> No
     assert (await log.verify_chain()).intact
 
     class Unwritable(AuditLog):
-        async def record_in(self, conn: Any, action: str, target: str, outcome: str) -> int:
-            raise Unavailable("the audit log is temporarily unavailable")
+        """Fails inside the login's unit of work; the failed attempt is still recorded."""
+
+        async def record(self, action: str, target: str, outcome: str, **kw: Any) -> int:
+            if env.accounts.database.in_transaction():
+                raise Unavailable("the audit log is temporarily unavailable")
+            return await super().record(action, target, outcome, **kw)
 
     with pytest.raises(Unavailable):
         await env.login(
