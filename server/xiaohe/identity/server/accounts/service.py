@@ -79,7 +79,7 @@ from xiaohe.identity.server.accounts.repository import (
     IdentifierTaken,
     NewAccountRecord,
 )
-from xiaohe.identity.server.audit.sink import AuditSink
+from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, TicketConsumer
 from xiaohe.identity.server.crypto.blind import BlindIndex
@@ -770,12 +770,7 @@ class AccountService:
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Write an audit record; a failing sink is logged, not propagated."""
-        if self._audit is None:
-            return
-        try:
-            await self._audit.record(action, target, outcome)
-        except Exception:
-            logger.warning("audit sink failed for %s (%s)", action, outcome, exc_info=True)
+        await record_quietly(self._audit, action, target, outcome, logger)
 
 
 def _credentials(record: AccountRecord) -> AccountCredentials:

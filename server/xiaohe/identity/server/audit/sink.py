@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 
@@ -17,3 +18,25 @@ class AuditSink(Protocol):
     async def record(self, action: str, target: str, outcome: str) -> object:
         """Append one audit record."""
         ...
+
+
+async def record_quietly(
+    audit: AuditSink | None, action: str, target: str, outcome: str, log: logging.Logger
+) -> None:
+    """Audit what has already happened (or failed): a failing sink is logged, never raised.
+
+    For records that describe a change made elsewhere (a code sent, a session
+    revoked on its own, a refused login): the change must not be reported as
+    failed, nor undone, because its record could not be written. The log line
+    names the action, outcome, target (pseudonymous) and the error's type only.
+    Inside a flow's unit of work use `audit.record` instead, so that the
+    record and the change commit together or not at all.
+    """
+    if audit is None:
+        return
+    try:
+        await audit.record(action, target, outcome)
+    except Exception as exc:
+        log.warning(
+            "audit record %s (%s) for %s failed: %s", action, outcome, target, type(exc).__name__
+        )

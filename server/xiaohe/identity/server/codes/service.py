@@ -66,7 +66,7 @@ import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from xiaohe.identity.server.audit.sink import AuditSink
+from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import (
     Channel,
@@ -620,17 +620,7 @@ class CodeService:
             logger.warning("could not delete an undelivered code")
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
-        await _record(self._audit, action, target, outcome)
-
-
-async def _record(audit: AuditSink | None, action: str, target: str, outcome: str) -> None:
-    """Write an audit record; a failing sink is logged, not raised (the state change is done)."""
-    if audit is None:
-        return
-    try:
-        await audit.record(action, target, outcome)
-    except Exception:
-        logger.warning("audit sink failed for %s (%s)", action, outcome, exc_info=True)
+        await record_quietly(self._audit, action, target, outcome, logger)
 
 
 class TicketService:
@@ -734,9 +724,9 @@ class TicketService:
                 raise TicketInvalid()
             return claims
         if claims is None:
-            await _record(self._audit, "ticket.consume", parsed.tag, "invalid")
+            await record_quietly(self._audit, "ticket.consume", parsed.tag, "invalid", logger)
             raise TicketInvalid()
-        await _record(self._audit, "ticket.consume", parsed.tag, "ok")
+        await record_quietly(self._audit, "ticket.consume", parsed.tag, "ok", logger)
         return claims
 
     def _open(self, parsed: ParsedTicket, stored: StoredTicket) -> TicketClaims | None:

@@ -63,7 +63,7 @@ from enum import StrEnum
 from typing import Final, NoReturn, Protocol
 
 from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
-from xiaohe.identity.server.audit.sink import AuditSink
+from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
@@ -605,12 +605,8 @@ class LoginFlow:
                 self._metrics.login(method, attempt.outcome)
             except Exception:
                 logger.warning("login metrics failed", exc_info=True)
-        if self._audit is None or not attempt.to_audit:
-            return
-        try:
-            await self._audit.record(action, attempt.target, attempt.outcome)
-        except Exception:
-            logger.warning("audit sink failed for %s (%s)", action, attempt.outcome, exc_info=True)
+        if attempt.to_audit:
+            await record_quietly(self._audit, action, attempt.target, attempt.outcome, logger)
 
 
 __all__ = [

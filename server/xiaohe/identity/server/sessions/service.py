@@ -40,7 +40,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from xiaohe.identity.server.audit.sink import AuditSink
+from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
     FieldViolation,
@@ -396,19 +396,8 @@ class SessionService:
         )
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
-        """Audit a revocation; a failure is logged by type only and never raised (see module)."""
-        if self._audit is None:
-            return
-        try:
-            await self._audit.record(action, target, outcome)
-        except Exception as exc:
-            log.error(
-                "audit record %s (%s) for %s failed: %s",
-                action,
-                outcome,
-                target,
-                type(exc).__name__,
-            )
+        """Audit a revocation that has happened (see the module docstring)."""
+        await record_quietly(self._audit, action, target, outcome, log)
 
     def _log_tag(self, session: SessionRecord | str) -> str:
         """How a log line names a session: `sid~<keyed pseudonym>`, stable and unreversible.

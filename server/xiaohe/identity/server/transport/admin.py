@@ -9,6 +9,7 @@ import grpc
 
 from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
+from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
@@ -37,10 +38,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Audit an operator action that has already taken effect; a failure is logged only,
         so the caller still learns the result (a new client's secret is shown once)."""
-        try:
-            await self._audit.record(action, target, outcome)
-        except Exception:
-            log.exception("audit record failed for %s", action)
+        await record_quietly(self._audit, action, target, outcome, log)
 
     async def CreateClient(
         self, request: admin_pb2.CreateClientRequest, ctx: grpc.aio.ServicerContext[Any, Any]
