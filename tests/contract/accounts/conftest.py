@@ -35,7 +35,8 @@ from xiaohe.identity.server.codes.models import (
     Purpose,
     VerifyCodeCommand,
 )
-from xiaohe.identity.server.codes.service import CodeService, TicketService
+from xiaohe.identity.server.codes.service import CodeService
+from xiaohe.identity.server.codes.tickets import TicketService
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
 from xiaohe.identity.server.crypto.blind import BlindIndex

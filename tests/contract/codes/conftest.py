@@ -22,12 +22,8 @@ from xiaohe.identity.server.codes.models import (
     Purpose,
     VerifyCodeCommand,
 )
-from xiaohe.identity.server.codes.service import (
-    CodeService,
-    ComposeMessage,
-    RecipientFilter,
-    TicketService,
-)
+from xiaohe.identity.server.codes.service import CodeService, ComposeMessage, RecipientFilter
+from xiaohe.identity.server.codes.tickets import TicketService
 from xiaohe.identity.server.errors import Unavailable
 
 HMAC_KEY = bytes(range(32))

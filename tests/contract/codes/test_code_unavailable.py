@@ -19,7 +19,8 @@ from xiaohe.identity.server.codes.models import (
     Purpose,
     VerifyCodeCommand,
 )
-from xiaohe.identity.server.codes.service import CodeService, TicketService, new_ticket
+from xiaohe.identity.server.codes.service import CodeService
+from xiaohe.identity.server.codes.tickets import TicketService, new_ticket
 from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 

@@ -15,13 +15,13 @@ from tests.contract.codes.conftest import (
     MakeHarness,
     digits_from,
 )
+from xiaohe.identity.server.codes.digests import CodeDigests
 from xiaohe.identity.server.codes.models import (
     Channel,
     CodePolicy,
     Purpose,
     VerifyCodeCommand,
 )
-from xiaohe.identity.server.codes.service import CodeDigests
 from xiaohe.identity.server.errors import CodeInvalid, InvalidArgument, RateLimited
 
 

@@ -17,17 +17,14 @@ from tests.contract.codes.conftest import (
     CodeHarness,
     MakeHarness,
 )
+from xiaohe.identity.server.codes.digests import CodeDigests
 from xiaohe.identity.server.codes.models import (
     Channel,
     CodePolicy,
     Purpose,
     VerifyCodeCommand,
 )
-from xiaohe.identity.server.codes.service import (
-    VERIFY_CLIENT_POLICY,
-    VERIFY_IP_POLICY,
-    CodeDigests,
-)
+from xiaohe.identity.server.codes.service import VERIFY_CLIENT_POLICY, VERIFY_IP_POLICY
 from xiaohe.identity.server.codes.store import RedisCodeStore, VerifyResult, code_key
 from xiaohe.identity.server.config import Settings, load_settings
 from xiaohe.identity.server.container import code_policy

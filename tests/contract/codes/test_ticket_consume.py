@@ -8,7 +8,7 @@ import pytest
 
 from tests.contract.codes.conftest import EMAIL, OTHER_PHONE, PHONE, CodeHarness
 from xiaohe.identity.server.codes.models import Channel, Purpose
-from xiaohe.identity.server.codes.service import parse_ticket, seal_destination
+from xiaohe.identity.server.codes.tickets import parse_ticket, seal_destination
 from xiaohe.identity.server.errors import TicketInvalid
 
 

@@ -40,7 +40,7 @@ from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import Purpose
-from xiaohe.identity.server.codes.service import TicketService, new_ticket
+from xiaohe.identity.server.codes.tickets import TicketService, new_ticket
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.credentials.lockout import (
     Admission,

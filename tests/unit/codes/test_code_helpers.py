@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
+from xiaohe.identity.server.codes.destinations import normalize_code
+from xiaohe.identity.server.codes.digests import CodeDigests, six_digits
 from xiaohe.identity.server.codes.models import (
     Channel,
     CodePolicy,
@@ -19,15 +21,12 @@ from xiaohe.identity.server.codes.models import (
     VerifiedTicket,
     VerifyCodeCommand,
 )
-from xiaohe.identity.server.codes.service import (
+from xiaohe.identity.server.codes.tickets import (
     TICKET_DESTINATION_LABEL,
-    CodeDigests,
     new_ticket,
-    normalize_code,
     open_destination,
     parse_ticket,
     seal_destination,
-    six_digits,
     ticket_from_secret,
     ticket_hash,
 )

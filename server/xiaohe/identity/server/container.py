@@ -20,7 +20,8 @@ from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import Clock, SystemClock
 from xiaohe.identity.server.codes.models import CodePolicy
-from xiaohe.identity.server.codes.service import CodeService, TicketService
+from xiaohe.identity.server.codes.service import CodeService
+from xiaohe.identity.server.codes.tickets import TicketService
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle

@@ -1,4 +1,4 @@
-"""Issue and verify one-time codes; hand out and consume verification tickets.
+"""Issue and verify one-time codes; a verified code yields a ticket (consumed in codes/tickets.py).
 
 Every flow that proves control of a phone or an email (registration, SMS login,
 password reset, binding, phone change, recovery, real name, deactivation) goes
@@ -52,29 +52,28 @@ audit row per request would turn the attack onto the hash-chained, serialised lo
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
-import hmac
 import logging
-import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import redis.asyncio as aioredis
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.codes.destinations import (
+    mailbox,
+    mailbox_key,
+    normalize_code,
+    validate_target,
+)
+from xiaohe.identity.server.codes.digests import CODE_DIGITS, CodeDigests, six_digits
 from xiaohe.identity.server.codes.models import (
     Channel,
     CodePolicy,
     IssueCodeCommand,
     IssuedCode,
     Purpose,
-    TicketClaims,
     VerifiedTicket,
     VerifyCodeCommand,
 )
@@ -84,19 +83,17 @@ from xiaohe.identity.server.codes.store import (
     CodeStore,
     NewCode,
     RedisCodeStore,
-    StoredTicket,
-    TicketStore,
     TicketToStore,
     VerifyOutcome,
 )
-from xiaohe.identity.server.errors import (
-    CodeInvalid,
-    FieldViolation,
-    InvalidArgument,
-    RateLimited,
-    TicketInvalid,
-    Unavailable,
+from xiaohe.identity.server.codes.tickets import (
+    TICKET_NONCE_BYTES,
+    TICKET_SECRET_BYTES,
+    seal_destination,
+    ticket_from_secret,
+    ticket_hash,
 )
+from xiaohe.identity.server.errors import CodeInvalid, InvalidArgument, RateLimited, Unavailable
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import (
     RateLimiter,
@@ -104,12 +101,6 @@ from xiaohe.identity.server.ratelimit.limiter import (
     SlidingWindowLimiter,
     Window,
 )
-from xiaohe.identity.server.shared.identifiers import (
-    normalize,
-    normalize_email,
-    normalize_phone,
-)
-from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 
 logger = logging.getLogger(__name__)
 
@@ -118,21 +109,8 @@ CLIENT_POLICY = "code.issue.client"
 VERIFY_IP_POLICY = "code.verify.ip"
 VERIFY_CLIENT_POLICY = "code.verify.client"
 
-CODE_DIGITS = 6
 _HOUR = 3600.0
 _DAY = 86400.0
-TICKET_VERSION = "vt1"
-TICKET_SECRET_BYTES = 32
-# A ticket presented this many times with the wrong purpose/channel/destination is destroyed.
-TICKET_MAX_MISMATCHES = 3
-# Label of the key that seals a ticket's destination, derived from the ticket's secret.
-TICKET_DESTINATION_LABEL = b"xiaohe ticket destination v1"
-TICKET_NONCE_BYTES = 12
-_GCM_TAG_BYTES = 16
-
-_MAX_DESTINATION_CHARS = 512
-_MAX_CODE_CHARS = 64
-_TICKET_PATTERN = re.compile(r"vt1\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})")
 
 
 class MessageQueue(Protocol):
@@ -171,201 +149,6 @@ RecipientFilter = Callable[[Channel, str, Purpose], Awaitable[bool]]
 
 ComposeMessage = Callable[[str, str, str, int], tuple[str, str]]
 """(channel, purpose, code, ttl seconds) → the message text and, for an email, its subject."""
-
-
-def six_digits() -> str:
-    """A uniformly random 6-digit code from the OS CSPRNG."""
-    return f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-
-
-class CodeDigests:
-    """Keyed digests of the code subsystem: destination tags, code HMACs and IP tags.
-
-    All use HMAC-SHA256 under the code HMAC key, with inputs that cannot collide
-    across uses (`<channel>:<destination>` for tags, prefixed inputs for the
-    rest). Without the key, a Redis dump tells nothing about destinations or
-    codes: a 6-digit code is trivially enumerable from a plain hash, not from an
-    HMAC. The code HMAC covers channel, destination and purpose, so a stored
-    code is also cryptographically bound to what it was issued for.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) < 32:
-            raise ValueError("the code HMAC key must be at least 32 bytes")
-        self._key = key
-        self._pseudonyms = Pseudonyms(key)
-
-    def __repr__(self) -> str:
-        return "CodeDigests(<key hidden>)"
-
-    def _mac(self, message: str) -> bytes:
-        return hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).digest()
-
-    def destination_tag(self, channel: Channel, destination: str) -> str:
-        """Pseudonym of a normalised destination: HMAC of `channel:destination`, 16 bytes hex."""
-        return self._mac(f"{channel.value}:{destination}")[:16].hex()
-
-    def code_mac(self, channel: Channel, destination: str, purpose: Purpose, code: str) -> str:
-        """The stored form of a code (hex HMAC over the code and what it is bound to)."""
-        message = "\x00".join(("xh.code.v1", channel.value, destination, purpose.value, code))
-        return self._mac(message).hex()
-
-    def ip_tag(self, ip: str) -> str:
-        """The pseudonym of an end-user IP (IPv6 by /64 prefix, where one user usually sits)."""
-        return self._pseudonyms.ip(ip)
-
-
-@dataclass(frozen=True)
-class ParsedTicket:
-    """A well-formed ticket: its destination tag, the hex SHA-256 of the string, its secret."""
-
-    tag: str
-    ticket_hash: str
-    secret: bytes = field(repr=False)
-
-
-def ticket_from_secret(tag: str, secret: bytes) -> str:
-    """The ticket `vt1.<tag>.<secret, urlsafe base64 without padding>`."""
-    if len(secret) != TICKET_SECRET_BYTES:
-        raise ValueError("a ticket secret is 32 bytes")
-    encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
-    return f"{TICKET_VERSION}.{tag}.{encoded}"
-
-
-def new_ticket(tag: str, token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
-    """A fresh ticket `vt1.<tag>.<32 random bytes, urlsafe base64>`."""
-    return ticket_from_secret(tag, token_bytes(TICKET_SECRET_BYTES))
-
-
-def ticket_hash(ticket: str) -> str:
-    """Storage name of a ticket: hex SHA-256 of the ticket string (never stored itself)."""
-    return hashlib.sha256(ticket.encode("utf-8")).hexdigest()
-
-
-def parse_ticket(ticket: object) -> ParsedTicket | None:
-    """Split a ticket into its tag and hash, or None if it is not a well-formed ticket."""
-    if not isinstance(ticket, str) or len(ticket) > 128:
-        return None
-    match = _TICKET_PATTERN.fullmatch(ticket)
-    if match is None:
-        return None
-    secret = base64.urlsafe_b64decode(match.group(2) + "=")
-    return ParsedTicket(tag=match.group(1), ticket_hash=ticket_hash(ticket), secret=secret)
-
-
-def _destination_key(secret: bytes) -> bytes:
-    return hmac.new(secret, TICKET_DESTINATION_LABEL, hashlib.sha256).digest()
-
-
-def seal_destination(secret: bytes, ticket_hash: str, destination: str, nonce: bytes) -> str:
-    """A ticket's destination as stored: urlsafe base64 of nonce + AES-256-GCM ciphertext + tag.
-
-    The key is HMAC-SHA256(ticket secret, TICKET_DESTINATION_LABEL) and the
-    associated data is the ticket hash (the ticket's Redis name), so a sealed
-    destination opens only for the holder of that very ticket. Redis stores the
-    hash, never the ticket, so a Redis dump, its append-only file or a replica
-    reveals no destination (I1). Each key seals exactly one value, so the
-    random 96-bit `nonce` (from the injected randomness) is never reused.
-    """
-    if len(nonce) != TICKET_NONCE_BYTES:
-        raise ValueError("the nonce must be 12 bytes")
-    sealed = AESGCM(_destination_key(secret)).encrypt(
-        nonce, destination.encode("utf-8"), ticket_hash.encode("ascii")
-    )
-    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
-
-
-def open_destination(secret: bytes, ticket_hash: str, sealed: str) -> str | None:
-    """The destination sealed by `seal_destination`, or None if it does not open."""
-    try:
-        blob = base64.urlsafe_b64decode(sealed.encode("ascii"))
-    except ValueError:  # binascii.Error and non-ASCII text are both ValueErrors
-        return None
-    if len(blob) < TICKET_NONCE_BYTES + _GCM_TAG_BYTES:
-        return None
-    nonce, body = blob[:TICKET_NONCE_BYTES], blob[TICKET_NONCE_BYTES:]
-    try:
-        plain = AESGCM(_destination_key(secret)).decrypt(nonce, body, ticket_hash.encode("ascii"))
-        return plain.decode("utf-8")
-    except (InvalidTag, UnicodeDecodeError):
-        return None
-
-
-_E = TypeVar("_E", Channel, Purpose)
-
-
-def _parse_enum(
-    kind: type[_E], value: object, field: str, violations: list[FieldViolation]
-) -> _E | None:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return kind(value)
-    choices = ", ".join(member.value for member in kind)
-    violations.append(FieldViolation(field, f"must be specified: one of {choices}"))
-    return None
-
-
-def _required_channel(purpose: Purpose) -> Channel | None:
-    if purpose is Purpose.BIND_PHONE:
-        return Channel.SMS
-    if purpose is Purpose.BIND_EMAIL:
-        return Channel.EMAIL
-    return None
-
-
-def mailbox(address: str) -> str:
-    """The mailbox an (already normalised) email address delivers to: without its `+tag`."""
-    local, _, domain = address.rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
-
-
-def mailbox_key(tag: str) -> str:
-    """The issue windows shared by every `+tag` address of one mailbox."""
-    return f"xh:rl:{{mb:{tag}}}:issue"
-
-
-def normalize_destination(
-    channel: Channel, raw: str, allowed_country_codes: Sequence[str], field: str = "destination"
-) -> str:
-    """The normalised destination (E.164 phone or lower-cased email) or InvalidArgument."""
-    if len(raw) > _MAX_DESTINATION_CHARS:
-        raise InvalidArgument(FieldViolation(field, "is too long"))
-    if channel is Channel.SMS:
-        return normalize_phone(raw, field=field, allowed_country_codes=allowed_country_codes)
-    return normalize_email(raw, field=field)
-
-
-def normalize_code(raw: object, field: str = "code") -> str:
-    """The code as typed, NFKC-normalised (full-width digits) and trimmed, or InvalidArgument."""
-    if not isinstance(raw, str) or len(raw) > _MAX_CODE_CHARS:
-        raise InvalidArgument(FieldViolation(field, f"must be {CODE_DIGITS} digits"))
-    value = normalize(raw)
-    if len(value) != CODE_DIGITS or not value.isascii() or not value.isdigit():
-        raise InvalidArgument(FieldViolation(field, f"must be {CODE_DIGITS} digits"))
-    return value
-
-
-def _validate_target(
-    channel_value: object, destination: object, purpose_value: object, policy: CodePolicy
-) -> tuple[Channel | None, str, Purpose | None, list[FieldViolation]]:
-    violations: list[FieldViolation] = []
-    channel = _parse_enum(Channel, channel_value, "channel", violations)
-    purpose = _parse_enum(Purpose, purpose_value, "purpose", violations)
-    normalised = ""
-    if not isinstance(destination, str) or not destination.strip():
-        violations.append(FieldViolation("destination", "must not be empty"))
-    elif channel is not None:
-        try:
-            normalised = normalize_destination(channel, destination, policy.allowed_country_codes)
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-    if channel is not None and purpose is not None:
-        required = _required_channel(purpose)
-        if required is not None and required is not channel:
-            violations.append(
-                FieldViolation("channel", f"codes for {purpose.value} are sent by {required.value}")
-            )
-    return channel, normalised, purpose, violations
 
 
 class CodeService:
@@ -440,7 +223,7 @@ class CodeService:
         but keeps the charges, since a message may have gone out. The response
         is the same whether or not `recipient_filter` let the message go (B4).
         """
-        channel, destination, purpose, violations = _validate_target(
+        channel, destination, purpose, violations = validate_target(
             cmd.channel, cmd.destination, cmd.purpose, self._policy
         )
         if violations or channel is None or purpose is None:
@@ -530,7 +313,7 @@ class CodeService:
         anyone can provoke it, so refunding it would leave such calls unbounded.
         If the script cannot run (Redis unavailable), the charges are refunded.
         """
-        channel, destination, purpose, violations = _validate_target(
+        channel, destination, purpose, violations = validate_target(
             cmd.channel, cmd.destination, cmd.purpose, self._policy
         )
         code = ""
@@ -623,167 +406,14 @@ class CodeService:
         await record_quietly(self._audit, action, target, outcome, logger)
 
 
-class TicketService:
-    """Consumes verification tickets for the flow RPCs (register, SMS login, reset, bind...)."""
-
-    def __init__(
-        self,
-        *,
-        redis: aioredis.Redis | None = None,
-        hmac_key: bytes,
-        clock: Clock,
-        policy: CodePolicy | None = None,
-        audit: AuditSink | None = None,
-        store: TicketStore | None = None,
-    ) -> None:
-        """Wire the service; `store` defaults to the Redis implementation on `redis`."""
-        if store is None:
-            if redis is None:
-                raise ValueError("pass redis or store")
-            store = RedisCodeStore(redis)
-        self._store = store
-        self._digests = CodeDigests(hmac_key)
-        self._clock = clock
-        self._policy = policy or CodePolicy()
-        self._audit = audit
-
-    async def consume(
-        self,
-        ticket: str,
-        *,
-        purpose: Purpose,
-        channel: Channel | None = None,
-        destination: str | None = None,
-    ) -> TicketClaims:
-        """Use up a ticket for `purpose` (and channel/destination if given); say what it proves.
-
-        A live ticket presented with the right purpose (and channel and
-        destination, when the caller passes them) is deleted by the same script
-        that reads it, so it works exactly once. The destination is compared
-        through its keyed tag, which the ticket string carries and its stored
-        hash authenticates, so a raw destination never travels to Redis here.
-        The stored destination is opened with the ticket's own secret after the
-        script; one that does not open, or whose tag is not the ticket's (only
-        possible if Redis was tampered with), is TicketInvalid.
-
-        A presentation that does not match is refused WITHOUT consuming the
-        ticket: a flow that reached the wrong RPC, or a user who corrected a
-        typo in a form, can still use it in the right place, and its holder
-        already knows what it is bound to, so nothing is revealed. So that a
-        stolen ticket cannot be probed against many destinations, the third
-        mismatch destroys it. Unknown, expired, used and mismatched tickets, and
-        strings that are not tickets at all, raise the same TicketInvalid.
-        """
-        return await self._present(ticket, purpose, channel, destination, keep=False)
-
-    async def check(
-        self,
-        ticket: str,
-        *,
-        purpose: Purpose,
-        channel: Channel | None = None,
-        destination: str | None = None,
-    ) -> TicketClaims:
-        """What `consume` would answer, without using the ticket up.
-
-        A flow calls it before a check that should not cost the user the ticket
-        (a login name that is taken): a caller must hold a live ticket before the
-        flow answers anything, and a mismatch counts toward the ticket's
-        destruction exactly as in `consume`. Not audited: nothing changed.
-        """
-        return await self._present(ticket, purpose, channel, destination, keep=True)
-
-    async def _present(
-        self,
-        ticket: str,
-        purpose: Purpose,
-        channel: Channel | None,
-        destination: str | None,
-        *,
-        keep: bool,
-    ) -> TicketClaims:
-        parsed = parse_ticket(ticket)
-        if parsed is None:
-            raise TicketInvalid()
-        bound = True
-        if destination is not None:
-            bound = parsed.tag in self._candidate_tags(destination, channel)
-        stored = await self._store.consume_ticket(
-            parsed.tag,
-            parsed.ticket_hash,
-            now_ms=int(self._clock.now() * 1000),
-            purpose=Purpose(purpose).value,
-            channel=Channel(channel).value if channel is not None else "",
-            destination_matches=bound,
-            max_misses=TICKET_MAX_MISMATCHES,
-            keep=keep,
-        )
-        claims = None if stored is None else self._open(parsed, stored)
-        if keep:
-            if claims is None:
-                raise TicketInvalid()
-            return claims
-        if claims is None:
-            await record_quietly(self._audit, "ticket.consume", parsed.tag, "invalid", logger)
-            raise TicketInvalid()
-        await record_quietly(self._audit, "ticket.consume", parsed.tag, "ok", logger)
-        return claims
-
-    def _open(self, parsed: ParsedTicket, stored: StoredTicket) -> TicketClaims | None:
-        """The claims of a consumed ticket, or None if its stored fields do not hold together."""
-        destination = open_destination(parsed.secret, parsed.ticket_hash, stored.sealed_destination)
-        if destination is None:
-            return None
-        try:
-            channel, purpose = Channel(stored.channel), Purpose(stored.purpose)
-        except ValueError:
-            return None
-        if self._digests.destination_tag(channel, destination) != parsed.tag:
-            return None
-        return TicketClaims(
-            channel=channel,
-            destination=destination,
-            purpose=purpose,
-            issued_at=stored.issued_at_ms / 1000,
-        )
-
-    def _candidate_tags(self, destination: str, channel: Channel | None) -> set[str]:
-        """Tags of `destination` normalised for `channel` (or for each channel it fits)."""
-        tags: set[str] = set()
-        for candidate in [channel] if channel is not None else list(Channel):
-            try:
-                normalised = normalize_destination(
-                    candidate, destination, self._policy.allowed_country_codes
-                )
-            except InvalidArgument:
-                continue
-            tags.add(self._digests.destination_tag(candidate, normalised))
-        return tags
-
-
 __all__ = [
     "CLIENT_POLICY",
     "IP_POLICY",
     "VERIFY_CLIENT_POLICY",
     "VERIFY_IP_POLICY",
-    "AuditSink",
-    "CodeDigests",
     "CodeMetrics",
     "CodeService",
     "ComposeMessage",
     "MessageQueue",
-    "ParsedTicket",
     "RecipientFilter",
-    "TicketService",
-    "mailbox",
-    "mailbox_key",
-    "new_ticket",
-    "normalize_code",
-    "normalize_destination",
-    "open_destination",
-    "parse_ticket",
-    "seal_destination",
-    "six_digits",
-    "ticket_from_secret",
-    "ticket_hash",
 ]
