@@ -20,11 +20,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from tests.contract.codes.conftest import ListQueue, RecordingAudit, compose
-from xiaohe.identity.server.accounts.models import (
-    RegisterCommand,
-    RegisteredAccount,
-    SubjectType,
-)
+from xiaohe.identity.server.accounts.models import SubjectType
 from xiaohe.identity.server.accounts.repository import AccountRepository, SqlAccountRepository
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.clock import FakeClock
@@ -42,6 +38,14 @@ from xiaohe.identity.server.credentials.passwords import CommonPasswords, Passwo
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.delivery.notices import Notices
+from xiaohe.identity.server.delivery.outbox import Outbox
+from xiaohe.identity.server.flows.registration import (
+    RegisterCommand,
+    RegisteredAccount,
+    RegistrationFlow,
+)
+from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.shared.identifiers import IdType
 from xiaohe.identity.server.storage.database import Database
@@ -99,11 +103,27 @@ def legal_command(**changes: Any) -> RegisterCommand:
     return replace(base, **changes)
 
 
+_ACCOUNT_SERVICE_ARGS = frozenset(
+    {
+        "repository",
+        "cipher",
+        "master_keys",
+        "blind_index",
+        "clock",
+        "token_bytes",
+        "rewrap_batch_size",
+    }
+)
+_SHARED_ARGS = frozenset({"clock"})
+
+
 @dataclass
 class AccountsEnv:
-    """An AccountService on the test database with real tickets, and what a test inspects."""
+    """The account service and the registration flow on the test database with real tickets,
+    and what a test inspects."""
 
     service: AccountService
+    registration: RegistrationFlow
     repository: AccountRepository
     policies: PolicyStore
     database: Database
@@ -133,7 +153,7 @@ class AccountsEnv:
         """Register `cmd`, with a fresh REGISTER ticket for its phone unless it carries one."""
         if not cmd.phone_ticket:
             cmd = replace(cmd, phone_ticket=await self.ticket(cmd.phone))
-        return await self.service.register(cmd, client_id="bff-web", channel="web")
+        return await self.registration.register(cmd, client_id="bff-web", channel="web")
 
     async def counts(self) -> dict[str, int]:
         """Rows in the tables a registration writes."""
@@ -145,9 +165,19 @@ class AccountsEnv:
                 )
         return out
 
-    def with_service(self, **overrides: Any) -> AccountService:
-        """Another AccountService on the same stores, some collaborators replaced."""
-        return AccountService(**{**self.service_kwargs, **overrides})
+    def with_accounts(self, **overrides: Any) -> AccountService:
+        """Another account service on the same stores, some collaborators replaced."""
+        kwargs = {**self.service_kwargs, **overrides}
+        return AccountService(**{k: v for k, v in kwargs.items() if k in _ACCOUNT_SERVICE_ARGS})
+
+    def with_registration(self, **overrides: Any) -> RegistrationFlow:
+        """Another registration flow on the same stores, some collaborators replaced (those of
+        its account service too, such as the repository)."""
+        kwargs = {**self.service_kwargs, **overrides}
+        flow_args = {
+            k: v for k, v in kwargs.items() if k not in _ACCOUNT_SERVICE_ARGS - _SHARED_ARGS
+        }
+        return RegistrationFlow(accounts=self.with_accounts(**overrides), **flow_args)
 
 
 @pytest.fixture(scope="session")
@@ -205,20 +235,28 @@ async def build_env(
     repository = SqlAccountRepository(database)
     kwargs: dict[str, Any] = {
         "repository": repository,
-        "policies": policies,
-        "tickets": tickets,
-        "password_policy": password_policy,
-        "hasher": hasher,
         "cipher": cipher,
         "master_keys": keyring,
         "blind_index": blind,
         "clock": clock,
+        "uow": database,
+        "policies": policies,
+        "consents": ConsentLedger(database, clock),
+        "tickets": tickets,
+        "password_policy": password_policy,
+        "hasher": hasher,
+        "notices": Notices(Outbox(database, cipher, clock), clock),
         "audit": audit,
     }
     kwargs.update(service_overrides)
-    service = AccountService(**kwargs)
+    service = AccountService(**{k: v for k, v in kwargs.items() if k in _ACCOUNT_SERVICE_ARGS})
+    registration = RegistrationFlow(
+        accounts=service,
+        **{k: v for k, v in kwargs.items() if k not in _ACCOUNT_SERVICE_ARGS - _SHARED_ARGS},
+    )
     return AccountsEnv(
         service=service,
+        registration=registration,
         repository=repository,
         policies=policies,
         database=database,

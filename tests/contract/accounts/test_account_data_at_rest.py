@@ -80,7 +80,7 @@ async def test_no_raw_phone_or_id_number_in_the_stored_database(env: AccountsEnv
 async def test_rewrap_changes_only_the_wrapped_keys(env: AccountsEnv) -> None:
     """Master-key rotation re-wraps every data key in batches; encrypted columns stay byte-identical
     and still decrypt. A rotation made by another process (the CLI) is picked up."""
-    service = env.with_service(rewrap_batch_size=2)
+    service = env.with_accounts(rewrap_batch_size=2)
     ids = [
         (await env.register(natural_command())).account_id,
         (

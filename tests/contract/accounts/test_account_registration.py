@@ -26,9 +26,12 @@ from tests.contract.accounts.conftest import (
     legal_command,
     natural_command,
 )
-from xiaohe.identity.server.accounts.models import AccountStatus, RegisterCommand, SubjectType
+from tests.contract.faults import INJECTED, failing_writes, row_counts
+from xiaohe.identity.server.accounts.models import AccountStatus, SubjectType
 from xiaohe.identity.server.accounts.repository import IdentifierKey, SqlAccountRepository
+from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.codes.models import Purpose
+from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.crypto.envelope import WrappedDataKey, field_aad
 from xiaohe.identity.server.errors import (
     AlreadyExists,
@@ -36,6 +39,7 @@ from xiaohe.identity.server.errors import (
     InvalidArgument,
     TicketInvalid,
 )
+from xiaohe.identity.server.flows.registration import RegisterCommand
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.shared.identifiers import IdType
 
@@ -227,7 +231,7 @@ async def test_invalid_requests_store_nothing_and_keep_the_ticket(env: AccountsE
     ]
     for cmd, field, fragment in cases:
         with pytest.raises(InvalidArgument) as caught:
-            await env.service.register(
+            await env.registration.register(
                 replace(cmd, phone_ticket=ticket), client_id="bff-web", channel="web"
             )
         violations = {v.field: v.description for v in caught.value.violations}
@@ -245,7 +249,7 @@ async def test_invalid_requests_store_nothing_and_keep_the_ticket(env: AccountsE
         phone_ticket=ticket,
     )
     with pytest.raises(InvalidArgument) as caught:
-        await env.service.register(cmd, client_id="bff-web", channel="web")
+        await env.registration.register(cmd, client_id="bff-web", channel="web")
     assert {v.field for v in caught.value.violations} == {
         "login_name",
         "password",
@@ -314,7 +318,7 @@ async def test_unique_constraint_catches_a_race(env: AccountsEnv) -> None:
         async def taken_kinds(self, keys: Any) -> set[str]:
             return set()
 
-    racing = env.with_service(repository=BlindRepository(env.database))
+    racing = env.with_registration(repository=BlindRepository(env.database))
     await env.register(natural_command())
     before = await env.counts()
     for field, cmd in [
@@ -335,8 +339,8 @@ async def test_unique_constraint_catches_a_race(env: AccountsEnv) -> None:
         login_name="wangwu", phone=OTHER_PHONE, **NO_ID, phone_ticket=await env.ticket(OTHER_PHONE)
     )
     results = await asyncio.gather(
-        env.service.register(first, client_id="c", channel="web"),
-        env.service.register(second, client_id="c", channel="web"),
+        env.registration.register(first, client_id="c", channel="web"),
+        env.registration.register(second, client_id="c", channel="web"),
         return_exceptions=True,
     )
     errors = [r for r in results if isinstance(r, BaseException)]
@@ -372,3 +376,21 @@ async def test_identity_documents_are_optional_and_unique_per_type(env: Accounts
     )
     # F5: the passport number is already held, so the second one stays an unbound claim.
     assert await _identifier_kinds(env, second_passport.account_id) == ["login_name", "phone"]
+
+
+@pytest.mark.parametrize("failing", ["consents", "audit_log"])
+async def test_a_registration_is_all_or_nothing(env: AccountsEnv, failing: str) -> None:
+    """F2, I7: a fault after the account row is written (the consent or the audit record
+    fails) leaves no account, identifier, consent, success record or outbox row behind; only
+    the failed attempt is audited (when the audit log itself works)."""
+    log = AuditLog(env.database, env.clock, AuditKeys(bytes(range(32))))
+    flow = env.with_registration(audit=log)
+    tables = ("accounts", "identifiers", "consents", "outbox")
+    before = await row_counts(env.database, *tables)
+    cmd = replace(natural_command(), phone_ticket=await env.ticket(PHONE))
+    async with failing_writes(env.database, failing):
+        with pytest.raises(Exception, match=INJECTED):
+            await flow.register(cmd, client_id="bff-web", channel="web")
+    assert await row_counts(env.database, *tables) == before
+    outcomes = [r.outcome for r in await log.query(action="account.register")]
+    assert outcomes == ([] if failing == "audit_log" else ["error"])

@@ -348,7 +348,7 @@ async def test_rehash_at_login_when_parameters_changed(env: LoginEnv) -> None:
     """P4: a hash made with other Argon2 parameters is replaced by one with the current ones."""
     older = PasswordHasher(Argon2Parameters(memory_cost=16, time_cost=2))
     try:
-        service = env.accounts.with_service(hasher=older)
+        service = env.accounts.with_registration(hasher=older)
         cmd = replace(natural_command(), phone_ticket=await env.accounts.ticket(PHONE))
         account_id = (await service.register(cmd, client_id=CLIENT, channel="web")).account_id
     finally:
@@ -401,7 +401,7 @@ async def test_rehash_never_overwrites_a_concurrent_password_change(env: LoginEn
     """P4: the rehash is conditional on the verified hash; losing the race is silent."""
     older = PasswordHasher(Argon2Parameters(memory_cost=16, time_cost=2))
     try:
-        service = env.accounts.with_service(hasher=older)
+        service = env.accounts.with_registration(hasher=older)
         cmd = replace(natural_command(), phone_ticket=await env.accounts.ticket(PHONE))
         account_id = (await service.register(cmd, client_id=CLIENT, channel="web")).account_id
     finally:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from xiaohe.identity.server.privacy.policies import PolicyStore, packaged_policy_text
-from xiaohe.identity.server.storage.database import Database, utc
+from xiaohe.identity.server.storage.database import Database
 
 # SHA-256 of /work/shared/seed/privacy-policy.zh.md, the platform's published policy.
 SEED_SHA256 = "13e9d607079b091cadeb1b818f7e144d16369769c607a153700fd67e72faa874"
@@ -115,59 +115,3 @@ async def test_current_is_cached_for_a_few_seconds(database: Database, clock: Fa
     assert (await here_again.current()).version == 2
     clock.advance(2)
     assert (await here_again.current()).version == 3
-
-
-async def test_consent_is_recorded_in_the_callers_transaction(
-    database: Database, clock: FakeClock
-) -> None:
-    """[I3] A consent records account, version, purpose, time, client and channel, and commits
-    or rolls back with the caller's transaction."""
-    store = PolicyStore(database, clock)
-    await store.ensure_seeded()
-    account = {
-        "account_id": "acc_0123456789abcdef01234567",
-        "subject_type": "NATURAL_PERSON",
-        "login_name": "zhangsan",
-        "password_hash": "x",
-        "status": "active",
-        "accepted_policy_version": 1,
-        "real_name_level": 0,
-        "master_key_id": "mk-test",
-        "created_at": utc(clock.now()),
-        "updated_at": utc(clock.now()),
-    }
-    insert = sa.text(
-        "INSERT INTO accounts (account_id, subject_type, login_name, password_hash, status, "
-        "accepted_policy_version, real_name_level, master_key_id, created_at, updated_at) VALUES "
-        "(:account_id, :subject_type, :login_name, :password_hash, :status, "
-        ":accepted_policy_version, :real_name_level, :master_key_id, :created_at, :updated_at)"
-    )
-
-    class Abort(Exception):
-        pass
-
-    async def consent_then_fail() -> None:
-        async with database.begin() as conn:
-            await conn.execute(insert, account)
-            await store.record_consent(conn, str(account["account_id"]), 1, "bff-web", "web")
-            raise Abort
-
-    with pytest.raises(Abort):
-        await consent_then_fail()
-    async with database.begin() as conn:
-        await conn.execute(insert, account)
-        consent_id = await store.record_consent(
-            conn, str(account["account_id"]), 1, "bff-web", "app", purpose="id_scan_upload"
-        )
-    async with database.connect() as conn:
-        rows = (await conn.execute(sa.text("SELECT * FROM consents"))).all()
-    assert len(rows) == 1
-    row = rows[0]
-    assert row.consent_id == consent_id
-    assert consent_id.startswith("con_")
-    assert (row.account_id, row.policy_version, row.purpose) == (
-        account["account_id"],
-        1,
-        "id_scan_upload",
-    )
-    assert (row.client_id, row.channel) == ("bff-web", "app")

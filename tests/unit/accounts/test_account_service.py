@@ -6,15 +6,13 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from xiaohe.identity.server.accounts.models import (
     AccountCredentials,
     PersonalData,
-    RegisterCommand,
     SubjectType,
 )
 from xiaohe.identity.server.accounts.repository import (
@@ -44,6 +42,7 @@ from xiaohe.identity.server.errors import (
     Overloaded,
     TicketInvalid,
 )
+from xiaohe.identity.server.flows.registration import RegisterCommand, RegistrationFlow
 from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.shared.identifiers import IdentifierKind, IdType
 
@@ -82,23 +81,12 @@ class FakeRepository:
     accounts: dict[str, AccountRecord] = field(default_factory=dict)
     index: dict[tuple[str, str], str] = field(default_factory=dict)
     taken_calls: list[list[str]] = field(default_factory=list)
-    transactions: int = 0
-
-    @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        self.transactions += 1
-        yield cast(AsyncConnection, object())
-
-    def begin(self) -> Any:
-        return self._begin()
 
     async def taken_kinds(self, keys: Sequence[IdentifierKey]) -> set[str]:
         self.taken_calls.append([k.kind for k in keys])
         return {k.kind for k in keys if (k.kind, k.blind_index) in self.index}
 
-    async def insert(
-        self, conn: AsyncConnection, account: NewAccountRecord, keys: Sequence[IdentifierKey]
-    ) -> None:
+    async def insert(self, account: NewAccountRecord, keys: Sequence[IdentifierKey]) -> None:
         if any(a.login_name == account.login_name for a in self.accounts.values()):
             raise IdentifierTaken("login_name")
         for key in keys:
@@ -153,27 +141,65 @@ class FakeRepository:
 
 
 @dataclass
+class FakeUnitOfWork:
+    """Counts the units of work a flow opens."""
+
+    transactions: int = 0
+    open: bool = False
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[object]:
+        if self.open:
+            yield object()
+            return
+        self.transactions += 1
+        self.open = True
+        try:
+            yield object()
+        finally:
+            self.open = False
+
+    def begin(self) -> Any:
+        return self._begin()
+
+    def in_transaction(self) -> bool:
+        return self.open
+
+    async def after_commit(self, work: Any) -> None:
+        result = work()
+        if result is not None:
+            await result
+
+
+@dataclass
 class FakePolicies:
-    """A policy source at a fixed version that remembers consents."""
+    """A policy source at a fixed version."""
 
     version: int = 1
-    consents: list[tuple[str, int, str, str, str]] = field(default_factory=list)
     fresh_reads: int = 0
 
     async def current(self, *, fresh: bool = False) -> PolicyVersion:
         self.fresh_reads += fresh
         return PolicyVersion(self.version, "text", "0" * 64, 0.0)
 
-    async def record_consent(
+
+@dataclass
+class FakeConsents:
+    """Remembers consents."""
+
+    records: list[tuple[str, int, str, str, str]] = field(default_factory=list)
+
+    async def record(
         self,
-        conn: AsyncConnection,
         account_id: str,
         version: int,
+        *,
         client_id: str,
         channel: str,
         purpose: str = "privacy_policy",
+        ip_masked: str = "",
     ) -> str:
-        self.consents.append((account_id, version, client_id, channel, purpose))
+        self.records.append((account_id, version, client_id, channel, purpose))
         return "con_1"
 
 
@@ -224,21 +250,13 @@ class FakeTickets:
 
 @dataclass
 class FakeNotices:
-    """Remembers queued notices."""
+    """Remembers sent notices: (kind, phone, email)."""
 
-    sent: list[tuple[str, str, str, str]] = field(default_factory=list)
+    sent: list[tuple[str, str, str]] = field(default_factory=list)
 
-    async def enqueue(
-        self,
-        channel: str,
-        destination: str,
-        purpose: str,
-        text: str,
-        subject: str = "",
-        expires_in_seconds: float = 0.0,
-    ) -> str:
-        self.sent.append((channel, destination, purpose, text))
-        return "m1"
+    async def send(self, kind: str, *, phone: str = "", email: str = "", **fields: str) -> int:
+        self.sent.append((kind, phone, email))
+        return 1
 
 
 @dataclass
@@ -267,9 +285,12 @@ class Audit:
 
 @dataclass
 class Harness:
-    service: AccountService
+    service: RegistrationFlow
+    accounts: AccountService
     repo: FakeRepository
+    uow: FakeUnitOfWork
     policies: FakePolicies
+    consents: FakeConsents
     tickets: FakeTickets
     hasher: FakeHasher
     keys: FakeKeys
@@ -283,14 +304,22 @@ def password_policy() -> PasswordPolicy:
     return PasswordPolicy(CommonPasswords(["password", "123456", "iloveyou", "qwerty123"]))
 
 
+_ACCOUNT_ARGS = frozenset(
+    {"repository", "cipher", "master_keys", "blind_index", "token_bytes", "rewrap_batch_size"}
+)
+
+
 def make_harness(password_policy: PasswordPolicy, **overrides: Any) -> Harness:
     keys = FakeKeys()
     cipher = DataKeyCipher(keys)
     blind = BlindIndex(bytes(range(32)))
     h = Harness(
         service=None,  # type: ignore[arg-type]
+        accounts=None,  # type: ignore[arg-type]
         repo=FakeRepository(),
+        uow=FakeUnitOfWork(),
         policies=FakePolicies(),
+        consents=FakeConsents(),
         tickets=FakeTickets(),
         hasher=FakeHasher(),
         keys=keys,
@@ -299,21 +328,31 @@ def make_harness(password_policy: PasswordPolicy, **overrides: Any) -> Harness:
         audit=Audit(),
     )
     counter = iter(range(1, 1000))
+    clock = FakeClock()
     kwargs: dict[str, Any] = {
         "repository": h.repo,
-        "policies": h.policies,
-        "tickets": h.tickets,
-        "password_policy": password_policy,
-        "hasher": h.hasher,
         "cipher": cipher,
         "master_keys": keys,
         "blind_index": blind,
-        "clock": FakeClock(),
-        "audit": h.audit,
         "token_bytes": lambda n: next(counter).to_bytes(n, "big"),
+        "uow": h.uow,
+        "policies": h.policies,
+        "consents": h.consents,
+        "tickets": h.tickets,
+        "password_policy": password_policy,
+        "hasher": h.hasher,
+        "notices": None,
+        "audit": h.audit,
     }
     kwargs.update(overrides)
-    h.service = AccountService(**kwargs)
+    h.accounts = AccountService(
+        clock=clock, **{k: v for k, v in kwargs.items() if k in _ACCOUNT_ARGS}
+    )
+    h.service = RegistrationFlow(
+        accounts=h.accounts,
+        clock=clock,
+        **{k: v for k, v in kwargs.items() if k not in _ACCOUNT_ARGS},
+    )
     return h
 
 
@@ -369,8 +408,8 @@ async def test_a_registration_walks_every_step(h: Harness) -> None:
     assert account_id == "acc_" + (1).to_bytes(12, "big").hex()
     assert h.tickets.consumed == [(TICKET, Purpose.REGISTER, Channel.SMS, PHONE_E164)]
     assert h.hasher.calls == 1
-    assert h.repo.transactions == 1
-    assert h.policies.consents == [(account_id, 1, "bff", "web", "privacy_policy")]
+    assert h.uow.transactions == 1
+    assert h.consents.records == [(account_id, 1, "bff", "web", "privacy_policy")]
     assert h.audit.records == [("account.register", account_id, "ok")]
     record = h.repo.accounts[account_id]
     assert record.password_hash == "$fake$22"
@@ -510,9 +549,7 @@ async def test_a_document_claim_lost_in_a_race_is_left_unbound(
         ("account.register", second, "ok"),
         ("account.identity_claimed", first, "notified"),
     ]
-    assert [(channel, to, purpose) for channel, to, purpose, _ in notices.sent] == [
-        ("SMS", PHONE_E164, "NOTICE")
-    ]
+    assert notices.sent == [("identity_claimed", PHONE_E164, "")]
 
 
 async def test_claims_for_another_destination_are_refused(h: Harness) -> None:
@@ -538,20 +575,6 @@ async def test_overload_while_hashing_stores_nothing(h: Harness) -> None:
     assert h.audit.records[-1][2] == "overloaded"
 
 
-async def test_failing_audit_does_not_fail_the_registration(
-    password_policy: PasswordPolicy,
-) -> None:
-    """The account exists once committed; a broken audit sink is logged, not raised."""
-
-    class BrokenAudit:
-        async def record(self, action: str, target: str, outcome: str) -> None:
-            raise RuntimeError("audit down")
-
-    h = make_harness(password_policy, audit=BrokenAudit())
-    account_id = await register(h, natural())
-    assert account_id in h.repo.accounts
-
-
 async def test_personal_data_is_encrypted_per_field_and_readable(h: Harness) -> None:
     """[I1] Phone and profile are ciphertexts bound to the account and field; the view masks."""
     account_id = await register(h, natural(id_number="11010519491231002x"))
@@ -567,7 +590,7 @@ async def test_personal_data_is_encrypted_per_field_and_readable(h: Harness) -> 
         "id_type": "RESIDENT_ID_CARD",
         "name": "张三",
     }
-    data = await h.service.get_personal_data(account_id)
+    data = await h.accounts.get_personal_data(account_id)
     assert data == PersonalData(
         account_id=account_id,
         phone=PHONE_E164,
@@ -575,18 +598,18 @@ async def test_personal_data_is_encrypted_per_field_and_readable(h: Harness) -> 
         id_type=IdType.RESIDENT_ID_CARD,
         id_number="11010519491231002X",
     )
-    view = await h.service.get_view(account_id)
+    view = await h.accounts.get_view(account_id)
     assert (view.phone_masked, view.email_masked) == ("138****5678", "")
     with pytest.raises(NotFound):
-        await h.service.get_personal_data("acc_missing")
+        await h.accounts.get_personal_data("acc_missing")
 
 
 async def test_shredded_account_reads_as_empty(h: Harness) -> None:
     """[I5] Without its data key an account's personal data is gone, not an error."""
     account_id = await register(h, natural())
     h.repo.accounts[account_id] = replace(h.repo.accounts[account_id], data_key_wrapped=None)
-    assert await h.service.get_personal_data(account_id) == PersonalData(account_id=account_id)
-    assert (await h.service.get_view(account_id)).phone_masked == ""
+    assert await h.accounts.get_personal_data(account_id) == PersonalData(account_id=account_id)
+    assert (await h.accounts.get_view(account_id)).phone_masked == ""
 
 
 async def test_identifier_kinds_and_index_values(h: Harness) -> None:
@@ -601,8 +624,8 @@ async def test_identifier_kinds_and_index_values(h: Harness) -> None:
 
     account_id = await register(h, natural(id_type=IdType.PASSPORT, id_number="e1234-5678"))
     assert ("id_number", h.blind.compute("id_number", "PASSPORT:E12345678")) in h.repo.index
-    assert await h.service.find_credentials(IdentifierKind.ID_NUMBER, "E12345678") is None
-    creds = await h.service.find_credentials(IdentifierKind.LOGIN_NAME, "zhangsan")
+    assert await h.accounts.find_credentials(IdentifierKind.ID_NUMBER, "E12345678") is None
+    creds = await h.accounts.find_credentials(IdentifierKind.LOGIN_NAME, "zhangsan")
     assert isinstance(creds, AccountCredentials)
     assert creds.account_id == account_id
 
@@ -617,13 +640,13 @@ async def test_rewrap_moves_every_key_to_the_active_master_key(
     second = await register(h, legal())
     blobs = {a: h.repo.accounts[a].phone_enc for a in (first, second)}
     h.keys.rotate()
-    assert await h.service.rewrap_data_keys() == 2
+    assert await h.accounts.rewrap_data_keys() == 2
     assert h.keys.reloads == 1
     for account_id in (first, second):
         assert h.repo.accounts[account_id].master_key_id == "mk-2"
         assert h.repo.accounts[account_id].phone_enc == blobs[account_id]
-    assert (await h.service.get_personal_data(second)).uscc == "91350100M000100Y43"
-    assert await h.service.rewrap_data_keys() == 0
+    assert (await h.accounts.get_personal_data(second)).uscc == "91350100M000100Y43"
+    assert await h.accounts.rewrap_data_keys() == 0
 
 
 async def test_commands_and_records_do_not_show_secrets_in_repr() -> None:

@@ -97,7 +97,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         server,
     )
     accounts_pb2_grpc.add_AccountServiceServicer_to_server(
-        AccountServicer(container.accounts, container.sessions), server
+        AccountServicer(container.registration, container.accounts, container.sessions), server
     )
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
         PrivacyServicer(container.policies), server

@@ -30,6 +30,7 @@ from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
+from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.delivery.outbox import Outbox
 from xiaohe.identity.server.delivery.providers import (
     HttpSmsGatewayProvider,
@@ -38,8 +39,11 @@ from xiaohe.identity.server.delivery.providers import (
     SmtpProvider,
 )
 from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
+from xiaohe.identity.server.flows.registration import RegistrationFlow
 from xiaohe.identity.server.observability.metrics import Metrics
+from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
@@ -181,7 +185,7 @@ class Container:
             clock=self.clock,
             queue=self.outbox,
             compose=compose_code_message,
-            recipient_filter=self.accounts.receives_codes,
+            recipient_filter=RegisteredRecipients(self.accounts),
             metrics=self.metrics,
             audit=self.audit,
         )
@@ -223,27 +227,53 @@ class Container:
 
     @cached_property
     def accounts(self) -> AccountService:
-        """Registration and accounts."""
+        """Accounts, identifiers and encrypted personal data."""
         return AccountService(
             repository=SqlAccountRepository(self.database),
-            policies=self.policies,
-            tickets=self.tickets,
-            password_policy=PasswordPolicy(CommonPasswords.load()),
-            hasher=self.hasher,
             cipher=self.cipher,
             master_keys=self.keyring,
             blind_index=self.blind_index,
             clock=self.clock,
-            allowed_country_codes=self.settings.allowed_country_codes,
+        )
+
+    @cached_property
+    def consents(self) -> ConsentLedger:
+        """Who accepted which policy version, when."""
+        return ConsentLedger(self.database, self.clock)
+
+    @cached_property
+    def notices(self) -> Notices:
+        """Security notices through the outbox."""
+        return Notices(self.outbox, self.clock)
+
+    @cached_property
+    def password_policy(self) -> PasswordPolicy:
+        """Length, common passwords and context words."""
+        return PasswordPolicy(CommonPasswords.load())
+
+    @cached_property
+    def registration(self) -> RegistrationFlow:
+        """The registration flow."""
+        s = self.settings
+        return RegistrationFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            policies=self.policies,
+            consents=self.consents,
+            tickets=self.tickets,
+            password_policy=self.password_policy,
+            hasher=self.hasher,
+            notices=self.notices,
+            clock=self.clock,
+            allowed_country_codes=s.allowed_country_codes,
             audit=self.audit,
             name_checks=CallerLimits(
                 SlidingWindowLimiter(self.redis), Pseudonyms(self.keyring.code_hmac_key).ip
             ),
             name_check_budget=CallerBudget(
-                per_ip_hour=self.settings.login_name_checks_per_ip_hour,
-                per_client_minute=self.settings.login_name_checks_per_client_minute,
+                per_ip_hour=s.login_name_checks_per_ip_hour,
+                per_client_minute=s.login_name_checks_per_client_minute,
             ),
-            notices=self.outbox,
         )
 
     @cached_property

@@ -7,6 +7,7 @@ does not carry them along.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -27,34 +28,22 @@ class AccountStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class RegisterCommand:
-    """Create an account.
+class NewAccount:
+    """An account to create: everything but what the store generates (data key, times).
 
-    `subject_type` is None when the request left it unspecified (the service
-    refuses that with a field violation). `phone_ticket` is the REGISTER ticket
-    (SMS channel) from `CodeService.verify` for `phone`. A natural person may give
-    `name`, `id_type` and `id_number`; a legal person may give `organization_name`
-    and `uscc`. Giving the other kind's fields is a violation.
+    `profile` is the identity profile as stored (encrypted): for a natural person
+    `name`, `id_type`, `id_number`; for a legal person `organization_name`,
+    `uscc` and the optional organisation and representative fields.
     """
 
-    subject_type: SubjectType | None
-    login_name: str
-    password: str = field(repr=False)
-    phone: str = field(repr=False)
-    phone_ticket: str = field(repr=False)
-    accepted_policy_version: int
-    name: str = field(default="", repr=False)
-    id_type: IdType = IdType.UNSPECIFIED
-    id_number: str = field(default="", repr=False)
-    organization_name: str = ""
-    uscc: str = ""
-
-
-@dataclass(frozen=True)
-class RegisteredAccount:
-    """The account that `register` created."""
-
     account_id: str
+    subject_type: SubjectType
+    login_name: str
+    password_hash: str = field(repr=False)
+    accepted_policy_version: int
+    phone: str = field(default="", repr=False)
+    email: str = field(default="", repr=False)
+    profile: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -104,14 +93,18 @@ class PersonalData:
     id_number: str = field(default="", repr=False)
     organization_name: str = ""
     uscc: str = ""
+    organization_type: str = ""
+    representative_type: str = ""
+    representative_name: str = field(default="", repr=False)
+    representative_id_type: IdType = IdType.UNSPECIFIED
+    representative_id_number: str = field(default="", repr=False)
 
 
 __all__ = [
     "AccountCredentials",
     "AccountStatus",
     "AccountView",
+    "NewAccount",
     "PersonalData",
-    "RegisterCommand",
-    "RegisteredAccount",
     "SubjectType",
 ]

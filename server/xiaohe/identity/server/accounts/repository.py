@@ -16,7 +16,6 @@ transaction (account, identifiers, consent) is rolled back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,7 +24,6 @@ from sqlalchemy.exc import IntegrityError
 
 from xiaohe.identity.server.storage.database import (
     Database,
-    SqlConnection,
     epoch,
     translate_errors,
     utc,
@@ -109,21 +107,13 @@ class DataKeyUpdate:
 class AccountRepository(Protocol):
     """Storage the account service needs."""
 
-    def begin(self) -> AbstractAsyncContextManager[SqlConnection]:
-        """One write transaction, shared with other stores (the consent record)."""
-        ...
-
     async def taken_kinds(self, keys: Sequence[IdentifierKey]) -> set[str]:
         """The kinds among `keys` whose blind index already belongs to some account."""
         ...
 
-    async def insert(
-        self,
-        conn: SqlConnection,
-        account: NewAccountRecord,
-        keys: Sequence[IdentifierKey],
-    ) -> None:
-        """Insert the account and its identifiers; raise IdentifierTaken on a duplicate."""
+    async def insert(self, account: NewAccountRecord, keys: Sequence[IdentifierKey]) -> None:
+        """Insert the account and its identifiers (in the unit of work); IdentifierTaken on a
+        duplicate."""
         ...
 
     async def get(self, account_id: str) -> AccountRecord | None:
@@ -202,10 +192,6 @@ class SqlAccountRepository:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def begin(self) -> AbstractAsyncContextManager[SqlConnection]:
-        """One write transaction, shared with other stores (the consent record)."""
-        return self._db.begin()
-
     async def taken_kinds(self, keys: Sequence[IdentifierKey]) -> set[str]:
         """The kinds among `keys` whose blind index already belongs to some account."""
         if not keys:
@@ -220,53 +206,49 @@ class SqlAccountRepository:
             rows = (await conn.execute(sa.select(identifiers.c.kind).where(wanted))).all()
         return {str(r.kind) for r in rows}
 
-    async def insert(
-        self,
-        conn: SqlConnection,
-        account: NewAccountRecord,
-        keys: Sequence[IdentifierKey],
-    ) -> None:
+    async def insert(self, account: NewAccountRecord, keys: Sequence[IdentifierKey]) -> None:
         """Insert the account and its identifiers; raise IdentifierTaken on a duplicate.
 
-        The caller's transaction is unusable after IdentifierTaken (PostgreSQL
-        aborts it): let the exception leave the `begin()` block so it rolls back.
+        It joins the caller's unit of work, which is unusable after IdentifierTaken
+        (PostgreSQL aborts it): let the exception leave the `begin()` block.
         """
         at = utc(account.created_at)
-        with translate_errors():
-            try:
-                await conn.execute(
-                    accounts.insert().values(
-                        account_id=account.account_id,
-                        subject_type=account.subject_type,
-                        login_name=account.login_name,
-                        password_hash=account.password_hash,
-                        status=account.status,
-                        accepted_policy_version=account.accepted_policy_version,
-                        real_name_level=account.real_name_level,
-                        master_key_id=account.master_key_id,
-                        data_key_wrapped=account.data_key_wrapped,
-                        phone_enc=account.phone_enc,
-                        email_enc=account.email_enc,
-                        profile_enc=account.profile_enc,
-                        created_at=at,
-                        updated_at=at,
-                    )
-                )
-            except IntegrityError:
-                # The only unique column a caller controls is the login name (the id is random).
-                raise IdentifierTaken("login_name") from None
-            for key in keys:
+        async with self._db.begin() as conn:
+            with translate_errors():
                 try:
                     await conn.execute(
-                        identifiers.insert().values(
-                            kind=key.kind,
-                            blind_index=key.blind_index,
+                        accounts.insert().values(
                             account_id=account.account_id,
+                            subject_type=account.subject_type,
+                            login_name=account.login_name,
+                            password_hash=account.password_hash,
+                            status=account.status,
+                            accepted_policy_version=account.accepted_policy_version,
+                            real_name_level=account.real_name_level,
+                            master_key_id=account.master_key_id,
+                            data_key_wrapped=account.data_key_wrapped,
+                            phone_enc=account.phone_enc,
+                            email_enc=account.email_enc,
+                            profile_enc=account.profile_enc,
                             created_at=at,
+                            updated_at=at,
                         )
                     )
                 except IntegrityError:
-                    raise IdentifierTaken(key.kind) from None
+                    # The only unique column a caller controls is the login name (the id is random).
+                    raise IdentifierTaken("login_name") from None
+                for key in keys:
+                    try:
+                        await conn.execute(
+                            identifiers.insert().values(
+                                kind=key.kind,
+                                blind_index=key.blind_index,
+                                account_id=account.account_id,
+                                created_at=at,
+                            )
+                        )
+                    except IntegrityError:
+                        raise IdentifierTaken(key.kind) from None
 
     async def get(self, account_id: str) -> AccountRecord | None:
         """The account, or None."""

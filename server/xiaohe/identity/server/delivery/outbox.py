@@ -1,8 +1,9 @@
 """The outbox: messages are first written to the database, then sent by the dispatcher.
 
-A flow that sends a code calls `Outbox.enqueue` and reports success once the
-row is committed; from then on the message survives a crash of any process
-(see `dispatcher.py` for how it is sent). If the row cannot be written, the
+A flow that sends a message calls `Outbox.enqueue` and reports success once the
+row is committed (with the rest of the flow's unit of work, when one is open);
+from then on the message survives a crash of any process (see `dispatcher.py`
+for how it is sent). If the row cannot be written, the
 caller gets `Unavailable`: nothing was queued, so the caller must not claim
 that a message is on its way.
 
@@ -170,23 +171,28 @@ class Outbox:
         }
         await self._insert(row)
         log.debug("queued message %s (%s, %s)", message_id, channel, purpose)
+        claimed_message = ClaimedMessage(
+            message_id=message_id,
+            channel=channel,
+            purpose=purpose,
+            attempts=1,
+            expires_at=now + expires_in_seconds,
+            payload_enc=sealed,
+        )
+        # Inside a flow's unit of work the row is not committed yet: the dispatcher
+        # hears of it only once it is (and never, if the flow rolls back).
+        await self._database.after_commit(lambda: self._announce(claimed_message))
+        return message_id
+
+    def _announce(self, message: ClaimedMessage) -> None:
+        """Tell this process's dispatcher about a committed row."""
         if self._hand_off is not None:
-            self._hand_off(
-                ClaimedMessage(
-                    message_id=message_id,
-                    channel=channel,
-                    purpose=purpose,
-                    attempts=1,
-                    expires_at=now + expires_in_seconds,
-                    payload_enc=sealed,
-                )
-            )
+            self._hand_off(message)
         elif self._wake is not None:
             try:
                 self._wake()
             except Exception as exc:  # the row is committed; the poll loop will find it
                 log.warning("waking the dispatcher failed: %s", type(exc).__name__)
-        return message_id
 
     async def withhold(self, channel: str, purpose: str) -> str:
         """Record a message that is not sent, with the cost of queueing one; returns its id.

@@ -55,7 +55,6 @@ and counted in metrics; malformed requests are only counted.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -83,6 +82,7 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_identifier,
     today_in_china,
 )
+from xiaohe.identity.server.shared.network import mask_ip
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -250,27 +250,6 @@ class ActiveSubjects:
             subject_type=account.subject_type.value,
             rn_level=account.real_name_level,
         )
-
-
-def mask_ip(ip: str) -> str:
-    """An end-user IP as sessions store and show it: IPv4 /24 (`203.0.113.*`), IPv6 /48.
-
-    Anything that is not an IP address (including an already masked one) is
-    stored as `-`, and an empty IP as the empty string.
-    """
-    raw = ip.strip()
-    if not raw:
-        return ""
-    try:
-        address = ipaddress.ip_address(raw)
-    except ValueError:
-        return "-"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if isinstance(address, ipaddress.IPv4Address):
-        return ".".join(str(address).split(".")[:3]) + ".*"
-    network = ipaddress.IPv6Network((address, 48), strict=False)
-    return f"{network.network_address.exploded[:14]}:*"
 
 
 @dataclass
@@ -625,5 +604,4 @@ __all__ = [
     "SessionIssuer",
     "Throttle",
     "TicketConsumer",
-    "mask_ip",
 ]

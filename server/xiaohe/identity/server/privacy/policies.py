@@ -16,15 +16,12 @@ publishing process sees it at once. Callers that must not act on a stale value
 (registration refusing an "outdated" version the user just accepted) can ask for
 `current(fresh=True)`.
 
-Consents record (account, version, purpose, time, client, channel) and are
-written with `record_consent` inside the caller's transaction, so an account
-never exists without the consent it was created under.
+Consents are kept apart, in `consents.ConsentLedger`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -42,18 +39,13 @@ from xiaohe.identity.server.errors import (
 )
 from xiaohe.identity.server.storage.database import (
     Database,
-    SqlConnection,
     epoch,
-    translate_errors,
     utc,
 )
-from xiaohe.identity.server.storage.schema import consents, policy_versions
+from xiaohe.identity.server.storage.schema import policy_versions
 
 PACKAGED_POLICY_RESOURCE: Final[tuple[str, ...]] = ("data", "privacy-policy.v1.zh.md")
 """Path of the version 1 text inside this package."""
-
-PRIVACY_POLICY_PURPOSE: Final = "privacy_policy"
-"""The consent purpose of accepting the privacy policy as a whole."""
 
 MAX_POLICY_CHARS: Final = 1_000_000
 """Longest policy text accepted by `publish` (the packaged one is about 8,000 characters)."""
@@ -61,10 +53,6 @@ MAX_POLICY_CHARS: Final = 1_000_000
 DEFAULT_CACHE_SECONDS: Final = 5.0
 
 _PUBLISH_ATTEMPTS: Final = 5
-_CONSENT_ID_PREFIX: Final = "con_"
-_CONSENT_ID_BYTES: Final = 12
-# Column widths of the `consents` table.
-_CONSENT_LIMITS: Final = {"client_id": 64, "channel": 40, "purpose": 40}
 
 
 @dataclass(frozen=True)
@@ -108,7 +96,6 @@ class PolicyStore:
         *,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         seed_text: Callable[[], str] = packaged_policy_text,
-        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         if cache_seconds < 0:
             raise ValueError("cache_seconds must not be negative")
@@ -116,7 +103,6 @@ class PolicyStore:
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._seed_text = seed_text
-        self._token_bytes = token_bytes
         self._cached: PolicyVersion | None = None
         self._cached_until = 0.0
 
@@ -211,39 +197,6 @@ class PolicyStore:
             return published
         raise FailedPrecondition("another version was published at the same time; retry")
 
-    async def record_consent(
-        self,
-        conn: SqlConnection,
-        account_id: str,
-        version: int,
-        client_id: str,
-        channel: str,
-        purpose: str = PRIVACY_POLICY_PURPOSE,
-    ) -> str:
-        """Record that the account accepted `version` for `purpose`, in the caller's transaction.
-
-        Returns the new consent id. The caller is responsible for `version` being
-        one it has checked (usually the current one).
-        """
-        values = {"client_id": client_id, "channel": channel, "purpose": purpose}
-        for name, value in values.items():
-            if len(value) > _CONSENT_LIMITS[name]:
-                raise ValueError(f"consent {name} is longer than {_CONSENT_LIMITS[name]}")
-        if not purpose:
-            raise ValueError("consent purpose must not be empty")
-        consent_id = _CONSENT_ID_PREFIX + self._token_bytes(_CONSENT_ID_BYTES).hex()
-        with translate_errors():
-            await conn.execute(
-                consents.insert().values(
-                    consent_id=consent_id,
-                    account_id=account_id,
-                    policy_version=version,
-                    accepted_at=utc(self._clock.now()),
-                    **values,
-                )
-            )
-        return consent_id
-
     async def _latest(self) -> PolicyVersion | None:
         async with self._db.connect() as conn:
             row = (
@@ -261,7 +214,6 @@ class PolicyStore:
 
 __all__ = [
     "MAX_POLICY_CHARS",
-    "PRIVACY_POLICY_PURPOSE",
     "PolicyStore",
     "PolicyVersion",
     "packaged_policy_text",

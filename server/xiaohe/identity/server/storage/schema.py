@@ -102,6 +102,7 @@ accounts = sa.Table(
     sa.Column("profile_enc", sa.LargeBinary, nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("phone_changed_at", UtcDateTime, nullable=True),
 )
 
 identifiers = sa.Table(
@@ -183,4 +184,5 @@ consents = sa.Table(
     sa.Column("accepted_at", UtcDateTime, nullable=False),
     sa.Column("client_id", sa.String(64), nullable=False),
     sa.Column("channel", sa.String(40), nullable=False),
+    sa.Column("ip_masked", sa.String(64), nullable=False),
 )

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.accounts.models import RegisterCommand, SubjectType
+from xiaohe.identity.server.accounts.models import SubjectType
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.errors import (
     AlreadyExists,
@@ -15,6 +15,7 @@ from xiaohe.identity.server.errors import (
     InvalidArgument,
     TicketInvalid,
 )
+from xiaohe.identity.server.flows.registration import RegisterCommand, RegistrationFlow
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.shared.identifiers import IdType
@@ -66,7 +67,10 @@ def register_command(request: accounts_pb2.RegisterRequest) -> RegisterCommand:
 class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     """Registration and the signed-in user's account."""
 
-    def __init__(self, accounts: AccountService, sessions: SessionService) -> None:
+    def __init__(
+        self, registration: RegistrationFlow, accounts: AccountService, sessions: SessionService
+    ) -> None:
+        self._registration = registration
         self._accounts = accounts
         self._sessions = sessions
 
@@ -75,7 +79,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     ) -> accounts_pb2.RegisterResponse:
         rc = context.current()
         try:
-            registered = await self._accounts.register(
+            registered = await self._registration.register(
                 register_command(request),
                 client_id=rc.client_id,
                 channel=CONSENT_CHANNEL,

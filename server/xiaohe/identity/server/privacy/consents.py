@@ -1,0 +1,124 @@
+"""The consent ledger: who accepted which policy version for what, when, how (SECURITY.md I3).
+
+Append-only: a consent is never changed or deleted here (withdrawing one is a
+new record, issue 14). Each record holds the account, the policy version, the
+purpose (`privacy_policy` for the policy as a whole), the time, the client that
+relayed it, the channel (`registration`, `login`, ...) and the end user's masked
+IP. `record` joins the flow's unit of work, so an account never exists, and an
+acceptance never counts, without its consent record.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
+from xiaohe.identity.server.storage.schema import consents
+
+PRIVACY_POLICY_PURPOSE: Final = "privacy_policy"
+"""The consent purpose of accepting the privacy policy as a whole."""
+
+_ID_PREFIX: Final = "con_"
+_ID_BYTES: Final = 12
+# Column widths of the `consents` table.
+_LIMITS: Final = {"client_id": 64, "channel": 40, "purpose": 40, "ip_masked": 64}
+
+
+@dataclass(frozen=True)
+class Consent:
+    """One consent record; `accepted_at` in epoch seconds."""
+
+    consent_id: str
+    account_id: str
+    policy_version: int
+    purpose: str
+    accepted_at: float
+    client_id: str
+    channel: str
+    ip_masked: str
+
+
+class ConsentLedger:
+    """Records consents (in the caller's unit of work) and lists an account's."""
+
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self._db = database
+        self._clock = clock
+        self._token_bytes = token_bytes
+
+    async def record(
+        self,
+        account_id: str,
+        version: int,
+        *,
+        client_id: str,
+        channel: str,
+        purpose: str = PRIVACY_POLICY_PURPOSE,
+        ip_masked: str = "",
+    ) -> str:
+        """Record that the account accepted `version` for `purpose`; returns the consent id.
+
+        The caller is responsible for `version` being one it has checked (usually
+        the current one) and `ip_masked` being masked already.
+        """
+        values = {
+            "client_id": client_id,
+            "channel": channel,
+            "purpose": purpose,
+            "ip_masked": ip_masked,
+        }
+        for name, value in values.items():
+            if len(value) > _LIMITS[name]:
+                raise ValueError(f"consent {name} is longer than {_LIMITS[name]}")
+        if not purpose:
+            raise ValueError("consent purpose must not be empty")
+        consent_id = _ID_PREFIX + self._token_bytes(_ID_BYTES).hex()
+        async with self._db.begin() as conn:
+            with translate_errors():
+                await conn.execute(
+                    consents.insert().values(
+                        consent_id=consent_id,
+                        account_id=account_id,
+                        policy_version=version,
+                        accepted_at=utc(self._clock.now()),
+                        **values,
+                    )
+                )
+        return consent_id
+
+    async def of_account(self, account_id: str) -> list[Consent]:
+        """The account's consents, oldest first."""
+        query = (
+            sa.select(consents)
+            .where(consents.c.account_id == account_id)
+            .order_by(consents.c.accepted_at, consents.c.consent_id)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Consent(
+                consent_id=str(r.consent_id),
+                account_id=str(r.account_id),
+                policy_version=int(r.policy_version),
+                purpose=str(r.purpose),
+                accepted_at=epoch(r.accepted_at),
+                client_id=str(r.client_id),
+                channel=str(r.channel),
+                ip_masked=str(r.ip_masked),
+            )
+            for r in rows
+        ]
+
+
+__all__ = ["PRIVACY_POLICY_PURPOSE", "Consent", "ConsentLedger"]
