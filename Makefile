@@ -26,6 +26,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check server clients tests scripts benchmarks
 	$(BIN)/ruff format --check server clients tests scripts benchmarks
 	$(BIN)/buf lint protos
+	$(BIN)/lint-imports
 
 types: $(VENV)/.installed
 	$(BIN)/mypy

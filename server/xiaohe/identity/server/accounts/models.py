@@ -27,6 +27,22 @@ class AccountStatus(StrEnum):
     ACTIVE = "active"
 
 
+class IdentifierTaken(Exception):
+    """An identifier of `kind` (`login_name`, `phone`, ...) already belongs to an account."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"{kind} is already taken")
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class IdentifierKey:
+    """One lookup key: the identifier kind and the blind index of its normalised value."""
+
+    kind: str
+    blind_index: str
+
+
 @dataclass(frozen=True)
 class NewAccount:
     """An account to create: everything but what the store generates (data key, times).
@@ -104,6 +120,8 @@ __all__ = [
     "AccountCredentials",
     "AccountStatus",
     "AccountView",
+    "IdentifierKey",
+    "IdentifierTaken",
     "NewAccount",
     "PersonalData",
     "SubjectType",

@@ -22,6 +22,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from xiaohe.identity.server.accounts.models import IdentifierKey, IdentifierTaken
 from xiaohe.identity.server.storage.database import (
     Database,
     epoch,
@@ -29,22 +30,6 @@ from xiaohe.identity.server.storage.database import (
     utc,
 )
 from xiaohe.identity.server.storage.schema import accounts, identifiers
-
-
-class IdentifierTaken(Exception):
-    """An identifier of `kind` (`login_name`, `phone`, ...) already belongs to an account."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(f"{kind} is already taken")
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class IdentifierKey:
-    """One lookup key: the identifier kind and the blind index of its normalised value."""
-
-    kind: str
-    blind_index: str
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from xiaohe.identity.server.accounts.models import NewAccount, SubjectType
-from xiaohe.identity.server.accounts.repository import IdentifierKey, IdentifierTaken
+from xiaohe.identity.server.accounts.models import (
+    IdentifierKey,
+    IdentifierTaken,
+    NewAccount,
+    SubjectType,
+)
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
