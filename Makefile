@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 PROTO_OUT := clients/python
+# The API is checked for breaking changes against this commit (the one before, by default).
+PROTO_BASE ?= HEAD~1
 
 .PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench clean security-map security-map-check
 
@@ -27,6 +29,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check server clients tests scripts benchmarks
 	$(BIN)/buf lint protos
 	$(BIN)/lint-imports
+	@if git rev-parse -q --verify "$(PROTO_BASE)^{commit}" >/dev/null; then \
+	  $(BIN)/buf breaking protos --against '.git#ref=$(PROTO_BASE),subdir=protos'; fi
 
 types: $(VENV)/.installed
 	$(BIN)/mypy

@@ -106,6 +106,7 @@ def legal_command(**changes: Any) -> RegisterCommand:
 _ACCOUNT_SERVICE_ARGS = frozenset(
     {
         "repository",
+        "uow",
         "cipher",
         "master_keys",
         "blind_index",
@@ -114,7 +115,7 @@ _ACCOUNT_SERVICE_ARGS = frozenset(
         "rewrap_batch_size",
     }
 )
-_SHARED_ARGS = frozenset({"clock"})
+_SHARED_ARGS = frozenset({"clock", "uow"})
 
 
 @dataclass

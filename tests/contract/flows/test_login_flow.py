@@ -284,7 +284,7 @@ async def env(
     sessions = SessionService(
         database,
         SqlSessionRepository(database),
-        ActiveSubjects(accounts_env.service),
+        ActiveSubjects(accounts_env.service, accounts_env.policies),
         AccessTokenIssuer(signing_key, ISSUER, clock, lifetimes.access_ttl),
         AccessTokenValidator(ring.public_keys, ISSUER, clock),
         RevocationList(client, clock, lifetimes.access_ttl),

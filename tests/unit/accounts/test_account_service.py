@@ -305,7 +305,15 @@ def password_policy() -> PasswordPolicy:
 
 
 _ACCOUNT_ARGS = frozenset(
-    {"repository", "cipher", "master_keys", "blind_index", "token_bytes", "rewrap_batch_size"}
+    {
+        "repository",
+        "uow",
+        "cipher",
+        "master_keys",
+        "blind_index",
+        "token_bytes",
+        "rewrap_batch_size",
+    }
 )
 
 
@@ -351,7 +359,7 @@ def make_harness(password_policy: PasswordPolicy, **overrides: Any) -> Harness:
     h.service = RegistrationFlow(
         accounts=h.accounts,
         clock=clock,
-        **{k: v for k, v in kwargs.items() if k not in _ACCOUNT_ARGS},
+        **{k: v for k, v in kwargs.items() if k not in _ACCOUNT_ARGS or k == "uow"},
     )
     return h
 

@@ -92,6 +92,9 @@ EXPECTED_NAMES = {
     "OVERLOADED": "Overloaded",
     "INTERNAL": "Internal",
     "USER_UNAUTHENTICATED": "UserUnauthenticated",
+    "CONSENT_REQUIRED": "ConsentRequired",
+    "CONFLICT": "Conflict",
+    "UNIMPLEMENTED": "Unimplemented",
 }
 
 
@@ -202,7 +205,7 @@ def test_transport_unavailable_without_details_is_unavailable_without_delay() ->
         (grpc.StatusCode.ALREADY_EXISTS, sdk.AlreadyExists),
         (grpc.StatusCode.NOT_FOUND, sdk.NotFound),
         (grpc.StatusCode.FAILED_PRECONDITION, sdk.FailedPrecondition),
-        (grpc.StatusCode.UNIMPLEMENTED, sdk.Internal),
+        (grpc.StatusCode.UNIMPLEMENTED, sdk.Unimplemented),
         (grpc.StatusCode.UNKNOWN, sdk.Internal),
         (grpc.StatusCode.INTERNAL, sdk.Internal),
     ],

@@ -19,6 +19,7 @@ from xiaohe.identity.server.transport.auth import AuthServicer
 from xiaohe.identity.server.transport.codes import CodeServicer
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
+from xiaohe.identity.server.transport.recovery import RecoveryServicer
 from xiaohe.identity.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -30,6 +31,8 @@ from xiaohe.identity.v1 import (
     codes_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    recovery_pb2,
+    recovery_pb2_grpc,
 )
 
 log = logging.getLogger("xiaohe.identity.app")
@@ -39,6 +42,7 @@ SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
+    recovery_pb2.DESCRIPTOR.services_by_name["RecoveryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
@@ -97,10 +101,21 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         server,
     )
     accounts_pb2_grpc.add_AccountServiceServicer_to_server(
-        AccountServicer(container.registration, container.accounts, container.sessions), server
+        AccountServicer(
+            registration=container.registration,
+            passwords=container.passwords,
+            channels=container.channels,
+            phone_change=container.phone_change,
+            accounts=container.accounts,
+            sessions=container.sessions,
+        ),
+        server,
     )
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
-        PrivacyServicer(container.policies), server
+        PrivacyServicer(container.policies, container.consent, container.sessions), server
+    )
+    recovery_pb2_grpc.add_RecoveryServiceServicer_to_server(
+        RecoveryServicer(container.recovery), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(container.clients, container.audit), server

@@ -81,6 +81,10 @@ class Settings:
     # Registrations that reach the login-name check, per end-user IP and per client.
     login_name_checks_per_ip_hour: int = 60
     login_name_checks_per_client_minute: int = 600
+    # Account lifecycle.
+    phone_change_cooling_off_seconds: int = 86400
+    recovery_per_phone_day: int = 5
+    recovery_per_ip_hour: int = 20
 
     # Delivery.
     sms_provider: str = "file"
@@ -250,6 +254,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
     if not 1024 <= s.max_message_bytes <= 4 * 1024 * 1024:
         raise SettingsError(f"{ENV_PREFIX}MAX_MESSAGE_BYTES: between 1024 and 4194304")
+    if s.phone_change_cooling_off_seconds < 0:
+        raise SettingsError(f"{ENV_PREFIX}PHONE_CHANGE_COOLING_OFF_SECONDS: must not be negative")
+    if s.recovery_per_phone_day < 1 or s.recovery_per_ip_hour < 1:
+        raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
     if not 0 < s.redis_op_timeout_seconds <= 30:

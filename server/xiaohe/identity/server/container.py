@@ -26,6 +26,7 @@ from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle
 from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.credentials.reauth import PasswordCheck
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
@@ -39,8 +40,13 @@ from xiaohe.identity.server.delivery.providers import (
     SmtpProvider,
 )
 from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
+from xiaohe.identity.server.flows.consent import ConsentFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
+from xiaohe.identity.server.flows.passwords import PasswordFlow
+from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
+from xiaohe.identity.server.flows.recovery import RecoveryFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
@@ -230,6 +236,7 @@ class Container:
         """Accounts, identifiers and encrypted personal data."""
         return AccountService(
             repository=SqlAccountRepository(self.database),
+            uow=self.database,
             cipher=self.cipher,
             master_keys=self.keyring,
             blind_index=self.blind_index,
@@ -277,6 +284,53 @@ class Container:
         )
 
     @cached_property
+    def consent(self) -> ConsentFlow:
+        """Accepting the current privacy policy."""
+        return ConsentFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            policies=self.policies,
+            consents=self.consents,
+            clock=self.clock,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def passwords(self) -> PasswordFlow:
+        """Changing and resetting passwords."""
+        return PasswordFlow()
+
+    @cached_property
+    def channels(self) -> ChannelFlow:
+        """Binding phones and emails."""
+        return ChannelFlow()
+
+    @cached_property
+    def phone_change(self) -> PhoneChangeFlow:
+        """Changing the bound phone."""
+        return PhoneChangeFlow()
+
+    @cached_property
+    def recovery(self) -> RecoveryFlow:
+        """Account recovery."""
+        return RecoveryFlow()
+
+    @cached_property
+    def password_check(self) -> PasswordCheck:
+        """Re-authentication by password under the login throttle."""
+        return PasswordCheck(self.hasher, self.throttle)
+
+    @cached_property
+    def throttle(self) -> LoginThrottle:
+        """Brute-force counters of password checks (login and re-authentication)."""
+        return LoginThrottle(
+            self.redis,
+            self.clock,
+            lockout_policy(self.settings),
+            ip_key=self.keyring.code_hmac_key,
+        )
+
+    @cached_property
     def revocations(self) -> RevocationList:
         """This worker's in-memory view of revoked sessions, fed from Redis."""
         s = self.settings
@@ -300,7 +354,7 @@ class Container:
         return SessionService(
             self.database,
             SqlSessionRepository(self.database),
-            ActiveSubjects(self.accounts),
+            ActiveSubjects(self.accounts, self.policies),
             AccessTokenIssuer(signing_key, s.token_issuer, self.clock, s.access_token_ttl_seconds),
             AccessTokenValidator(
                 ring.public_keys, s.token_issuer, self.clock, s.token_leeway_seconds
@@ -322,12 +376,7 @@ class Container:
             sessions=self.sessions,
             tickets=self.tickets,
             hasher=self.hasher,
-            throttle=LoginThrottle(
-                self.redis,
-                self.clock,
-                lockout_policy(self.settings),
-                ip_key=self.keyring.code_hmac_key,
-            ),
+            throttle=self.throttle,
             policies=self.policies,
             clock=self.clock,
             audit=self.audit,

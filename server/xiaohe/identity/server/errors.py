@@ -166,3 +166,26 @@ class FailedPrecondition(IdentityError):
     def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
         self.violations = violations or []
         super().__init__(message)
+
+
+class ConsentRequired(IdentityError):
+    """The session is restricted until the user accepts the current privacy policy."""
+
+    reason = "CONSENT_REQUIRED"
+
+    def __init__(
+        self, message: str = "accept the current privacy policy first (PrivacyService.AcceptPolicy)"
+    ) -> None:
+        super().__init__(message)
+
+
+class Conflict(IdentityError):
+    """A concurrent change of the same thing won; the caller may read again and retry."""
+
+    reason = "CONFLICT"
+
+
+class Unimplemented(IdentityError):
+    """A declared part of the API that this server does not serve yet."""
+
+    reason = "UNIMPLEMENTED"

@@ -31,6 +31,8 @@ from xiaohe.identity.v1 import (
     common_pb2,
     privacy_pb2,
     privacy_pb2_grpc,
+    recovery_pb2,
+    recovery_pb2_grpc,
 )
 from xiaohe.identity.v1.auth_pb2 import NextStep
 from xiaohe.identity.v1.common_pb2 import Channel, IdentifierKind, IdType, Purpose, SubjectType
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from xiaohe.identity.v1.auth_pb2_grpc import AuthServiceAsyncStub
     from xiaohe.identity.v1.codes_pb2_grpc import CodeServiceAsyncStub
     from xiaohe.identity.v1.privacy_pb2_grpc import PrivacyServiceAsyncStub
+    from xiaohe.identity.v1.recovery_pb2_grpc import RecoveryServiceAsyncStub
 
 __all__ = [
     "Channel",
@@ -103,6 +106,7 @@ class _Stubs:
     auth: AuthServiceAsyncStub
     accounts: AccountServiceAsyncStub
     privacy: PrivacyServiceAsyncStub
+    recovery: RecoveryServiceAsyncStub
     admin: AdminServiceAsyncStub
 
 
@@ -190,6 +194,7 @@ class IdentityClient:
                 auth=auth_pb2_grpc.AuthServiceStub(channel),
                 accounts=accounts_pb2_grpc.AccountServiceStub(channel),
                 privacy=privacy_pb2_grpc.PrivacyServiceStub(channel),
+                recovery=recovery_pb2_grpc.RecoveryServiceStub(channel),
                 admin=admin_pb2_grpc.AdminServiceStub(channel),
             )
         return self._stubs
@@ -448,6 +453,132 @@ class IdentityClient:
             access_token=access_token,
         )
 
+    async def change_password(
+        self,
+        access_token: str,
+        current_password: str,
+        new_password: str,
+        *,
+        end_other_sessions: bool = True,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.ChangePasswordResponse:
+        """Change the signed-in user's password (ending their other sessions by default)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.ChangePassword,
+            accounts_pb2.ChangePasswordRequest(
+                current_password=current_password,
+                new_password=new_password,
+                end_other_sessions=end_other_sessions,
+            ),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def reset_password(
+        self,
+        identifier: str,
+        ticket: str,
+        new_password: str,
+        *,
+        identifier_kind: int = 0,
+        real_name: str = "",
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.ResetPasswordResponse:
+        """Set a new password with a RESET_PASSWORD ticket or a recovery grant."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.ResetPassword,
+            accounts_pb2.ResetPasswordRequest(
+                identifier=identifier,
+                identifier_kind=common_pb2.IdentifierKind.ValueType(identifier_kind),
+                ticket=ticket,
+                new_password=new_password,
+                real_name=real_name,
+            ),
+            end_user=end_user,
+        )
+
+    async def bind_phone(
+        self,
+        login_name: str,
+        password: str,
+        phone: str,
+        phone_ticket: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.BindPhoneResponse:
+        """Bind a first phone to an account (login name, password, BIND_PHONE ticket)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.BindPhone,
+            accounts_pb2.BindPhoneRequest(
+                login_name=login_name, password=password, phone=phone, phone_ticket=phone_ticket
+            ),
+            end_user=end_user,
+        )
+
+    async def bind_email(
+        self,
+        access_token: str,
+        email: str,
+        email_ticket: str,
+        *,
+        current_email_ticket: str = "",
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.BindEmailResponse:
+        """Bind an email to the signed-in user's account (or replace the bound one)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.BindEmail,
+            accounts_pb2.BindEmailRequest(
+                email=email, email_ticket=email_ticket, current_email_ticket=current_email_ticket
+            ),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def unbind_email(
+        self,
+        access_token: str,
+        password: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.UnbindEmailResponse:
+        """Remove the signed-in user's email (the current password is required)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.UnbindEmail,
+            accounts_pb2.UnbindEmailRequest(password=password),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def change_phone(
+        self,
+        request: accounts_pb2.ChangePhoneRequest,
+        *,
+        access_token: str | None = None,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.ChangePhoneResponse:
+        """Change the bound phone; signed in (`access_token`) or by identifier in `request`."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.ChangePhone, request, end_user=end_user, access_token=access_token
+        )
+
+    # RecoveryService
+
+    async def recover_account(
+        self,
+        request: recovery_pb2.RecoverAccountRequest,
+        *,
+        end_user: EndUser | None = None,
+    ) -> recovery_pb2.RecoverAccountResponse:
+        """Find an account from identity details and a RECOVER_ACCOUNT phone ticket."""
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.recovery.RecoverAccount, request, end_user=end_user)
+
     # PrivacyService
 
     async def get_policy(
@@ -462,6 +593,22 @@ class IdentityClient:
             stubs.privacy.GetPolicy,
             privacy_pb2.GetPolicyRequest(version=version),
             end_user=end_user,
+        )
+
+    async def accept_policy(
+        self,
+        access_token: str,
+        version: int,
+        *,
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.AcceptPolicyResponse:
+        """Accept the current privacy policy; refresh the session afterwards."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.privacy.AcceptPolicy,
+            privacy_pb2.AcceptPolicyRequest(version=version),
+            end_user=end_user,
+            access_token=access_token,
         )
 
     # AdminService

@@ -194,6 +194,27 @@ class UserUnauthenticated(IdentityError):
     DEFAULT_CODE = grpc.StatusCode.UNAUTHENTICATED
 
 
+class ConsentRequired(FailedPrecondition):
+    """The session is restricted until the user accepts the current privacy policy."""
+
+    REASON = "CONSENT_REQUIRED"
+    DEFAULT_CODE = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Conflict(IdentityError):
+    """A concurrent change of the same thing won; read again and retry."""
+
+    REASON = "CONFLICT"
+    DEFAULT_CODE = grpc.StatusCode.ABORTED
+
+
+class Unimplemented(IdentityError):
+    """The server does not serve this part of the API yet (e.g. manual review)."""
+
+    REASON = "UNIMPLEMENTED"
+    DEFAULT_CODE = grpc.StatusCode.UNIMPLEMENTED
+
+
 ERROR_CLASSES: Mapping[str, type[IdentityError]] = MappingProxyType(
     {
         cls.REASON: cls
@@ -213,6 +234,9 @@ ERROR_CLASSES: Mapping[str, type[IdentityError]] = MappingProxyType(
             Overloaded,
             Internal,
             UserUnauthenticated,
+            ConsentRequired,
+            Conflict,
+            Unimplemented,
         )
     }
 )
@@ -232,6 +256,7 @@ _BY_CODE: Mapping[grpc.StatusCode, type[IdentityError]] = MappingProxyType(
         grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
         grpc.StatusCode.NOT_FOUND: NotFound,
         grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+        grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     }
 )
 """Status code -> class, for statuses without our ErrorInfo; anything else is Internal."""

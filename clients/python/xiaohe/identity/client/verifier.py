@@ -52,8 +52,10 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         min_refetch_interval: float = 30.0,
         cache_size: int = 10000,
+        allow_restricted: bool = False,
     ) -> None:
         self._fetch_jwks = fetch_jwks
+        self._allow_restricted = allow_restricted
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
@@ -95,7 +97,7 @@ class TokenVerifier:
                 del self._claims[token]
                 raise InvalidToken("expired")
             self._claims.move_to_end(token)
-            return cached
+            return self._unrestricted(cached)
         claims = decode_verified(
             token,
             self._keys,
@@ -110,6 +112,18 @@ class TokenVerifier:
                 # Least recently used first; expired entries age out the same way.
                 self._claims.popitem(last=False)
             self._claims[token] = claims
+        return self._unrestricted(claims)
+
+    def _unrestricted(self, claims: Claims) -> Claims:
+        """The claims, unless their session is restricted and restricted ones are refused.
+
+        A session restricted for consent (the user has not accepted the current
+        privacy policy) may only be used to accept it, so a business system refuses
+        its tokens (`InvalidToken("restricted")`) unless built with
+        `allow_restricted=True`.
+        """
+        if claims.restriction and not self._allow_restricted:
+            raise InvalidToken("restricted")
         return claims
 
     async def refresh_keys(self) -> None:

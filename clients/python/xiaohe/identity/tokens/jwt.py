@@ -45,6 +45,7 @@ Reason = Literal[
     "wrong_audience",
     "wrong_type",
     "wrong_issuer",
+    "restricted",
 ]
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -85,6 +86,9 @@ class Claims:
     subject_type: str
     rn_level: int
     raw: Mapping[str, object] = field(compare=False, hash=False, repr=False)
+    restriction: str = ""
+    """Why the session is restricted (`consent`: the user must accept the current privacy
+    policy first); "" for a normal session. Restricted tokens are refused by default."""
 
 
 def _b64encode(data: bytes) -> str:
@@ -272,8 +276,10 @@ def _claims(
     amr = payload.get("amr")
     subject_type = payload.get("subject_type")
     rn_level = payload.get("rn_level")
+    restriction = payload.get("restriction", "")
     if not (
-        isinstance(iss, str)
+        isinstance(restriction, str)
+        and isinstance(iss, str)
         and isinstance(sub, str)
         and isinstance(sid, str)
         and isinstance(amr, list)
@@ -293,6 +299,7 @@ def _claims(
         subject_type=subject_type,
         rn_level=rn_level,
         raw=MappingProxyType(payload),
+        restriction=restriction,
     )
 
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from xiaohe.identity.v1 import common_pb2 as xiaohe_dot_identity_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!xiaohe/identity/v1/accounts.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fxiaohe/identity/v1/common.proto\"d\n\x14NaturalPersonProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x07id_type\x18\x02 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12\x11\n\tid_number\x18\x03 \x01(\t\"=\n\x12LegalPersonProfile\x12\x19\n\x11organization_name\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\"\xc3\x02\n\x0fRegisterRequest\x12\x35\n\x0csubject_type\x18\x01 \x01(\x0e\x32\x1f.xiaohe.identity.v1.SubjectType\x12\x12\n\nlogin_name\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x14\n\x0cphone_ticket\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x1f\n\x17\x61\x63\x63\x65pted_policy_version\x18\x06 \x01(\x05\x12\x42\n\x0enatural_person\x18\x07 \x01(\x0b\x32(.xiaohe.identity.v1.NaturalPersonProfileH\x00\x12>\n\x0clegal_person\x18\x08 \x01(\x0b\x32&.xiaohe.identity.v1.LegalPersonProfileH\x00\x42\t\n\x07profile\"&\n\x10RegisterResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xfe\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x35\n\x0csubject_type\x18\x02 \x01(\x0e\x32\x1f.xiaohe.identity.v1.SubjectType\x12\x12\n\nlogin_name\x18\x03 \x01(\t\x12\x14\n\x0cphone_masked\x18\x04 \x01(\t\x12\x14\n\x0c\x65mail_masked\x18\x05 \x01(\t\x12\x1f\n\x17\x61\x63\x63\x65pted_policy_version\x18\x06 \x01(\x05\x12\x17\n\x0freal_name_level\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11GetAccountRequest\"B\n\x12GetAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Account\"\xd1\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61uth_methods\x18\x04 \x03(\t\x12\x11\n\tip_masked\x18\x05 \x01(\t\x12\x12\n\nuser_agent\x18\x06 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x07 \x01(\x08\"\x15\n\x13ListSessionsRequest\"I\n\x14ListSessionsResponse\x12\x31\n\x08sessions\x18\x01 \x03(\x0b\x32\x1f.xiaohe.identity.v1.SessionInfo\"*\n\x14RevokeSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15RevokeSessionResponse2\x8d\x03\n\x0e\x41\x63\x63ountService\x12U\n\x08Register\x12#.xiaohe.identity.v1.RegisterRequest\x1a$.xiaohe.identity.v1.RegisterResponse\x12[\n\nGetAccount\x12%.xiaohe.identity.v1.GetAccountRequest\x1a&.xiaohe.identity.v1.GetAccountResponse\x12\x61\n\x0cListSessions\x12\'.xiaohe.identity.v1.ListSessionsRequest\x1a(.xiaohe.identity.v1.ListSessionsResponse\x12\x64\n\rRevokeSession\x12(.xiaohe.identity.v1.RevokeSessionRequest\x1a).xiaohe.identity.v1.RevokeSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!xiaohe/identity/v1/accounts.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fxiaohe/identity/v1/common.proto\"d\n\x14NaturalPersonProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x07id_type\x18\x02 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12\x11\n\tid_number\x18\x03 \x01(\t\"\xbe\x02\n\x12LegalPersonProfile\x12\x19\n\x11organization_name\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12?\n\x11organization_type\x18\x03 \x01(\x0e\x32$.xiaohe.identity.v1.OrganizationType\x12\x43\n\x13representative_type\x18\x04 \x01(\x0e\x32&.xiaohe.identity.v1.RepresentativeType\x12\x1b\n\x13representative_name\x18\x05 \x01(\t\x12:\n\x16representative_id_type\x18\x06 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12 \n\x18representative_id_number\x18\x07 \x01(\t\"\xc3\x02\n\x0fRegisterRequest\x12\x35\n\x0csubject_type\x18\x01 \x01(\x0e\x32\x1f.xiaohe.identity.v1.SubjectType\x12\x12\n\nlogin_name\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x14\n\x0cphone_ticket\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x1f\n\x17\x61\x63\x63\x65pted_policy_version\x18\x06 \x01(\x05\x12\x42\n\x0enatural_person\x18\x07 \x01(\x0b\x32(.xiaohe.identity.v1.NaturalPersonProfileH\x00\x12>\n\x0clegal_person\x18\x08 \x01(\x0b\x32&.xiaohe.identity.v1.LegalPersonProfileH\x00\x42\t\n\x07profile\"&\n\x10RegisterResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xfe\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x35\n\x0csubject_type\x18\x02 \x01(\x0e\x32\x1f.xiaohe.identity.v1.SubjectType\x12\x12\n\nlogin_name\x18\x03 \x01(\t\x12\x14\n\x0cphone_masked\x18\x04 \x01(\t\x12\x14\n\x0c\x65mail_masked\x18\x05 \x01(\t\x12\x1f\n\x17\x61\x63\x63\x65pted_policy_version\x18\x06 \x01(\x05\x12\x17\n\x0freal_name_level\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11GetAccountRequest\"B\n\x12GetAccountResponse\x12,\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Account\"\xd1\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61uth_methods\x18\x04 \x03(\t\x12\x11\n\tip_masked\x18\x05 \x01(\t\x12\x12\n\nuser_agent\x18\x06 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x07 \x01(\x08\"\x15\n\x13ListSessionsRequest\"I\n\x14ListSessionsResponse\x12\x31\n\x08sessions\x18\x01 \x03(\x0b\x32\x1f.xiaohe.identity.v1.SessionInfo\"*\n\x14RevokeSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15RevokeSessionResponse\"c\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\x12\x1a\n\x12\x65nd_other_sessions\x18\x03 \x01(\x08\"0\n\x16\x43hangePasswordResponse\x12\x16\n\x0esessions_ended\x18\x01 \x01(\x05\"\xa0\x01\n\x14ResetPasswordRequest\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12;\n\x0fidentifier_kind\x18\x02 \x01(\x0e\x32\".xiaohe.identity.v1.IdentifierKind\x12\x0e\n\x06ticket\x18\x03 \x01(\t\x12\x14\n\x0cnew_password\x18\x04 \x01(\t\x12\x11\n\treal_name\x18\x05 \x01(\t\"\x17\n\x15ResetPasswordResponse\"]\n\x10\x42indPhoneRequest\x12\x12\n\nlogin_name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x14\n\x0cphone_ticket\x18\x04 \x01(\t\")\n\x11\x42indPhoneResponse\x12\x14\n\x0cphone_masked\x18\x01 \x01(\t\"U\n\x10\x42indEmailRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x14\n\x0c\x65mail_ticket\x18\x02 \x01(\t\x12\x1c\n\x14\x63urrent_email_ticket\x18\x03 \x01(\t\")\n\x11\x42indEmailResponse\x12\x14\n\x0c\x65mail_masked\x18\x01 \x01(\t\"&\n\x12UnbindEmailRequest\x12\x10\n\x08password\x18\x01 \x01(\t\"\x15\n\x13UnbindEmailResponse\"\x8f\x02\n\x12\x43hangePhoneRequest\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12;\n\x0fidentifier_kind\x18\x02 \x01(\x0e\x32\".xiaohe.identity.v1.IdentifierKind\x12\x11\n\tnew_phone\x18\x03 \x01(\t\x12\x18\n\x10new_phone_ticket\x18\x04 \x01(\t\x12\x1a\n\x10old_phone_ticket\x18\x05 \x01(\tH\x00\x12\x16\n\x0c\x65mail_ticket\x18\x06 \x01(\tH\x00\x12>\n\rmanual_review\x18\x07 \x01(\x0b\x32%.xiaohe.identity.v1.ManualReviewProofH\x00\x42\x07\n\x05proof\"C\n\x13\x43hangePhoneResponse\x12\x14\n\x0cphone_masked\x18\x01 \x01(\t\x12\x16\n\x0esessions_ended\x18\x02 \x01(\x05\x32\xd0\x07\n\x0e\x41\x63\x63ountService\x12U\n\x08Register\x12#.xiaohe.identity.v1.RegisterRequest\x1a$.xiaohe.identity.v1.RegisterResponse\x12[\n\nGetAccount\x12%.xiaohe.identity.v1.GetAccountRequest\x1a&.xiaohe.identity.v1.GetAccountResponse\x12\x61\n\x0cListSessions\x12\'.xiaohe.identity.v1.ListSessionsRequest\x1a(.xiaohe.identity.v1.ListSessionsResponse\x12\x64\n\rRevokeSession\x12(.xiaohe.identity.v1.RevokeSessionRequest\x1a).xiaohe.identity.v1.RevokeSessionResponse\x12g\n\x0e\x43hangePassword\x12).xiaohe.identity.v1.ChangePasswordRequest\x1a*.xiaohe.identity.v1.ChangePasswordResponse\x12\x64\n\rResetPassword\x12(.xiaohe.identity.v1.ResetPasswordRequest\x1a).xiaohe.identity.v1.ResetPasswordResponse\x12X\n\tBindPhone\x12$.xiaohe.identity.v1.BindPhoneRequest\x1a%.xiaohe.identity.v1.BindPhoneResponse\x12X\n\tBindEmail\x12$.xiaohe.identity.v1.BindEmailRequest\x1a%.xiaohe.identity.v1.BindEmailResponse\x12^\n\x0bUnbindEmail\x12&.xiaohe.identity.v1.UnbindEmailRequest\x1a\'.xiaohe.identity.v1.UnbindEmailResponse\x12^\n\x0b\x43hangePhone\x12&.xiaohe.identity.v1.ChangePhoneRequest\x1a\'.xiaohe.identity.v1.ChangePhoneResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NATURALPERSONPROFILE']._serialized_start=123
   _globals['_NATURALPERSONPROFILE']._serialized_end=223
-  _globals['_LEGALPERSONPROFILE']._serialized_start=225
-  _globals['_LEGALPERSONPROFILE']._serialized_end=286
-  _globals['_REGISTERREQUEST']._serialized_start=289
-  _globals['_REGISTERREQUEST']._serialized_end=612
-  _globals['_REGISTERRESPONSE']._serialized_start=614
-  _globals['_REGISTERRESPONSE']._serialized_end=652
-  _globals['_ACCOUNT']._serialized_start=655
-  _globals['_ACCOUNT']._serialized_end=909
-  _globals['_GETACCOUNTREQUEST']._serialized_start=911
-  _globals['_GETACCOUNTREQUEST']._serialized_end=930
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=932
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=998
-  _globals['_SESSIONINFO']._serialized_start=1001
-  _globals['_SESSIONINFO']._serialized_end=1210
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1212
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1233
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1235
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1308
-  _globals['_REVOKESESSIONREQUEST']._serialized_start=1310
-  _globals['_REVOKESESSIONREQUEST']._serialized_end=1352
-  _globals['_REVOKESESSIONRESPONSE']._serialized_start=1354
-  _globals['_REVOKESESSIONRESPONSE']._serialized_end=1377
-  _globals['_ACCOUNTSERVICE']._serialized_start=1380
-  _globals['_ACCOUNTSERVICE']._serialized_end=1777
+  _globals['_LEGALPERSONPROFILE']._serialized_start=226
+  _globals['_LEGALPERSONPROFILE']._serialized_end=544
+  _globals['_REGISTERREQUEST']._serialized_start=547
+  _globals['_REGISTERREQUEST']._serialized_end=870
+  _globals['_REGISTERRESPONSE']._serialized_start=872
+  _globals['_REGISTERRESPONSE']._serialized_end=910
+  _globals['_ACCOUNT']._serialized_start=913
+  _globals['_ACCOUNT']._serialized_end=1167
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1169
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1188
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=1190
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=1256
+  _globals['_SESSIONINFO']._serialized_start=1259
+  _globals['_SESSIONINFO']._serialized_end=1468
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1470
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1491
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1493
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1566
+  _globals['_REVOKESESSIONREQUEST']._serialized_start=1568
+  _globals['_REVOKESESSIONREQUEST']._serialized_end=1610
+  _globals['_REVOKESESSIONRESPONSE']._serialized_start=1612
+  _globals['_REVOKESESSIONRESPONSE']._serialized_end=1635
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1637
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1736
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1738
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1786
+  _globals['_RESETPASSWORDREQUEST']._serialized_start=1789
+  _globals['_RESETPASSWORDREQUEST']._serialized_end=1949
+  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1951
+  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1974
+  _globals['_BINDPHONEREQUEST']._serialized_start=1976
+  _globals['_BINDPHONEREQUEST']._serialized_end=2069
+  _globals['_BINDPHONERESPONSE']._serialized_start=2071
+  _globals['_BINDPHONERESPONSE']._serialized_end=2112
+  _globals['_BINDEMAILREQUEST']._serialized_start=2114
+  _globals['_BINDEMAILREQUEST']._serialized_end=2199
+  _globals['_BINDEMAILRESPONSE']._serialized_start=2201
+  _globals['_BINDEMAILRESPONSE']._serialized_end=2242
+  _globals['_UNBINDEMAILREQUEST']._serialized_start=2244
+  _globals['_UNBINDEMAILREQUEST']._serialized_end=2282
+  _globals['_UNBINDEMAILRESPONSE']._serialized_start=2284
+  _globals['_UNBINDEMAILRESPONSE']._serialized_end=2305
+  _globals['_CHANGEPHONEREQUEST']._serialized_start=2308
+  _globals['_CHANGEPHONEREQUEST']._serialized_end=2579
+  _globals['_CHANGEPHONERESPONSE']._serialized_start=2581
+  _globals['_CHANGEPHONERESPONSE']._serialized_end=2648
+  _globals['_ACCOUNTSERVICE']._serialized_start=2651
+  _globals['_ACCOUNTSERVICE']._serialized_end=3627
 # @@protoc_insertion_point(module_scope)

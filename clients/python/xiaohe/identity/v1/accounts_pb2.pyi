@@ -52,18 +52,34 @@ class LegalPersonProfile(_message.Message):
 
     ORGANIZATION_NAME_FIELD_NUMBER: _builtins.int
     USCC_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_TYPE_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_TYPE_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_NAME_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_ID_TYPE_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_ID_NUMBER_FIELD_NUMBER: _builtins.int
     organization_name: _builtins.str
     uscc: _builtins.str
     """Unified social credit code (统一社会信用代码, GB 32100)."""
+    organization_type: _common_pb2.OrganizationType.ValueType
+    """Optional: what account recovery can later match (privacy policy 一.3, 一.5)."""
+    representative_type: _common_pb2.RepresentativeType.ValueType
+    representative_name: _builtins.str
+    representative_id_type: _common_pb2.IdType.ValueType
+    representative_id_number: _builtins.str
     def __init__(
         self,
         *,
         organization_name: _builtins.str = ...,
         uscc: _builtins.str = ...,
+        organization_type: _common_pb2.OrganizationType.ValueType = ...,
+        representative_type: _common_pb2.RepresentativeType.ValueType = ...,
+        representative_name: _builtins.str = ...,
+        representative_id_type: _common_pb2.IdType.ValueType = ...,
+        representative_id_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_name", b"organization_name", "uscc", b"uscc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_name", b"organization_name", "organization_type", b"organization_type", "representative_id_number", b"representative_id_number", "representative_id_type", b"representative_id_type", "representative_name", b"representative_name", "representative_type", b"representative_type", "uscc", b"uscc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,3 +336,302 @@ class RevokeSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeSessionResponse: _TypeAlias = RevokeSessionResponse  # noqa: Y015
+
+@_typing.final
+class ChangePasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    END_OTHER_SESSIONS_FIELD_NUMBER: _builtins.int
+    current_password: _builtins.str
+    new_password: _builtins.str
+    end_other_sessions: _builtins.bool
+    """End every other session of the account (the calling one stays signed in)."""
+    def __init__(
+        self,
+        *,
+        current_password: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+        end_other_sessions: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "end_other_sessions", b"end_other_sessions", "new_password", b"new_password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordRequest: _TypeAlias = ChangePasswordRequest  # noqa: Y015
+
+@_typing.final
+class ChangePasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_ENDED_FIELD_NUMBER: _builtins.int
+    sessions_ended: _builtins.int
+    def __init__(
+        self,
+        *,
+        sessions_ended: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions_ended", b"sessions_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordResponse: _TypeAlias = ChangePasswordResponse  # noqa: Y015
+
+@_typing.final
+class ResetPasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_KIND_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    REAL_NAME_FIELD_NUMBER: _builtins.int
+    identifier: _builtins.str
+    """Login name, phone, USCC, ID number or email of the account."""
+    identifier_kind: _common_pb2.IdentifierKind.ValueType
+    """Optional; classified by shape when unspecified."""
+    ticket: _builtins.str
+    """A RESET_PASSWORD ticket (SMS or email) for a channel bound to the account, or the
+    reset grant from RecoveryService.RecoverAccount.
+    """
+    new_password: _builtins.str
+    real_name: _builtins.str
+    """Required when the account is a real-name verified natural person (privacy policy 一.2)."""
+    def __init__(
+        self,
+        *,
+        identifier: _builtins.str = ...,
+        identifier_kind: _common_pb2.IdentifierKind.ValueType = ...,
+        ticket: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+        real_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifier", b"identifier", "identifier_kind", b"identifier_kind", "new_password", b"new_password", "real_name", b"real_name", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetPasswordRequest: _TypeAlias = ResetPasswordRequest  # noqa: Y015
+
+@_typing.final
+class ResetPasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetPasswordResponse: _TypeAlias = ResetPasswordResponse  # noqa: Y015
+
+@_typing.final
+class BindPhoneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGIN_NAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    PHONE_TICKET_FIELD_NUMBER: _builtins.int
+    login_name: _builtins.str
+    password: _builtins.str
+    phone: _builtins.str
+    phone_ticket: _builtins.str
+    """Ticket from VerifyCode (SMS, BIND_PHONE) for the phone above."""
+    def __init__(
+        self,
+        *,
+        login_name: _builtins.str = ...,
+        password: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        phone_ticket: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["login_name", b"login_name", "password", b"password", "phone", b"phone", "phone_ticket", b"phone_ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindPhoneRequest: _TypeAlias = BindPhoneRequest  # noqa: Y015
+
+@_typing.final
+class BindPhoneResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_MASKED_FIELD_NUMBER: _builtins.int
+    phone_masked: _builtins.str
+    """The bound phone, masked."""
+    def __init__(
+        self,
+        *,
+        phone_masked: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone_masked", b"phone_masked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindPhoneResponse: _TypeAlias = BindPhoneResponse  # noqa: Y015
+
+@_typing.final
+class BindEmailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    EMAIL_TICKET_FIELD_NUMBER: _builtins.int
+    CURRENT_EMAIL_TICKET_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    email_ticket: _builtins.str
+    """Ticket from VerifyCode (EMAIL, BIND_EMAIL) for the email above."""
+    current_email_ticket: _builtins.str
+    """When an email is bound already: a BIND_EMAIL ticket for that (current) email."""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        email_ticket: _builtins.str = ...,
+        current_email_ticket: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_email_ticket", b"current_email_ticket", "email", b"email", "email_ticket", b"email_ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindEmailRequest: _TypeAlias = BindEmailRequest  # noqa: Y015
+
+@_typing.final
+class BindEmailResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_MASKED_FIELD_NUMBER: _builtins.int
+    email_masked: _builtins.str
+    """The bound email, masked."""
+    def __init__(
+        self,
+        *,
+        email_masked: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email_masked", b"email_masked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindEmailResponse: _TypeAlias = BindEmailResponse  # noqa: Y015
+
+@_typing.final
+class UnbindEmailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    password: _builtins.str
+    def __init__(
+        self,
+        *,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnbindEmailRequest: _TypeAlias = UnbindEmailRequest  # noqa: Y015
+
+@_typing.final
+class UnbindEmailResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnbindEmailResponse: _TypeAlias = UnbindEmailResponse  # noqa: Y015
+
+@_typing.final
+class ChangePhoneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_KIND_FIELD_NUMBER: _builtins.int
+    NEW_PHONE_FIELD_NUMBER: _builtins.int
+    NEW_PHONE_TICKET_FIELD_NUMBER: _builtins.int
+    OLD_PHONE_TICKET_FIELD_NUMBER: _builtins.int
+    EMAIL_TICKET_FIELD_NUMBER: _builtins.int
+    MANUAL_REVIEW_FIELD_NUMBER: _builtins.int
+    identifier: _builtins.str
+    """The account: login name, USCC or ID number (privacy policy 一.6). A signed-in caller
+    (authorization: Bearer) may leave it empty.
+    """
+    identifier_kind: _common_pb2.IdentifierKind.ValueType
+    """Optional; classified by shape when unspecified."""
+    new_phone: _builtins.str
+    new_phone_ticket: _builtins.str
+    """Ticket from VerifyCode (SMS, BIND_PHONE) for the new phone."""
+    old_phone_ticket: _builtins.str
+    """Ticket from VerifyCode (SMS, CHANGE_PHONE) for the bound phone."""
+    email_ticket: _builtins.str
+    """Ticket from VerifyCode (EMAIL, CHANGE_PHONE) for the bound email."""
+    @_builtins.property
+    def manual_review(self) -> _common_pb2.ManualReviewProof:
+        """Manual review with identity documents: UNIMPLEMENTED for now."""
+
+    def __init__(
+        self,
+        *,
+        identifier: _builtins.str = ...,
+        identifier_kind: _common_pb2.IdentifierKind.ValueType = ...,
+        new_phone: _builtins.str = ...,
+        new_phone_ticket: _builtins.str = ...,
+        old_phone_ticket: _builtins.str = ...,
+        email_ticket: _builtins.str = ...,
+        manual_review: _common_pb2.ManualReviewProof | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["email_ticket", b"email_ticket", "manual_review", b"manual_review", "old_phone_ticket", b"old_phone_ticket", "proof", b"proof"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email_ticket", b"email_ticket", "identifier", b"identifier", "identifier_kind", b"identifier_kind", "manual_review", b"manual_review", "new_phone", b"new_phone", "new_phone_ticket", b"new_phone_ticket", "old_phone_ticket", b"old_phone_ticket", "proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_proof: _TypeAlias = _typing.Literal["old_phone_ticket", "email_ticket", "manual_review"]  # noqa: Y015
+    _WhichOneofArgType_proof: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_proof) -> _WhichOneofReturnType_proof | None: ...
+
+Global___ChangePhoneRequest: _TypeAlias = ChangePhoneRequest  # noqa: Y015
+
+@_typing.final
+class ChangePhoneResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_MASKED_FIELD_NUMBER: _builtins.int
+    SESSIONS_ENDED_FIELD_NUMBER: _builtins.int
+    phone_masked: _builtins.str
+    """The new phone, masked."""
+    sessions_ended: _builtins.int
+    def __init__(
+        self,
+        *,
+        phone_masked: _builtins.str = ...,
+        sessions_ended: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone_masked", b"phone_masked", "sessions_ended", b"sessions_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePhoneResponse: _TypeAlias = ChangePhoneResponse  # noqa: Y015

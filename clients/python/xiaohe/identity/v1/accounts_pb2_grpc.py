@@ -55,6 +55,36 @@ class AccountServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.RevokeSessionRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.RevokeSessionResponse.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/ChangePassword',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/ResetPassword',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
+        self.BindPhone = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/BindPhone',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindPhoneRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindPhoneResponse.FromString,
+                _registered_method=True)
+        self.BindEmail = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/BindEmail',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindEmailRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindEmailResponse.FromString,
+                _registered_method=True)
+        self.UnbindEmail = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/UnbindEmail',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.UnbindEmailRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.UnbindEmailResponse.FromString,
+                _registered_method=True)
+        self.ChangePhone = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/ChangePhone',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -89,6 +119,48 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """Changes the signed-in user's password; the current password is required.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """Sets a new password with a RESET_PASSWORD ticket or a recovery grant; every session ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindPhone(self, request, context):
+        """Binds a phone to an account that has none: login name, password and a BIND_PHONE ticket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindEmail(self, request, context):
+        """Binds an email to the signed-in user's account, or replaces the bound one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbindEmail(self, request, context):
+        """Removes the signed-in user's email; the current password is required.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePhone(self, request, context):
+        """Changes the bound phone, proven by the old phone, the bound email or manual review.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +183,36 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.RevokeSession,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.RevokeSessionRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.RevokeSessionResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'BindPhone': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindPhone,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindPhoneRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindPhoneResponse.SerializeToString,
+            ),
+            'BindEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindEmail,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindEmailRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindEmailResponse.SerializeToString,
+            ),
+            'UnbindEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbindEmail,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.UnbindEmailRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.UnbindEmailResponse.SerializeToString,
+            ),
+            'ChangePhone': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePhone,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +324,168 @@ class AccountService:
             '/xiaohe.identity.v1.AccountService/RevokeSession',
             xiaohe_dot_identity_dot_v1_dot_accounts__pb2.RevokeSessionRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_accounts__pb2.RevokeSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/ChangePassword',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePasswordRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/ResetPassword',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ResetPasswordRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindPhone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/BindPhone',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindPhoneRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindPhoneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/BindEmail',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindEmailRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.BindEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbindEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/UnbindEmail',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.UnbindEmailRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.UnbindEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePhone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/ChangePhone',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,18 @@ class AccountServiceStub:
     """The signed-in user's active sessions."""
     RevokeSession: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.RevokeSessionRequest, _accounts_pb2.RevokeSessionResponse]
     """Ends one of the signed-in user's sessions."""
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ChangePasswordRequest, _accounts_pb2.ChangePasswordResponse]
+    """Changes the signed-in user's password; the current password is required."""
+    ResetPassword: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ResetPasswordRequest, _accounts_pb2.ResetPasswordResponse]
+    """Sets a new password with a RESET_PASSWORD ticket or a recovery grant; every session ends."""
+    BindPhone: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.BindPhoneRequest, _accounts_pb2.BindPhoneResponse]
+    """Binds a phone to an account that has none: login name, password and a BIND_PHONE ticket."""
+    BindEmail: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.BindEmailRequest, _accounts_pb2.BindEmailResponse]
+    """Binds an email to the signed-in user's account, or replaces the bound one."""
+    UnbindEmail: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.UnbindEmailRequest, _accounts_pb2.UnbindEmailResponse]
+    """Removes the signed-in user's email; the current password is required."""
+    ChangePhone: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ChangePhoneRequest, _accounts_pb2.ChangePhoneResponse]
+    """Changes the bound phone, proven by the old phone, the bound email or manual review."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -55,6 +67,18 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """The signed-in user's active sessions."""
     RevokeSession: _aio.UnaryUnaryMultiCallable[_accounts_pb2.RevokeSessionRequest, _accounts_pb2.RevokeSessionResponse]  # type: ignore[assignment]
     """Ends one of the signed-in user's sessions."""
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ChangePasswordRequest, _accounts_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """Changes the signed-in user's password; the current password is required."""
+    ResetPassword: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ResetPasswordRequest, _accounts_pb2.ResetPasswordResponse]  # type: ignore[assignment]
+    """Sets a new password with a RESET_PASSWORD ticket or a recovery grant; every session ends."""
+    BindPhone: _aio.UnaryUnaryMultiCallable[_accounts_pb2.BindPhoneRequest, _accounts_pb2.BindPhoneResponse]  # type: ignore[assignment]
+    """Binds a phone to an account that has none: login name, password and a BIND_PHONE ticket."""
+    BindEmail: _aio.UnaryUnaryMultiCallable[_accounts_pb2.BindEmailRequest, _accounts_pb2.BindEmailResponse]  # type: ignore[assignment]
+    """Binds an email to the signed-in user's account, or replaces the bound one."""
+    UnbindEmail: _aio.UnaryUnaryMultiCallable[_accounts_pb2.UnbindEmailRequest, _accounts_pb2.UnbindEmailResponse]  # type: ignore[assignment]
+    """Removes the signed-in user's email; the current password is required."""
+    ChangePhone: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ChangePhoneRequest, _accounts_pb2.ChangePhoneResponse]  # type: ignore[assignment]
+    """Changes the bound phone, proven by the old phone, the bound email or manual review."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registration, the account view and the user's sessions."""
@@ -90,5 +114,53 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.RevokeSessionResponse, _abc.Awaitable[_accounts_pb2.RevokeSessionResponse]]:
         """Ends one of the signed-in user's sessions."""
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _accounts_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.ChangePasswordResponse, _abc.Awaitable[_accounts_pb2.ChangePasswordResponse]]:
+        """Changes the signed-in user's password; the current password is required."""
+
+    @_abc_1.abstractmethod
+    def ResetPassword(
+        self,
+        request: _accounts_pb2.ResetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.ResetPasswordResponse, _abc.Awaitable[_accounts_pb2.ResetPasswordResponse]]:
+        """Sets a new password with a RESET_PASSWORD ticket or a recovery grant; every session ends."""
+
+    @_abc_1.abstractmethod
+    def BindPhone(
+        self,
+        request: _accounts_pb2.BindPhoneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.BindPhoneResponse, _abc.Awaitable[_accounts_pb2.BindPhoneResponse]]:
+        """Binds a phone to an account that has none: login name, password and a BIND_PHONE ticket."""
+
+    @_abc_1.abstractmethod
+    def BindEmail(
+        self,
+        request: _accounts_pb2.BindEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.BindEmailResponse, _abc.Awaitable[_accounts_pb2.BindEmailResponse]]:
+        """Binds an email to the signed-in user's account, or replaces the bound one."""
+
+    @_abc_1.abstractmethod
+    def UnbindEmail(
+        self,
+        request: _accounts_pb2.UnbindEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.UnbindEmailResponse, _abc.Awaitable[_accounts_pb2.UnbindEmailResponse]]:
+        """Removes the signed-in user's email; the current password is required."""
+
+    @_abc_1.abstractmethod
+    def ChangePhone(
+        self,
+        request: _accounts_pb2.ChangePhoneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.ChangePhoneResponse, _abc.Awaitable[_accounts_pb2.ChangePhoneResponse]]:
+        """Changes the bound phone, proven by the old phone, the bound email or manual review."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

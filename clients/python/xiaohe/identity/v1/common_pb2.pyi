@@ -3,16 +3,19 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -139,3 +142,87 @@ ID_TYPE_TAIWAN_PERMIT: IdType.ValueType  # 4
 ID_TYPE_FOREIGN_PERMANENT_RESIDENT: IdType.ValueType  # 5
 """外国人永久居留身份证."""
 Global___IdType: _TypeAlias = IdType  # noqa: Y015
+
+class _OrganizationType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrganizationTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrganizationType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORGANIZATION_TYPE_UNSPECIFIED: _OrganizationType.ValueType  # 0
+    ORGANIZATION_TYPE_ENTERPRISE: _OrganizationType.ValueType  # 1
+    """企业."""
+    ORGANIZATION_TYPE_INDIVIDUAL_BUSINESS: _OrganizationType.ValueType  # 2
+    """个体工商户."""
+    ORGANIZATION_TYPE_PUBLIC_INSTITUTION: _OrganizationType.ValueType  # 3
+    """事业单位."""
+    ORGANIZATION_TYPE_SOCIAL_ORGANIZATION: _OrganizationType.ValueType  # 4
+    """社会组织."""
+    ORGANIZATION_TYPE_GOVERNMENT_AGENCY: _OrganizationType.ValueType  # 5
+    """机关."""
+    ORGANIZATION_TYPE_OTHER: _OrganizationType.ValueType  # 6
+
+class OrganizationType(_OrganizationType, metaclass=_OrganizationTypeEnumTypeWrapper):
+    """Kind of organisation of a legal person (企业或机构类型)."""
+
+ORGANIZATION_TYPE_UNSPECIFIED: OrganizationType.ValueType  # 0
+ORGANIZATION_TYPE_ENTERPRISE: OrganizationType.ValueType  # 1
+"""企业."""
+ORGANIZATION_TYPE_INDIVIDUAL_BUSINESS: OrganizationType.ValueType  # 2
+"""个体工商户."""
+ORGANIZATION_TYPE_PUBLIC_INSTITUTION: OrganizationType.ValueType  # 3
+"""事业单位."""
+ORGANIZATION_TYPE_SOCIAL_ORGANIZATION: OrganizationType.ValueType  # 4
+"""社会组织."""
+ORGANIZATION_TYPE_GOVERNMENT_AGENCY: OrganizationType.ValueType  # 5
+"""机关."""
+ORGANIZATION_TYPE_OTHER: OrganizationType.ValueType  # 6
+Global___OrganizationType: _TypeAlias = OrganizationType  # noqa: Y015
+
+class _RepresentativeType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RepresentativeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RepresentativeType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPRESENTATIVE_TYPE_UNSPECIFIED: _RepresentativeType.ValueType  # 0
+    REPRESENTATIVE_TYPE_LEGAL_REPRESENTATIVE: _RepresentativeType.ValueType  # 1
+    """法定代表人."""
+    REPRESENTATIVE_TYPE_PERSON_IN_CHARGE: _RepresentativeType.ValueType  # 2
+    """负责人."""
+
+class RepresentativeType(_RepresentativeType, metaclass=_RepresentativeTypeEnumTypeWrapper):
+    """Who represents a legal person (法定代表人/负责人类型)."""
+
+REPRESENTATIVE_TYPE_UNSPECIFIED: RepresentativeType.ValueType  # 0
+REPRESENTATIVE_TYPE_LEGAL_REPRESENTATIVE: RepresentativeType.ValueType  # 1
+"""法定代表人."""
+REPRESENTATIVE_TYPE_PERSON_IN_CHARGE: RepresentativeType.ValueType  # 2
+"""负责人."""
+Global___RepresentativeType: _TypeAlias = RepresentativeType  # noqa: Y015
+
+@_typing.final
+class ManualReviewProof(_message.Message):
+    """Proof by manual review with identity documents (人工核验). Answered UNIMPLEMENTED until
+    the review service exists; declared so that clients can be built against it now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of documents uploaded with RealNameService.UploadDocument."""
+
+    def __init__(
+        self,
+        *,
+        document_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_ids", b"document_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualReviewProof: _TypeAlias = ManualReviewProof  # noqa: Y015

@@ -53,6 +53,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An unexpected error; the request id identifies it in the server log."""
     ERROR_REASON_USER_UNAUTHENTICATED: _ErrorReason.ValueType  # 15
     """The end-user's access token is missing or invalid for an RPC about "me"."""
+    ERROR_REASON_CONSENT_REQUIRED: _ErrorReason.ValueType  # 16
+    """The session is restricted until the user accepts the current privacy policy (AcceptPolicy)."""
+    ERROR_REASON_CONFLICT: _ErrorReason.ValueType  # 17
+    """Another change of the same thing won a race (a concurrent phone change): read and retry."""
+    ERROR_REASON_UNIMPLEMENTED: _ErrorReason.ValueType  # 18
+    """A declared part of the API that this server does not serve yet (e.g. manual review)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable machine-readable reasons. Every non-OK status carries
@@ -90,4 +96,10 @@ ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 14
 """An unexpected error; the request id identifies it in the server log."""
 ERROR_REASON_USER_UNAUTHENTICATED: ErrorReason.ValueType  # 15
 """The end-user's access token is missing or invalid for an RPC about "me"."""
+ERROR_REASON_CONSENT_REQUIRED: ErrorReason.ValueType  # 16
+"""The session is restricted until the user accepts the current privacy policy (AcceptPolicy)."""
+ERROR_REASON_CONFLICT: ErrorReason.ValueType  # 17
+"""Another change of the same thing won a race (a concurrent phone change): read and retry."""
+ERROR_REASON_UNIMPLEMENTED: ErrorReason.ValueType  # 18
+"""A declared part of the API that this server does not serve yet (e.g. manual review)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t2j\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\x32\xcd\x01\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPOLICYREQUEST']._serialized_end=124
   _globals['_GETPOLICYRESPONSE']._serialized_start=126
   _globals['_GETPOLICYRESPONSE']._serialized_end=242
-  _globals['_PRIVACYSERVICE']._serialized_start=244
-  _globals['_PRIVACYSERVICE']._serialized_end=350
+  _globals['_ACCEPTPOLICYREQUEST']._serialized_start=244
+  _globals['_ACCEPTPOLICYREQUEST']._serialized_end=282
+  _globals['_ACCEPTPOLICYRESPONSE']._serialized_start=284
+  _globals['_ACCEPTPOLICYRESPONSE']._serialized_end=332
+  _globals['_PRIVACYSERVICE']._serialized_start=335
+  _globals['_PRIVACYSERVICE']._serialized_end=540
 # @@protoc_insertion_point(module_scope)

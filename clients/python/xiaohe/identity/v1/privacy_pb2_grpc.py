@@ -40,6 +40,11 @@ class PrivacyServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.GetPolicyResponse.FromString,
                 _registered_method=True)
+        self.AcceptPolicy = channel.unary_unary(
+                '/xiaohe.identity.v1.PrivacyService/AcceptPolicy',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -53,6 +58,15 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcceptPolicy(self, request, context):
+        """Records the signed-in user's consent to the current version. A session that was
+        restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
+        Refresh on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.GetPolicyRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'AcceptPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptPolicy,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class PrivacyService:
             '/xiaohe.identity.v1.PrivacyService/GetPolicy',
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.GetPolicyRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/AcceptPolicy',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,11 @@ class PrivacyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PrivacyServiceAsyncStub: ...
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.GetPolicyRequest, _privacy_pb2.GetPolicyResponse]
     """The current (or a given) version of the privacy policy and its text."""
+    AcceptPolicy: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.AcceptPolicyRequest, _privacy_pb2.AcceptPolicyResponse]
+    """Records the signed-in user's consent to the current version. A session that was
+    restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
+    Refresh on.
+    """
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -43,6 +48,11 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetPolicy: _aio.UnaryUnaryMultiCallable[_privacy_pb2.GetPolicyRequest, _privacy_pb2.GetPolicyResponse]  # type: ignore[assignment]
     """The current (or a given) version of the privacy policy and its text."""
+    AcceptPolicy: _aio.UnaryUnaryMultiCallable[_privacy_pb2.AcceptPolicyRequest, _privacy_pb2.AcceptPolicyResponse]  # type: ignore[assignment]
+    """Records the signed-in user's consent to the current version. A session that was
+    restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
+    Refresh on.
+    """
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
     """The privacy policy and the user's consent to it."""
@@ -54,5 +64,16 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_privacy_pb2.GetPolicyResponse, _abc.Awaitable[_privacy_pb2.GetPolicyResponse]]:
         """The current (or a given) version of the privacy policy and its text."""
+
+    @_abc_1.abstractmethod
+    def AcceptPolicy(
+        self,
+        request: _privacy_pb2.AcceptPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.AcceptPolicyResponse, _abc.Awaitable[_privacy_pb2.AcceptPolicyResponse]]:
+        """Records the signed-in user's consent to the current version. A session that was
+        restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
+        Refresh on.
+        """
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

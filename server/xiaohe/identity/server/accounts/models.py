@@ -91,6 +91,7 @@ class AccountCredentials:
     subject_type: SubjectType
     accepted_policy_version: int
     real_name_level: int
+    phone_changed_at: float | None = None
 
 
 @dataclass(frozen=True)

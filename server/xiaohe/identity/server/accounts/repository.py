@@ -15,7 +15,8 @@ transaction (account, identifiers, consent) is rolled back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +70,7 @@ class AccountRecord:
     profile_enc: bytes | None = field(repr=False)
     created_at: float
     updated_at: float
+    phone_changed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,26 @@ class AccountRepository(Protocol):
         """Replace the hash (only while it is `expected_old_hash`, if given); False if not."""
         ...
 
+    async def get_for_update(self, account_id: str) -> AccountRecord | None:
+        """The account, locked until the unit of work ends (PostgreSQL); None if none."""
+        ...
+
+    async def set_contact(
+        self, account_id: str, column: str, blob: bytes | None, now: float
+    ) -> None:
+        """Store a new ciphertext (or None) in `phone_enc` or `email_enc` (a phone: its time)."""
+        ...
+
+    async def replace_identifier(
+        self, account_id: str, old: IdentifierKey | None, new: IdentifierKey | None, now: float
+    ) -> None:
+        """Drop the account's `old` identifier row and add `new`; IdentifierTaken if it is held."""
+        ...
+
+    async def raise_policy_version(self, account_id: str, version: int, now: float) -> None:
+        """Record that the account accepted `version` (never lowers it)."""
+        ...
+
     async def stale_data_keys(
         self, active_master_key_id: str, after_account_id: str, limit: int
     ) -> list[StoredDataKey]:
@@ -129,6 +151,13 @@ class AccountRepository(Protocol):
     async def replace_data_keys(self, updates: Sequence[DataKeyUpdate]) -> int:
         """Apply the updates whose row still holds `old`, in one transaction; return how many."""
         ...
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """`translate_errors` for an async block (lost connections become Unavailable)."""
+    with translate_errors():
+        yield
 
 
 def _optional_bytes(value: object) -> bytes | None:
@@ -157,6 +186,7 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AccountRecord:
         profile_enc=_optional_bytes(m["profile_enc"]),
         created_at=epoch(m["created_at"]),
         updated_at=epoch(m["updated_at"]),
+        phone_changed_at=None if m["phone_changed_at"] is None else epoch(m["phone_changed_at"]),
     )
 
 
@@ -277,6 +307,75 @@ class SqlAccountRepository:
                 .values(password_hash=password_hash, updated_at=utc(now))
             )
         return bool(result.rowcount)
+
+    async def get_for_update(self, account_id: str) -> AccountRecord | None:
+        """The account, locked until the unit of work ends; None if none.
+
+        On PostgreSQL the row lock (`FOR UPDATE`) makes a second unit of work that
+        changes the same account wait for the first, then read what it committed; on
+        SQLite the unit of work already holds the database's write lock.
+        """
+        query = sa.select(accounts).where(accounts.c.account_id == account_id)
+        if self._db.dialect == "postgresql":
+            query = query.with_for_update()
+        async with self._db.begin() as conn, _translated():
+            row = (await conn.execute(query)).first()
+        return None if row is None else _row_to_record(row)
+
+    async def set_contact(
+        self, account_id: str, column: str, blob: bytes | None, now: float
+    ) -> None:
+        """Store a new ciphertext (or None) in `phone_enc` or `email_enc` (a phone: its time)."""
+        if column not in ("phone_enc", "email_enc"):
+            raise ValueError("a contact column is phone_enc or email_enc")
+        values: dict[str, object] = {column: blob, "updated_at": utc(now)}
+        if column == "phone_enc":
+            values["phone_changed_at"] = utc(now)
+        async with self._db.begin() as conn, _translated():
+            await conn.execute(
+                accounts.update().where(accounts.c.account_id == account_id).values(**values)
+            )
+
+    async def replace_identifier(
+        self, account_id: str, old: IdentifierKey | None, new: IdentifierKey | None, now: float
+    ) -> None:
+        """Drop the account's `old` identifier row and add `new`; IdentifierTaken if it is held.
+
+        Like `insert`, a duplicate leaves the unit of work unusable: let the error end it.
+        """
+        async with self._db.begin() as conn, _translated():
+            if old is not None:
+                await conn.execute(
+                    identifiers.delete().where(
+                        identifiers.c.kind == old.kind,
+                        identifiers.c.blind_index == old.blind_index,
+                        identifiers.c.account_id == account_id,
+                    )
+                )
+            if new is not None:
+                try:
+                    await conn.execute(
+                        identifiers.insert().values(
+                            kind=new.kind,
+                            blind_index=new.blind_index,
+                            account_id=account_id,
+                            created_at=utc(now),
+                        )
+                    )
+                except IntegrityError:
+                    raise IdentifierTaken(new.kind) from None
+
+    async def raise_policy_version(self, account_id: str, version: int, now: float) -> None:
+        """Record that the account accepted `version` (never lowers it)."""
+        async with self._db.begin() as conn, _translated():
+            await conn.execute(
+                accounts.update()
+                .where(
+                    accounts.c.account_id == account_id,
+                    accounts.c.accepted_policy_version < version,
+                )
+                .values(accepted_policy_version=version, updated_at=utc(now))
+            )
 
     async def stale_data_keys(
         self, active_master_key_id: str, after_account_id: str, limit: int

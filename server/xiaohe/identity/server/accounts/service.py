@@ -22,12 +22,13 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Literal
 
 from xiaohe.identity.server.accounts.models import (
     AccountCredentials,
     AccountStatus,
     AccountView,
+    IdentifierTaken,
     NewAccount,
     PersonalData,
     SubjectType,
@@ -48,13 +49,14 @@ from xiaohe.identity.server.crypto.envelope import (
     WrappedDataKey,
     field_aad,
 )
-from xiaohe.identity.server.errors import NotFound
+from xiaohe.identity.server.errors import AlreadyExists, Conflict, NotFound
 from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
     IdType,
     mask_email,
     mask_phone,
 )
+from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ DEFAULT_REWRAP_BATCH: Final = 200
 PHONE_FIELD: Final = "phone"
 EMAIL_FIELD: Final = "email"
 PROFILE_FIELD: Final = "profile"
+
+ContactKind = Literal["phone", "email"]
+"""The channels an account is reached on, as `replace_contact` names them."""
 
 _KIND_NAMES: Final = {
     IdentifierKind.LOGIN_NAME: "login_name",
@@ -97,6 +102,7 @@ class AccountService:
         self,
         *,
         repository: AccountRepository,
+        uow: UnitOfWork,
         cipher: DataKeyCipher,
         master_keys: MasterKeySource,
         blind_index: BlindIndex,
@@ -107,6 +113,7 @@ class AccountService:
         if rewrap_batch_size < 1:
             raise ValueError("rewrap_batch_size must be at least 1")
         self._repo = repository
+        self._uow = uow
         self._cipher = cipher
         self._master_keys = master_keys
         self._blind = blind_index
@@ -241,6 +248,50 @@ class AccountService:
             raise NotFound("account not found")
         return changed
 
+    async def replace_contact(
+        self, account_id: str, channel: ContactKind, *, expected: str, new: str
+    ) -> None:
+        """Bind `new` as the account's phone or email instead of `expected` ("" for none).
+
+        In the caller's unit of work: the account row is locked and read again,
+        and if its current value is no longer `expected` (a concurrent change won)
+        this raises Conflict and changes nothing, so of two concurrent changes of
+        one account exactly one wins. `new` held by another account is
+        AlreadyExists(channel), never saying whose. A phone change also records
+        its time (the cooling-off window starts). NotFound if there is no account.
+        """
+        async with self._uow.begin():
+            record = await self._repo.get_for_update(account_id)
+            if record is None:
+                raise NotFound("account not found")
+            if record.data_key_wrapped is None:
+                raise NotFound("account not found")  # crypto-shredded: nothing left to change
+            current = getattr(self._decrypt(record), channel)
+            if current != expected:
+                raise Conflict(f"the {channel} was changed meanwhile; read it again and retry")
+            key = self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))
+            field_name = PHONE_FIELD if channel == "phone" else EMAIL_FIELD
+            blob = (
+                self._cipher.encrypt_field(key, new, field_aad(account_id, field_name))
+                if new
+                else None
+            )
+            now = self._clock.now()
+            await self._repo.set_contact(account_id, f"{field_name}_enc", blob, now)
+            try:
+                await self._repo.replace_identifier(
+                    account_id,
+                    self.key(channel, expected) if expected else None,
+                    self.key(channel, new) if new else None,
+                    now,
+                )
+            except IdentifierTaken:
+                raise AlreadyExists(channel) from None
+
+    async def accept_policy_version(self, account_id: str, version: int) -> None:
+        """Record that the account accepted `version` (in the caller's unit of work)."""
+        await self._repo.raise_policy_version(account_id, version, self._clock.now())
+
     # -- key rotation -----------------------------------------------------------------
 
     async def rewrap_data_keys(self) -> int:
@@ -334,12 +385,14 @@ def _credentials(record: AccountRecord) -> AccountCredentials:
         subject_type=SubjectType(record.subject_type),
         accepted_policy_version=record.accepted_policy_version,
         real_name_level=record.real_name_level,
+        phone_changed_at=record.phone_changed_at,
     )
 
 
 __all__ = [
     "ACCOUNT_ID_PREFIX",
     "AccountService",
+    "ContactKind",
     "id_number_index_value",
     "kind_name",
 ]

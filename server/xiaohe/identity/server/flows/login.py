@@ -226,16 +226,42 @@ class LoginMetrics(Protocol):
         ...
 
 
+CONSENT_RESTRICTION: Final = "consent"
+"""A session restricted until the account accepts the current privacy policy (I3)."""
+
+
+async def session_subject(
+    account: AccountCredentials, policies: PolicyVersions
+) -> tuple[SessionSubject, NextStep]:
+    """What an account's tokens carry now, and the step its client must take next.
+
+    An account that accepted an older privacy policy than the current one gets a
+    restricted session (SECURITY I3): its tokens are refused everywhere but by
+    `GetPolicy`, `AcceptPolicy` and `Logout`, until a refresh after the consent.
+    """
+    current = await policies.current()
+    consent = account.accepted_policy_version < current.version
+    subject = SessionSubject(
+        account_id=account.account_id,
+        subject_type=account.subject_type.value,
+        rn_level=account.real_name_level,
+        restriction=CONSENT_RESTRICTION if consent else "",
+    )
+    return subject, NextStep.CONSENT_REQUIRED if consent else NextStep.NONE
+
+
 class ActiveSubjects:
     """Who a session's refreshed tokens speak for: the sessions' `SubjectSource`.
 
     An account that no longer exists or is not active has no subject, and its
     sessions stop refreshing. The claims are read fresh, so a refresh carries
-    the current subject type and real-name level.
+    the current subject type and real-name level, and is restricted exactly
+    while the account has not accepted the current privacy policy.
     """
 
-    def __init__(self, accounts: CredentialStore) -> None:
+    def __init__(self, accounts: CredentialStore, policies: PolicyVersions) -> None:
         self._accounts = accounts
+        self._policies = policies
 
     async def __call__(self, account_id: str) -> SessionSubject | None:
         """The subject of an active account, or None."""
@@ -245,11 +271,8 @@ class ActiveSubjects:
             return None
         if account.status != AccountStatus.ACTIVE:
             return None
-        return SessionSubject(
-            account_id=account.account_id,
-            subject_type=account.subject_type.value,
-            rn_level=account.real_name_level,
-        )
+        subject, _ = await session_subject(account, self._policies)
+        return subject
 
 
 @dataclass
@@ -555,17 +578,10 @@ class LoginFlow:
         The success is audited in the unit of work that stores the session, so
         neither exists without the other; nothing after that can fail.
         """
-        current = await self._policies.current()
-        next_step = NextStep.NONE
-        if account.accepted_policy_version < current.version:
-            next_step = NextStep.CONSENT_REQUIRED
+        subject, next_step = await session_subject(account, self._policies)
         async with self._uow.begin():
             session = await self._sessions.create(
-                SessionSubject(
-                    account_id=account.account_id,
-                    subject_type=account.subject_type.value,
-                    rn_level=account.real_name_level,
-                ),
+                subject,
                 amr,
                 audience=audience,
                 client_id=client_id,
@@ -589,6 +605,7 @@ class LoginFlow:
 
 
 __all__ = [
+    "CONSENT_RESTRICTION",
     "MAX_IDENTIFIER_CHARS",
     "MAX_PASSWORD_CHARS",
     "UNKNOWN_SUBJECT",
@@ -604,4 +621,5 @@ __all__ = [
     "SessionIssuer",
     "Throttle",
     "TicketConsumer",
+    "session_subject",
 ]

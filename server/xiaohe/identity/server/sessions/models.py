@@ -22,11 +22,16 @@ class RevokeReason(StrEnum):
 
 @dataclass(frozen=True)
 class SessionSubject:
-    """The account a session is issued to, with the claims its access tokens carry."""
+    """The account a session is issued to, with the claims its access tokens carry.
+
+    `restriction` is "" for a normal session, or why it is restricted: `consent`
+    while the account has not accepted the current privacy policy (SECURITY I3).
+    """
 
     account_id: str
     subject_type: str
     rn_level: int
+    restriction: str = ""
 
 
 @dataclass(frozen=True)

@@ -343,16 +343,24 @@ class SessionService:
         """The account's active sessions, most recently used first (SECURITY T5)."""
         return [s.info() for s in await self._repo.list_active(account_id, self._clock.now())]
 
-    def validate(self, access_token: str, audience: str = "") -> Claims:
+    def validate(
+        self, access_token: str, audience: str = "", *, allow_restricted: bool = False
+    ) -> Claims:
         """Verify an access token and check it is not revoked; TokenInvalid otherwise.
 
         Synchronous: one signature check and one in-memory lookup, no I/O.
         An empty `audience` means the default audience. Raises `Unavailable`
-        while this worker's revocation list has not loaded yet (fail closed).
+        while this worker's revocation list has not loaded yet (fail closed). A
+        restricted session's token (consent outstanding, SECURITY I3) is refused
+        as TokenInvalid unless `allow_restricted`: only accepting the policy and
+        logging out may use it.
         """
         claims = self._verified(access_token, audience)
         if self._revocations.is_revoked(claims.sid):
             log.debug("access token refused: revoked")
+            raise TokenInvalid()
+        if claims.restriction and not allow_restricted:
+            log.debug("access token refused: restricted (%s)", claims.restriction)
             raise TokenInvalid()
         return claims
 
@@ -384,6 +392,7 @@ class SessionService:
             amr=session.amr,
             subject_type=subject.subject_type,
             rn_level=subject.rn_level,
+            restriction=subject.restriction,
         )
         refresh_ends = min(session.idle_expires_at, session.absolute_expires_at)
         return IssuedSession(

@@ -65,8 +65,13 @@ class AccessTokenIssuer:
         amr: Sequence[str],
         subject_type: str,
         rn_level: int,
+        restriction: str = "",
     ) -> tuple[str, float]:
-        """Sign a new access token; returns the token and its expiry (epoch seconds)."""
+        """Sign a new access token; returns the token and its expiry (epoch seconds).
+
+        A `restriction` (e.g. `consent`) goes into the token as the claim of that
+        name; validators refuse such tokens unless told to allow them.
+        """
         audiences = [aud] if isinstance(aud, str) else list(aud)
         if not audiences:
             raise ValueError("an access token needs at least one audience")
@@ -86,6 +91,8 @@ class AccessTokenIssuer:
             "rn_level": rn_level,
             "jti": self._random_bytes(_JTI_BYTES).hex(),
         }
+        if restriction:
+            claims["restriction"] = restriction
         return encode_eddsa(claims, kid, signing_key), float(exp)
 
     def _key(self) -> tuple[str, SigningKey]:

@@ -15,13 +15,29 @@ from xiaohe.identity.server.errors import (
     InvalidArgument,
     TicketInvalid,
 )
+from xiaohe.identity.server.flows.channels import (
+    BindEmailCommand,
+    BindPhoneCommand,
+    ChannelFlow,
+    UnbindEmailCommand,
+)
+from xiaohe.identity.server.flows.passwords import (
+    ChangePasswordCommand,
+    PasswordFlow,
+    ResetPasswordCommand,
+)
+from xiaohe.identity.server.flows.phone_change import (
+    ChangePhoneCommand,
+    PhoneChangeFlow,
+    PhoneProof,
+)
 from xiaohe.identity.server.flows.registration import RegisterCommand, RegistrationFlow
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.shared.identifiers import IdType
-from xiaohe.identity.server.transport.enums import from_proto, to_proto
+from xiaohe.identity.server.transport.enums import from_proto, identifier_kind, to_proto
 from xiaohe.identity.server.transport.timestamps import timestamp
-from xiaohe.identity.server.transport.users import require_user
+from xiaohe.identity.server.transport.users import bearer_token, require_user
 from xiaohe.identity.v1 import accounts_pb2, accounts_pb2_grpc, common_pb2
 
 CONSENT_CHANNEL = "registration"
@@ -68,9 +84,19 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
     """Registration and the signed-in user's account."""
 
     def __init__(
-        self, registration: RegistrationFlow, accounts: AccountService, sessions: SessionService
+        self,
+        *,
+        registration: RegistrationFlow,
+        passwords: PasswordFlow,
+        channels: ChannelFlow,
+        phone_change: PhoneChangeFlow,
+        accounts: AccountService,
+        sessions: SessionService,
     ) -> None:
         self._registration = registration
+        self._passwords = passwords
+        self._channels = channels
+        self._phone_change = phone_change
         self._accounts = accounts
         self._sessions = sessions
 
@@ -148,3 +174,116 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             claims.sub, request.session_id, RevokeReason.USER_REQUEST
         )
         return accounts_pb2.RevokeSessionResponse()
+
+    async def ChangePassword(
+        self, request: accounts_pb2.ChangePasswordRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.ChangePasswordResponse:
+        claims = require_user(ctx, self._sessions)
+        ended = await self._passwords.change(
+            ChangePasswordCommand(
+                account_id=claims.sub,
+                session_id=claims.sid,
+                current_password=request.current_password,
+                new_password=request.new_password,
+                end_other_sessions=request.end_other_sessions,
+                ip=context.current().end_user_ip,
+            )
+        )
+        return accounts_pb2.ChangePasswordResponse(sessions_ended=ended)
+
+    async def ResetPassword(
+        self, request: accounts_pb2.ResetPasswordRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.ResetPasswordResponse:
+        await self._passwords.reset(
+            ResetPasswordCommand(
+                identifier=request.identifier,
+                identifier_kind=identifier_kind(request.identifier_kind),
+                ticket=request.ticket,
+                new_password=request.new_password,
+                real_name=request.real_name,
+                ip=context.current().end_user_ip,
+            )
+        )
+        return accounts_pb2.ResetPasswordResponse()
+
+    async def BindPhone(
+        self, request: accounts_pb2.BindPhoneRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.BindPhoneResponse:
+        masked = await self._channels.bind_phone(
+            BindPhoneCommand(
+                login_name=request.login_name,
+                password=request.password,
+                phone=request.phone,
+                phone_ticket=request.phone_ticket,
+                ip=context.current().end_user_ip,
+            )
+        )
+        return accounts_pb2.BindPhoneResponse(phone_masked=masked)
+
+    async def BindEmail(
+        self, request: accounts_pb2.BindEmailRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.BindEmailResponse:
+        claims = require_user(ctx, self._sessions)
+        masked = await self._channels.bind_email(
+            BindEmailCommand(
+                account_id=claims.sub,
+                session_id=claims.sid,
+                email=request.email,
+                email_ticket=request.email_ticket,
+                current_email_ticket=request.current_email_ticket,
+            )
+        )
+        return accounts_pb2.BindEmailResponse(email_masked=masked)
+
+    async def UnbindEmail(
+        self, request: accounts_pb2.UnbindEmailRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.UnbindEmailResponse:
+        claims = require_user(ctx, self._sessions)
+        await self._channels.unbind_email(
+            UnbindEmailCommand(
+                account_id=claims.sub,
+                session_id=claims.sid,
+                password=request.password,
+                ip=context.current().end_user_ip,
+            )
+        )
+        return accounts_pb2.UnbindEmailResponse()
+
+    async def ChangePhone(
+        self, request: accounts_pb2.ChangePhoneRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.ChangePhoneResponse:
+        # Signed in, the caller's own account; otherwise the one `identifier` names.
+        account_id = session_id = ""
+        if bearer_token(ctx):
+            claims = require_user(ctx, self._sessions)
+            account_id, session_id = claims.sub, claims.sid
+        proof = request.WhichOneof("proof")
+        proof_ticket = {
+            "old_phone_ticket": request.old_phone_ticket,
+            "email_ticket": request.email_ticket,
+        }.get(proof or "", "")
+        kinds = {
+            "old_phone_ticket": PhoneProof.OLD_PHONE,
+            "email_ticket": PhoneProof.EMAIL,
+            "manual_review": PhoneProof.MANUAL_REVIEW,
+        }
+        if proof not in kinds:
+            raise InvalidArgument(
+                FieldViolation("proof", "give old_phone_ticket, email_ticket or manual_review")
+            )
+        changed = await self._phone_change.change(
+            ChangePhoneCommand(
+                identifier=request.identifier,
+                identifier_kind=identifier_kind(request.identifier_kind),
+                account_id=account_id,
+                session_id=session_id,
+                new_phone=request.new_phone,
+                new_phone_ticket=request.new_phone_ticket,
+                proof=kinds[proof],
+                proof_ticket=proof_ticket,
+                ip=context.current().end_user_ip,
+            )
+        )
+        return accounts_pb2.ChangePhoneResponse(
+            phone_masked=changed.phone_masked, sessions_ended=changed.sessions_ended
+        )

@@ -22,8 +22,7 @@ from xiaohe.identity.server.flows.login import LoginFlow, LoginResult
 from xiaohe.identity.server.sessions.models import IssuedSession
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import jwks_json
-from xiaohe.identity.server.shared.identifiers import IdentifierKind
-from xiaohe.identity.server.transport.enums import to_proto
+from xiaohe.identity.server.transport.enums import identifier_kind, to_proto
 from xiaohe.identity.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 
 
@@ -105,13 +104,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         result: LoginResult
         if method == "password":
             credential = request.password
-            if credential.identifier_kind not in IdentifierKind._value2member_map_:
-                raise InvalidArgument(
-                    FieldViolation("password.identifier_kind", "unknown identifier kind")
-                )
             result = await self._login.login_with_password(
                 credential.identifier,
-                IdentifierKind(credential.identifier_kind),
+                identifier_kind(credential.identifier_kind, "password.identifier_kind"),
                 credential.password,
                 **common,
             )

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from xiaohe.identity.server.codes.models import Channel, Purpose
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.shared.identifiers import IdentifierKind, IdType
 from xiaohe.identity.v1 import common_pb2
 
 E = TypeVar("E", bound=StrEnum)
@@ -42,3 +43,27 @@ def channel_from_proto(value: int, field: str = "channel") -> Channel:
 def purpose_from_proto(value: int, field: str = "purpose") -> Purpose:
     """Purpose from the proto value."""
     return from_proto(common_pb2.Purpose.Name, "PURPOSE_", Purpose, value, field)
+
+
+def identifier_kind(value: int, field: str = "identifier_kind") -> IdentifierKind:
+    """The identifier kind of a request (UNSPECIFIED: classify by shape); unknown values refused."""
+    if value not in IdentifierKind._value2member_map_:
+        raise InvalidArgument(FieldViolation(field, "unknown identifier kind"))
+    return IdentifierKind(value)
+
+
+def id_type(value: int, field: str) -> IdType:
+    """The ID type of a request (UNSPECIFIED allowed); unknown values are refused."""
+    if value not in IdType._value2member_map_:
+        raise InvalidArgument(FieldViolation(field, "unknown ID type"))
+    return IdType(value)
+
+
+def enum_name(name_of: Callable[[Any], str], prefix: str, value: int, field: str) -> str:
+    """A proto enum value as its short name ("" for UNSPECIFIED); unknown values are refused."""
+    try:
+        name = name_of(value)
+    except ValueError:
+        raise InvalidArgument(FieldViolation(field, "unknown value")) from None
+    short = name.removeprefix(prefix)
+    return "" if short == "UNSPECIFIED" else short

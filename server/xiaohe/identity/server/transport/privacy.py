@@ -6,17 +6,25 @@ from typing import Any
 
 import grpc
 
+from xiaohe.identity.server import context
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.flows.consent import AcceptPolicyCommand, ConsentFlow
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.transport.timestamps import timestamp
+from xiaohe.identity.server.transport.users import require_user
 from xiaohe.identity.v1 import privacy_pb2, privacy_pb2_grpc
 
 
 class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     """The privacy policy and consent."""
 
-    def __init__(self, policies: PolicyStore) -> None:
+    def __init__(
+        self, policies: PolicyStore, consent: ConsentFlow, sessions: SessionService
+    ) -> None:
         self._policies = policies
+        self._consent = consent
+        self._sessions = sessions
 
     async def GetPolicy(
         self, request: privacy_pb2.GetPolicyRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -34,3 +42,19 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
             published_at=timestamp(policy.published_at),
             sha256=policy.sha256,
         )
+
+    async def AcceptPolicy(
+        self, request: privacy_pb2.AcceptPolicyRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> privacy_pb2.AcceptPolicyResponse:
+        # The one RPC about "me" that a session restricted for consent may call.
+        claims = require_user(ctx, self._sessions, allow_restricted=True)
+        rc = context.current()
+        version = await self._consent.accept(
+            AcceptPolicyCommand(
+                account_id=claims.sub,
+                version=request.version,
+                client_id=rc.client_id,
+                ip=rc.end_user_ip,
+            )
+        )
+        return privacy_pb2.AcceptPolicyResponse(accepted_version=version)

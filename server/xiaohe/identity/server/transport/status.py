@@ -32,6 +32,9 @@ _CODES: dict[type[errors.IdentityError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ConsentRequired: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Conflict: grpc.StatusCode.ABORTED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 # Which request field a code or ticket error points at, when the domain does not say.

@@ -8,14 +8,16 @@ from typing import Any, Protocol
 import grpc
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.errors import TokenInvalid, UserUnauthenticated
+from xiaohe.identity.server.errors import ConsentRequired, TokenInvalid, UserUnauthenticated
 from xiaohe.identity.tokens.jwt import Claims
 
 
 class TokenValidation(Protocol):
     """Validates access tokens (signature, expiry, audience, revocation)."""
 
-    def validate(self, access_token: str, audience: str = "") -> Claims:
+    def validate(
+        self, access_token: str, audience: str = "", *, allow_restricted: bool = False
+    ) -> Claims:
         """The token's claims, or TokenInvalid."""
         ...
 
@@ -30,19 +32,29 @@ def bearer_token(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:
     return ""
 
 
-def require_user(ctx: grpc.aio.ServicerContext[Any, Any], tokens: TokenValidation) -> Claims:
-    """The signed-in user's claims, or UserUnauthenticated.
+def require_user(
+    ctx: grpc.aio.ServicerContext[Any, Any],
+    tokens: TokenValidation,
+    *,
+    allow_restricted: bool = False,
+) -> Claims:
+    """The signed-in user's claims, or UserUnauthenticated (ConsentRequired when restricted).
 
-    A valid token also binds its account to the request context, so audit records
-    of this RPC name the end user as well as the client; the interceptor restores
-    the previous context when the RPC ends.
+    A session restricted until the user accepts the current privacy policy
+    (SECURITY I3) may only read and accept the policy and log out: every other
+    RPC about "me" answers FAILED_PRECONDITION `CONSENT_REQUIRED`, which tells the
+    client what to do. A valid token also binds its account to the request
+    context, so audit records of this RPC name the end user as well as the
+    client; the interceptor restores the previous context when the RPC ends.
     """
     token = bearer_token(ctx)
     if not token:
         raise UserUnauthenticated("an access token is required (authorization: Bearer …)")
     try:
-        claims = tokens.validate(token)
+        claims = tokens.validate(token, allow_restricted=True)
     except TokenInvalid:
         raise UserUnauthenticated("the access token is invalid or has expired") from None
+    if claims.restriction and not allow_restricted:
+        raise ConsentRequired()
     context.bind(dataclasses.replace(context.current(), account_id=claims.sub))
     return claims
