@@ -219,3 +219,34 @@ async def test_sealed_destination_must_match_the_ticket_tag(h: CodeHarness) -> N
     await h.redis.hset(key, "dx", forged)
     with pytest.raises(TicketInvalid):
         await h.tickets.consume(ticket, purpose=Purpose.REGISTER)
+
+
+async def test_a_grant_names_its_account_and_works_once(h: CodeHarness) -> None:
+    """C5: a grant (recovery's reset grant) is a ticket bound to an account, single use,
+    short-lived, refused for another purpose or another account; Redis holds no account id."""
+    grant = await h.tickets.grant("acc_0123456789abcdef01234567", Purpose.RESET_PASSWORD)
+    with pytest.raises(TicketInvalid):
+        await h.tickets.consume(grant, purpose=Purpose.LOGIN)
+    with pytest.raises(TicketInvalid):
+        await h.tickets.consume(
+            grant,
+            purpose=Purpose.RESET_PASSWORD,
+            channel=Channel.ACCOUNT,
+            destination="acc_ffffffffffffffffffffffff",
+        )
+    dump = b"".join([str(await h.redis.hgetall(k)).encode() for k in await h.redis.keys("*")])
+    assert b"acc_0123456789abcdef01234567" not in dump
+    claims = await h.tickets.consume(
+        grant,
+        purpose=Purpose.RESET_PASSWORD,
+        channel=Channel.ACCOUNT,
+        destination="acc_0123456789abcdef01234567",
+    )
+    assert (claims.channel, claims.destination) == (Channel.ACCOUNT, "acc_0123456789abcdef01234567")
+    with pytest.raises(TicketInvalid):
+        await h.tickets.consume(grant, purpose=Purpose.RESET_PASSWORD)
+
+    expiring = await h.tickets.grant("acc_0123456789abcdef01234567", Purpose.RESET_PASSWORD, 60)
+    h.clock.advance(61)
+    with pytest.raises(TicketInvalid):
+        await h.tickets.consume(expiring, purpose=Purpose.RESET_PASSWORD)

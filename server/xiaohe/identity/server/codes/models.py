@@ -8,10 +8,20 @@ from typing import Protocol
 
 
 class Channel(StrEnum):
-    """How a code reaches its destination; values are the names, as the delivery package expects."""
+    """How a code reaches its destination; values are the names, as the delivery package expects.
+
+    ACCOUNT is no delivery channel: it marks a *grant*, a ticket a flow hands out for
+    an account it has identified (a recovery's password-reset grant), whose
+    "destination" is the account id. No code is ever issued for it.
+    """
 
     SMS = "SMS"
     EMAIL = "EMAIL"
+    ACCOUNT = "ACCOUNT"
+
+
+DELIVERY_CHANNELS = (Channel.SMS, Channel.EMAIL)
+"""The channels a code is sent over."""
 
 
 class Purpose(StrEnum):
@@ -136,6 +146,7 @@ class CodePolicy:
 
 
 __all__ = [
+    "DELIVERY_CHANNELS",
     "Channel",
     "CodePolicy",
     "IssueCodeCommand",

@@ -204,6 +204,17 @@ return {1, t[1], t[2], t[3], t[5] or ARGV[1]}
 """
 
 
+# KEYS[1] the ticket hash. ARGV: now, channel, purpose, sealed destination, exp, grace.
+# Stores a ticket that no code verification produced (a grant to an identified account).
+_GRANT_LUA = r"""
+redis.call('HSET', KEYS[1], 'ch', ARGV[2], 'pu', ARGV[3], 'dx', ARGV[4],
+  'exp', ARGV[5], 'iat', ARGV[1], 'miss', 0)
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', tonumber(ARGV[5]) - tonumber(ARGV[1])
+  + tonumber(ARGV[6])))
+return 1
+"""
+
+
 class VerifyOutcome(Enum):
     """How a verification attempt ended; only OK yields a ticket, the rest look alike to callers."""
 
@@ -301,6 +312,10 @@ class CodeStore(Protocol):
 class TicketStore(Protocol):
     """Storage the ticket service needs."""
 
+    async def store_ticket(self, tag: str, ticket: TicketToStore, *, now_ms: int) -> None:
+        """Store a ticket that no verification produced (a grant)."""
+        ...
+
     async def consume_ticket(
         self,
         tag: str,
@@ -321,11 +336,27 @@ class TicketStore(Protocol):
 class RedisCodeStore:
     """CodeStore and TicketStore on Redis (standalone or Cluster: one slot per script)."""
 
+    async def store_ticket(self, tag: str, ticket: TicketToStore, *, now_ms: int) -> None:
+        """Store a ticket that no verification produced (a grant); it lives until it expires."""
+        await run_script(
+            self._grant,
+            [ticket_key(tag, ticket.ticket_hash)],
+            [
+                now_ms,
+                ticket.channel,
+                ticket.purpose,
+                ticket.sealed_destination,
+                ticket.expires_at_ms,
+                TICKET_GC_GRACE_MS,
+            ],
+        )
+
     def __init__(self, redis: aioredis.Redis) -> None:
         self._issue = redis.register_script(_ISSUE_LUA)
         self._cancel = redis.register_script(_CANCEL_LUA)
         self._verify = redis.register_script(_VERIFY_LUA)
         self._consume = redis.register_script(_CONSUME_LUA)
+        self._grant = redis.register_script(_GRANT_LUA)
 
     async def issue(
         self,

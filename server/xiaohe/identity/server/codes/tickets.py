@@ -24,8 +24,19 @@ from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.destinations import normalize_destination
 from xiaohe.identity.server.codes.digests import CodeDigests
-from xiaohe.identity.server.codes.models import Channel, CodePolicy, Purpose, TicketClaims
-from xiaohe.identity.server.codes.store import RedisCodeStore, StoredTicket, TicketStore
+from xiaohe.identity.server.codes.models import (
+    DELIVERY_CHANNELS,
+    Channel,
+    CodePolicy,
+    Purpose,
+    TicketClaims,
+)
+from xiaohe.identity.server.codes.store import (
+    RedisCodeStore,
+    StoredTicket,
+    TicketStore,
+    TicketToStore,
+)
 from xiaohe.identity.server.errors import InvalidArgument, TicketInvalid
 
 logger = logging.getLogger(__name__)
@@ -129,6 +140,7 @@ class TicketService:
         policy: CodePolicy | None = None,
         audit: AuditSink | None = None,
         store: TicketStore | None = None,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         """Wire the service; `store` defaults to the Redis implementation on `redis`."""
         if store is None:
@@ -140,6 +152,36 @@ class TicketService:
         self._clock = clock
         self._policy = policy or CodePolicy()
         self._audit = audit
+        self._token_bytes = token_bytes
+
+    async def grant(self, account_id: str, purpose: Purpose, ttl: int | None = None) -> str:
+        """A single-use ticket for `purpose` that names an account a flow has identified.
+
+        Recovery hands one out (purpose RESET_PASSWORD) once the person has proven
+        the account's phone and identity details: `consume` then answers channel
+        ACCOUNT and the account id as destination. It is stored like any ticket
+        (only its hash; the account id sealed under the ticket's own secret) and
+        lives `ttl` seconds (the ticket lifetime by default).
+        """
+        tag = self._digests.destination_tag(Channel.ACCOUNT, account_id)
+        secret = self._token_bytes(TICKET_SECRET_BYTES)
+        ticket = ticket_from_secret(tag, secret)
+        hashed = ticket_hash(ticket)
+        now_ms = int(self._clock.now() * 1000)
+        await self._store.store_ticket(
+            tag,
+            TicketToStore(
+                ticket_hash=hashed,
+                channel=Channel.ACCOUNT.value,
+                purpose=Purpose(purpose).value,
+                sealed_destination=seal_destination(
+                    secret, hashed, account_id, self._token_bytes(TICKET_NONCE_BYTES)
+                ),
+                expires_at_ms=now_ms + (ttl or self._policy.ticket_ttl) * 1000,
+            ),
+            now_ms=now_ms,
+        )
+        return ticket
 
     async def consume(
         self,
@@ -244,7 +286,9 @@ class TicketService:
     def _candidate_tags(self, destination: str, channel: Channel | None) -> set[str]:
         """Tags of `destination` normalised for `channel` (or for each channel it fits)."""
         tags: set[str] = set()
-        for candidate in [channel] if channel is not None else list(Channel):
+        if channel is Channel.ACCOUNT:
+            return {self._digests.destination_tag(channel, destination)}
+        for candidate in [channel] if channel is not None else DELIVERY_CHANNELS:
             try:
                 normalised = normalize_destination(
                     candidate, destination, self._policy.allowed_country_codes

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from xiaohe.identity.server.codes.models import Channel, Purpose
+from xiaohe.identity.server.codes.models import DELIVERY_CHANNELS, Channel, Purpose
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
 from xiaohe.identity.server.shared.identifiers import IdentifierKind, IdType
 from xiaohe.identity.v1 import common_pb2
@@ -16,16 +16,25 @@ V = TypeVar("V")
 
 
 def from_proto(
-    name_of: Callable[[Any], str], prefix: str, domain: type[E], value: int, field: str
+    name_of: Callable[[Any], str],
+    prefix: str,
+    domain: type[E],
+    value: int,
+    field: str,
+    members: Iterable[E] | None = None,
 ) -> E:
-    """The domain enum member for a proto enum value, or InvalidArgument naming the field."""
+    """The domain enum member for a proto enum value, or InvalidArgument naming the field.
+
+    `members` limits the answer to some of the domain's members (those the API offers).
+    """
+    allowed_members = list(members) if members is not None else list(domain)
     try:
         name = name_of(value)
     except ValueError:
         name = ""
     short = name.removeprefix(prefix)
-    if not name or short == "UNSPECIFIED" or short not in domain.__members__:
-        allowed = ", ".join(prefix + m for m in domain.__members__)
+    if not name or short not in {m.name for m in allowed_members}:
+        allowed = ", ".join(prefix + m.name for m in allowed_members)
         raise InvalidArgument(FieldViolation(field, f"must be one of {allowed}"))
     return domain[short]
 
@@ -36,8 +45,8 @@ def to_proto(value_of: Callable[[str], V], prefix: str, member: StrEnum) -> V:
 
 
 def channel_from_proto(value: int, field: str = "channel") -> Channel:
-    """Channel from the proto value."""
-    return from_proto(common_pb2.Channel.Name, "CHANNEL_", Channel, value, field)
+    """Channel from the proto value (SMS or EMAIL: the channels codes are sent over)."""
+    return from_proto(common_pb2.Channel.Name, "CHANNEL_", Channel, value, field, DELIVERY_CHANNELS)
 
 
 def purpose_from_proto(value: int, field: str = "purpose") -> Purpose:
