@@ -86,6 +86,23 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             SIGNATURE + "您的账号绑定邮箱已于{at}更换为{new_email}。如非本人操作，请立即联系客服。",
             frozenset({"at", "new_email"}),
         ),
+        "phone_bound": _NoticeText(
+            "已绑定手机号",
+            SIGNATURE + "您的账号已于{at}绑定手机号{new_phone}。如非本人操作，请立即联系客服。",
+            frozenset({"at", "new_phone"}),
+        ),
+        "email_unbound": _NoticeText(
+            "绑定邮箱已解除",
+            SIGNATURE + "您的账号已于{at}解除绑定邮箱。如非本人操作，请立即修改密码并联系客服。",
+            frozenset({"at"}),
+        ),
+        "login_name_reminder": _NoticeText(
+            "找回账号：您的登录名",
+            SIGNATURE
+            + "您于{at}申请找回账号，您的登录名为{login_name}。"
+            + "如非本人操作，请忽略本消息并联系客服。",
+            frozenset({"at", "login_name"}),
+        ),
         "account_recovered": _NoticeText(
             "账号已通过找回流程重置",
             SIGNATURE
