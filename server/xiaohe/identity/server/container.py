@@ -298,7 +298,19 @@ class Container:
     @cached_property
     def passwords(self) -> PasswordFlow:
         """Changing and resetting passwords."""
-        return PasswordFlow()
+        return PasswordFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            sessions=self.sessions,
+            tickets=self.tickets,
+            password_check=self.password_check,
+            password_policy=self.password_policy,
+            hasher=self.hasher,
+            notices=self.notices,
+            clock=self.clock,
+            allowed_country_codes=self.settings.allowed_country_codes,
+            audit=self.audit,
+        )
 
     @cached_property
     def channels(self) -> ChannelFlow:

@@ -6,22 +6,57 @@ read and accept the policy and log out. `accept` records the consent and raises
 the account's accepted version; the session is a normal one from its next
 Refresh on (the refreshed tokens are computed from the account, see
 `login.ActiveSubjects`).
+
+In order:
+
+1. The version must be 1 or more (InvalidArgument on `version`).
+2. It must be the current version. The per-process cache of the current
+   version may predate a publication by another process moments ago, so a
+   version that differs is checked once more against the store itself before
+   FailedPrecondition names the current version (field `version`). Accepting
+   an older version would let a client consent to text the user was not shown
+   as current, so it is refused, never recorded.
+3. One unit of work: the consent record (account, version, time, client,
+   masked IP, channel `consent`), the account's accepted version and the audit
+   record `privacy.consent` commit together, or none of them does. The restriction
+   is computed afresh from the account on every refresh, so nothing about the
+   caller's session has to change here.
+
+Accepting the current version again records another consent (the ledger is a
+history of acts, not a state) and changes nothing else. A refused acceptance
+(not a malformed one) is audited too, through the group commit, since it
+stores nothing. Nothing here touches Redis.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Final
 
 from xiaohe.identity.server.accounts.service import AccountService
-from xiaohe.identity.server.audit.sink import AuditSink
+from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.errors import Unimplemented
+from xiaohe.identity.server.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    IdentityError,
+    InvalidArgument,
+)
 from xiaohe.identity.server.flows.registration import PolicyVersions
 from xiaohe.identity.server.privacy.consents import ConsentLedger
+from xiaohe.identity.server.shared.network import mask_ip
 from xiaohe.identity.server.storage.database import UnitOfWork
 
-CONSENT_CHANNEL = "consent"
+logger = logging.getLogger(__name__)
+
+CONSENT_CHANNEL: Final = "consent"
 """The `consents.channel` of an acceptance after a policy change."""
+
+CONSENT_ACTION: Final = "privacy.consent"
+"""Audit action of an acceptance (target: the account id)."""
+
+VERSION_FIELD: Final = "version"
 
 
 @dataclass(frozen=True)
@@ -35,7 +70,7 @@ class AcceptPolicyCommand:
 
 
 class ConsentFlow:
-    """Records acceptances of the current privacy policy."""
+    """Records acceptances of the current privacy policy (steps in the module docstring)."""
 
     def __init__(
         self,
@@ -54,6 +89,9 @@ class ConsentFlow:
         self._clock = clock
         self._audit = audit
 
+    def __repr__(self) -> str:
+        return "ConsentFlow()"
+
     async def accept(self, cmd: AcceptPolicyCommand) -> int:
         """Record the consent and raise the accepted version; returns it.
 
@@ -63,4 +101,44 @@ class ConsentFlow:
         masked IP, channel), the account's accepted version and the audit record
         `privacy.consent` commit together.
         """
-        raise Unimplemented("this flow is being built")
+        if cmd.version < 1:
+            raise InvalidArgument(
+                FieldViolation(VERSION_FIELD, "must be the number of the policy version accepted")
+            )
+        try:
+            await self._check_current(cmd.version)
+            async with self._uow.begin():
+                await self._consents.record(
+                    cmd.account_id,
+                    cmd.version,
+                    client_id=cmd.client_id,
+                    channel=CONSENT_CHANNEL,
+                    ip_masked=mask_ip(cmd.ip),
+                )
+                await self._accounts.accept_policy_version(cmd.account_id, cmd.version)
+                if self._audit is not None:
+                    await self._audit.record(CONSENT_ACTION, cmd.account_id, "ok")
+        except IdentityError as exc:
+            await record_quietly(
+                self._audit, CONSENT_ACTION, cmd.account_id, exc.reason.lower(), logger
+            )
+            raise
+        except Exception:
+            await record_quietly(self._audit, CONSENT_ACTION, cmd.account_id, "error", logger)
+            raise
+        return cmd.version
+
+    async def _check_current(self, version: int) -> None:
+        """Step 2: FailedPrecondition naming the current version unless `version` is it."""
+        current = (await self._policies.current()).version
+        if version != current:
+            # The cache may predate a version published by another process moments ago.
+            current = (await self._policies.current(fresh=True)).version
+        if version != current:
+            raise FailedPrecondition(
+                f"only the current privacy policy can be accepted: version {current}",
+                [FieldViolation(VERSION_FIELD, f"must be the current version {current}")],
+            )
+
+
+__all__ = ["CONSENT_ACTION", "CONSENT_CHANNEL", "AcceptPolicyCommand", "ConsentFlow"]
