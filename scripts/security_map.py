@@ -43,12 +43,13 @@ NOT_YET_BUILT: dict[str, str] = {
 }
 
 PARTLY_BUILT: dict[str, str] = {
-    "H2": "phone and email changes and recovery (issue 9, next commits); the notices of a "
-    "password change and reset are proved",
-    "H1": "the ChangePhone, BindEmail and UnbindEmail flows (issue 9); replacing a contact "
-    "point atomically, one concurrent change winning, is proved",
-    "T3": "password and phone change (issue 9), deactivation (issue 14), recycled numbers "
-    "(issue 10); logout and revoke-all are proved",
+    "H2": "account recovery (issue 9, next commit); the notices of password, phone and "
+    "email changes are proved",
+    "H1": "an approved manual review as the proof of a phone change (issue 12; answered "
+    "UNIMPLEMENTED until then); the old-phone and email proofs and the email's own proof "
+    "are proved",
+    "T3": "deactivation (issue 14), recycled numbers (issue 10); logout, revoke-all, "
+    "password change and reset, and phone and email changes are proved",
     "I5": "deactivation and anonymisation after retention (issue 14); crypto-shredded data "
     "reading as empty is proved",
     "I6": "the directory with field grants and its disclosure log (issue 13); masking of "

@@ -315,12 +315,31 @@ class Container:
     @cached_property
     def channels(self) -> ChannelFlow:
         """Binding phones and emails."""
-        return ChannelFlow()
+        return ChannelFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            tickets=self.tickets,
+            passwords=self.password_check,
+            sessions=self.sessions,
+            notices=self.notices,
+            audit=self.audit,
+            allowed_country_codes=self.settings.allowed_country_codes,
+        )
 
     @cached_property
     def phone_change(self) -> PhoneChangeFlow:
         """Changing the bound phone."""
-        return PhoneChangeFlow()
+        return PhoneChangeFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            tickets=self.tickets,
+            sessions=self.sessions,
+            notices=self.notices,
+            clock=self.clock,
+            cooling_off_seconds=self.settings.phone_change_cooling_off_seconds,
+            audit=self.audit,
+            allowed_country_codes=self.settings.allowed_country_codes,
+        )
 
     @cached_property
     def recovery(self) -> RecoveryFlow:

@@ -13,15 +13,102 @@ Afterwards, in the same unit of work: the old phone and the email get the
 `phone_changed` notice (no code, the new number masked), every other session ends
 (T3), the change is audited; and for `phone_change_cooling_off_seconds` (24 h by
 default) another phone change, and recovery through the new phone, are refused.
+
+In order, each step only if the previous one passed:
+
+1. Manual review is Unimplemented, before anything else is looked at.
+2. Shapes. The identifier (required unless signed in; a login name, USCC or ID
+   number, never a phone or an email: those are what is being proven), the new
+   phone and both tickets; all violations in one InvalidArgument. A non-empty
+   identifier that fails its kind's rules is not a violation but an unknown
+   account (as at login: it cannot belong to anyone, and the answer must not
+   depend on what is registered).
+3. The new phone's ticket is checked, not consumed: BIND_PHONE, SMS, the new
+   phone, or TicketInvalid on `new_phone_ticket`.
+4. The account: the identifier's, or the signed-in caller's. An identifier that
+   names another account than the signed-in one, or an account that is not
+   active, is treated as unknown.
+5. The proof ticket is checked against the account's bound phone (or email),
+   through the ticket service's destination binding. For an unknown account
+   there is no bound value, and the check is made against none, which the
+   ticket service counts as a mismatch exactly like another account's phone:
+   both answer the same TicketInvalid on the proof field, spend the same Redis
+   script, leave the ticket usable for the right account (the third mismatch
+   destroys it) and send nothing. Nothing about the account is revealed before
+   its channel is proven.
+6. State, now that the person has proven the account: the new phone being the
+   bound one already, or a phone changed within the cooling-off window
+   (`AccountCredentials.phone_changed_at`), is FailedPrecondition.
+7. A new phone held by another account is ALREADY_EXISTS on `new_phone`; both
+   tickets stay usable (the caller proved the phone is theirs, and may pick
+   another).
+8. Both tickets are consumed (Redis, before the unit of work). Of two calls with
+   one ticket, one gets past this step; the other gets TicketInvalid.
+9. One unit of work: `replace_contact` (it locks the row and re-reads the phone:
+   of two concurrent changes with different tickets the second finds it changed
+   and gets Conflict, so the account ends with exactly one new phone), the other
+   sessions revoked (the caller's own kept when signed in; published to the
+   revocation list once this commits), the notices queued, the audit record.
+   A fault anywhere in it leaves the phone, identifiers, sessions and outbox as
+   they were.
+
+Refusals after step 2 are audited as `account.phone.change` (target the account
+id, or `unknown`) outside the unit of work; the success as
+`account.phone.change` with the proof as its outcome (`old_phone`, `email`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
-from xiaohe.identity.server.errors import Unimplemented
-from xiaohe.identity.server.shared.identifiers import IdentifierKind
+from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
+from xiaohe.identity.server.accounts.service import AccountService
+from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
+from xiaohe.identity.server.delivery.notices import Notices
+from xiaohe.identity.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    IdentityError,
+    InvalidArgument,
+    NotFound,
+    TicketInvalid,
+    Unimplemented,
+)
+from xiaohe.identity.server.flows.channels import (
+    SessionRevoker,
+    check_ticket,
+    check_ticket_shape,
+    consume_ticket,
+)
+from xiaohe.identity.server.flows.login import MAX_IDENTIFIER_CHARS, UNKNOWN_SUBJECT
+from xiaohe.identity.server.sessions.models import RevokeReason
+from xiaohe.identity.server.shared.identifiers import (
+    IdentifierKind,
+    classify,
+    mask_phone,
+    normalize_identifier,
+    normalize_phone,
+    today_in_china,
+)
+from xiaohe.identity.server.shared.validation import Violations
+from xiaohe.identity.server.storage.database import UnitOfWork
+
+logger = logging.getLogger(__name__)
+
+CHANGE_PHONE_ACTION: Final = "account.phone.change"
+DEFAULT_COOLING_OFF_SECONDS: Final = 86400
+NAMING_KINDS: Final = frozenset(
+    {IdentifierKind.LOGIN_NAME, IdentifierKind.USCC, IdentifierKind.ID_NUMBER}
+)
+"""What may name the account (privacy policy 一.6): never the channels being proven."""
 
 
 class PhoneProof(StrEnum):
@@ -30,6 +117,14 @@ class PhoneProof(StrEnum):
     OLD_PHONE = "old_phone"
     EMAIL = "email"
     MANUAL_REVIEW = "manual_review"
+
+
+_PROOF_FIELDS: Final = {
+    PhoneProof.OLD_PHONE: "old_phone_ticket",
+    PhoneProof.EMAIL: "email_ticket",
+    PhoneProof.MANUAL_REVIEW: "manual_review",
+}
+_PROOF_CHANNELS: Final = {PhoneProof.OLD_PHONE: Channel.SMS, PhoneProof.EMAIL: Channel.EMAIL}
 
 
 @dataclass(frozen=True)
@@ -56,9 +151,233 @@ class PhoneChanged:
     sessions_ended: int
 
 
+@dataclass(frozen=True)
+class _ValidChange:
+    """A ChangePhone request after step 2."""
+
+    naming: tuple[IdentifierKind, str] | None
+    """The normalised identifier, None when absent or malformed."""
+    new_phone: str = field(repr=False)
+    proof_field: str
+    proof_channel: Channel
+
+
 class PhoneChangeFlow:
     """Changes bound phones (steps in the module docstring)."""
 
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWork,
+        accounts: AccountService,
+        tickets: TicketConsumer,
+        sessions: SessionRevoker,
+        notices: Notices,
+        clock: Clock,
+        cooling_off_seconds: int = DEFAULT_COOLING_OFF_SECONDS,
+        audit: AuditSink | None = None,
+        allowed_country_codes: Collection[str] = ("86",),
+    ) -> None:
+        if cooling_off_seconds < 0:
+            raise ValueError("cooling_off_seconds must not be negative")
+        self._uow = uow
+        self._accounts = accounts
+        self._tickets = tickets
+        self._sessions = sessions
+        self._notices = notices
+        self._clock = clock
+        self._cooling_off = cooling_off_seconds
+        self._audit = audit
+        self._allowed_country_codes = tuple(allowed_country_codes)
+
+    def __repr__(self) -> str:
+        return "PhoneChangeFlow()"
+
     async def change(self, cmd: ChangePhoneCommand) -> PhoneChanged:
-        """Change the phone."""
-        raise Unimplemented("this flow is being built")
+        """Change the phone (steps and their reasons in the module docstring).
+
+        Raises Unimplemented (manual review), InvalidArgument, TicketInvalid
+        (`new_phone_ticket`, or the proof field for an unknown account as for a
+        proof of another account's channel), FailedPrecondition (the same phone,
+        or within the cooling-off window), AlreadyExists (`new_phone`), Conflict
+        (a concurrent change won) or Unavailable.
+        """
+        if cmd.proof is PhoneProof.MANUAL_REVIEW:
+            raise Unimplemented(
+                "changing the phone by manual review with identity documents is not available "
+                "yet: prove the account with old_phone_ticket or email_ticket"
+            )
+        valid = self._validate(cmd)
+        target = UNKNOWN_SUBJECT
+        try:
+            await check_ticket(
+                self._tickets,
+                cmd.new_phone_ticket,
+                field_name="new_phone_ticket",
+                purpose=Purpose.BIND_PHONE,
+                channel=Channel.SMS,
+                destination=valid.new_phone,
+            )
+            account = await self._account(cmd, valid)
+            old_phone = email = ""
+            if account is not None:
+                target = account.account_id
+                data = await self._accounts.get_personal_data(account.account_id)
+                old_phone, email = data.phone, data.email
+            # Step 5. For an unknown account the bound value is "", which no ticket is bound to.
+            proven = old_phone if valid.proof_channel is Channel.SMS else email
+            await check_ticket(
+                self._tickets,
+                cmd.proof_ticket,
+                field_name=valid.proof_field,
+                purpose=Purpose.CHANGE_PHONE,
+                channel=valid.proof_channel,
+                destination=proven,
+            )
+            if account is None:  # unreachable: no ticket is bound to an empty destination
+                raise TicketInvalid(field=valid.proof_field)
+            self._check_state(account, old_phone, valid.new_phone)
+            if await self._accounts.taken_kinds([self._accounts.key("phone", valid.new_phone)]):
+                raise AlreadyExists("new_phone")
+            await consume_ticket(
+                self._tickets,
+                cmd.proof_ticket,
+                field_name=valid.proof_field,
+                purpose=Purpose.CHANGE_PHONE,
+                channel=valid.proof_channel,
+                destination=proven,
+            )
+            await consume_ticket(
+                self._tickets,
+                cmd.new_phone_ticket,
+                field_name="new_phone_ticket",
+                purpose=Purpose.BIND_PHONE,
+                channel=Channel.SMS,
+                destination=valid.new_phone,
+            )
+            keep = cmd.session_id if cmd.account_id == account.account_id else ""
+            try:
+                async with self._uow.begin():
+                    await self._accounts.replace_contact(
+                        account.account_id, "phone", expected=old_phone, new=valid.new_phone
+                    )
+                    ended = await self._sessions.revoke_all(
+                        account.account_id, RevokeReason.PHONE_CHANGE, keep=keep
+                    )
+                    await self._notices.send(
+                        "phone_changed",
+                        phone=old_phone,
+                        email=email,
+                        new_phone=mask_phone(valid.new_phone),
+                    )
+                    if self._audit is not None:
+                        await self._audit.record(
+                            CHANGE_PHONE_ACTION, account.account_id, cmd.proof.value
+                        )
+            except AlreadyExists:
+                raise AlreadyExists("new_phone") from None  # bound elsewhere meanwhile
+        except Exception as exc:
+            outcome = exc.reason.lower() if isinstance(exc, IdentityError) else "error"
+            await record_quietly(self._audit, CHANGE_PHONE_ACTION, target, outcome, logger)
+            raise
+        return PhoneChanged(phone_masked=mask_phone(valid.new_phone), sessions_ended=ended)
+
+    def _validate(self, cmd: ChangePhoneCommand) -> _ValidChange:
+        """Step 2: shapes; InvalidArgument lists every violation."""
+        v = Violations()
+        naming: tuple[IdentifierKind, str] | None = None
+        raw = cmd.identifier
+        if not raw.strip():
+            if not cmd.account_id:
+                v.add("identifier", "must name the account: login name, USCC or ID number")
+        elif len(raw) > MAX_IDENTIFIER_CHARS:
+            v.add("identifier", f"must be at most {MAX_IDENTIFIER_CHARS} characters")
+        else:
+            kind = IdentifierKind(cmd.identifier_kind)
+            if kind is not IdentifierKind.UNSPECIFIED and kind not in NAMING_KINDS:
+                v.add("identifier_kind", "must be LOGIN_NAME, USCC or ID_NUMBER (or unspecified)")
+            elif kind is IdentifierKind.UNSPECIFIED and classify(raw) not in NAMING_KINDS:
+                v.add("identifier", "must be a login name, USCC or ID number")
+            else:
+                naming = self._normalise(raw, kind)
+        new_phone = v.run(
+            "new_phone",
+            cmd.new_phone,
+            lambda value: normalize_phone(value, "new_phone", self._allowed_country_codes),
+        )
+        check_ticket_shape(v, "new_phone_ticket", cmd.new_phone_ticket, required=True)
+        proof_field = _PROOF_FIELDS[cmd.proof]
+        check_ticket_shape(v, proof_field, cmd.proof_ticket, required=True)
+        v.raise_if_any()
+        return _ValidChange(
+            naming=naming,
+            new_phone=new_phone,
+            proof_field=proof_field,
+            proof_channel=_PROOF_CHANNELS[cmd.proof],
+        )
+
+    def _normalise(self, raw: str, kind: IdentifierKind) -> tuple[IdentifierKind, str] | None:
+        """The normalised identifier, or None for one no account can hold (step 2)."""
+        try:
+            return normalize_identifier(
+                kind,
+                raw,
+                allowed_country_codes=self._allowed_country_codes,
+                today=today_in_china(self._clock),
+            )
+        except InvalidArgument:
+            return None
+
+    async def _account(
+        self, cmd: ChangePhoneCommand, valid: _ValidChange
+    ) -> AccountCredentials | None:
+        """Step 4: the active account the request is about, or None (unknown)."""
+        account: AccountCredentials | None = None
+        if cmd.identifier.strip():
+            if valid.naming is not None:
+                account = await self._accounts.find_credentials(*valid.naming)
+            if account is not None and cmd.account_id and account.account_id != cmd.account_id:
+                account = None  # signed in as one account, naming another
+        elif cmd.account_id:
+            try:
+                account = await self._accounts.get_credentials(cmd.account_id)
+            except NotFound:
+                account = None
+        if account is None or account.status != AccountStatus.ACTIVE:
+            return None
+        return account
+
+    def _check_state(self, account: AccountCredentials, old_phone: str, new_phone: str) -> None:
+        """Step 6: FailedPrecondition for the bound phone itself, or inside the cooling-off window.
+
+        The window (H1, issue 9) is counted from the last phone change or first
+        binding: someone who has just taken over a phone, or an account through
+        one, cannot immediately move the account on again, and recovery refuses
+        a phone changed within the same window (flows/recovery.py).
+        """
+        if new_phone == old_phone:
+            raise FailedPrecondition(
+                "the new phone is the phone bound already",
+                [FieldViolation("new_phone", "is the phone bound already")],
+            )
+        changed_at = account.phone_changed_at
+        if changed_at is None:
+            return
+        remaining = changed_at + self._cooling_off - self._clock.now()
+        if remaining > 0:
+            hours = self._cooling_off / 3600
+            raise FailedPrecondition(
+                f"the bound phone was changed less than {hours:g} h ago; it can be changed "
+                f"again in {math.ceil(remaining)} s"
+            )
+
+
+__all__ = [
+    "CHANGE_PHONE_ACTION",
+    "DEFAULT_COOLING_OFF_SECONDS",
+    "NAMING_KINDS",
+    "ChangePhoneCommand",
+    "PhoneChangeFlow",
+    "PhoneChanged",
+    "PhoneProof",
+]

@@ -15,6 +15,7 @@ class RevokeReason(StrEnum):
     ACCOUNT_INACTIVE = "account_inactive"
     PASSWORD_CHANGE = "password_change"  # noqa: S105 - a reason, not a secret
     PHONE_CHANGE = "phone_change"
+    EMAIL_CHANGE = "email_change"
     DEACTIVATION = "deactivation"
     RECYCLED_NUMBER = "recycled_number"
     ADMIN = "admin"
