@@ -43,8 +43,6 @@ NOT_YET_BUILT: dict[str, str] = {
 }
 
 PARTLY_BUILT: dict[str, str] = {
-    "H2": "account recovery (issue 9, next commit); the notices of password, phone and "
-    "email changes are proved",
     "H1": "an approved manual review as the proof of a phone change (issue 12; answered "
     "UNIMPLEMENTED until then); the old-phone and email proofs and the email's own proof "
     "are proved",

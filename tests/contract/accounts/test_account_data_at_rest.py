@@ -21,11 +21,16 @@ from tests.contract.accounts.conftest import (
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.shared.identifiers import IdType
 
+REPRESENTATIVE = "欧阳娜娜"
+
 SECRETS = {
     "phone": PHONE.encode(),
     "id_number": ID_NUMBER.encode(),
     "id_number_lower": ID_NUMBER.lower().encode(),
     "name": NAME.encode("utf-8"),
+    "legal_person_phone": OTHER_PHONE.encode(),
+    "representative_name": REPRESENTATIVE.encode("utf-8"),
+    "representative_id_number": OTHER_ID_NUMBER.encode(),
 }
 
 
@@ -34,9 +39,24 @@ def _leaks(blob: bytes) -> list[str]:
 
 
 async def test_no_raw_phone_or_id_number_in_the_stored_database(env: AccountsEnv) -> None:
-    """[I1] After registration the phone, ID number and name appear nowhere in the database:
-    not in the SQLite file or its WAL, not in any column of any PostgreSQL table."""
+    """[I1] After registration the phone, ID number and name appear nowhere in the database,
+    nor a legal person's phone or its representative's name and ID number: not in the SQLite
+    file or its WAL, not in any column of any PostgreSQL table."""
     result = await env.register(natural_command())
+    organisation = await env.register(
+        legal_command(
+            organization_type="ENTERPRISE",
+            representative_type="LEGAL_REPRESENTATIVE",
+            representative_name=REPRESENTATIVE,
+            representative_id_type=IdType.RESIDENT_ID_CARD,
+            representative_id_number=OTHER_ID_NUMBER,
+        )
+    )
+    data = await env.service.get_personal_data(organisation.account_id)
+    assert (data.representative_name, data.representative_id_number) == (
+        REPRESENTATIVE,
+        OTHER_ID_NUMBER,
+    )  # stored, so the scans below would find them if they were stored in the clear
     if env.database.dialect == "sqlite":
         path = Path(str(env.database.url.database))
         wal = path.with_name(path.name + "-wal")

@@ -152,6 +152,137 @@ async def test_legal_person_registers(env: AccountsEnv) -> None:
     assert await _identifier_kinds(env, result.account_id) == ["login_name", "phone", "uscc"]
 
 
+REPRESENTATIVE: dict[str, Any] = {
+    "organization_type": "ENTERPRISE",
+    "representative_type": "LEGAL_REPRESENTATIVE",
+    "representative_name": " 王　芳 ",
+    "representative_id_type": IdType.RESIDENT_ID_CARD,
+    "representative_id_number": "440524 18800101 0014",
+}
+
+
+async def test_legal_person_registers_its_representative(env: AccountsEnv) -> None:
+    """[I1] A legal person's organisation type and representative (privacy policy 一.3) are
+    normalised and sealed in the profile; the representative's ID number is no identifier."""
+    result = await env.register(legal_command(**REPRESENTATIVE))
+    data = await env.service.get_personal_data(result.account_id)
+    assert (data.organization_type, data.representative_type) == (
+        "ENTERPRISE",
+        "LEGAL_REPRESENTATIVE",
+    )
+    assert (
+        data.representative_name,
+        data.representative_id_type,
+        data.representative_id_number,
+    ) == ("王 芳", IdType.RESIDENT_ID_CARD, OTHER_ID_NUMBER)
+    assert (data.name, data.id_number, data.id_type) == ("", "", IdType.UNSPECIFIED)
+    assert await _identifier_kinds(env, result.account_id) == ["login_name", "phone", "uscc"]
+    async with env.database.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.text("SELECT * FROM accounts WHERE account_id = :a"), {"a": result.account_id}
+            )
+        ).one()
+    key = env.cipher.unwrap(WrappedDataKey.from_bytes(bytes(row.data_key_wrapped)))
+    profile = json.loads(
+        env.cipher.decrypt_field(
+            key, bytes(row.profile_enc), field_aad(result.account_id, "profile")
+        )
+    )
+    assert profile == {
+        "organization_name": ORGANIZATION,
+        "uscc": USCC,
+        "organization_type": "ENTERPRISE",
+        "representative_type": "LEGAL_REPRESENTATIVE",
+        "representative_name": "王 芳",
+        "representative_id_type": "RESIDENT_ID_CARD",
+        "representative_id_number": OTHER_ID_NUMBER,
+    }
+
+
+async def test_a_representative_id_number_is_neither_unique_nor_an_identifier(
+    env: AccountsEnv,
+) -> None:
+    """F5: one person may represent many organisations, and a representative's ID number
+    neither blocks nor is blocked by the person's own account (no identifier row, no notice)."""
+    person = await env.register(natural_command(id_number=OTHER_ID_NUMBER))
+    first = await env.register(legal_command(**REPRESENTATIVE))
+    second = await env.register(
+        legal_command(
+            login_name="second-org", phone=THIRD_PHONE, uscc="91310110666007217T", **REPRESENTATIVE
+        )
+    )
+    for org in (first, second):
+        assert await _identifier_kinds(env, org.account_id) == ["login_name", "phone", "uscc"]
+        data = await env.service.get_personal_data(org.account_id)
+        assert data.representative_id_number == OTHER_ID_NUMBER
+    assert await _identifier_kinds(env, person.account_id) == ["id_number", "login_name", "phone"]
+    assert not [r for r in env.audit.records if r[0] == "account.identity_claimed"]
+
+
+async def test_representative_fields_are_validated(env: AccountsEnv) -> None:
+    """[F3] Representative fields are a legal person's only, with known types and a valid ID
+    number; each violation names its field, and the ticket survives every refusal."""
+    ticket = await env.ticket(OTHER_PHONE)
+    cases: list[tuple[RegisterCommand, str, str]] = [
+        (
+            natural_command(phone=OTHER_PHONE, representative_name="王芳"),
+            "representative_name",
+            "must be empty for a natural person",
+        ),
+        (
+            natural_command(phone=OTHER_PHONE, organization_type="ENTERPRISE"),
+            "organization_type",
+            "must be empty for a natural person",
+        ),
+        (
+            legal_command(organization_type="CORPORATION"),
+            "organization_type",
+            "unknown organization type",
+        ),
+        (
+            legal_command(representative_type="CHAIRMAN"),
+            "representative_type",
+            "unknown representative type",
+        ),
+        (
+            legal_command(
+                representative_id_type=IdType.RESIDENT_ID_CARD,
+                representative_id_number="440524188001010015",
+            ),
+            "representative_id_number",
+            "check digit",
+        ),
+        (
+            legal_command(representative_id_number=OTHER_ID_NUMBER),
+            "representative_id_type",
+            "must be specified",
+        ),
+        (
+            legal_command(representative_id_type=IdType.PASSPORT),
+            "representative_id_number",
+            "must not be empty",
+        ),
+        (
+            legal_command(representative_name="王\n芳"),
+            "representative_name",
+            "control characters",
+        ),
+    ]
+    for cmd, field, fragment in cases:
+        with pytest.raises(InvalidArgument) as caught:
+            await env.registration.register(
+                replace(cmd, phone_ticket=ticket), client_id="bff-web", channel="web"
+            )
+        violations = {v.field: v.description for v in caught.value.violations}
+        assert set(violations) == {field}, (field, violations)
+        assert fragment in violations[field], (field, violations)
+        assert "440524188001010015" not in violations[field]
+        assert await env.counts() == EMPTY, field
+    result = await env.register(legal_command(phone_ticket=ticket, **REPRESENTATIVE))
+    assert ACCOUNT_ID.fullmatch(result.account_id)
+
+
 async def test_duplicate_identifiers_are_already_exists(env: AccountsEnv) -> None:
     """Login name and phone are unique after normalisation (full width, spaces, case); a
     duplicate names its field and stores nothing.

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from tests.integration.conftest import Harness, HarnessFactory
 from tests.integration.flows import LOGIN_NAME, OTHER_PHONE, PASSWORD, PHONE, register_ticket
 from tests.rpc_errors import Details, details_of
+from xiaohe.identity.server.flows.registration import ORGANIZATION_TYPES, REPRESENTATIVE_TYPES
 from xiaohe.identity.server.storage.schema import accounts, identifiers
 from xiaohe.identity.v1 import (
     accounts_pb2,
@@ -419,3 +420,110 @@ async def test_a_phone_in_full_width_digits_normalises_and_registers(
     account_id = (await call_register(h, natural(ticket, phone=phone))).account_id
     assert await login_ok(h, PHONE) == account_id
     assert await login_ok(h, "13812345678") == account_id
+
+
+# -- a legal person's representative (privacy policy 一.3, 一.5) -----------------------------------
+
+REPRESENTATIVE_ID = "440524188001010014"
+
+
+def with_representative(request: Request, **changes: str | int) -> Request:
+    """`request` (a legal person) with its organisation type and representative."""
+    org = request.legal_person
+    org.organization_type = common_pb2.ORGANIZATION_TYPE_SOCIAL_ORGANIZATION
+    org.representative_type = common_pb2.REPRESENTATIVE_TYPE_PERSON_IN_CHARGE
+    org.representative_name = "欧阳 娜娜"
+    org.representative_id_type = common_pb2.ID_TYPE_RESIDENT_ID_CARD
+    org.representative_id_number = REPRESENTATIVE_ID
+    for name, value in changes.items():
+        setattr(org, name, value)
+    return request
+
+
+async def test_a_legal_person_registers_its_representative(h: Harness) -> None:
+    """I1: organisation type and representative are stored in the encrypted profile; the
+    representative's ID number is no identifier (it does not log in to the organisation)."""
+    request = with_representative(legal(await register_ticket(h, PHONE)))
+    account_id = (await call_register(h, request)).account_id
+    data = await h.container.accounts.get_personal_data(account_id)
+    assert (data.organization_type, data.representative_type) == (
+        "SOCIAL_ORGANIZATION",
+        "PERSON_IN_CHARGE",
+    )
+    assert (data.representative_name, data.representative_id_number) == (
+        "欧阳 娜娜",
+        REPRESENTATIVE_ID,
+    )
+    assert await stored(h) == (1, 3)  # login name, phone and USCC only
+    assert await login_ok(h, "fuzhou-tech") == account_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await login_ok(h, REPRESENTATIVE_ID)
+    assert details_of(caught.value).reason == "INVALID_CREDENTIALS"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "why"),
+    [
+        pytest.param(
+            {"representative_id_number": "440524188001010015"},
+            "legal_person.representative_id_number",
+            "check digit",
+            id="id-number-check-digit",
+        ),
+        pytest.param(
+            {"representative_id_type": common_pb2.ID_TYPE_UNSPECIFIED},
+            "legal_person.representative_id_type",
+            "must be specified",
+            id="id-type-missing",
+        ),
+        pytest.param(
+            {"representative_id_type": 99},
+            "legal_person.representative_id_type",
+            "unknown",
+            id="id-type-unknown",
+        ),
+        pytest.param(
+            {"organization_type": 99},
+            "legal_person.organization_type",
+            "unknown",
+            id="organization-type-unknown",
+        ),
+        pytest.param(
+            {"representative_type": 99},
+            "legal_person.representative_type",
+            "unknown",
+            id="representative-type-unknown",
+        ),
+        pytest.param(
+            {"representative_name": "欧阳\u0000娜娜"},
+            "legal_person.representative_name",
+            "control characters",
+            id="name-control-character",
+        ),
+    ],
+)
+async def test_representative_fields_are_validated_by_path(
+    h: Harness, changes: dict[str, str | int], field: str, why: str
+) -> None:
+    """F3: a bad representative field is INVALID_ARGUMENT naming its nested path, repeating
+    no value; nothing is stored and the corrected request registers with the same ticket."""
+    ticket = await register_ticket(h, PHONE)
+    d = await refused(h, with_representative(legal(ticket), **changes))
+    assert (d.code, d.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(d.violations) == {field}
+    assert why in d.violations[field]
+    assert "440524188001010015" not in d.message
+    assert await stored(h) == (0, 0)
+    assert (await call_register(h, with_representative(legal(ticket)))).account_id
+
+
+def test_organisation_and_representative_types_match_the_api() -> None:
+    """The flow's lists of organisation and representative types are the proto enums'."""
+    organization = {
+        k.removeprefix("ORGANIZATION_TYPE_") for k, _ in common_pb2.OrganizationType.items()
+    }
+    representative = {
+        k.removeprefix("REPRESENTATIVE_TYPE_") for k, _ in common_pb2.RepresentativeType.items()
+    }
+    assert organization - {"UNSPECIFIED"} == ORGANIZATION_TYPES
+    assert representative - {"UNSPECIFIED"} == REPRESENTATIVE_TYPES

@@ -17,6 +17,7 @@ from xiaohe.identity.server.shared.identifiers import (
     mask_email,
     mask_id_number,
     mask_identifier,
+    mask_login_name,
     mask_phone,
     normalize,
     normalize_email,
@@ -26,6 +27,8 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_phone,
     normalize_resident_id,
     normalize_uscc,
+    normalize_uscc_or_org_code,
+    org_code_of_uscc,
     today_in_china,
     validate_org_code,
 )
@@ -321,6 +324,49 @@ def test_org_code_rejections(raw: str, fragment: str) -> None:
     violation = _violation(lambda: validate_org_code(raw))
     assert violation.field == "org_code"
     assert fragment in violation.description
+
+
+@pytest.mark.parametrize(
+    ("vector", "org_code"),
+    [("91350100M000100Y43", "M000100Y4"), ("91310110666007217T", "666007217")],
+)
+def test_org_code_of_uscc_is_characters_9_to_17(vector: str, org_code: str) -> None:
+    assert org_code_of_uscc(vector) == org_code
+    assert validate_org_code(org_code) == org_code
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("91350100M000100Y43", "91350100M000100Y43"),
+        (" 91350100m000100y43 ", "91350100M000100Y43"),
+        ("９１３５０１００Ｍ０００１００Ｙ４３", "91350100M000100Y43"),
+        ("M000100Y4", "M000100Y4"),
+        ("m000100y-4", "M000100Y4"),
+        ("ｍ０００１００ｙ－４", "M000100Y4"),
+        ("66600721-7", "666007217"),
+    ],
+)
+def test_uscc_or_org_code_accepts_either(raw: str, expected: str) -> None:
+    assert normalize_uscc_or_org_code(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("", "must not be empty"),
+        ("M000100Y", "18-character USCC or a 9-character organization code"),
+        ("91350100M000100Y4", "18-character USCC or a 9-character organization code"),
+        ("M000100Y5", "check digit does not match"),
+        ("91350100M000100Y44", "check digit does not match"),
+        (USCC_BAD_ORG_CODE, "organization code check digit"),
+    ],
+)
+def test_uscc_or_org_code_rejections_name_the_field(raw: str, fragment: str) -> None:
+    violation = _violation(lambda: normalize_uscc_or_org_code(raw, "legal_person.uscc"))
+    assert violation.field == "legal_person.uscc"
+    assert fragment in violation.description
+    assert not raw or raw not in violation.description
 
 
 # --- Resident ID -----------------------------------------------------------------
@@ -672,6 +718,24 @@ def test_mask_email(email: str, masked: str) -> None:
 def test_mask_id_number(id_number: str, masked: str) -> None:
     assert mask_id_number(id_number) == masked
     assert len(masked) == len(id_number)
+
+
+@pytest.mark.parametrize(
+    ("login_name", "masked"),
+    [
+        ("zhang.wei", "z******i"),
+        ("abcd", "a******d"),
+        ("fuzhou-tech-2024-holdings-limited", "f******d"),
+        ("a", "******"),
+        ("", "******"),
+    ],
+)
+def test_mask_login_name(login_name: str, masked: str) -> None:
+    assert mask_login_name(login_name) == masked
+
+
+def test_mask_login_name_hides_the_length() -> None:
+    assert len({len(mask_login_name(name)) for name in ("abcd", "zhang.wei", "x" * 32)}) == 1
 
 
 @pytest.mark.parametrize(

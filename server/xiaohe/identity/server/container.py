@@ -343,8 +343,26 @@ class Container:
 
     @cached_property
     def recovery(self) -> RecoveryFlow:
-        """Account recovery."""
-        return RecoveryFlow()
+        """Account recovery: limits, cooling-off and grant lifetime from settings."""
+        s = self.settings
+        limiter = SlidingWindowLimiter(self.redis)
+        key = self.keyring.code_hmac_key
+        return RecoveryFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            tickets=self.tickets,
+            notices=self.notices,
+            audit=self.audit,
+            clock=self.clock,
+            caller_limits=CallerLimits(limiter, Pseudonyms(key).ip),
+            phone_limiter=limiter,
+            pseudonym_key=key,
+            per_phone_day=s.recovery_per_phone_day,
+            per_ip_hour=s.recovery_per_ip_hour,
+            cooling_off_seconds=s.phone_change_cooling_off_seconds,
+            grant_ttl_seconds=s.ticket_ttl_seconds,
+            allowed_country_codes=s.allowed_country_codes,
+        )
 
     @cached_property
     def password_check(self) -> PasswordCheck:

@@ -42,6 +42,14 @@ who holds it. The person who does hold it is told on their bound phone that
 their details were used, and pointed to recovery or manual review (audited as
 `account.identity_claimed`). Only that person learns anything. A taken phone
 is still ALREADY_EXISTS: the caller has just proven control of that phone.
+
+A legal person's representative. The organisation type and the
+representative's type, name, ID type and number (privacy policy 一.3) are
+optional, validated like a natural person's, and kept only in the encrypted
+profile, where account recovery (`flows/recovery.py`) compares them. The
+representative's ID number never becomes an identifier row: it identifies a
+person, not the organisation, so it must not log in to the organisation's
+account, and one person may represent many organisations, so it is not unique.
 """
 
 from __future__ import annotations
@@ -99,6 +107,21 @@ LOGIN_NAME_CHECK_ACTION: Final = "account.login_name"
 
 DEFAULT_NAME_CHECK_BUDGET: Final = CallerBudget(per_ip_hour=60, per_client_minute=600)
 
+ORGANIZATION_TYPES: Final = frozenset(
+    {
+        "ENTERPRISE",
+        "INDIVIDUAL_BUSINESS",
+        "PUBLIC_INSTITUTION",
+        "SOCIAL_ORGANIZATION",
+        "GOVERNMENT_AGENCY",
+        "OTHER",
+    }
+)
+"""Organisation types (`OrganizationType` names without prefix); "" means not given."""
+
+REPRESENTATIVE_TYPES: Final = frozenset({"LEGAL_REPRESENTATIVE", "PERSON_IN_CHARGE"})
+"""Representative types (`RepresentativeType` names without prefix); "" means not given."""
+
 
 @dataclass(frozen=True)
 class RegisterCommand:
@@ -107,8 +130,11 @@ class RegisterCommand:
     `subject_type` is None when the request left it unspecified (the flow
     refuses that with a field violation). `phone_ticket` is the REGISTER ticket
     (SMS channel) from `CodeService.verify` for `phone`. A natural person may give
-    `name`, `id_type` and `id_number`; a legal person may give `organization_name`
-    and `uscc`. Giving the other kind's fields is a violation.
+    `name`, `id_type` and `id_number`; a legal person may give `organization_name`,
+    `uscc` and, for account recovery later (privacy policy 一.3, 一.5), the
+    organisation type and its representative's type, name, ID type and number
+    (types as enum names without prefix, "" for not given). Every profile field
+    is optional; giving the other kind's fields is a violation.
     """
 
     subject_type: SubjectType | None
@@ -122,6 +148,11 @@ class RegisterCommand:
     id_number: str = field(default="", repr=False)
     organization_name: str = ""
     uscc: str = ""
+    organization_type: str = ""
+    representative_type: str = ""
+    representative_name: str = field(default="", repr=False)
+    representative_id_type: IdType = IdType.UNSPECIFIED
+    representative_id_number: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -168,11 +199,43 @@ class _ValidRegistration:
     id_number: str = field(repr=False)
     organization_name: str
     uscc: str
+    organization_type: str = ""
+    representative_type: str = ""
+    representative_name: str = field(default="", repr=False)
+    representative_id_type: IdType = IdType.UNSPECIFIED
+    representative_id_number: str = field(default="", repr=False)
 
     def profile(self) -> dict[str, str]:
+        """The identity profile as stored (encrypted); a legal person's optional fields only
+        when given. The representative's ID number lives only here: it is never an
+        identifier row, so it neither logs in nor is unique."""
         if self.subject_type is SubjectType.NATURAL_PERSON:
             return {"name": self.name, "id_type": self.id_type.name, "id_number": self.id_number}
-        return {"organization_name": self.organization_name, "uscc": self.uscc}
+        optional = {
+            "organization_type": self.organization_type,
+            "representative_type": self.representative_type,
+            "representative_name": self.representative_name,
+            "representative_id_type": (
+                self.representative_id_type.name if self.representative_id_number else ""
+            ),
+            "representative_id_number": self.representative_id_number,
+        }
+        return {
+            "organization_name": self.organization_name,
+            "uscc": self.uscc,
+            **{key: value for key, value in optional.items() if value},
+        }
+
+
+@dataclass(frozen=True)
+class _Representative:
+    """A legal person's validated organisation type and representative (all optional)."""
+
+    organization_type: str = ""
+    representative_type: str = ""
+    name: str = field(default="", repr=False)
+    id_type: IdType = IdType.UNSPECIFIED
+    id_number: str = field(default="", repr=False)
 
 
 class RegistrationFlow:
@@ -372,6 +435,7 @@ class RegistrationFlow:
 
         name = id_number = organization_name = uscc = ""
         id_type = IdType.UNSPECIFIED
+        representative = _Representative()
         natural_only = {
             "name": bool(cmd.name.strip()),
             "id_type": cmd.id_type != IdType.UNSPECIFIED,
@@ -380,6 +444,11 @@ class RegistrationFlow:
         legal_only = {
             "organization_name": bool(cmd.organization_name.strip()),
             "uscc": bool(cmd.uscc.strip()),
+            "organization_type": bool(cmd.organization_type),
+            "representative_type": bool(cmd.representative_type),
+            "representative_name": bool(cmd.representative_name.strip()),
+            "representative_id_type": cmd.representative_id_type != IdType.UNSPECIFIED,
+            "representative_id_number": bool(cmd.representative_id_number.strip()),
         }
         if subject_type is SubjectType.NATURAL_PERSON:
             for field_name, given in legal_only.items():
@@ -404,6 +473,7 @@ class RegistrationFlow:
             )
             if legal_only["uscc"]:
                 uscc = v.run("uscc", cmd.uscc, normalize_uscc)
+            representative = self._validate_representative(v, cmd)
 
         context = [w for w in (login_name or cmd.login_name.strip(), phone) if w]
         try:
@@ -424,7 +494,44 @@ class RegistrationFlow:
             id_number=id_number,
             organization_name=organization_name,
             uscc=uscc,
+            organization_type=representative.organization_type,
+            representative_type=representative.representative_type,
+            representative_name=representative.name,
+            representative_id_type=representative.id_type,
+            representative_id_number=representative.id_number,
         )
+
+    def _validate_representative(self, v: Violations, cmd: RegisterCommand) -> _Representative:
+        """A legal person's optional organisation type and representative (violations into v)."""
+        organization_type = representative_type = ""
+        if cmd.organization_type:
+            if cmd.organization_type in ORGANIZATION_TYPES:
+                organization_type = cmd.organization_type
+            else:
+                v.add("organization_type", "unknown organization type")
+        if cmd.representative_type:
+            if cmd.representative_type in REPRESENTATIVE_TYPES:
+                representative_type = cmd.representative_type
+            else:
+                v.add("representative_type", "unknown representative type")
+        name = free_text(v, "representative_name", cmd.representative_name, MAX_NAME_CHARS)
+        id_type, id_number = IdType.UNSPECIFIED, ""
+        if cmd.representative_id_type != IdType.UNSPECIFIED or cmd.representative_id_number.strip():
+            today = today_in_china(self._clock)
+            number = v.run(
+                "representative_id_number",
+                cmd.representative_id_number,
+                lambda raw: normalize_id_number(
+                    cmd.representative_id_type,
+                    raw,
+                    "representative_id_number",
+                    today=today,
+                    type_field="representative_id_type",
+                ),
+            )
+            if number:
+                id_type, id_number = IdType(cmd.representative_id_type), number
+        return _Representative(organization_type, representative_type, name, id_type, id_number)
 
     async def _check_policy_version(self, accepted: int) -> None:
         current = (await self._policies.current()).version
@@ -470,6 +577,8 @@ __all__ = [
     "DEFAULT_NAME_CHECK_BUDGET",
     "IDENTITY_CLAIM_KINDS",
     "LOGIN_NAME_CHECK_ACTION",
+    "ORGANIZATION_TYPES",
+    "REPRESENTATIVE_TYPES",
     "RegisterCommand",
     "RegisteredAccount",
     "RegistrationFlow",

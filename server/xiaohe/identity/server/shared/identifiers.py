@@ -324,6 +324,29 @@ def validate_org_code(raw: str, field: str = "org_code") -> str:
     return value
 
 
+def normalize_uscc_or_org_code(raw: str, field: str = "uscc") -> str:
+    """Normalise a USCC (18 characters) or an organization code (9, GB 11714) or raise.
+
+    Organisations registered before the USCC (2015) often know only their
+    organization code, printed as `M000100Y-4`; privacy policy 一.5 accepts
+    either. The result is a valid USCC or a valid 9-character code without
+    hyphen; compare a code with a USCC through `org_code_of_uscc`.
+    """
+    value = _ascii_upper(_compact(normalize(raw)))
+    if not value:
+        raise _violation(field, "must not be empty")
+    if len(value) == 9:
+        return validate_org_code(value, field)
+    if len(value) != 18:
+        raise _violation(field, "must be an 18-character USCC or a 9-character organization code")
+    return normalize_uscc(value, field)
+
+
+def org_code_of_uscc(uscc: str) -> str:
+    """The organization code inside a normalised USCC: characters 9-17 (GB 32100-2015)."""
+    return uscc[8:17]
+
+
 # --- Resident ID and other identity documents -------------------------------------
 
 
@@ -551,6 +574,22 @@ def mask_id_number(id_number: str) -> str:
     if length >= 5:
         return id_number[0] + "*" * (length - 2) + id_number[-1]
     return "*" * length
+
+
+LOGIN_NAME_MASK_STARS = 6
+
+
+def mask_login_name(login_name: str) -> str:
+    """Mask a login name for the person recovering it: `zhang.wei` → `z******i`.
+
+    The first and last characters stay, enough for a person to recognise their
+    own; the star count is fixed, so the length is not revealed. A value of one
+    character or none is masked completely.
+    """
+    stars = "*" * LOGIN_NAME_MASK_STARS
+    if len(login_name) < 2:
+        return stars
+    return f"{login_name[0]}{stars}{login_name[-1]}"
 
 
 def mask_identifier(kind: IdentifierKind | int, value: str) -> str:

@@ -35,7 +35,13 @@ from xiaohe.identity.server.flows.registration import RegisterCommand, Registrat
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.shared.identifiers import IdType
-from xiaohe.identity.server.transport.enums import from_proto, identifier_kind, to_proto
+from xiaohe.identity.server.transport.enums import (
+    enum_name,
+    from_proto,
+    id_type,
+    identifier_kind,
+    to_proto,
+)
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.server.transport.users import bearer_token, require_user
 from xiaohe.identity.v1 import accounts_pb2, accounts_pb2_grpc, common_pb2
@@ -49,6 +55,11 @@ _REQUEST_PATHS = {
     "id_number": "natural_person.id_number",
     "organization_name": "legal_person.organization_name",
     "uscc": "legal_person.uscc",
+    "organization_type": "legal_person.organization_type",
+    "representative_type": "legal_person.representative_type",
+    "representative_name": "legal_person.representative_name",
+    "representative_id_type": "legal_person.representative_id_type",
+    "representative_id_number": "legal_person.representative_id_number",
 }
 
 
@@ -77,6 +88,23 @@ def register_command(request: accounts_pb2.RegisterRequest) -> RegisterCommand:
         id_number=natural.id_number,
         organization_name=legal.organization_name,
         uscc=legal.uscc,
+        organization_type=enum_name(
+            common_pb2.OrganizationType.Name,
+            "ORGANIZATION_TYPE_",
+            legal.organization_type,
+            "legal_person.organization_type",
+        ),
+        representative_type=enum_name(
+            common_pb2.RepresentativeType.Name,
+            "REPRESENTATIVE_TYPE_",
+            legal.representative_type,
+            "legal_person.representative_type",
+        ),
+        representative_name=legal.representative_name,
+        representative_id_type=id_type(
+            legal.representative_id_type, "legal_person.representative_id_type"
+        ),
+        representative_id_number=legal.representative_id_number,
     )
 
 
