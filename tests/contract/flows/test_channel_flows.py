@@ -12,7 +12,7 @@ or the audit log refuse new rows, which breaks each flow after its first write
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +30,14 @@ from tests.contract.accounts.conftest import (
     natural_command,
 )
 from tests.contract.faults import INJECTED, failing_writes, row_counts
+from tests.contract.flows.conftest import session_service
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import Channel, Purpose
-from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
+from xiaohe.identity.server.credentials.hasher import PasswordHasher
 from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle
-from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.credentials.passwords import PasswordPolicy
 from xiaohe.identity.server.credentials.reauth import PasswordCheck
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import Conflict, TicketInvalid
@@ -46,23 +47,18 @@ from xiaohe.identity.server.flows.channels import (
     ChannelFlow,
     UnbindEmailCommand,
 )
-from xiaohe.identity.server.flows.login import ActiveSubjects
 from xiaohe.identity.server.flows.phone_change import (
     ChangePhoneCommand,
     PhoneChangeFlow,
     PhoneProof,
 )
-from xiaohe.identity.server.sessions.models import IssuedSession, SessionLifetimes, SessionSubject
-from xiaohe.identity.server.sessions.repository import SqlSessionRepository
+from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
 from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
-from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.shared.identifiers import IdentifierKind, IdType
 from xiaohe.identity.server.storage.database import AfterCommit, Database, SqlConnection
 from xiaohe.identity.server.storage.schema import identifiers, sessions
 
-ISSUER = "https://id.xiaohe.test"
-AUDIENCE = "xiaohe-platform"
 CLIENT = "xhc_bff"
 IP = "203.0.113.7"
 NEW_PHONE = "+8613700001111"
@@ -154,20 +150,6 @@ class FlowsEnv:
         }
 
 
-@pytest.fixture(scope="module")
-def password_policy() -> PasswordPolicy:
-    """The real password policy (registration checks it)."""
-    return PasswordPolicy(CommonPasswords.load())
-
-
-@pytest.fixture(scope="module")
-def argon2() -> Iterator[PasswordHasher]:
-    """Argon2id at the cheapest costs."""
-    hasher = PasswordHasher(Argon2Parameters.cheap(), max_workers=2)
-    yield hasher
-    hasher.close()
-
-
 @pytest.fixture
 async def env(
     database: Database,
@@ -179,27 +161,8 @@ async def env(
 ) -> FlowsEnv:
     """The flows on `database` × `redis_client`, with the real audit log and outbox."""
     accounts = await build_env(database, redis_client, clock, tmp_path, password_policy, argon2)
-    ring = accounts.keyring
     audit = AuditLog(database, clock, AuditKeys(bytes(range(32))))
-    lifetimes = SessionLifetimes()
-
-    def signing_key() -> tuple[str, bytes]:
-        key = ring.active_signing_key
-        return key.kid, key.seed
-
-    revocations = RevocationList(redis_client, clock, lifetimes.access_ttl)
-    session_service = SessionService(
-        database,
-        SqlSessionRepository(database),
-        ActiveSubjects(accounts.service, accounts.policies),
-        AccessTokenIssuer(signing_key, ISSUER, clock, lifetimes.access_ttl),
-        AccessTokenValidator(ring.public_keys, ISSUER, clock),
-        revocations,
-        clock,
-        lifetimes,
-        AUDIENCE,
-        audit=audit,
-    )
+    sessions, revocations = session_service(accounts, redis_client, audit=audit)
     tickets = accounts.service_kwargs["tickets"]
     notices = accounts.service_kwargs["notices"]
     channel_kwargs: dict[str, Any] = {
@@ -209,7 +172,7 @@ async def env(
         "passwords": PasswordCheck(
             argon2, LoginThrottle(redis_client, clock, LockoutPolicy(), ip_key=b"i" * 32)
         ),
-        "sessions": session_service,
+        "sessions": sessions,
         "notices": notices,
         "audit": audit,
     }
@@ -217,14 +180,14 @@ async def env(
         "uow": database,
         "accounts": accounts.service,
         "tickets": tickets,
-        "sessions": session_service,
+        "sessions": sessions,
         "notices": notices,
         "clock": clock,
         "audit": audit,
     }
     return FlowsEnv(
         accounts,
-        session_service,
+        sessions,
         revocations,
         audit,
         ChannelFlow(**channel_kwargs),

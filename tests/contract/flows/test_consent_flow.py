@@ -8,7 +8,7 @@ embedded Redis.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,8 @@ from tests.contract.accounts.conftest import AccountsEnv, build_env, natural_com
 from tests.contract.faults import INJECTED, failing_writes, row_counts
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
-from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
-from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.credentials.hasher import PasswordHasher
+from xiaohe.identity.server.credentials.passwords import PasswordPolicy
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import FailedPrecondition, InvalidArgument
 from xiaohe.identity.server.flows.consent import AcceptPolicyCommand, ConsentFlow
@@ -31,20 +31,6 @@ from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 CLIENT = "xhc_bff"
 IP = "203.0.113.7"
 NEW_POLICY = "小禾隐私政策（第二版）：新增用途说明。"
-
-
-@pytest.fixture(scope="module")
-def password_policy() -> PasswordPolicy:
-    """The real password policy (registration checks it)."""
-    return PasswordPolicy(CommonPasswords.load())
-
-
-@pytest.fixture(scope="module")
-def argon2() -> Iterator[PasswordHasher]:
-    """Argon2id at the cheapest costs."""
-    hasher = PasswordHasher(Argon2Parameters.cheap())
-    yield hasher
-    hasher.close()
 
 
 @pytest.fixture

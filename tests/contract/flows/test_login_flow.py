@@ -35,6 +35,7 @@ from tests.contract.accounts.conftest import (
     legal_command,
     natural_command,
 )
+from tests.contract.flows.conftest import AUDIENCE, ISSUER, session_service
 from xiaohe.identity.server.accounts.models import AccountCredentials
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
@@ -48,7 +49,7 @@ from xiaohe.identity.server.credentials.lockout import (
     LockoutPolicy,
     LoginThrottle,
 )
-from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.credentials.passwords import PasswordPolicy
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import (
     IdentityError,
@@ -59,23 +60,17 @@ from xiaohe.identity.server.errors import (
     Unavailable,
 )
 from xiaohe.identity.server.flows.login import (
-    ActiveSubjects,
     LoginFlow,
     LoginResult,
     NextStep,
     mask_ip,
 )
-from xiaohe.identity.server.sessions.models import SessionLifetimes
-from xiaohe.identity.server.sessions.repository import SqlSessionRepository
-from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
-from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
+from xiaohe.identity.server.sessions.tokens import AccessTokenValidator
 from xiaohe.identity.server.shared.identifiers import IdentifierKind
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.schema import accounts
 
-ISSUER = "https://id.xiaohe.test"
-AUDIENCE = "xiaohe-platform"
 CLIENT = "xhc_bff"
 IP_A = "203.0.113.7"
 IP_B = "198.51.100.23"
@@ -249,12 +244,6 @@ def pooled(redis_client: aioredis.Redis, size: int = 32) -> aioredis.Redis:
 
 
 @pytest.fixture(scope="module")
-def password_policy() -> PasswordPolicy:
-    """The real password policy (registration checks it)."""
-    return PasswordPolicy(CommonPasswords.load())
-
-
-@pytest.fixture(scope="module")
 def argon2() -> Iterator[PasswordHasher]:
     """Argon2id at the cheapest costs, with a queue long enough for the concurrency tests."""
     hasher = PasswordHasher(CHEAP, max_workers=4, max_queue=1024)
@@ -274,28 +263,11 @@ async def env(
     """The login service on `database` × `redis_client`."""
     client = pooled(redis_client)
     accounts_env = await build_env(database, client, clock, tmp_path, password_policy, argon2)
-    ring = accounts_env.keyring
-
-    def signing_key() -> tuple[str, bytes]:
-        key = ring.active_signing_key
-        return key.kid, key.seed
-
-    lifetimes = SessionLifetimes()
-    sessions = SessionService(
-        database,
-        SqlSessionRepository(database),
-        ActiveSubjects(accounts_env.service, accounts_env.policies),
-        AccessTokenIssuer(signing_key, ISSUER, clock, lifetimes.access_ttl),
-        AccessTokenValidator(ring.public_keys, ISSUER, clock),
-        RevocationList(client, clock, lifetimes.access_ttl),
-        clock,
-        lifetimes,
-        AUDIENCE,
-    )
+    sessions, _ = session_service(accounts_env, client)
     yield LoginEnv(
         accounts=accounts_env,
         sessions=sessions,
-        tokens=AccessTokenValidator(ring.public_keys, ISSUER, clock),
+        tokens=AccessTokenValidator(accounts_env.keyring.public_keys, ISSUER, clock),
         hasher=CountingHasher(argon2),
         audit=RecordingAudit(),
         metrics=RecordingMetrics(),

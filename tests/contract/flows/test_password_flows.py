@@ -10,7 +10,7 @@ table refuse new rows (`tests/contract/faults.py`), after the flow's first write
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,36 +25,32 @@ from tests.contract.accounts.conftest import (
     natural_command,
 )
 from tests.contract.faults import INJECTED, failing_writes, row_counts
+from tests.contract.flows.conftest import session_service
 from xiaohe.identity.server.accounts.models import AccountCredentials, PersonalData
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import Channel, Purpose
-from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
+from xiaohe.identity.server.credentials.hasher import PasswordHasher
 from xiaohe.identity.server.credentials.lockout import LoginThrottle
-from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.credentials.passwords import PasswordPolicy
 from xiaohe.identity.server.credentials.reauth import PasswordCheck
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.delivery.outbox import Outbox
 from xiaohe.identity.server.errors import Conflict
-from xiaohe.identity.server.flows.login import ActiveSubjects
 from xiaohe.identity.server.flows.passwords import (
     ChangePasswordCommand,
     PasswordFlow,
     ResetPasswordCommand,
 )
-from xiaohe.identity.server.sessions.models import IssuedSession, SessionLifetimes, SessionSubject
-from xiaohe.identity.server.sessions.repository import SqlSessionRepository
+from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
 from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
-from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.shared.identifiers import IdentifierKind
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 
-ISSUER = "https://id.xiaohe.test"
-AUDIENCE = "xiaohe-platform"
 CLIENT = "xhc_bff"
 IP = "203.0.113.7"
 NEW_PASSWORD = "Yunshan-Changjiang-2027"
@@ -62,20 +58,6 @@ EMAIL = "zhangsan@example.cn"
 TABLES = ("outbox", "sessions", "consents", "identifiers")
 FAULT_MESSAGES = {"outbox": "could not be queued", "audit_log": INJECTED}
 """How the injected fault surfaces (the outbox reports a failed write as Unavailable)."""
-
-
-@pytest.fixture(scope="module")
-def password_policy() -> PasswordPolicy:
-    """The real password policy."""
-    return PasswordPolicy(CommonPasswords.load())
-
-
-@pytest.fixture(scope="module")
-def argon2() -> Iterator[PasswordHasher]:
-    """Argon2id at the cheapest costs."""
-    hasher = PasswordHasher(Argon2Parameters.cheap())
-    yield hasher
-    hasher.close()
 
 
 @dataclass
@@ -175,25 +157,7 @@ async def env(
     client = aioredis.Redis.from_url(embedded_redis.url + "?db=2")
     await client.flushdb()
     accounts = await build_env(database, client, clock, tmp_path, password_policy, argon2)
-    ring = accounts.keyring
-
-    def signing_key() -> tuple[str, bytes]:
-        key = ring.active_signing_key
-        return key.kid, key.seed
-
-    lifetimes = SessionLifetimes()
-    revocations = RevocationList(client, clock, lifetimes.access_ttl)
-    sessions = SessionService(
-        database,
-        SqlSessionRepository(database),
-        ActiveSubjects(accounts.service, accounts.policies),
-        AccessTokenIssuer(signing_key, ISSUER, clock, lifetimes.access_ttl),
-        AccessTokenValidator(ring.public_keys, ISSUER, clock),
-        revocations,
-        clock,
-        lifetimes,
-        AUDIENCE,
-    )
+    sessions, revocations = session_service(accounts, client)
     audit = AuditLog(database, clock, AuditKeys(bytes(range(32))))
     env = PasswordEnv(accounts, sessions, revocations, audit, flow=None, redis=client)  # type: ignore[arg-type]
     env.flow = env.make()

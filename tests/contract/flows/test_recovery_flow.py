@@ -8,7 +8,6 @@ code under test runs unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,8 @@ from xiaohe.identity.server.codes.digests import CodeDigests
 from xiaohe.identity.server.codes.models import Channel, Purpose
 from xiaohe.identity.server.codes.store import ticket_key
 from xiaohe.identity.server.codes.tickets import TicketService
-from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
-from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
+from xiaohe.identity.server.credentials.hasher import PasswordHasher
+from xiaohe.identity.server.credentials.passwords import PasswordPolicy
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import TicketInvalid
 from xiaohe.identity.server.flows.recovery import RecoverCommand, Recovered, RecoveryFlow
@@ -100,20 +99,6 @@ class RecoveryEnv:
         return [r.outcome for r in await self.audit.query(action="account.recover")]
 
 
-@pytest.fixture(scope="module")
-def password_policy() -> PasswordPolicy:
-    """The real password policy (registration checks it)."""
-    return PasswordPolicy(CommonPasswords.load())
-
-
-@pytest.fixture(scope="module")
-def hasher() -> Iterator[PasswordHasher]:
-    """Argon2id at the cheapest costs: real hashes, test speed."""
-    h = PasswordHasher(Argon2Parameters.cheap())
-    yield h
-    h.close()
-
-
 @pytest.fixture
 async def recovery(
     database: Database,
@@ -121,10 +106,10 @@ async def recovery(
     clock: FakeClock,
     tmp_path: Path,
     password_policy: PasswordPolicy,
-    hasher: PasswordHasher,
+    argon2: PasswordHasher,
 ) -> RecoveryEnv:
     """The recovery flow on `database` (SQLite, PostgreSQL) × `redis_client`."""
-    env = await build_env(database, redis_client, clock, tmp_path, password_policy, hasher)
+    env = await build_env(database, redis_client, clock, tmp_path, password_policy, argon2)
     return RecoveryEnv(env, redis_client)
 
 

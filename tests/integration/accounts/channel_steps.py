@@ -80,6 +80,13 @@ async def refused(call: Awaitable[object]) -> Details:
     return details_of(caught.value)
 
 
+def ticket_refusal(details: Details, field: str) -> None:
+    """The refusal of a ticket that proves nothing, pointing at the request field."""
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "TICKET_INVALID"
+    assert list(details.violations) == [field]
+
+
 def same_answer(a: Details, b: Details) -> bool:
     """Whether two refusals say exactly the same (everything but the request id)."""
     return (a.code, a.message, a.reason, a.violations, a.retry_after) == (
@@ -100,6 +107,11 @@ async def register(h: Harness, login_name: str, phone: str) -> str:
 async def register_ticket(h: Harness, phone: str) -> str:
     """A REGISTER ticket for `phone` once earlier messages are delivered."""
     return await ticket(h, phone, REGISTER)
+
+
+async def phone_of(h: Harness, account_id: str) -> str:
+    """The account's bound phone, read from the store."""
+    return (await h.container.accounts.get_personal_data(account_id)).phone
 
 
 async def phoneless(h: Harness, login_name: str, phone: str = PHONE) -> str:

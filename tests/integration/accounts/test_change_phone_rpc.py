@@ -32,6 +32,7 @@ from tests.integration.accounts.channel_steps import (
     me,
     notices,
     open_harness,
+    phone_of,
     refused,
     refused_within_a_second,
     register,
@@ -39,6 +40,7 @@ from tests.integration.accounts.channel_steps import (
     same_answer,
     sms_login,
     ticket,
+    ticket_refusal,
     valid,
 )
 from tests.integration.conftest import Harness, HarnessFactory
@@ -50,7 +52,7 @@ from tests.integration.flows import (
     PHONE,
     stubs,
 )
-from tests.rpc_errors import Details, details_of
+from tests.rpc_errors import details_of
 from xiaohe.identity.v1 import accounts_pb2, auth_pb2, codes_pb2, common_pb2
 
 ID_NUMBER = "11010519491231002X"
@@ -80,19 +82,12 @@ def by_old_phone(
 
 
 def by_email(
-    new_phone_ticket: str,
-    email_ticket: str,
-    *,
-    identifier: str = LOGIN_NAME,
-    new_phone: str = NEW_PHONE,
+    new_phone_ticket: str, email_ticket: str, *, identifier: str = LOGIN_NAME
 ) -> accounts_pb2.ChangePhoneRequest:
     """A ChangePhone request proven by the bound email."""
-    return accounts_pb2.ChangePhoneRequest(
-        identifier=identifier,
-        new_phone=new_phone,
-        new_phone_ticket=new_phone_ticket,
-        email_ticket=email_ticket,
-    )
+    request = by_old_phone(new_phone_ticket, "", identifier=identifier)
+    request.email_ticket = email_ticket  # the other member of the `proof` oneof: replaces it
+    return request
 
 
 async def change_phone(
@@ -116,18 +111,6 @@ async def with_email(
         metadata=h.metadata + bearer(session),
     )
     return session
-
-
-async def phone_of(h: Harness, account_id: str) -> str:
-    """The account's bound phone, read from the store."""
-    return (await h.container.accounts.get_personal_data(account_id)).phone
-
-
-def ticket_refusal(details: Details, field: str) -> None:
-    """The refusal of a ticket that proves nothing, pointing at the request field."""
-    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.reason == "TICKET_INVALID"
-    assert list(details.violations) == [field]
 
 
 # -- success ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tests.integration.accounts.channel_steps import (
     me,
     notices,
     open_harness,
+    phone_of,
     phoneless,
     refused,
     refused_within_a_second,
@@ -38,6 +39,7 @@ from tests.integration.accounts.channel_steps import (
     same_answer,
     sms_login,
     ticket,
+    ticket_refusal,
     valid,
 )
 from tests.integration.conftest import Harness, HarnessFactory
@@ -49,7 +51,6 @@ from tests.integration.flows import (
     PHONE,
     stubs,
 )
-from tests.rpc_errors import Details
 from xiaohe.identity.server.shared.identifiers import IdentifierKind
 from xiaohe.identity.v1 import accounts_pb2, auth_pb2
 
@@ -105,21 +106,9 @@ async def unbind_email(
     )
 
 
-async def phone_of(h: Harness, account_id: str) -> str:
-    """The account's bound phone, read from the store."""
-    return (await h.container.accounts.get_personal_data(account_id)).phone
-
-
 async def email_of(h: Harness, account_id: str) -> str:
     """The account's bound email, read from the store."""
     return (await h.container.accounts.get_personal_data(account_id)).email
-
-
-def ticket_refusal(details: Details, field: str) -> None:
-    """The refusal of a ticket that proves nothing, pointing at the request field."""
-    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.reason == "TICKET_INVALID"
-    assert list(details.violations) == [field]
 
 
 # -- BindPhone -------------------------------------------------------------------------------

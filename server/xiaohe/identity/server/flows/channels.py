@@ -17,7 +17,7 @@ Every method runs its steps in the same order, cheapest and least revealing firs
 
 1. Shapes. Every field is checked and normalised; all violations come back in one
    InvalidArgument. Nothing has been spent: no ticket, no throttle slot, no hash.
-2. Tickets are checked, not consumed (`TicketService.check`): a ticket of the
+2. Tickets are checked, not consumed (`PresentedTicket.check`): a ticket of the
    wrong purpose, for another destination, expired or used is TicketInvalid on
    its own request field, and the caller learns nothing about any account first.
 3. The account and its state. BindPhone looks the login name up and checks the
@@ -78,9 +78,8 @@ from xiaohe.identity.server.shared.identifiers import (
     mask_phone,
     normalize_email,
     normalize_login_name,
-    normalize_phone,
 )
-from xiaohe.identity.server.shared.validation import Violations
+from xiaohe.identity.server.shared.validation import Violations, phone_field
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -158,44 +157,43 @@ def check_ticket_shape(v: Violations, field_name: str, ticket: str, *, required:
         v.add(field_name, f"must be at most {MAX_TICKET_CHARS} characters")
 
 
-async def check_ticket(
-    tickets: TicketConsumer,
-    ticket: str,
-    *,
-    field_name: str,
-    purpose: Purpose,
-    channel: Channel,
-    destination: str,
-) -> None:
-    """TicketInvalid on `field_name` unless the ticket would be accepted; it stays usable."""
-    try:
-        claims = await tickets.check(
-            ticket, purpose=purpose, channel=channel, destination=destination
-        )
-    except TicketInvalid:
-        raise TicketInvalid(field=field_name) from None
-    if (claims.purpose, claims.channel, claims.destination) != (purpose, channel, destination):
-        raise TicketInvalid(field=field_name)  # defence in depth: the service matched these
+@dataclass(frozen=True)
+class PresentedTicket:
+    """A ticket a request presents in `field_name`: what it must be for, and where."""
 
+    ticket: str = field(repr=False)
+    field_name: str
+    purpose: Purpose
+    channel: Channel
+    destination: str = field(repr=False)
 
-async def consume_ticket(
-    tickets: TicketConsumer,
-    ticket: str,
-    *,
-    field_name: str,
-    purpose: Purpose,
-    channel: Channel,
-    destination: str,
-) -> None:
-    """Use the ticket up, or TicketInvalid on `field_name` (a concurrent call used it)."""
-    try:
-        claims = await tickets.consume(
-            ticket, purpose=purpose, channel=channel, destination=destination
-        )
-    except TicketInvalid:
-        raise TicketInvalid(field=field_name) from None
-    if (claims.purpose, claims.channel, claims.destination) != (purpose, channel, destination):
-        raise TicketInvalid(field=field_name)
+    async def check(self, tickets: TicketConsumer) -> None:
+        """TicketInvalid on `field_name` unless the ticket would be accepted; it stays usable."""
+        await self._present(tickets, use_up=False)
+
+    async def consume(self, tickets: TicketConsumer) -> None:
+        """Use the ticket up, or TicketInvalid on `field_name` (a concurrent call used it)."""
+        await self._present(tickets, use_up=True)
+
+    async def _present(self, tickets: TicketConsumer, *, use_up: bool) -> None:
+        """Check or consume the ticket; every refusal is TicketInvalid on `field_name`."""
+        present = tickets.consume if use_up else tickets.check
+        try:
+            claims = await present(
+                self.ticket,
+                purpose=self.purpose,
+                channel=self.channel,
+                destination=self.destination,
+            )
+        except TicketInvalid:
+            raise TicketInvalid(field=self.field_name) from None
+        # Defence in depth: the ticket service matched these already.
+        if (claims.purpose, claims.channel, claims.destination) != (
+            self.purpose,
+            self.channel,
+            self.destination,
+        ):
+            raise TicketInvalid(field=self.field_name)
 
 
 class ChannelFlow:
@@ -245,14 +243,10 @@ class ChannelFlow:
         try:
             phone, login_name = self._bind_phone_request(cmd)
             attempt.to_audit = True
-            await check_ticket(
-                self._tickets,
-                cmd.phone_ticket,
-                field_name="phone_ticket",
-                purpose=Purpose.BIND_PHONE,
-                channel=Channel.SMS,
-                destination=phone,
+            phone_ticket = PresentedTicket(
+                cmd.phone_ticket, "phone_ticket", Purpose.BIND_PHONE, Channel.SMS, phone
             )
+            await phone_ticket.check(self._tickets)
             account = await self._authenticate(attempt, login_name, cmd.password, cmd.ip)
             current = await self._accounts.get_personal_data(account.account_id)
             if current.phone:
@@ -260,14 +254,7 @@ class ChannelFlow:
                     "the account has a phone already: change it with AccountService.ChangePhone"
                 )
             await self._refuse_taken("phone", phone, "phone")
-            await consume_ticket(
-                self._tickets,
-                cmd.phone_ticket,
-                field_name="phone_ticket",
-                purpose=Purpose.BIND_PHONE,
-                channel=Channel.SMS,
-                destination=phone,
-            )
+            await phone_ticket.consume(self._tickets)
             try:
                 async with self._uow.begin():
                     await self._accounts.replace_contact(
@@ -294,11 +281,7 @@ class ChannelFlow:
         elif len(cmd.login_name) > MAX_IDENTIFIER_CHARS:
             v.add("login_name", f"must be at most {MAX_IDENTIFIER_CHARS} characters")
         check_password_shape(v, cmd.password)
-        phone = v.run(
-            "phone",
-            cmd.phone,
-            lambda raw: normalize_phone(raw, "phone", self._allowed_country_codes),
-        )
+        phone = phone_field(v, "phone", cmd.phone, self._allowed_country_codes)
         check_ticket_shape(v, "phone_ticket", cmd.phone_ticket, required=True)
         v.raise_if_any()
         try:
@@ -348,14 +331,10 @@ class ChannelFlow:
         try:
             email = self._bind_email_request(cmd)
             attempt.to_audit = True
-            await check_ticket(
-                self._tickets,
-                cmd.email_ticket,
-                field_name="email_ticket",
-                purpose=Purpose.BIND_EMAIL,
-                channel=Channel.EMAIL,
-                destination=email,
+            email_ticket = PresentedTicket(
+                cmd.email_ticket, "email_ticket", Purpose.BIND_EMAIL, Channel.EMAIL, email
             )
+            await email_ticket.check(self._tickets)
             current = await self._accounts.get_personal_data(cmd.account_id)
             if current.email:
                 attempt.action = CHANGE_EMAIL_ACTION
@@ -364,6 +343,13 @@ class ChannelFlow:
                     "this email is bound to the account already",
                     [FieldViolation("email", "is the email bound already")],
                 )
+            current_email_ticket = PresentedTicket(
+                cmd.current_email_ticket,
+                "current_email_ticket",
+                Purpose.BIND_EMAIL,
+                Channel.EMAIL,
+                current.email,
+            )
             if current.email:
                 if not cmd.current_email_ticket.strip():
                     raise FailedPrecondition(
@@ -375,32 +361,11 @@ class ChannelFlow:
                             )
                         ],
                     )
-                await check_ticket(
-                    self._tickets,
-                    cmd.current_email_ticket,
-                    field_name="current_email_ticket",
-                    purpose=Purpose.BIND_EMAIL,
-                    channel=Channel.EMAIL,
-                    destination=current.email,
-                )
+                await current_email_ticket.check(self._tickets)
             await self._refuse_taken("email", email, "email")
-            await consume_ticket(
-                self._tickets,
-                cmd.email_ticket,
-                field_name="email_ticket",
-                purpose=Purpose.BIND_EMAIL,
-                channel=Channel.EMAIL,
-                destination=email,
-            )
+            await email_ticket.consume(self._tickets)
             if current.email:
-                await consume_ticket(
-                    self._tickets,
-                    cmd.current_email_ticket,
-                    field_name="current_email_ticket",
-                    purpose=Purpose.BIND_EMAIL,
-                    channel=Channel.EMAIL,
-                    destination=current.email,
-                )
+                await current_email_ticket.consume(self._tickets)
             try:
                 async with self._uow.begin():
                     await self._accounts.replace_contact(
@@ -502,10 +467,9 @@ __all__ = [
     "BindEmailCommand",
     "BindPhoneCommand",
     "ChannelFlow",
+    "PresentedTicket",
     "Reauthentication",
     "SessionRevoker",
     "UnbindEmailCommand",
-    "check_ticket",
     "check_ticket_shape",
-    "consume_ticket",
 ]

@@ -79,7 +79,7 @@ from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
 from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
-    normalize_identifier,
+    normalize_identifier_or_none,
     today_in_china,
 )
 from xiaohe.identity.server.shared.network import mask_ip
@@ -462,17 +462,12 @@ class LoginFlow:
         self, identifier: str, kind: IdentifierKind
     ) -> tuple[IdentifierKind, str] | None:
         """Step 2: (kind, normalised value), or None for an identifier no account can hold."""
-        try:
-            return normalize_identifier(
-                kind,
-                identifier,
-                field=IDENTIFIER_FIELD,
-                kind_field=KIND_FIELD,
-                allowed_country_codes=self._allowed_country_codes,
-                today=today_in_china(self._clock),
-            )
-        except InvalidArgument:
-            return None
+        return normalize_identifier_or_none(
+            kind,
+            identifier,
+            allowed_country_codes=self._allowed_country_codes,
+            today=today_in_china(self._clock),
+        )
 
     async def _fail_unknown(self, attempt: _Attempt, password: str, ip: str) -> NoReturn:
         """Step 3: the known-account path against the shared pseudo-account; always raises."""

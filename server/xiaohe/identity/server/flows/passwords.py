@@ -105,7 +105,7 @@ from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
     normalize,
-    normalize_identifier,
+    normalize_identifier_or_none,
     today_in_china,
 )
 from xiaohe.identity.server.shared.validation import Violations, free_text
@@ -128,7 +128,6 @@ NOTICE_KIND: Final = "password_changed"
 CURRENT_FIELD: Final = "current_password"
 NEW_FIELD: Final = "new_password"
 IDENTIFIER_FIELD: Final = "identifier"
-KIND_FIELD: Final = "identifier_kind"
 TICKET_FIELD: Final = "ticket"
 NAME_FIELD: Final = "real_name"
 
@@ -435,17 +434,12 @@ class PasswordFlow:
         self, identifier: str, kind: IdentifierKind
     ) -> tuple[IdentifierKind, str] | None:
         """(kind, normalised value), or None for an identifier no account can hold."""
-        try:
-            return normalize_identifier(
-                kind,
-                identifier,
-                field=IDENTIFIER_FIELD,
-                kind_field=KIND_FIELD,
-                allowed_country_codes=self._allowed_country_codes,
-                today=today_in_china(self._clock),
-            )
-        except InvalidArgument:
-            return None
+        return normalize_identifier_or_none(
+            kind,
+            identifier,
+            allowed_country_codes=self._allowed_country_codes,
+            today=today_in_china(self._clock),
+        )
 
     async def _failed(self, action: str, target: str, outcome: str) -> None:
         """Audit a failed attempt; it stored nothing, so it goes through the group commit."""

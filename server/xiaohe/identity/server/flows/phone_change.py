@@ -77,16 +77,14 @@ from xiaohe.identity.server.errors import (
     FailedPrecondition,
     FieldViolation,
     IdentityError,
-    InvalidArgument,
     NotFound,
     TicketInvalid,
     Unimplemented,
 )
 from xiaohe.identity.server.flows.channels import (
+    PresentedTicket,
     SessionRevoker,
-    check_ticket,
     check_ticket_shape,
-    consume_ticket,
 )
 from xiaohe.identity.server.flows.login import MAX_IDENTIFIER_CHARS, UNKNOWN_SUBJECT
 from xiaohe.identity.server.sessions.models import RevokeReason
@@ -94,11 +92,10 @@ from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
     classify,
     mask_phone,
-    normalize_identifier,
-    normalize_phone,
+    normalize_identifier_or_none,
     today_in_china,
 )
-from xiaohe.identity.server.shared.validation import Violations
+from xiaohe.identity.server.shared.validation import Violations, phone_field
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -210,14 +207,14 @@ class PhoneChangeFlow:
         valid = self._validate(cmd)
         target = UNKNOWN_SUBJECT
         try:
-            await check_ticket(
-                self._tickets,
+            new_phone_ticket = PresentedTicket(
                 cmd.new_phone_ticket,
-                field_name="new_phone_ticket",
-                purpose=Purpose.BIND_PHONE,
-                channel=Channel.SMS,
-                destination=valid.new_phone,
+                "new_phone_ticket",
+                Purpose.BIND_PHONE,
+                Channel.SMS,
+                valid.new_phone,
             )
+            await new_phone_ticket.check(self._tickets)
             account = await self._account(cmd, valid)
             old_phone = email = ""
             if account is not None:
@@ -226,35 +223,21 @@ class PhoneChangeFlow:
                 old_phone, email = data.phone, data.email
             # Step 5. For an unknown account the bound value is "", which no ticket is bound to.
             proven = old_phone if valid.proof_channel is Channel.SMS else email
-            await check_ticket(
-                self._tickets,
+            proof_ticket = PresentedTicket(
                 cmd.proof_ticket,
-                field_name=valid.proof_field,
-                purpose=Purpose.CHANGE_PHONE,
-                channel=valid.proof_channel,
-                destination=proven,
+                valid.proof_field,
+                Purpose.CHANGE_PHONE,
+                valid.proof_channel,
+                proven,
             )
+            await proof_ticket.check(self._tickets)
             if account is None:  # unreachable: no ticket is bound to an empty destination
                 raise TicketInvalid(field=valid.proof_field)
             self._check_state(account, old_phone, valid.new_phone)
             if await self._accounts.taken_kinds([self._accounts.key("phone", valid.new_phone)]):
                 raise AlreadyExists("new_phone")
-            await consume_ticket(
-                self._tickets,
-                cmd.proof_ticket,
-                field_name=valid.proof_field,
-                purpose=Purpose.CHANGE_PHONE,
-                channel=valid.proof_channel,
-                destination=proven,
-            )
-            await consume_ticket(
-                self._tickets,
-                cmd.new_phone_ticket,
-                field_name="new_phone_ticket",
-                purpose=Purpose.BIND_PHONE,
-                channel=Channel.SMS,
-                destination=valid.new_phone,
-            )
+            await proof_ticket.consume(self._tickets)
+            await new_phone_ticket.consume(self._tickets)
             keep = cmd.session_id if cmd.account_id == account.account_id else ""
             try:
                 async with self._uow.begin():
@@ -300,11 +283,7 @@ class PhoneChangeFlow:
                 v.add("identifier", "must be a login name, USCC or ID number")
             else:
                 naming = self._normalise(raw, kind)
-        new_phone = v.run(
-            "new_phone",
-            cmd.new_phone,
-            lambda value: normalize_phone(value, "new_phone", self._allowed_country_codes),
-        )
+        new_phone = phone_field(v, "new_phone", cmd.new_phone, self._allowed_country_codes)
         check_ticket_shape(v, "new_phone_ticket", cmd.new_phone_ticket, required=True)
         proof_field = _PROOF_FIELDS[cmd.proof]
         check_ticket_shape(v, proof_field, cmd.proof_ticket, required=True)
@@ -318,15 +297,12 @@ class PhoneChangeFlow:
 
     def _normalise(self, raw: str, kind: IdentifierKind) -> tuple[IdentifierKind, str] | None:
         """The normalised identifier, or None for one no account can hold (step 2)."""
-        try:
-            return normalize_identifier(
-                kind,
-                raw,
-                allowed_country_codes=self._allowed_country_codes,
-                today=today_in_china(self._clock),
-            )
-        except InvalidArgument:
-            return None
+        return normalize_identifier_or_none(
+            kind,
+            raw,
+            allowed_country_codes=self._allowed_country_codes,
+            today=today_in_china(self._clock),
+        )
 
     async def _account(
         self, cmd: ChangePhoneCommand, valid: _ValidChange

@@ -99,7 +99,7 @@ from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.digests import CodeDigests
-from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims
+from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.codes.tickets import TICKET_SECRET_BYTES, ticket_from_secret
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.errors import FailedPrecondition, TicketInvalid, Unimplemented
@@ -109,14 +109,17 @@ from xiaohe.identity.server.shared.identifiers import (
     IdType,
     mask_login_name,
     normalize,
-    normalize_id_number,
-    normalize_phone,
     normalize_uscc_or_org_code,
     org_code_of_uscc,
     today_in_china,
 )
 from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
-from xiaohe.identity.server.shared.validation import Violations, free_text
+from xiaohe.identity.server.shared.validation import (
+    Violations,
+    free_text,
+    id_number_field,
+    phone_field,
+)
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -186,19 +189,8 @@ class Recovered:
     expires_in: int
 
 
-class RecoveryTickets(Protocol):
+class RecoveryTickets(TicketConsumer, Protocol):
     """Verification tickets and grants (`codes.tickets.TicketService`)."""
-
-    async def consume(
-        self,
-        ticket: str,
-        *,
-        purpose: Purpose,
-        channel: Channel | None = None,
-        destination: str | None = None,
-    ) -> TicketClaims:
-        """Use up the ticket or raise TicketInvalid."""
-        ...
 
     async def grant(self, account_id: str, purpose: Purpose, ttl: int | None = None) -> str:
         """A stored single-use ticket for `purpose` naming the account (channel ACCOUNT)."""
@@ -389,26 +381,19 @@ class RecoveryFlow:
     def _validate(self, cmd: RecoverCommand) -> _Claim:
         """Step 2: normalise and validate every field; InvalidArgument lists all violations."""
         v = Violations()
-        phone = v.run(
-            "phone",
-            cmd.phone,
-            lambda raw: normalize_phone(raw, "phone", self._allowed_country_codes),
-        )
+        phone = phone_field(v, "phone", cmd.phone, self._allowed_country_codes)
         if not cmd.phone_ticket.strip():
             v.add("phone_ticket", "must not be empty")
         today = today_in_china(self._clock)
         if cmd.subject_type is SubjectType.NATURAL_PERSON:
             name = _required_text(v, _NATURAL + "name", cmd.name, MAX_NAME_CHARS)
-            id_number = v.run(
+            id_number = id_number_field(
+                v,
                 _NATURAL + "id_number",
                 cmd.id_number,
-                lambda raw: normalize_id_number(
-                    cmd.id_type,
-                    raw,
-                    _NATURAL + "id_number",
-                    today=today,
-                    type_field=_NATURAL + "id_type",
-                ),
+                cmd.id_type,
+                type_field=_NATURAL + "id_type",
+                today=today,
             )
             v.raise_if_any()
             return _Claim(
@@ -436,16 +421,13 @@ class RecoveryFlow:
             representative_name = _required_text(
                 v, _LEGAL + "representative_name", cmd.representative_name, MAX_NAME_CHARS
             )
-            representative_id_number = v.run(
+            representative_id_number = id_number_field(
+                v,
                 _LEGAL + "representative_id_number",
                 cmd.representative_id_number,
-                lambda raw: normalize_id_number(
-                    cmd.representative_id_type,
-                    raw,
-                    _LEGAL + "representative_id_number",
-                    today=today,
-                    type_field=_LEGAL + "representative_id_type",
-                ),
+                cmd.representative_id_type,
+                type_field=_LEGAL + "representative_id_type",
+                today=today,
             )
             v.raise_if_any()
             return _Claim(

@@ -83,14 +83,17 @@ from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.shared.identifiers import (
     IdType,
-    normalize_id_number,
     normalize_login_name,
-    normalize_phone,
     normalize_uscc,
     today_in_china,
 )
 from xiaohe.identity.server.shared.network import mask_ip
-from xiaohe.identity.server.shared.validation import Violations, free_text
+from xiaohe.identity.server.shared.validation import (
+    Violations,
+    free_text,
+    id_number_field,
+    phone_field,
+)
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -421,11 +424,7 @@ class RegistrationFlow:
             v.add("subject_type", f"must be specified: one of {choices}")
 
         login_name = v.run("login_name", cmd.login_name, normalize_login_name)
-        phone = v.run(
-            "phone",
-            cmd.phone,
-            lambda raw: normalize_phone(raw, "phone", self._allowed_country_codes),
-        )
+        phone = phone_field(v, "phone", cmd.phone, self._allowed_country_codes)
         if not cmd.phone_ticket.strip():
             v.add("phone_ticket", "must not be empty")
         if cmd.accepted_policy_version < 1:
@@ -456,11 +455,13 @@ class RegistrationFlow:
                     v.add(field_name, "must be empty for a natural person")
             name = free_text(v, "name", cmd.name, MAX_NAME_CHARS)
             if natural_only["id_type"] or natural_only["id_number"]:
-                today = today_in_china(self._clock)
-                number = v.run(
+                number = id_number_field(
+                    v,
                     "id_number",
                     cmd.id_number,
-                    lambda raw: normalize_id_number(cmd.id_type, raw, "id_number", today=today),
+                    cmd.id_type,
+                    type_field="id_type",
+                    today=today_in_china(self._clock),
                 )
                 if number:
                     id_type, id_number = IdType(cmd.id_type), number
@@ -517,17 +518,13 @@ class RegistrationFlow:
         name = free_text(v, "representative_name", cmd.representative_name, MAX_NAME_CHARS)
         id_type, id_number = IdType.UNSPECIFIED, ""
         if cmd.representative_id_type != IdType.UNSPECIFIED or cmd.representative_id_number.strip():
-            today = today_in_china(self._clock)
-            number = v.run(
+            number = id_number_field(
+                v,
                 "representative_id_number",
                 cmd.representative_id_number,
-                lambda raw: normalize_id_number(
-                    cmd.representative_id_type,
-                    raw,
-                    "representative_id_number",
-                    today=today,
-                    type_field="representative_id_type",
-                ),
+                cmd.representative_id_type,
+                type_field="representative_id_type",
+                today=today_in_china(self._clock),
             )
             if number:
                 id_type, id_number = IdType(cmd.representative_id_type), number

@@ -523,6 +523,26 @@ def normalize_identifier(
     return resolved, normalize_login_name(raw, field)
 
 
+def normalize_identifier_or_none(
+    kind: IdentifierKind | int,
+    raw: str,
+    *,
+    allowed_country_codes: Collection[str] = ("86",),
+    today: date | None = None,
+) -> tuple[IdentifierKind, str] | None:
+    """`normalize_identifier` for a lookup: None for an identifier that fails its kind's rules.
+
+    Such an identifier cannot belong to any account; callers that must not say
+    whether an account exists treat it as an unknown one, not as InvalidArgument.
+    """
+    try:
+        return normalize_identifier(
+            kind, raw, allowed_country_codes=allowed_country_codes, today=today
+        )
+    except InvalidArgument:
+        return None
+
+
 # --- Masking ---------------------------------------------------------------------
 
 _MASK = "****"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from datetime import date
 from typing import Final
 
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
-from xiaohe.identity.server.shared.identifiers import normalize
+from xiaohe.identity.server.shared.identifiers import (
+    IdType,
+    normalize,
+    normalize_id_number,
+    normalize_phone,
+)
 
 MAX_IDENTIFIER_CHARS: Final = 256
 """Raw identifier inputs longer than this are refused before normalisation."""
@@ -51,4 +57,33 @@ def free_text(violations: Violations, field_name: str, raw: str, max_chars: int)
     return value
 
 
-__all__ = ["MAX_IDENTIFIER_CHARS", "Violations", "free_text"]
+def phone_field(
+    violations: Violations, field_name: str, raw: str, allowed_country_codes: Collection[str]
+) -> str:
+    """A normalised phone (`normalize_phone`), or "" with its violations on `field_name`."""
+    return violations.run(
+        field_name, raw, lambda value: normalize_phone(value, field_name, allowed_country_codes)
+    )
+
+
+def id_number_field(
+    violations: Violations,
+    field_name: str,
+    raw: str,
+    id_type: IdType | int | str,
+    *,
+    type_field: str,
+    today: date,
+) -> str:
+    """A normalised identity document number of `id_type` (`normalize_id_number`), or "" with
+    its violations on `field_name` (an unknown or unspecified type on `type_field`)."""
+    return violations.run(
+        field_name,
+        raw,
+        lambda value: normalize_id_number(
+            id_type, value, field_name, today=today, type_field=type_field
+        ),
+    )
+
+
+__all__ = ["MAX_IDENTIFIER_CHARS", "Violations", "free_text", "id_number_field", "phone_field"]
