@@ -85,6 +85,7 @@ class Settings:
     phone_change_cooling_off_seconds: int = 86400
     recovery_per_phone_day: int = 5
     recovery_per_ip_hour: int = 20
+    recovery_per_client_minute: int = 600
 
     # Delivery.
     sms_provider: str = "file"
@@ -256,7 +257,7 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}MAX_MESSAGE_BYTES: between 1024 and 4194304")
     if s.phone_change_cooling_off_seconds < 0:
         raise SettingsError(f"{ENV_PREFIX}PHONE_CHANGE_COOLING_OFF_SECONDS: must not be negative")
-    if s.recovery_per_phone_day < 1 or s.recovery_per_ip_hour < 1:
+    if min(s.recovery_per_phone_day, s.recovery_per_ip_hour, s.recovery_per_client_minute) < 1:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")

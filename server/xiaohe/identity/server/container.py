@@ -359,6 +359,7 @@ class Container:
             pseudonym_key=key,
             per_phone_day=s.recovery_per_phone_day,
             per_ip_hour=s.recovery_per_ip_hour,
+            per_client_minute=s.recovery_per_client_minute,
             cooling_off_seconds=s.phone_change_cooling_off_seconds,
             grant_ttl_seconds=s.ticket_ttl_seconds,
             allowed_country_codes=s.allowed_country_codes,
