@@ -17,7 +17,9 @@ import dataclasses
 import itertools
 import os
 import platform
+import statistics
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +46,8 @@ from xiaohe.identity.v1 import (
     codes_pb2,
     codes_pb2_grpc,
     common_pb2,
+    recovery_pb2,
+    recovery_pb2_grpc,
 )
 
 BENCH_CODE = "246810"
@@ -51,6 +55,14 @@ BENCH_PHONE = "+8613600136000"
 BENCH_LOGIN = "bench.user"
 PASSWORD = "Lanshan-Baiyun-2026"  # noqa: S105 - the benchmark account's password
 ECHO_PAYLOAD = b"x" * 64
+RECOVERY_PHONE = "+8613600136001"
+RECOVERY_LOGIN = "bench.recover"
+RECOVERY_NAME = "张三"
+RECOVERY_ID = "11010519491231002X"
+OTHER_ID = "110105198001010016"
+"""A valid ID number that is not the account's: recovery with it does not match."""
+RECOVERY_CALLS = 400
+"""Recoveries of each kind per round, one at a time."""
 ROUNDS = 3
 """Each comparison with a bar (logins, ValidateToken) alternates with its baseline this often."""
 Metadata = tuple[tuple[str, str], ...]
@@ -59,7 +71,16 @@ Metadata = tuple[tuple[str, str], ...]
 def bench_settings(data_dir: Path) -> Settings:
     """The defaults, with the per-client budget lifted: the benchmark measures work, not limits."""
     return dataclasses.replace(
-        Settings(listen="127.0.0.1:0", data_dir=data_dir), code_per_client_minute=10**9
+        Settings(listen="127.0.0.1:0", data_dir=data_dir),
+        code_per_client_minute=10**9,
+        code_verify_per_client_minute=10**9,
+        code_cooldown_seconds=0,
+        code_per_destination_hour=10**9,
+        code_per_destination_day=10**9,
+        code_per_ip_hour=10**9,
+        recovery_per_phone_day=10**9,
+        recovery_per_ip_hour=10**9,
+        recovery_per_client_minute=10**9,
     )
 
 
@@ -149,13 +170,19 @@ def argon2_verify_rate(settings: Settings, seconds: float) -> Rate:
 
 
 async def register_account(
-    container: Container, channel: grpc.aio.Channel, credentials: Metadata
+    container: Container,
+    channel: grpc.aio.Channel,
+    credentials: Metadata,
+    *,
+    phone: str = BENCH_PHONE,
+    login_name: str = BENCH_LOGIN,
+    profile: accounts_pb2.NaturalPersonProfile | None = None,
 ) -> None:
     """One natural person, registered through the real RPCs."""
     codes = codes_pb2_grpc.CodeServiceStub(channel)
     common = {
         "channel": common_pb2.CHANNEL_SMS,
-        "destination": BENCH_PHONE,
+        "destination": phone,
         "purpose": common_pb2.PURPOSE_REGISTER,
     }
     await codes.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=credentials)
@@ -165,11 +192,12 @@ async def register_account(
     await accounts_pb2_grpc.AccountServiceStub(channel).Register(
         accounts_pb2.RegisterRequest(
             subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
-            login_name=BENCH_LOGIN,
+            login_name=login_name,
             password=PASSWORD,
-            phone=BENCH_PHONE,
+            phone=phone,
             phone_ticket=verified.ticket,
             accepted_policy_version=(await container.policies.current()).version,
+            natural_person=profile,
         ),
         metadata=credentials,
     )
@@ -302,6 +330,80 @@ async def auth_rates(
         await stopped(container, channel)
 
 
+async def recovery_rates(data_dir: Path, redis_url: str) -> dict[str, Rate]:
+    """RecoverAccount with and without a match, one call at a time, alternating.
+
+    A mismatch must not be told apart from a match by its answer or its time (issue 9,
+    "same timing within noise"). Both present a fresh RECOVER_ACCOUNT ticket of the
+    account's phone (only a bound phone gets a code, so only its holder gets this far),
+    with the account's details or with another ID number; tickets are obtained between
+    the timed calls, and the two kinds take turns going first. Each rate is
+    1 / mean latency.
+    """
+    container, channel, credentials = await started(data_dir, redis_url)
+    codes = codes_pb2_grpc.CodeServiceStub(channel)
+    recovery = recovery_pb2_grpc.RecoveryServiceStub(channel)
+    await register_account(
+        container,
+        channel,
+        credentials,
+        phone=RECOVERY_PHONE,
+        login_name=RECOVERY_LOGIN,
+        profile=accounts_pb2.NaturalPersonProfile(
+            name=RECOVERY_NAME, id_type=common_pb2.ID_TYPE_RESIDENT_ID_CARD, id_number=RECOVERY_ID
+        ),
+    )
+    kinds = {
+        "recovery with a match": (RECOVERY_PHONE, RECOVERY_ID),
+        "recovery without a match": (RECOVERY_PHONE, OTHER_ID),
+    }
+
+    def end_user(i: int) -> Metadata:
+        """A front end forwarding many users: each recovery comes from its own address."""
+        return (*credentials, ("x-end-user-ip", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"))
+
+    async def ticket(phone: str, metadata: Metadata) -> str:
+        common = {
+            "channel": common_pb2.CHANNEL_SMS,
+            "destination": phone,
+            "purpose": common_pb2.PURPOSE_RECOVER_ACCOUNT,
+        }
+        await codes.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=metadata)
+        verified = await codes.VerifyCode(
+            codes_pb2.VerifyCodeRequest(**common, code=BENCH_CODE), metadata=metadata
+        )
+        return verified.ticket
+
+    async def recover(phone: str, id_number: str, proof: str, metadata: Metadata) -> float:
+        request = recovery_pb2.RecoverAccountRequest(
+            natural_person=recovery_pb2.NaturalPersonIdentity(
+                name=RECOVERY_NAME, id_type=common_pb2.ID_TYPE_RESIDENT_ID_CARD, id_number=id_number
+            ),
+            phone=phone,
+            phone_ticket=proof,
+        )
+        started_at = time.perf_counter()
+        await recovery.RecoverAccount(request, metadata=metadata)
+        return time.perf_counter() - started_at
+
+    latencies: dict[str, list[float]] = {name: [] for name in kinds}
+    try:
+        for rnd in range(ROUNDS + 1):  # the first round warms up and is not counted
+            for i in range(RECOVERY_CALLS):
+                metadata = end_user(rnd * RECOVERY_CALLS + i)
+                proofs = {name: await ticket(phone, metadata) for name, (phone, _) in kinds.items()}
+                order = list(kinds.items())
+                if i % 2:
+                    order.reverse()
+                for name, (phone, id_number) in order:
+                    took = await recover(phone, id_number, proofs[name], metadata)
+                    if rnd:
+                        latencies[name].append(took)
+    finally:
+        await stopped(container, channel)
+    return {name: Rate(name, 1 / statistics.fmean(taken)) for name, taken in latencies.items()}
+
+
 def machine() -> str:
     """One line about this machine: CPU model, cores, memory, Python."""
     model = "unknown CPU"
@@ -351,6 +453,11 @@ How to read it:
   every call also checks an Ed25519 signature.
 - `TokenVerifier local verify`: the SDK's local check of distinct tokens (no claims cache)
   against the bare libsodium Ed25519 verify of the same tokens.
+- `recovery without a match`: RecoverAccount with the bound phone and a wrong ID number
+  against RecoverAccount with a match, one call at a time, taking turns going first,
+  {RECOVERY_CALLS} of each per round, {ROUNDS} rounds after a warm-up, each with a fresh
+  ticket obtained between the timed calls; rate = 1 / mean latency. Only the phone's
+  holder can get this far, and a match also sends them the login name by SMS.
 """
     )
 
@@ -365,6 +472,8 @@ async def main(seconds: float, concurrency: int, report: Path | None) -> None:
             echo = await echo_rate(concurrency, seconds, ECHO_PAYLOAD)
             pairs = await code_pairs(root / "codes", redis_url, concurrency, seconds)
             auth = await auth_rates(root / "auth", redis_url, concurrency, seconds)
+            recoveries = await recovery_rates(root / "recovery", redis_url)
+            matched = recoveries["recovery with a match"]
             lines = [
                 line(measured, baseline)
                 for measured, baseline in (
@@ -373,6 +482,7 @@ async def main(seconds: float, concurrency: int, report: Path | None) -> None:
                     (auth["validations"], auth["echo"]),
                     (auth["fresh"], auth["echo"]),
                     (auth["local"], auth["raw"]),
+                    (recoveries["recovery without a match"], matched),
                 )
             ]
         finally:
