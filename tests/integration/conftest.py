@@ -35,7 +35,8 @@ class Harness:
         path = self.data_dir / "outbox" / f"{channel}.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        written = path.read_text().rpartition("\n")[0]  # a line being written is not yet one
+        return [json.loads(line) for line in written.splitlines() if line.strip()]
 
     async def client_metadata(self, *grants: str) -> tuple[tuple[str, str], ...]:
         """Credentials of a new client with exactly these grants."""
