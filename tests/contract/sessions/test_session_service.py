@@ -41,7 +41,7 @@ from xiaohe.identity.server.sessions.models import (
     SessionSubject,
 )
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
-from xiaohe.identity.server.sessions.revocations import RevocationList
+from xiaohe.identity.server.sessions.revocations import REVOKED_KEY, RevocationList
 from xiaohe.identity.server.sessions.service import (
     AuditSink,
     SessionService,
@@ -605,6 +605,40 @@ async def test_logout_with_redis_down_commits_in_sql_and_reports_unavailable(env
         assert await eventually(rejects(env.b.service, issued.access_token))
     finally:
         await dead.aclose()
+
+
+async def test_a_refused_publication_after_a_commit_fails_nothing_and_stays_pending(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T3: a change that committed is not reported as failed when Redis refuses its revocation.
+
+    Here Redis answers, but refuses the command (the list's key holds a string:
+    WRONGTYPE), which is not an outage. The ids wait in the pending set, to be
+    published when Redis accepts them, like after an outage.
+    """
+    subject = await add_account(env.database, env.clock, "acc_1")
+    issued = await login(env, subject)
+    refusing = aioredis.Redis.from_url(env.redis_url.replace("?db=2", "?db=3"))
+    await refusing.flushdb()
+    await refusing.set(REVOKED_KEY, "not a sorted set")
+    broken = RevocationList(refusing, env.clock, LIFETIMES.access_ttl)
+    service = make_service(env.database, broken, env.clock, env.keys)
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with env.database.begin():
+                ended = await service.revoke_all("acc_1", RevokeReason.PASSWORD_CHANGE)
+        assert ended == 1
+        assert broken.pending == {issued.session_id}
+        assert await env.a.service.list_sessions("acc_1") == []
+        with pytest.raises(TokenInvalid):
+            await env.a.service.refresh(issued.refresh_token)
+        pending_lines = [r.getMessage() for r in caplog.records if "left pending" in r.getMessage()]
+        assert pending_lines == [pending_lines[0]]
+        assert "ResponseError" in pending_lines[0]
+        assert issued.session_id not in caplog.text
+    finally:
+        await refusing.flushdb()
+        await refusing.aclose()
 
 
 async def test_delete_ended_removes_old_sessions_and_their_tokens(env: Env) -> None:

@@ -151,8 +151,9 @@ class RevocationList:
     async def revoke(self, session_ids: Sequence[str]) -> None:
         """Revoke sessions here at once, then in Redis (ZADD + PUBLISH); Unavailable if Redis fails.
 
-        On failure the ids stay revoked in this worker and wait in the pending set
-        for `run` to publish them when Redis is back.
+        On any failure the ids stay revoked in this worker and wait in the pending
+        set for `run` to publish them when Redis answers again; a failure that is
+        not an outage (a refused command, say) is raised as it is, after the same.
         """
         ids = list(dict.fromkeys(session_ids))
         if not ids:
@@ -163,14 +164,14 @@ class RevocationList:
         try:
             await self._publish(entries)
         except Exception as exc:
-            if not is_unavailable(exc):
-                raise
             self._merge(self._pending, entries)
             log.warning(
                 "could not publish %d revocation(s) (%s); will retry",
                 len(ids),
                 type(exc).__name__,
             )
+            if not is_unavailable(exc):
+                raise
             raise Unavailable() from exc
 
     async def run(self, stop: asyncio.Event) -> None:

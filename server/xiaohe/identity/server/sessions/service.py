@@ -47,7 +47,6 @@ from xiaohe.identity.server.errors import (
     InvalidArgument,
     NotFound,
     TokenInvalid,
-    Unavailable,
 )
 from xiaohe.identity.server.sessions.models import (
     IssuedSession,
@@ -421,12 +420,21 @@ class SessionService:
         return f"sid~{self._log_pseudonym(session_id)}"
 
     async def _publish_quietly(self, *session_ids: str) -> None:
-        """Revoke in the list without failing the caller: SQL already holds the revocation."""
+        """Revoke in the list without failing the caller: SQL already holds the revocation.
+
+        Whatever Redis answers, the ids wait in the list's pending set and are
+        published when it accepts them; a change that committed is never reported
+        as failed because its revocation could not be announced yet.
+        """
         try:
             await self._revocations.revoke(list(session_ids))
-        except Unavailable:
+        except Exception as exc:  # after the commit, nothing may fail the caller
             for session_id in session_ids:
-                log.warning("revocation of session %s left pending", self._log_tag(session_id))
+                log.warning(
+                    "revocation of session %s left pending (%s)",
+                    self._log_tag(session_id),
+                    type(exc).__name__,
+                )
 
 
 __all__ = [
