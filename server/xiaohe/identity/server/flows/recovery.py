@@ -150,7 +150,9 @@ MANUAL_REVIEW_UNAVAILABLE: Final = (
 )
 
 _DECOY_FIRST: Final = "abcdefghijklmnopqrstuvwxyz"
-_DECOY_LAST: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
+"""What a login name may start with (`normalize_login_name`: a letter, lowercased)."""
+_DECOY_LAST: Final = "abcdefghijklmnopqrstuvwxyz0123456789_.-"
+"""What a login name may end with: every character it may hold."""
 _NAME_DOTS: Final = re.compile(r"[.\u00b7\u2022\u2027\u2219\u22c5\u30fb\uff0e\uff65]")
 
 # The request's paths: the command is flat, the request nests its fields in a oneof.
@@ -214,6 +216,17 @@ class _Claim:
     representative_name: str = field(default="", repr=False)
     representative_id_type: IdType = IdType.UNSPECIFIED
     representative_id_number: str = field(default="", repr=False)
+
+
+def decoy_login_name(first: int, last: int) -> str:
+    """A masked login name from two pseudorandom bytes, as a real one masks.
+
+    Its ends are drawn from what a login name may start and end with, so no
+    character at either end tells a decoy from a real name.
+    """
+    return mask_login_name(
+        _DECOY_FIRST[first % len(_DECOY_FIRST)] + _DECOY_LAST[last % len(_DECOY_LAST)]
+    )
 
 
 class RecoveryFlow:
@@ -371,10 +384,7 @@ class RecoveryFlow:
         `vt1.<tag of the phone under DECOY_LABEL>.<32 random bytes>`, never stored.
         """
         digest = bytes.fromhex(self._pseudonyms.tag(DECOY_LABEL, phone, size=32))
-        masked = mask_login_name(
-            _DECOY_FIRST[digest[16] % len(_DECOY_FIRST)]
-            + _DECOY_LAST[digest[17] % len(_DECOY_LAST)]
-        )
+        masked = decoy_login_name(digest[16], digest[17])
         grant = ticket_from_secret(digest[:16].hex(), self._token_bytes(TICKET_SECRET_BYTES))
         return Recovered(login_name_masked=masked, reset_grant=grant, expires_in=self._grant_ttl)
 
@@ -517,5 +527,6 @@ __all__ = [
     "Recovered",
     "RecoveryFlow",
     "RecoveryTickets",
+    "decoy_login_name",
     "phone_key",
 ]
