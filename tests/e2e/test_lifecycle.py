@@ -200,6 +200,7 @@ async def test_the_whole_lifecycle(served: ServedProcess, tmp_path: Path) -> Non
             session.access_token,
             ADDRESS,
             await front.ticket(ADDRESS, common_pb2.PURPOSE_BIND_EMAIL, EMAIL),
+            password=password,
         )
         assert bound.email_masked.endswith("@example.cn")
         assert ADDRESS not in bound.email_masked

@@ -83,6 +83,26 @@ async def test_an_email_is_bound_replaced_and_removed(env: AccountsEnv) -> None:
     assert await env.service.find_credentials(IdentifierKind.EMAIL, "zs@example.cn") is None
 
 
+async def test_every_email_change_records_its_time(env: AccountsEnv) -> None:
+    """H1: binding, replacing and removing an email each record when (`email_changed_at`, the
+    ChangePhone cooling-off of an email proof); a phone change leaves it alone."""
+    account_id = (await env.register(natural_command())).account_id
+    assert (await env.service.get_credentials(account_id)).email_changed_at is None
+    steps = [("", "zs@example.cn"), ("zs@example.cn", "san@example.com"), ("san@example.com", "")]
+    for expected, new in steps:
+        env.clock.advance(100)
+        await env.service.replace_contact(account_id, "email", expected=expected, new=new)
+        creds = await env.service.get_credentials(account_id)
+        assert creds.email_changed_at == pytest.approx(env.clock.now()), new
+        assert creds.phone_changed_at is None
+    emailed_at = env.clock.now()
+    env.clock.advance(100)
+    await env.service.replace_contact(account_id, "phone", expected=PHONE_E164, new=NEW_PHONE)
+    creds = await env.service.get_credentials(account_id)
+    assert creds.email_changed_at == pytest.approx(emailed_at)
+    assert creds.phone_changed_at == pytest.approx(env.clock.now())
+
+
 async def test_the_accepted_policy_version_only_rises(env: AccountsEnv) -> None:
     account_id = (await env.register(natural_command())).account_id
     await env.service.accept_policy_version(account_id, 3)

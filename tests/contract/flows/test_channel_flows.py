@@ -236,6 +236,8 @@ async def bind_email_case(env: FlowsEnv) -> tuple[str, Call]:
                 email=NEW_ADDRESS,
                 email_ticket=await env.ticket(NEW_ADDRESS, Purpose.BIND_EMAIL, Channel.EMAIL),
                 current_email_ticket=await env.ticket(ADDRESS, Purpose.BIND_EMAIL, Channel.EMAIL),
+                password=PASSWORD,
+                ip=IP,
             )
         )
 
@@ -445,6 +447,8 @@ async def test_two_concurrent_email_bindings_of_one_account_bind_one(env: FlowsE
             email=address,
             email_ticket=await env.ticket(address, Purpose.BIND_EMAIL, Channel.EMAIL),
             current_email_ticket="",
+            password=PASSWORD,
+            ip=IP,
         )
         for address in (ADDRESS, NEW_ADDRESS)
     ]

@@ -125,7 +125,7 @@ class PasswordEnv:
             "session_id": caller.session_id,
             "current_password": PASSWORD,
             "new_password": NEW_PASSWORD,
-            "end_other_sessions": True,
+            "keep_other_sessions": False,
             "ip": IP,
             **changes,
         }

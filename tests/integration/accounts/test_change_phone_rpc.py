@@ -10,6 +10,9 @@ limits are opened (`OPEN_LIMITS`) so that a test may ask for as many as it needs
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +25,7 @@ from tests.integration.accounts.channel_steps import (
     EMAIL,
     LOGIN,
     NEW_PHONE,
+    OTHER_ADDRESS,
     REGISTER,
     THIRD_PHONE,
     TICKET_TTL,
@@ -106,11 +110,45 @@ async def with_email(
     session = await login_as(h, login_name)
     await stubs(h).accounts.BindEmail(
         accounts_pb2.BindEmailRequest(
-            email=address, email_ticket=await ticket(h, address, BIND_EMAIL, EMAIL)
+            email=address,
+            email_ticket=await ticket(h, address, BIND_EMAIL, EMAIL),
+            password=PASSWORD,
         ),
         metadata=h.metadata + bearer(session),
     )
     return session
+
+
+@pytest.fixture
+def work(h: Harness, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts the server's account lookups, personal-data reads, data-key unwraps and ticket
+    checks (wrapping the instances every flow uses), so tests compare work, not time."""
+    count: Counter[str] = Counter()
+
+    def counted(owner: object, name: str) -> None:
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        if asyncio.iscoroutinefunction(inner):
+
+            async def wrapper(*args: object, **kwargs: object) -> object:
+                count[name] += 1
+                return await inner(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, wrapper)
+        else:
+
+            def plain(*args: object, **kwargs: object) -> object:
+                count[name] += 1
+                return inner(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, plain)
+
+    for name in ("find_credentials", "get_credentials", "get_personal_data"):
+        counted(h.container.accounts, name)
+    counted(h.container.cipher, "unwrap")
+    for name in ("check", "consume"):
+        counted(h.container.tickets, name)
+    return count
 
 
 # -- success ----------------------------------------------------------------------------------
@@ -156,7 +194,9 @@ async def test_change_by_email_signed_in_keeps_the_callers_session(h: Harness) -
     """H1, H2, T3: a signed-in caller proves the account by its email and names no identifier;
     the caller's session stays, the others end, the old phone and the email are told."""
     account_id = await register(h, LOGIN_NAME, PHONE)
-    first = await with_email(h)
+    await with_email(h)  # its session lives on: refresh tokens outlast the day below
+    h.clock.advance(DAY)  # an email bound within the cooling-off window proves nothing (H1)
+    first = await login_as(h, LOGIN_NAME)
     caller = await login_as(h, LOGIN_NAME)
     other = await login_as(h, PHONE)
     sms_before, emails_before = len(await notices(h)), len(await notices(h, "email"))
@@ -171,7 +211,7 @@ async def test_change_by_email_signed_in_keeps_the_callers_session(h: Harness) -
         bearer(caller),
     )
 
-    assert changed.sessions_ended == 2
+    assert changed.sessions_ended == 3  # the binding session, `first` and `other`
     await refused_within_a_second(h, first, other)
     assert await valid(h, caller)
     assert (await me(h, caller)).phone_masked == "137****1111"
@@ -295,6 +335,53 @@ async def test_the_default_window_is_a_day(h: Harness) -> None:
     assert (await refused(change_phone(h, second))).code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@pytest.mark.parametrize("case", ["bound", "replaced"])
+async def test_an_email_bound_within_the_window_does_not_prove_a_change(
+    harness_factory: HarnessFactory, case: str
+) -> None:
+    """H1: an email bound (or replaced) less than `phone_change_cooling_off_seconds` ago does
+    not prove a ChangePhone: FAILED_PRECONDITION, but only once the proof matched (an unknown
+    identifier with the same proof is still TICKET_INVALID); nothing is changed or sent and
+    the tickets are kept, so once the window is over the same request goes through."""
+    h = await open_harness(harness_factory, phone_change_cooling_off_seconds=3600)
+    account_id = await register(h, LOGIN_NAME, PHONE)
+    session = await with_email(h)
+    address = ADDRESS
+    if case == "replaced":
+        h.clock.advance(3600)  # the first address is past the window; its replacement is not
+        session = await login_as(h, LOGIN_NAME)
+        await stubs(h).accounts.BindEmail(
+            accounts_pb2.BindEmailRequest(
+                email=OTHER_ADDRESS,
+                email_ticket=await ticket(h, OTHER_ADDRESS, BIND_EMAIL, EMAIL),
+                current_email_ticket=await ticket(h, ADDRESS, BIND_EMAIL, EMAIL),
+                password=PASSWORD,
+            ),
+            metadata=h.metadata + bearer(session),
+        )
+        address = OTHER_ADDRESS
+    h.clock.advance(3300)
+    new_ticket = await ticket(h, NEW_PHONE, BIND_PHONE)
+    proof = await ticket(h, address, CHANGE_PHONE, EMAIL)
+    before = await delivered(h)
+
+    unknown = await refused(change_phone(h, by_email(new_ticket, proof, identifier="nobody.here")))
+    ticket_refusal(unknown, "email_ticket")
+    fresh = await refused(change_phone(h, by_email(new_ticket, proof)))
+    assert (fresh.code, fresh.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "FAILED_PRECONDITION",
+    )
+    assert "email was changed less than 1 h ago" in fresh.message
+    assert address not in fresh.message
+    assert await phone_of(h, account_id) == PHONE
+    assert await delivered(h) == before
+
+    h.clock.advance(300)  # the window is over; the tickets were not spent
+    await change_phone(h, by_email(new_ticket, proof))
+    assert await phone_of(h, account_id) == NEW_PHONE
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
@@ -413,6 +500,44 @@ async def test_an_unknown_identifier_answers_like_another_accounts_proof(h: Harn
     )
     assert await phone_of(h, other_id) == NEW_PHONE
     assert await valid(h, caller)
+
+
+async def test_an_unknown_identifier_costs_the_work_of_another_accounts_proof(
+    h: Harness, work: Counter[str]
+) -> None:
+    """B4: an identifier nobody holds and one whose account the proof does not prove do the
+    same work (one identifier lookup, the ticket checks, one lookup of the ticket's holder)
+    and decrypt nothing: no personal data is read and no data key unwrapped before the proof
+    matched, so the time does not tell whether an identifier is registered. Counted, not
+    timed."""
+    await register(h, LOGIN_NAME, PHONE)
+    await register(h, OTHER_LOGIN_NAME, OTHER_PHONE)
+    await with_email(h, OTHER_LOGIN_NAME, OTHER_ADDRESS)
+    new_ticket = await ticket(h, NEW_PHONE, BIND_PHONE)
+    cases = {
+        "unknown login name, by phone": (by_old_phone, "nobody.here"),
+        "unknown ID number, by phone": (by_old_phone, ID_NUMBER),
+        "known, another account's phone": (by_old_phone, LOGIN_NAME),
+        "known, another account's email": (by_email, LOGIN_NAME),
+        "unknown login name, by email": (by_email, "nobody.here"),
+    }
+    spent: dict[str, Counter[str]] = {}
+    for case, (request, identifier) in cases.items():
+        if request is by_old_phone:
+            proof = await ticket(h, OTHER_PHONE, CHANGE_PHONE)
+        else:
+            proof = await ticket(h, OTHER_ADDRESS, CHANGE_PHONE, EMAIL)
+        await delivered(h)  # nothing else runs on the server while the call is counted
+        work.clear()
+        details = await refused(change_phone(h, request(new_ticket, proof, identifier=identifier)))
+        assert details.reason == "TICKET_INVALID", case
+        spent[case] = Counter(work)
+    first = spent["known, another account's phone"]
+    assert first["get_personal_data"] == 0
+    assert first["unwrap"] == 0
+    assert first["find_credentials"] == 2  # the identifier, then the ticket's holder
+    for case, counted in spent.items():
+        assert counted == first, case
 
 
 async def test_a_new_phone_bound_elsewhere_is_already_exists(h: Harness) -> None:

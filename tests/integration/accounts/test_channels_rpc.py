@@ -87,11 +87,15 @@ async def bind_email(
     *,
     email: str = ADDRESS,
     current_email_ticket: str = "",
+    password: str = PASSWORD,
 ) -> accounts_pb2.BindEmailResponse:
-    """BindEmail for the session's account."""
+    """BindEmail for the session's account (with the account's password unless told)."""
     return await stubs(h).accounts.BindEmail(
         accounts_pb2.BindEmailRequest(
-            email=email, email_ticket=email_ticket, current_email_ticket=current_email_ticket
+            email=email,
+            email_ticket=email_ticket,
+            current_email_ticket=current_email_ticket,
+            password=password,
         ),
         metadata=h.metadata + bearer(session),
     )
@@ -310,6 +314,82 @@ async def test_bind_replace_and_unbind_an_email(h: Harness) -> None:
     assert none_left.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_session_alone_cannot_bind_a_first_email(h: Harness) -> None:
+    """H1, B1: BindEmail needs the current password for a first email as for a replacement, so
+    a stolen access token cannot add the address that would then prove ChangePhone or
+    ResetPassword. A missing password is INVALID_ARGUMENT on `password`; a wrong one is
+    INVALID_CREDENTIALS, binds nothing, sends nothing and ends no session."""
+    account_id = await register(h, LOGIN_NAME, PHONE)
+    caller = await login_as(h, LOGIN_NAME)
+    other = await login_as(h, PHONE)
+    email_ticket = await ticket(h, ADDRESS, BIND_EMAIL, EMAIL)
+    before = await delivered(h)
+
+    missing = await refused(bind_email(h, caller, email_ticket, password=""))
+    assert (missing.code, list(missing.violations)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["password"],
+    )
+    wrong = await refused(bind_email(h, caller, email_ticket, password=WRONG_PASSWORD))
+    assert (wrong.code, wrong.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
+    assert await email_of(h, account_id) == ""
+    assert await h.container.accounts.find_credentials(IdentifierKind.EMAIL, ADDRESS) is None
+    assert await delivered(h) == before
+    assert await valid(h, other)
+    outcomes = [r.outcome for r in await h.container.audit.query(action="account.email.bind")]
+    assert outcomes == ["invalid_credentials"]
+
+    # The ticket was only checked: with the password it binds the address.
+    assert (await bind_email(h, caller, email_ticket)).email_masked == "z***@example.cn"
+    assert await email_of(h, account_id) == ADDRESS
+
+
+async def test_bind_email_with_a_wrong_password_counts_toward_the_lock(h: Harness) -> None:
+    """B1, B2: a wrong password at BindEmail is a failed login for the account and address:
+    ten lock the account there, for BindEmail and Login alike, until the lock runs out. A
+    request whose ticket proves nothing is refused before the password is looked at."""
+    account_id = await register(h, LOGIN_NAME, PHONE)
+    caller = await login_as(h, LOGIN_NAME)
+    email_ticket = await ticket(h, ADDRESS, BIND_EMAIL, EMAIL)
+    for _ in range(10):  # bad tickets cost no password attempt
+        bad = await refused(bind_email(h, caller, "vt1.nothing", password=WRONG_PASSWORD))
+        ticket_refusal(bad, "email_ticket")
+    for _ in range(10):
+        wrong = await refused(bind_email(h, caller, email_ticket, password=WRONG_PASSWORD))
+        assert wrong.reason == "INVALID_CREDENTIALS"
+    locked = await refused(bind_email(h, caller, email_ticket))
+    assert same_answer(locked, wrong)
+    assert (await refused(login_as(h, LOGIN_NAME))).reason == "INVALID_CREDENTIALS"
+    assert await email_of(h, account_id) == ""
+    h.clock.advance(60)
+    assert (await bind_email(h, caller, email_ticket)).email_masked == "z***@example.cn"
+
+
+async def test_replacing_an_email_needs_the_password_too(h: Harness) -> None:
+    """H1: both tickets without the password do not replace the bound address."""
+    account_id = await register(h, LOGIN_NAME, PHONE)
+    caller = await login_as(h, LOGIN_NAME)
+    await bind_email(h, caller, await ticket(h, ADDRESS, BIND_EMAIL, EMAIL))
+    new_ticket = await ticket(h, OTHER_ADDRESS, BIND_EMAIL, EMAIL)
+    current_ticket = await ticket(h, ADDRESS, BIND_EMAIL, EMAIL)
+    wrong = await refused(
+        bind_email(
+            h,
+            caller,
+            new_ticket,
+            email=OTHER_ADDRESS,
+            current_email_ticket=current_ticket,
+            password=WRONG_PASSWORD,
+        )
+    )
+    assert wrong.reason == "INVALID_CREDENTIALS"
+    assert await email_of(h, account_id) == ADDRESS
+    await bind_email(
+        h, caller, new_ticket, email=OTHER_ADDRESS, current_email_ticket=current_ticket
+    )
+    assert await email_of(h, account_id) == OTHER_ADDRESS
+
+
 async def test_an_email_bound_elsewhere_is_already_exists(h: Harness) -> None:
     """H1: an address another account holds is ALREADY_EXISTS on `email`, not saying whose."""
     first_id = await register(h, LOGIN_NAME, PHONE)
@@ -354,7 +434,9 @@ async def test_the_email_rpcs_need_a_signed_in_user(h: Harness) -> None:
     email_ticket = await ticket(h, ADDRESS, BIND_EMAIL, EMAIL)
     no_user = await refused(
         stubs(h).accounts.BindEmail(
-            accounts_pb2.BindEmailRequest(email=ADDRESS, email_ticket=email_ticket),
+            accounts_pb2.BindEmailRequest(
+                email=ADDRESS, email_ticket=email_ticket, password=PASSWORD
+            ),
             metadata=h.metadata,
         )
     )

@@ -106,12 +106,12 @@ async def change(
     current: str = PASSWORD,
     new: str = NEW_PASSWORD,
     *,
-    end_other_sessions: bool = True,
+    keep_other_sessions: bool = False,
 ) -> accounts_pb2.ChangePasswordResponse:
-    """ChangePassword as the bearer of `token`."""
+    """ChangePassword as the bearer of `token` (raw gRPC: other sessions end by default)."""
     return await stubs(h).accounts.ChangePassword(
         accounts_pb2.ChangePasswordRequest(
-            current_password=current, new_password=new, end_other_sessions=end_other_sessions
+            current_password=current, new_password=new, keep_other_sessions=keep_other_sessions
         ),
         metadata=bearer(h, token),
     )
@@ -263,13 +263,45 @@ async def test_change_password_ends_the_other_sessions_and_notifies(h: Harness) 
     assert await audited(h, "session.revoke_all") == [(account_id, "password_change")]
 
 
+async def test_a_raw_change_password_that_leaves_the_choice_out_ends_the_other_sessions(
+    h: Harness,
+) -> None:
+    """T3, P3: a raw gRPC ChangePasswordRequest with neither keep_other_sessions nor the
+    deprecated end_other_sessions ends every other session; the deprecated field set to false
+    (what an omitted proto3 bool reads as) is ignored and ends them too."""
+    await register(h, LOGIN_NAME, PHONE)
+    caller = await login(h, LOGIN_NAME)
+    others = [await login(h, LOGIN_NAME), await login(h, PHONE)]
+    await h.container.revocations.wait_ready()
+    omitted = await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(current_password=PASSWORD, new_password=NEW_PASSWORD),
+        metadata=bearer(h, caller.access_token),
+    )
+    assert omitted.sessions_ended == 2
+    for other in others:
+        assert await refused_within_a_second(h, other.access_token)
+    assert await valid(h, caller.access_token)
+
+    other = await login_with(h, LOGIN_NAME, NEW_PASSWORD)
+    request = accounts_pb2.ChangePasswordRequest(
+        current_password=NEW_PASSWORD, new_password=OTHER_NEW_PASSWORD
+    )
+    request.end_other_sessions = False  # deprecated, and ignored by the server
+    deprecated = await stubs(h).accounts.ChangePassword(
+        request, metadata=bearer(h, caller.access_token)
+    )
+    assert deprecated.sessions_ended == 1
+    assert await refused_within_a_second(h, other.access_token)
+    assert await valid(h, caller.access_token)
+
+
 async def test_change_password_can_keep_the_other_sessions(h: Harness) -> None:
-    """P3, H2: without end_other_sessions no session ends, and the notice is still sent."""
+    """P3, H2: with keep_other_sessions no session ends, and the notice is still sent."""
     await register(h, LOGIN_NAME, PHONE)
     caller = await login(h, LOGIN_NAME)
     other = await login(h, LOGIN_NAME)
     await h.container.revocations.wait_ready()
-    answer = await change(h, caller.access_token, end_other_sessions=False)
+    answer = await change(h, caller.access_token, keep_other_sessions=True)
     assert answer.sessions_ended == 0
     await asyncio.sleep(0.2)
     assert await valid(h, other.access_token)

@@ -299,6 +299,27 @@ async def test_sessions_of_the_signed_in_user(h: Harness) -> None:
         assert not (await identity.validate_token(second.access_token)).valid
 
 
+async def test_change_password_ends_the_other_sessions_unless_told_not_to(h: Harness) -> None:
+    """T3: `change_password` ends the other sessions by default (it sends keep_other_sessions
+    false); `end_other_sessions=False` keeps them."""
+    async with client_for(h) as identity:
+        await register_alice(h, identity)
+        mine = (await identity.login_with_password("alice_wang", PASSWORD)).session
+        other = (await identity.login_with_password(PHONE, PASSWORD)).session
+        second, third = "Baiyun-Huangshan-2028", "Yunshan-Changjiang-2027"
+        kept = await identity.change_password(
+            mine.access_token, PASSWORD, second, end_other_sessions=False
+        )
+        assert kept.sessions_ended == 0
+        assert (await identity.validate_token(other.access_token)).valid
+        ended = await identity.change_password(mine.access_token, second, third)
+        assert ended.sessions_ended == 1
+        await h.container.revocations.wait_ready()
+        assert (await identity.validate_token(mine.access_token)).valid
+        with pytest.raises(TokenInvalid):
+            await identity.refresh(other.refresh_token)
+
+
 async def test_the_sdk_verifies_the_audit_chain_with_an_anchor(h: Harness) -> None:
     """I7: VerifyAuditChain through the SDK, with and without an anchor from the log."""
     async with client_for(h) as client:

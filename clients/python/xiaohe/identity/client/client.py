@@ -469,7 +469,7 @@ class IdentityClient:
             accounts_pb2.ChangePasswordRequest(
                 current_password=current_password,
                 new_password=new_password,
-                end_other_sessions=end_other_sessions,
+                keep_other_sessions=not end_other_sessions,
             ),
             end_user=end_user,
             access_token=access_token,
@@ -524,15 +524,19 @@ class IdentityClient:
         email: str,
         email_ticket: str,
         *,
+        password: str,
         current_email_ticket: str = "",
         end_user: EndUser | None = None,
     ) -> accounts_pb2.BindEmailResponse:
-        """Bind an email to the signed-in user's account (or replace the bound one)."""
+        """Bind (or replace) the signed-in user's email; the current password is required."""
         stubs = self._ensure_stubs()
         return await self._unary(
             stubs.accounts.BindEmail,
             accounts_pb2.BindEmailRequest(
-                email=email, email_ticket=email_ticket, current_email_ticket=current_email_ticket
+                email=email,
+                email_ticket=email_ticket,
+                current_email_ticket=current_email_ticket,
+                password=password,
             ),
             end_user=end_user,
             access_token=access_token,

@@ -18,6 +18,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -344,20 +349,38 @@ class ChangePasswordRequest(_message.Message):
     CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     END_OTHER_SESSIONS_FIELD_NUMBER: _builtins.int
+    KEEP_OTHER_SESSIONS_FIELD_NUMBER: _builtins.int
     current_password: _builtins.str
     new_password: _builtins.str
-    end_other_sessions: _builtins.bool
-    """End every other session of the account (the calling one stays signed in)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def end_other_sessions(self) -> _builtins.bool:
+        """Ignored: a proto3 bool left out reads as false, so a caller that omitted it kept every
+        other session. Other sessions end unless keep_other_sessions is true.
+        """
+
+    @end_other_sessions.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def end_other_sessions(self, value: _builtins.bool) -> None:
+        """Ignored: a proto3 bool left out reads as false, so a caller that omitted it kept every
+        other session. Other sessions end unless keep_other_sessions is true.
+        """
+
+    keep_other_sessions: _builtins.bool
+    """Keep the account's other sessions. By default (false, or left out) every session but the
+    calling one ends (SECURITY.md T3).
+    """
     def __init__(
         self,
         *,
         current_password: _builtins.str = ...,
         new_password: _builtins.str = ...,
         end_other_sessions: _builtins.bool = ...,
+        keep_other_sessions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "end_other_sessions", b"end_other_sessions", "new_password", b"new_password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "end_other_sessions", b"end_other_sessions", "keep_other_sessions", b"keep_other_sessions", "new_password", b"new_password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,21 +513,27 @@ class BindEmailRequest(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     EMAIL_TICKET_FIELD_NUMBER: _builtins.int
     CURRENT_EMAIL_TICKET_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     email_ticket: _builtins.str
     """Ticket from VerifyCode (EMAIL, BIND_EMAIL) for the email above."""
     current_email_ticket: _builtins.str
     """When an email is bound already: a BIND_EMAIL ticket for that (current) email."""
+    password: _builtins.str
+    """The account's current password, required for every binding (a first email and a
+    replacement alike); a wrong one counts toward the sign-in lock.
+    """
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         email_ticket: _builtins.str = ...,
         current_email_ticket: _builtins.str = ...,
+        password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_email_ticket", b"current_email_ticket", "email", b"email", "email_ticket", b"email_ticket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_email_ticket", b"current_email_ticket", "email", b"email", "email_ticket", b"email_ticket", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -141,7 +141,8 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BindEmail(self, request, context):
-        """Binds an email to the signed-in user's account, or replaces the bound one.
+        """Binds an email to the signed-in user's account, or replaces the bound one; the current
+        password is required.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,9 @@ class AccountServiceStub:
     BindPhone: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.BindPhoneRequest, _accounts_pb2.BindPhoneResponse]
     """Binds a phone to an account that has none: login name, password and a BIND_PHONE ticket."""
     BindEmail: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.BindEmailRequest, _accounts_pb2.BindEmailResponse]
-    """Binds an email to the signed-in user's account, or replaces the bound one."""
+    """Binds an email to the signed-in user's account, or replaces the bound one; the current
+    password is required.
+    """
     UnbindEmail: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.UnbindEmailRequest, _accounts_pb2.UnbindEmailResponse]
     """Removes the signed-in user's email; the current password is required."""
     ChangePhone: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ChangePhoneRequest, _accounts_pb2.ChangePhoneResponse]
@@ -74,7 +76,9 @@ class AccountServiceAsyncStub(AccountServiceStub):
     BindPhone: _aio.UnaryUnaryMultiCallable[_accounts_pb2.BindPhoneRequest, _accounts_pb2.BindPhoneResponse]  # type: ignore[assignment]
     """Binds a phone to an account that has none: login name, password and a BIND_PHONE ticket."""
     BindEmail: _aio.UnaryUnaryMultiCallable[_accounts_pb2.BindEmailRequest, _accounts_pb2.BindEmailResponse]  # type: ignore[assignment]
-    """Binds an email to the signed-in user's account, or replaces the bound one."""
+    """Binds an email to the signed-in user's account, or replaces the bound one; the current
+    password is required.
+    """
     UnbindEmail: _aio.UnaryUnaryMultiCallable[_accounts_pb2.UnbindEmailRequest, _accounts_pb2.UnbindEmailResponse]  # type: ignore[assignment]
     """Removes the signed-in user's email; the current password is required."""
     ChangePhone: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ChangePhoneRequest, _accounts_pb2.ChangePhoneResponse]  # type: ignore[assignment]
@@ -145,7 +149,9 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _accounts_pb2.BindEmailRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.BindEmailResponse, _abc.Awaitable[_accounts_pb2.BindEmailResponse]]:
-        """Binds an email to the signed-in user's account, or replaces the bound one."""
+        """Binds an email to the signed-in user's account, or replaces the bound one; the current
+        password is required.
+        """
 
     @_abc_1.abstractmethod
     def UnbindEmail(

@@ -92,6 +92,9 @@ class AccountCredentials:
     accepted_policy_version: int
     real_name_level: int
     phone_changed_at: float | None = None
+    """When the phone was last bound or changed (epoch seconds); None if never since 0003."""
+    email_changed_at: float | None = None
+    """When the email was last bound, replaced or removed; None if never since 0004."""
 
 
 @dataclass(frozen=True)

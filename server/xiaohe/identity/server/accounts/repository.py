@@ -71,6 +71,7 @@ class AccountRecord:
     created_at: float
     updated_at: float
     phone_changed_at: float | None = None
+    email_changed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class AccountRepository(Protocol):
     async def set_contact(
         self, account_id: str, column: str, blob: bytes | None, now: float
     ) -> None:
-        """Store a new ciphertext (or None) in `phone_enc` or `email_enc` (a phone: its time)."""
+        """Store a new ciphertext (or None) in `phone_enc` or `email_enc`, and the time of the
+        change (`phone_changed_at` or `email_changed_at`)."""
         ...
 
     async def replace_identifier(
@@ -187,8 +189,12 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AccountRecord:
         created_at=epoch(m["created_at"]),
         updated_at=epoch(m["updated_at"]),
         phone_changed_at=None if m["phone_changed_at"] is None else epoch(m["phone_changed_at"]),
+        email_changed_at=None if m["email_changed_at"] is None else epoch(m["email_changed_at"]),
     )
 
+
+_CHANGED_AT = {"phone_enc": "phone_changed_at", "email_enc": "email_changed_at"}
+"""The column that records when each contact column last changed (the cooling-off windows)."""
 
 # Built once: the login path runs this lookup on every attempt.
 _FIND_BY_IDENTIFIER = (
@@ -325,12 +331,15 @@ class SqlAccountRepository:
     async def set_contact(
         self, account_id: str, column: str, blob: bytes | None, now: float
     ) -> None:
-        """Store a new ciphertext (or None) in `phone_enc` or `email_enc` (a phone: its time)."""
-        if column not in ("phone_enc", "email_enc"):
+        """Store a new ciphertext (or None) in `phone_enc` or `email_enc`, and the time of the
+        change (`phone_changed_at` or `email_changed_at`)."""
+        if column not in _CHANGED_AT:
             raise ValueError("a contact column is phone_enc or email_enc")
-        values: dict[str, object] = {column: blob, "updated_at": utc(now)}
-        if column == "phone_enc":
-            values["phone_changed_at"] = utc(now)
+        values: dict[str, object] = {
+            column: blob,
+            _CHANGED_AT[column]: utc(now),
+            "updated_at": utc(now),
+        }
         async with self._db.begin() as conn, _translated():
             await conn.execute(
                 accounts.update().where(accounts.c.account_id == account_id).values(**values)

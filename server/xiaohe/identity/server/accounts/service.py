@@ -257,8 +257,9 @@ class AccountService:
         and if its current value is no longer `expected` (a concurrent change won)
         this raises Conflict and changes nothing, so of two concurrent changes of
         one account exactly one wins. `new` held by another account is
-        AlreadyExists(channel), never saying whose. A phone change also records
-        its time (the cooling-off window starts). NotFound if there is no account.
+        AlreadyExists(channel), never saying whose. Every change records its time
+        (`phone_changed_at` or `email_changed_at`: a cooling-off window starts).
+        NotFound if there is no account.
         """
         async with self._uow.begin():
             record = await self._repo.get_for_update(account_id)
@@ -386,6 +387,7 @@ def _credentials(record: AccountRecord) -> AccountCredentials:
         accepted_policy_version=record.accepted_policy_version,
         real_name_level=record.real_name_level,
         phone_changed_at=record.phone_changed_at,
+        email_changed_at=record.email_changed_at,
     )
 
 

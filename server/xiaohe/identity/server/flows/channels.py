@@ -4,9 +4,12 @@ BindPhone (privacy policy 一.4): login name + password + a BIND_PHONE ticket fo
 the phone, for an account that has no phone (one that has uses ChangePhone).
 The password is checked like a login (`credentials.reauth.PasswordCheck`).
 
-BindEmail: the signed-in account proves the new address with a BIND_EMAIL ticket;
+BindEmail: the signed-in account gives its current password (checked like a
+login, as for UnbindEmail) and proves the new address with a BIND_EMAIL ticket;
 when an email is bound already, it also proves the current one with a BIND_EMAIL
-ticket for it (SECURITY.md H1). UnbindEmail needs the current password.
+ticket for it (SECURITY.md H1). The password is required for a first email too:
+a bound email proves ChangePhone and ResetPassword, so a stolen access token
+alone must not be able to add one. UnbindEmail needs the current password.
 
 A phone or email bound to another account is ALREADY_EXISTS, never saying whose.
 Each change ends the account's other sessions (T3), notifies the old channels
@@ -20,13 +23,15 @@ Every method runs its steps in the same order, cheapest and least revealing firs
 2. Tickets are checked, not consumed (`PresentedTicket.check`): a ticket of the
    wrong purpose, for another destination, expired or used is TicketInvalid on
    its own request field, and the caller learns nothing about any account first.
-3. The account and its state. BindPhone looks the login name up and checks the
-   password under the login throttle (a wrong one counts toward the brute-force
-   lock, B1; an unknown or malformed login name runs the same steps against the
-   shared `unknown` pseudo-account and answers the same InvalidCredentials, B3).
-   Only then does the answer depend on the account: FailedPrecondition when it
-   has a phone already (BindPhone) or has no email to remove (UnbindEmail), and
-   the current-email proof when an email is bound (BindEmail).
+3. The password, then the account's state. BindPhone looks the login name up,
+   BindEmail and UnbindEmail take the signed-in account; the password is checked
+   under the login throttle (a wrong one counts toward the brute-force lock, B1;
+   for BindPhone an unknown or malformed login name runs the same steps against
+   the shared `unknown` pseudo-account and answers the same InvalidCredentials,
+   B3). Only then does the answer depend on the account: FailedPrecondition when
+   it has a phone already (BindPhone), has the address bound already or lacks
+   the current-email proof (BindEmail), or has no email to remove (UnbindEmail);
+   and the current-email ticket is checked against the bound address (BindEmail).
 4. A value held by another account is ALREADY_EXISTS on the request field
    (`phone`, `email`), with the tickets still usable: the caller has proven the
    value is theirs, and may pick another without a new code.
@@ -103,13 +108,15 @@ class BindPhoneCommand:
 
 @dataclass(frozen=True)
 class BindEmailCommand:
-    """The signed-in account binds (or replaces) its email."""
+    """The signed-in account binds (or replaces) its email, re-authenticated by password."""
 
     account_id: str
     session_id: str
     email: str = field(repr=False)
     email_ticket: str = field(repr=False)
     current_email_ticket: str = field(repr=False)
+    password: str = field(repr=False)
+    ip: str
 
 
 @dataclass(frozen=True)
@@ -318,14 +325,20 @@ class ChannelFlow:
         """Bind the email; returns it masked.
 
         Raises InvalidArgument, TicketInvalid (`email_ticket`, `current_email_ticket`),
-        FailedPrecondition (the address is bound already to this account, or an
-        email is bound and `current_email_ticket` is missing), AlreadyExists
+        InvalidCredentials (wrong password, or locked: it counts like a failed
+        login), FailedPrecondition (the address is bound already to this account,
+        or an email is bound and `current_email_ticket` is missing), AlreadyExists
         (`email`), Conflict or Unavailable.
 
-        Replacing an address needs a BIND_EMAIL ticket of the bound one too (H1):
-        a stolen session alone must not be able to move the account's recovery
-        channel to an address its thief controls. A `current_email_ticket` sent
-        when no email is bound is ignored (it proves nothing that matters).
+        The password is required whenever an address is bound, the first one
+        included: a bound email proves a ChangePhone and a ResetPassword, so a
+        stolen session alone must not be able to add one (that would turn an
+        access token into the account). Replacing an address needs a BIND_EMAIL
+        ticket of the bound one too (H1): the password alone must not move the
+        account's recovery channel either. A `current_email_ticket` sent when no
+        email is bound is ignored (it proves nothing that matters). The password
+        comes after the new address's ticket (a bad ticket costs no password
+        attempt) and before anything that depends on the account's state.
         """
         attempt = _Attempt(BIND_EMAIL_ACTION, target=cmd.account_id)
         try:
@@ -335,6 +348,10 @@ class ChannelFlow:
                 cmd.email_ticket, "email_ticket", Purpose.BIND_EMAIL, Channel.EMAIL, email
             )
             await email_ticket.check(self._tickets)
+            account = await self._accounts.get_credentials(cmd.account_id)
+            await self._passwords.verify(
+                account.account_id, account.password_hash, cmd.password, cmd.ip
+            )
             current = await self._accounts.get_personal_data(cmd.account_id)
             if current.email:
                 attempt.action = CHANGE_EMAIL_ACTION
@@ -395,6 +412,7 @@ class ChannelFlow:
         email = v.run("email", cmd.email, lambda raw: normalize_email(raw, "email"))
         check_ticket_shape(v, "email_ticket", cmd.email_ticket, required=True)
         check_ticket_shape(v, "current_email_ticket", cmd.current_email_ticket, required=False)
+        check_password_shape(v, cmd.password)
         v.raise_if_any()
         return email
 

@@ -4,8 +4,10 @@ Change (SECURITY.md P2, P3, B1–B3, T3, H2): the signed-in account gives its
 current password, checked like a login (`credentials.reauth.PasswordCheck`: a
 wrong one counts toward the brute-force lock), and a new one that passes the
 registration policy. One unit of work stores the new hash (conditional on the
-old one), ends the other sessions when asked, queues the `password_changed`
-notice to the bound phone and email, and audits `account.password.change`.
+old one), ends the other sessions unless asked to keep them (T3: ending them is
+the default, so a caller that leaves the choice out gets the safe one), queues
+the `password_changed` notice to the bound phone and email, and audits
+`account.password.change`.
 
 Reset (privacy policy 一.2, P3, B4): the account is named by an identifier (login
 name, phone, USCC, ID number, email); the ticket is a RESET_PASSWORD ticket for
@@ -31,7 +33,7 @@ Change, in order:
 4. The new hash (Argon2, before the transaction).
 5. One unit of work: the hash, conditional on the one just verified (a
    concurrent change or reset wins; this one is Conflict and changes nothing);
-   with `end_other_sessions` every session but the caller's is revoked
+   unless `keep_other_sessions`, every session but the caller's is revoked
    (published to the revocation list after the commit); the notice; the audit.
 
 Reset, in order:
@@ -143,7 +145,8 @@ class ChangePasswordCommand:
     session_id: str
     current_password: str = field(repr=False)
     new_password: str = field(repr=False)
-    end_other_sessions: bool
+    keep_other_sessions: bool
+    """Keep the account's other sessions; False (the default of the API) ends them (T3)."""
     ip: str
 
 
@@ -293,7 +296,7 @@ class PasswordFlow:
                 if not stored:
                     raise Conflict("the password was changed meanwhile; sign in again")
                 ended = 0
-                if cmd.end_other_sessions:
+                if not cmd.keep_other_sessions:
                     ended = await self._sessions.revoke_all(
                         account.account_id, RevokeReason.PASSWORD_CHANGE, keep=cmd.session_id
                     )

@@ -13,6 +13,10 @@ Afterwards, in the same unit of work: the old phone and the email get the
 `phone_changed` notice (no code, the new number masked), every other session ends
 (T3), the change is audited; and for `phone_change_cooling_off_seconds` (24 h by
 default) another phone change, and recovery through the new phone, are refused.
+The same window applies to the email as a proof: an address bound or replaced
+within it does not prove a phone change (a session thief who managed to bind an
+email cannot use it at once to take the phone, and the owner has the window in
+which the `email_changed` notice reaches them).
 
 In order, each step only if the previous one passed:
 
@@ -28,17 +32,24 @@ In order, each step only if the previous one passed:
 4. The account: the identifier's, or the signed-in caller's. An identifier that
    names another account than the signed-in one, or an account that is not
    active, is treated as unknown.
-5. The proof ticket is checked against the account's bound phone (or email),
-   through the ticket service's destination binding. For an unknown account
-   there is no bound value, and the check is made against none, which the
-   ticket service counts as a mismatch exactly like another account's phone:
-   both answer the same TicketInvalid on the proof field, spend the same Redis
-   script, leave the ticket usable for the right account (the third mismatch
-   destroys it) and send nothing. Nothing about the account is revealed before
-   its channel is proven.
-6. State, now that the person has proven the account: the new phone being the
-   bound one already, or a phone changed within the cooling-off window
-   (`AccountCredentials.phone_changed_at`), is FailedPrecondition.
+5. The proof. Its ticket is checked by purpose and channel only (CHANGE_PHONE,
+   SMS or EMAIL), which says what it proves (its destination); the account
+   holding that destination now is found through the blind index, and the proof
+   holds only if that is the account of step 4 (ids compared in constant time),
+   as ResetPassword does (`flows/passwords.py`). Nothing is decrypted before
+   that: an unknown identifier, and an identifier whose account the ticket does
+   not prove, each cost exactly one identifier lookup, one ticket check and one
+   holder lookup, so neither the answer nor the work tells whether an identifier
+   is registered. Both are then presented once more against no destination,
+   which the ticket service counts as a mismatch (the third destroys the
+   ticket, so a stolen ticket cannot be tried against identifier after
+   identifier), and both answer the same TicketInvalid on the proof field,
+   leave the ticket usable for its own account and send nothing.
+6. State, now that the person has proven the account (its personal data is
+   read only now): the new phone being the bound one already, a phone changed
+   within the cooling-off window (`AccountCredentials.phone_changed_at`), or,
+   for a proof by email, an email bound or replaced within the same window
+   (`AccountCredentials.email_changed_at`), is FailedPrecondition.
 7. A new phone held by another account is ALREADY_EXISTS on `new_phone`; both
    tickets stay usable (the caller proved the phone is theirs, and may pick
    another).
@@ -59,6 +70,7 @@ id, or `unknown`) outside the unit of work; the success as
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 from collections.abc import Collection
@@ -70,7 +82,7 @@ from xiaohe.identity.server.accounts.models import AccountCredentials, AccountSt
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
+from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, TicketConsumer
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.errors import (
     AlreadyExists,
@@ -196,8 +208,9 @@ class PhoneChangeFlow:
         Raises Unimplemented (manual review), InvalidArgument, TicketInvalid
         (`new_phone_ticket`, or the proof field for an unknown account as for a
         proof of another account's channel), FailedPrecondition (the same phone,
-        or within the cooling-off window), AlreadyExists (`new_phone`), Conflict
-        (a concurrent change won) or Unavailable.
+        a phone changed within the cooling-off window, or a proof by an email
+        bound within it), AlreadyExists (`new_phone`), Conflict (a concurrent
+        change won) or Unavailable.
         """
         if cmd.proof is PhoneProof.MANUAL_REVIEW:
             raise Unimplemented(
@@ -216,24 +229,19 @@ class PhoneChangeFlow:
             )
             await new_phone_ticket.check(self._tickets)
             account = await self._account(cmd, valid)
-            old_phone = email = ""
             if account is not None:
                 target = account.account_id
-                data = await self._accounts.get_personal_data(account.account_id)
-                old_phone, email = data.phone, data.email
-            # Step 5. For an unknown account the bound value is "", which no ticket is bound to.
-            proven = old_phone if valid.proof_channel is Channel.SMS else email
+            account = await self._proven(account, cmd.proof_ticket, valid)
+            data = await self._accounts.get_personal_data(account.account_id)
+            old_phone, email = data.phone, data.email
             proof_ticket = PresentedTicket(
                 cmd.proof_ticket,
                 valid.proof_field,
                 Purpose.CHANGE_PHONE,
                 valid.proof_channel,
-                proven,
+                old_phone if valid.proof_channel is Channel.SMS else email,
             )
-            await proof_ticket.check(self._tickets)
-            if account is None:  # unreachable: no ticket is bound to an empty destination
-                raise TicketInvalid(field=valid.proof_field)
-            self._check_state(account, old_phone, valid.new_phone)
+            self._check_state(account, old_phone, valid.new_phone, valid.proof_channel)
             if await self._accounts.taken_kinds([self._accounts.key("phone", valid.new_phone)]):
                 raise AlreadyExists("new_phone")
             await proof_ticket.consume(self._tickets)
@@ -323,29 +331,82 @@ class PhoneChangeFlow:
             return None
         return account
 
-    def _check_state(self, account: AccountCredentials, old_phone: str, new_phone: str) -> None:
-        """Step 6: FailedPrecondition for the bound phone itself, or inside the cooling-off window.
+    async def _proven(
+        self, account: AccountCredentials | None, proof_ticket: str, valid: _ValidChange
+    ) -> AccountCredentials:
+        """Step 5: the account if the proof ticket proves it; TicketInvalid on the proof field
+        otherwise (the same work and answer for an unknown account as for another's proof)."""
+        claims = await self._proof_claims(proof_ticket, valid)
+        kind = IdentifierKind.PHONE if valid.proof_channel is Channel.SMS else IdentifierKind.EMAIL
+        holder = await self._accounts.find_credentials(kind, claims.destination)
+        holder_id = "" if holder is None else holder.account_id
+        bound = account is not None and hmac.compare_digest(
+            holder_id.encode("utf-8"), account.account_id.encode("utf-8")
+        )
+        if bound and account is not None:
+            return account
+        # Counted as a mismatch of the ticket (against no destination, which none is bound to).
+        unbound = PresentedTicket(
+            proof_ticket, valid.proof_field, Purpose.CHANGE_PHONE, valid.proof_channel, ""
+        )
+        await unbound.check(self._tickets)
+        raise TicketInvalid(field=valid.proof_field)  # unreachable: the check above refuses
+
+    async def _proof_claims(self, proof_ticket: str, valid: _ValidChange) -> TicketClaims:
+        """What a live CHANGE_PHONE ticket of the proof's channel proves (it stays usable)."""
+        try:
+            claims = await self._tickets.check(
+                proof_ticket, purpose=Purpose.CHANGE_PHONE, channel=valid.proof_channel
+            )
+        except TicketInvalid:
+            raise TicketInvalid(field=valid.proof_field) from None
+        # Defence in depth: the ticket service matched these already.
+        if (claims.purpose, claims.channel) != (Purpose.CHANGE_PHONE, valid.proof_channel):
+            raise TicketInvalid(field=valid.proof_field)
+        return claims
+
+    def _check_state(
+        self, account: AccountCredentials, old_phone: str, new_phone: str, proof: Channel
+    ) -> None:
+        """Step 6: FailedPrecondition for the bound phone itself, or inside a cooling-off window.
 
         The window (H1, issue 9) is counted from the last phone change or first
         binding: someone who has just taken over a phone, or an account through
         one, cannot immediately move the account on again, and recovery refuses
-        a phone changed within the same window (flows/recovery.py).
+        a phone changed within the same window (flows/recovery.py). A proof by
+        email is refused within the same window of the email's last change: an
+        address bound by a session thief must not carry the phone away at once.
         """
         if new_phone == old_phone:
             raise FailedPrecondition(
                 "the new phone is the phone bound already",
                 [FieldViolation("new_phone", "is the phone bound already")],
             )
-        changed_at = account.phone_changed_at
-        if changed_at is None:
-            return
-        remaining = changed_at + self._cooling_off - self._clock.now()
+        remaining = self._cooling_off_left(account.phone_changed_at)
         if remaining > 0:
-            hours = self._cooling_off / 3600
             raise FailedPrecondition(
-                f"the bound phone was changed less than {hours:g} h ago; it can be changed "
-                f"again in {math.ceil(remaining)} s"
+                f"the bound phone was changed less than {self._hours} h ago; it can be "
+                f"changed again in {math.ceil(remaining)} s"
             )
+        if proof is not Channel.EMAIL:
+            return
+        remaining = self._cooling_off_left(account.email_changed_at)
+        if remaining > 0:
+            raise FailedPrecondition(
+                f"the bound email was changed less than {self._hours} h ago; it can prove "
+                f"a phone change in {math.ceil(remaining)} s"
+            )
+
+    @property
+    def _hours(self) -> str:
+        """The cooling-off window in hours, as messages give it."""
+        return f"{self._cooling_off / 3600:g}"
+
+    def _cooling_off_left(self, changed_at: float | None) -> float:
+        """Seconds left of the cooling-off window started at `changed_at` (≤ 0: none)."""
+        if changed_at is None:
+            return 0.0
+        return changed_at + self._cooling_off - self._clock.now()
 
 
 __all__ = [

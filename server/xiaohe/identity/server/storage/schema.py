@@ -103,6 +103,8 @@ accounts = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("phone_changed_at", UtcDateTime, nullable=True),
+    # When the email was last bound, replaced or removed (the ChangePhone cooling-off).
+    sa.Column("email_changed_at", UtcDateTime, nullable=True),
 )
 
 identifiers = sa.Table(

@@ -213,7 +213,8 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
                 session_id=claims.sid,
                 current_password=request.current_password,
                 new_password=request.new_password,
-                end_other_sessions=request.end_other_sessions,
+                # `end_other_sessions` (deprecated) is ignored: left out, it read as "keep".
+                keep_other_sessions=request.keep_other_sessions,
                 ip=context.current().end_user_ip,
             )
         )
@@ -259,6 +260,8 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
                 email=request.email,
                 email_ticket=request.email_ticket,
                 current_email_ticket=request.current_email_ticket,
+                password=request.password,
+                ip=context.current().end_user_ip,
             )
         )
         return accounts_pb2.BindEmailResponse(email_masked=masked)
