@@ -1,9 +1,15 @@
-"""What a service needs of the audit log: a Protocol, so domain code never depends on SQL."""
+"""What a service needs of the audit log: a Protocol, so domain code never depends on SQL.
+
+Also the helpers for auditing failures: `outcome_of` (the outcome an error is
+recorded as) and `record_quietly` (a record whose failure must not fail the caller).
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Protocol
+
+from xiaohe.identity.server.errors import IdentityError
 
 
 class AuditSink(Protocol):
@@ -18,6 +24,11 @@ class AuditSink(Protocol):
     async def record(self, action: str, target: str, outcome: str) -> object:
         """Append one audit record."""
         ...
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The audit outcome of a failure: the error's reason in lower case, or `error`."""
+    return exc.reason.lower() if isinstance(exc, IdentityError) else "error"
 
 
 async def record_quietly(

@@ -58,23 +58,16 @@ from typing import Final, Protocol
 
 from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
 from xiaohe.identity.server.accounts.service import AccountService
-from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
-    IdentityError,
     InvalidArgument,
     InvalidCredentials,
     TicketInvalid,
-)
-from xiaohe.identity.server.flows.login import (
-    MAX_IDENTIFIER_CHARS,
-    MAX_PASSWORD_CHARS,
-    MAX_TICKET_CHARS,
-    UNKNOWN_SUBJECT,
 )
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.identifiers import (
@@ -84,7 +77,14 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_email,
     normalize_login_name,
 )
-from xiaohe.identity.server.shared.validation import Violations, phone_field
+from xiaohe.identity.server.shared.validation import (
+    MAX_IDENTIFIER_CHARS,
+    UNKNOWN_SUBJECT,
+    Violations,
+    check_password_shape,
+    check_ticket_shape,
+    phone_field,
+)
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -153,15 +153,6 @@ class _Attempt:
     target: str = UNKNOWN_SUBJECT
     to_audit: bool = False
     """True once the request shape was valid (malformed requests are not audited)."""
-
-
-def check_ticket_shape(v: Violations, field_name: str, ticket: str, *, required: bool) -> None:
-    """Record a violation for an empty (when required) or oversized ticket field."""
-    if not ticket.strip():
-        if required:
-            v.add(field_name, "must be a ticket from VerifyCode")
-    elif len(ticket) > MAX_TICKET_CHARS:
-        v.add(field_name, f"must be at most {MAX_TICKET_CHARS} characters")
 
 
 @dataclass(frozen=True)
@@ -260,7 +251,7 @@ class ChannelFlow:
                 raise FailedPrecondition(
                     "the account has a phone already: change it with AccountService.ChangePhone"
                 )
-            await self._refuse_taken("phone", phone, "phone")
+            await self._refuse_taken("phone", phone)
             await phone_ticket.consume(self._tickets)
             try:
                 async with self._uow.begin():
@@ -379,7 +370,7 @@ class ChannelFlow:
                         ],
                     )
                 await current_email_ticket.check(self._tickets)
-            await self._refuse_taken("email", email, "email")
+            await self._refuse_taken("email", email)
             await email_ticket.consume(self._tickets)
             if current.email:
                 await current_email_ticket.consume(self._tickets)
@@ -456,25 +447,16 @@ class ChannelFlow:
 
     # -- common ---------------------------------------------------------------------------
 
-    async def _refuse_taken(self, kind: str, value: str, field_name: str) -> None:
-        """Step 4: AlreadyExists on `field_name` when another account holds `value`."""
+    async def _refuse_taken(self, kind: str, value: str) -> None:
+        """Step 4: AlreadyExists on the field `kind` when another account holds `value`."""
         if await self._accounts.taken_kinds([self._accounts.key(kind, value)]):
-            raise AlreadyExists(field_name)
+            raise AlreadyExists(kind)
 
     async def _refused(self, attempt: _Attempt, exc: Exception) -> None:
         """Audit a refusal (outside any unit of work), unless the request was malformed."""
         if not attempt.to_audit:
             return
-        outcome = exc.reason.lower() if isinstance(exc, IdentityError) else "error"
-        await record_quietly(self._audit, attempt.action, attempt.target, outcome, logger)
-
-
-def check_password_shape(v: Violations, password: str) -> None:
-    """Record a violation for an empty or oversized `password` field."""
-    if not password:
-        v.add("password", "must not be empty")
-    elif len(password) > MAX_PASSWORD_CHARS:
-        v.add("password", f"must be at most {MAX_PASSWORD_CHARS} characters")
+        await record_quietly(self._audit, attempt.action, attempt.target, outcome_of(exc), logger)
 
 
 __all__ = [
@@ -489,5 +471,4 @@ __all__ = [
     "Reauthentication",
     "SessionRevoker",
     "UnbindEmailCommand",
-    "check_ticket_shape",
 ]

@@ -35,14 +35,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from xiaohe.identity.server.accounts.service import AccountService
-from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    IdentityError,
-    InvalidArgument,
-)
+from xiaohe.identity.server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from xiaohe.identity.server.flows.registration import PolicyVersions
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.shared.network import mask_ip
@@ -118,13 +113,10 @@ class ConsentFlow:
                 await self._accounts.accept_policy_version(cmd.account_id, cmd.version)
                 if self._audit is not None:
                     await self._audit.record(CONSENT_ACTION, cmd.account_id, "ok")
-        except IdentityError as exc:
+        except Exception as exc:
             await record_quietly(
-                self._audit, CONSENT_ACTION, cmd.account_id, exc.reason.lower(), logger
+                self._audit, CONSENT_ACTION, cmd.account_id, outcome_of(exc), logger
             )
-            raise
-        except Exception:
-            await record_quietly(self._audit, CONSENT_ACTION, cmd.account_id, "error", logger)
             raise
         return cmd.version
 

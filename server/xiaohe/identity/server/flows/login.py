@@ -62,13 +62,12 @@ from enum import StrEnum
 from typing import Final, NoReturn, Protocol
 
 from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
-from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
 from xiaohe.identity.server.errors import (
     FieldViolation,
-    IdentityError,
     InvalidArgument,
     InvalidCredentials,
     NotFound,
@@ -83,15 +82,15 @@ from xiaohe.identity.server.shared.identifiers import (
     today_in_china,
 )
 from xiaohe.identity.server.shared.network import mask_ip
+from xiaohe.identity.server.shared.validation import (
+    MAX_IDENTIFIER_CHARS,
+    MAX_PASSWORD_CHARS,
+    MAX_TICKET_CHARS,
+    UNKNOWN_SUBJECT,
+)
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
-
-MAX_IDENTIFIER_CHARS: Final = 256
-MAX_PASSWORD_CHARS: Final = 4096
-MAX_TICKET_CHARS: Final = 512
-UNKNOWN_SUBJECT: Final = "unknown"
-"""Throttle subject shared by every unknown or malformed identifier, and their audit target."""
 
 PASSWORD_ACTION: Final = "auth.login.password"  # noqa: S105 - an audit action name
 SMS_ACTION: Final = "auth.login.sms"
@@ -287,7 +286,7 @@ class _Attempt:
     def failed(self, exc: Exception) -> _Attempt:
         """Settle the outcome of a failed attempt: the one set on the way, else the error's."""
         if not self.outcome:
-            self.outcome = exc.reason.lower() if isinstance(exc, IdentityError) else "error"
+            self.outcome = outcome_of(exc)
         return self
 
     def succeeded(self) -> _Attempt:
@@ -601,9 +600,6 @@ class LoginFlow:
 
 __all__ = [
     "CONSENT_RESTRICTION",
-    "MAX_IDENTIFIER_CHARS",
-    "MAX_PASSWORD_CHARS",
-    "UNKNOWN_SUBJECT",
     "ActiveSubjects",
     "AuditSink",
     "CredentialStore",

@@ -41,8 +41,9 @@ Reset, in order:
 1. Shapes, without looking anything up: `identifier`, `ticket` and `real_name`
    bounded, and the new password through the policy with only the identifier
    as typed as context (InvalidArgument, the ticket untouched).
-2. The identifier is classified and normalised; a malformed one is an unknown
-   account (as at login). The account is looked up.
+2. The identifier, classified and normalised once in step 1 (which also takes
+   the password context from it), names the account; a malformed one is an
+   unknown account (as at login). The account is looked up.
 3. The ticket is checked, not consumed: a live RESET_PASSWORD ticket (SMS, EMAIL
    or a recovery grant), or TicketInvalid (wrong purpose, expired, used: the
    ticket service's rules, a mismatch is not spent).
@@ -91,17 +92,11 @@ from xiaohe.identity.server.accounts.models import (
     PersonalData,
     SubjectType,
 )
-from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, TicketConsumer
 from xiaohe.identity.server.credentials.passwords import normalise
-from xiaohe.identity.server.errors import (
-    Conflict,
-    FieldViolation,
-    IdentityError,
-    InvalidArgument,
-    TicketInvalid,
-)
+from xiaohe.identity.server.errors import Conflict, FieldViolation, InvalidArgument, TicketInvalid
 from xiaohe.identity.server.flows.registration import PasswordChecker, PasswordHashing
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.identifiers import (
@@ -110,17 +105,18 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_identifier_or_none,
     today_in_china,
 )
-from xiaohe.identity.server.shared.validation import Violations, free_text
+from xiaohe.identity.server.shared.validation import (
+    MAX_IDENTIFIER_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TICKET_CHARS,
+    UNKNOWN_SUBJECT,
+    Violations,
+    check_password_shape,
+    free_text,
+)
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
-
-MAX_IDENTIFIER_CHARS: Final = 256
-MAX_PASSWORD_CHARS: Final = 4096
-MAX_TICKET_CHARS: Final = 512
-MAX_NAME_CHARS: Final = 100
-UNKNOWN_SUBJECT: Final = "unknown"
-"""Audit target of a reset naming no account."""
 
 CHANGE_ACTION: Final = "account.password.change"
 RESET_ACTION: Final = "account.password.reset"
@@ -269,12 +265,9 @@ class PasswordFlow:
         InvalidCredentials (wrong current password, or the pair is locked),
         Conflict (a concurrent change won), Overloaded or Unavailable.
         """
-        if not cmd.current_password:
-            raise InvalidArgument(FieldViolation(CURRENT_FIELD, "must not be empty"))
-        if len(cmd.current_password) > MAX_PASSWORD_CHARS:
-            raise InvalidArgument(
-                FieldViolation(CURRENT_FIELD, f"must be at most {MAX_PASSWORD_CHARS} characters")
-            )
+        shape = Violations()
+        check_password_shape(shape, cmd.current_password, field_name=CURRENT_FIELD)
+        shape.raise_if_any()
         try:
             account = await self._accounts.get_credentials(cmd.account_id)
             data = await self._accounts.get_personal_data(cmd.account_id)
@@ -304,7 +297,9 @@ class PasswordFlow:
                 if self._audit is not None:
                     await self._audit.record(CHANGE_ACTION, account.account_id, "ok")
         except Exception as exc:
-            await self._failed(CHANGE_ACTION, cmd.account_id, _outcome(exc))
+            await record_quietly(
+                self._audit, CHANGE_ACTION, cmd.account_id, outcome_of(exc), logger
+            )
             raise
         return ended
 
@@ -318,11 +313,11 @@ class PasswordFlow:
         identifier, a ticket for another account's channel and a wrong real name
         alike), Overloaded or Unavailable.
         """
-        new_password = self._check_reset_request(cmd)
+        new_password, typed = self._check_reset_request(cmd)
         target_id = UNKNOWN_SUBJECT
         outcome = ""
         try:
-            found = await self._reset_target(cmd)
+            found = await self._reset_target(cmd, typed)
             if found.account is not None:
                 target_id = found.account.account_id
             proven = found.proven
@@ -347,13 +342,18 @@ class PasswordFlow:
                 raise TicketInvalid()
             ended = await self._store_reset(account, data, new_hash)
         except Exception as exc:
-            await self._failed(RESET_ACTION, target_id, outcome or _outcome(exc))
+            await record_quietly(
+                self._audit, RESET_ACTION, target_id, outcome or outcome_of(exc), logger
+            )
             raise
         return ended
 
-    def _check_reset_request(self, cmd: ResetPasswordCommand) -> str:
+    def _check_reset_request(
+        self, cmd: ResetPasswordCommand
+    ) -> tuple[str, tuple[IdentifierKind, str] | None]:
         """Step 1: every field bounded, the password through the policy; InvalidArgument lists
-        every violation. Returns the normalised new password."""
+        every violation. Returns the normalised new password, and the identifier as (kind,
+        normalised value), or None for one no account can hold (step 2 looks it up)."""
         v = Violations()
         if not cmd.identifier.strip():
             v.add(IDENTIFIER_FIELD, "must not be empty")
@@ -372,21 +372,22 @@ class PasswordFlow:
         except InvalidArgument as exc:
             v.items.extend(exc.violations)
         v.raise_if_any()
-        return new_password
+        return new_password, typed
 
-    async def _reset_target(self, cmd: ResetPasswordCommand) -> _ResetTarget:
-        """Steps 2-4 (and the data step 5 needs): the named account, and whether the ticket
+    async def _reset_target(
+        self, cmd: ResetPasswordCommand, typed: tuple[IdentifierKind, str] | None
+    ) -> _ResetTarget:
+        """Steps 2-4 (and the data step 5 needs): the account `typed` names (the identifier
+        as step 1 normalised it, None for one no account can hold), and whether the ticket
         proves it. TicketInvalid only for a ticket that proves nothing at all."""
-        typed = self._normalise(cmd.identifier, cmd.identifier_kind)
         account = None if typed is None else await self._accounts.find_credentials(*typed)
         if account is not None and account.status != AccountStatus.ACTIVE:
             account = None
         claims = await self._tickets.check(cmd.ticket, purpose=Purpose.RESET_PASSWORD)
         holder = await self._holder(claims)
-        bound = account is not None and hmac.compare_digest(
+        if account is None or not hmac.compare_digest(
             holder.encode("utf-8"), account.account_id.encode("utf-8")
-        )
-        if not bound or account is None:
+        ):  # not bound: the ticket does not prove the named account
             return _ResetTarget(account=account, claims=claims)
         data = await self._accounts.get_personal_data(account.account_id)
         return _ResetTarget(account=account, claims=claims, data=data)
@@ -444,19 +445,10 @@ class PasswordFlow:
             today=today_in_china(self._clock),
         )
 
-    async def _failed(self, action: str, target: str, outcome: str) -> None:
-        """Audit a failed attempt; it stored nothing, so it goes through the group commit."""
-        await record_quietly(self._audit, action, target, outcome, logger)
-
 
 def _context(account: AccountCredentials, data: PersonalData) -> Sequence[str]:
     """Context words of the account for the password policy: its login name and phone."""
     return [word for word in (account.login_name, data.phone) if word]
-
-
-def _outcome(exc: BaseException) -> str:
-    """The audit outcome of a failure: the error's reason, or `error`."""
-    return exc.reason.lower() if isinstance(exc, IdentityError) else "error"
 
 
 __all__ = [

@@ -80,7 +80,7 @@ from typing import Final
 
 from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
 from xiaohe.identity.server.accounts.service import AccountService
-from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, TicketConsumer
 from xiaohe.identity.server.delivery.notices import Notices
@@ -88,17 +88,11 @@ from xiaohe.identity.server.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
-    IdentityError,
     NotFound,
     TicketInvalid,
     Unimplemented,
 )
-from xiaohe.identity.server.flows.channels import (
-    PresentedTicket,
-    SessionRevoker,
-    check_ticket_shape,
-)
-from xiaohe.identity.server.flows.login import MAX_IDENTIFIER_CHARS, UNKNOWN_SUBJECT
+from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
@@ -107,7 +101,13 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_identifier_or_none,
     today_in_china,
 )
-from xiaohe.identity.server.shared.validation import Violations, phone_field
+from xiaohe.identity.server.shared.validation import (
+    MAX_IDENTIFIER_CHARS,
+    UNKNOWN_SUBJECT,
+    Violations,
+    check_ticket_shape,
+    phone_field,
+)
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,7 @@ class PhoneProof(StrEnum):
     MANUAL_REVIEW = "manual_review"
 
 
-_PROOF_FIELDS: Final = {
-    PhoneProof.OLD_PHONE: "old_phone_ticket",
-    PhoneProof.EMAIL: "email_ticket",
-    PhoneProof.MANUAL_REVIEW: "manual_review",
-}
+_PROOF_FIELDS: Final = {PhoneProof.OLD_PHONE: "old_phone_ticket", PhoneProof.EMAIL: "email_ticket"}
 _PROOF_CHANNELS: Final = {PhoneProof.OLD_PHONE: Channel.SMS, PhoneProof.EMAIL: Channel.EMAIL}
 
 
@@ -268,8 +264,7 @@ class PhoneChangeFlow:
             except AlreadyExists:
                 raise AlreadyExists("new_phone") from None  # bound elsewhere meanwhile
         except Exception as exc:
-            outcome = exc.reason.lower() if isinstance(exc, IdentityError) else "error"
-            await record_quietly(self._audit, CHANGE_PHONE_ACTION, target, outcome, logger)
+            await record_quietly(self._audit, CHANGE_PHONE_ACTION, target, outcome_of(exc), logger)
             raise
         return PhoneChanged(phone_masked=mask_phone(valid.new_phone), sessions_ended=ended)
 
@@ -340,10 +335,9 @@ class PhoneChangeFlow:
         kind = IdentifierKind.PHONE if valid.proof_channel is Channel.SMS else IdentifierKind.EMAIL
         holder = await self._accounts.find_credentials(kind, claims.destination)
         holder_id = "" if holder is None else holder.account_id
-        bound = account is not None and hmac.compare_digest(
+        if account is not None and hmac.compare_digest(
             holder_id.encode("utf-8"), account.account_id.encode("utf-8")
-        )
-        if bound and account is not None:
+        ):
             return account
         # Counted as a mismatch of the ticket (against no destination, which none is bound to).
         unbound = PresentedTicket(

@@ -102,7 +102,8 @@ from xiaohe.identity.server.codes.digests import CodeDigests
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.codes.tickets import TICKET_SECRET_BYTES, ticket_from_secret
 from xiaohe.identity.server.delivery.notices import Notices
-from xiaohe.identity.server.errors import FailedPrecondition, TicketInvalid, Unimplemented
+from xiaohe.identity.server.errors import FailedPrecondition, Unimplemented
+from xiaohe.identity.server.flows.channels import PresentedTicket
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import RateLimiter, Reservation
 from xiaohe.identity.server.shared.identifiers import (
@@ -115,6 +116,8 @@ from xiaohe.identity.server.shared.identifiers import (
 )
 from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 from xiaohe.identity.server.shared.validation import (
+    MAX_NAME_CHARS,
+    MAX_ORGANIZATION_NAME_CHARS,
     Violations,
     free_text,
     id_number_field,
@@ -136,9 +139,6 @@ DEFAULT_PER_CLIENT_MINUTE: Final = 600
 
 DECOY_LABEL: Final = "xh.recovery.decoy.v1"
 """Pseudonym label of the decoy derived from a phone (its own use of the key)."""
-
-MAX_NAME_CHARS: Final = 100
-MAX_ORGANIZATION_NAME_CHARS: Final = 200
 
 MANUAL_REVIEW_MESSAGE: Final = (
     "this account holds too few identity details to be recovered with them: "
@@ -290,7 +290,10 @@ class RecoveryFlow:
         if cmd.manual_review:
             raise Unimplemented(MANUAL_REVIEW_UNAVAILABLE)
         claim = self._validate(cmd)
-        await self._spend_ticket(cmd.phone_ticket, claim.phone)
+        phone_ticket = PresentedTicket(
+            cmd.phone_ticket, "phone_ticket", Purpose.RECOVER_ACCOUNT, Channel.SMS, claim.phone
+        )
+        await phone_ticket.consume(self._tickets)  # step 3
         phone_tag = self._digests.destination_tag(Channel.SMS, claim.phone)
         await self._charge(phone_tag, client_id=cmd.client_id, end_user_ip=cmd.ip)
 
@@ -320,21 +323,6 @@ class RecoveryFlow:
             reset_grant=grant,
             expires_in=self._grant_ttl,
         )
-
-    async def _spend_ticket(self, ticket: str, phone: str) -> None:
-        """Step 3: consume the RECOVER_ACCOUNT ticket of `phone`, or TicketInvalid."""
-        try:
-            claims = await self._tickets.consume(
-                ticket, purpose=Purpose.RECOVER_ACCOUNT, channel=Channel.SMS, destination=phone
-            )
-        except TicketInvalid as exc:
-            raise TicketInvalid(exc.message, field="phone_ticket") from None
-        if (claims.purpose, claims.channel, claims.destination) != (
-            Purpose.RECOVER_ACCOUNT,
-            Channel.SMS,
-            phone,
-        ):  # defence in depth: the ticket service matched these already
-            raise TicketInvalid(field="phone_ticket")
 
     async def _charge(self, phone_tag: str, *, client_id: str, end_user_ip: str) -> None:
         """Step 4: the caller's windows, then the phone's; a refusal refunds what was charged."""

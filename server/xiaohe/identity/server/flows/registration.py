@@ -66,7 +66,7 @@ from xiaohe.identity.server.accounts.models import (
     SubjectType,
 )
 from xiaohe.identity.server.accounts.service import AccountService
-from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
+from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.delivery.notices import Notices
@@ -74,7 +74,6 @@ from xiaohe.identity.server.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
-    IdentityError,
     InvalidArgument,
     TicketInvalid,
 )
@@ -89,6 +88,8 @@ from xiaohe.identity.server.shared.identifiers import (
 )
 from xiaohe.identity.server.shared.network import mask_ip
 from xiaohe.identity.server.shared.validation import (
+    MAX_NAME_CHARS,
+    MAX_ORGANIZATION_NAME_CHARS,
     Violations,
     free_text,
     id_number_field,
@@ -98,8 +99,6 @@ from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
-MAX_NAME_CHARS: Final = 100
-MAX_ORGANIZATION_NAME_CHARS: Final = 200
 MAX_CHANNEL_CHARS: Final = 40
 
 IDENTITY_CLAIM_KINDS: Final = ("uscc", "id_number")
@@ -337,13 +336,10 @@ class RegistrationFlow:
                 channel=channel,
                 ip_masked=mask_ip(end_user_ip or ""),
             )
-        except IdentityError as exc:
+        except Exception as exc:
             await record_quietly(
-                self._audit, "account.register", account_id, exc.reason.lower(), logger
+                self._audit, "account.register", account_id, outcome_of(exc), logger
             )
-            raise
-        except Exception:
-            await record_quietly(self._audit, "account.register", account_id, "error", logger)
             raise
         return RegisteredAccount(account_id=account_id)
 

@@ -1,4 +1,9 @@
-"""Collecting field violations while normalising a request, so one error lists them all."""
+"""Collecting field violations while normalising a request, so one error lists them all.
+
+Also the request-shape limits the flows share (identifier, password, ticket and
+name lengths, the `unknown` pseudo-account), defined once here, and the shape
+checks of the ticket and password fields.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,17 @@ from xiaohe.identity.server.shared.identifiers import (
 
 MAX_IDENTIFIER_CHARS: Final = 256
 """Raw identifier inputs longer than this are refused before normalisation."""
+MAX_PASSWORD_CHARS: Final = 4096
+"""Password fields longer than this are refused before anything is hashed."""
+MAX_TICKET_CHARS: Final = 512
+"""Ticket fields longer than this are refused before the ticket service sees them."""
+MAX_NAME_CHARS: Final = 100
+"""A person's name (a natural person's, a representative's, a reset's real name)."""
+MAX_ORGANIZATION_NAME_CHARS: Final = 200
+"""An organisation's name."""
+UNKNOWN_SUBJECT: Final = "unknown"
+"""The pseudo-account of every unknown or malformed identifier: the throttle subject shared
+by them at login, and the audit target of an attempt naming no account."""
 
 
 class Violations:
@@ -57,6 +73,23 @@ def free_text(violations: Violations, field_name: str, raw: str, max_chars: int)
     return value
 
 
+def check_ticket_shape(v: Violations, field_name: str, ticket: str, *, required: bool) -> None:
+    """Record a violation for an empty (when required) or oversized ticket field."""
+    if not ticket.strip():
+        if required:
+            v.add(field_name, "must be a ticket from VerifyCode")
+    elif len(ticket) > MAX_TICKET_CHARS:
+        v.add(field_name, f"must be at most {MAX_TICKET_CHARS} characters")
+
+
+def check_password_shape(v: Violations, password: str, *, field_name: str = "password") -> None:
+    """Record a violation for an empty or oversized password field (`password` unless named)."""
+    if not password:
+        v.add(field_name, "must not be empty")
+    elif len(password) > MAX_PASSWORD_CHARS:
+        v.add(field_name, f"must be at most {MAX_PASSWORD_CHARS} characters")
+
+
 def phone_field(
     violations: Violations, field_name: str, raw: str, allowed_country_codes: Collection[str]
 ) -> str:
@@ -86,4 +119,17 @@ def id_number_field(
     )
 
 
-__all__ = ["MAX_IDENTIFIER_CHARS", "Violations", "free_text", "id_number_field", "phone_field"]
+__all__ = [
+    "MAX_IDENTIFIER_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_ORGANIZATION_NAME_CHARS",
+    "MAX_PASSWORD_CHARS",
+    "MAX_TICKET_CHARS",
+    "UNKNOWN_SUBJECT",
+    "Violations",
+    "check_password_shape",
+    "check_ticket_shape",
+    "free_text",
+    "id_number_field",
+    "phone_field",
+]
