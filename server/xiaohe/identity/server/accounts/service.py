@@ -214,6 +214,19 @@ class AccountService:
             return None
         return await self.find_by_key(self.key(name, normalised))
 
+    async def holds(self, kind: IdentifierKind, normalised: str) -> bool:
+        """Whether some account holds a normalised identifier (ID_NUMBER: a resident ID).
+
+        What `find_credentials(...) is not None` answers, for the price of one
+        primary-key lookup in `identifiers`: no account row is read, nothing is
+        decrypted. An unspecified kind is held by nobody.
+        """
+        try:
+            name = kind_name(kind)
+        except ValueError:
+            return False
+        return name in await self._repo.taken_kinds([self.key(name, normalised)])
+
     async def find_by_key(self, key: IdentifierKey) -> AccountCredentials | None:
         """The account holding this identifier key, or None."""
         record = await self._repo.find_by_identifier(key)
@@ -267,16 +280,14 @@ class AccountService:
                 raise NotFound("account not found")
             if record.data_key_wrapped is None:
                 raise NotFound("account not found")  # crypto-shredded: nothing left to change
-            current = getattr(self._decrypt(record), channel)
-            if current != expected:
-                raise Conflict(f"the {channel} was changed meanwhile; read it again and retry")
             key = self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))
             field_name = PHONE_FIELD if channel == "phone" else EMAIL_FIELD
-            blob = (
-                self._cipher.encrypt_field(key, new, field_aad(account_id, field_name))
-                if new
-                else None
-            )
+            aad = field_aad(account_id, field_name)
+            stored = record.phone_enc if field_name == PHONE_FIELD else record.email_enc
+            current = "" if stored is None else self._cipher.decrypt_field(key, stored, aad)
+            if current != expected:
+                raise Conflict(f"the {channel} was changed meanwhile; read it again and retry")
+            blob = self._cipher.encrypt_field(key, new, aad) if new else None
             now = self._clock.now()
             await self._repo.set_contact(account_id, f"{field_name}_enc", blob, now)
             try:

@@ -145,21 +145,8 @@ class CodePolicy:
             raise ValueError("cooldown and limits must not be negative")
 
 
-__all__ = [
-    "DELIVERY_CHANNELS",
-    "Channel",
-    "CodePolicy",
-    "IssueCodeCommand",
-    "IssuedCode",
-    "Purpose",
-    "TicketClaims",
-    "VerifiedTicket",
-    "VerifyCodeCommand",
-]
-
-
 class TicketConsumer(Protocol):
-    """Consumes verification tickets (`codes.service.TicketService`); what flows depend on."""
+    """Consumes verification tickets (`codes.tickets.TicketService`); what flows depend on."""
 
     async def consume(
         self,
@@ -182,3 +169,17 @@ class TicketConsumer(Protocol):
     ) -> TicketClaims:
         """What `consume` would answer, leaving the ticket usable; TicketInvalid otherwise."""
         ...
+
+
+__all__ = [
+    "DELIVERY_CHANNELS",
+    "Channel",
+    "CodePolicy",
+    "IssueCodeCommand",
+    "IssuedCode",
+    "Purpose",
+    "TicketClaims",
+    "TicketConsumer",
+    "VerifiedTicket",
+    "VerifyCodeCommand",
+]

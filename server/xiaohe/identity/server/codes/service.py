@@ -39,7 +39,7 @@ Why it is built this way (SECURITY.md C1–C7, B2, B4, B5, F1, I1):
 - A ticket gives its consumer the normalised destination back, but Redis
   persists its data, so the destination is stored sealed (AES-256-GCM) under a
   key derived from the ticket's random part, which only the ticket holder has;
-  Redis holds just the SHA-256 of the ticket (I1, see `seal_destination`).
+  Redis holds just the SHA-256 of the ticket (I1, see `tickets.seal_destination`).
 - Redis unreachable → `Unavailable`: nothing is sent and nothing is accepted.
 
 Audit: `code.issue` ok, `code.verify` ok / invalid (a wrong guess at a live code,
@@ -83,18 +83,11 @@ from xiaohe.identity.server.codes.store import (
     CodeStore,
     NewCode,
     RedisCodeStore,
-    TicketToStore,
     VerifyOutcome,
 )
-from xiaohe.identity.server.codes.tickets import (
-    TICKET_NONCE_BYTES,
-    TICKET_SECRET_BYTES,
-    seal_destination,
-    ticket_from_secret,
-    ticket_hash,
-)
+from xiaohe.identity.server.codes.tickets import mint_ticket
 from xiaohe.identity.server.errors import CodeInvalid, InvalidArgument, RateLimited, Unavailable
-from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
+from xiaohe.identity.server.ratelimit.callers import HOUR, CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import (
     RateLimiter,
     Reservation,
@@ -104,12 +97,9 @@ from xiaohe.identity.server.ratelimit.limiter import (
 
 logger = logging.getLogger(__name__)
 
-IP_POLICY = "code.issue.ip"
-CLIENT_POLICY = "code.issue.client"
 VERIFY_IP_POLICY = "code.verify.ip"
 VERIFY_CLIENT_POLICY = "code.verify.client"
 
-_HOUR = 3600.0
 _DAY = 86400.0
 
 
@@ -342,24 +332,20 @@ class CodeService:
                 self._metrics.limit_rejected(exc.policy)
             raise
         tag = self._digests.destination_tag(channel, destination)
-        secret = self._token_bytes(TICKET_SECRET_BYTES)
-        ticket = ticket_from_secret(tag, secret)
-        hashed = ticket_hash(ticket)
-        sealed = seal_destination(
-            secret, hashed, destination, self._token_bytes(TICKET_NONCE_BYTES)
+        ticket, to_store = mint_ticket(
+            tag,
+            channel,
+            purpose,
+            destination,
+            expires_at_ms=now_ms + policy.ticket_ttl * 1000,
+            token_bytes=self._token_bytes,
         )
         try:
             result = await self._store.verify(
                 tag,
                 purpose.value,
                 self._digests.code_mac(channel, destination, purpose, code),
-                TicketToStore(
-                    ticket_hash=hashed,
-                    channel=channel.value,
-                    purpose=purpose.value,
-                    sealed_destination=sealed,
-                    expires_at_ms=now_ms + policy.ticket_ttl * 1000,
-                ),
+                to_store,
                 now_ms=now_ms,
                 max_attempts=policy.max_attempts,
                 failure_limit=policy.failures_per_destination_hour,
@@ -390,7 +376,7 @@ class CodeService:
         Same cooldown and windows, refused as the destination's own limit.
         """
         p = self._policy
-        windows = [Window(p.per_destination_hour, _HOUR), Window(p.per_destination_day, _DAY)]
+        windows = [Window(p.per_destination_hour, HOUR), Window(p.per_destination_day, _DAY)]
         if p.cooldown > 0:
             windows.append(Window(1, p.cooldown))
         tag = self._digests.destination_tag(Channel.EMAIL, mailbox(address))
@@ -407,8 +393,6 @@ class CodeService:
 
 
 __all__ = [
-    "CLIENT_POLICY",
-    "IP_POLICY",
     "VERIFY_CLIENT_POLICY",
     "VERIFY_IP_POLICY",
     "CodeMetrics",

@@ -15,7 +15,7 @@ ticket alone must say which phone), but Redis persists what it holds (the
 append-only file, RDB snapshots, replicas), and a raw phone or email must never
 reach a file (SECURITY.md I1). So `dx` is the destination sealed by the service
 under a key derived from the ticket's secret part (see
-`service.seal_destination`): this module only stores and returns that opaque
+`tickets.seal_destination`): this module only stores and returns that opaque
 text. Whoever reads Redis has the SHA-256 of the ticket, not the ticket, and so
 cannot open it. Redis drops a ticket one minute after its logical expiry
 (`TICKET_GC_GRACE_MS`); codes and windows hold no personal data at all. Times

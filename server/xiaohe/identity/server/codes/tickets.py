@@ -128,6 +128,34 @@ def open_destination(secret: bytes, ticket_hash: str, sealed: str) -> str | None
         return None
 
 
+def mint_ticket(
+    tag: str,
+    channel: Channel,
+    purpose: Purpose,
+    destination: str,
+    *,
+    expires_at_ms: int,
+    token_bytes: Callable[[int], bytes],
+) -> tuple[str, TicketToStore]:
+    """A fresh ticket for `destination` and what the store keeps of it (hash, sealed destination).
+
+    The one place a ticket is made, for a verified code (`CodeService.verify`) and
+    for a grant (`TicketService.grant`): 32 random bytes of secret, then 12 of
+    nonce for `seal_destination`, both from `token_bytes`.
+    """
+    secret = token_bytes(TICKET_SECRET_BYTES)
+    ticket = ticket_from_secret(tag, secret)
+    hashed = ticket_hash(ticket)
+    sealed = seal_destination(secret, hashed, destination, token_bytes(TICKET_NONCE_BYTES))
+    return ticket, TicketToStore(
+        ticket_hash=hashed,
+        channel=Channel(channel).value,
+        purpose=Purpose(purpose).value,
+        sealed_destination=sealed,
+        expires_at_ms=expires_at_ms,
+    )
+
+
 class TicketService:
     """Consumes verification tickets for the flow RPCs (register, SMS login, reset, bind...)."""
 
@@ -164,23 +192,16 @@ class TicketService:
         lives `ttl` seconds (the ticket lifetime by default).
         """
         tag = self._digests.destination_tag(Channel.ACCOUNT, account_id)
-        secret = self._token_bytes(TICKET_SECRET_BYTES)
-        ticket = ticket_from_secret(tag, secret)
-        hashed = ticket_hash(ticket)
         now_ms = int(self._clock.now() * 1000)
-        await self._store.store_ticket(
+        ticket, stored = mint_ticket(
             tag,
-            TicketToStore(
-                ticket_hash=hashed,
-                channel=Channel.ACCOUNT.value,
-                purpose=Purpose(purpose).value,
-                sealed_destination=seal_destination(
-                    secret, hashed, account_id, self._token_bytes(TICKET_NONCE_BYTES)
-                ),
-                expires_at_ms=now_ms + (ttl or self._policy.ticket_ttl) * 1000,
-            ),
-            now_ms=now_ms,
+            Channel.ACCOUNT,
+            purpose,
+            account_id,
+            expires_at_ms=now_ms + (ttl or self._policy.ticket_ttl) * 1000,
+            token_bytes=self._token_bytes,
         )
+        await self._store.store_ticket(tag, stored, now_ms=now_ms)
         return ticket
 
     async def consume(
@@ -306,6 +327,7 @@ __all__ = [
     "TICKET_SECRET_BYTES",
     "ParsedTicket",
     "TicketService",
+    "mint_ticket",
     "new_ticket",
     "open_destination",
     "parse_ticket",

@@ -33,8 +33,9 @@ every hour, whatever the owner does. In-flight reservations are never cleared.
 
 Privacy: an IP never appears in Redis. It is reduced to the unit one user sits
 behind (the IPv4 address, or the IPv6 /64) and replaced by a keyed HMAC
-(`ip_key`; unkeyed SHA-256 when none is configured, which a determined reader of
-Redis could reverse for IPv4 by enumeration). An empty IP counts as `-`.
+(`shared.pseudonyms` under `ip_key`; unkeyed SHA-256 when none is configured,
+which a determined reader of Redis could reverse for IPv4 by enumeration). An
+empty IP counts as `-`.
 
 Time comes from the injected clock (ms passed to the scripts); key expiry is
 only garbage collection. Redis errors become `errors.Unavailable` (fail closed:
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import re
 import secrets
 from collections.abc import Callable
@@ -58,12 +58,16 @@ import redis.asyncio as aioredis
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
 from xiaohe.identity.server.shared.network import ip_bucket
+from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 from xiaohe.identity.server.storage.redis import run_script
 
 ACCOUNT_WINDOW_SECONDS: Final = 3600
 PAIR_WINDOW_SECONDS: Final = 900
 ESCALATION_WINDOW_SECONDS: Final = 86400
 EMPTY_IP: Final = "-"
+_IP_TAG_LABEL: Final = "xh.login.ip.v1"
+"""The `Pseudonyms` label of an end-user IP in this module's keys and members."""
+_IP_TAG_BYTES: Final = 16
 
 _SUBJECT = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _RESERVATION = re.compile(r"[A-Za-z0-9_-]{16}")
@@ -256,7 +260,7 @@ class LoginThrottle:
     ) -> None:
         self._clock = clock
         self._policy = policy if policy is not None else LockoutPolicy()
-        self._ip_key = ip_key
+        self._ip_pseudonyms = Pseudonyms(ip_key) if ip_key else None
         self._token_bytes = token_bytes
         self._admit = redis.register_script(_ADMIT_LUA)
         self._failure = redis.register_script(_FAILURE_LUA)
@@ -275,12 +279,11 @@ class LoginThrottle:
     def ip_tag(self, ip: str) -> str:
         """The pseudonym of an end-user IP in keys and members (never the IP itself)."""
         unit = ip_bucket(ip) if ip.strip() else EMPTY_IP
-        message = ("xh.login.ip.v1\x00" + unit).encode("utf-8", "surrogatepass")
-        if self._ip_key:
-            digest = hmac.new(self._ip_key, message, hashlib.sha256).digest()
-        else:
-            digest = hashlib.sha256(message).digest()
-        return digest[:16].hex()
+        if self._ip_pseudonyms is not None:
+            return self._ip_pseudonyms.tag(_IP_TAG_LABEL, unit, size=_IP_TAG_BYTES)
+        # Unkeyed fallback: the same message as `Pseudonyms.tag`, plainly hashed.
+        message = f"{_IP_TAG_LABEL}\x00{unit}".encode("utf-8", "surrogatepass")
+        return hashlib.sha256(message).digest()[:_IP_TAG_BYTES].hex()
 
     async def admit(self, account_id: str, ip: str) -> Admission:
         """Reserve one evaluation before a password is verified, or refuse (locked / budget spent).

@@ -20,13 +20,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
+
 MIN_KEY_BYTES = 32
 PSEUDONYM_BYTES = 16
 
 
-def _message(kind: str, value: str) -> bytes:
+def _check_kind(kind: str) -> None:
     if not kind or "\x00" in kind:
         raise ValueError("kind must be non-empty and must not contain NUL")
+
+
+def _message(kind: str, value: str) -> bytes:
+    _check_kind(kind)
     return kind.encode("utf-8") + b"\x00" + value.encode("utf-8")
 
 
@@ -51,20 +57,22 @@ class BlindIndex:
 
 
 class Pseudonymizer:
-    """Short keyed pseudonyms (32 hex chars) for audit targets and Redis key tags.
+    """Short keyed pseudonyms (32 hex chars) of identifiers, by kind.
 
-    128 bits are plenty to avoid collisions among identifiers while keeping keys
-    and log lines short; the value itself never leaves this object.
+    A thin front for `shared.pseudonyms.Pseudonyms`, the one keyed-pseudonym
+    implementation (the kind is its label): 128 bits are plenty to avoid
+    collisions among identifiers while keeping keys and log lines short; the
+    value itself never leaves this object.
     """
 
     def __init__(self, key: bytes) -> None:
         _check_key(key)
-        self._key = key
+        self._pseudonyms = Pseudonyms(key)
 
     def __repr__(self) -> str:
         return "Pseudonymizer(<key hidden>)"
 
     def pseudonym(self, kind: str, value: str) -> str:
         """The first 16 bytes of HMAC-SHA256 of `kind NUL value`, as hex."""
-        digest = hmac.new(self._key, _message(kind, value), hashlib.sha256).digest()
-        return digest[:PSEUDONYM_BYTES].hex()
+        _check_kind(kind)
+        return self._pseudonyms.tag(kind, value, size=PSEUDONYM_BYTES)

@@ -10,11 +10,12 @@ user input, and the message never contains the code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from types import MappingProxyType
 
+from xiaohe.identity.server.shared.identifiers import CHINA_TIMEZONE
+
 SIGNATURE = "【小禾企服网】"
-_CHINA = timezone(timedelta(hours=8), "CST")
 PLATFORM = "小禾企服网"
 
 CHANNEL_SMS = "SMS"
@@ -182,7 +183,7 @@ def compose_code_message(
 
 def notice_time(epoch_seconds: float) -> str:
     """A notice's `at` field: the local time in China, to the minute (`2026-12-02 23:09`)."""
-    return datetime.fromtimestamp(epoch_seconds, tz=_CHINA).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(epoch_seconds, tz=CHINA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
 
 
 def render_notice(kind: str, **fields: str) -> str:

@@ -30,7 +30,7 @@ class RegisteredRecipients:
         if purpose not in ACCOUNT_BOUND_PURPOSES:
             return True
         kind = IdentifierKind.PHONE if channel is Channel.SMS else IdentifierKind.EMAIL
-        return await self._accounts.find_credentials(kind, destination) is not None
+        return await self._accounts.holds(kind, destination)
 
 
 __all__ = ["ACCOUNT_BOUND_PURPOSES", "RegisteredRecipients"]

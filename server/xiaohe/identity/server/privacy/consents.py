@@ -26,8 +26,18 @@ PRIVACY_POLICY_PURPOSE: Final = "privacy_policy"
 
 _ID_PREFIX: Final = "con_"
 _ID_BYTES: Final = 12
+
+
+def _width(column: str) -> int:
+    """The declared width of a string column of the `consents` table."""
+    kind = consents.c[column].type
+    if not isinstance(kind, sa.String) or kind.length is None:
+        raise TypeError(f"consents.{column} is not a string column of fixed width")
+    return kind.length
+
+
 # Column widths of the `consents` table.
-_LIMITS: Final = {"client_id": 64, "channel": 40, "purpose": 40, "ip_masked": 64}
+_LIMITS: Final = {name: _width(name) for name in ("client_id", "channel", "purpose", "ip_masked")}
 
 
 @dataclass(frozen=True)

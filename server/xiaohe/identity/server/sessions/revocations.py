@@ -55,15 +55,13 @@ import redis.asyncio as aioredis
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import Unavailable
+from xiaohe.identity.server.sessions.tokens import DEFAULT_VALIDATOR_LEEWAY
 from xiaohe.identity.server.storage.redis import is_unavailable, text
 
 REVOKED_KEY = "xh:revoked"
 REVOCATION_CHANNEL = "xh:revocations"
 SKEW_MARGIN = 60.0
 """Seconds a revocation is kept beyond the last moment a validator could accept its tokens."""
-
-DEFAULT_VALIDATOR_LEEWAY = 5.0
-DEFAULT_LEEWAY = DEFAULT_VALIDATOR_LEEWAY + SKEW_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +271,6 @@ class RevocationList:
 
 
 __all__ = [
-    "DEFAULT_LEEWAY",
     "DEFAULT_VALIDATOR_LEEWAY",
     "REVOCATION_CHANNEL",
     "REVOKED_KEY",

@@ -26,8 +26,11 @@ Every revocation is audited (SECURITY I7), with pseudonymous targets only:
 (session id, `revoked`). The record is written after the revocation is in SQL
 and has been published (or has failed to publish), so auditing never delays
 revocation. A failing audit sink is logged by exception type and otherwise
-ignored: the revocation has happened and must not be reported as failed, nor
-ever be undone because of an audit problem.
+ignored: the revocation has happened and must not be reported as failed, nor be
+undone because of an audit problem. The one exception is `revoke_all` inside a
+flow's unit of work (a password or phone change, ...): there the revocation is
+part of that change and its audit record joins the transaction, so an audit
+failure undoes the change and the revocation with it (see `revoke_all`).
 """
 
 from __future__ import annotations
@@ -197,7 +200,7 @@ class SessionService:
             idle_expires_at=now + self._lifetimes.idle,
             absolute_expires_at=now + self._lifetimes.absolute,
         )
-        # Signed first: once the session (and what `within` adds) is committed, nothing fails.
+        # Signed first: once the session is committed, nothing fails.
         issued = self._issue(session, subject, audience, refresh_token, now)
         await self._repo.create(session, hash_refresh_token(refresh_token))
         return issued

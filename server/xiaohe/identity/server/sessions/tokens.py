@@ -26,6 +26,9 @@ from xiaohe.identity.tokens.jwt import (
 )
 
 DEFAULT_ACCESS_TOKEN_TTL = 600.0
+DEFAULT_VALIDATOR_LEEWAY = 5.0
+"""Seconds of leeway `AccessTokenValidator` allows by default (as does the
+`token_leeway_seconds` setting); `RevocationList` keeps entries past it."""
 _JTI_BYTES = 16
 
 
@@ -126,7 +129,7 @@ class AccessTokenValidator:
         public_keys_provider: Callable[[], Mapping[str, bytes]],
         issuer: str,
         clock: Clock,
-        leeway: float = 5.0,
+        leeway: float = DEFAULT_VALIDATOR_LEEWAY,
         cache_size: int = 10_000,
     ) -> None:
         self._public_keys_provider = public_keys_provider

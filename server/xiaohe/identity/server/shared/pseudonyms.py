@@ -35,9 +35,9 @@ class Pseudonyms:
         message = f"{label}\x00{value}".encode("utf-8", "surrogatepass")
         return hmac.new(self._key, message, hashlib.sha256).digest()[:size].hex()
 
-    def ip(self, ip: str, label: str = IP_LABEL) -> str:
+    def ip(self, ip: str) -> str:
         """The tag of the unit an IP stands for (`network.ip_bucket`): one user, one tag."""
-        return self.tag(label, ip_bucket(ip))
+        return self.tag(IP_LABEL, ip_bucket(ip))
 
     def for_log(self, value: str) -> str:
         """A short tag of an id (a session id, say) that log lines may carry instead of it."""
