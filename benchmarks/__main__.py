@@ -120,6 +120,21 @@ async def stopped(container: Container, channel: grpc.aio.Channel) -> None:
     await container.close()
 
 
+async def code_ticket(
+    codes: codes_pb2_grpc.CodeServiceStub,
+    phone: str,
+    purpose: common_pb2.Purpose.ValueType,
+    metadata: Metadata,
+) -> str:
+    """IssueCode then VerifyCode (the known code) for an SMS to `phone`; the ticket."""
+    common = {"channel": common_pb2.CHANNEL_SMS, "destination": phone, "purpose": purpose}
+    await codes.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=metadata)
+    verified = await codes.VerifyCode(
+        codes_pb2.VerifyCodeRequest(**common, code=BENCH_CODE), metadata=metadata
+    )
+    return verified.ticket
+
+
 async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: float) -> Rate:
     """IssueCode + VerifyCode pairs per second, each pair for a fresh phone number."""
     container, channel, credentials = await started(data_dir, redis_url)
@@ -129,15 +144,7 @@ async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: 
         phone = f"+86139{i % 100_000_000:08d}"
         # A front end forwarding many users: each pair comes from its own end-user address.
         metadata = (*credentials, ("x-end-user-ip", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"))
-        common = {
-            "channel": common_pb2.CHANNEL_SMS,
-            "destination": phone,
-            "purpose": common_pb2.PURPOSE_REGISTER,
-        }
-        await stub.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=metadata)
-        await stub.VerifyCode(
-            codes_pb2.VerifyCodeRequest(**common, code=BENCH_CODE), metadata=metadata
-        )
+        await code_ticket(stub, phone, common_pb2.PURPOSE_REGISTER, metadata)
 
     try:
         return await measure_async(
@@ -180,22 +187,14 @@ async def register_account(
 ) -> None:
     """One natural person, registered through the real RPCs."""
     codes = codes_pb2_grpc.CodeServiceStub(channel)
-    common = {
-        "channel": common_pb2.CHANNEL_SMS,
-        "destination": phone,
-        "purpose": common_pb2.PURPOSE_REGISTER,
-    }
-    await codes.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=credentials)
-    verified = await codes.VerifyCode(
-        codes_pb2.VerifyCodeRequest(**common, code=BENCH_CODE), metadata=credentials
-    )
+    ticket = await code_ticket(codes, phone, common_pb2.PURPOSE_REGISTER, credentials)
     await accounts_pb2_grpc.AccountServiceStub(channel).Register(
         accounts_pb2.RegisterRequest(
             subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
             login_name=login_name,
             password=PASSWORD,
             phone=phone,
-            phone_ticket=verified.ticket,
+            phone_ticket=ticket,
             accepted_policy_version=(await container.policies.current()).version,
             natural_person=profile,
         ),
@@ -362,18 +361,6 @@ async def recovery_rates(data_dir: Path, redis_url: str) -> dict[str, Rate]:
         """A front end forwarding many users: each recovery comes from its own address."""
         return (*credentials, ("x-end-user-ip", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"))
 
-    async def ticket(phone: str, metadata: Metadata) -> str:
-        common = {
-            "channel": common_pb2.CHANNEL_SMS,
-            "destination": phone,
-            "purpose": common_pb2.PURPOSE_RECOVER_ACCOUNT,
-        }
-        await codes.IssueCode(codes_pb2.IssueCodeRequest(**common), metadata=metadata)
-        verified = await codes.VerifyCode(
-            codes_pb2.VerifyCodeRequest(**common, code=BENCH_CODE), metadata=metadata
-        )
-        return verified.ticket
-
     async def recover(phone: str, id_number: str, proof: str, metadata: Metadata) -> float:
         request = recovery_pb2.RecoverAccountRequest(
             natural_person=recovery_pb2.NaturalPersonIdentity(
@@ -391,7 +378,12 @@ async def recovery_rates(data_dir: Path, redis_url: str) -> dict[str, Rate]:
         for rnd in range(ROUNDS + 1):  # the first round warms up and is not counted
             for i in range(RECOVERY_CALLS):
                 metadata = end_user(rnd * RECOVERY_CALLS + i)
-                proofs = {name: await ticket(phone, metadata) for name, (phone, _) in kinds.items()}
+                proofs = {
+                    name: await code_ticket(
+                        codes, phone, common_pb2.PURPOSE_RECOVER_ACCOUNT, metadata
+                    )
+                    for name, (phone, _) in kinds.items()
+                }
                 order = list(kinds.items())
                 if i % 2:
                     order.reverse()

@@ -156,7 +156,7 @@ def render(lines: list[Line]) -> str:
         "",
     ]
     section = None
-    for line in lines:
+    for i, line in enumerate(lines):
         if line.section != section:
             section = line.section
             out += [f"## {section}", "", "| line | statement | tests |", "|---|---|---|"]
@@ -168,7 +168,7 @@ def render(lines: list[Line]) -> str:
             proof = f"not yet built: {NOT_YET_BUILT.get(line.tag, '**none**')}"
         text = line.text.replace("|", "\\|")
         out.append(f"| {line.tag} | {text} | {proof} |")
-        if line is lines[-1] or lines[lines.index(line) + 1].section != section:
+        if i == len(lines) - 1 or lines[i + 1].section != section:
             out.append("")
     return "\n".join(out)
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Final, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
-from xiaohe.identity.server.shared.network import is_loopback_host
+from xiaohe.identity.server.shared.network import (
+    check_secret_url,
+    is_loopback_host,
+    smtp_credentials_in_plaintext,
+)
 
 ENV_PREFIX = "XIAOHE_IDENTITY_"
-
-SECRET_FIELDS: Final = frozenset({"smtp_password", "sms_gateway_secret"})
-"""Settings whose values never appear in a repr, a log line or an error message."""
 
 URL_FIELDS: Final = frozenset({"database_url", "redis_url", "sms_gateway_url"})
 """Settings that are URLs and may carry a password, shown with it masked."""
@@ -39,7 +40,11 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the server, with the documented defaults."""
+    """Every knob of the server, with the documented defaults.
+
+    A secret setting is marked `field(repr=False)`: that mark is what puts it in
+    `_SECRET_FIELDS`, hidden by `__repr__` and in error messages.
+    """
 
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
@@ -124,10 +129,10 @@ class Settings:
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in SECRET_FIELDS:
+            if f.name in _SECRET_FIELDS:
                 shown = HIDDEN if value else "''"
             elif f.name in URL_FIELDS:
-                shown = repr(mask_url_password(value))
+                shown = repr(_mask_url_password(value))
             else:
                 shown = repr(value)
             parts.append(f"{f.name}={shown}")
@@ -161,7 +166,11 @@ class Settings:
         return self.workers or (os.cpu_count() or 1)
 
 
-def mask_url_password(url: str) -> str:
+_SECRET_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Settings) if not f.repr)
+"""Settings whose values never appear in a repr, a log line or an error message."""
+
+
+def _mask_url_password(url: str) -> str:
     """The URL with its password (if any) replaced by `***`."""
     try:
         parts = urlsplit(url)
@@ -204,7 +213,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return tuple(str(i).strip().lstrip("+") for i in items if str(i).strip())
         return str(value)
     except (TypeError, ValueError):
-        shown = HIDDEN if name in SECRET_FIELDS | URL_FIELDS else repr(value)
+        shown = HIDDEN if name in _SECRET_FIELDS | URL_FIELDS else repr(value)
         raise SettingsError(f"{ENV_PREFIX}{name.upper()}: cannot read {shown} as {kind}") from None
 
 
@@ -272,34 +281,33 @@ def _validate(s: Settings) -> None:
 
 def _validate_transport_security(s: Settings) -> None:
     """Secrets travel only over TLS, and an external store has no generated keys (F5, X2)."""
-    check_listen_security(s)
+    _check_listen_security(s)
     if not s.embedded_store and not s.keyring_file:
         raise SettingsError(
             f"{ENV_PREFIX}KEYRING_FILE: required with an external database, so that every "
             "replica signs and encrypts with the same keys; create it once with "
             "`xiaohe-identity keys init`"
         )
-    if (s.smtp_username or s.smtp_password) and not s.smtp_starttls:
+    if smtp_credentials_in_plaintext(s.smtp_username, s.smtp_password, s.smtp_starttls):
         raise SettingsError(
             f"{ENV_PREFIX}SMTP_STARTTLS: must be true when SMTP credentials are set "
             "(they are never sent in plaintext)"
         )
     if s.sms_gateway_url:
         try:
-            parts = urlsplit(s.sms_gateway_url)
-            host = parts.hostname or ""
+            check = check_secret_url(s.sms_gateway_url)
         except ValueError:
             raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: not a URL") from None
-        if parts.scheme not in ("https", "http") or not host:
+        if check == "not_http":
             raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: use https://HOST/...")
-        if parts.scheme == "http" and not is_loopback_host(host):
+        if check == "remote_http":
             raise SettingsError(
                 f"{ENV_PREFIX}SMS_GATEWAY_URL: plain http:// only to a loopback address; "
                 "use https://"
             )
 
 
-def check_listen_security(s: Settings) -> None:
+def _check_listen_security(s: Settings) -> None:
     """Refuse plaintext gRPC on an address other machines can reach, unless allowed (F5).
 
     Every call carries a client secret in its metadata, so a plaintext listener
@@ -363,11 +371,8 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
 
 __all__ = [
     "ENV_PREFIX",
-    "SECRET_FIELDS",
     "Settings",
     "SettingsError",
-    "check_listen_security",
     "load_settings",
-    "mask_url_password",
     "with_overrides",
 ]

@@ -259,6 +259,16 @@ class Container:
         return PasswordPolicy(CommonPasswords.load())
 
     @cached_property
+    def rate_limiter(self) -> SlidingWindowLimiter:
+        """The sliding-window limiter on Redis that the flows' own limits share."""
+        return SlidingWindowLimiter(self.redis)
+
+    @cached_property
+    def caller_limits(self) -> CallerLimits:
+        """Per-IP and per-client windows, IPs keyed by their code-HMAC pseudonym."""
+        return CallerLimits(self.rate_limiter, Pseudonyms(self.keyring.code_hmac_key).ip)
+
+    @cached_property
     def registration(self) -> RegistrationFlow:
         """The registration flow."""
         s = self.settings
@@ -274,9 +284,7 @@ class Container:
             clock=self.clock,
             allowed_country_codes=s.allowed_country_codes,
             audit=self.audit,
-            name_checks=CallerLimits(
-                SlidingWindowLimiter(self.redis), Pseudonyms(self.keyring.code_hmac_key).ip
-            ),
+            name_checks=self.caller_limits,
             name_check_budget=CallerBudget(
                 per_ip_hour=s.login_name_checks_per_ip_hour,
                 per_client_minute=s.login_name_checks_per_client_minute,
@@ -345,8 +353,6 @@ class Container:
     def recovery(self) -> RecoveryFlow:
         """Account recovery: limits, cooling-off and grant lifetime from settings."""
         s = self.settings
-        limiter = SlidingWindowLimiter(self.redis)
-        key = self.keyring.code_hmac_key
         return RecoveryFlow(
             uow=self.database,
             accounts=self.accounts,
@@ -354,9 +360,9 @@ class Container:
             notices=self.notices,
             audit=self.audit,
             clock=self.clock,
-            caller_limits=CallerLimits(limiter, Pseudonyms(key).ip),
-            phone_limiter=limiter,
-            pseudonym_key=key,
+            caller_limits=self.caller_limits,
+            phone_limiter=self.rate_limiter,
+            pseudonym_key=self.keyring.code_hmac_key,
             per_phone_day=s.recovery_per_phone_day,
             per_ip_hour=s.recovery_per_ip_hour,
             per_client_minute=s.recovery_per_client_minute,

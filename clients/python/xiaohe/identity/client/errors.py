@@ -198,7 +198,6 @@ class ConsentRequired(FailedPrecondition):
     """The session is restricted until the user accepts the current privacy policy."""
 
     REASON = "CONSENT_REQUIRED"
-    DEFAULT_CODE = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Conflict(IdentityError):

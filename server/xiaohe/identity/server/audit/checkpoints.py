@@ -72,24 +72,26 @@ class ChainAnchor:
         return cls(seq, compact)
 
 
-def _as_utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     """An aware UTC datetime (SQLite hands back naive values, which are UTC)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _iso(at: datetime) -> str:
-    return _as_utc(at).isoformat(timespec="microseconds")
+def iso_utc(at: datetime) -> str:
+    """`at` in ISO 8601, UTC, with microseconds: how signed and chained bodies spell a time."""
+    return as_utc(at).isoformat(timespec="microseconds")
+
+
+def canonical_json(body: dict[str, object]) -> bytes:
+    """The canonical encoding of a signed or chained body: sorted keys, no whitespace, ASCII."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+        "ascii"
+    )
 
 
 def checkpoint_message(seq: int, mac: str, at: datetime, key_id: str) -> bytes:
     """The exact bytes a checkpoint signature covers (see the module docstring)."""
-    body = json.dumps(
-        {"seq": seq, "mac": mac, "at": _iso(at), "key_id": key_id},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
-    return _DOMAIN + body.encode("ascii")
+    return _DOMAIN + canonical_json({"seq": seq, "mac": mac, "at": iso_utc(at), "key_id": key_id})
 
 
 def sign_checkpoint(keys: AuditKeys, seq: int, mac: str, at: datetime) -> Checkpoint:
@@ -146,7 +148,7 @@ async def load_checkpoints(database: Database) -> list[Checkpoint]:
         Checkpoint(
             seq=int(r.seq),
             mac=str(r.mac),
-            at=_as_utc(r.at),
+            at=as_utc(r.at),
             key_id=str(r.key_id),
             signature=str(r.signature),
         )

@@ -61,12 +61,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 
 import sqlalchemy as sa
@@ -76,8 +75,11 @@ from xiaohe.identity.server.audit.checkpoints import (
     ChainAnchor,
     Checkpoint,
     anchor_text,
+    as_utc,
+    canonical_json,
     checkpoint_is_valid,
     insert_checkpoint,
+    iso_utc,
     load_checkpoints,
     newest_checkpoint_seq,
     sign_checkpoint,
@@ -106,15 +108,20 @@ _VERIFY_BATCH = 500
 _MAX_BATCH = 200
 _MAX_QUERY_LIMIT = 1000
 
-# Column limits of the `audit_log` table.
+
+def _column_length(name: str) -> int:
+    """The declared length of an `audit_log` string column."""
+    column_type = audit_log.c[name].type
+    if not isinstance(column_type, sa.String) or column_type.length is None:
+        raise TypeError(f"audit_log.{name} is not a string column of bounded length")
+    return column_type.length
+
+
+# Column limits of the `audit_log` table, for the columns a caller gives.
 _LIMITS = MappingProxyType(
     {
-        "actor_client": 64,
-        "actor_account": 40,
-        "action": 100,
-        "target": 100,
-        "outcome": 50,
-        "request_id": 64,
+        name: _column_length(name)
+        for name in ("actor_client", "actor_account", "action", "target", "outcome", "request_id")
     }
 )
 
@@ -162,16 +169,49 @@ class ChainReport:
     legacy_records: int = 0
 
 
-def _as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime (SQLite hands back naive values, which are UTC)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+def _chain_body(
+    *,
+    seq: int,
+    at: datetime,
+    actor_client: str,
+    actor_account: str | None,
+    action: str,
+    target: str,
+    outcome: str,
+    request_id: str,
+    prev_hash: str,
+) -> bytes:
+    """The canonical encoding a chain value covers (see the module docstring).
+
+    A legacy body (`actor_account` None) has no `actor_account` key at all.
+    """
+    body: dict[str, object] = {
+        "seq": seq,
+        "at": iso_utc(at),
+        "actor_client": actor_client,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "request_id": request_id,
+        "prev_hash": prev_hash,
+    }
+    if actor_account is not None:
+        body["actor_account"] = actor_account
+    return canonical_json(body)
 
 
-def _canonical(body: dict[str, object]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
+def _record_body(rec: AuditRecord, actor_account: str | None) -> bytes:
+    """The chain body of a stored record, with the given acting account (None: legacy)."""
+    return _chain_body(
+        seq=rec.seq,
+        at=rec.at,
+        actor_client=rec.actor_client,
+        actor_account=actor_account,
+        action=rec.action,
+        target=rec.target,
+        outcome=rec.outcome,
+        request_id=rec.request_id,
+        prev_hash=rec.prev_hash,
     )
 
 
@@ -190,18 +230,16 @@ def record_mac(
 ) -> str:
     """The hex HMAC-SHA256 chain value of a record (see the module docstring)."""
     return keys.mac(
-        _canonical(
-            {
-                "seq": seq,
-                "at": _as_utc(at).isoformat(timespec="microseconds"),
-                "actor_client": actor_client,
-                "actor_account": actor_account,
-                "action": action,
-                "target": target,
-                "outcome": outcome,
-                "request_id": request_id,
-                "prev_hash": prev_hash,
-            }
+        _chain_body(
+            seq=seq,
+            at=at,
+            actor_client=actor_client,
+            actor_account=actor_account,
+            action=action,
+            target=target,
+            outcome=outcome,
+            request_id=request_id,
+            prev_hash=prev_hash,
         )
     )
 
@@ -218,17 +256,18 @@ def legacy_record_hash(
     prev_hash: str,
 ) -> str:
     """The plain SHA-256 chain value of a legacy row (written before migration 0002)."""
-    body: dict[str, object] = {
-        "seq": seq,
-        "at": _as_utc(at).isoformat(timespec="microseconds"),
-        "actor_client": actor_client,
-        "action": action,
-        "target": target,
-        "outcome": outcome,
-        "request_id": request_id,
-        "prev_hash": prev_hash,
-    }
-    return hashlib.sha256(_canonical(body)).hexdigest()
+    body = _chain_body(
+        seq=seq,
+        at=at,
+        actor_client=actor_client,
+        actor_account=None,
+        action=action,
+        target=target,
+        outcome=outcome,
+        request_id=request_id,
+        prev_hash=prev_hash,
+    )
+    return hashlib.sha256(body).hexdigest()
 
 
 def _check_personal(what: str, value: str) -> None:
@@ -291,7 +330,7 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AuditRecord:
     m = row._mapping
     return AuditRecord(
         seq=int(m["seq"]),
-        at=_as_utc(m["at"]),
+        at=as_utc(m["at"]),
         actor_client=str(m["actor_client"]),
         action=str(m["action"]),
         target=str(m["target"]),
@@ -445,31 +484,11 @@ class AuditLog:
     def _chain_value(self, rec: AuditRecord, keyed_seen: bool) -> str | None:
         """What `rec.hash` must be, or None when the row may not be of its `alg` here."""
         if rec.alg == ALG_KEYED:
-            return record_mac(
-                self._keys,
-                seq=rec.seq,
-                at=rec.at,
-                actor_client=rec.actor_client,
-                actor_account=rec.actor_account,
-                action=rec.action,
-                target=rec.target,
-                outcome=rec.outcome,
-                request_id=rec.request_id,
-                prev_hash=rec.prev_hash,
-            )
+            return self._keys.mac(_record_body(rec, rec.actor_account))
         # A legacy row is accepted only before the first keyed one, and its hash does
         # not cover an acting account, so it must not claim one.
         if rec.alg == ALG_LEGACY and not keyed_seen and not rec.actor_account:
-            return legacy_record_hash(
-                seq=rec.seq,
-                at=rec.at,
-                actor_client=rec.actor_client,
-                action=rec.action,
-                target=rec.target,
-                outcome=rec.outcome,
-                request_id=rec.request_id,
-                prev_hash=rec.prev_hash,
-            )
+            return hashlib.sha256(_record_body(rec, None)).hexdigest()
         return None
 
     async def verify_chain(self, anchor: ChainAnchor | None = None) -> ChainReport:

@@ -72,13 +72,22 @@ class AuditKeys:
         """Whether `signature` over `message` is this ring's checkpoint key's, named `key_id`."""
         if not hmac.compare_digest(key_id.encode(), self.key_id.encode()):
             return False
-        return verify_signature(self.public_key, signature, message)
+        return _verifies(self._public, signature, message)
 
 
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """Whether `signature` is a valid Ed25519 signature of `message` under `public_key`."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        key = Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError:
+        return False
+    return _verifies(key, signature, message)
+
+
+def _verifies(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    """Whether `signature` is a valid Ed25519 signature of `message` under `key`."""
+    try:
+        key.verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

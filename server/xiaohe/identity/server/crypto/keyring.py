@@ -41,6 +41,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,11 @@ class _RingState:
     signing_keys: tuple[SigningKey, ...]
     active_signing_kid: str
 
+    @cached_property
+    def audit_keys(self) -> AuditKeys:
+        """The audit chain's keys, derived (HKDF) once per snapshot from its pseudonym key."""
+        return AuditKeys(self.audit_pseudonym_key)
+
     def master_key(self, key_id: str) -> MasterKey | None:
         return next((k for k in self.master_keys if k.id == key_id), None)
 
@@ -159,10 +165,11 @@ class KeyRing:
         try:
             state = _read_state(path)
         except FileNotFoundError:
-            path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-            fresh = _new_state(clock.now(), token_bytes)
-            # If another process won the race, its complete file is in place: load it.
-            state = fresh if _publish_new(path, _encode_state(fresh)) else _read_state(path)
+            created = cls._create_new(path, clock, token_bytes)
+            if created is not None:
+                return created
+            # Another process won the race: its complete file is in place, load it.
+            state = _read_state(path)
         return cls(path, clock, state, token_bytes)
 
     @classmethod
@@ -187,10 +194,20 @@ class KeyRing:
     ) -> KeyRing:
         """Create a new ring with fresh keys at `path`; KeyRingError if a file is there already."""
         path = Path(path)
+        created = cls._create_new(path, clock, token_bytes)
+        if created is None:
+            raise KeyRingError(f"key ring file {path} exists already; it was left as it is")
+        return created
+
+    @classmethod
+    def _create_new(
+        cls, path: Path, clock: Clock, token_bytes: Callable[[int], bytes]
+    ) -> KeyRing | None:
+        """A ring with fresh keys published at `path`, or None if a file is there already."""
         path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         fresh = _new_state(clock.now(), token_bytes)
         if not _publish_new(path, _encode_state(fresh)):
-            raise KeyRingError(f"key ring file {path} exists already; it was left as it is")
+            return None
         return cls(path, clock, fresh, token_bytes)
 
     @property
@@ -263,7 +280,7 @@ class KeyRing:
     @property
     def audit_keys(self) -> AuditKeys:
         """The audit chain's MAC and checkpoint keys, derived from the audit pseudonym key."""
-        return AuditKeys(self._state.audit_pseudonym_key)
+        return self._state.audit_keys
 
     # -- signing keys --------------------------------------------------------
 

@@ -25,7 +25,6 @@ import os
 import smtplib
 import ssl
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Mapping
@@ -37,7 +36,10 @@ from pathlib import Path
 from typing import Protocol
 
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.shared.network import is_loopback_host
+from xiaohe.identity.server.shared.network import (
+    check_secret_url,
+    smtp_credentials_in_plaintext,
+)
 
 _REMEMBERED_IDS = 10_000
 _MESSAGE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -222,7 +224,7 @@ class SmtpProvider:
         self._password = password
         self._starttls = starttls
         self._timeout = timeout
-        if (username or password) and not starttls:
+        if smtp_credentials_in_plaintext(username, password, starttls):
             raise ValueError("SMTP credentials are sent only over STARTTLS; enable starttls")
         domain = parseaddr(sender)[1].rpartition("@")[2]
         self._domain = domain or "xiaohe-identity.invalid"
@@ -361,10 +363,10 @@ class HttpSmsGatewayProvider:
         timeout: float = 10.0,
         proxies: Mapping[str, str] | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        check = check_secret_url(url)
+        if check == "not_http":
             raise ValueError("the SMS gateway URL must be https://HOST/...")
-        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        if check == "remote_http":
             raise ValueError("the SMS gateway URL must be https:// unless it is on loopback")
         self._url = url
         self._key_id = key_id

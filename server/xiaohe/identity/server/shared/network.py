@@ -1,8 +1,14 @@
-"""Addresses: which hosts are local to this machine, and the unit one end user sits behind."""
+"""Addresses: which hosts are local to this machine, which transports may carry secrets,
+and the unit one end user sits behind."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
+from urllib.parse import urlsplit
+
+SecretUrlCheck = Literal["ok", "not_http", "remote_http"]
+"""How a URL fares as the address secrets are posted to (see `check_secret_url`)."""
 
 
 def is_loopback_host(host: str) -> bool:
@@ -14,6 +20,28 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_secret_url(url: str) -> SecretUrlCheck:
+    """Whether secrets may be posted to `url`: plain http:// only to loopback (SECURITY X2).
+
+    `not_http`: the scheme is neither https nor http, or there is no host;
+    `remote_http`: plain http:// to a host other machines can reach; `ok` otherwise.
+    A URL that cannot be parsed raises ValueError (from `urlsplit`); each caller
+    words its own refusals.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host:
+        return "not_http"
+    if parts.scheme == "http" and not is_loopback_host(host):
+        return "remote_http"
+    return "ok"
+
+
+def smtp_credentials_in_plaintext(username: str, password: str, starttls: bool) -> bool:
+    """Whether SMTP credentials would be sent without STARTTLS, which is refused (SECURITY X2)."""
+    return bool(username or password) and not starttls
 
 
 def ip_bucket(ip: str) -> str:
