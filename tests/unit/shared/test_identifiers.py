@@ -28,6 +28,7 @@ from xiaohe.identity.server.shared.identifiers import (
     normalize_resident_id,
     normalize_uscc,
     normalize_uscc_or_org_code,
+    number_prefix,
     org_code_of_uscc,
     today_in_china,
     validate_org_code,
@@ -752,3 +753,18 @@ def test_mask_login_name_hides_the_length() -> None:
 )
 def test_mask_identifier(kind: IdentifierKind | int, value: str, masked: str) -> None:
     assert mask_identifier(kind, value) == masked
+
+
+@pytest.mark.parametrize(
+    ("phone", "prefix"),
+    [
+        ("+8613812345678", "86-1381234"),
+        ("+85291234567", "852-9123456"),
+        ("+12025550123", "1-2025550"),
+        ("13812345678", ""),  # not normalised
+        ("+861381234", ""),  # too short to have a whole prefix and a subscriber part
+        ("", ""),
+    ],
+)
+def test_number_prefix_is_country_code_and_seven_national_digits(phone: str, prefix: str) -> None:
+    assert number_prefix(phone) == prefix

@@ -209,6 +209,24 @@ def normalize_phone(
     return "+" + digits
 
 
+PREFIX_DIGITS = 7
+"""A number prefix (号段) is the first seven national digits: it names a carrier's block of
+10,000 numbers in one region, so it is not personal data."""
+
+
+def number_prefix(phone: str) -> str:
+    """The prefix of a normalised phone, `+8613812345678` → `86-1381234`; "" if not E.164.
+
+    Delivery metrics and the SMS-pumping defence count per prefix: an attack that
+    spreads its requests over many numbers still lands in a few prefixes.
+    """
+    digits = phone[1:] if phone.startswith("+") else ""
+    code = _country_code(digits) if _DIGITS.fullmatch(digits) else None
+    if code is None or len(digits) - len(code) <= PREFIX_DIGITS:
+        return ""
+    return f"{code}-{digits[len(code) : len(code) + PREFIX_DIGITS]}"
+
+
 # --- Email -----------------------------------------------------------------
 
 

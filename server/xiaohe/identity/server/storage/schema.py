@@ -82,7 +82,20 @@ outbox = sa.Table(
     sa.Column("sent_at", UtcDateTime, nullable=True),
     sa.Column("provider", sa.String(32), nullable=True),
     sa.Column("last_error", sa.String(200), nullable=True),
+    # The id the provider answered (Aliyun BizId, Tencent SerialNo, a gateway's id).
+    sa.Column("provider_message_id", sa.String(64), nullable=True),
+    # The receipt: delivered, failed, expired or unknown (NULL until one arrives).
+    sa.Column("delivery", sa.String(16), nullable=True),
+    # The platform's or carrier's code from the receipt (DELIVRD, isv.*, MK:0001 ...).
+    sa.Column("delivery_code", sa.String(32), nullable=True),
+    # When the receipt says the handset got it (or the carrier gave up), and when it came.
+    sa.Column("done_at", UtcDateTime, nullable=True),
+    sa.Column("reported_at", UtcDateTime, nullable=True),
+    # An SMS destination's number prefix (country code and 7 digits, "86-1380013"), for
+    # delivery and pumping metrics; a prefix is shared by 10,000 numbers, not personal data.
+    sa.Column("dest_prefix", sa.String(16), nullable=True),
     sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_outbox_provider_message", "provider", "provider_message_id"),
 )
 
 accounts = sa.Table(
@@ -105,6 +118,9 @@ accounts = sa.Table(
     sa.Column("phone_changed_at", UtcDateTime, nullable=True),
     # When the email was last bound, replaced or removed (the ChangePhone cooling-off).
     sa.Column("email_changed_at", UtcDateTime, nullable=True),
+    # When a carrier reported the bound phone recycled (二次号): the phone identifier is
+    # gone (free for its new owner) and the next password login must re-verify a phone.
+    sa.Column("phone_stale_at", UtcDateTime, nullable=True),
 )
 
 identifiers = sa.Table(
