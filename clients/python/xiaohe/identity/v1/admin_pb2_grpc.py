@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Operator API: API clients and their grants, audit chain checks.
+    """Operator API: API clients and their grants, audit chain checks, message delivery and
+    SMS-pumping blocks.
     """
 
     def __init__(self, channel):
@@ -60,10 +61,26 @@ class AdminServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.VerifyAuditChainRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.VerifyAuditChainResponse.FromString,
                 _registered_method=True)
+        self.GetDelivery = channel.unary_unary(
+                '/xiaohe.identity.v1.AdminService/GetDelivery',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.GetDeliveryRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.GetDeliveryResponse.FromString,
+                _registered_method=True)
+        self.ListPrefixBlocks = channel.unary_unary(
+                '/xiaohe.identity.v1.AdminService/ListPrefixBlocks',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListPrefixBlocksRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListPrefixBlocksResponse.FromString,
+                _registered_method=True)
+        self.LiftPrefixBlock = channel.unary_unary(
+                '/xiaohe.identity.v1.AdminService/LiftPrefixBlock',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Operator API: API clients and their grants, audit chain checks.
+    """Operator API: API clients and their grants, audit chain checks, message delivery and
+    SMS-pumping blocks.
     """
 
     def CreateClient(self, request, context):
@@ -101,6 +118,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDelivery(self, request, context):
+        """Shows one outbox message's lifecycle: queued, sent (by which provider, under which
+        provider id), then delivered, failed, expired or unknown. Never the destination or text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrefixBlocks(self, request, context):
+        """Lists the number prefixes (号段) whose code requests are throttled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftPrefixBlock(self, request, context):
+        """Lifts a prefix block at once (and forgets the watch's counts for that prefix).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +168,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.VerifyAuditChainRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.VerifyAuditChainResponse.SerializeToString,
             ),
+            'GetDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDelivery,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.GetDeliveryRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.GetDeliveryResponse.SerializeToString,
+            ),
+            'ListPrefixBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrefixBlocks,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListPrefixBlocksRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListPrefixBlocksResponse.SerializeToString,
+            ),
+            'LiftPrefixBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftPrefixBlock,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'xiaohe.identity.v1.AdminService', rpc_method_handlers)
@@ -138,7 +192,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Operator API: API clients and their grants, audit chain checks.
+    """Operator API: API clients and their grants, audit chain checks, message delivery and
+    SMS-pumping blocks.
     """
 
     @staticmethod
@@ -266,6 +321,87 @@ class AdminService:
             '/xiaohe.identity.v1.AdminService/VerifyAuditChain',
             xiaohe_dot_identity_dot_v1_dot_admin__pb2.VerifyAuditChainRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_admin__pb2.VerifyAuditChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AdminService/GetDelivery',
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.GetDeliveryRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.GetDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrefixBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AdminService/ListPrefixBlocks',
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListPrefixBlocksRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListPrefixBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftPrefixBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AdminService/LiftPrefixBlock',
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockResponse.FromString,
             options,
             channel_credentials,
             insecure,

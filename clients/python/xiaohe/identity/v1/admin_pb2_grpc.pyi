@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Operator API: API clients and their grants, audit chain checks."""
+    """Operator API: API clients and their grants, audit chain checks, message delivery and
+    SMS-pumping blocks.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -44,10 +46,20 @@ class AdminServiceStub:
     """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
     external anchor, and reports the first broken link and any truncation.
     """
+    GetDelivery: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryRequest, _admin_pb2.GetDeliveryResponse]
+    """Shows one outbox message's lifecycle: queued, sent (by which provider, under which
+    provider id), then delivered, failed, expired or unknown. Never the destination or text.
+    """
+    ListPrefixBlocks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPrefixBlocksRequest, _admin_pb2.ListPrefixBlocksResponse]
+    """Lists the number prefixes (号段) whose code requests are throttled."""
+    LiftPrefixBlock: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LiftPrefixBlockRequest, _admin_pb2.LiftPrefixBlockResponse]
+    """Lifts a prefix block at once (and forgets the watch's counts for that prefix)."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Operator API: API clients and their grants, audit chain checks."""
+    """Operator API: API clients and their grants, audit chain checks, message delivery and
+    SMS-pumping blocks.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateClient: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateClientRequest, _admin_pb2.CreateClientResponse]  # type: ignore[assignment]
@@ -61,9 +73,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
     external anchor, and reports the first broken link and any truncation.
     """
+    GetDelivery: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetDeliveryRequest, _admin_pb2.GetDeliveryResponse]  # type: ignore[assignment]
+    """Shows one outbox message's lifecycle: queued, sent (by which provider, under which
+    provider id), then delivered, failed, expired or unknown. Never the destination or text.
+    """
+    ListPrefixBlocks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPrefixBlocksRequest, _admin_pb2.ListPrefixBlocksResponse]  # type: ignore[assignment]
+    """Lists the number prefixes (号段) whose code requests are throttled."""
+    LiftPrefixBlock: _aio.UnaryUnaryMultiCallable[_admin_pb2.LiftPrefixBlockRequest, _admin_pb2.LiftPrefixBlockResponse]  # type: ignore[assignment]
+    """Lifts a prefix block at once (and forgets the watch's counts for that prefix)."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Operator API: API clients and their grants, audit chain checks."""
+    """Operator API: API clients and their grants, audit chain checks, message delivery and
+    SMS-pumping blocks.
+    """
 
     @_abc_1.abstractmethod
     def CreateClient(
@@ -105,5 +127,31 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Walks the audit chain (keyed MACs), checks its signed checkpoints and, if given, an
         external anchor, and reports the first broken link and any truncation.
         """
+
+    @_abc_1.abstractmethod
+    def GetDelivery(
+        self,
+        request: _admin_pb2.GetDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetDeliveryResponse, _abc.Awaitable[_admin_pb2.GetDeliveryResponse]]:
+        """Shows one outbox message's lifecycle: queued, sent (by which provider, under which
+        provider id), then delivered, failed, expired or unknown. Never the destination or text.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPrefixBlocks(
+        self,
+        request: _admin_pb2.ListPrefixBlocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPrefixBlocksResponse, _abc.Awaitable[_admin_pb2.ListPrefixBlocksResponse]]:
+        """Lists the number prefixes (号段) whose code requests are throttled."""
+
+    @_abc_1.abstractmethod
+    def LiftPrefixBlock(
+        self,
+        request: _admin_pb2.LiftPrefixBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LiftPrefixBlockResponse, _abc.Awaitable[_admin_pb2.LiftPrefixBlockResponse]]:
+        """Lifts a prefix block at once (and forgets the watch's counts for that prefix)."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
