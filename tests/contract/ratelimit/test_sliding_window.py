@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.errors import RateLimited
-from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter, Window
+from xiaohe.identity.server.ratelimit.limiter import Charge, SlidingWindowLimiter, Window
 
 KEY = "xh:rl:{test:1}:thing"
 POLICY = "test.thing"
@@ -140,3 +140,57 @@ def test_windows_must_be_sensible() -> None:
         Window(1, 0)
     with pytest.raises(ValueError, match="window"):
         Window(-1, 60)
+
+
+OTHER_KEY = "xh:rl:{test:2}:thing"
+
+
+def _charges(first_limit: int, second_limit: int) -> list[Charge]:
+    return [
+        Charge("test.first", KEY, (Window(first_limit, 60),)),
+        Charge("test.second", OTHER_KEY, (Window(second_limit, 60),)),
+    ]
+
+
+async def test_acquire_all_records_every_charge_in_one_round_trip(
+    limiter: SlidingWindowLimiter, redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    """Two keys in different slots, both recorded; their reservations refund them."""
+    taken = await limiter.acquire_all(_charges(5, 5), clock.now())
+    assert [r.policy for r in taken] == ["test.first", "test.second"]
+    assert await redis_client.zcard(KEY) == 1
+    assert await redis_client.zcard(OTHER_KEY) == 1
+    for reservation in taken:
+        await limiter.release(reservation)
+    assert await redis_client.zcard(KEY) == 0
+    assert await redis_client.zcard(OTHER_KEY) == 0
+
+
+@pytest.mark.parametrize(
+    ("limits", "refusing"),
+    [((0, 5), "test.first"), ((5, 0), "test.second"), ((0, 0), "test.first")],
+)
+async def test_acquire_all_refusal_keeps_nothing_and_names_the_first_refusing_policy(
+    limiter: SlidingWindowLimiter,
+    redis_client: aioredis.Redis,
+    clock: FakeClock,
+    limits: tuple[int, int],
+    refusing: str,
+) -> None:
+    with pytest.raises(RateLimited) as caught:
+        await limiter.acquire_all(_charges(*limits), clock.now())
+    assert caught.value.policy == refusing
+    assert await redis_client.zcard(KEY) == 0
+    assert await redis_client.zcard(OTHER_KEY) == 0
+
+
+async def test_acquire_all_after_redis_forgot_its_scripts(
+    limiter: SlidingWindowLimiter, redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    """After a restart (SCRIPT FLUSH) the charges still land, each exactly once."""
+    await redis_client.script_flush()
+    await limiter.acquire_all(_charges(5, 5), clock.now())
+    assert await redis_client.zcard(KEY) == 1
+    assert await redis_client.zcard(OTHER_KEY) == 1
+    await limiter.acquire_all(_charges(5, 5), clock.now())
+    assert await redis_client.zcard(KEY) == 2

@@ -5,7 +5,8 @@ checking whether a login name is taken) is bounded twice before it does its
 own work: `<action>.ip` per hour for the end user's address (IPv4, or the IPv6
 /64 a user sits behind) and `<action>.client` per minute for the client that
 relays it. A window is skipped when the request does not say who it is for.
-A client refusal refunds the IP charge, so a refused request costs nothing.
+Both windows are charged in one round trip to Redis; a refusal by either refunds
+the other, so a refused request costs nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xiaohe.identity.server.ratelimit.limiter import RateLimiter, Reservation
+from xiaohe.identity.server.ratelimit.limiter import Charge, RateLimiter, Reservation, Window
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +62,20 @@ class CallerLimits:
         end_user_ip: str | None,
         now: float,
     ) -> list[Reservation]:
-        """Charge the caller's windows; RateLimited names the refusing policy (nothing kept)."""
-        reservations: list[Reservation] = []
-        try:
-            if end_user_ip:
-                reservations.append(
-                    await self._limiter.acquire(
-                        f"{action}.ip",
-                        ip_key(self._ip_tag(end_user_ip), action),
-                        budget.per_ip_hour,
-                        HOUR,
-                        now,
-                    )
-                )
-            if client_id:
-                reservations.append(
-                    await self._limiter.acquire(
-                        f"{action}.client",
-                        client_key(client_id, action),
-                        budget.per_client_minute,
-                        MINUTE,
-                        now,
-                    )
-                )
-        except Exception:
-            await self.release(reservations)
-            raise
-        return reservations
+        """Charge the caller's windows; RateLimited names the refusing policy (nothing kept).
+
+        The IP window comes first: when both refuse, the answer names the IP's policy.
+        """
+        charges: list[Charge] = []
+        if end_user_ip:
+            key = ip_key(self._ip_tag(end_user_ip), action)
+            charges.append(Charge(f"{action}.ip", key, (Window(budget.per_ip_hour, HOUR),)))
+        if client_id:
+            key = client_key(client_id, action)
+            charges.append(
+                Charge(f"{action}.client", key, (Window(budget.per_client_minute, MINUTE),))
+            )
+        return await self._limiter.acquire_all(charges, now)
 
     async def release(self, reservations: Sequence[Reservation]) -> None:
         """Refund reservations, best effort: the window forgets them anyway."""

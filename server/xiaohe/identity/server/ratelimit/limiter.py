@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from xiaohe.identity.server.errors import RateLimited
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
-from xiaohe.identity.server.storage.redis import run_script
+from xiaohe.identity.server.storage.redis import redis_errors, run_script
 
 # KEYS[1] the window set. ARGV: now_ms, member, grace_ms, then (limit, window_ms) pairs.
 # Returns {1} when the event was recorded, {0, retry_ms, index of the tightest window}.
@@ -63,6 +64,15 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """One event to record under `key`, refused as `policy` unless it fits every window."""
+
+    policy: str
+    key: str
+    windows: Sequence[Window]
+
+
+@dataclass(frozen=True)
 class Reservation:
     """One recorded event: what `release` needs to refund it."""
 
@@ -84,6 +94,10 @@ class RateLimiter(Protocol):
         self, policy: str, key: str, windows: Sequence[Window], now: float
     ) -> Reservation:
         """Record one event if it fits every window, else raise RateLimited."""
+        ...
+
+    async def acquire_all(self, charges: Sequence[Charge], now: float) -> list[Reservation]:
+        """Record every charge, or none: RateLimited names the first refusing one."""
         ...
 
     async def release(self, reservation: Reservation) -> None:
@@ -121,6 +135,7 @@ class SlidingWindowLimiter:
         *,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
+        self._redis = redis
         self._acquire = redis.register_script(_ACQUIRE_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._token_bytes = token_bytes
@@ -135,20 +150,82 @@ class SlidingWindowLimiter:
         self, policy: str, key: str, windows: Sequence[Window], now: float
     ) -> Reservation:
         """Record one event if it fits every window, else raise RateLimited (one script call)."""
+        member, args = self._arguments(windows, now)
+        reply = await run_script(self._acquire, [key], args)
+        if int(reply[0]) != 1:
+            raise RateLimited(policy, int(reply[1]) / 1000)
+        return Reservation(policy=policy, key=key, member=member)
+
+    async def acquire_all(self, charges: Sequence[Charge], now: float) -> list[Reservation]:
+        """Record every charge, or none, in one round trip to Redis.
+
+        The keys usually live in different Cluster slots (an IP's and a client's
+        window), so one script cannot hold them all: the scripts go out together in
+        one pipeline, each atomic on its own key. If any refuses, the others are
+        refunded and the first refusal in `charges` order is raised, as if they had
+        been charged one after another. A Redis that forgot the script (restart)
+        gets the same charges one by one, which reloads it.
+        """
+        if len(charges) < 2:
+            return [await self.acquire_windows(c.policy, c.key, c.windows, now) for c in charges]
+        pending = [(charge, *self._arguments(charge.windows, now)) for charge in charges]
+        pipe = self._redis.pipeline(transaction=False)
+        for charge, _member, args in pending:
+            pipe.evalsha(self._acquire.sha, 1, charge.key, *args)
+        with redis_errors():
+            replies = await pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self._release_recorded(pending, replies)
+            return await self._acquire_one_by_one(charges, now)
+        await self._check_replies(pending, replies)
+        return [
+            Reservation(policy=charge.policy, key=charge.key, member=member)
+            for charge, member, _args in pending
+        ]
+
+    async def _check_replies(
+        self, pending: Sequence[tuple[Charge, str, list[str | int]]], replies: Sequence[object]
+    ) -> None:
+        """Raise the first refusal or error, after refunding every recorded charge."""
+        for (charge, _member, _args), reply in zip(pending, replies, strict=True):
+            if isinstance(reply, BaseException) or int(reply[0]) != 1:  # type: ignore[index]
+                await self._release_recorded(pending, replies)
+                if isinstance(reply, BaseException):
+                    with redis_errors():
+                        raise reply
+                raise RateLimited(charge.policy, int(reply[1]) / 1000)  # type: ignore[index]
+
+    async def _release_recorded(
+        self, pending: Sequence[tuple[Charge, str, list[str | int]]], replies: Sequence[object]
+    ) -> None:
+        for (charge, member, _args), reply in zip(pending, replies, strict=True):
+            if not isinstance(reply, BaseException) and int(reply[0]) == 1:  # type: ignore[index]
+                await self.release(Reservation(charge.policy, charge.key, member))
+
+    async def _acquire_one_by_one(self, charges: Sequence[Charge], now: float) -> list[Reservation]:
+        taken: list[Reservation] = []
+        try:
+            for c in charges:
+                taken.append(await self.acquire_windows(c.policy, c.key, c.windows, now))
+        except Exception:
+            for reservation in taken:
+                await self.release(reservation)
+            raise
+        return taken
+
+    def _arguments(self, windows: Sequence[Window], now: float) -> tuple[str, list[str | int]]:
+        """A fresh member and the acquire script's arguments for these windows."""
         if not windows:
             raise ValueError("at least one window is required")
         member = base64.urlsafe_b64encode(self._token_bytes(12)).decode("ascii")
         args: list[str | int] = [_to_ms(now), member, GC_GRACE_MS]
         for window in windows:
             args += [window.limit, _to_ms(window.seconds)]
-        reply = await run_script(self._acquire, [key], args)
-        if int(reply[0]) != 1:
-            raise RateLimited(policy, int(reply[1]) / 1000)
-        return Reservation(policy=policy, key=key, member=member)
+        return member, args
 
     async def release(self, reservation: Reservation) -> None:
         """Refund a reservation returned by `acquire` (no-op if it already left the window)."""
         await run_script(self._release, [reservation.key], [reservation.member])
 
 
-__all__ = ["RateLimiter", "Reservation", "SlidingWindowLimiter", "Window"]
+__all__ = ["Charge", "RateLimiter", "Reservation", "SlidingWindowLimiter", "Window"]

@@ -27,9 +27,10 @@ wait is kept shorter than `op_timeout` so that it surfaces first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -218,20 +219,27 @@ def bounded_client(url: str, op_timeout: float = DEFAULT_OP_TIMEOUT) -> BoundedR
     return BoundedRedis(connection_pool=pool, guard=OutageGuard(op_timeout))
 
 
-async def run_script(script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-    """Run a registered script; connection-type failures become `errors.Unavailable`.
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Connection-type failures become `errors.Unavailable`, an exhausted pool `Overloaded`.
 
     An exhausted local connection pool is this process being overloaded, not
-    Redis being down, so it becomes `errors.Overloaded` (shed load, retry soon).
+    Redis being down, so it sheds load (retry soon) instead of failing closed.
     """
     try:
-        return await script(keys=list(keys), args=list(args))
+        yield
     except MaxConnectionsError as exc:
         raise Overloaded() from exc
     except Exception as exc:
         if is_unavailable(exc):
             raise Unavailable() from exc
         raise
+
+
+async def run_script(script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    """Run a registered script under `redis_errors`."""
+    with redis_errors():
+        return await script(keys=list(keys), args=list(args))
 
 
 def text(value: object) -> str:
@@ -249,6 +257,7 @@ __all__ = [
     "RedisUnreachable",
     "bounded_client",
     "is_unavailable",
+    "redis_errors",
     "run_script",
     "text",
 ]
