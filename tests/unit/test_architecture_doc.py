@@ -13,6 +13,7 @@ from xiaohe.identity.v1 import (
     accounts_pb2,
     admin_pb2,
     auth_pb2,
+    carriers_pb2,
     codes_pb2,
     privacy_pb2,
     recovery_pb2,
@@ -22,7 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
 SERVER = ROOT / "server" / "xiaohe" / "identity" / "server"
 _REFERENCE = re.compile(r"`((?:transport|flows|[a-z]+)/[a-z_]+)\.([A-Za-z_]+)(?:\.([A-Za-z_]+))?`")
-_DESCRIPTORS = [accounts_pb2, admin_pb2, auth_pb2, codes_pb2, privacy_pb2, recovery_pb2]
+_DESCRIPTORS = [
+    accounts_pb2,
+    admin_pb2,
+    auth_pb2,
+    carriers_pb2,
+    codes_pb2,
+    privacy_pb2,
+    recovery_pb2,
+]
 
 
 def _rpcs() -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.transport.accounts import AccountServicer
 from xiaohe.identity.server.transport.admin import AdminServicer
 from xiaohe.identity.server.transport.auth import AuthServicer
+from xiaohe.identity.server.transport.callbacks import (
+    CallbackApp,
+    RunningCallbacks,
+    aliyun_route,
+    parse_networks,
+    start_callbacks,
+    tencent_route,
+)
+from xiaohe.identity.server.transport.carriers import CarrierHookServicer
 from xiaohe.identity.server.transport.codes import CodeServicer
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
@@ -27,6 +37,8 @@ from xiaohe.identity.v1 import (
     admin_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    carriers_pb2,
+    carriers_pb2_grpc,
     codes_pb2,
     codes_pb2_grpc,
     privacy_pb2,
@@ -44,6 +56,7 @@ SERVICE_NAMES = (
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
     recovery_pb2.DESCRIPTOR.services_by_name["RecoveryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    carriers_pb2.DESCRIPTOR.services_by_name["CarrierHookService"].full_name,
 )
 
 
@@ -54,11 +67,20 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: HealthServicer
+    callbacks: RunningCallbacks | None = None
+    """The HTTP callback listener, when `callback_listen` is set."""
+
+    @property
+    def callback_port(self) -> int:
+        """The HTTP callback listener's port (0 when it is off)."""
+        return self.callbacks.port if self.callbacks is not None else 0
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, then let in-flight RPCs finish within grace seconds."""
+        """Report NOT_SERVING, then let in-flight RPCs (and callbacks) finish within grace."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.callbacks is not None:
+            await self.callbacks.stop()
         await self.server.stop(grace)
 
 
@@ -118,7 +140,11 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         RecoveryServicer(container.recovery), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(container.clients, container.audit), server
+        AdminServicer(container.clients, container.audit, deliveries=container.delivery_log),
+        server,
+    )
+    carriers_pb2_grpc.add_CarrierHookServiceServicer_to_server(
+        CarrierHookServicer(container.receipts, container.recycled_numbers), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -136,6 +162,35 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     await container.policies.ensure_seeded()
     await container.start_background()
     await server.start()
+    try:
+        callbacks = await _start_callbacks(container)
+    except BaseException:
+        await server.stop(0)
+        raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(server, port, health_servicer, callbacks)
+
+
+async def _start_callbacks(container: Container) -> RunningCallbacks | None:
+    """The HTTP callback listener of this worker, when `callback_listen` is set."""
+    s = container.settings
+    if not s.callback_listen:
+        return None
+    routes = (
+        aliyun_route(s.callback_aliyun_secret, parse_networks(s.callback_aliyun_allowed_cidrs)),
+        tencent_route(s.callback_tencent_secret, parse_networks(s.callback_tencent_allowed_cidrs)),
+    )
+    app = CallbackApp(
+        container.receipts,
+        routes,
+        max_body_bytes=s.callback_max_body_bytes,
+        metrics=container.metrics,
+    )
+    context = None
+    if s.tls_cert_file:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+    return await start_callbacks(
+        app, s.callback_listen, ssl_context=context, shutdown_timeout=s.shutdown_grace_seconds
+    )

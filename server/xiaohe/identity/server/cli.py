@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from xiaohe.identity.server.clock import SystemClock
 from xiaohe.identity.server.config import Settings, SettingsError, load_settings
 from xiaohe.identity.server.container import Container, open_keyring
 from xiaohe.identity.server.crypto.keyring import KeyRing, KeyRingError
+from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.errors import IdentityError, InvalidArgument
 from xiaohe.identity.server.observability.logging import configure_logging
 from xiaohe.identity.server.privacy.policies import PolicyStore
@@ -61,11 +63,87 @@ def _parser() -> argparse.ArgumentParser:
     publish = policy.add_parser("publish", help="publish FILE as the next policy version")
     publish.add_argument("file", help="the policy text (UTF-8 Markdown)")
 
+    _add_delivery_commands(sub)
+
     keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
     keys.add_parser("init", help="create the key ring file (for an external database)")
     keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     return parser
+
+
+# -- delivery (issue 10) --
+
+
+def _add_delivery_commands(sub: Any) -> None:
+    delivery = sub.add_parser("delivery", help="message deliveries").add_subparsers(
+        dest="action", required=True
+    )
+    show = delivery.add_parser("show", help="one message's lifecycle (never its text)")
+    show.add_argument("message_id")
+    stats = delivery.add_parser("stats", help="delivery ratio and receipt latency, from SQL")
+    stats.add_argument(
+        "--window", default="24h", help="how far back: seconds, or with s/m/h/d (default 24h)"
+    )
+    stats.add_argument("--by", choices=("provider", "prefix"), default="provider")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _window_seconds(text: str) -> float | None:
+    """Seconds of "90", "15m", "24h", "7d"; None when unreadable or not positive."""
+    unit = _UNITS.get(text[-1:].lower(), 0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _when(epoch_seconds: float | None) -> str | None:
+    if epoch_seconds is None:
+        return None
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).isoformat()
+
+
+async def _delivery(args: argparse.Namespace, settings: Settings) -> int:
+    window = _window_seconds(args.window) if args.action == "stats" else 0.0
+    if window is None:
+        print(f"xiaohe-identity: --window: cannot read {args.window!r}", file=sys.stderr)
+        return 2
+
+    async def work(database: Database) -> int:
+        log = DeliveryLog(database, SystemClock())
+        if args.action == "show":
+            record = await log.get(args.message_id)
+            shown = dataclasses.asdict(record)
+            for name in ("created_at", "sent_at", "done_at", "reported_at"):
+                shown[name] = _when(shown[name])
+            _print(shown)
+            return 0
+        _print(
+            [
+                {
+                    args.by: s.key,
+                    "sent": s.sent,
+                    "delivered": s.delivered,
+                    "failed": s.failed,
+                    "unknown": s.unknown,
+                    "no_receipt": s.no_receipt,
+                    "delivery_ratio": s.delivery_ratio,
+                    "median_latency_seconds": s.median_latency_seconds,
+                }
+                for s in await log.stats(window, args.by)
+            ]
+        )
+        return 0
+
+    return await _with_database(settings, work)
+
+
+# -- end delivery --
 
 
 def _print(obj: Any) -> None:
@@ -190,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_clients(args, settings))
         if args.command == "audit":
             return asyncio.run(_audit_verify(args, settings))
+        if args.command == "delivery":
+            return asyncio.run(_delivery(args, settings))
         if args.command == "policy":
             try:
                 text = Path(args.file).read_text(encoding="utf-8")

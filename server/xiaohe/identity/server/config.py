@@ -107,6 +107,19 @@ class Settings:
     delivery_max_attempts: int = 8
     delivery_backoff_base_seconds: float = 1.0
 
+    # -- HTTP callback listener and delivery receipts (issue 10) --
+    # host:port of the HTTP listener for SMS platforms' receipt pushes; empty: off.
+    callback_listen: str = ""
+    # The largest callback body accepted, in bytes; larger ones get 413.
+    callback_max_body_bytes: int = 1024 * 1024
+    # Per-platform secret in the callback URL (or header); a platform's routes exist only
+    # when its secret is set. Optional allowlists of source networks (CIDRs).
+    callback_aliyun_secret: str = field(default="", repr=False)
+    callback_aliyun_allowed_cidrs: tuple[str, ...] = ()
+    callback_tencent_secret: str = field(default="", repr=False)
+    callback_tencent_allowed_cidrs: tuple[str, ...] = ()
+    # -- end callback listener --
+
     # Passwords, login and tokens.
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
@@ -277,6 +290,55 @@ def _validate(s: Settings) -> None:
             f"{ENV_PREFIX}TOKEN_LEEWAY_SECONDS: between 0 and {MAX_TOKEN_LEEWAY_SECONDS:.0f}"
         )
     _validate_transport_security(s)
+    _validate_callbacks(s)
+
+
+# -- HTTP callback listener (issue 10) --
+
+CALLBACK_SECRET_MIN_LENGTH: Final = 16
+_URL_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _validate_callbacks(s: Settings) -> None:
+    """The callback listener's address, body cap, secrets and allowlists.
+
+    A secret travels in the URL the platform calls, so it must be URL-safe and long
+    enough not to be guessed; plaintext on a routable address is refused as for gRPC.
+    """
+    if s.callback_listen:
+        _check_host_port("callback_listen", s.callback_listen)
+        host = s.callback_listen.rpartition(":")[0]
+        if not (s.tls_cert_file or s.allow_plaintext or is_loopback_host(host)):
+            raise SettingsError(
+                f"{ENV_PREFIX}CALLBACK_LISTEN: {s.callback_listen} is reachable from other "
+                f"machines but no TLS certificate is set; set {ENV_PREFIX}TLS_CERT_FILE and "
+                f"{ENV_PREFIX}TLS_KEY_FILE, or {ENV_PREFIX}ALLOW_PLAINTEXT=true behind a proxy "
+                "that terminates TLS"
+            )
+    if not 1024 <= s.callback_max_body_bytes <= 8 * 1024 * 1024:
+        raise SettingsError(f"{ENV_PREFIX}CALLBACK_MAX_BODY_BYTES: between 1024 and 8388608")
+    for name in ("callback_aliyun_secret", "callback_tencent_secret"):
+        secret = getattr(s, name)
+        if secret and (len(secret) < CALLBACK_SECRET_MIN_LENGTH or not set(secret) <= _URL_SAFE):
+            raise SettingsError(
+                f"{ENV_PREFIX}{name.upper()}: at least {CALLBACK_SECRET_MIN_LENGTH} characters "
+                "of A-Z a-z 0-9 - _ (it is part of a URL)"
+            )
+    for name in ("callback_aliyun_allowed_cidrs", "callback_tencent_allowed_cidrs"):
+        for cidr in getattr(s, name):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {cidr!r} is not a CIDR") from None
+
+
+def _check_host_port(name: str, value: str) -> None:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}: expected host:port, got {value!r}")
+
+
+# -- end callback listener --
 
 
 def _validate_transport_security(s: Settings) -> None:

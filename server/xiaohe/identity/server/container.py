@@ -31,6 +31,7 @@ from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
+from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.delivery.outbox import Outbox
 from xiaohe.identity.server.delivery.providers import (
@@ -39,7 +40,9 @@ from xiaohe.identity.server.delivery.providers import (
     Provider,
     SmtpProvider,
 )
+from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
 from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.errors import Unimplemented
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow
@@ -175,6 +178,32 @@ class Container:
             hand_off=self.dispatcher.hand_off,
             lease_seconds=self.dispatcher.lease_seconds,
         )
+
+    # -- delivery receipts (issue 10) --
+
+    @cached_property
+    def failed_receipts(self) -> FailedReceiptHook | None:
+        """Told of failed or expired SMS receipts (the SMS-pumping watch); none yet."""
+        return None
+
+    @cached_property
+    def receipts(self) -> DeliveryReceipts:
+        """Records delivery receipts on outbox rows."""
+        return DeliveryReceipts(
+            self.database, self.clock, metrics=self.metrics, on_failed=self.failed_receipts
+        )
+
+    @cached_property
+    def delivery_log(self) -> DeliveryLog:
+        """Message lifecycles and delivery figures for operators."""
+        return DeliveryLog(self.database, self.clock)
+
+    @cached_property
+    def recycled_numbers(self) -> PendingRecycledNumbers:
+        """The recycled-number flow (二次号); a placeholder until that flow is wired."""
+        return PendingRecycledNumbers()
+
+    # -- end delivery receipts --
 
     @cached_property
     def code_policy(self) -> CodePolicy:
@@ -492,6 +521,18 @@ class Container:
             await self.redis.aclose()
         if "database" in self.__dict__:
             await self.database.close()
+
+
+class PendingRecycledNumbers:
+    """Stands in for the recycled-number flow until it is wired: answers UNIMPLEMENTED.
+
+    Replace `Container.recycled_numbers` with the real flow (it satisfies
+    `transport/carriers.RecycledNumberReports`).
+    """
+
+    async def report(self, phone: str, recycled_at: float, *, client_id: str) -> None:
+        """Refuse: recycled-number reports are not served by this build yet."""
+        raise Unimplemented("recycled-number reports are not served yet")
 
 
 def code_policy(settings: Settings) -> CodePolicy:

@@ -26,6 +26,8 @@ from xiaohe.identity.v1 import (
     admin_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    carriers_pb2,
+    carriers_pb2_grpc,
     codes_pb2,
     codes_pb2_grpc,
     common_pb2,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from xiaohe.identity.v1.accounts_pb2_grpc import AccountServiceAsyncStub
     from xiaohe.identity.v1.admin_pb2_grpc import AdminServiceAsyncStub
     from xiaohe.identity.v1.auth_pb2_grpc import AuthServiceAsyncStub
+    from xiaohe.identity.v1.carriers_pb2_grpc import CarrierHookServiceAsyncStub
     from xiaohe.identity.v1.codes_pb2_grpc import CodeServiceAsyncStub
     from xiaohe.identity.v1.privacy_pb2_grpc import PrivacyServiceAsyncStub
     from xiaohe.identity.v1.recovery_pb2_grpc import RecoveryServiceAsyncStub
@@ -108,6 +111,7 @@ class _Stubs:
     privacy: PrivacyServiceAsyncStub
     recovery: RecoveryServiceAsyncStub
     admin: AdminServiceAsyncStub
+    carriers: CarrierHookServiceAsyncStub
 
 
 class IdentityClient:
@@ -196,6 +200,7 @@ class IdentityClient:
                 privacy=privacy_pb2_grpc.PrivacyServiceStub(channel),
                 recovery=recovery_pb2_grpc.RecoveryServiceStub(channel),
                 admin=admin_pb2_grpc.AdminServiceStub(channel),
+                carriers=carriers_pb2_grpc.CarrierHookServiceStub(channel),
             )
         return self._stubs
 
@@ -689,3 +694,43 @@ class IdentityClient:
         if anchor_seq or anchor_mac:
             request.anchor.CopyFrom(admin_pb2.AuditChainAnchor(seq=anchor_seq, mac=anchor_mac))
         return await self._unary(stubs.admin.VerifyAuditChain, request, end_user=end_user)
+
+    async def get_delivery(
+        self, message_id: str, *, end_user: EndUser | None = None
+    ) -> admin_pb2.GetDeliveryResponse:
+        """One outbox message's lifecycle (provider, ids, receipt, times); never its text."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.GetDelivery,
+            admin_pb2.GetDeliveryRequest(message_id=message_id),
+            end_user=end_user,
+        )
+
+    # CarrierHookService
+
+    async def report_delivery(
+        self,
+        reports: Sequence[carriers_pb2.DeliveryReport],
+        *,
+        end_user: EndUser | None = None,
+    ) -> carriers_pb2.ReportDeliveryResponse:
+        """Report what became of 1-100 messages (CMPP states); repeats change nothing."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.carriers.ReportDelivery,
+            carriers_pb2.ReportDeliveryRequest(reports=list(reports)),
+            end_user=end_user,
+        )
+
+    async def report_recycled_number(
+        self,
+        phone: str,
+        recycled_at: float,
+        *,
+        end_user: EndUser | None = None,
+    ) -> carriers_pb2.ReportRecycledNumberResponse:
+        """Report that `phone` went back to the carrier at `recycled_at` (epoch seconds)."""
+        request = carriers_pb2.ReportRecycledNumberRequest(phone=phone)
+        request.recycled_at.FromNanoseconds(int(recycled_at * 1e9))
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.carriers.ReportRecycledNumber, request, end_user=end_user)

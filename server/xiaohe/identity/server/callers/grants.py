@@ -41,6 +41,11 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.AdminService/RevokeClient": "admin",
     "/xiaohe.identity.v1.AdminService/SetClientGrants": "admin",
     "/xiaohe.identity.v1.AdminService/VerifyAuditChain": "admin",
+    # -- delivery receipts (issue 10) --
+    "/xiaohe.identity.v1.AdminService/GetDelivery": "admin",
+    "/xiaohe.identity.v1.CarrierHookService/ReportDelivery": "carrier-hooks",
+    "/xiaohe.identity.v1.CarrierHookService/ReportRecycledNumber": "carrier-hooks",
+    # -- end delivery receipts --
 }
 
 # Methods any caller may use without credentials.

@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.delivery.templates import CHANNELS
+from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, CHANNELS
 from xiaohe.identity.server.errors import Unavailable
+from xiaohe.identity.server.shared.identifiers import number_prefix
 from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage.schema import outbox
 
@@ -168,6 +169,7 @@ class Outbox:
             "lease_until": utc(now + self._lease_seconds) if claimed else None,
             "created_at": utc(now),
             "expires_at": utc(now + expires_in_seconds),
+            "dest_prefix": destination_prefix(channel, destination),
         }
         await self._insert(row)
         log.debug("queued message %s (%s, %s)", message_id, channel, purpose)
@@ -243,6 +245,16 @@ class Outbox:
         return int(result.rowcount)
 
 
+def destination_prefix(channel: str, destination: str) -> str | None:
+    """An SMS destination's number prefix ("86-1381234") for receipts and metrics; else None.
+
+    Ten thousand numbers share a prefix, so it is not personal data and stays in the clear.
+    """
+    if channel != CHANNEL_SMS:
+        return None
+    return number_prefix(destination) or None
+
+
 def _check_kind(channel: str, purpose: str) -> None:
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}")
@@ -261,6 +273,7 @@ __all__ = [
     "Outbox",
     "Payload",
     "Sealer",
+    "destination_prefix",
     "new_message_id",
     "payload_aad",
 ]

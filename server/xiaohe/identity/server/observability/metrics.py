@@ -71,6 +71,22 @@ RPC_DURATION_BUCKETS = (
     10.0,
 )
 
+RECEIPT_LATENCY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+"""Seconds from a provider's acceptance to the handset (most SMS arrive within 10 s)."""
+
+_NETWORK = re.compile(r"(\d{1,3})-(\d{3})\d*")
+
+
+def network_label(prefix: str) -> str:
+    """The country code and 3-digit network prefix of a number prefix: "86-1381234" → "86-138".
+
+    The 7-digit prefix (号段) has up to 10,000 values per country: too many series for
+    Prometheus. Three digits name the network (138: China Mobile) and are bounded; the
+    per-7-digit figures come from SQL (`xiaohe-identity delivery stats`).
+    """
+    match = _NETWORK.fullmatch(prefix)
+    return f"{match.group(1)}-{match.group(2)}" if match else _OTHER
+
 
 def bounded_label(value: str) -> str:
     """The value itself if it looks like a name from a bounded set, else `other`."""
@@ -155,6 +171,33 @@ class Metrics:
             ["method", "outcome"],
             registry=registry,
         )
+        # -- delivery receipts (issue 10) --
+        self._receipts = Counter(
+            "xiaohe_delivery_receipts",
+            "Delivery receipts recorded, by provider, network prefix (86-138) and state.",
+            ["provider", "network", "state"],
+            registry=registry,
+        )
+        self._receipt_latency = Histogram(
+            "xiaohe_delivery_receipt_latency_seconds",
+            "Seconds from sending to the handset's receipt, by provider and network prefix.",
+            ["provider", "network"],
+            buckets=RECEIPT_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._receipts_ignored = Counter(
+            "xiaohe_delivery_receipts_ignored",
+            "Receipts that changed nothing, by source and reason (duplicate, unknown, malformed).",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self._callback_requests = Counter(
+            "xiaohe_callback_requests",
+            "HTTP callback requests, by route and outcome.",
+            ["route", "outcome"],
+            registry=registry,
+        )
+        # -- end delivery receipts --
         self._undecodable_requests = Counter(
             "xiaohe_undecodable_requests",
             "Requests whose bytes do not parse as the method's request message, by method.",
@@ -210,6 +253,30 @@ class Metrics:
     def undecodable_request(self, method: str) -> None:
         """Count one request refused because its bytes are not a message of its type."""
         self._undecodable_requests.labels(method=bounded_label(method)).inc()
+
+    # -- delivery receipts (issue 10) --
+
+    def receipt(self, provider: str, prefix: str, state: str, latency: float | None) -> None:
+        """Count one recorded receipt and observe its latency (seconds, when known)."""
+        p, network = bounded_label(provider), network_label(prefix)
+        self._receipts.labels(provider=p, network=network, state=bounded_label(state)).inc()
+        if latency is not None:
+            self._receipt_latency.labels(provider=p, network=network).observe(max(0.0, latency))
+
+    def receipt_ignored(self, source: str, reason: str, count: int = 1) -> None:
+        """Count receipts that changed nothing (duplicate, unknown message, malformed)."""
+        if count > 0:
+            self._receipts_ignored.labels(
+                source=bounded_label(source), reason=bounded_label(reason)
+            ).inc(count)
+
+    def callback_request(self, route: str, outcome: str) -> None:
+        """Count one HTTP callback request and how it was answered."""
+        self._callback_requests.labels(
+            route=bounded_label(route), outcome=bounded_label(outcome)
+        ).inc()
+
+    # -- end delivery receipts --
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (this process's values only)."""
@@ -272,11 +339,13 @@ def start_metrics_server(listen: str, multiproc_dir: Path) -> MetricsServer:
 
 __all__ = [
     "MULTIPROC_ENV",
+    "RECEIPT_LATENCY_BUCKETS",
     "RPC_DURATION_BUCKETS",
     "Metrics",
     "MetricsServer",
     "bounded_label",
     "collect_multiprocess",
+    "network_label",
     "prepare_multiproc_dir",
     "start_metrics_server",
 ]

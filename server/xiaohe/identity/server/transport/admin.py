@@ -1,4 +1,4 @@
-"""AdminService servicer: API clients and the audit chain."""
+"""AdminService servicer: API clients, the audit chain and message deliveries."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
+from xiaohe.identity.server.delivery.lifecycle import DeliveryLog, DeliveryRecord
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
@@ -28,12 +30,48 @@ def client_to_proto(client: Client) -> admin_pb2.Client:
     )
 
 
+# -- message deliveries (issue 10) --
+
+MAX_MESSAGE_ID_LENGTH = 64
+
+
+def delivery_to_proto(record: DeliveryRecord) -> admin_pb2.Delivery:
+    """The proto view of a message's lifecycle (it holds no destination or text)."""
+    out = admin_pb2.Delivery(
+        message_id=record.message_id,
+        channel=record.channel,
+        purpose=record.purpose,
+        status=record.status,
+        provider=record.provider,
+        provider_message_id=record.provider_message_id,
+        delivery=record.delivery,
+        detail=record.detail,
+        attempts=record.attempts,
+        created_at=timestamp(record.created_at),
+    )
+    for name in ("sent_at", "done_at", "reported_at"):
+        value = getattr(record, name)
+        if value is not None:
+            getattr(out, name).CopyFrom(timestamp(value))
+    return out
+
+
+# -- end message deliveries --
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operator API."""
 
-    def __init__(self, registry: ClientRegistry, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        audit: AuditLog,
+        *,
+        deliveries: DeliveryLog | None = None,
+    ) -> None:
         self._registry = registry
         self._audit = audit
+        self._deliveries = deliveries
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Audit an operator action that has already taken effect; a failure is logged only,
@@ -85,3 +123,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             first_bad_checkpoint_seq=report.first_bad_checkpoint_seq,
             legacy_records=report.legacy_records,
         )
+
+    # -- message deliveries (issue 10) --
+
+    async def GetDelivery(
+        self, request: admin_pb2.GetDeliveryRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetDeliveryResponse:
+        if self._deliveries is None:
+            raise Unimplemented("message deliveries are not served here")
+        if not 0 < len(request.message_id) <= MAX_MESSAGE_ID_LENGTH:
+            raise InvalidArgument(
+                FieldViolation("message_id", f"1 to {MAX_MESSAGE_ID_LENGTH} characters")
+            )
+        record = await self._deliveries.get(request.message_id)
+        return admin_pb2.GetDeliveryResponse(delivery=delivery_to_proto(record))
+
+    # -- end message deliveries --
