@@ -30,7 +30,8 @@ from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, CHANNELS
 from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.shared.identifiers import number_prefix
-from xiaohe.identity.server.storage.database import Database, utc
+from xiaohe.identity.server.storage.database import Database, SqlConnection, utc
+from xiaohe.identity.server.storage.group_commit import GroupCommit
 from xiaohe.identity.server.storage.schema import outbox
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Outbox:
         lease_seconds: float = 30.0,
     ) -> None:
         self._database = database
+        self._writes = GroupCommit(database)
         self._sealer = sealer
         self._clock = clock
         self._wake = wake
@@ -223,10 +225,17 @@ class Outbox:
         return message_id
 
     async def _insert(self, row: Mapping[str, object]) -> None:
-        """Insert one outbox row; any database failure is Unavailable (nothing was queued)."""
+        """Insert one outbox row; any database failure is Unavailable (nothing was queued).
+
+        Outside a flow's unit of work the row is group-committed with the rows of
+        concurrent requests (storage/group_commit.py): one transaction per batch.
+        """
+
+        async def insert(conn: SqlConnection) -> None:
+            await conn.execute(_INSERT, row)
+
         try:
-            async with self._database.begin() as conn:
-                await conn.execute(_INSERT, row)
+            await self._writes.run(insert)
         except Unavailable:
             raise
         except (SQLAlchemyError, OSError) as exc:
