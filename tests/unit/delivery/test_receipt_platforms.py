@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.receipt_pushes import aliyun_push, tencent_push
-from xiaohe.identity.server.delivery.platforms import (
+from xiaohe.identity.server.delivery.receipt_formats import (
     MAX_ITEMS,
     ParsedPush,
     parse_aliyun_sms_report,

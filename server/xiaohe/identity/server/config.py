@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any, Final, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
+from xiaohe.identity.server.delivery.notices import NOTICE_PURPOSE
+from xiaohe.identity.server.delivery.platforms import Endpoint, parse_purpose_map
+from xiaohe.identity.server.delivery.templates import PURPOSES
 from xiaohe.identity.server.shared.network import (
     check_secret_url,
     is_loopback_host,
@@ -119,6 +122,31 @@ class Settings:
     callback_tencent_secret: str = field(default="", repr=False)
     callback_tencent_allowed_cidrs: tuple[str, ...] = ()
     # -- end callback listener --
+    # SMS platforms and failover (issue 10 §3; docs/operator-guide.d/providers.md).
+    # Ordered SMS providers (file, http, aliyun, tencent); empty means `sms_provider` alone.
+    sms_providers: tuple[str, ...] = ()
+    # After a request without an answer to a platform without idempotency: assume_sent | retry.
+    sms_unknown_outcome: str = "assume_sent"
+    sms_breaker_failures: int = 5
+    sms_breaker_cooldown_seconds: float = 60.0
+    sms_connect_timeout_seconds: float = 3.0
+    sms_read_timeout_seconds: float = 5.0
+    aliyun_sms_access_key_id: str = ""
+    aliyun_sms_access_key_secret: str = field(default="", repr=False)
+    aliyun_sms_region: str = "cn-hangzhou"
+    aliyun_sms_endpoint: str = "https://dysmsapi.aliyuncs.com"
+    aliyun_sms_sign_name: str = ""
+    # PURPOSE=VALUE lists: template per purpose, and sign names that differ from the default.
+    aliyun_sms_templates: str = ""
+    aliyun_sms_sign_names: str = ""
+    tencent_sms_secret_id: str = ""
+    tencent_sms_secret_key: str = field(default="", repr=False)
+    tencent_sms_sdk_app_id: str = ""
+    tencent_sms_region: str = "ap-guangzhou"
+    tencent_sms_endpoint: str = "https://sms.tencentcloudapi.com"
+    tencent_sms_sign_name: str = ""
+    tencent_sms_templates: str = ""
+    tencent_sms_sign_names: str = ""
 
     # Passwords, login and tokens.
     argon2_memory_kib: int = 19456
@@ -150,6 +178,11 @@ class Settings:
                 shown = repr(value)
             parts.append(f"{f.name}={shown}")
         return f"Settings({', '.join(parts)})"
+
+    @property
+    def effective_sms_providers(self) -> tuple[str, ...]:
+        """The SMS providers in failover order: `sms_providers`, else `sms_provider` alone."""
+        return self.sms_providers or (self.sms_provider,)
 
     @property
     def embedded_store(self) -> bool:
@@ -260,11 +293,12 @@ def _validate(s: Settings) -> None:
     if s.code_max_attempts < 1:
         raise SettingsError(f"{ENV_PREFIX}CODE_MAX_ATTEMPTS: must be at least 1")
     for name in ("sms_provider", "email_provider"):
-        allowed = {"file", "http"} if name == "sms_provider" else {"file", "smtp"}
+        allowed = set(SMS_PROVIDERS) if name == "sms_provider" else {"file", "smtp"}
         if getattr(s, name) not in allowed:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}: one of {sorted(allowed)}")
-    if s.sms_provider == "http" and not s.sms_gateway_url:
+    if "http" in s.effective_sms_providers and not s.sms_gateway_url:
         raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: required when SMS_PROVIDER=http")
+    _validate_sms_platforms(s)
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         raise SettingsError(f"{ENV_PREFIX}TLS_CERT_FILE and TLS_KEY_FILE go together")
     if s.tls_client_ca_file and not s.tls_cert_file:
@@ -388,6 +422,52 @@ def _check_listen_security(s: Settings) -> None:
         )
 
 
+# -- SMS platforms and failover (issue 10 §3) ---------------------------------------
+
+SMS_PROVIDERS: Final = ("file", "http", "aliyun", "tencent")
+SMS_UNKNOWN_OUTCOMES: Final = ("assume_sent", "retry")
+
+
+def _validate_sms_platforms(s: Settings) -> None:
+    """The provider list, the breaker, and each configured platform's settings."""
+    names = s.effective_sms_providers
+    if any(n not in SMS_PROVIDERS for n in names) or len(set(names)) != len(names):
+        raise SettingsError(f"{ENV_PREFIX}SMS_PROVIDERS: distinct names from {list(SMS_PROVIDERS)}")
+    if s.sms_unknown_outcome not in SMS_UNKNOWN_OUTCOMES:
+        raise SettingsError(f"{ENV_PREFIX}SMS_UNKNOWN_OUTCOME: one of {list(SMS_UNKNOWN_OUTCOMES)}")
+    if s.sms_breaker_failures < 1 or s.sms_breaker_cooldown_seconds <= 0:
+        raise SettingsError(f"{ENV_PREFIX}SMS_BREAKER_*: failures >= 1, cool-down > 0")
+    if not 0 < s.sms_connect_timeout_seconds <= 30 or not 0 < s.sms_read_timeout_seconds <= 30:
+        raise SettingsError(f"{ENV_PREFIX}SMS_*_TIMEOUT_SECONDS: more than 0, at most 30")
+    if "aliyun" in names:
+        _require(s, "aliyun_sms_access_key_id", "aliyun_sms_access_key_secret")
+        _require(s, "aliyun_sms_sign_name", "aliyun_sms_templates")
+    if "tencent" in names:
+        _require(s, "tencent_sms_secret_id", "tencent_sms_secret_key", "tencent_sms_sdk_app_id")
+        _require(s, "tencent_sms_sign_name", "tencent_sms_templates")
+    for platform in ("aliyun", "tencent"):
+        for kind in ("templates", "sign_names"):
+            name = f"{platform}_sms_{kind}"
+            try:
+                purposes = parse_purpose_map(getattr(s, name))
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
+            unknown = sorted(set(purposes) - set(PURPOSES) - {NOTICE_PURPOSE})
+            if unknown:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: unknown purpose {unknown[0]}")
+        endpoint = f"{platform}_sms_endpoint"
+        try:
+            Endpoint.parse(getattr(s, endpoint))
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}{endpoint.upper()}: {exc}") from None
+
+
+def _require(s: Settings, *names: str) -> None:
+    for name in names:
+        if not getattr(s, name):
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: required for this SMS provider")
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, config_file: str | Path | None = None
 ) -> Settings:
@@ -433,6 +513,8 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
 
 __all__ = [
     "ENV_PREFIX",
+    "SMS_PROVIDERS",
+    "SMS_UNKNOWN_OUTCOMES",
     "Settings",
     "SettingsError",
     "load_settings",

@@ -30,10 +30,13 @@ from xiaohe.identity.server.credentials.reauth import PasswordCheck
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.delivery.aliyun import AliyunSmsConfig, AliyunSmsProvider
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
+from xiaohe.identity.server.delivery.failover import FailoverProvider
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.delivery.outbox import Outbox
+from xiaohe.identity.server.delivery.platforms import PlatformTemplates, parse_purpose_map
 from xiaohe.identity.server.delivery.providers import (
     HttpSmsGatewayProvider,
     JsonlFileProvider,
@@ -42,6 +45,7 @@ from xiaohe.identity.server.delivery.providers import (
 )
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
 from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.errors import Unimplemented
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
@@ -133,14 +137,8 @@ class Container:
         """Delivery providers by channel."""
         s = self.settings
         outbox_dir = s.data_dir / "outbox"
-        sms: Provider
         email: Provider
-        if s.sms_provider == "http":
-            sms = HttpSmsGatewayProvider(
-                s.sms_gateway_url, s.sms_gateway_key_id, s.sms_gateway_secret, self.clock
-            )
-        else:
-            sms = JsonlFileProvider(outbox_dir / "sms.jsonl", self.clock)
+        sms = sms_provider(s, self.clock, self.metrics)
         if s.email_provider == "smtp":
             email = SmtpProvider(
                 s.smtp_host,
@@ -166,6 +164,8 @@ class Container:
             max_attempts=s.delivery_max_attempts,
             backoff_base=s.delivery_backoff_base_seconds,
             metrics=self.metrics,
+            unknown_outcome=s.sms_unknown_outcome,
+            lease_seconds=sms_lease_seconds(s),
         )
 
     @cached_property
@@ -589,3 +589,71 @@ def open_keyring(settings: Settings, clock: Clock) -> KeyRing:
 def data_path(settings: Settings, *parts: str) -> Path:
     """A path inside the data directory."""
     return settings.data_dir.joinpath(*parts)
+
+
+# -- SMS providers and failover (issue 10 §3) ------------------------------------------
+
+
+def sms_provider(s: Settings, clock: Clock, metrics: Metrics) -> Provider:
+    """The SMS provider: the one configured, or a failover chain over `sms_providers`."""
+    chain = [_one_sms_provider(name, s, clock) for name in s.effective_sms_providers]
+    if len(chain) == 1:
+        return chain[0]
+    return FailoverProvider(
+        chain,
+        clock,
+        failure_threshold=s.sms_breaker_failures,
+        cooldown_seconds=s.sms_breaker_cooldown_seconds,
+        metrics=metrics,
+    )
+
+
+def sms_lease_seconds(s: Settings) -> float:
+    """A dispatcher lease long enough for a send through every SMS provider in turn.
+
+    The dispatcher cuts a send off at half its lease; a chain must be able to
+    time out on each provider and still finish inside that, or the cut-off would
+    turn a definite failure of the last one into an unknown outcome.
+    """
+    per_provider = s.sms_connect_timeout_seconds + s.sms_read_timeout_seconds
+    return max(30.0, 2 * (len(s.effective_sms_providers) * per_provider + 1.0))
+
+
+def _one_sms_provider(name: str, s: Settings, clock: Clock) -> Provider:
+    if name == "http":
+        return HttpSmsGatewayProvider(
+            s.sms_gateway_url, s.sms_gateway_key_id, s.sms_gateway_secret, clock
+        )
+    if name == "aliyun":
+        return AliyunSmsProvider(
+            AliyunSmsConfig(
+                access_key_id=s.aliyun_sms_access_key_id,
+                access_key_secret=s.aliyun_sms_access_key_secret,
+                templates=PlatformTemplates(
+                    s.aliyun_sms_sign_name,
+                    parse_purpose_map(s.aliyun_sms_templates),
+                    parse_purpose_map(s.aliyun_sms_sign_names),
+                ),
+                endpoint=s.aliyun_sms_endpoint,
+                region=s.aliyun_sms_region,
+                connect_timeout=s.sms_connect_timeout_seconds,
+                read_timeout=s.sms_read_timeout_seconds,
+            )
+        )
+    if name == "tencent":
+        return TencentSmsProvider(
+            TencentSmsConfig(
+                secret_id=s.tencent_sms_secret_id,
+                secret_key=s.tencent_sms_secret_key,
+                sdk_app_id=s.tencent_sms_sdk_app_id,
+                templates=PlatformTemplates(
+                    s.tencent_sms_sign_name,
+                    parse_purpose_map(s.tencent_sms_templates),
+                    parse_purpose_map(s.tencent_sms_sign_names),
+                ),
+                endpoint=s.tencent_sms_endpoint,
+                region=s.tencent_sms_region,
+                timeout=s.sms_connect_timeout_seconds + s.sms_read_timeout_seconds,
+            )
+        )
+    return JsonlFileProvider(s.data_dir / "outbox" / "sms.jsonl", clock)

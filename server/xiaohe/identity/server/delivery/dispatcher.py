@@ -33,6 +33,18 @@ What "never loses or duplicates a code message" means precisely:
   provider drops the duplicate, SMTP carries a stable `Message-ID`, the SMS
   gateway gets `Idempotency-Key` and must send at most once per key. So the
   user receives one message exactly when the provider honours the key.
+- Outcome unknown, without an idempotency key: the SMS platforms (Aliyun,
+  Tencent Cloud) have no such key. When a request went out and no answer came
+  back (a read timeout, a dropped connection, our `send_timeout`), the
+  provider raises `DeliveryOutcomeUnknown` and `unknown_outcome` decides:
+  `assume_sent` (the default) records the row as `sent` with the provider that
+  may have taken it, no provider message id and `last_error` "outcome unknown",
+  and never sends it again: a lost code costs the user one resend, a double
+  code costs money and looks like SMS bombing, and the platform's receipt
+  (matched by our message id, passed as `OutId` / `SessionContext`) tells
+  later whether it arrived. `retry` treats it like any retryable failure
+  (at-least-once, possibly two SMS). Idempotent providers always retry.
+  An unknown outcome never fails over to another provider (`failover.py`).
 
 Retries back off exponentially: `backoff_base * 2**(attempts-1)`, capped at
 `backoff_cap`, plus up to `jitter` of that as random jitter (injected), and
@@ -61,7 +73,15 @@ from xiaohe.identity.server.delivery.outbox import (
     Sealer,
     payload_aad,
 )
-from xiaohe.identity.server.delivery.providers import DeliveryError, OutgoingMessage, Provider
+from xiaohe.identity.server.delivery.providers import (
+    Accepted,
+    DeliveryError,
+    DeliveryOutcomeUnknown,
+    OutgoingMessage,
+    Provider,
+    is_idempotent,
+)
+from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, sms_template_params
 from xiaohe.identity.server.storage.database import Database, epoch, utc
 from xiaohe.identity.server.storage.schema import outbox
 
@@ -71,6 +91,13 @@ OUTCOME_SENT = "sent"
 OUTCOME_RETRY = "retry"
 OUTCOME_FAILED = "failed"
 OUTCOME_EXPIRED = "expired"
+OUTCOME_UNKNOWN = "unknown"
+"""Sent, outcome unknown, recorded as sent under the `assume_sent` policy."""
+
+UNKNOWN_ASSUME_SENT = "assume_sent"
+UNKNOWN_RETRY = "retry"
+UNKNOWN_OUTCOME_POLICIES: tuple[str, ...] = (UNKNOWN_ASSUME_SENT, UNKNOWN_RETRY)
+_OUTCOME_UNKNOWN_ERROR = "outcome unknown"
 
 _NO_PROVIDER = "none"
 _LAST_ERROR_MAX = 200
@@ -105,7 +132,10 @@ class Dispatcher:
         poll_interval: float = 1.0,
         batch_size: int = 50,
         concurrency: int = 8,
+        unknown_outcome: str = UNKNOWN_ASSUME_SENT,
     ) -> None:
+        if unknown_outcome not in UNKNOWN_OUTCOME_POLICIES:
+            raise ValueError(f"unknown_outcome is one of {UNKNOWN_OUTCOME_POLICIES}")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if lease_seconds <= 0 or backoff_base < 0 or concurrency < 1 or batch_size < 1:
@@ -123,6 +153,7 @@ class Dispatcher:
         """How long a claimed row is this dispatcher's (the outbox hands rows off with it)."""
         self._send_timeout = send_timeout if send_timeout is not None else lease_seconds / 2
         self._metrics = metrics
+        self._unknown_outcome = unknown_outcome
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._gate = asyncio.Semaphore(concurrency)
@@ -248,17 +279,52 @@ class Dispatcher:
             )
             return
         try:
-            await asyncio.wait_for(provider.send(message), timeout=self._send_timeout)
+            accepted = await asyncio.wait_for(provider.send(message), timeout=self._send_timeout)
+        except DeliveryOutcomeUnknown as exc:
+            unknown = exc
         except DeliveryError as exc:
-            retryable, reason = exc.retryable, exc.reason
-        except TimeoutError:
-            retryable, reason = True, "provider timeout"
-        except Exception as exc:
-            retryable, reason = True, f"provider error: {type(exc).__name__}"
-        else:
-            await self._finish(claimed, STATUS_SENT, provider_name, OUTCOME_SENT, None)
+            name = exc.provider or provider_name
+            await self._after_failure(claimed, name, exc.retryable, exc.reason)
             return
-        await self._after_failure(claimed, provider_name, retryable, reason)
+        except TimeoutError:
+            # Cut off by us mid-call: the request may be out.
+            unknown = DeliveryOutcomeUnknown(
+                "provider timeout", idempotent=is_idempotent(provider), provider=provider_name
+            )
+        except Exception as exc:
+            await self._after_failure(
+                claimed, provider_name, True, f"provider error: {type(exc).__name__}"
+            )
+            return
+        else:
+            taken = accepted if accepted is not None else Accepted(provider_name)
+            await self._finish(
+                claimed,
+                STATUS_SENT,
+                taken.provider,
+                OUTCOME_SENT,
+                None,
+                provider_message_id=taken.provider_message_id,
+            )
+            return
+        await self._after_unknown(claimed, unknown.provider or provider_name, unknown)
+
+    async def _after_unknown(
+        self, claimed: ClaimedMessage, provider_name: str, exc: DeliveryOutcomeUnknown
+    ) -> None:
+        """Apply the unknown-outcome policy (module docstring) to a request without an answer."""
+        if exc.idempotent or self._unknown_outcome == UNKNOWN_RETRY:
+            await self._after_failure(claimed, provider_name, True, exc.reason)
+            return
+        log.warning(
+            "delivery of %s via %s: outcome unknown (%s); recorded as sent, not resent",
+            claimed.message_id,
+            provider_name,
+            exc.reason,
+        )
+        await self._finish(
+            claimed, STATUS_SENT, provider_name, OUTCOME_UNKNOWN, _OUTCOME_UNKNOWN_ERROR
+        )
 
     def _open(self, claimed: ClaimedMessage) -> OutgoingMessage | None:
         if claimed.payload_enc is None:
@@ -267,6 +333,11 @@ class Dispatcher:
             payload = Payload.from_bytes(
                 self._sealer.open(claimed.payload_enc, payload_aad(claimed.message_id))
             )
+            params = (
+                sms_template_params(claimed.purpose, payload.text)
+                if claimed.channel == CHANNEL_SMS
+                else {}
+            )
             return OutgoingMessage(
                 message_id=claimed.message_id,
                 channel=claimed.channel,
@@ -274,6 +345,7 @@ class Dispatcher:
                 purpose=claimed.purpose,
                 text=payload.text,
                 subject=payload.subject,
+                template_params=params,
             )
         except Exception as exc:  # wrong key, tampered blob, malformed JSON
             log.error("outbox payload of %s unreadable: %s", claimed.message_id, type(exc).__name__)
@@ -316,16 +388,26 @@ class Dispatcher:
         provider_name: str,
         outcome: str,
         reason: str | None,
+        *,
+        provider_message_id: str | None = None,
     ) -> None:
-        """Record a final outcome and wipe the sealed payload."""
+        """Record a final outcome and wipe the sealed payload.
+
+        A sent row names the provider that took it and the id that provider
+        answered (NULL when it has none or the outcome is unknown); receipts
+        are matched on them.
+        """
         values: dict[str, Any] = {
             "status": status,
             "payload_enc": None,
             "lease_until": None,
-            "provider": provider_name,
+            "provider": provider_name[:32],
         }
         if status == STATUS_SENT:
             values["sent_at"] = utc(self._clock.now())
+            values["provider_message_id"] = (
+                provider_message_id[:64] if provider_message_id else None
+            )
         if reason is not None:
             values["last_error"] = reason[:_LAST_ERROR_MAX]
         await self._update(claimed, **values)
@@ -397,6 +479,10 @@ __all__ = [
     "OUTCOME_FAILED",
     "OUTCOME_RETRY",
     "OUTCOME_SENT",
+    "OUTCOME_UNKNOWN",
+    "UNKNOWN_ASSUME_SENT",
+    "UNKNOWN_OUTCOME_POLICIES",
+    "UNKNOWN_RETRY",
     "DeliveryMetrics",
     "Dispatcher",
 ]

@@ -1,160 +1,81 @@
-"""The SMS platforms' receipt pushes, parsed into `Receipt`s exactly as the platforms send them.
+"""What the template-based SMS platforms (Aliyun, Tencent Cloud) share: templates per purpose.
 
-Aliyun SMS (`SmsReport`, HTTP batch push) posts a JSON array of objects:
-
-    phone_number, send_time, report_time ("2017-01-01 00:00:00", Beijing time),
-    success (bool), err_code ("DELIVERED" or the carrier's code), err_msg,
-    sms_size, biz_id (SendSms' BizId), out_id (the OutId we passed)
-
-Tencent Cloud SMS (status callback) posts a JSON array (at most 100 objects):
-
-    user_receive_time ("2015-10-17 08:03:04", Beijing time), nationcode, mobile,
-    report_status ("SUCCESS" / "FAIL"), errmsg ("DELIVRD" or the carrier's code),
-    description, sid (SendSms' SerialNo), ext (the SessionContext we passed)
-
-Both platforms retry a push that is not acknowledged, so a malformed item is not an
-error here: it is left out and counted (`ParsedPush.malformed`), and the rest of the
-push is still recorded. The phone number in each item is never read: receipts match
-outbox rows by ids, and nothing personal reaches a `Receipt`, a log or a metric.
+Both platforms send only pre-registered templates under a registered
+signature (签名), so a provider needs, for every purpose it serves, a
+template id, and a sign name (one default, optionally one per purpose). Both
+are configured as compact `PURPOSE=VALUE,PURPOSE=VALUE` strings; a purpose
+without a template is not served by that provider, and the failover chain
+moves the message on to the next one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import urlsplit
 
-from xiaohe.identity.server.delivery.receipts import (
-    MAX_CODE_LENGTH,
-    MAX_ID_LENGTH,
-    STATE_DELIVERED,
-    STATE_EXPIRED,
-    STATE_FAILED,
-    Receipt,
-)
+from xiaohe.identity.server.delivery.providers import DeliveryError
+from xiaohe.identity.server.shared.network import check_secret_url
 
-PROVIDER_ALIYUN = "aliyun"
-PROVIDER_TENCENT = "tencent"
+_PURPOSE = re.compile(r"[A-Z][A-Z_]{0,31}")
+_VALUE = re.compile(r"[^,=\s][^,=]{0,63}")
 
-MAX_ITEMS = 1000
-"""Items read from one push; Tencent sends at most 100, Aliyun documents no bound."""
 
-CHINA_TIME = timezone(timedelta(hours=8), "Asia/Shanghai")
-"""Both platforms write local times without a zone: Beijing time (no daylight saving)."""
-
-_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-_EXPIRED_CODES = frozenset({"EXPIRED"})
+def parse_purpose_map(text: str) -> dict[str, str]:
+    """`"LOGIN=SMS_1,RESET_PASSWORD=SMS_2"` → a dict; ValueError naming the bad entry's position."""
+    result: dict[str, str] = {}
+    for index, item in enumerate(text.split(","), start=1):
+        if not item.strip():
+            continue
+        purpose, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not _PURPOSE.fullmatch(purpose) or not _VALUE.fullmatch(value):
+            raise ValueError(f"entry {index} is not PURPOSE=VALUE")
+        if purpose in result:
+            raise ValueError(f"entry {index} repeats {purpose}")
+        result[purpose] = value
+    return result
 
 
 @dataclass(frozen=True)
-class ParsedPush:
-    """The receipts read from one push, and how many items could not be read."""
+class PlatformTemplates:
+    """Sign name and template id for each purpose a platform serves."""
 
-    receipts: tuple[Receipt, ...]
-    malformed: int
+    sign_name: str
+    templates: Mapping[str, str]
+    sign_names: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "templates", MappingProxyType(dict(self.templates)))
+        object.__setattr__(self, "sign_names", MappingProxyType(dict(self.sign_names)))
 
-def parse_china_time(value: object) -> float | None:
-    """Epoch seconds of a platform time ("2017-01-01 00:00:00", Beijing); None if unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value.strip(), _TIME_FORMAT).replace(tzinfo=CHINA_TIME).timestamp()
-    except ValueError:
-        return None
-
-
-def _text(item: dict[str, Any], key: str) -> str | None:
-    """A string field, stripped; "" when absent or null; None when of another type."""
-    value = item.get(key)
-    if value is None:
-        return ""
-    return value.strip() if isinstance(value, str) else None
+    def for_purpose(self, provider: str, purpose: str) -> tuple[str, str]:
+        """(sign name, template id) for a purpose; DeliveryError (failover) if not served."""
+        template = self.templates.get(purpose)
+        sign = self.sign_names.get(purpose, self.sign_name)
+        if not template or not sign:
+            raise DeliveryError(False, f"{provider} has no template for {purpose}", failover=True)
+        return sign, template
 
 
-def _code(value: str) -> str:
-    return value[:MAX_CODE_LENGTH]
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a platform's API is: scheme and host[:port] (tests point it at a local server)."""
+
+    scheme: str
+    host: str
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """https://HOST[:PORT], or http:// to a loopback host only (SECURITY X2)."""
+        check = check_secret_url(url)
+        if check != "ok":
+            raise ValueError("an SMS platform endpoint must be https:// unless it is on loopback")
+        parts = urlsplit(url)
+        if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+            raise ValueError("an SMS platform endpoint is scheme://host[:port] only")
+        return cls(parts.scheme, parts.netloc)
 
 
-def _parse(doc: object, item_parser: Callable[[dict[str, Any]], Receipt | None]) -> ParsedPush:
-    """Apply `item_parser` to each object of a JSON array; anything else counts as malformed."""
-    if not isinstance(doc, list):
-        return ParsedPush((), 1)
-    receipts: list[Receipt] = []
-    malformed = max(0, len(doc) - MAX_ITEMS)
-    for item in doc[:MAX_ITEMS]:
-        receipt = item_parser(item) if isinstance(item, dict) else None
-        if receipt is None:
-            malformed += 1
-        else:
-            receipts.append(receipt)
-    return ParsedPush(tuple(receipts), malformed)
-
-
-def _aliyun_item(item: dict[str, Any]) -> Receipt | None:
-    success = item.get("success")
-    out_id, biz_id, err_code = (_text(item, k) for k in ("out_id", "biz_id", "err_code"))
-    if not isinstance(success, bool) or out_id is None or biz_id is None or err_code is None:
-        return None
-    if not (out_id or biz_id) or max(len(out_id), len(biz_id)) > MAX_ID_LENGTH:
-        return None
-    if success:
-        state = STATE_DELIVERED
-    else:
-        state = STATE_EXPIRED if err_code.upper() in _EXPIRED_CODES else STATE_FAILED
-    return Receipt(
-        state=state,
-        message_id=out_id,
-        provider=PROVIDER_ALIYUN,
-        provider_message_id=biz_id,
-        code=_code(err_code),
-        done_at=parse_china_time(item.get("report_time")),
-    )
-
-
-def parse_aliyun_sms_report(doc: object) -> ParsedPush:
-    """Receipts from the decoded JSON of an Aliyun `SmsReport` push."""
-    return _parse(doc, _aliyun_item)
-
-
-def _tencent_item(item: dict[str, Any]) -> Receipt | None:
-    status, sid, errmsg = (_text(item, k) for k in ("report_status", "sid", "errmsg"))
-    # `ext` echoes SendSms' SessionContext, a string; an object there carries no id of ours.
-    ext = item.get("ext")
-    message_id = ext.strip() if isinstance(ext, str) else ""
-    if status is None or sid is None or errmsg is None:
-        return None
-    if not (message_id or sid) or max(len(message_id), len(sid)) > MAX_ID_LENGTH:
-        return None
-    if status == "SUCCESS":
-        state = STATE_DELIVERED
-    elif status == "FAIL":
-        state = STATE_EXPIRED if errmsg.upper() in _EXPIRED_CODES else STATE_FAILED
-    else:
-        return None
-    return Receipt(
-        state=state,
-        message_id=message_id,
-        provider=PROVIDER_TENCENT,
-        provider_message_id=sid,
-        code=_code(errmsg),
-        done_at=parse_china_time(item.get("user_receive_time")),
-    )
-
-
-def parse_tencent_sms_status(doc: object) -> ParsedPush:
-    """Receipts from the decoded JSON of a Tencent Cloud SMS status callback."""
-    return _parse(doc, _tencent_item)
-
-
-__all__ = [
-    "CHINA_TIME",
-    "MAX_ITEMS",
-    "PROVIDER_ALIYUN",
-    "PROVIDER_TENCENT",
-    "ParsedPush",
-    "parse_aliyun_sms_report",
-    "parse_china_time",
-    "parse_tencent_sms_status",
-]
+__all__ = ["Endpoint", "PlatformTemplates", "parse_purpose_map"]

@@ -1,11 +1,18 @@
 """Providers: the last hop of a message, to a file (dev), an SMTP server or an SMS gateway.
 
 A provider gets one `OutgoingMessage` and either returns (the provider has
-accepted it) or raises `DeliveryError(retryable, reason)`. The dispatcher calls
+accepted it; an `Accepted` carries the provider's own message id, when it has
+one) or raises `DeliveryError(retryable, reason)`. The dispatcher calls these
 providers at least once per message and may call them again with the same
-`message_id` after a crash or a timeout, so every provider passes the
+`message_id` after a crash or a timeout, so every provider here passes the
 message id on as an idempotency key (file: dedupe, SMTP: `Message-ID`, HTTP:
-`Idempotency-Key`).
+`Idempotency-Key`) and says so with `idempotent = True`.
+
+Providers without an idempotency key (the SMS platforms in `aliyun.py` and
+`tencent.py`) set `idempotent = False`. For them, a failure after the request
+went out (a read timeout, a dropped connection) is `DeliveryOutcomeUnknown`:
+the platform may have sent the SMS, so the dispatcher applies its
+unknown-outcome policy instead of simply trying again (see `dispatcher.py`).
 
 The text holds a verification code and `to` a phone number or an email
 address: neither ever appears in an exception, a log line or a `repr`.
@@ -55,29 +62,93 @@ class OutgoingMessage:
     purpose: str
     text: str = field(repr=False)
     subject: str = field(default="", repr=False)
+    template_params: Mapping[str, str] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
+    """For template-based SMS platforms: the values of the text's variables (e.g. `code`).
+
+    Derived from the sealed text when the dispatcher opens the payload
+    (`templates.sms_template_params`), so it is as secret as the text."""
 
     def __post_init__(self) -> None:
         if not 0 < len(self.message_id) <= 64 or not set(self.message_id) <= _MESSAGE_ID_CHARS:
             raise ValueError("a message id is 1-64 characters of [A-Za-z0-9_-]")
 
 
-class DeliveryError(Exception):
-    """A provider did not accept a message; `retryable` says whether trying again may help."""
+@dataclass(frozen=True)
+class Accepted:
+    """A provider took the message: which provider (`name`) and the id it answered, if any.
 
-    def __init__(self, retryable: bool, reason: str) -> None:
+    The id (Aliyun `BizId`, Tencent `SerialNo`) is what delivery receipts name,
+    so the dispatcher stores both on the outbox row.
+    """
+
+    provider: str
+    provider_message_id: str | None = None
+
+
+class DeliveryError(Exception):
+    """A provider did not accept a message; `retryable` says whether trying again may help.
+
+    `failover` says whether another provider may take this message instead:
+    this one definitely did not send it and the cause lies with the provider
+    (5xx, throttling, no balance, a credential it refuses, no template for the
+    purpose), not with the message (an invalid number, a template the platform
+    rejects, the per-number limit). By default a retryable error allows
+    failover and a permanent one does not. `provider` names the provider that
+    answered (set by the failover chain; empty means the channel's provider).
+    """
+
+    def __init__(
+        self,
+        retryable: bool,
+        reason: str,
+        *,
+        failover: bool | None = None,
+        provider: str = "",
+    ) -> None:
         super().__init__(reason)
         self.retryable = retryable
         self.reason = reason
+        self.failover = retryable if failover is None else failover
+        self.provider = provider
+
+
+class DeliveryOutcomeUnknown(DeliveryError):
+    """The request reached (or may have reached) the provider, but no answer came back.
+
+    A timeout or a dropped connection after sending: the message may be on its
+    way. It never fails over (two providers could both send it). `idempotent`
+    says whether the provider dedupes a resend with the same message id; if it
+    does, the dispatcher retries as usual, otherwise it applies its
+    unknown-outcome policy.
+    """
+
+    def __init__(self, reason: str, *, idempotent: bool, provider: str = "") -> None:
+        super().__init__(True, reason, failover=False, provider=provider)
+        self.idempotent = idempotent
 
 
 class Provider(Protocol):
-    """Something that hands a message to the outside world."""
+    """Something that hands a message to the outside world.
+
+    Providers may also set `idempotent` (see `is_idempotent`); the ones here do.
+    """
 
     name: str
 
-    async def send(self, message: OutgoingMessage) -> None:
-        """Deliver the message or raise DeliveryError."""
+    async def send(self, message: OutgoingMessage) -> Accepted | None:
+        """Deliver the message or raise DeliveryError; None means accepted, without an id."""
         ...
+
+
+def is_idempotent(provider: object) -> bool:
+    """Whether a resend with the same message id is dropped by the provider (default: yes).
+
+    Providers that do not declare it are the in-process doubles and gateways of
+    before the SMS platforms, all of which dedupe by message id.
+    """
+    return bool(getattr(provider, "idempotent", True))
 
 
 # -- file (dev) ----------------------------------------------------------------------
@@ -101,6 +172,7 @@ class JsonlFileProvider:
     """
 
     name = "file"
+    idempotent = True
 
     def __init__(self, path: Path, clock: Clock, tail_bytes: int = 256 * 1024) -> None:
         self._path = path
@@ -109,12 +181,13 @@ class JsonlFileProvider:
         self._written: set[str] = set()
         self._written_order: deque[str] = deque()
 
-    async def send(self, message: OutgoingMessage) -> None:
+    async def send(self, message: OutgoingMessage) -> Accepted:
         """Append the message as one JSON line unless its id is already in the file."""
         try:
             await asyncio.to_thread(self._append, message)
         except OSError as exc:
             raise DeliveryError(True, f"file error: {type(exc).__name__}") from None
+        return Accepted(self.name)
 
     def _append(self, message: OutgoingMessage) -> None:
         if message.message_id in self._written:
@@ -206,6 +279,7 @@ class SmtpProvider:
     """
 
     name = "smtp"
+    idempotent = True
 
     def __init__(
         self,
@@ -244,13 +318,14 @@ class SmtpProvider:
         mail.set_content(message.text, charset="utf-8")
         return mail
 
-    async def send(self, message: OutgoingMessage) -> None:
-        """Send the email or raise DeliveryError."""
+    async def send(self, message: OutgoingMessage) -> Accepted:
+        """Send the email or raise DeliveryError; the provider id is the Message-ID."""
         try:
             mail = self.build(message)
         except (ValueError, TypeError):  # e.g. a line break in a header: never valid
             raise DeliveryError(False, "smtp invalid message") from None
         await asyncio.to_thread(self._send_sync, mail)
+        return Accepted(self.name, self.message_id_header(message.message_id)[:64])
 
     def _send_sync(self, mail: EmailMessage) -> None:
         try:
@@ -353,6 +428,7 @@ class HttpSmsGatewayProvider:
     """
 
     name = "http"
+    idempotent = True
 
     def __init__(
         self,
@@ -404,10 +480,11 @@ class HttpSmsGatewayProvider:
         # The scheme is checked in __init__ (http/https only).
         return urllib.request.Request(self._url, data=body, headers=headers, method="POST")  # noqa: S310
 
-    async def send(self, message: OutgoingMessage) -> None:
+    async def send(self, message: OutgoingMessage) -> Accepted:
         """Post the message or raise DeliveryError."""
         request = self.build_request(message)
         await asyncio.to_thread(self._post, request)
+        return Accepted(self.name)
 
     def _post(self, request: urllib.request.Request) -> None:
         try:
@@ -417,10 +494,17 @@ class HttpSmsGatewayProvider:
         except urllib.error.HTTPError as exc:
             status = exc.code
             exc.close()
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        except urllib.error.URLError as exc:
+            # urllib wraps what fails while connecting or writing the request: not sent.
+            cause = exc.reason
             kind = type(cause).__name__ if isinstance(cause, BaseException) else type(exc).__name__
             raise DeliveryError(True, f"gateway connection error: {kind}") from None
+        except (http.client.HTTPException, OSError) as exc:
+            # Failed while waiting for the answer: the gateway may have sent it. It dedupes
+            # by Idempotency-Key, so the dispatcher may try again, but never another provider.
+            raise DeliveryOutcomeUnknown(
+                f"gateway connection error: {type(exc).__name__}", idempotent=True
+            ) from None
         if 200 <= status <= 299:
             return
         retryable = status in (408, 429) or 500 <= status <= 599
@@ -428,12 +512,15 @@ class HttpSmsGatewayProvider:
 
 
 __all__ = [
+    "Accepted",
     "DeliveryError",
+    "DeliveryOutcomeUnknown",
     "HttpSmsGatewayProvider",
     "JsonlFileProvider",
     "OutgoingMessage",
     "Provider",
     "SmtpProvider",
     "gateway_signature",
+    "is_idempotent",
     "verify_gateway_signature",
 ]

@@ -9,6 +9,7 @@ user input, and the message never contains the code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -168,6 +169,23 @@ def render_code_message(channel: str, purpose: str, code: str, ttl_seconds: int)
     raise ValueError(f"unknown channel {channel!r}")
 
 
+_SMS_CODE = re.compile(r"，验证码：([A-Za-z0-9]+)，(\d+)分钟内有效。")
+
+
+def sms_template_params(purpose: str, text: str) -> dict[str, str]:
+    """The variables of an SMS for template-based platforms: `{"code": ...}` for a code message.
+
+    Aliyun and Tencent Cloud send only registered templates, filled with
+    variables; our outbox holds the rendered text. The text is rendered by
+    `render_code_message` above, so reading the code back out of it is exact
+    (a test renders and reads back every purpose). Messages without a code
+    (security notices, or a text not rendered here) have no variables: a
+    platform template for them is fixed text.
+    """
+    match = _SMS_CODE.search(text) if purpose in _PURPOSES else None
+    return {"code": match.group(1)} if match is not None else {}
+
+
 def render_code_email_subject(purpose: str) -> str:
     """The subject line of a verification-code email (it never contains the code)."""
     return f"{SIGNATURE}{_purpose(purpose).subject}"
@@ -221,5 +239,6 @@ __all__ = [
     "render_code_message",
     "render_notice",
     "render_notice_email_subject",
+    "sms_template_params",
     "ttl_minutes",
 ]

@@ -204,6 +204,20 @@ class Metrics:
             ["method"],
             registry=registry,
         )
+        # -- SMS providers: failover and circuit breakers (issue 10 §3) --
+        self._provider_attempts = Counter(
+            "xiaohe_provider_attempts",
+            "Calls to a provider in a failover chain, by provider and outcome "
+            "(accepted, failed, rejected, unknown, skipped, unsupported).",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self._breaker_transitions = Counter(
+            "xiaohe_provider_breaker_transitions",
+            "Circuit-breaker state changes, by provider and new state (closed, open, half_open).",
+            ["provider", "state"],
+            registry=registry,
+        )
 
     @classmethod
     def in_memory(cls) -> Metrics:
@@ -277,6 +291,17 @@ class Metrics:
         ).inc()
 
     # -- end delivery receipts --
+    def provider_attempt(self, provider: str, outcome: str) -> None:
+        """Count one call (or skip) of a provider in a failover chain."""
+        self._provider_attempts.labels(
+            provider=bounded_label(provider), outcome=bounded_label(outcome)
+        ).inc()
+
+    def breaker_state(self, provider: str, state: str) -> None:
+        """Count one circuit-breaker transition of a provider (per process)."""
+        self._breaker_transitions.labels(
+            provider=bounded_label(provider), state=bounded_label(state)
+        ).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (this process's values only)."""

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from xiaohe.identity.server.delivery.platforms import (
+from xiaohe.identity.server.delivery.receipt_formats import (
     PROVIDER_ALIYUN,
     PROVIDER_TENCENT,
     ParsedPush,
