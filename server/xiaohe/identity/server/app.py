@@ -118,7 +118,8 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         RecoveryServicer(container.recovery), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(container.clients, container.audit), server
+        AdminServicer(container.clients, container.audit, prefix_watch=container.prefix_watch),
+        server,
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

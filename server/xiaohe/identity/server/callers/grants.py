@@ -41,6 +41,9 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.AdminService/RevokeClient": "admin",
     "/xiaohe.identity.v1.AdminService/SetClientGrants": "admin",
     "/xiaohe.identity.v1.AdminService/VerifyAuditChain": "admin",
+    # SMS-pumping defence: operators list and lift prefix blocks.
+    "/xiaohe.identity.v1.AdminService/ListPrefixBlocks": "admin",
+    "/xiaohe.identity.v1.AdminService/LiftPrefixBlock": "admin",
 }
 
 # Methods any caller may use without credentials.

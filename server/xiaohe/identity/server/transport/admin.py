@@ -1,4 +1,4 @@
-"""AdminService servicer: API clients and the audit chain."""
+"""AdminService servicer: API clients, the audit chain and SMS-pumping prefix blocks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
+from xiaohe.identity.server.errors import Unimplemented
+from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
+from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
@@ -28,12 +31,31 @@ def client_to_proto(client: Client) -> admin_pb2.Client:
     )
 
 
+def prefix_block_to_proto(block: PrefixBlock) -> admin_pb2.PrefixBlock:
+    """The proto view of a prefix block (a prefix names 10,000 numbers, never one)."""
+    return admin_pb2.PrefixBlock(
+        prefix=block.prefix,
+        reason=block.reason,
+        blocked_at=timestamp(block.blocked_at),
+        until=timestamp(block.until),
+        sent=block.sent,
+        verified=block.verified,
+    )
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operator API."""
 
-    def __init__(self, registry: ClientRegistry, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        audit: AuditLog,
+        *,
+        prefix_watch: PrefixWatch | None = None,
+    ) -> None:
         self._registry = registry
         self._audit = audit
+        self._prefix_watch = prefix_watch
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Audit an operator action that has already taken effect; a failure is logged only,
@@ -85,3 +107,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             first_bad_checkpoint_seq=report.first_bad_checkpoint_seq,
             legacy_records=report.legacy_records,
         )
+
+    # --- SMS-pumping prefix blocks -------------------------------------------------
+
+    def _watch(self) -> PrefixWatch:
+        if self._prefix_watch is None:
+            raise Unimplemented("prefix blocks are not served here")
+        return self._prefix_watch
+
+    async def ListPrefixBlocks(
+        self, request: admin_pb2.ListPrefixBlocksRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListPrefixBlocksResponse:
+        blocks = await self._watch().list_blocks()
+        return admin_pb2.ListPrefixBlocksResponse(blocks=[prefix_block_to_proto(b) for b in blocks])
+
+    async def LiftPrefixBlock(
+        self, request: admin_pb2.LiftPrefixBlockRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.LiftPrefixBlockResponse:
+        watch = self._watch()
+        lifted = await watch.lift(request.prefix)
+        await self._record("pumping.lift", request.prefix.strip(), "ok" if lifted else "none")
+        return admin_pb2.LiftPrefixBlockResponse(lifted=lifted)
