@@ -709,7 +709,7 @@ class IdentityClient:
         *,
         end_user: EndUser | None = None,
     ) -> admin_pb2.LiftPrefixBlockResponse:
-        """Lift the block on `prefix` (e.g. "86-1700123") now; `lifted`: whether one was in force."""
+        """Lift the block on `prefix` (e.g. "86-1700123") now; `lifted`: whether one was on."""
         stubs = self._ensure_stubs()
         return await self._unary(
             stubs.admin.LiftPrefixBlock,
