@@ -140,7 +140,12 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         RecoveryServicer(container.recovery), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(container.clients, container.audit, deliveries=container.delivery_log),
+        AdminServicer(
+            container.clients,
+            container.audit,
+            deliveries=container.delivery_log,
+            prefix_watch=container.prefix_watch,
+        ),
         server,
     )
     carriers_pb2_grpc.add_CarrierHookServiceServicer_to_server(

@@ -16,6 +16,7 @@ from typing import Any
 
 from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
+from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
 from xiaohe.identity.server.config import Settings, SettingsError, load_settings
@@ -25,8 +26,12 @@ from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.errors import IdentityError, InvalidArgument
 from xiaohe.identity.server.observability.logging import configure_logging
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
 from xiaohe.identity.server.storage.database import Database
+from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
+
+log = logging.getLogger("xiaohe.identity.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file", help="the policy text (UTF-8 Markdown)")
 
     _add_delivery_commands(sub)
+    pumping = sub.add_parser("pumping", help="SMS-pumping prefix blocks").add_subparsers(
+        dest="action", required=True
+    )
+    pumping.add_parser("list", help="number prefixes throttled now")
+    lift = pumping.add_parser("lift", help="lift the block on PREFIX and forget its counts")
+    lift.add_argument("prefix", help="country code and 7 digits, e.g. 86-1700123")
 
     keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
     keys.add_parser("init", help="create the key ring file (for an external database)")
@@ -226,6 +237,41 @@ async def _policy_publish(text: str, settings: Settings) -> int:
     return await _with_database(settings, work)
 
 
+# --- SMS-pumping prefix blocks -------------------------------------------------------
+
+
+def _block_json(block: PrefixBlock) -> dict[str, Any]:
+    return {
+        "prefix": block.prefix,
+        "reason": block.reason,
+        "blocked_at": datetime.fromtimestamp(block.blocked_at, UTC).isoformat(),
+        "until": datetime.fromtimestamp(block.until, UTC).isoformat(),
+        "sent": block.sent,
+        "verified": block.verified,
+        "failed": block.failed,
+    }
+
+
+async def _pumping(args: argparse.Namespace, settings: Settings) -> int:
+    """List or lift prefix blocks in the server's Redis (the embedded one must be running)."""
+    redis_url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
+    container = Container(settings, redis_url=redis_url)
+    try:
+        watch = container.prefix_watch
+        if args.action == "list":
+            _print([_block_json(b) for b in await watch.list_blocks()])
+            return 0
+        lifted = await watch.lift(args.prefix)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await upgrade_async(settings.effective_database_url)
+        outcome = "ok" if lifted else "none"
+        await record_quietly(container.audit, "pumping.lift", args.prefix.strip(), outcome, log)
+        _print({"prefix": args.prefix.strip(), "lifted": lifted})
+        return 0
+    finally:
+        await container.close()
+
+
 async def _rewrap(settings: Settings) -> int:
     """Re-wrap every account's data key under the active master key; data stays as it is."""
     await upgrade_async(settings.effective_database_url)
@@ -277,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"xiaohe-identity: cannot read {args.file}: {exc}", file=sys.stderr)
                 return 1
             return asyncio.run(_policy_publish(text, settings))
+        if args.command == "pumping":
+            return asyncio.run(_pumping(args, settings))
         if args.command == "keys":
             if args.action == "init":
                 created = KeyRing.create(settings.effective_keyring_file, SystemClock())

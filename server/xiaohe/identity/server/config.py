@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
 """Upper bound of `token_leeway_seconds`; revocations are kept past it (sessions/revocations.py)."""
 
 HIDDEN: Final = "<hidden>"
+
+_RANGE_PATTERN: Final = re.compile(r"[1-9][0-9]{0,2}(?:-[0-9]{1,10})?")
+"""A number range setting: a country code, then optionally a hyphen and leading digits."""
 
 
 class SettingsError(Exception):
@@ -94,6 +98,20 @@ class Settings:
     recovery_per_phone_day: int = 5
     recovery_per_ip_hour: int = 20
     recovery_per_client_minute: int = 600
+
+    # SMS-pumping defence (SECURITY X3; docs/operator-guide.d/pumping.md). Ranges are a
+    # country code, a hyphen and leading national digits (86-170), or a country code alone.
+    pumping_denied_ranges: tuple[str, ...] = ()
+    pumping_budgeted_ranges: tuple[str, ...] = ("86-162", "86-165", "86-167", "86-170", "86-171")
+    pumping_range_per_hour: int = 60
+    pumping_range_per_day: int = 300
+    pumping_prefix_per_hour: int = 60
+    pumping_prefix_per_day: int = 300
+    pumping_window_seconds: int = 3600
+    pumping_min_sent: int = 20
+    pumping_min_ratio: float = 0.2
+    pumping_block_seconds: int = 43200
+    pumping_failed_receipt_weight: int = 1
 
     # Delivery.
     sms_provider: str = "file"
@@ -325,6 +343,7 @@ def _validate(s: Settings) -> None:
         )
     _validate_transport_security(s)
     _validate_callbacks(s)
+    _validate_pumping(s)
 
 
 # -- HTTP callback listener (issue 10) --
@@ -373,6 +392,40 @@ def _check_host_port(name: str, value: str) -> None:
 
 
 # -- end callback listener --
+
+
+def _validate_pumping(s: Settings) -> None:
+    """Number ranges parse, budgets are not negative, the watch's thresholds make sense."""
+    for name in ("pumping_denied_ranges", "pumping_budgeted_ranges"):
+        for pattern in getattr(s, name):
+            if not _RANGE_PATTERN.fullmatch(pattern):
+                raise SettingsError(
+                    f"{ENV_PREFIX}{name.upper()}: {pattern!r} is not a number range; write a "
+                    "country code, a hyphen and leading digits, e.g. 86-170"
+                )
+    both = set(s.pumping_denied_ranges) & set(s.pumping_budgeted_ranges)
+    if both:
+        raise SettingsError(
+            f"{ENV_PREFIX}PUMPING_DENIED_RANGES: {sorted(both)[0]} is also a budgeted range"
+        )
+    for name in (
+        "pumping_range_per_hour",
+        "pumping_range_per_day",
+        "pumping_prefix_per_hour",
+        "pumping_prefix_per_day",
+    ):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: must not be negative")
+    if not 60 <= s.pumping_window_seconds <= 86400:
+        raise SettingsError(f"{ENV_PREFIX}PUMPING_WINDOW_SECONDS: between 60 and 86400")
+    if s.pumping_min_sent < 1:
+        raise SettingsError(f"{ENV_PREFIX}PUMPING_MIN_SENT: must be at least 1")
+    if not 0.0 <= s.pumping_min_ratio <= 1.0:
+        raise SettingsError(f"{ENV_PREFIX}PUMPING_MIN_RATIO: between 0 and 1")
+    if not 60 <= s.pumping_block_seconds <= 30 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}PUMPING_BLOCK_SECONDS: between 60 and 2592000")
+    if not 0 <= s.pumping_failed_receipt_weight <= 100:
+        raise SettingsError(f"{ENV_PREFIX}PUMPING_FAILED_RECEIPT_WEIGHT: between 0 and 100")
 
 
 def _validate_transport_security(s: Settings) -> None:

@@ -60,6 +60,9 @@ from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
+from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
+from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, parse_ranges
+from xiaohe.identity.server.ratelimit.pumping import BlockReporter
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
@@ -183,8 +186,8 @@ class Container:
 
     @cached_property
     def failed_receipts(self) -> FailedReceiptHook | None:
-        """Told of failed or expired SMS receipts (the SMS-pumping watch); none yet."""
-        return None
+        """Told of failed or expired SMS receipts: the SMS-pumping watch counts them."""
+        return self.prefix_watch
 
     @cached_property
     def receipts(self) -> DeliveryReceipts:
@@ -223,7 +226,34 @@ class Container:
             recipient_filter=RegisteredRecipients(self.accounts),
             metrics=self.metrics,
             audit=self.audit,
+            pumping=self.pumping_policy,
+            block_events=self.block_reporter,
         )
+
+    # --- SMS-pumping defence (SECURITY X3) ---------------------------------------
+
+    @cached_property
+    def pumping_policy(self) -> PumpingPolicy:
+        """Denied and budgeted ranges, prefix budgets and the conversion watch, from settings."""
+        return pumping_policy(self.settings)
+
+    @cached_property
+    def block_reporter(self) -> BlockReporter:
+        """Logs and counts prefixes throttled by the conversion watch."""
+        return BlockReporter(self.metrics)
+
+    @cached_property
+    def prefix_watch(self) -> PrefixWatch:
+        """Failed receipts into the conversion watch (`on_failed`); list and lift prefix blocks."""
+        return PrefixWatch(
+            self.redis,
+            self.clock,
+            self.pumping_policy,
+            reporter=self.block_reporter,
+            metrics=self.metrics,
+        )
+
+    # ------------------------------------------------------------------------------
 
     @cached_property
     def tickets(self) -> TicketService:
@@ -550,6 +580,23 @@ def code_policy(settings: Settings) -> CodePolicy:
         verify_per_ip_hour=settings.code_verify_per_ip_hour,
         verify_per_client_minute=settings.code_verify_per_client_minute,
         allowed_country_codes=tuple(settings.allowed_country_codes),
+    )
+
+
+def pumping_policy(settings: Settings) -> PumpingPolicy:
+    """The SMS-pumping defence from the `pumping_*` settings (validated by `load_settings`)."""
+    return PumpingPolicy(
+        denied=parse_ranges(settings.pumping_denied_ranges),
+        budgeted=parse_ranges(settings.pumping_budgeted_ranges),
+        range_per_hour=settings.pumping_range_per_hour,
+        range_per_day=settings.pumping_range_per_day,
+        prefix_per_hour=settings.pumping_prefix_per_hour,
+        prefix_per_day=settings.pumping_prefix_per_day,
+        watch_window=settings.pumping_window_seconds,
+        watch_min_sent=settings.pumping_min_sent,
+        watch_min_ratio=settings.pumping_min_ratio,
+        block_seconds=settings.pumping_block_seconds,
+        failed_receipt_weight=settings.pumping_failed_receipt_weight,
     )
 
 

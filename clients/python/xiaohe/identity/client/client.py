@@ -734,3 +734,30 @@ class IdentityClient:
         request.recycled_at.FromNanoseconds(int(recycled_at * 1e9))
         stubs = self._ensure_stubs()
         return await self._unary(stubs.carriers.ReportRecycledNumber, request, end_user=end_user)
+
+    # AdminService: SMS-pumping prefix blocks
+
+    async def list_prefix_blocks(
+        self, *, end_user: EndUser | None = None
+    ) -> admin_pb2.ListPrefixBlocksResponse:
+        """The number prefixes (号段) the SMS-pumping watch is throttling now."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.ListPrefixBlocks,
+            admin_pb2.ListPrefixBlocksRequest(),
+            end_user=end_user,
+        )
+
+    async def lift_prefix_block(
+        self,
+        prefix: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> admin_pb2.LiftPrefixBlockResponse:
+        """Lift the block on `prefix` (e.g. "86-1700123") now; `lifted`: whether one was on."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.LiftPrefixBlock,
+            admin_pb2.LiftPrefixBlockRequest(prefix=prefix),
+            end_user=end_user,
+        )

@@ -46,6 +46,9 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.CarrierHookService/ReportDelivery": "carrier-hooks",
     "/xiaohe.identity.v1.CarrierHookService/ReportRecycledNumber": "carrier-hooks",
     # -- end delivery receipts --
+    # SMS-pumping defence: operators list and lift prefix blocks.
+    "/xiaohe.identity.v1.AdminService/ListPrefixBlocks": "admin",
+    "/xiaohe.identity.v1.AdminService/LiftPrefixBlock": "admin",
 }
 
 # Methods any caller may use without credentials.

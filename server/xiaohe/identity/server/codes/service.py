@@ -41,6 +41,15 @@ Why it is built this way (SECURITY.md C1–C7, B2, B4, B5, F1, I1):
   key derived from the ticket's random part, which only the ticket holder has;
   Redis holds just the SHA-256 of the ticket (I1, see `tickets.seal_destination`).
 - Redis unreachable → `Unavailable`: nothing is sent and nothing is accepted.
+- SMS pumping (X3): an SMS destination in a denied range is refused, and its
+  number prefix's budget, its budgeted ranges' budgets and the prefix's
+  conversion watch are checked in the same script as the destination's windows
+  (`ratelimit/pumping.py`); a successful verification counts for the prefix in
+  the verify script. Every such refusal is a `RateLimited` with the
+  destination's own policy name (`code.issue.destination`) and a retry-after,
+  indistinguishable from an ordinary limit; only metrics name the real cause.
+  It comes before the recipient filter, so unregistered numbers are counted
+  and refused exactly like registered ones (B4).
 
 Audit: `code.issue` ok, `code.verify` ok / invalid (a wrong guess at a live code,
 bounded by the failure budget), `ticket.consume` ok / invalid. Refusals by a rate
@@ -94,6 +103,14 @@ from xiaohe.identity.server.ratelimit.limiter import (
     SlidingWindowLimiter,
     Window,
 )
+from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy
+from xiaohe.identity.server.ratelimit.pumping import (
+    DENIED_RETRY_SECONDS,
+    RANGE_DENIED_POLICY,
+    PrefixBlock,
+    PrefixCheck,
+    PumpingLimited,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +151,14 @@ class CodeMetrics(Protocol):
         ...
 
 
+class BlockEvents(Protocol):
+    """Told when an issue tripped the conversion watch (`ratelimit.pumping.BlockReporter`)."""
+
+    def prefix_blocked(self, block: PrefixBlock) -> None:
+        """A prefix was just throttled."""
+        ...
+
+
 RecipientFilter = Callable[[Channel, str, Purpose], Awaitable[bool]]
 """Whether to actually send a code to (channel, normalised destination, purpose)."""
 
@@ -160,8 +185,14 @@ class CodeService:
         audit: AuditSink | None = None,
         store: CodeStore | None = None,
         limiter: RateLimiter | None = None,
+        pumping: PumpingPolicy | None = None,
+        block_events: BlockEvents | None = None,
     ) -> None:
-        """Wire the service; `store` and `limiter` default to Redis implementations on `redis`."""
+        """Wire the service; `store` and `limiter` default to Redis implementations on `redis`.
+
+        Without `pumping` no prefix or range limit applies (tests of other
+        limits); the container always passes the configured policy.
+        """
         if store is None or limiter is None:
             if redis is None:
                 raise ValueError("pass redis, or both store and limiter")
@@ -180,6 +211,8 @@ class CodeService:
         self._recipient_filter = recipient_filter
         self._metrics = metrics
         self._audit = audit
+        self._pumping = pumping
+        self._block_events = block_events
 
     def __repr__(self) -> str:
         return f"CodeService(policy={self._policy!r})"
@@ -188,6 +221,13 @@ class CodeService:
     def policy(self) -> CodePolicy:
         """The limits and lifetimes in force."""
         return self._policy
+
+    def _prefix_check(self, channel: Channel, destination: str) -> PrefixCheck | None:
+        """The SMS-pumping scope of a normalised destination (None for email or no policy)."""
+        if self._pumping is None or channel is not Channel.SMS:
+            return None
+        scope = self._pumping.scope(destination)
+        return None if scope is None else PrefixCheck(scope, self._pumping)
 
     def _new_id(self) -> str:
         return base64.urlsafe_b64encode(self._token_bytes(16)).rstrip(b"=").decode("ascii")
@@ -222,6 +262,7 @@ class CodeService:
         now = self._clock.now()
         now_ms = int(now * 1000)
         tag = self._digests.destination_tag(channel, destination)
+        prefix = self._prefix_check(channel, destination)
         reservations: list[Reservation] = []
         try:
             reservations = await self._callers.charge(
@@ -231,6 +272,9 @@ class CodeService:
                 end_user_ip=end_user_ip,
                 now=now,
             )
+            if prefix is not None and prefix.scope.denied:
+                # After the caller windows, so it is refunded and timed like any refusal.
+                raise PumpingLimited(ISSUE_POLICY, RANGE_DENIED_POLICY, DENIED_RETRY_SECONDS)
             if channel is Channel.EMAIL:
                 reservations.append(await self._charge_mailbox(destination, now))
             code = self._new_code()
@@ -247,11 +291,11 @@ class CodeService:
                 cooldown_ms=policy.cooldown * 1000,
                 per_hour=policy.per_destination_hour,
                 per_day=policy.per_destination_day,
+                prefix=prefix,
             )
         except RateLimited as exc:
             await self._callers.release(reservations)
-            if self._metrics is not None:
-                self._metrics.limit_rejected(exc.policy)
+            self._refused(exc)
             raise
         except Exception:
             await self._callers.release(reservations)
@@ -269,12 +313,12 @@ class CodeService:
                 await self._queue.withhold(channel.value, purpose.value)
         except Unavailable:
             # Nothing was queued: forget the code and refund every window.
-            await self._cancel(tag, purpose, code_id, refund=True)
+            await self._cancel(tag, purpose, code_id, refund=True, prefix=prefix)
             await self._callers.release(reservations)
             raise
         except Exception:
             # Unknown whether anything went out: kill the code but keep the charges.
-            await self._cancel(tag, purpose, code_id, refund=False)
+            await self._cancel(tag, purpose, code_id, refund=False, prefix=prefix)
             raise
 
         if self._metrics is not None:
@@ -350,6 +394,7 @@ class CodeService:
                 max_attempts=policy.max_attempts,
                 failure_limit=policy.failures_per_destination_hour,
                 failure_member=self._new_id(),
+                prefix=self._prefix_check(channel, destination),
             )
         except Exception:
             await self._callers.release(reservations)
@@ -382,9 +427,29 @@ class CodeService:
         tag = self._digests.destination_tag(Channel.EMAIL, mailbox(address))
         return await self._limiter.acquire_windows(ISSUE_POLICY, mailbox_key(tag), windows, now)
 
-    async def _cancel(self, tag: str, purpose: Purpose, code_id: str, *, refund: bool) -> None:
+    def _refused(self, exc: RateLimited) -> None:
+        """Count a refusal under its real cause, and report a block this request tripped."""
+        if isinstance(exc, PumpingLimited):
+            if exc.new_block is not None and self._block_events is not None:
+                self._block_events.prefix_blocked(exc.new_block)
+            if self._metrics is not None:
+                self._metrics.limit_rejected(exc.cause)
+        elif self._metrics is not None:
+            self._metrics.limit_rejected(exc.policy)
+
+    async def _cancel(
+        self,
+        tag: str,
+        purpose: Purpose,
+        code_id: str,
+        *,
+        refund: bool,
+        prefix: PrefixCheck | None,
+    ) -> None:
         try:
-            await self._store.cancel_issue(tag, purpose.value, code_id, refund=refund)
+            await self._store.cancel_issue(
+                tag, purpose.value, code_id, refund=refund, prefix=prefix
+            )
         except Exception:  # best effort: the code expires by itself
             logger.warning("could not delete an undelivered code")
 
@@ -395,6 +460,7 @@ class CodeService:
 __all__ = [
     "VERIFY_CLIENT_POLICY",
     "VERIFY_IP_POLICY",
+    "BlockEvents",
     "CodeMetrics",
     "CodeService",
     "ComposeMessage",

@@ -23,6 +23,12 @@ are integer milliseconds from the caller's clock; logical expiry is checked
 against it, and `PEXPIRE` only collects garbage (see
 `ratelimit.scripts.GC_GRACE_MS`).
 
+An SMS destination's issue and verify scripts also carry its number prefix's
+keys (`ratelimit/pumping.py`): the prefix and range budgets and the conversion
+watch are checked and recorded in the same script as the destination's own
+windows, so they add no round trip, and a refund takes the issue back out of
+every window it was recorded in.
+
 The failure window counts only wrong guesses compared against a live code. A
 verification that finds no live code (never issued, expired, replaced, used,
 used up) spends nothing: anyone may send those without access to the phone, so
@@ -38,6 +44,18 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from xiaohe.identity.server.errors import RateLimited
+from xiaohe.identity.server.ratelimit.pumping import (
+    PREFIX_BLOCKED_POLICY,
+    PREFIX_BUDGET_POLICY,
+    PUMPING_LUA,
+    RANGE_BUDGET_POLICY,
+    REASON_CONVERSION,
+    PrefixCheck,
+    PumpingLimited,
+    block_from_counts,
+    prefix_key,
+    watch_args,
+)
 from xiaohe.identity.server.ratelimit.scripts import (
     CONSTANT_TIME_EQUAL_LUA,
     GC_GRACE_MS,
@@ -75,16 +93,20 @@ def ticket_key(tag: str, ticket_hash: str) -> str:
     return f"xh:ticket:{{d:{tag}}}:{ticket_hash}"
 
 
-# KEYS: issue window set, code hash.
-# ARGV: now, cooldown, hour limit, day limit, grace, mac, code id, exp.
-# Returns {1} or {0, retry_ms}.
+# KEYS: issue window set, code hash, then (SMS) the pumping keys of `PrefixCheck.keys`.
+# ARGV: now, cooldown, hour limit, day limit, grace, mac, code id, exp, then (SMS)
+#       the 10 `pumping.watch_args`.
+# Returns {1}, {0, retry_ms} (the destination's windows) or {0, retry_ms, cause, ...}
+# (a pumping refusal, see `pp_issue_check`).
 _ISSUE_LUA = (
     SLIDING_WINDOW_LUA
+    + PUMPING_LUA
     + r"""
 local issues, code = KEYS[1], KEYS[2]
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
 local grace = tonumber(ARGV[5])
+local pumping = #KEYS > 2
 sw_trim(issues, now, 86400000)
 local last = redis.call('ZREVRANGE', issues, 0, 0, 'WITHSCORES')
 if last[2] ~= nil then
@@ -101,6 +123,13 @@ end
 if retry > 0 then
   return {0, retry}
 end
+if pumping then
+  local refused = pp_issue_check(3, 9, now, grace)
+  if refused then
+    return refused
+  end
+  pp_issue_record(3, 9, now, ARGV[7], grace)
+end
 sw_record(issues, now, ARGV[7], 86400000, grace)
 redis.call('DEL', code)
 redis.call('HSET', code, 'mac', ARGV[6], 'tries', 0, 'exp', ARGV[8], 'id', ARGV[7], 'iat', ARGV[1])
@@ -109,22 +138,28 @@ return {1}
 """
 )
 
-# KEYS: issue window set, code hash. ARGV: code id, refund ('1' or '0').
+# KEYS: issue window set, code hash, then (SMS) the prefix and range windows.
+# ARGV: code id, refund ('1' or '0').
 # Undoes one issue whose message did not go out: the code if it is still the
-# current one, and (when refunding) its entry in the issue windows.
+# current one, and (when refunding) its entry in every window it was recorded in.
 _CANCEL_LUA = r"""
 if redis.call('HGET', KEYS[2], 'id') == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 if ARGV[2] == '1' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  for i = 1, #KEYS do
+    if i ~= 2 then
+      redis.call('ZREM', KEYS[i], ARGV[1])
+    end
+  end
 end
 return 1
 """
 
-# KEYS: code hash, failure window set, ticket hash.
+# KEYS: code hash, failure window set, ticket hash, then (SMS) the prefix's verified set.
 # ARGV: now, mac, max attempts, failure limit, failure window, failure member, grace,
-#       ticket exp, channel, purpose, sealed destination, ticket grace.
+#       ticket exp, channel, purpose, sealed destination, ticket grace, then (SMS)
+#       the conversion watch's window.
 # Returns {0} ok (ticket stored), {1, retry_ms} failure budget spent,
 #         {2} no live code, {3} attempts used up, {4} wrong code.
 # Only {4}, a guess compared against a live code, is recorded in the failure
@@ -145,7 +180,7 @@ if retry > 0 then
   return {1, retry}
 end
 
-local stored = redis.call('HMGET', code, 'mac', 'exp')
+local stored = redis.call('HMGET', code, 'mac', 'exp', 'id')
 if not stored[1] or not stored[2] or tonumber(stored[2]) <= now then
   redis.call('DEL', code)
   return {2}
@@ -164,6 +199,12 @@ if not ct_equal(stored[1], ARGV[2]) then
   return {4}
 end
 redis.call('DEL', code)
+if KEYS[4] then
+  -- The conversion watch: one more code of this prefix was verified.
+  local window = tonumber(ARGV[13])
+  sw_trim(KEYS[4], now, window)
+  sw_record(KEYS[4], now, stored[3] or ARGV[6], window, grace)
+end
 redis.call('HSET', ticket, 'ch', ARGV[9], 'pu', ARGV[10], 'dx', ARGV[11],
   'exp', ARGV[8], 'iat', ARGV[1], 'miss', 0)
 redis.call('PEXPIRE', ticket, sw_ms(tonumber(ARGV[8]) - now + tonumber(ARGV[12])))
@@ -225,6 +266,14 @@ class VerifyOutcome(Enum):
     MISMATCH = "mismatch"
 
 
+_NEW_BLOCK = 5
+_PUMPING_CAUSES = {
+    2: PREFIX_BUDGET_POLICY,
+    3: RANGE_BUDGET_POLICY,
+    4: PREFIX_BLOCKED_POLICY,
+    _NEW_BLOCK: PREFIX_BLOCKED_POLICY,
+}
+
 _VERIFY_OUTCOMES = {
     0: VerifyOutcome.OK,
     1: VerifyOutcome.RATE_LIMITED,
@@ -285,11 +334,21 @@ class CodeStore(Protocol):
         cooldown_ms: int,
         per_hour: int,
         per_day: int,
+        prefix: PrefixCheck | None = None,
     ) -> None:
-        """Check cooldown and windows, record the issue, replace the code; or raise RateLimited."""
+        """Check cooldown and windows (and the prefix's, if given), record the issue, replace
+        the code; or raise RateLimited (PumpingLimited for a prefix or range refusal)."""
         ...
 
-    async def cancel_issue(self, tag: str, purpose: str, code_id: str, *, refund: bool) -> None:
+    async def cancel_issue(
+        self,
+        tag: str,
+        purpose: str,
+        code_id: str,
+        *,
+        refund: bool,
+        prefix: PrefixCheck | None = None,
+    ) -> None:
         """Delete an undelivered code (if still current); with `refund`, uncount its issue."""
         ...
 
@@ -304,8 +363,10 @@ class CodeStore(Protocol):
         max_attempts: int,
         failure_limit: int,
         failure_member: str,
+        prefix: PrefixCheck | None = None,
     ) -> VerifyResult:
-        """Compare and consume the code (wrong guesses spend budget); on success store a ticket."""
+        """Compare and consume the code (wrong guesses spend budget); on success store a ticket
+        (and count a verification for the prefix, if given)."""
         ...
 
 
@@ -368,32 +429,52 @@ class RedisCodeStore:
         cooldown_ms: int,
         per_hour: int,
         per_day: int,
+        prefix: PrefixCheck | None = None,
     ) -> None:
-        """Check cooldown and windows, record the issue, replace the code; or raise RateLimited."""
-        reply = await run_script(
-            self._issue,
-            [issue_key(tag), code_key(tag, purpose)],
-            [
-                now_ms,
-                cooldown_ms,
-                per_hour,
-                per_day,
-                GC_GRACE_MS,
-                code.mac,
-                code.code_id,
-                code.expires_at_ms,
-            ],
-        )
-        if int(reply[0]) != 1:
-            raise RateLimited(ISSUE_POLICY, int(reply[1]) / 1000)
+        """Check cooldown and windows (and the prefix's, if given), record the issue, replace
+        the code; or raise RateLimited (PumpingLimited for a prefix or range refusal)."""
+        keys = [issue_key(tag), code_key(tag, purpose)]
+        args: list[str | int] = [
+            now_ms,
+            cooldown_ms,
+            per_hour,
+            per_day,
+            GC_GRACE_MS,
+            code.mac,
+            code.code_id,
+            code.expires_at_ms,
+        ]
+        if prefix is not None:
+            keys += prefix.keys()
+            args += watch_args(prefix.policy, prefix.scope.prefix)
+        reply = await run_script(self._issue, keys, args)
+        if int(reply[0]) == 1:
+            return
+        retry = int(reply[1]) / 1000
+        if len(reply) < 3 or prefix is None:
+            raise RateLimited(ISSUE_POLICY, retry)
+        cause = int(reply[2])
+        new_block = None
+        if cause == _NEW_BLOCK:
+            new_block = block_from_counts(
+                prefix.scope.prefix, REASON_CONVERSION, now_ms / 1000, prefix.policy, reply[3:]
+            )
+        raise PumpingLimited(ISSUE_POLICY, _PUMPING_CAUSES[cause], retry, new_block)
 
-    async def cancel_issue(self, tag: str, purpose: str, code_id: str, *, refund: bool) -> None:
+    async def cancel_issue(
+        self,
+        tag: str,
+        purpose: str,
+        code_id: str,
+        *,
+        refund: bool,
+        prefix: PrefixCheck | None = None,
+    ) -> None:
         """Delete an undelivered code (if still current); with `refund`, uncount its issue."""
-        await run_script(
-            self._cancel,
-            [issue_key(tag), code_key(tag, purpose)],
-            [code_id, "1" if refund else "0"],
-        )
+        keys = [issue_key(tag), code_key(tag, purpose)]
+        if prefix is not None:
+            keys += prefix.refund_keys()
+        await run_script(self._cancel, keys, [code_id, "1" if refund else "0"])
 
     async def verify(
         self,
@@ -406,26 +487,29 @@ class RedisCodeStore:
         max_attempts: int,
         failure_limit: int,
         failure_member: str,
+        prefix: PrefixCheck | None = None,
     ) -> VerifyResult:
-        """Compare and consume the code (wrong guesses spend budget); on success store a ticket."""
-        reply = await run_script(
-            self._verify,
-            [code_key(tag, purpose), fail_key(tag), ticket_key(tag, ticket.ticket_hash)],
-            [
-                now_ms,
-                mac,
-                max_attempts,
-                failure_limit,
-                _HOUR_MS,
-                failure_member,
-                GC_GRACE_MS,
-                ticket.expires_at_ms,
-                ticket.channel,
-                ticket.purpose,
-                ticket.sealed_destination,
-                TICKET_GC_GRACE_MS,
-            ],
-        )
+        """Compare and consume the code (wrong guesses spend budget); on success store a ticket
+        (and count a verification for the prefix, if given)."""
+        keys = [code_key(tag, purpose), fail_key(tag), ticket_key(tag, ticket.ticket_hash)]
+        args: list[str | int] = [
+            now_ms,
+            mac,
+            max_attempts,
+            failure_limit,
+            _HOUR_MS,
+            failure_member,
+            GC_GRACE_MS,
+            ticket.expires_at_ms,
+            ticket.channel,
+            ticket.purpose,
+            ticket.sealed_destination,
+            TICKET_GC_GRACE_MS,
+        ]
+        if prefix is not None:
+            keys.append(prefix_key(prefix.scope.prefix, "ok"))
+            args.append(prefix.policy.watch_window * 1000)
+        reply = await run_script(self._verify, keys, args)
         outcome = _VERIFY_OUTCOMES[int(reply[0])]
         if outcome is VerifyOutcome.RATE_LIMITED:
             return VerifyResult(outcome, int(reply[1]) / 1000)

@@ -198,6 +198,23 @@ class Metrics:
             registry=registry,
         )
         # -- end delivery receipts --
+        # SMS-pumping defence (ratelimit/pumping.py); labels are reasons, never prefixes.
+        self._prefix_blocks = Counter(
+            "xiaohe_pumping_prefix_blocks",
+            "Number prefixes throttled by the SMS-pumping watch, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._prefix_block_lifts = Counter(
+            "xiaohe_pumping_prefix_block_lifts",
+            "Prefix blocks lifted by an operator while in force.",
+            registry=registry,
+        )
+        self._failed_receipts_watched = Counter(
+            "xiaohe_pumping_failed_receipts",
+            "Failed delivery receipts fed to the SMS-pumping watch.",
+            registry=registry,
+        )
         self._undecodable_requests = Counter(
             "xiaohe_undecodable_requests",
             "Requests whose bytes do not parse as the method's request message, by method.",
@@ -263,6 +280,18 @@ class Metrics:
     def login(self, method: str, outcome: str) -> None:
         """Count one login attempt and its outcome."""
         self._logins.labels(method=bounded_label(method), outcome=bounded_label(outcome)).inc()
+
+    def prefix_blocked(self, reason: str) -> None:
+        """Count one prefix throttled by the SMS-pumping watch."""
+        self._prefix_blocks.labels(reason=bounded_label(reason)).inc()
+
+    def prefix_block_lifted(self) -> None:
+        """Count one prefix block lifted by an operator."""
+        self._prefix_block_lifts.inc()
+
+    def failed_receipt_watched(self) -> None:
+        """Count one failed delivery receipt fed to the SMS-pumping watch."""
+        self._failed_receipts_watched.inc()
 
     def undecodable_request(self, method: str) -> None:
         """Count one request refused because its bytes are not a message of its type."""

@@ -1,4 +1,4 @@
-"""AdminService servicer: API clients, the audit chain and message deliveries."""
+"""AdminService servicer: API clients, the audit chain, message deliveries and prefix blocks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog, DeliveryRecord
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
+from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
+from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
@@ -57,6 +59,16 @@ def delivery_to_proto(record: DeliveryRecord) -> admin_pb2.Delivery:
 
 
 # -- end message deliveries --
+def prefix_block_to_proto(block: PrefixBlock) -> admin_pb2.PrefixBlock:
+    """The proto view of a prefix block (a prefix names 10,000 numbers, never one)."""
+    return admin_pb2.PrefixBlock(
+        prefix=block.prefix,
+        reason=block.reason,
+        blocked_at=timestamp(block.blocked_at),
+        until=timestamp(block.until),
+        sent=block.sent,
+        verified=block.verified,
+    )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -68,10 +80,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         audit: AuditLog,
         *,
         deliveries: DeliveryLog | None = None,
+        prefix_watch: PrefixWatch | None = None,
     ) -> None:
         self._registry = registry
         self._audit = audit
         self._deliveries = deliveries
+        self._prefix_watch = prefix_watch
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Audit an operator action that has already taken effect; a failure is logged only,
@@ -139,3 +153,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.GetDeliveryResponse(delivery=delivery_to_proto(record))
 
     # -- end message deliveries --
+    # --- SMS-pumping prefix blocks -------------------------------------------------
+
+    def _watch(self) -> PrefixWatch:
+        if self._prefix_watch is None:
+            raise Unimplemented("prefix blocks are not served here")
+        return self._prefix_watch
+
+    async def ListPrefixBlocks(
+        self, request: admin_pb2.ListPrefixBlocksRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListPrefixBlocksResponse:
+        blocks = await self._watch().list_blocks()
+        return admin_pb2.ListPrefixBlocksResponse(blocks=[prefix_block_to_proto(b) for b in blocks])
+
+    async def LiftPrefixBlock(
+        self, request: admin_pb2.LiftPrefixBlockRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.LiftPrefixBlockResponse:
+        watch = self._watch()
+        lifted = await watch.lift(request.prefix)
+        await self._record("pumping.lift", request.prefix.strip(), "ok" if lifted else "none")
+        return admin_pb2.LiftPrefixBlockResponse(lifted=lifted)
