@@ -32,6 +32,7 @@ from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
 from xiaohe.identity.server.delivery.notices import Notices
+from xiaohe.identity.server.delivery.number_status import AliyunNumberStatusCheck
 from xiaohe.identity.server.delivery.outbox import Outbox
 from xiaohe.identity.server.delivery.providers import (
     HttpSmsGatewayProvider,
@@ -47,6 +48,7 @@ from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
+from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
@@ -191,7 +193,7 @@ class Container:
             clock=self.clock,
             queue=self.outbox,
             compose=compose_code_message,
-            recipient_filter=RegisteredRecipients(self.accounts),
+            recipient_filter=RegisteredRecipients(self.accounts, self.number_status_guard),
             metrics=self.metrics,
             audit=self.audit,
         )
@@ -370,6 +372,48 @@ class Container:
             grant_ttl_seconds=s.ticket_ttl_seconds,
             allowed_country_codes=s.allowed_country_codes,
         )
+
+    # -- recycled numbers (二次号) ----------------------------------------------------------
+
+    @cached_property
+    def recycled_numbers(self) -> RecycledNumberFlow:
+        """Recycled-number reports (CarrierHookService.ReportRecycledNumber) and their handling."""
+        return RecycledNumberFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            sessions=self.sessions,
+            notices=self.notices,
+            clock=self.clock,
+            pseudonym_key=self.keyring.code_hmac_key,
+            audit=self.audit,
+            allowed_country_codes=self.settings.allowed_country_codes,
+        )
+
+    @cached_property
+    def number_status_guard(self) -> NumberStatusGuard | None:
+        """The number-status check before reset and recovery codes; None when it is off."""
+        s = self.settings
+        if s.number_status_provider != "aliyun":
+            return None
+        check = AliyunNumberStatusCheck(
+            access_key_id=s.number_status_access_key_id,
+            access_key_secret=s.number_status_access_key_secret,
+            auth_code=s.number_status_auth_code,
+            endpoint=s.number_status_endpoint,
+            region=s.number_status_region,
+            timeout_seconds=s.number_status_timeout_seconds,
+        )
+        return NumberStatusGuard(
+            check=check,
+            flow=self.recycled_numbers,
+            clock=self.clock,
+            pseudonym_key=self.keyring.code_hmac_key,
+            min_binding_age_seconds=s.number_status_min_binding_age_days * 86400.0,
+            send_when_unknown=s.number_status_send_when_unknown,
+            audit=self.audit,
+        )
+
+    # -- end of recycled numbers -------------------------------------------------------------
 
     @cached_property
     def password_check(self) -> PasswordCheck:
