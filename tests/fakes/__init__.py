@@ -1,0 +1,1 @@
+"""Test doubles that speak real third-party formats on local ports."""
