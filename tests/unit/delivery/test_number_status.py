@@ -21,7 +21,7 @@ from xiaohe.identity.server.delivery.number_status import (
 )
 
 KEY_ID = "LTAI-test-key"
-SECRET = "test-secret-0123456789abcdef"  # noqa: S105 - a test key
+SECRET = "test-secret-0123456789abcdef"
 AUTH_CODE = "Dd1r-test-auth"
 PHONE = "+8613812345678"
 BOUND_AT = 1_700_000_000.0  # 2023-11-15 06:13:20 in China
@@ -127,7 +127,8 @@ async def test_an_unreachable_service_is_unknown(service: FakeNumberStatusServic
 async def test_numbers_outside_the_mainland_are_not_asked(service: FakeNumberStatusService) -> None:
     """The service knows mainland mobile numbers only: others are UNKNOWN without a request."""
     assert await check_for(service).status_since("+85261234567", BOUND_AT) is NumberStatus.UNKNOWN
-    assert service.requests == [] and service.rejected == []
+    assert service.requests == []
+    assert service.rejected == []
 
 
 def test_the_repr_holds_no_secret() -> None:
@@ -138,4 +139,5 @@ def test_the_repr_holds_no_secret() -> None:
         auth_code=AUTH_CODE,
         endpoint="https://status.example.cn",
     )
-    assert SECRET not in repr(check) and AUTH_CODE not in repr(check)
+    assert SECRET not in repr(check)
+    assert AUTH_CODE not in repr(check)
