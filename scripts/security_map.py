@@ -32,7 +32,6 @@ TESTS = ROOT / "tests"
 
 NOT_YET_BUILT: dict[str, str] = {
     "P5": "issue 12 (operator accounts with TOTP)",
-    "H3": "issue 10 (recycled-number reports)",
     "X1": "issue 10 (carrier and SMS platform callbacks)",
     "X3": "issue 10 (SMS pumping defence)",
     "D1": "issue 12 (identity documents)",
