@@ -183,6 +183,20 @@ class Settings:
     default_audience: str = "xiaohe-platform"
     token_leeway_seconds: float = 5.0
 
+    # Recycled numbers (二次号): the number-status check before reset and recovery codes
+    # (flows/recycled_numbers.py). Off ("") or "aliyun" (DescribePhoneTwiceTelVerify).
+    number_status_provider: str = ""
+    number_status_access_key_id: str = ""
+    number_status_access_key_secret: str = field(default="", repr=False)
+    number_status_auth_code: str = field(default="", repr=False)
+    # Empty: the SDK's own endpoint; otherwise https://host[:port] (http:// only to loopback).
+    number_status_endpoint: str = ""
+    number_status_region: str = "cn-hangzhou"
+    number_status_min_binding_age_days: int = 180
+    number_status_timeout_seconds: float = 2.0
+    # What an unknown answer (or a failed check) means: send the code (fail open) or not.
+    number_status_send_when_unknown: bool = True
+
     def __repr__(self) -> str:
         """Every setting, with secrets hidden and passwords in URLs masked."""
         parts = []
@@ -344,6 +358,7 @@ def _validate(s: Settings) -> None:
     _validate_transport_security(s)
     _validate_callbacks(s)
     _validate_pumping(s)
+    _validate_number_status(s)
 
 
 # -- HTTP callback listener (issue 10) --
@@ -426,6 +441,33 @@ def _validate_pumping(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}PUMPING_BLOCK_SECONDS: between 60 and 2592000")
     if not 0 <= s.pumping_failed_receipt_weight <= 100:
         raise SettingsError(f"{ENV_PREFIX}PUMPING_FAILED_RECEIPT_WEIGHT: between 0 and 100")
+
+
+def _validate_number_status(s: Settings) -> None:
+    """The number-status check: a known provider, its credentials, a TLS endpoint (X2)."""
+    name = f"{ENV_PREFIX}NUMBER_STATUS_"
+    if s.number_status_provider not in ("", "aliyun"):
+        raise SettingsError(f"{name}PROVIDER: empty (off) or aliyun")
+    if s.number_status_min_binding_age_days < 0:
+        raise SettingsError(f"{name}MIN_BINDING_AGE_DAYS: must not be negative")
+    if not 0 < s.number_status_timeout_seconds <= 10:
+        raise SettingsError(f"{name}TIMEOUT_SECONDS: more than 0, at most 10")
+    if not s.number_status_provider:
+        return
+    for part in ("access_key_id", "access_key_secret", "auth_code"):
+        if not getattr(s, f"number_status_{part}"):
+            raise SettingsError(f"{name}{part.upper()}: required with {name}PROVIDER=aliyun")
+    if s.number_status_endpoint:
+        try:
+            check = check_secret_url(s.number_status_endpoint)
+        except ValueError:
+            raise SettingsError(f"{name}ENDPOINT: not a URL") from None
+        if check == "not_http":
+            raise SettingsError(f"{name}ENDPOINT: use https://HOST[:PORT]")
+        if check == "remote_http":
+            raise SettingsError(
+                f"{name}ENDPOINT: plain http:// only to a loopback address; use https://"
+            )
 
 
 def _validate_transport_security(s: Settings) -> None:

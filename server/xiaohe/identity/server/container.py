@@ -35,6 +35,7 @@ from xiaohe.identity.server.delivery.dispatcher import Dispatcher
 from xiaohe.identity.server.delivery.failover import FailoverProvider
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.delivery.notices import Notices
+from xiaohe.identity.server.delivery.number_status import AliyunNumberStatusCheck
 from xiaohe.identity.server.delivery.outbox import Outbox
 from xiaohe.identity.server.delivery.platforms import PlatformTemplates, parse_purpose_map
 from xiaohe.identity.server.delivery.providers import (
@@ -46,7 +47,6 @@ from xiaohe.identity.server.delivery.providers import (
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
 from xiaohe.identity.server.delivery.templates import compose_code_message
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
-from xiaohe.identity.server.errors import Unimplemented
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow
@@ -54,6 +54,7 @@ from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
+from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
@@ -201,11 +202,6 @@ class Container:
         """Message lifecycles and delivery figures for operators."""
         return DeliveryLog(self.database, self.clock)
 
-    @cached_property
-    def recycled_numbers(self) -> PendingRecycledNumbers:
-        """The recycled-number flow (二次号); a placeholder until that flow is wired."""
-        return PendingRecycledNumbers()
-
     # -- end delivery receipts --
 
     @cached_property
@@ -223,7 +219,7 @@ class Container:
             clock=self.clock,
             queue=self.outbox,
             compose=compose_code_message,
-            recipient_filter=RegisteredRecipients(self.accounts),
+            recipient_filter=RegisteredRecipients(self.accounts, self.number_status_guard),
             metrics=self.metrics,
             audit=self.audit,
             pumping=self.pumping_policy,
@@ -430,6 +426,48 @@ class Container:
             allowed_country_codes=s.allowed_country_codes,
         )
 
+    # -- recycled numbers (二次号) ----------------------------------------------------------
+
+    @cached_property
+    def recycled_numbers(self) -> RecycledNumberFlow:
+        """Recycled-number reports (CarrierHookService.ReportRecycledNumber) and their handling."""
+        return RecycledNumberFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            sessions=self.sessions,
+            notices=self.notices,
+            clock=self.clock,
+            pseudonym_key=self.keyring.code_hmac_key,
+            audit=self.audit,
+            allowed_country_codes=self.settings.allowed_country_codes,
+        )
+
+    @cached_property
+    def number_status_guard(self) -> NumberStatusGuard | None:
+        """The number-status check before reset and recovery codes; None when it is off."""
+        s = self.settings
+        if s.number_status_provider != "aliyun":
+            return None
+        check = AliyunNumberStatusCheck(
+            access_key_id=s.number_status_access_key_id,
+            access_key_secret=s.number_status_access_key_secret,
+            auth_code=s.number_status_auth_code,
+            endpoint=s.number_status_endpoint,
+            region=s.number_status_region,
+            timeout_seconds=s.number_status_timeout_seconds,
+        )
+        return NumberStatusGuard(
+            check=check,
+            flow=self.recycled_numbers,
+            clock=self.clock,
+            pseudonym_key=self.keyring.code_hmac_key,
+            min_binding_age_seconds=s.number_status_min_binding_age_days * 86400.0,
+            send_when_unknown=s.number_status_send_when_unknown,
+            audit=self.audit,
+        )
+
+    # -- end of recycled numbers -------------------------------------------------------------
+
     @cached_property
     def password_check(self) -> PasswordCheck:
         """Re-authentication by password under the login throttle."""
@@ -551,18 +589,6 @@ class Container:
             await self.redis.aclose()
         if "database" in self.__dict__:
             await self.database.close()
-
-
-class PendingRecycledNumbers:
-    """Stands in for the recycled-number flow until it is wired: answers UNIMPLEMENTED.
-
-    Replace `Container.recycled_numbers` with the real flow (it satisfies
-    `transport/carriers.RecycledNumberReports`).
-    """
-
-    async def report(self, phone: str, recycled_at: float, *, client_id: str) -> None:
-        """Refuse: recycled-number reports are not served by this build yet."""
-        raise Unimplemented("recycled-number reports are not served yet")
 
 
 def code_policy(settings: Settings) -> CodePolicy:

@@ -95,6 +95,15 @@ class AccountCredentials:
     """When the phone was last bound or changed (epoch seconds); None if never since 0003."""
     email_changed_at: float | None = None
     """When the email was last bound, replaced or removed; None if never since 0004."""
+    created_at: float = 0.0
+    """When the account was created (epoch seconds)."""
+    phone_stale_at: float | None = None
+    """When the bound phone was reported recycled (二次号); None while it is current."""
+
+    @property
+    def phone_bound_at(self) -> float:
+        """When the phone held now was bound: its last change, else the account's creation."""
+        return self.created_at if self.phone_changed_at is None else self.phone_changed_at
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ class PersonalData:
 
     Empty strings mean "not given"; an account whose data key was destroyed
     (crypto-shredded) reads as all empty. `id_number` and `uscc` are normalised.
+    A phone reported recycled (stale) reads as empty: it now reaches a stranger,
+    so no flow may send to it or accept it as the account's phone.
     """
 
     account_id: str

@@ -72,6 +72,7 @@ class AccountRecord:
     updated_at: float
     phone_changed_at: float | None = None
     email_changed_at: float | None = None
+    phone_stale_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,10 @@ class AccountRepository(Protocol):
         """Drop the account's `old` identifier row and add `new`; IdentifierTaken if it is held."""
         ...
 
+    async def mark_phone_stale(self, account_id: str, now: float) -> None:
+        """Record that the bound phone was reported recycled (`phone_stale_at`)."""
+        ...
+
     async def raise_policy_version(self, account_id: str, version: int, now: float) -> None:
         """Record that the account accepted `version` (never lowers it)."""
         ...
@@ -190,6 +195,7 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AccountRecord:
         updated_at=epoch(m["updated_at"]),
         phone_changed_at=None if m["phone_changed_at"] is None else epoch(m["phone_changed_at"]),
         email_changed_at=None if m["email_changed_at"] is None else epoch(m["email_changed_at"]),
+        phone_stale_at=None if m["phone_stale_at"] is None else epoch(m["phone_stale_at"]),
     )
 
 
@@ -332,7 +338,11 @@ class SqlAccountRepository:
         self, account_id: str, column: str, blob: bytes | None, now: float
     ) -> None:
         """Store a new ciphertext (or None) in `phone_enc` or `email_enc`, and the time of the
-        change (`phone_changed_at` or `email_changed_at`)."""
+        change (`phone_changed_at` or `email_changed_at`).
+
+        A new phone value ends a stale binding: whatever is stored now was just
+        proven (or removed), so `phone_stale_at` is cleared with it.
+        """
         if column not in _CHANGED_AT:
             raise ValueError("a contact column is phone_enc or email_enc")
         values: dict[str, object] = {
@@ -340,6 +350,8 @@ class SqlAccountRepository:
             _CHANGED_AT[column]: utc(now),
             "updated_at": utc(now),
         }
+        if column == "phone_enc":
+            values["phone_stale_at"] = None
         async with self._db.begin() as conn, _translated():
             await conn.execute(
                 accounts.update().where(accounts.c.account_id == account_id).values(**values)
@@ -373,6 +385,15 @@ class SqlAccountRepository:
                     )
                 except IntegrityError:
                     raise IdentifierTaken(new.kind) from None
+
+    async def mark_phone_stale(self, account_id: str, now: float) -> None:
+        """Record that the bound phone was reported recycled (`phone_stale_at`)."""
+        async with self._db.begin() as conn, _translated():
+            await conn.execute(
+                accounts.update()
+                .where(accounts.c.account_id == account_id)
+                .values(phone_stale_at=utc(now), updated_at=utc(now))
+            )
 
     async def raise_policy_version(self, account_id: str, version: int, now: float) -> None:
         """Record that the account accepted `version` (never lowers it)."""

@@ -272,7 +272,8 @@ class AccountService:
         one account exactly one wins. `new` held by another account is
         AlreadyExists(channel), never saying whose. Every change records its time
         (`phone_changed_at` or `email_changed_at`: a cooling-off window starts).
-        NotFound if there is no account.
+        A phone reported recycled counts as none (`expected=""`), and binding a
+        new one ends the stale state. NotFound if there is no account.
         """
         async with self._uow.begin():
             record = await self._repo.get_for_update(account_id)
@@ -284,6 +285,8 @@ class AccountService:
             field_name = PHONE_FIELD if channel == "phone" else EMAIL_FIELD
             aad = field_aad(account_id, field_name)
             stored = record.phone_enc if field_name == PHONE_FIELD else record.email_enc
+            if field_name == PHONE_FIELD and record.phone_stale_at is not None:
+                stored = None  # a stale phone is no phone: its identifier row is gone already
             current = "" if stored is None else self._cipher.decrypt_field(key, stored, aad)
             if current != expected:
                 raise Conflict(f"the {channel} was changed meanwhile; read it again and retry")
@@ -299,6 +302,38 @@ class AccountService:
                 )
             except IdentifierTaken:
                 raise AlreadyExists(channel) from None
+
+    async def mark_phone_stale(self, account_id: str, phone: str, *, bound_before: float) -> bool:
+        """Mark the account's phone recycled if it is still `phone`, bound before `bound_before`.
+
+        In the caller's unit of work, with the row locked and read again: the
+        binding is marked stale (`phone_stale_at`) and the phone's identifier row
+        is removed, so the number is free for its new owner and no lookup by it
+        finds this account any more. The ciphertext stays (the binding is marked,
+        not silently erased; SECURITY H3) but reads as no phone from now on.
+        Returns whether it changed anything: False for an account without that
+        phone (changed meanwhile, or stale already), one bound at or after
+        `bound_before` (the new owner's), or a crypto-shredded one.
+        """
+        async with self._uow.begin():
+            record = await self._repo.get_for_update(account_id)
+            if record is None or record.data_key_wrapped is None:
+                return False
+            if record.phone_stale_at is not None or record.phone_enc is None:
+                return False
+            bound_at = (
+                record.created_at if record.phone_changed_at is None else record.phone_changed_at
+            )
+            if bound_at >= bound_before:
+                return False
+            key = self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))
+            aad = field_aad(account_id, PHONE_FIELD)
+            if self._cipher.decrypt_field(key, record.phone_enc, aad) != phone:
+                return False
+            now = self._clock.now()
+            await self._repo.mark_phone_stale(account_id, now)
+            await self._repo.replace_identifier(account_id, self.key("phone", phone), None, now)
+            return True
 
     async def accept_policy_version(self, account_id: str, version: int) -> None:
         """Record that the account accepted `version` (in the caller's unit of work)."""
@@ -371,9 +406,10 @@ class AccountService:
             value = text(name)
             return IdType[value] if value in IdType.__members__ else IdType.UNSPECIFIED
 
+        phone_enc = None if record.phone_stale_at is not None else record.phone_enc
         return PersonalData(
             account_id=aid,
-            phone=open_field(record.phone_enc, PHONE_FIELD),
+            phone=open_field(phone_enc, PHONE_FIELD),
             email=open_field(record.email_enc, EMAIL_FIELD),
             name=text("name"),
             id_type=id_type("id_type"),
@@ -399,6 +435,8 @@ def _credentials(record: AccountRecord) -> AccountCredentials:
         real_name_level=record.real_name_level,
         phone_changed_at=record.phone_changed_at,
         email_changed_at=record.email_changed_at,
+        created_at=record.created_at,
+        phone_stale_at=record.phone_stale_at,
     )
 
 

@@ -35,13 +35,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from alibabacloud_dysmsapi20170525 import models as sms_models  # type: ignore[import-untyped]
-from alibabacloud_dysmsapi20170525.client import Client  # type: ignore[import-untyped]
-from alibabacloud_tea_openapi import utils_models  # type: ignore[import-untyped]
-from alibabacloud_tea_openapi.exceptions import (  # type: ignore[import-untyped]
+from alibabacloud_dysmsapi20170525 import models as sms_models
+from alibabacloud_dysmsapi20170525.client import Client
+from alibabacloud_tea_openapi import utils_models
+from alibabacloud_tea_openapi.exceptions import (
     AlibabaCloudException,
 )
-from darabonba.runtime import RuntimeOptions  # type: ignore[import-untyped]
+from darabonba.runtime import RuntimeOptions
 
 from xiaohe.identity.server.delivery.never_sent import never_sent
 from xiaohe.identity.server.delivery.platforms import Endpoint, PlatformTemplates

@@ -118,6 +118,16 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             "如是您本人，您已有账号，请通过“找回账号”找回；如有疑问，请申请人工审核。",
             frozenset({"at"}),
         ),
+        # Sent by email only: the number itself now reaches a stranger.
+        "phone_recycled": _NoticeText(
+            "绑定手机号已被运营商回收",
+            SIGNATURE
+            + "运营商于{at}报告您的账号绑定的手机号{old_phone}已注销或重新分配给他人（二次号）。"
+            "为保护您的账号，该号码已不能用于登录、找回密码或接收通知，所有登录状态已失效。"
+            "请使用登录名和密码登录，并按提示通过“绑定手机号”验证您现在使用的手机号。"
+            "如有疑问，请联系客服。",
+            frozenset({"at", "old_phone"}),
+        ),
         "account_deactivated": _NoticeText(
             "账号已注销",
             SIGNATURE + "您的账号已于{at}注销，所有登录状态已失效。如非本人操作，请立即联系客服。",

@@ -35,14 +35,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tencentcloud.common import credential  # type: ignore[import-untyped]
-from tencentcloud.common.exception.tencent_cloud_sdk_exception import (  # type: ignore[import-untyped]
+from tencentcloud.common import credential
+from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
     TencentCloudSDKException,
 )
-from tencentcloud.common.profile.client_profile import ClientProfile  # type: ignore[import-untyped]
-from tencentcloud.common.profile.http_profile import HttpProfile  # type: ignore[import-untyped]
-from tencentcloud.sms.v20210111 import models as sms_models  # type: ignore[import-untyped]
-from tencentcloud.sms.v20210111.sms_client import SmsClient  # type: ignore[import-untyped]
+from tencentcloud.common.profile.client_profile import ClientProfile
+from tencentcloud.common.profile.http_profile import HttpProfile
+from tencentcloud.sms.v20210111 import models as sms_models
+from tencentcloud.sms.v20210111.sms_client import SmsClient
 
 from xiaohe.identity.server.delivery.never_sent import never_sent
 from xiaohe.identity.server.delivery.platforms import Endpoint, PlatformTemplates

@@ -228,25 +228,39 @@ class LoginMetrics(Protocol):
 CONSENT_RESTRICTION: Final = "consent"
 """A session restricted until the account accepts the current privacy policy (I3)."""
 
+PHONE_REVERIFY_RESTRICTION: Final = "phone_reverify"
+"""A session restricted until the account binds a phone again: its phone was recycled (H3)."""
+
 
 async def session_subject(
     account: AccountCredentials, policies: PolicyVersions
 ) -> tuple[SessionSubject, NextStep]:
     """What an account's tokens carry now, and the step its client must take next.
 
+    An account whose phone was reported recycled (`phone_stale_at`, SECURITY H3)
+    gets a session restricted to `phone_reverify`: its tokens are refused
+    everywhere (ValidateToken, every RPC about "me") and only log out or
+    refresh; the client binds a phone by BindPhone (login name, password and a
+    BIND_PHONE ticket, no token needed), which ends every session, and logs in
+    again. This comes before consent: the account's channel is at stake.
     An account that accepted an older privacy policy than the current one gets a
     restricted session (SECURITY I3): its tokens are refused everywhere but by
     `GetPolicy`, `AcceptPolicy` and `Logout`, until a refresh after the consent.
     """
-    current = await policies.current()
-    consent = account.accepted_policy_version < current.version
+    restriction, next_step = "", NextStep.NONE
+    if account.phone_stale_at is not None:
+        restriction, next_step = PHONE_REVERIFY_RESTRICTION, NextStep.PHONE_REVERIFY_REQUIRED
+    else:
+        current = await policies.current()
+        if account.accepted_policy_version < current.version:
+            restriction, next_step = CONSENT_RESTRICTION, NextStep.CONSENT_REQUIRED
     subject = SessionSubject(
         account_id=account.account_id,
         subject_type=account.subject_type.value,
         rn_level=account.real_name_level,
-        restriction=CONSENT_RESTRICTION if consent else "",
+        restriction=restriction,
     )
-    return subject, NextStep.CONSENT_REQUIRED if consent else NextStep.NONE
+    return subject, next_step
 
 
 class ActiveSubjects:
@@ -600,6 +614,7 @@ class LoginFlow:
 
 __all__ = [
     "CONSENT_RESTRICTION",
+    "PHONE_REVERIFY_RESTRICTION",
     "ActiveSubjects",
     "AuditSink",
     "CredentialStore",

@@ -8,7 +8,13 @@ from typing import Any, Protocol
 import grpc
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.errors import ConsentRequired, TokenInvalid, UserUnauthenticated
+from xiaohe.identity.server.errors import (
+    ConsentRequired,
+    FailedPrecondition,
+    TokenInvalid,
+    UserUnauthenticated,
+)
+from xiaohe.identity.server.flows.login import PHONE_REVERIFY_RESTRICTION
 from xiaohe.identity.tokens.jwt import Claims
 
 
@@ -43,9 +49,13 @@ def require_user(
     A session restricted until the user accepts the current privacy policy
     (SECURITY I3) may only read and accept the policy and log out: every other
     RPC about "me" answers FAILED_PRECONDITION `CONSENT_REQUIRED`, which tells the
-    client what to do. A valid token also binds its account to the request
-    context, so audit records of this RPC name the end user as well as the
-    client; the interceptor restores the previous context when the RPC ends.
+    client what to do. A session restricted because the account's phone was
+    reported recycled (SECURITY H3) may do nothing about "me" at all, the
+    policy RPCs included: FAILED_PRECONDITION tells it to bind a phone.
+
+    A valid token also binds its account to the request context, so audit
+    records of this RPC name the end user as well as the client; the
+    interceptor restores the previous context when the RPC ends.
     """
     token = bearer_token(ctx)
     if not token:
@@ -54,6 +64,12 @@ def require_user(
         claims = tokens.validate(token, allow_restricted=True)
     except TokenInvalid:
         raise UserUnauthenticated("the access token is invalid or has expired") from None
+    if claims.restriction == PHONE_REVERIFY_RESTRICTION:
+        # The account's phone was reported recycled: nothing about "me" until it binds one.
+        raise FailedPrecondition(
+            "the account's phone must be verified again: bind a phone with "
+            "AccountService.BindPhone, then log in again"
+        )
     if claims.restriction and not allow_restricted:
         raise ConsentRequired()
     context.bind(dataclasses.replace(context.current(), account_id=claims.sub))
