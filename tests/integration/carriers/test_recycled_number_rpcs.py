@@ -1,8 +1,8 @@
 """A recycled-number report seen through the real RPCs (SECURITY H3, T3; acceptance of issue 10).
 
-The report enters through the flow the carrier servicer calls
-(`container.recycled_numbers.report`); everything after it goes over gRPC on
-the in-process server: the old token is refused, codes to the number are not
+The report arrives as a carrier sends it, `CarrierHookService.ReportRecycledNumber`
+from a client holding only the `carrier-hooks` grant; everything after it goes over
+gRPC on the in-process server too: the old token is refused, codes to the number are not
 sent, the next password login answers NEXT_STEP_PHONE_REVERIFY_REQUIRED with a
 token that serves nothing, and the number registers a new account.
 """
@@ -22,7 +22,14 @@ from tests.integration.flows import (
     register,
     stubs,
 )
-from xiaohe.identity.v1 import accounts_pb2, auth_pb2, codes_pb2, common_pb2
+from xiaohe.identity.v1 import (
+    accounts_pb2,
+    auth_pb2,
+    carriers_pb2,
+    carriers_pb2_grpc,
+    codes_pb2,
+    common_pb2,
+)
 
 UNKNOWN_PHONE = "+8613911112222"
 
@@ -45,7 +52,12 @@ async def test_a_reported_number_ends_access_and_frees_the_number(h: Harness) ->
     assert valid.valid
 
     h.clock.advance(60)  # the number was bound before it was recycled; the token still lives
-    await h.container.recycled_numbers.report(PHONE, h.clock.now() - 30, client_id="carrier")
+    carrier, secret = await h.container.clients.create("carrier feed", ["carrier-hooks"])
+    report = carriers_pb2.ReportRecycledNumberRequest(phone=PHONE)
+    report.recycled_at.FromSeconds(int(h.clock.now()) - 30)
+    await carriers_pb2_grpc.CarrierHookServiceStub(h.channel).ReportRecycledNumber(
+        report, metadata=(("x-client-id", carrier.client_id), ("x-client-secret", secret))
+    )
 
     refused = await s.auth.ValidateToken(
         auth_pb2.ValidateTokenRequest(access_token=session.access_token), metadata=h.metadata
