@@ -1,12 +1,13 @@
-"""The integrator's guide's examples run as printed, against `xiaohe-identity serve`.
+"""The guides' examples run as printed, against `xiaohe-identity serve`.
 
-Every Python block of `docs/integrator-guide.md` is extracted. A script (one with a
-`__main__` guard) runs as a subprocess, the way the guide tells a reader to run it,
-pointed at a served instance through `XIAOHE_TARGET` and `XIAOHE_IDENTITY_DATA_DIR`;
-it must exit 0 and print what the guide says it prints. A library module (§6) must
-import and define its classes; fragments (§2–§4) are not run. The server waives the
-code cooldown and raises the per-destination code limits so the scripts need not wait
-them out; nothing else differs from `make serve`.
+Every Python block of `docs/integrator-guide.md` and `docs/operator-guide.md` is
+extracted. A script (one with a `__main__` guard) runs as a subprocess, the way the
+guide tells a reader to run it, pointed at a served instance through `XIAOHE_TARGET`
+and `XIAOHE_IDENTITY_DATA_DIR`; it must exit 0 and print what the guide says it
+prints. A library module (integrator §6) must import and define its classes;
+fragments (integrator §2–§4) are not run. The server waives the code cooldown and
+raises the per-destination and per-IP code limits (every script runs from one
+address) so the scripts need not wait them out; nothing else differs from `make serve`.
 """
 
 from __future__ import annotations
@@ -22,31 +23,60 @@ import pytest
 
 from tests.e2e.conftest import CLI, ServedProcess, start_serve
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "integrator-guide.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+GUIDE = DOCS / "integrator-guide.md"
+OPERATOR_GUIDE = DOCS / "operator-guide.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
 SECTION = re.compile(r"^## (\d+)\. ", re.M)
 SAVE_AS = re.compile(r"[Ss]ave (?:it )?as `(\w+\.py)`")
 
-EXPECTED: dict[str, list[str]] = {
-    "5": ["registered ", "remote: valid True", "after logout, remote valid: False"],
-    "7": [
+EXPECTED: dict[tuple[str, str], list[str]] = {
+    ("integrator-guide", "5"): [
+        "registered ",
+        "remote: valid True",
+        "after logout, remote valid: False",
+    ],
+    ("integrator-guide", "7"): [
         "next step: NEXT_STEP_CONSENT_REQUIRED",
         "restricted session: CONSENT_REQUIRED",
         "business systems see valid = False",
         "valid now: True",
     ],
-    "8": ["other sessions ended: 1", "phone app valid: False", "refused: TICKET_INVALID"],
+    ("integrator-guide", "8"): [
+        "other sessions ended: 1",
+        "phone app valid: False",
+        "refused: TICKET_INVALID",
+    ],
+    ("integrator-guide", "12"): [
+        "old session valid: False",
+        "next step: NEXT_STEP_PHONE_REVERIFY_REQUIRED",
+        "restricted session: ",
+        "phone bound: 137****",
+        "next step: NEXT_STEP_NONE",
+    ],
+    ("operator-guide", "2"): [
+        "recorded 1, duplicates 0",
+        "recorded 0, duplicates 1",
+        "purpose: REGISTER provider: file",
+        "receipt: delivered DELIVRD",
+    ],
+    ("operator-guide", "4"): [
+        "code 21 refused as ['code.issue.destination']",
+        "blocked: conversion, 20 sent, 0 verified",
+        "lifted: True",
+        "codes to the prefix go out again",
+    ],
 }
-"""Lines (or their beginnings) each script's output must contain, by guide section."""
+"""Lines (or their beginnings) each script's output must contain, by guide and section."""
 
 
-def _blocks() -> list[tuple[str, str, str]]:
+def _blocks(guide: Path = GUIDE) -> list[tuple[str, str, str]]:
     """(section number, file name, code) of every Python block, in the guide's order.
 
     The file name is the one the guide tells the reader to save the block as (a later
     script may import an earlier one), else `section_<n>.py`.
     """
-    text = GUIDE.read_text(encoding="utf-8")
+    text = guide.read_text(encoding="utf-8")
     starts = [(m.start(), m.group(1)) for m in SECTION.finditer(text)]
     found = []
     previous_end = 0
@@ -60,6 +90,7 @@ def _blocks() -> list[tuple[str, str, str]]:
 
 
 SCRIPTS = [block for block in _blocks() if '__name__ == "__main__"' in block[2]]
+OPERATOR_SCRIPTS = [b for b in _blocks(OPERATOR_GUIDE) if '__name__ == "__main__"' in b[2]]
 LIBRARIES = [b for b in _blocks() if b not in SCRIPTS and b[2].startswith('"""')]
 """Whole modules without a `__main__` guard (§6); the other blocks are fragments."""
 
@@ -68,7 +99,7 @@ LIBRARIES = [b for b in _blocks() if b not in SCRIPTS and b[2].startswith('"""')
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where every script is saved, as a reader saves them side by side."""
     folder = tmp_path_factory.mktemp("scripts")
-    for _, name, code in SCRIPTS:
+    for _, name, code in SCRIPTS + OPERATOR_SCRIPTS:
         (folder / name).write_text(code, encoding="utf-8")
     return folder
 
@@ -82,6 +113,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
         XIAOHE_IDENTITY_CODE_COOLDOWN_SECONDS="0",
         XIAOHE_IDENTITY_CODE_PER_DESTINATION_HOUR="100",
         XIAOHE_IDENTITY_CODE_PER_DESTINATION_DAY="100",
+        # Every script's codes come from this machine's address.
+        XIAOHE_IDENTITY_CODE_PER_IP_HOUR="1000",
     )
     yield process
     process.stop()
@@ -89,13 +122,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
 
 def test_the_guide_has_a_script_for_every_flow() -> None:
     sections = {section for section, _, _ in SCRIPTS}
-    assert {"5", "7", "8", "9", "10", "11"} <= sections
+    assert {"5", "7", "8", "9", "10", "11", "12"} <= sections
     assert LIBRARIES, "§6's business-system gate is a library block"
+    assert {section for section, _, _ in OPERATOR_SCRIPTS} == {"2", "4"}
 
 
-@pytest.mark.parametrize(("section", "name"), [b[:2] for b in SCRIPTS], ids=[b[1] for b in SCRIPTS])
+ALL_SCRIPTS = [("integrator-guide", *b[:2]) for b in SCRIPTS] + [
+    ("operator-guide", *b[:2]) for b in OPERATOR_SCRIPTS
+]
+
+
+@pytest.mark.parametrize(("guide", "section", "name"), ALL_SCRIPTS, ids=[b[2] for b in ALL_SCRIPTS])
 def test_script_runs_as_printed(
-    served: ServedProcess, workdir: Path, section: str, name: str
+    served: ServedProcess, workdir: Path, guide: str, section: str, name: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XIAOHE_IDENTITY_")}
     env.update(
@@ -116,8 +155,10 @@ def test_script_runs_as_printed(
     )
     output = ran.stdout + ran.stderr
     assert ran.returncode == 0, output[-4000:]
-    for expected in EXPECTED.get(section, []):
-        assert expected in output, f"§{section} should print {expected!r}:\n{output[-4000:]}"
+    for expected in EXPECTED.get((guide, section), []):
+        assert expected in output, (
+            f"{guide} §{section} should print {expected!r}:\n{output[-4000:]}"
+        )
 
 
 @pytest.mark.parametrize(
