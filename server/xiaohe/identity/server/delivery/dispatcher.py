@@ -82,7 +82,8 @@ from xiaohe.identity.server.delivery.providers import (
     is_idempotent,
 )
 from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, sms_template_params
-from xiaohe.identity.server.storage.database import Database, epoch, utc
+from xiaohe.identity.server.storage.database import Database, SqlConnection, epoch, utc
+from xiaohe.identity.server.storage.group_commit import GroupCommit
 from xiaohe.identity.server.storage.schema import outbox
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class Dispatcher:
         if lease_seconds <= 0 or backoff_base < 0 or concurrency < 1 or batch_size < 1:
             raise ValueError("lease, backoff, concurrency and batch size must be positive")
         self._database = database
+        self._outcomes = GroupCommit(database)
         self._sealer = sealer
         self._providers = dict(providers)
         self._clock = clock
@@ -464,8 +466,13 @@ class Dispatcher:
             )
             .values(**values)
         )
-        async with self._database.begin() as conn:
-            changed = (await conn.execute(statement)).rowcount
+
+
+        async def update(conn: SqlConnection) -> int:
+            return int((await conn.execute(statement)).rowcount)
+
+        # Outcomes of concurrent deliveries share a transaction (storage/group_commit.py).
+        changed = await self._outcomes.run(update)
         if changed != 1:
             log.warning("lost the lease on %s; another dispatcher owns it", claimed.message_id)
 
