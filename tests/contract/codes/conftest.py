@@ -8,7 +8,7 @@ system Redis, through `redis_client`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,6 +41,7 @@ class QueuedMessage:
     purpose: str
     text: str
     subject: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,12 +53,21 @@ class ListQueue:
     unavailable: bool = False
 
     async def enqueue(
-        self, channel: str, destination: str, purpose: str, text: str, subject: str = ""
+        self,
+        channel: str,
+        destination: str,
+        purpose: str,
+        text: str,
+        subject: str = "",
+        *,
+        params: Mapping[str, str] | None = None,
     ) -> str:
         """Queue (append) one message."""
         if self.unavailable:
             raise Unavailable()
-        self.messages.append(QueuedMessage(channel, destination, purpose, text, subject))
+        self.messages.append(
+            QueuedMessage(channel, destination, purpose, text, subject, dict(params or {}))
+        )
         return f"msg-{len(self.messages)}"
 
     async def withhold(self, channel: str, purpose: str) -> str:
@@ -68,9 +78,10 @@ class ListQueue:
         return f"withheld-{len(self.withheld)}"
 
     def last_code(self) -> str:
-        """The code in the most recent message."""
+        """The code in the most recent message (its text and its template variable agree)."""
         match = re.search(r"\b(\d{6})\b", self.messages[-1].text)
         assert match is not None
+        assert self.messages[-1].params == {"code": match.group(1)}
         return match.group(1)
 
 

@@ -83,8 +83,9 @@ async def test_a_trusted_client_cannot_switch_per_ip_limits_off(
         front_end = (*front_end, ("x-end-user-ip", forwarded))
     outcomes = []
     for i in range(32):
+        # One number per prefix, so the per-prefix defences (X3) stay out of the way.
         try:
-            await codes.IssueCode(issue_request(f"+86137{i:08d}"), metadata=front_end)
+            await codes.IssueCode(issue_request(f"+86137{i:02d}{i:06d}"), metadata=front_end)
             outcomes.append("ok")
         except grpc.aio.AioRpcError as exc:
             outcomes.append(details_of(exc).quota_subjects[0])

@@ -27,7 +27,7 @@ from xiaohe.identity.server.delivery.providers import (
     DeliveryOutcomeUnknown,
     OutgoingMessage,
 )
-from xiaohe.identity.server.delivery.templates import render_code_message, sms_template_params
+from xiaohe.identity.server.delivery.templates import render_code_message
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.schema import outbox as outbox_table
@@ -40,8 +40,7 @@ COOLDOWN = 30.0
 
 def message(message_id: str = "m1", purpose: str = "LOGIN") -> OutgoingMessage:
     text = render_code_message("SMS", purpose, CODE, 300)
-    params = sms_template_params(purpose, text)
-    return OutgoingMessage(message_id, "SMS", PHONE, purpose, text, template_params=params)
+    return OutgoingMessage(message_id, "SMS", PHONE, purpose, text, template_params={"code": CODE})
 
 
 class RecordingMetrics:
@@ -239,7 +238,8 @@ async def test_dispatcher_records_the_provider_that_took_it_and_its_id(
     metrics = RecordingMetrics()
     provider = chain((a_url, t_url), clock, metrics)
     dispatcher = Dispatcher(database, sealer, {"SMS": provider}, clock, metrics=metrics)
-    message_id = await Outbox(database, sealer, clock).enqueue("SMS", PHONE, "LOGIN", TEXT)
+    outbox = Outbox(database, sealer, clock)
+    message_id = await outbox.enqueue("SMS", PHONE, "LOGIN", TEXT, params={"code": CODE})
     assert await dispatcher.run_once() == 1
     sent = await row(database, message_id)
     assert (sent.status, sent.provider) == ("sent", "tencent")

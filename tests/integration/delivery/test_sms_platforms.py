@@ -22,7 +22,7 @@ from xiaohe.identity.server.delivery.providers import (
     DeliveryOutcomeUnknown,
     OutgoingMessage,
 )
-from xiaohe.identity.server.delivery.templates import render_code_message, sms_template_params
+from xiaohe.identity.server.delivery.templates import render_code_message
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 
 PHONE = "+8613700001111"
@@ -40,14 +40,13 @@ TEMPLATES_TENCENT = PlatformTemplates("小禾企服网", {"LOGIN": "2001", "RESE
 
 
 def message(message_id: str = "m1", purpose: str = "LOGIN") -> OutgoingMessage:
-    text = render_code_message("SMS", purpose, CODE, 300)
     return OutgoingMessage(
         message_id=message_id,
         channel="SMS",
         to=PHONE,
         purpose=purpose,
-        text=text,
-        template_params=sms_template_params(purpose, text),
+        text=render_code_message("SMS", purpose, CODE, 300),
+        template_params={"code": CODE},
     )
 
 

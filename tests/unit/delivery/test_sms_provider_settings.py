@@ -11,14 +11,13 @@ from xiaohe.identity.server.config import SettingsError, load_settings
 from xiaohe.identity.server.container import sms_lease_seconds, sms_provider
 from xiaohe.identity.server.delivery.aliyun import AliyunSmsProvider
 from xiaohe.identity.server.delivery.failover import FailoverProvider
-from xiaohe.identity.server.delivery.platforms import parse_purpose_map
-from xiaohe.identity.server.delivery.providers import JsonlFileProvider
-from xiaohe.identity.server.delivery.templates import (
-    PURPOSES,
-    render_code_message,
-    render_notice,
-    sms_template_params,
+from xiaohe.identity.server.delivery.platforms import PlatformTemplates, parse_purpose_map
+from xiaohe.identity.server.delivery.providers import (
+    DeliveryError,
+    JsonlFileProvider,
+    OutgoingMessage,
 )
+from xiaohe.identity.server.delivery.templates import notice_params, render_notice
 from xiaohe.identity.server.observability.metrics import Metrics
 
 P = "XIAOHE_IDENTITY_"
@@ -37,13 +36,48 @@ BOTH = {
 }
 
 
-def test_every_code_text_gives_back_its_code() -> None:
-    for purpose in PURPOSES:
-        text = render_code_message("SMS", purpose, "604219", 300)
-        assert sms_template_params(purpose, text) == {"code": "604219"}
-    notice = render_notice("account_deactivated", at="2026-12-02 10:00")
-    assert sms_template_params("NOTICE", notice) == {}
-    assert sms_template_params("LOGIN", "no code here") == {}
+def test_notice_variables_follow_the_order_of_the_text() -> None:
+    """Tencent fills {1}, {2}, ... by position: the order must be the text's."""
+    fields = {"login_name": "zhang.san", "at": "2026-12-02 10:00"}
+    text = render_notice("login_name_reminder", **fields)
+    variables = notice_params("login_name_reminder", **fields)
+    assert list(variables) == sorted(variables, key=lambda name: text.index(fields[name]))
+    assert variables == fields
+
+
+def _notice(kind: str, **fields: str) -> OutgoingMessage:
+    return OutgoingMessage(
+        "m1",
+        "SMS",
+        "+8613812345678",
+        "NOTICE",
+        render_notice(kind, **fields),
+        template_params=notice_params(kind, **fields),
+        template=kind,
+    )
+
+
+def test_a_notice_uses_its_own_template_or_the_fixed_text_one_when_it_carries_nothing() -> None:
+    templates = PlatformTemplates(
+        "小禾企服网", {"NOTICE": "SMS_9", "login_name_reminder": "SMS_7", "LOGIN": "SMS_1"}
+    )
+    reminder = _notice("login_name_reminder", at="2026-12-02 10:00", login_name="zhang.san")
+    assert templates.for_message("aliyun", reminder) == (
+        "小禾企服网",
+        "SMS_7",
+        {"at": "2026-12-02 10:00", "login_name": "zhang.san"},
+    )
+    changed = _notice("password_changed", at="2026-12-02 10:00")
+    assert templates.for_message("aliyun", changed) == ("小禾企服网", "SMS_9", {})
+
+
+def test_a_notice_that_carries_a_login_name_never_goes_out_as_fixed_text() -> None:
+    """Without its own template the reminder moves on to the next provider, not lost."""
+    templates = PlatformTemplates("小禾企服网", {"NOTICE": "SMS_9"})
+    reminder = _notice("login_name_reminder", at="2026-12-02 10:00", login_name="zhang.san")
+    with pytest.raises(DeliveryError) as caught:
+        templates.for_message("aliyun", reminder)
+    assert caught.value.failover
 
 
 def test_purpose_maps_parse_and_refuse_malformed_entries() -> None:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from xiaohe.identity.server.delivery.notices import NOTICE_PURPOSE
 from xiaohe.identity.server.delivery.platforms import Endpoint, parse_purpose_map
-from xiaohe.identity.server.delivery.templates import PURPOSES
+from xiaohe.identity.server.delivery.templates import NOTICE_KINDS, PURPOSES
 from xiaohe.identity.server.shared.network import (
     check_secret_url,
     is_loopback_host,
@@ -547,7 +547,7 @@ def _validate_sms_platforms(s: Settings) -> None:
                 purposes = parse_purpose_map(getattr(s, name))
             except ValueError as exc:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
-            unknown = sorted(set(purposes) - set(PURPOSES) - {NOTICE_PURPOSE})
+            unknown = sorted(set(purposes) - set(PURPOSES) - set(NOTICE_KINDS) - {NOTICE_PURPOSE})
             if unknown:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}: unknown purpose {unknown[0]}")
         endpoint = f"{platform}_sms_endpoint"

@@ -63,7 +63,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -124,10 +124,18 @@ class MessageQueue(Protocol):
     """The delivery outbox: queues one message for a provider."""
 
     async def enqueue(
-        self, channel: str, destination: str, purpose: str, text: str, subject: str = ""
+        self,
+        channel: str,
+        destination: str,
+        purpose: str,
+        text: str,
+        subject: str = "",
+        *,
+        params: Mapping[str, str] | None = None,
     ) -> str:
         """Queue the message (an email with its subject) and return its id; raise
-        errors.Unavailable if nothing was queued."""
+        errors.Unavailable if nothing was queued. `params` are the variables of a
+        platform's template: a code message passes `{"code": code}`."""
         ...
 
     async def withhold(self, channel: str, purpose: str) -> str:
@@ -307,7 +315,9 @@ class CodeService:
                 deliver = await self._recipient_filter(channel, destination, purpose)
             if deliver:
                 text, subject = self._compose(channel.value, purpose.value, code, policy.ttl)
-                await self._queue.enqueue(channel.value, destination, purpose.value, text, subject)
+                await self._queue.enqueue(
+                    channel.value, destination, purpose.value, text, subject, params={"code": code}
+                )
             else:
                 # The same write as a real message, so the answer takes as long (B4).
                 await self._queue.withhold(channel.value, purpose.value)

@@ -129,14 +129,12 @@ class AliyunSmsProvider:
 
     def build_request(self, message: OutgoingMessage) -> Any:
         """The SDK's SendSmsRequest for a message; DeliveryError if the purpose is not served."""
-        sign, template = self._templates.for_purpose(self.name, message.purpose)
+        sign, template, params = self._templates.for_message(self.name, message)
         return sms_models.SendSmsRequest(
             phone_numbers=message.to,
             sign_name=sign,
             template_code=template,
-            template_param=json.dumps(
-                dict(message.template_params), ensure_ascii=False, separators=(",", ":")
-            ),
+            template_param=json.dumps(dict(params), ensure_ascii=False, separators=(",", ":")),
             out_id=message.message_id,
         )
 

@@ -81,7 +81,6 @@ from xiaohe.identity.server.delivery.providers import (
     Provider,
     is_idempotent,
 )
-from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, sms_template_params
 from xiaohe.identity.server.storage.database import Database, SqlConnection, epoch, utc
 from xiaohe.identity.server.storage.group_commit import GroupCommit
 from xiaohe.identity.server.storage.schema import outbox
@@ -335,11 +334,6 @@ class Dispatcher:
             payload = Payload.from_bytes(
                 self._sealer.open(claimed.payload_enc, payload_aad(claimed.message_id))
             )
-            params = (
-                sms_template_params(claimed.purpose, payload.text)
-                if claimed.channel == CHANNEL_SMS
-                else {}
-            )
             return OutgoingMessage(
                 message_id=claimed.message_id,
                 channel=claimed.channel,
@@ -347,7 +341,8 @@ class Dispatcher:
                 purpose=claimed.purpose,
                 text=payload.text,
                 subject=payload.subject,
-                template_params=params,
+                template_params=payload.params,
+                template=payload.template,
             )
         except Exception as exc:  # wrong key, tampered blob, malformed JSON
             log.error("outbox payload of %s unreadable: %s", claimed.message_id, type(exc).__name__)
@@ -466,7 +461,6 @@ class Dispatcher:
             )
             .values(**values)
         )
-
 
         async def update(conn: SqlConnection) -> int:
             return int((await conn.execute(statement)).rowcount)

@@ -8,6 +8,7 @@ reports, or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Protocol
 
 from xiaohe.identity.server.clock import Clock
@@ -15,6 +16,7 @@ from xiaohe.identity.server.delivery.outbox import NOTICE_MESSAGE_TTL_SECONDS
 from xiaohe.identity.server.delivery.templates import (
     CHANNEL_EMAIL,
     CHANNEL_SMS,
+    notice_params,
     notice_time,
     render_notice,
     render_notice_email_subject,
@@ -35,6 +37,9 @@ class NoticeQueue(Protocol):
         text: str,
         subject: str = "",
         expires_in_seconds: float = ...,
+        *,
+        template: str = "",
+        params: Mapping[str, str] | None = None,
     ) -> str:
         """Queue one message; Unavailable if nothing was queued."""
         ...
@@ -49,7 +54,9 @@ class Notices:
 
     async def send(self, kind: str, *, phone: str = "", email: str = "", **fields: str) -> int:
         """Queue the notice `kind` (its `at` is now) to each address given; returns how many."""
-        text = render_notice(kind, at=notice_time(self._clock.now()), **fields)
+        at = notice_time(self._clock.now())
+        text = render_notice(kind, at=at, **fields)
+        variables = notice_params(kind, at=at, **fields)
         sent = 0
         if phone:
             await self._outbox.enqueue(
@@ -58,6 +65,8 @@ class Notices:
                 NOTICE_PURPOSE,
                 text,
                 expires_in_seconds=NOTICE_MESSAGE_TTL_SECONDS,
+                template=kind,
+                params=variables,
             )
             sent += 1
         if email:

@@ -64,15 +64,29 @@ class Sealer(Protocol):
 
 @dataclass(frozen=True)
 class Payload:
-    """The sealed part of an outbox row: where the message goes and what it says."""
+    """The sealed part of an outbox row: where the message goes and what it says.
+
+    `template` and `params` are for template-based SMS platforms, which send a
+    registered template filled with variables instead of our text: the template's
+    key (a code purpose or a notice kind) and the values (the code, a login name),
+    in the order the text uses them. They are as secret as the text.
+    """
 
     to: str = field(repr=False)
     text: str = field(repr=False)
     subject: str = field(default="", repr=False)
+    template: str = ""
+    params: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def to_bytes(self) -> bytes:
-        """UTF-8 JSON `{to, text, subject}`."""
-        doc = {"to": self.to, "text": self.text, "subject": self.subject}
+        """UTF-8 JSON `{to, text, subject, template, params}`."""
+        doc = {
+            "to": self.to,
+            "text": self.text,
+            "subject": self.subject,
+            "template": self.template,
+            "params": dict(self.params),
+        }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
@@ -82,9 +96,16 @@ class Payload:
         if not isinstance(doc, dict):
             raise ValueError("malformed outbox payload")
         to, text, subject = doc.get("to"), doc.get("text"), doc.get("subject", "")
-        if not isinstance(to, str) or not isinstance(text, str) or not isinstance(subject, str):
+        template, params = doc.get("template", ""), doc.get("params", {})
+        if not isinstance(to, str) or not isinstance(text, str):
             raise ValueError("malformed outbox payload")
-        return cls(to=to, text=text, subject=subject)
+        if not isinstance(subject, str) or not isinstance(template, str):
+            raise ValueError("malformed outbox payload")
+        if not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+        ):
+            raise ValueError("malformed outbox payload")
+        return cls(to=to, text=text, subject=subject, template=template, params=params)
 
 
 def payload_aad(message_id: str) -> bytes:
@@ -142,8 +163,15 @@ class Outbox:
         text: str,
         subject: str = "",
         expires_in_seconds: float = CODE_MESSAGE_TTL_SECONDS,
+        *,
+        template: str = "",
+        params: Mapping[str, str] | None = None,
     ) -> str:
-        """Queue one message and return its id; raises Unavailable if it could not be queued."""
+        """Queue one message and return its id; raises Unavailable if it could not be queued.
+
+        `template` and `params` name the platform template and its variables (see
+        `Payload`); `template` defaults to the purpose.
+        """
         _check_kind(channel, purpose)
         if not destination or not text:
             raise ValueError("a message needs a destination and a text")
@@ -151,7 +179,13 @@ class Outbox:
             raise ValueError("expires_in_seconds must be positive")
         message_id = self._message_ids()
         sealed = self._sealer.seal(
-            Payload(to=destination, text=text, subject=subject).to_bytes(),
+            Payload(
+                to=destination,
+                text=text,
+                subject=subject,
+                template=template or purpose,
+                params=dict(params or {}),
+            ).to_bytes(),
             payload_aad(message_id),
         )
         now = self._clock.now()

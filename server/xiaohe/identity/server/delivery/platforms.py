@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from xiaohe.identity.server.delivery.providers import DeliveryError
+from xiaohe.identity.server.delivery.providers import DeliveryError, OutgoingMessage
 from xiaohe.identity.server.shared.network import check_secret_url
 
 _PURPOSE = re.compile(r"[A-Z][A-Z_]{0,31}")
@@ -50,13 +50,30 @@ class PlatformTemplates:
         object.__setattr__(self, "templates", MappingProxyType(dict(self.templates)))
         object.__setattr__(self, "sign_names", MappingProxyType(dict(self.sign_names)))
 
-    def for_purpose(self, provider: str, purpose: str) -> tuple[str, str]:
-        """(sign name, template id) for a purpose; DeliveryError (failover) if not served."""
-        template = self.templates.get(purpose)
-        sign = self.sign_names.get(purpose, self.sign_name)
+    def for_message(
+        self, provider: str, message: OutgoingMessage
+    ) -> tuple[str, str, Mapping[str, str]]:
+        """(sign name, template id, variables) for a message; DeliveryError if not served.
+
+        The template is looked up by the message's key (a code purpose, or a notice
+        kind such as `login_name_reminder`). A notice without a template of its own
+        goes out as the fixed-text `NOTICE` template, without variables, when all it
+        carries is its time; a notice that carries more (a login name) needs its own
+        template, else the chain moves it on to the next provider.
+        """
+        key = message.template or message.purpose
+        params = message.template_params
+        if key not in self.templates and set(params) <= _FIXED_TEXT_FIELDS:
+            key, params = message.purpose, {}
+        template = self.templates.get(key)
+        sign = self.sign_names.get(key, self.sign_names.get(message.purpose, self.sign_name))
         if not template or not sign:
-            raise DeliveryError(False, f"{provider} has no template for {purpose}", failover=True)
-        return sign, template
+            raise DeliveryError(False, f"{provider} has no template for {key}", failover=True)
+        return sign, template, params
+
+
+_FIXED_TEXT_FIELDS = frozenset({"at"})
+"""Notice variables a fixed-text template may leave out (when it happened)."""
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,10 @@ class OutgoingMessage:
     template_params: Mapping[str, str] = field(
         default_factory=dict, repr=False, compare=False, hash=False
     )
-    """For template-based SMS platforms: the values of the text's variables (e.g. `code`).
-
-    Derived from the sealed text when the dispatcher opens the payload
-    (`templates.sms_template_params`), so it is as secret as the text."""
+    """For template-based SMS platforms: the values of the text's variables (e.g. `code`),
+    in the order the text uses them; sealed in the outbox like the text."""
+    template: str = ""
+    """The platform template's key: a code purpose or a notice kind ("" = the purpose)."""
 
     def __post_init__(self) -> None:
         if not 0 < len(self.message_id) <= 64 or not set(self.message_id) <= _MESSAGE_ID_CHARS:

@@ -9,7 +9,6 @@ user input, and the message never contains the code.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -179,23 +178,6 @@ def render_code_message(channel: str, purpose: str, code: str, ttl_seconds: int)
     raise ValueError(f"unknown channel {channel!r}")
 
 
-_SMS_CODE = re.compile(r"，验证码：([A-Za-z0-9]+)，(\d+)分钟内有效。")
-
-
-def sms_template_params(purpose: str, text: str) -> dict[str, str]:
-    """The variables of an SMS for template-based platforms: `{"code": ...}` for a code message.
-
-    Aliyun and Tencent Cloud send only registered templates, filled with
-    variables; our outbox holds the rendered text. The text is rendered by
-    `render_code_message` above, so reading the code back out of it is exact
-    (a test renders and reads back every purpose). Messages without a code
-    (security notices, or a text not rendered here) have no variables: a
-    platform template for them is fixed text.
-    """
-    match = _SMS_CODE.search(text) if purpose in _PURPOSES else None
-    return {"code": match.group(1)} if match is not None else {}
-
-
 def render_code_email_subject(purpose: str) -> str:
     """The subject line of a verification-code email (it never contains the code)."""
     return f"{SIGNATURE}{_purpose(purpose).subject}"
@@ -229,6 +211,19 @@ def render_notice(kind: str, **fields: str) -> str:
     return notice.template.format(**fields)
 
 
+def notice_params(kind: str, **fields: str) -> dict[str, str]:
+    """A notice's fields as template variables, in the order its text uses them.
+
+    Template-based SMS platforms fill a registered template with these (Aliyun by
+    name, Tencent Cloud by position: `{1}`, `{2}` in this order).
+    """
+    notice = _NOTICES.get(kind)
+    if notice is None:
+        raise ValueError(f"unknown notice kind {kind!r}")
+    order = sorted(notice.fields, key=lambda name: notice.template.index("{" + name + "}"))
+    return {name: fields[name] for name in order if name in fields}
+
+
 def render_notice_email_subject(kind: str) -> str:
     """The subject line of a security-notice email."""
     notice = _NOTICES.get(kind)
@@ -244,11 +239,11 @@ __all__ = [
     "NOTICE_KINDS",
     "PURPOSES",
     "compose_code_message",
+    "notice_params",
     "notice_time",
     "render_code_email_subject",
     "render_code_message",
     "render_notice",
     "render_notice_email_subject",
-    "sms_template_params",
     "ttl_minutes",
 ]

@@ -133,14 +133,13 @@ class TencentSmsProvider:
 
     def build_request(self, message: OutgoingMessage) -> Any:
         """The SDK's SendSmsRequest for a message; DeliveryError if the purpose is not served."""
-        sign, template = self._templates.for_purpose(self.name, message.purpose)
+        sign, template, params = self._templates.for_message(self.name, message)
         request = sms_models.SendSmsRequest()
         request.PhoneNumberSet = [message.to]
         request.SmsSdkAppId = self._app_id
         request.SignName = sign
         request.TemplateId = template
-        code = message.template_params.get("code")
-        request.TemplateParamSet = [code] if code else []
+        request.TemplateParamSet = list(params.values())  # {1}, {2}, ... in the text's order
         request.SessionContext = message.message_id
         return request
 
