@@ -22,56 +22,20 @@ Scenarios (`fake.script` is consumed first, then `fake.scenario`): `ok`,
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from tests.fakes._server import LocalServer, post_json
+from tests.fakes.acs3 import ALGORITHM, acs3_signature, sha256_hex
+from tests.receipt_pushes import aliyun_push
 
-ALGORITHM = "ACS3-HMAC-SHA256"
 ACCEPTING = frozenset({"ok", "hang"})
-
-
-def _encode(value: str) -> str:
-    return quote(value, safe="-_.~")
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def acs3_signature(
-    secret: str,
-    method: str,
-    path: str,
-    query: list[tuple[str, str]],
-    headers: dict[str, str],
-    signed_headers: list[str],
-    body: bytes,
-) -> str:
-    """The hex signature of a request by the published ACS3-HMAC-SHA256 algorithm."""
-    canonical_query = "&".join(
-        f"{k}={v}" for k, v in sorted((_encode(k), _encode(v)) for k, v in query)
-    )
-    canonical_headers = "".join(f"{h}:{headers[h].strip()}\n" for h in signed_headers)
-    canonical_request = "\n".join(
-        [
-            method.upper(),
-            quote(path or "/", safe="/~"),
-            canonical_query,
-            canonical_headers,
-            ";".join(signed_headers),
-            _sha256_hex(body),
-        ]
-    )
-    string_to_sign = f"{ALGORITHM}\n{_sha256_hex(canonical_request.encode())}"
-    return hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -133,7 +97,7 @@ class AliyunSmsFake:
         must_sign = {"host"} | {h for h in headers if h.startswith("x-acs-")}
         if not must_sign <= set(signed):
             return "unsigned header"
-        if headers.get("x-acs-content-sha256") != _sha256_hex(body):
+        if headers.get("x-acs-content-sha256") != sha256_hex(body):
             return "content hash"
         if headers.get("x-acs-action") != "SendSms" or headers.get("x-acs-version") != "2017-05-25":
             return "action"
@@ -201,18 +165,16 @@ class AliyunSmsFake:
         send: AliyunSend, success: bool = True, err_code: str = "DELIVERED"
     ) -> dict[str, object]:
         """One item of Aliyun's SmsReport push for a send, in the platform's field names."""
-        now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return {
-            "phone_number": send.phone.removeprefix("+86"),
-            "send_time": now,
-            "report_time": now,
-            "success": success,
-            "err_code": err_code,
-            "err_msg": "用户接收成功" if success else "失败",
-            "sms_size": "1",
-            "biz_id": send.biz_id or "",
-            "out_id": send.out_id,
-        }
+        item = aliyun_push(
+            send.out_id,
+            biz_id=send.biz_id or "",
+            success=success,
+            err_code=err_code,
+            phone=send.phone.removeprefix("+86"),
+            report_time=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        parsed: list[dict[str, object]] = json.loads(item)
+        return parsed[0]
 
     async def push_receipts(self, url: str, items: list[dict[str, object]]) -> tuple[int, str]:
         """POST an SmsReport array to `url` as the platform does; (status, body)."""
@@ -235,4 +197,4 @@ async def started(access_key_id: str, access_key_secret: str) -> tuple[AliyunSms
     return fake, await fake.start()
 
 
-__all__ = ["AliyunSend", "AliyunSmsFake", "acs3_signature", "started"]
+__all__ = ["AliyunSend", "AliyunSmsFake", "started"]

@@ -24,7 +24,6 @@ of its 11 national digits (`Mask=SHA256`), which is also what a test looks it up
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
@@ -32,11 +31,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
-ALGORITHM = "ACS3-HMAC-SHA256"
+from tests.fakes.acs3 import ALGORITHM, acs3_signature, sha256_hex
+
 ACTION = "DescribePhoneTwiceTelVerify"
 VERSION = "2020-02-17"
 REQUIRED_SIGNED = frozenset(
@@ -53,44 +52,6 @@ _AUTHORIZATION = re.compile(
     rf"{ALGORITHM} Credential=(?P<key>[^,]+),SignedHeaders=(?P<signed>[^,]+),"
     r"Signature=(?P<signature>[0-9a-f]{64})"
 )
-
-
-def rfc3986(value: str) -> str:
-    """Percent-encode everything but the unreserved characters (A-Z a-z 0-9 - _ . ~)."""
-    return quote(value, safe="-_.~")
-
-
-def sha256_hex(data: bytes) -> str:
-    """Lower-case hex SHA-256."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def expected_signature(
-    secret: str,
-    method: str,
-    path: str,
-    query: list[tuple[str, str]],
-    headers: dict[str, str],
-    signed: list[str],
-    body: bytes,
-) -> str:
-    """The ACS3-HMAC-SHA256 signature of a request, recomputed from what arrived."""
-    canonical_query = "&".join(
-        f"{rfc3986(k)}={rfc3986(v)}" for k, v in sorted(query, key=lambda kv: kv[0])
-    )
-    canonical_headers = "".join(f"{name}:{headers.get(name, '').strip()}\n" for name in signed)
-    canonical_request = "\n".join(
-        (
-            method,
-            path or "/",
-            canonical_query,
-            canonical_headers,
-            ";".join(signed),
-            sha256_hex(body),
-        )
-    )
-    string_to_sign = f"{ALGORITHM}\n{sha256_hex(canonical_request.encode('utf-8'))}"
-    return hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 def national_digest(e164: str) -> str:
@@ -172,7 +133,7 @@ class FakeNumberStatusService:
         headers = {k.lower(): v for k, v in request.headers.items()}
         if headers.get("x-acs-content-sha256", "") != sha256_hex(body):
             return 400, "ContentSHA256NotMatched"
-        signature = expected_signature(
+        signature = acs3_signature(
             self.access_key_secret,
             request.method,
             request.path,

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from tests.fakes._server import LocalServer, post_json
+from tests.receipt_pushes import tencent_push
 
 ALGORITHM = "TC3-HMAC-SHA256"
 SERVICE = "sms"
@@ -202,16 +203,16 @@ class TencentSmsFake:
     @staticmethod
     def receipt(send: TencentSend, success: bool = True) -> dict[str, object]:
         """One item of Tencent Cloud's status callback for a send, in the platform's field names."""
-        return {
-            "user_receive_time": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            "nationcode": "86",
-            "mobile": send.phone.removeprefix("+86"),
-            "report_status": "SUCCESS" if success else "FAIL",
-            "errmsg": "DELIVRD" if success else "UNDELIV",
-            "description": "用户短信送达成功" if success else "用户短信未送达",
-            "sid": send.serial_no or "",
-            "ext": send.session_context,
-        }
+        item = tencent_push(
+            send.session_context,
+            sid=send.serial_no or "",
+            status="SUCCESS" if success else "FAIL",
+            err_code="DELIVRD" if success else "UNDELIV",
+            phone=send.phone.removeprefix("+86"),
+            report_time=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        parsed: list[dict[str, object]] = json.loads(item)
+        return parsed[0]
 
     async def push_receipts(self, url: str, items: list[dict[str, object]]) -> tuple[int, str]:
         """POST a status-callback array to `url` as the platform does; (status, body)."""

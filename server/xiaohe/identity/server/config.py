@@ -458,16 +458,7 @@ def _validate_number_status(s: Settings) -> None:
         if not getattr(s, f"number_status_{part}"):
             raise SettingsError(f"{name}{part.upper()}: required with {name}PROVIDER=aliyun")
     if s.number_status_endpoint:
-        try:
-            check = check_secret_url(s.number_status_endpoint)
-        except ValueError:
-            raise SettingsError(f"{name}ENDPOINT: not a URL") from None
-        if check == "not_http":
-            raise SettingsError(f"{name}ENDPOINT: use https://HOST[:PORT]")
-        if check == "remote_http":
-            raise SettingsError(
-                f"{name}ENDPOINT: plain http:// only to a loopback address; use https://"
-            )
+        _check_secret_url(f"{name}ENDPOINT", s.number_status_endpoint, "https://HOST[:PORT]")
 
 
 def _validate_transport_security(s: Settings) -> None:
@@ -485,17 +476,19 @@ def _validate_transport_security(s: Settings) -> None:
             "(they are never sent in plaintext)"
         )
     if s.sms_gateway_url:
-        try:
-            check = check_secret_url(s.sms_gateway_url)
-        except ValueError:
-            raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: not a URL") from None
-        if check == "not_http":
-            raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: use https://HOST/...")
-        if check == "remote_http":
-            raise SettingsError(
-                f"{ENV_PREFIX}SMS_GATEWAY_URL: plain http:// only to a loopback address; "
-                "use https://"
-            )
+        _check_secret_url(f"{ENV_PREFIX}SMS_GATEWAY_URL", s.sms_gateway_url, "https://HOST/...")
+
+
+def _check_secret_url(setting: str, url: str, shape: str) -> None:
+    """A URL that requests carrying secrets or personal data go to: TLS unless on loopback."""
+    try:
+        check = check_secret_url(url)
+    except ValueError:
+        raise SettingsError(f"{setting}: not a URL") from None
+    if check == "not_http":
+        raise SettingsError(f"{setting}: use {shape}")
+    if check == "remote_http":
+        raise SettingsError(f"{setting}: plain http:// only to a loopback address; use https://")
 
 
 def _check_listen_security(s: Settings) -> None:
