@@ -43,8 +43,8 @@ PARTLY_BUILT: dict[str, str] = {
     "H1": "an approved manual review as the proof of a phone change (issue 12; answered "
     "UNIMPLEMENTED until then); the old-phone and email proofs and the email's own proof "
     "are proved",
-    "T3": "deactivation (issue 14), recycled numbers (issue 10); logout, revoke-all, "
-    "password change and reset, and phone and email changes are proved",
+    "T3": "deactivation (issue 14); logout, revoke-all, password change and reset, phone "
+    "and email changes, and recycled-number reports are proved",
     "I5": "deactivation and anonymisation after retention (issue 14); crypto-shredded data "
     "reading as empty is proved",
     "I6": "the directory with field grants and its disclosure log (issue 13); masking of "
