@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from xiaohe.identity.server.delivery.notices import NOTICE_PURPOSE
 from xiaohe.identity.server.delivery.platforms import Endpoint, parse_purpose_map
 from xiaohe.identity.server.delivery.templates import NOTICE_KINDS, PURPOSES
+from xiaohe.identity.server.ratelimit.prefixes import NumberRange
 from xiaohe.identity.server.shared.network import (
     check_secret_url,
     is_loopback_host,
@@ -36,9 +36,6 @@ MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
 """Upper bound of `token_leeway_seconds`; revocations are kept past it (sessions/revocations.py)."""
 
 HIDDEN: Final = "<hidden>"
-
-_RANGE_PATTERN: Final = re.compile(r"[1-9][0-9]{0,2}(?:-[0-9]{1,10})?")
-"""A number range setting: a country code, then optionally a hyphen and leading digits."""
 
 
 class SettingsError(Exception):
@@ -413,11 +410,10 @@ def _validate_pumping(s: Settings) -> None:
     """Number ranges parse, budgets are not negative, the watch's thresholds make sense."""
     for name in ("pumping_denied_ranges", "pumping_budgeted_ranges"):
         for pattern in getattr(s, name):
-            if not _RANGE_PATTERN.fullmatch(pattern):
-                raise SettingsError(
-                    f"{ENV_PREFIX}{name.upper()}: {pattern!r} is not a number range; write a "
-                    "country code, a hyphen and leading digits, e.g. 86-170"
-                )
+            try:
+                NumberRange.parse(pattern)
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
     both = set(s.pumping_denied_ranges) & set(s.pumping_budgeted_ranges)
     if both:
         raise SettingsError(
