@@ -7,7 +7,7 @@ PROTO_OUT := clients/python
 # The API is checked for breaking changes against this commit (the one before, by default).
 PROTO_BASE ?= HEAD~1
 
-.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench clean security-map security-map-check
+.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench profile-codes clean security-map security-map-check
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ security-map-check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks --report docs/performance.md
+
+profile-codes: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.profile_codes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
