@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.fakes._server import LocalServer
 from tests.fakes.aliyun_sms import AliyunSmsFake
 from tests.fakes.tencent_sms import TencentSmsFake
 from xiaohe.identity.server.clock import FakeClock
@@ -25,6 +27,7 @@ from xiaohe.identity.server.delivery.platforms import PlatformTemplates
 from xiaohe.identity.server.delivery.providers import (
     DeliveryError,
     DeliveryOutcomeUnknown,
+    HttpSmsGatewayProvider,
     OutgoingMessage,
 )
 from xiaohe.identity.server.delivery.templates import render_code_message
@@ -295,3 +298,31 @@ async def test_dispatcher_retry_policy_sends_again_after_an_unknown_outcome(
     assert done.provider_message_id == aliyun_fake.accepted[1].biz_id
     assert [s.out_id for s in aliyun_fake.accepted] == [message_id, message_id]
     assert tencent_fake.received == []
+
+
+async def test_an_unknown_outcome_at_an_idempotent_gateway_is_not_retried_through_the_chain(
+    fakes: tuple[AliyunSmsFake, TencentSmsFake, str, str], clock: FakeClock
+) -> None:
+    """The gateway dedupes by message id, Aliyun does not: once the gateway may have the
+    message, a retry of the chain could reach Aliyun (the gateway's circuit open) and send
+    a second SMS, so the chain's unknown outcome must not be retried."""
+    aliyun_fake, _, a_url, _ = fakes
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await gateway.release.wait()
+        return web.Response(status=200)
+
+    gateway = LocalServer(hang)
+    gateway_url = await gateway.start()
+    try:
+        http = HttpSmsGatewayProvider(gateway_url, "k1", "gateway-secret", clock, timeout=0.3)
+        templates = PlatformTemplates("小禾企服网", {"LOGIN": "SMS_1"})
+        aliyun = AliyunSmsProvider(AliyunSmsConfig("ak", "ak-secret", templates, endpoint=a_url))
+        provider = FailoverProvider([http, aliyun], clock, failure_threshold=1, cooldown_seconds=60)
+        with pytest.raises(DeliveryOutcomeUnknown) as info:
+            await provider.send(message())
+        assert info.value.provider == "http"
+        assert info.value.idempotent is False
+        assert aliyun_fake.received == []
+    finally:
+        await gateway.close()

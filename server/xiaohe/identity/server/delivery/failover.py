@@ -184,6 +184,10 @@ class FailoverProvider:
                 breaker.failure()
                 self._count(provider.name, ATTEMPT_UNKNOWN)
                 exc.provider = exc.provider or provider.name
+                # A retry goes through the whole chain again: if this provider's circuit
+                # opens meanwhile, a provider without idempotency would send the message a
+                # second time. Only a chain that dedupes end to end may retry it.
+                exc.idempotent = exc.idempotent and self.idempotent
                 raise
             except DeliveryError as exc:
                 exc.provider = exc.provider or provider.name
