@@ -6,6 +6,7 @@ listed addresses); bodies are size-capped; replays and duplicates change nothing
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -253,3 +254,57 @@ async def test_health_and_log_hold_no_secret_or_number(
     assert ALIYUN_SECRET not in caplog.text
     assert "13811112222" not in caplog.text
     assert ALIYUN_SECRET not in repr(h.container.settings)
+
+
+async def test_a_receipt_with_an_impossible_time_is_acknowledged_without_its_time(
+    harness_factory: HarnessFactory,
+) -> None:
+    """A year-1 report time must not make the push fail forever (the platform retries 5xx)."""
+    h = await listener(harness_factory)
+    message_id = await sent_code(h)
+    push = aliyun_push(message_id, report_time="0001-01-01 00:00:00")
+    async with aiohttp.ClientSession() as session:
+        status, text = await post(
+            session, url(h, f"/callbacks/aliyun/{ALIYUN_SECRET}/sms-report"), push
+        )
+    assert (status, json.loads(text)) == (200, ALIYUN_ACK)
+    shown = await h.container.delivery_log.get(message_id)
+    assert (shown.delivery, shown.done_at) == ("delivered", None)
+
+
+async def test_a_secret_header_that_is_not_utf8_is_not_found(
+    harness_factory: HarnessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 500 with a traceback per request: the same 404 as any wrong secret."""
+    h = await listener(harness_factory)
+    port = h.running.callback_port
+    request = (
+        b"POST /callbacks/aliyun/sms-report HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + SECRET_HEADER.encode()
+        + b": \xff\xfe\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"
+    )
+    reply = await raw_exchange(port, request)
+    assert reply.split(b"\r\n", 1)[0].endswith(b" 404 Not Found")
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_request_aiohttp_cannot_parse_leaves_no_secret_in_the_log(
+    harness_factory: HarnessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await listener(harness_factory)
+    request = f"POST /callbacks/aliyun/{ALIYUN_SECRET}/\x01bad HTTP/1.1\r\n\r\n".encode()
+    reply = await raw_exchange(h.running.callback_port, request)
+    assert reply.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert ALIYUN_SECRET not in caplog.text
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes to the listener (no client library tidies them up); its first reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()

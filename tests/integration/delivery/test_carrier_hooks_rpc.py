@@ -94,6 +94,13 @@ async def test_gateway_ids_match_rows_the_gateway_provider_sent(h: Harness) -> N
     assert (await h.container.delivery_log.get(message_id)).delivery == "expired"
 
 
+def far_future_report() -> carriers_pb2.DeliveryReport:
+    """A report whose done_at lies in the year 10000 (Timestamp allows it; no receipt can)."""
+    far = report(carriers_pb2.DELIVERY_STATE_DELIVRD, "a")
+    far.done_at.seconds = 253_402_300_800
+    return far
+
+
 @pytest.mark.parametrize(
     ("reports", "field"),
     [
@@ -106,6 +113,7 @@ async def test_gateway_ids_match_rows_the_gateway_provider_sent(h: Harness) -> N
             [report(carriers_pb2.DELIVERY_STATE_DELIVRD, "a", error_code="E" * 33)],
             "reports[0].error_code",
         ),
+        ([far_future_report()], "reports[0].done_at"),
     ],
 )
 async def test_bad_reports_are_invalid_arguments(
@@ -146,11 +154,21 @@ async def test_get_delivery_of_an_unknown_or_bad_id(h: Harness) -> None:
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_recycled_number_reports_need_a_time(h: Harness) -> None:
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(None, 0), (253_402_300_800, 0), (-62_135_596_800, 0), (1_700_000_000, 2_000_000_000)],
+    ids=["missing", "year-10000", "year-1", "bad-nanos"],
+)
+async def test_recycled_number_reports_need_a_real_time(
+    h: Harness, seconds: int | None, nanos: int
+) -> None:
+    """A missing or impossible time is the caller's mistake: INVALID_ARGUMENT, not INTERNAL."""
+    request = carriers_pb2.ReportRecycledNumberRequest(phone=PHONE)
+    if seconds is not None:
+        request.recycled_at.seconds = seconds
+        request.recycled_at.nanos = nanos
     stub = carriers_pb2_grpc.CarrierHookServiceStub(h.channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.ReportRecycledNumber(
-            carriers_pb2.ReportRecycledNumberRequest(phone=PHONE),
-            metadata=await h.client_metadata("carrier-hooks"),
-        )
+        await stub.ReportRecycledNumber(request, metadata=await h.client_metadata("carrier-hooks"))
+    assert details_of(caught.value).code == grpc.StatusCode.INVALID_ARGUMENT
     assert details_of(caught.value).violations.keys() == {"recycled_at"}

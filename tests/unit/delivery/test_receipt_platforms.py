@@ -121,6 +121,9 @@ def test_long_carrier_codes_are_cut_to_the_column() -> None:
 def test_china_time() -> None:
     assert parse_china_time("2017-01-01 00:00:03") == BEIJING_2017
     assert parse_china_time("2017-13-01 00:00:03") is None
+    # Readable but impossible: unreadable, so the item is still acknowledged (no 500 loop).
+    assert parse_china_time("0001-01-01 00:00:00") is None
+    assert parse_china_time("9999-12-31 23:59:59") is None
     assert parse_china_time(1483200003) is None
 
 

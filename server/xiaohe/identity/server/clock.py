@@ -35,3 +35,16 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         self._now += seconds
+
+
+LATEST_PLAUSIBLE_TIME = 4_102_444_800.0
+"""2100-01-01T00:00:00Z."""
+
+
+def is_plausible_time(epoch_seconds: float) -> bool:
+    """Whether a time from outside (a receipt, a carrier's report) can be real: 1970 to 2100.
+
+    Anything else is a typing or parsing error, refused as such rather than stored
+    (a year-1 time cannot even become a database timestamp).
+    """
+    return 0 < epoch_seconds < LATEST_PLAUSIBLE_TIME

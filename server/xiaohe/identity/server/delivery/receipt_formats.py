@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from xiaohe.identity.server.clock import is_plausible_time
 from xiaohe.identity.server.delivery.receipts import (
     MAX_CODE_LENGTH,
     MAX_ID_LENGTH,
@@ -56,13 +57,19 @@ class ParsedPush:
 
 
 def parse_china_time(value: object) -> float | None:
-    """Epoch seconds of a platform time ("2017-01-01 00:00:00", Beijing); None if unreadable."""
+    """Epoch seconds of a platform time ("2017-01-01 00:00:00", Beijing); None if unreadable.
+
+    A time before 1970 or from 2100 on is unreadable too: no receipt is that old or
+    new, and the outbox could not store it.
+    """
     if not isinstance(value, str):
         return None
     try:
-        return datetime.strptime(value.strip(), _TIME_FORMAT).replace(tzinfo=CHINA_TIME).timestamp()
-    except ValueError:
+        parsed = datetime.strptime(value.strip(), _TIME_FORMAT).replace(tzinfo=CHINA_TIME)
+        seconds = parsed.timestamp()
+    except (ValueError, OverflowError):
         return None
+    return seconds if is_plausible_time(seconds) else None
 
 
 def _text(item: dict[str, Any], key: str) -> str | None:

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.clock import Clock, is_plausible_time
 from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.storage.database import Database, epoch, utc
 from xiaohe.identity.server.storage.schema import outbox
@@ -86,6 +86,8 @@ class Receipt:
             raise ValueError(f"message ids are at most {MAX_ID_LENGTH} characters")
         if len(self.code) > MAX_CODE_LENGTH:
             raise ValueError(f"a receipt code is at most {MAX_CODE_LENGTH} characters")
+        if self.done_at is not None and not is_plausible_time(self.done_at):
+            raise ValueError("a receipt's time must lie between 1970 and 2100")
 
 
 @dataclass(frozen=True)

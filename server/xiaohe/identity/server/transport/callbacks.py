@@ -143,7 +143,28 @@ def _source_allowed(route: PlatformRoute, remote: str | None) -> bool:
 
 def _secret_matches(route: PlatformRoute, request: web.Request) -> bool:
     given = request.match_info.get("secret") or request.headers.get(SECRET_HEADER) or ""
-    return hmac.compare_digest(given.encode(), route.secret.encode())
+    # A header that is not UTF-8 arrives with surrogates: compare its bytes, never fail.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), route.secret.encode())
+
+
+class _WithoutRequestText(logging.Filter):
+    """Strips what aiohttp's server log would echo of a bad request (its line holds the path).
+
+    aiohttp logs a request it cannot parse with the offending bytes, and our paths
+    carry the platforms' secrets: such records keep their message type and lose
+    their arguments and traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"aiohttp could not serve a request ({record.levelname.lower()})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_SERVER_LOG = logging.getLogger("aiohttp.server")
+_SERVER_LOG.addFilter(_WithoutRequestText())
 
 
 class CallbackApp:

@@ -29,10 +29,12 @@ from xiaohe.identity.server.delivery.receipts import (
     Receipt,
 )
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.transport.timestamps import epoch_seconds
 from xiaohe.identity.v1 import carriers_pb2, carriers_pb2_grpc
 
 MAX_REPORTS = 100
 SOURCE = "grpc"
+_TIME_RANGE = "must be a time between 1970 and 2100"
 
 CMPP_STATES: dict[int, str] = {
     carriers_pb2.DELIVERY_STATE_DELIVRD: STATE_DELIVERED,
@@ -80,6 +82,9 @@ def receipts_from_request(
             violations.append(
                 FieldViolation(f"{where}.error_code", f"at most {MAX_CODE_LENGTH} characters")
             )
+        done_at = epoch_seconds(report.done_at) if report.HasField("done_at") else None
+        if report.HasField("done_at") and done_at is None:
+            violations.append(FieldViolation(f"{where}.done_at", _TIME_RANGE))
         if violations or state is None:
             continue
         receipts.append(
@@ -89,9 +94,7 @@ def receipts_from_request(
                 provider=gateway_provider,
                 provider_message_id=report.provider_message_id,
                 code=report.error_code,
-                done_at=(
-                    report.done_at.ToNanoseconds() / 1e9 if report.HasField("done_at") else None
-                ),
+                done_at=done_at,
             )
         )
     if violations:
@@ -129,9 +132,10 @@ class CarrierHookServicer(carriers_pb2_grpc.CarrierHookServiceServicer):
     ) -> carriers_pb2.ReportRecycledNumberResponse:
         if not request.HasField("recycled_at"):
             raise InvalidArgument(FieldViolation("recycled_at", "required"))
+        recycled_at = epoch_seconds(request.recycled_at)
+        if recycled_at is None:
+            raise InvalidArgument(FieldViolation("recycled_at", _TIME_RANGE))
         await self._recycled.report(
-            request.phone,
-            request.recycled_at.ToNanoseconds() / 1e9,
-            client_id=context.current().client_id,
+            request.phone, recycled_at, client_id=context.current().client_id
         )
         return carriers_pb2.ReportRecycledNumberResponse()
