@@ -35,6 +35,7 @@ from alibabacloud_dytnsapi20200217.client import Client as DytnsClient
 from alibabacloud_dytnsapi20200217.models import DescribePhoneTwiceTelVerifyRequest
 from alibabacloud_tea_openapi.utils_models import Config as OpenApiConfig
 
+from xiaohe.identity.server.delivery.sdk_logging import quiet_sdk_loggers
 from xiaohe.identity.server.shared.identifiers import CHINA_TIMEZONE
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class AliyunNumberStatusCheck:
             config.protocol = parts.scheme.upper()
             self._endpoint = f"{parts.scheme}://{parts.netloc}"
         self._client = DytnsClient(config)
+        quiet_sdk_loggers()
         self._auth_code = auth_code
         self._timeout = timeout_seconds
 
