@@ -265,3 +265,24 @@ async def test_audience_and_issuer_enforced(clock: FakeClock) -> None:
     with pytest.raises(InvalidToken) as info:
         await verifier.verify(_token(clock, iss="https://evil.test"))
     assert info.value.reason == "wrong_issuer"
+
+
+@pytest.mark.parametrize("allow_restricted", [False, True])
+async def test_a_session_that_must_bind_a_phone_again_is_refused_always(
+    clock: FakeClock, allow_restricted: bool
+) -> None:
+    """H3: a phone_reverify session serves nothing; `allow_restricted` is for consent pages."""
+    verifier = _verifier(FakeJwksEndpoint("k1"), clock, allow_restricted=allow_restricted)
+    with pytest.raises(InvalidToken) as info:
+        await verifier.verify(_token(clock, restriction="phone_reverify"))
+    assert info.value.reason == "restricted"
+
+
+async def test_a_consent_session_passes_only_a_verifier_built_for_consent_pages(
+    clock: FakeClock,
+) -> None:
+    token = _token(clock, restriction="consent")
+    with pytest.raises(InvalidToken):
+        await _verifier(FakeJwksEndpoint("k1"), clock).verify(token)
+    claims = await _verifier(FakeJwksEndpoint("k1"), clock, allow_restricted=True).verify(token)
+    assert claims.restriction == "consent"

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from nacl.signing import VerifyKey
 
 from xiaohe.identity.tokens.jwt import (
+    CONSENT_RESTRICTION,
     Claims,
     InvalidToken,
     UnknownKeyId,
@@ -54,6 +55,7 @@ class TokenVerifier:
         cache_size: int = 10000,
         allow_restricted: bool = False,
     ) -> None:
+        """`allow_restricted` accepts sessions restricted for consent only (see `_unrestricted`)."""
         self._fetch_jwks = fetch_jwks
         self._allow_restricted = allow_restricted
         self._audience = audience
@@ -120,11 +122,15 @@ class TokenVerifier:
         A session restricted for consent (the user has not accepted the current
         privacy policy) may only be used to accept it, so a business system refuses
         its tokens (`InvalidToken("restricted")`) unless built with
-        `allow_restricted=True`.
+        `allow_restricted=True` (a consent page). Any other restriction (`phone_reverify`:
+        the account's phone was recycled and must be bound again) is refused always:
+        such a session may only bind a phone, which no business system does.
         """
-        if claims.restriction and not self._allow_restricted:
-            raise InvalidToken("restricted")
-        return claims
+        if not claims.restriction:
+            return claims
+        if self._allow_restricted and claims.restriction == CONSENT_RESTRICTION:
+            return claims
+        raise InvalidToken("restricted")
 
     async def refresh_keys(self) -> None:
         """Fetch the key set now, regardless of `min_refetch_interval` (e.g. at startup)."""

@@ -88,7 +88,15 @@ class Claims:
     raw: Mapping[str, object] = field(compare=False, hash=False, repr=False)
     restriction: str = ""
     """Why the session is restricted (`consent`: the user must accept the current privacy
-    policy first); "" for a normal session. Restricted tokens are refused by default."""
+    policy first; `phone_reverify`: the account must bind a phone again); "" for a normal
+    session. Restricted tokens are refused by default."""
+
+
+CONSENT_RESTRICTION = "consent"
+"""A session restricted until the account accepts the current privacy policy."""
+
+PHONE_REVERIFY_RESTRICTION = "phone_reverify"
+"""A session restricted until the account binds a phone again: its phone was recycled."""
 
 
 def _b64encode(data: bytes) -> str:

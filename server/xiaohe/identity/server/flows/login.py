@@ -89,6 +89,7 @@ from xiaohe.identity.server.shared.validation import (
     UNKNOWN_SUBJECT,
 )
 from xiaohe.identity.server.storage.database import UnitOfWork
+from xiaohe.identity.tokens.jwt import CONSENT_RESTRICTION, PHONE_REVERIFY_RESTRICTION
 
 logger = logging.getLogger(__name__)
 
@@ -223,13 +224,6 @@ class LoginMetrics(Protocol):
     def login(self, method: str, outcome: str) -> None:
         """Count one login attempt and its outcome."""
         ...
-
-
-CONSENT_RESTRICTION: Final = "consent"
-"""A session restricted until the account accepts the current privacy policy (I3)."""
-
-PHONE_REVERIFY_RESTRICTION: Final = "phone_reverify"
-"""A session restricted until the account binds a phone again: its phone was recycled (H3)."""
 
 
 async def session_subject(
@@ -613,8 +607,6 @@ class LoginFlow:
 
 
 __all__ = [
-    "CONSENT_RESTRICTION",
-    "PHONE_REVERIFY_RESTRICTION",
     "ActiveSubjects",
     "AuditSink",
     "CredentialStore",

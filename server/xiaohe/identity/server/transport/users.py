@@ -14,8 +14,7 @@ from xiaohe.identity.server.errors import (
     TokenInvalid,
     UserUnauthenticated,
 )
-from xiaohe.identity.server.flows.login import PHONE_REVERIFY_RESTRICTION
-from xiaohe.identity.tokens.jwt import Claims
+from xiaohe.identity.tokens.jwt import PHONE_REVERIFY_RESTRICTION, Claims
 
 
 class TokenValidation(Protocol):
