@@ -37,9 +37,12 @@ def test_a_scope_names_the_prefix_and_the_ranges_never_the_number() -> None:
     other = policy.scope("+8613812345678")
     assert other is not None
     assert (other.prefix, other.ranges, other.denied) == ("86-1381234", (), False)
-    short = policy.scope("+3541234567")  # Iceland: 7 national digits
+    iceland = policy.scope("+3541234567")  # seven national digits: three kept
+    assert iceland is not None
+    assert iceland.prefix == "354-123"
+    short = policy.scope("+3541234")  # four national digits: no country split, still 10,000
     assert short is not None
-    assert short.prefix == "x-354123"
+    assert short.prefix == "x-354"
     assert policy.scope("zhangsan@example.cn") is None
 
 

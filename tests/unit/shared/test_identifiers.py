@@ -759,12 +759,13 @@ def test_mask_identifier(kind: IdentifierKind | int, value: str, masked: str) ->
     ("phone", "prefix"),
     [
         ("+8613812345678", "86-1381234"),
-        ("+85291234567", "852-9123456"),
-        ("+12025550123", "1-2025550"),
+        ("+85291234567", "852-9123"),  # eight national digits: four kept, four left out
+        ("+12025550123", "1-202555"),
+        ("+4930123456789", "49-3012345"),  # at most seven national digits
+        ("+3541234", ""),  # four national digits: nothing left to keep
         ("13812345678", ""),  # not normalised
-        ("+861381234", ""),  # too short to have a whole prefix and a subscriber part
         ("", ""),
     ],
 )
-def test_number_prefix_is_country_code_and_seven_national_digits(phone: str, prefix: str) -> None:
+def test_number_prefix_names_ten_thousand_numbers_or_more(phone: str, prefix: str) -> None:
     assert number_prefix(phone) == prefix

@@ -29,7 +29,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from xiaohe.identity.server.shared.identifiers import PREFIX_DIGITS, number_prefix
+from xiaohe.identity.server.shared.identifiers import (
+    PREFIX_DIGITS,
+    SUBSCRIBER_DIGITS,
+    number_prefix,
+)
 
 _RANGE = re.compile(r"([1-9][0-9]{0,2})(?:-([0-9]{1,10}))?")
 _PREFIX = re.compile(r"[1-9][0-9]{0,2}-[0-9]{0,7}|x-[0-9]{0,10}")
@@ -137,13 +141,13 @@ class PumpingPolicy:
 
 
 def _short_prefix(digits: str) -> str:
-    """A prefix for a number too short for `number_prefix`: all but its last four digits.
+    """A prefix for a number `number_prefix` has none for: all but its last four digits.
 
-    Only countries with national numbers of seven digits or fewer get here; the
-    country code is unknown at this layer, so the prefix is written without a
-    hyphen split (`x-` marks it). It still names 10,000 numbers, never one.
+    Only numbers with four national digits or fewer get here, and the country code
+    is not split off, so the prefix is written without a hyphen (`x-` marks it). It
+    still names 10,000 numbers, never one.
     """
-    kept = digits[: max(0, len(digits) - 4)][: 3 + PREFIX_DIGITS]
+    kept = digits[: max(0, len(digits) - SUBSCRIBER_DIGITS)][: 3 + PREFIX_DIGITS]
     return f"x-{kept}"
 
 

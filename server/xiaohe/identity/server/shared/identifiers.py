@@ -210,21 +210,29 @@ def normalize_phone(
 
 
 PREFIX_DIGITS = 7
-"""A number prefix (号段) is the first seven national digits: it names a carrier's block of
-10,000 numbers in one region, so it is not personal data."""
+"""A number prefix (号段) is at most the first seven national digits: on the mainland it
+names a carrier's block of 10,000 numbers in one region, so it is not personal data."""
+
+SUBSCRIBER_DIGITS = 4
+"""A prefix always leaves at least this many digits out, so it names 10,000 numbers or more."""
 
 
 def number_prefix(phone: str) -> str:
     """The prefix of a normalised phone, `+8613812345678` → `86-1381234`; "" if not E.164.
 
-    Delivery metrics and the SMS-pumping defence count per prefix: an attack that
-    spreads its requests over many numbers still lands in a few prefixes.
+    It keeps the first seven national digits, or fewer where the national number is
+    short (`+85291234567` → `852-9123`), so that it never names fewer than 10,000
+    numbers. Delivery metrics and the SMS-pumping defence count per prefix: an attack
+    that spreads its requests over many numbers still lands in a few prefixes.
     """
     digits = phone[1:] if phone.startswith("+") else ""
     code = _country_code(digits) if _DIGITS.fullmatch(digits) else None
-    if code is None or len(digits) - len(code) <= PREFIX_DIGITS:
+    if code is None:
         return ""
-    return f"{code}-{digits[len(code) : len(code) + PREFIX_DIGITS]}"
+    kept = min(PREFIX_DIGITS, len(digits) - len(code) - SUBSCRIBER_DIGITS)
+    if kept <= 0:
+        return ""
+    return f"{code}-{digits[len(code) : len(code) + kept]}"
 
 
 # --- Email -----------------------------------------------------------------
