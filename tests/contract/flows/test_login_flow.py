@@ -357,6 +357,10 @@ class RacingStore:
         """Delegate."""
         return await self.inner.find_by_phone(e164)
 
+    async def lock_credentials(self, account_id: str) -> AccountCredentials:
+        """Delegate."""
+        return await self.inner.lock_credentials(account_id)
+
     async def set_password_hash(
         self, account_id: str, new_hash: str, *, expected_old_hash: str | None = None
     ) -> bool:

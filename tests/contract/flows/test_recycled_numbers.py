@@ -366,6 +366,33 @@ async def test_the_next_password_login_must_reverify_the_phone(env: Env) -> None
         await password_login(env, PHONE)
 
 
+async def test_a_report_during_a_login_restricts_the_session_it_starts(env: Env) -> None:
+    """H3: a report that lands after the login checked the password and before its session
+    starts still restricts that session: the account is read again, locked, with the session."""
+    account_id = await env.register()
+    env.clock.advance(DAY)
+
+    class ReportMidLogin:
+        """The accounts, with a report arriving right after the login found the account."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(env.accounts.service, name)
+
+        async def find_credentials(self, *args: Any, **kwargs: Any) -> Any:
+            found = await env.accounts.service.find_credentials(*args, **kwargs)
+            await env.flow.report(PHONE, env.clock.now() - 60, client_id=CLIENT)
+            return found
+
+    env.login._accounts = ReportMidLogin()  # type: ignore[assignment]
+    result = await password_login(env)
+
+    assert result.next_step is NextStep.PHONE_REVERIFY_REQUIRED
+    with pytest.raises(TokenInvalid):
+        env.sessions.validate(result.session.access_token)
+    claims = env.sessions.validate(result.session.access_token, allow_restricted=True)
+    assert (claims.sub, claims.restriction) == (account_id, PHONE_REVERIFY_RESTRICTION)
+
+
 async def test_binding_a_phone_ends_the_stale_state(env: Env) -> None:
     """H3, H1: BindPhone with a fresh BIND_PHONE ticket binds the new phone, clears
     `phone_stale_at`, ends the reverify session, and the next login is a normal one."""

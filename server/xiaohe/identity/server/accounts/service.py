@@ -240,6 +240,19 @@ class AccountService:
         """The credentials of an account; NotFound if none."""
         return _credentials(await self._get(account_id))
 
+    async def lock_credentials(self, account_id: str) -> AccountCredentials:
+        """The credentials read again with the account locked until the unit of work ends.
+
+        Login reads them so inside the unit of work that starts its session: a
+        concurrent change to the account (a recycled-number report) either commits
+        before, and the session sees it, or waits, and then finds the session to end.
+        NotFound if the account is gone.
+        """
+        record = await self._repo.get_for_update(account_id)
+        if record is None:
+            raise NotFound("account not found")
+        return _credentials(record)
+
     # -- changes ----------------------------------------------------------------------
 
     async def set_password_hash(

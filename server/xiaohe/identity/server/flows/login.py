@@ -138,6 +138,10 @@ class CredentialStore(Protocol):
         """The credentials of an account; NotFound if none."""
         ...
 
+    async def lock_credentials(self, account_id: str) -> AccountCredentials:
+        """The credentials read again, the account locked until the unit of work ends."""
+        ...
+
     async def set_password_hash(
         self, account_id: str, new_hash: str, *, expected_old_hash: str | None = None
     ) -> bool:
@@ -578,10 +582,13 @@ class LoginFlow:
         """Step 7: a session for the account and its next step.
 
         The success is audited in the unit of work that stores the session, so
-        neither exists without the other; nothing after that can fail.
+        neither exists without the other; nothing after that can fail. The account
+        is read again, locked, in that unit of work: a recycled-number report that
+        lands during the login either restricts this session or ends it.
         """
-        subject, next_step = await session_subject(account, self._policies)
         async with self._uow.begin():
+            account = await self._accounts.lock_credentials(account.account_id)
+            subject, next_step = await session_subject(account, self._policies)
             session = await self._sessions.create(
                 subject,
                 amr,
