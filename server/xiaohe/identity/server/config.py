@@ -38,6 +38,25 @@ MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
 HIDDEN: Final = "<hidden>"
 
 
+POSTGRES_DRIVER_SCHEME: Final = "postgresql+asyncpg://"
+DATABASE_SCHEMES: Final = (
+    "sqlite://",
+    "sqlite+aiosqlite://",  # the spelling of earlier releases
+    POSTGRES_DRIVER_SCHEME,
+    "postgresql://",
+    "postgres://",
+)
+"""How a database URL may begin: SQLite, or PostgreSQL in its standard forms or with the driver."""
+
+
+def driver_url(url: str) -> str:
+    """The URL with the driver the server uses: `postgres://` and `postgresql://` name asyncpg."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return POSTGRES_DRIVER_SCHEME + url.removeprefix(scheme)
+    return url
+
+
 class SettingsError(Exception):
     """A setting is invalid; the message is one line naming the setting and why."""
 
@@ -54,6 +73,10 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     data_dir: Path = Path("./var")
     database_url: str = ""
+    # PostgreSQL only: connections each worker process keeps (and may add as many again
+    # under a burst), and the longest any statement may run before the server cancels it.
+    database_pool_size: int = 10
+    database_statement_timeout_ms: int = 5000
     redis_url: str = ""
     workers: int = 0
     shutdown_grace_seconds: float = 5.0
@@ -227,7 +250,7 @@ class Settings:
     def effective_database_url(self) -> str:
         """The configured database URL, or SQLite in the data dir (the embedded default)."""
         if self.database_url:
-            return self.database_url
+            return driver_url(self.database_url)
         return f"sqlite:///{(self.data_dir / 'identity.db').resolve()}"
 
     @property
@@ -310,11 +333,14 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             f"{ENV_PREFIX}WORKERS: must be 0 (one per core) or more, got {s.workers}"
         )
-    # sqlite+aiosqlite:// is the spelling of earlier releases, still accepted.
-    if s.database_url and not s.database_url.startswith(
-        ("sqlite://", "sqlite+aiosqlite://", "postgresql+asyncpg://")
-    ):
-        raise SettingsError(f"{ENV_PREFIX}DATABASE_URL: use sqlite:// or postgresql+asyncpg://")
+    if s.database_url and not s.database_url.startswith(DATABASE_SCHEMES):
+        raise SettingsError(f"{ENV_PREFIX}DATABASE_URL: use sqlite:// or postgresql://")
+    if s.database_pool_size < 1:
+        raise SettingsError(f"{ENV_PREFIX}DATABASE_POOL_SIZE: must be at least 1")
+    if s.database_statement_timeout_ms < 0:
+        raise SettingsError(
+            f"{ENV_PREFIX}DATABASE_STATEMENT_TIMEOUT_MS: must be 0 (no limit) or more"
+        )
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(f"{ENV_PREFIX}REDIS_URL: use redis://, rediss:// or unix://")
     if not 60 <= s.code_ttl_seconds <= 600:

@@ -109,7 +109,12 @@ class Container:
     @cached_property
     def database(self) -> Database:
         """The SQL store."""
-        return Database.from_url(self.settings.effective_database_url)
+        settings = self.settings
+        return Database.from_url(
+            settings.effective_database_url,
+            pool_size=settings.database_pool_size,
+            statement_timeout_ms=settings.database_statement_timeout_ms,
+        )
 
     @cached_property
     def redis(self) -> BoundedRedis:

@@ -152,28 +152,47 @@ def sqlite_engine(url: str, *, busy_timeout: float = 0.0, autocheckpoint: bool =
     return engine
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for a PostgreSQL URL; `?schema=NAME` sets the search path."""
+def create_engine(
+    url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000
+) -> AsyncEngine:
+    """An async engine for a PostgreSQL URL; `?schema=NAME` sets the search path.
+
+    Each process keeps `pool_size` connections and opens as many again under a
+    burst, so a deployment needs workers × 2 × `pool_size` connections at most.
+    Every statement is cancelled by PostgreSQL after `statement_timeout_ms` (0: no
+    limit): a stuck query then fails one call instead of holding a pooled
+    connection and its locks until the pool runs dry.
+    """
     parsed = make_url(url)
-    connect_args: dict[str, Any] = {}
+    server_settings = {"statement_timeout": str(statement_timeout_ms)}
     schema = parsed.query.get("schema")
     if isinstance(schema, str) and schema:
         # `?schema=NAME` puts every table in that PostgreSQL schema (tests use one per test).
         parsed = parsed.difference_update_query(["schema"])
-        connect_args["server_settings"] = {"search_path": schema}
+        server_settings["search_path"] = schema
+    connect_args: dict[str, Any] = {"server_settings": server_settings}
     return create_async_engine(
         parsed,
-        pool_size=10,
-        max_overflow=10,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         pool_pre_ping=True,
         connect_args=connect_args,
         hide_parameters=True,  # bound values (names, login names) never reach an error text
     )
 
 
+QUERY_CANCELED = "57014"
+"""PostgreSQL's SQLSTATE for a statement cancelled, here by `statement_timeout`."""
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn lost-connection database errors into `Unavailable`; integrity errors pass through."""
+    """Turn lost-connection and timed-out database errors into `Unavailable`.
+
+    Integrity errors pass through: the caller's use case decides what they mean. A
+    statement PostgreSQL cancelled at the statement timeout is the store being slow,
+    never the caller's mistake, so it is `Unavailable` too.
+    """
     try:
         yield
     except OperationalError as exc:
@@ -181,6 +200,8 @@ def translate_errors() -> Iterator[None]:
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise Unavailable("the database is temporarily unavailable") from exc
+        if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:
+            raise Unavailable("the database did not answer in time") from exc
         raise
     except (sqlite3.OperationalError, OSError, ConnectionError) as exc:
         raise Unavailable("the database is temporarily unavailable") from exc
@@ -267,7 +288,7 @@ class _AsyncConnection:
 class Database:
     """The SQL store; `begin()` yields a connection inside one transaction, `connect()` reads."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         self._sqlite: Engine | None = None
@@ -275,16 +296,23 @@ class Database:
         if is_sqlite(url):
             self._sqlite = sqlite_engine(url, autocheckpoint=False)
         else:
-            self._engine = create_engine(url)
+            self._engine = create_engine(
+                url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms
+            )
         # SQLite has one writer at a time: this process's writers queue here.
         self._write_lock = asyncio.Lock()
         self._writer: Connection | None = None
         self._reader: Connection | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        """A Database for a SQLAlchemy URL (`sqlite://` or `postgresql+asyncpg://`)."""
-        return cls(url)
+    def from_url(
+        cls, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000
+    ) -> Database:
+        """A Database for a SQLAlchemy URL (`sqlite://` or `postgresql+asyncpg://`).
+
+        `pool_size` and `statement_timeout_ms` apply to PostgreSQL (see `create_engine`).
+        """
+        return cls(url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[SqlConnection]:

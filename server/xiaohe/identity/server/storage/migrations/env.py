@@ -30,7 +30,8 @@ def _sqlite(url: str) -> None:
 
 
 async def _postgres(url: str) -> None:
-    engine = create_engine(url)
+    # No statement timeout: building an index on a large table may take minutes.
+    engine = create_engine(url, pool_size=1, statement_timeout_ms=0)
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()
