@@ -12,15 +12,19 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import text
 
+from tests.redis_cluster import LocalRedisCluster
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.storage.database import Database, create_engine
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
+from xiaohe.identity.server.storage.redis import RedisClient
 
 POSTGRES_URL = os.environ.get("XIAOHE_TEST_POSTGRES_URL", "")
 SYSTEM_REDIS_URL = os.environ.get("XIAOHE_TEST_REDIS_URL", "")
@@ -41,23 +45,62 @@ def embedded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
     server.stop()
 
 
-@pytest.fixture(params=["embedded", "system"])
-def redis_url(request: pytest.FixtureRequest) -> str:
-    """The URL of an empty Redis database: embedded always, system when configured."""
-    if request.param == "embedded":
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """One Redis Cluster (3 masters, 3 replicas) on loopback for the whole run."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+CLUSTER_FRAGMENT = "#cluster"
+"""Marks a test URL as a Redis Cluster's (stripped before a client sees it)."""
+
+
+def backend_url(request: pytest.FixtureRequest, backend: str) -> str:
+    """The URL of an empty Redis for `backend`: embedded, system (when configured) or cluster."""
+    if backend == "embedded":
         server: EmbeddedRedis = request.getfixturevalue("embedded_redis")
         return server.url + "?db=1"
+    if backend == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url + CLUSTER_FRAGMENT
     if not SYSTEM_REDIS_URL:
         pytest.skip("XIAOHE_TEST_REDIS_URL is not set")
     return SYSTEM_REDIS_URL
 
 
+def client_for(url: str, **options: Any) -> RedisClient:
+    """A plain client for a test URL: a Cluster client for the cluster's."""
+    if url.endswith(CLUSTER_FRAGMENT):
+        # As many connections per node as a standalone pool would open, never "pool full".
+        options.setdefault("max_connections", 2**16)
+        return RedisCluster.from_url(url.removesuffix(CLUSTER_FRAGMENT), **options)
+    return aioredis.Redis.from_url(url, **options)
+
+
+@pytest.fixture(params=["embedded", "system"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty Redis database: embedded always, system when configured.
+
+    Suites whose stores must also hold on a Redis Cluster override this fixture
+    with the params of `WITH_CLUSTER`.
+    """
+    return backend_url(request, request.param)
+
+
+WITH_CLUSTER = ["embedded", "system", "cluster"]
+
+
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A client on an emptied database."""
-    client = aioredis.Redis.from_url(redis_url)
+    """A client on an emptied database (every master's, on the cluster)."""
+    client = client_for(redis_url)
     await client.flushdb()
-    yield client
+    yield client  # type: ignore[misc]  # a Cluster client serves the same commands
     await client.flushdb()
     await client.aclose()
 

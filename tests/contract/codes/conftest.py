@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
+from tests.conftest import WITH_CLUSTER, backend_url
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.codes.models import (
     Channel,
@@ -30,6 +31,12 @@ HMAC_KEY = bytes(range(32))
 PHONE = "+8613812345678"
 OTHER_PHONE = "+8613987654321"
 EMAIL = "zhangsan@example.cn"
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """These stores must hold on a Redis Cluster too: embedded, system and cluster."""
+    return backend_url(request, request.param)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,22 @@ async def test_a_refusal_by_the_prefix_refunds_the_caller_windows(make_codes: Ma
     await h.issue(number(NORMAL, 0), ip="192.0.2.5")  # the IP's second and last issue
 
 
+async def test_a_refusal_by_the_destination_spends_no_prefix_or_range_budget(
+    make_codes: MakeHarness,
+) -> None:
+    """X3, C6: a number still in its cooldown is refused without spending its prefix's or
+    range's budget (on a Cluster the prefix's record is taken back)."""
+    policy = pumping(prefix_per_hour=2, budgeted=parse_ranges(["86-170"]), range_per_hour=2)
+    h = make_codes(dataclasses.replace(LOOSE, cooldown=60), pumping=policy)
+    await h.issue(number(ATTACKED, 0))
+    for _ in range(3):
+        exc = await refused(h, number(ATTACKED, 0))
+        assert exc.retry_after > 0
+    assert h.metrics.rejected == [ISSUE_POLICY] * 3
+    await h.issue(number(ATTACKED, 1))  # the prefix's and the range's second and last
+    await refused(h, number(ATTACKED, 2))
+
+
 async def test_an_issue_that_sent_nothing_is_refunded_from_the_prefix(
     make_codes: MakeHarness,
 ) -> None:
@@ -323,9 +339,9 @@ async def test_redis_holds_prefixes_never_numbers(make_codes: MakeHarness) -> No
     assert b"482913" not in everything
     keys = [k async for k in h.redis.scan_iter(match="xh:pump:*")]
     assert sorted(keys) == [
-        b"xh:pump:{p:86-1700123}:ok",
-        b"xh:pump:{p:86-1700123}:sent",
-        b"xh:pump:{r:86-170}:sent",
+        b"xh:pump:{pump}:p:86-1700123:ok",
+        b"xh:pump:{pump}:p:86-1700123:sent",
+        b"xh:pump:{pump}:r:86-170:sent",
     ]
 
 

@@ -7,9 +7,11 @@ import socket
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from tests.conftest import WITH_CLUSTER, backend_url
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import lockout_policy
@@ -26,6 +28,12 @@ ACCOUNT = "acc_0123456789abcdef01234567"
 OTHER_ACCOUNT = "acc_fedcba9876543210fedcba98"
 IP_A = "203.0.113.7"
 IP_B = "198.51.100.23"
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This store must hold on a Redis Cluster too: embedded, system and cluster."""
+    return backend_url(request, request.param)
 
 
 def throttle(redis: aioredis.Redis, clock: FakeClock, **policy: int) -> LoginThrottle:
@@ -51,6 +59,8 @@ async def fail(t: LoginThrottle, ip: str, times: int = 1, account: str = ACCOUNT
 
 def pooled(redis_client: aioredis.Redis, size: int = 32) -> aioredis.Redis:
     """A client on the same server whose callers queue for `size` connections."""
+    if isinstance(redis_client, RedisCluster):
+        return redis_client  # its pools are per node, and large enough
     pool = redis_client.connection_pool
     return aioredis.Redis.from_pool(
         aioredis.BlockingConnectionPool(
@@ -226,7 +236,7 @@ async def test_keys_share_one_slot_and_hold_no_raw_ip(
     t = throttle(redis_client, clock, failures_per_account_ip=2)
     await fail(t, IP_A, 2)
     await fail(t, "2001:db8::1")
-    keys = [text(k) for k in await redis_client.keys("*")]
+    keys = [text(k) async for k in redis_client.scan_iter()]  # every node, on a cluster
     assert keys
     assert all(k.startswith(f"xh:login:{{acct:{ACCOUNT}}}:") for k in keys)
     dump = " ".join(keys)

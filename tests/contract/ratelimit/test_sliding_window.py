@@ -7,12 +7,19 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from tests.conftest import WITH_CLUSTER, backend_url
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.errors import RateLimited
 from xiaohe.identity.server.ratelimit.limiter import Charge, SlidingWindowLimiter, Window
 
 KEY = "xh:rl:{test:1}:thing"
 POLICY = "test.thing"
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This store must hold on a Redis Cluster too: embedded, system and cluster."""
+    return backend_url(request, request.param)
 
 
 @pytest.fixture

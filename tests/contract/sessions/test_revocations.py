@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from tests.conftest import WITH_CLUSTER, backend_url, client_for
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.sessions.revocations import (
@@ -36,6 +37,12 @@ ACCESS_TTL = 600
 VALIDATOR_LEEWAY = 5
 LEEWAY = VALIDATOR_LEEWAY + SKEW_MARGIN
 FAST_FAIL = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 1, "socket_timeout": 2}
+
+
+@pytest.fixture(params=WITH_CLUSTER)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This store must hold on a Redis Cluster too: embedded, system and cluster."""
+    return backend_url(request, request.param)
 
 
 def make_list(client: aioredis.Redis, clock: FakeClock) -> RevocationList:
@@ -81,7 +88,7 @@ async def second_client(
     redis_url: str, redis_client: aioredis.Redis
 ) -> AsyncIterator[aioredis.Redis]:
     """Another client on the same (already emptied) database: the other worker's connection."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = client_for(redis_url)
     yield client
     await client.aclose()
 
@@ -253,7 +260,7 @@ async def test_reconnect_reloads_what_was_missed(
 ) -> None:
     """A revocation written while a worker's subscription was cut is found by its reload."""
     name = f"rl-test-{secrets.token_hex(4)}"
-    a_client = aioredis.Redis.from_url(redis_url, client_name=name)
+    a_client = client_for(redis_url, client_name=name)
     a = make_list(a_client, clock)
     try:
         async with following(a):

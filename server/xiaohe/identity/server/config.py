@@ -78,6 +78,8 @@ class Settings:
     database_pool_size: int = 10
     database_statement_timeout_ms: int = 5000
     redis_url: str = ""
+    # REDIS_URL names one node of a Redis Cluster; the client finds the others.
+    redis_cluster: bool = False
     workers: int = 0
     shutdown_grace_seconds: float = 5.0
     log_level: str = "INFO"
@@ -343,6 +345,10 @@ def _validate(s: Settings) -> None:
         )
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(f"{ENV_PREFIX}REDIS_URL: use redis://, rediss:// or unix://")
+    if s.redis_cluster and not s.redis_url.startswith(("redis://", "rediss://")):
+        raise SettingsError(
+            f"{ENV_PREFIX}REDIS_CLUSTER: needs REDIS_URL naming a node (redis:// or rediss://)"
+        )
     if not 60 <= s.code_ttl_seconds <= 600:
         raise SettingsError(f"{ENV_PREFIX}CODE_TTL_SECONDS: must be between 60 and 600")
     if s.code_max_attempts < 1:

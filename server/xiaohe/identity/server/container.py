@@ -71,7 +71,12 @@ from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 from xiaohe.identity.server.storage.database import Database
-from xiaohe.identity.server.storage.redis import BoundedRedis, bounded_client
+from xiaohe.identity.server.storage.redis import (
+    BoundedRedis,
+    BoundedRedisCluster,
+    bounded_client,
+    bounded_cluster_client,
+)
 
 log = logging.getLogger("xiaohe.identity.container")
 
@@ -117,9 +122,12 @@ class Container:
         )
 
     @cached_property
-    def redis(self) -> BoundedRedis:
+    def redis(self) -> BoundedRedis | BoundedRedisCluster:
         """The Redis client: every operation bounded, failing fast while Redis is unreachable."""
-        return bounded_client(self.redis_url, self.settings.redis_op_timeout_seconds)
+        timeout = self.settings.redis_op_timeout_seconds
+        if self.settings.redis_cluster:
+            return bounded_cluster_client(self.redis_url, timeout)
+        return bounded_client(self.redis_url, timeout)
 
     @cached_property
     def keyring(self) -> KeyRing:

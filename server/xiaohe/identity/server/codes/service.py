@@ -66,8 +66,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from xiaohe.identity.server.audit.sink import AuditSink, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.destinations import (
@@ -111,6 +109,7 @@ from xiaohe.identity.server.ratelimit.pumping import (
     PrefixCheck,
     PumpingLimited,
 )
+from xiaohe.identity.server.storage.redis import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ class CodeService:
     def __init__(
         self,
         *,
-        redis: aioredis.Redis | None = None,
+        redis: RedisClient | None = None,
         hmac_key: bytes,
         clock: Clock,
         queue: MessageQueue,

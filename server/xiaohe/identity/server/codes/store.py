@@ -37,11 +37,10 @@ counting them would let a stranger lock the owner out of SMS login (B2).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
-
-import redis.asyncio as aioredis
+from typing import NoReturn, Protocol
 
 from xiaohe.identity.server.errors import RateLimited
 from xiaohe.identity.server.ratelimit.pumping import (
@@ -61,7 +60,9 @@ from xiaohe.identity.server.ratelimit.scripts import (
     GC_GRACE_MS,
     SLIDING_WINDOW_LUA,
 )
-from xiaohe.identity.server.storage.redis import run_script, text
+from xiaohe.identity.server.storage.redis import RedisClient, is_cluster, run_script, text
+
+log = logging.getLogger(__name__)
 
 ISSUE_POLICY = "code.issue.destination"
 VERIFY_POLICY = "code.verify.destination"
@@ -208,7 +209,46 @@ end
 redis.call('HSET', ticket, 'ch', ARGV[9], 'pu', ARGV[10], 'dx', ARGV[11],
   'exp', ARGV[8], 'iat', ARGV[1], 'miss', 0)
 redis.call('PEXPIRE', ticket, sw_ms(tonumber(ARGV[8]) - now + tonumber(ARGV[12])))
-return {0}
+return {0, stored[3] or ARGV[6]}
+"""
+)
+
+# On a Redis Cluster the pumping keys (`{pump}`) and the destination's (`{d:<tag>}`)
+# live in different slots, so the issue and verify scripts run without them and
+# these three do the pumping part on their own (see `RedisCodeStore`).
+
+# KEYS: `PrefixCheck.keys`. ARGV: now, grace, code id, then the 10 `pumping.watch_args`.
+# Returns {1} (recorded) or a pumping refusal as the issue script returns it.
+_PUMP_ISSUE_LUA = (
+    SLIDING_WINDOW_LUA
+    + PUMPING_LUA
+    + r"""
+local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+local refused = pp_issue_check(1, 4, now, grace)
+if refused then
+  return refused
+end
+pp_issue_record(1, 4, now, ARGV[3], grace)
+return {1}
+"""
+)
+
+# KEYS: `PrefixCheck.refund_keys`. ARGV: code id. Takes one issue back out of the windows.
+_PUMP_REFUND_LUA = r"""
+for i = 1, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+return 1
+"""
+
+# KEYS[1]: the prefix's verified set. ARGV: now, watch window, code id, grace.
+_PUMP_VERIFIED_LUA = (
+    SLIDING_WINDOW_LUA
+    + r"""
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+sw_trim(KEYS[1], now, window)
+sw_record(KEYS[1], now, ARGV[3], window, tonumber(ARGV[4]))
+return 1
 """
 )
 
@@ -395,7 +435,18 @@ class TicketStore(Protocol):
 
 
 class RedisCodeStore:
-    """CodeStore and TicketStore on Redis (standalone or Cluster: one slot per script)."""
+    """CodeStore and TicketStore on Redis (standalone or Cluster: one slot per script).
+
+    On one Redis server an SMS issue checks and records the destination's windows
+    and its prefix's budgets in one script, atomically. On a Redis Cluster those
+    keys live in two slots, so the prefix goes first, in a script of its own
+    (check and record, `_PUMP_ISSUE_LUA`), then the destination's script; when the
+    destination refuses, the prefix's record is taken back. The budgets still hold
+    under any concurrency (each script is atomic on its own keys); what differs is
+    that a request the destination refuses may trip the conversion watch, and that
+    a verification's count for the watch is written after the ticket, so a failure
+    between the two loses that count (logged; the watch then errs towards a block).
+    """
 
     async def store_ticket(self, tag: str, ticket: TicketToStore, *, now_ms: int) -> None:
         """Store a ticket that no verification produced (a grant); it lives until it expires."""
@@ -412,12 +463,17 @@ class RedisCodeStore:
             ],
         )
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient, *, one_slot_per_script: bool | None = None) -> None:
+        """`one_slot_per_script` defaults to whether `redis` is a Redis Cluster client."""
+        self._split = is_cluster(redis) if one_slot_per_script is None else one_slot_per_script
         self._issue = redis.register_script(_ISSUE_LUA)
         self._cancel = redis.register_script(_CANCEL_LUA)
         self._verify = redis.register_script(_VERIFY_LUA)
         self._consume = redis.register_script(_CONSUME_LUA)
         self._grant = redis.register_script(_GRANT_LUA)
+        self._pump_issue = redis.register_script(_PUMP_ISSUE_LUA)
+        self._pump_refund = redis.register_script(_PUMP_REFUND_LUA)
+        self._pump_verified = redis.register_script(_PUMP_VERIFIED_LUA)
 
     async def issue(
         self,
@@ -444,16 +500,58 @@ class RedisCodeStore:
             code.code_id,
             code.expires_at_ms,
         ]
+        if prefix is not None and self._split:
+            await self._issue_in_two_slots(keys, args, prefix, code.code_id, now_ms)
+            return
         if prefix is not None:
             keys += prefix.keys()
             args += watch_args(prefix.policy, prefix.scope.prefix)
         reply = await run_script(self._issue, keys, args)
         if int(reply[0]) == 1:
             return
-        retry = int(reply[1]) / 1000
+        self._raise_refusal(reply, prefix, now_ms)
+
+    async def _issue_in_two_slots(
+        self,
+        keys: list[str],
+        args: list[str | int],
+        prefix: PrefixCheck,
+        code_id: str,
+        now_ms: int,
+    ) -> None:
+        """The prefix's script, then the destination's; the prefix's record undone if the
+        destination refuses or its script cannot run."""
+        pumping = await run_script(
+            self._pump_issue,
+            prefix.keys(),
+            [now_ms, GC_GRACE_MS, code_id, *watch_args(prefix.policy, prefix.scope.prefix)],
+        )
+        if int(pumping[0]) != 1:
+            self._raise_refusal(pumping, prefix, now_ms)
+        try:
+            reply = await run_script(self._issue, keys, args)
+        except Exception:
+            await self._refund_prefix(prefix, code_id)
+            raise
+        if int(reply[0]) != 1:
+            await self._refund_prefix(prefix, code_id)
+            self._raise_refusal(reply, None, now_ms)
+
+    async def _refund_prefix(self, prefix: PrefixCheck, code_id: str) -> None:
+        """Take one issue back out of the prefix's and ranges' windows, if Redis answers."""
+        try:
+            await run_script(self._pump_refund, prefix.refund_keys(), [code_id])
+        except Exception:  # the entry leaves the windows with time
+            log.warning("could not refund a refused issue to its number prefix")
+
+    @staticmethod
+    def _raise_refusal(reply: list[object], prefix: PrefixCheck | None, now_ms: int) -> NoReturn:
+        """RateLimited for a refusal by the destination's windows, PumpingLimited for the
+        prefix's or a range's."""
+        retry = int(str(reply[1])) / 1000
         if len(reply) < 3 or prefix is None:
             raise RateLimited(ISSUE_POLICY, retry)
-        cause = int(reply[2])
+        cause = int(str(reply[2]))
         new_block = None
         if cause == _NEW_BLOCK:
             new_block = block_from_counts(
@@ -472,9 +570,11 @@ class RedisCodeStore:
     ) -> None:
         """Delete an undelivered code (if still current); with `refund`, uncount its issue."""
         keys = [issue_key(tag), code_key(tag, purpose)]
-        if prefix is not None:
+        if prefix is not None and not self._split:
             keys += prefix.refund_keys()
         await run_script(self._cancel, keys, [code_id, "1" if refund else "0"])
+        if prefix is not None and self._split and refund:
+            await run_script(self._pump_refund, prefix.refund_keys(), [code_id])
 
     async def verify(
         self,
@@ -506,14 +606,28 @@ class RedisCodeStore:
             ticket.sealed_destination,
             TICKET_GC_GRACE_MS,
         ]
-        if prefix is not None:
+        if prefix is not None and not self._split:
             keys.append(prefix_key(prefix.scope.prefix, "ok"))
             args.append(prefix.policy.watch_window * 1000)
         reply = await run_script(self._verify, keys, args)
         outcome = _VERIFY_OUTCOMES[int(reply[0])]
         if outcome is VerifyOutcome.RATE_LIMITED:
             return VerifyResult(outcome, int(reply[1]) / 1000)
+        if outcome is VerifyOutcome.OK and prefix is not None and self._split:
+            await self._count_verified(prefix, text(reply[1]), now_ms)
         return VerifyResult(outcome)
+
+    async def _count_verified(self, prefix: PrefixCheck, code_id: str, now_ms: int) -> None:
+        """Count a verification for the prefix's watch; the ticket exists already, so a
+        failure here is logged, never raised (the caller must get its ticket)."""
+        try:
+            await run_script(
+                self._pump_verified,
+                [prefix_key(prefix.scope.prefix, "ok")],
+                [now_ms, prefix.policy.watch_window * 1000, code_id, GC_GRACE_MS],
+            )
+        except Exception:
+            log.warning("could not count a verification for its number prefix")
 
     async def consume_ticket(
         self,

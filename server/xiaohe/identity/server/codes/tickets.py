@@ -16,7 +16,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -38,6 +37,7 @@ from xiaohe.identity.server.codes.store import (
     TicketToStore,
 )
 from xiaohe.identity.server.errors import InvalidArgument, TicketInvalid
+from xiaohe.identity.server.storage.redis import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class TicketService:
     def __init__(
         self,
         *,
-        redis: aioredis.Redis | None = None,
+        redis: RedisClient | None = None,
         hmac_key: bytes,
         clock: Clock,
         policy: CodePolicy | None = None,

@@ -53,13 +53,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-import redis.asyncio as aioredis
-
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
 from xiaohe.identity.server.shared.network import ip_bucket
 from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
-from xiaohe.identity.server.storage.redis import run_script
+from xiaohe.identity.server.storage.redis import RedisClient, run_script
 
 ACCOUNT_WINDOW_SECONDS: Final = 3600
 PAIR_WINDOW_SECONDS: Final = 900
@@ -251,7 +249,7 @@ class LoginThrottle:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         clock: Clock,
         policy: LockoutPolicy | None = None,
         *,

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from xiaohe.identity.server.errors import RateLimited
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
-from xiaohe.identity.server.storage.redis import redis_errors, run_script
+from xiaohe.identity.server.storage.redis import RedisClient, is_cluster, redis_errors, run_script
 
 # KEYS[1] the window set. ARGV: now_ms, member, grace_ms, then (limit, window_ms) pairs.
 # Returns {1} when the event was recorded, {0, retry_ms, index of the tightest window}.
@@ -131,11 +131,12 @@ class SlidingWindowLimiter:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self._redis = redis
+        self._cluster = is_cluster(redis)
         self._acquire = redis.register_script(_ACQUIRE_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._token_bytes = token_bytes
@@ -161,14 +162,23 @@ class SlidingWindowLimiter:
 
         The keys usually live in different Cluster slots (an IP's and a client's
         window), so one script cannot hold them all: the scripts go out together in
-        one pipeline, each atomic on its own key. If any refuses, the others are
-        refunded and the first refusal in `charges` order is raised, as if they had
-        been charged one after another. A Redis that forgot the script (restart)
-        gets the same charges one by one, which reloads it.
+        one pipeline (on a Cluster, concurrently), each atomic on its own key. If any
+        refuses, the others are refunded and the first refusal in `charges` order is
+        raised, as if they had been charged one after another. A Redis that forgot
+        the script (restart) gets the same charges one by one, which reloads it.
         """
         if len(charges) < 2:
             return [await self.acquire_windows(c.policy, c.key, c.windows, now) for c in charges]
         pending = [(charge, *self._arguments(charge.windows, now)) for charge in charges]
+        if self._cluster:
+            # A Cluster pipeline cannot carry scripts: the same scripts go out at once,
+            # each to the node that serves its key.
+            replies = await asyncio.gather(
+                *(self._acquire(keys=[c.key], args=args) for c, _member, args in pending),
+                return_exceptions=True,
+            )
+            await self._check_replies(pending, replies)
+            return [Reservation(c.policy, c.key, member) for c, member, _args in pending]
         pipe = self._redis.pipeline(transaction=False)
         for charge, _member, args in pending:
             pipe.evalsha(self._acquire.sha, 1, charge.key, *args)

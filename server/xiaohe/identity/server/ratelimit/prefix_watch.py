@@ -20,8 +20,6 @@ import logging
 import secrets
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unavailable
 from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, is_prefix
@@ -40,7 +38,7 @@ from xiaohe.identity.server.ratelimit.pumping import (
     watch_keys,
 )
 from xiaohe.identity.server.ratelimit.scripts import GC_GRACE_MS, SLIDING_WINDOW_LUA
-from xiaohe.identity.server.storage.redis import is_unavailable, run_script, text
+from xiaohe.identity.server.storage.redis import RedisClient, is_unavailable, run_script, text
 
 log = logging.getLogger("xiaohe.identity.pumping")
 
@@ -64,7 +62,7 @@ class PrefixWatch:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         clock: Clock,
         policy: PumpingPolicy,
         *,

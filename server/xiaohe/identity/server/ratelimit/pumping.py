@@ -1,21 +1,30 @@
 """SMS-pumping defence in Redis: prefix and range budgets, the conversion watch, prefix blocks.
 
-The checks run inside the code store's own scripts (`codes/store.py` splices
-the Lua below into its issue and verify scripts), so an issue still costs one
-script call and the budgets hold under any concurrency, across all processes:
-the check and the record happen in one atomic step (SECURITY.md X3, C6).
+On one Redis server the checks run inside the code store's own scripts
+(`codes/store.py` splices the Lua below into its issue and verify scripts), so
+an issue still costs one script call and the budgets hold under any
+concurrency, across all processes: the check and the record happen in one
+atomic step (SECURITY.md X3, C6). On a Redis Cluster a script may touch one
+slot only, so there the same Lua runs as scripts of their own (see
+`PUMP_ISSUE_LUA` and the code store's docstring).
 
-Keys (a prefix or a range names 10,000 numbers or more, never one person):
+Keys (a prefix or a range names 10,000 numbers or more, never one person). All
+of them carry the one hash tag `{pump}`, so every pumping script stays in one
+Cluster slot, whatever prefixes and ranges it reads:
 
-- `xh:pump:{p:<prefix>}:sent`   sliding window of codes issued to the prefix
+- `xh:pump:{pump}:p:<prefix>:sent`  sliding window of codes issued to the prefix
   (member: the code id, so a refund removes exactly its own entry). It serves
   the prefix budget (hour, day) and the watch's "sent" count.
-- `xh:pump:{p:<prefix>}:ok`     codes verified, within the watch window.
-- `xh:pump:{p:<prefix>}:fail`   failed delivery receipts, within the watch window.
-- `xh:pump:{p:<prefix>}:block`  hash of a block in force: reason, at, until and
+- `xh:pump:{pump}:p:<prefix>:ok`    codes verified, within the watch window.
+- `xh:pump:{pump}:p:<prefix>:fail`  failed delivery receipts, within the watch window.
+- `xh:pump:{pump}:p:<prefix>:block` hash of a block in force: reason, at, until and
   the counts that tripped it; Redis drops it after `until` (plus grace).
-- `xh:pump:blocks`              sorted set prefix → until, for operators' lists.
-- `xh:pump:{r:<range>}:sent`    sliding window of codes issued into a budgeted range.
+- `xh:pump:{pump}:blocks`           sorted set prefix → until, for operators' lists.
+- `xh:pump:{pump}:r:<range>:sent`   sliding window of codes issued into a budgeted range.
+
+One slot for all of them costs nothing that matters: they are written once per
+SMS code issued (hundreds a second at most), which one Cluster master serves
+many times over, and the destination's own keys, the busy ones, still spread.
 
 The conversion watch. Over the last `window` ms, with S codes sent, V codes
 verified and F failed receipts, a prefix is throttled when
@@ -27,11 +36,8 @@ bad is refused too) and on each failed receipt. A block lasts `block` ms;
 refusals record nothing, so a throttled prefix gathers no counts, and the
 window has long passed when a default 12-hour block ends.
 
-Every key of one prefix shares the hash tag `{p:<prefix>}`; the scripts that
-use them also touch the destination's `{d:<tag>}` keys and the block index, so
-they span slots. That is a deliberate trade (docs/decisions.md): one round trip
-per issue on the single Redis the server runs today, against a split into two
-scripts with refunds if the store moves to Redis Cluster.
+The prefix's keys are read together with the destination's (`{d:<tag>}`): on
+one Redis server in the same script, on a Cluster in two (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -57,19 +63,22 @@ REASON_FAILED_RECEIPTS = "failed_receipts"
 DENIED_RETRY_SECONDS = 86400.0
 """The retry-after of a denied range: as a day window would say, and no hint it is final."""
 
-BLOCK_INDEX_KEY = "xh:pump:blocks"
+PUMPING_TAG = "{pump}"
+"""The hash tag of every pumping key: one Cluster slot for all of them."""
+
+BLOCK_INDEX_KEY = f"xh:pump:{PUMPING_TAG}:blocks"
 
 _DAY_MS = 86_400_000
 
 
 def prefix_key(prefix: str, part: str) -> str:
     """One of a prefix's keys: `sent`, `ok`, `fail` or `block`."""
-    return f"xh:pump:{{p:{prefix}}}:{part}"
+    return f"xh:pump:{PUMPING_TAG}:p:{prefix}:{part}"
 
 
 def range_key(number_range: str) -> str:
     """The issue window of a budgeted range."""
-    return f"xh:pump:{{r:{number_range}}}:sent"
+    return f"xh:pump:{PUMPING_TAG}:r:{number_range}:sent"
 
 
 def watch_keys(prefix: str) -> list[str]:

@@ -51,12 +51,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.sessions.tokens import DEFAULT_VALIDATOR_LEEWAY
-from xiaohe.identity.server.storage.redis import is_unavailable, text
+from xiaohe.identity.server.storage.redis import RedisClient, is_unavailable, subscriber, text
 
 REVOKED_KEY = "xh:revoked"
 REVOCATION_CHANNEL = "xh:revocations"
@@ -96,7 +94,7 @@ class RevocationList:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         clock: Clock,
         access_ttl: float,
         *,
@@ -178,7 +176,7 @@ class RevocationList:
         while not stop.is_set():
             loaded = False
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with await subscriber(self._redis) as pubsub:
                     await pubsub.subscribe(REVOCATION_CHANNEL)
                     while not stop.is_set():
                         message = await pubsub.get_message(timeout=self._tick)
@@ -247,13 +245,12 @@ class RevocationList:
                 del self._pending[sid]
 
     async def _publish(self, entries: Mapping[str, float]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(REVOKED_KEY, dict(entries), gt=True)
-            pipe.publish(
-                REVOCATION_CHANNEL,
-                encode_revocation_message(list(entries), max(entries.values())),
-            )
-            await pipe.execute()
+        # The set first, then the message: a worker that subscribes in between finds the
+        # entries by its reload. Two commands, since a Cluster pipeline cannot publish.
+        await self._redis.zadd(REVOKED_KEY, dict(entries), gt=True)
+        await self._redis.publish(
+            REVOCATION_CHANNEL, encode_revocation_message(list(entries), max(entries.values()))
+        )
 
     def _maybe_prune(self) -> None:
         now = self._clock.now()

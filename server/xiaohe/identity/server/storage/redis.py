@@ -31,10 +31,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -198,6 +199,84 @@ class BoundedRedis(aioredis.Redis):
         return pipe
 
 
+class BoundedClusterPipeline(ClusterPipeline):
+    """A Redis Cluster pipeline whose `execute` runs under the client's `OutageGuard`."""
+
+    guard: OutageGuard
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        """Send the queued commands (to every node they need) within the guard's bound."""
+        parent = super().execute
+        return await self.guard.run(lambda: parent(raise_on_error, allow_redirections))
+
+
+class BoundedRedisCluster(RedisCluster):
+    """`redis.asyncio.RedisCluster` with every command, script and pipeline under an `OutageGuard`.
+
+    The cluster client follows MOVED and ASK redirections and, after a master
+    fails, refreshes its slot map and retries on the promoted replica, all inside
+    one bounded operation. While no node serves a key's slot (between a master's
+    failure and its replica's promotion) the operation fails like an outage:
+    UNAVAILABLE, nothing sent, nothing accepted.
+    """
+
+    def __init__(self, *, guard: OutageGuard, **options: Any) -> None:
+        super().__init__(**options)
+        self.guard = guard
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Execute one command within the guard's bound."""
+        parent = super().execute_command
+        return await self.guard.run(lambda: parent(*args, **options))
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        """A pipeline whose `execute` is bounded like a command (never a transaction)."""
+        if transaction or shard_hint:
+            raise ValueError("a Redis Cluster pipeline is never a transaction")
+        pipe = BoundedClusterPipeline(self)  # type: ignore[abstract]  # as RedisCluster does
+        pipe.guard = self.guard
+        return pipe
+
+
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+"""What the stores take: one Redis server or a Redis Cluster."""
+
+
+def is_cluster(client: RedisClient) -> bool:
+    """Whether `client` talks to a Redis Cluster (its scripts must each stay in one slot)."""
+    return isinstance(client, RedisCluster)
+
+
+async def subscriber(client: RedisClient) -> aioredis.client.PubSub:
+    """A pub/sub connection; a Cluster client learns its slot map first (it needs it to
+    pick the node, and only a command would otherwise have fetched it)."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub()
+
+
+def bounded_cluster_client(url: str, op_timeout: float = DEFAULT_OP_TIMEOUT) -> BoundedRedisCluster:
+    """The server's client for a Redis Cluster reached through one startup node's URL.
+
+    The same bounds as `bounded_client`, per node: connection attempts and reads
+    within `op_timeout`, up to 256 connections to each node.
+    """
+    client = BoundedRedisCluster.from_url(
+        url,
+        guard=OutageGuard(op_timeout),
+        max_connections=256,
+        socket_timeout=op_timeout,
+        socket_connect_timeout=op_timeout,
+        health_check_interval=10,
+    )
+    assert isinstance(client, BoundedRedisCluster)
+    return client
+
+
 def bounded_client(url: str, op_timeout: float = DEFAULT_OP_TIMEOUT) -> BoundedRedis:
     """The server's Redis client: one pool per process, every operation bounded.
 
@@ -252,12 +331,18 @@ def text(value: object) -> str:
 __all__ = [
     "DEFAULT_OP_TIMEOUT",
     "PROBE_INTERVAL",
+    "BoundedClusterPipeline",
     "BoundedRedis",
+    "BoundedRedisCluster",
     "OutageGuard",
+    "RedisClient",
     "RedisUnreachable",
     "bounded_client",
+    "bounded_cluster_client",
+    "is_cluster",
     "is_unavailable",
     "redis_errors",
     "run_script",
+    "subscriber",
     "text",
 ]
