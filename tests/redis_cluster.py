@@ -143,6 +143,38 @@ class LocalRedisCluster:
         finally:
             client.close()
 
+    def node_id(self, port: int) -> str:
+        """The cluster's id of the node on `port`."""
+        return str(redis.Redis(port=port, decode_responses=True).cluster("myid"))
+
+    def masters(self) -> list[int]:
+        """Ports of the live masters."""
+        ports = []
+        for port in self.live_ports():
+            role = redis.Redis(port=port, decode_responses=True).execute_command("ROLE")[0]
+            if role == "master":
+                ports.append(port)
+        return ports
+
+    def begin_moving(self, slot: int, source: int, target: int) -> None:
+        """Mark `slot` as migrating from `source` to `target` (clients get ASK for new keys)."""
+        target_client = redis.Redis(port=target)
+        target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        redis.Redis(port=source).execute_command(
+            "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target)
+        )
+
+    def finish_moving(self, slot: int, source: int, target: int) -> None:
+        """Move the slot's remaining keys and give the slot to `target` (clients get MOVED)."""
+        source_client = redis.Redis(port=source)
+        while keys := source_client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source_client.execute_command(
+                "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
+            )
+        target_id = self.node_id(target)
+        for port in self.masters():
+            redis.Redis(port=port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def kill(self, port: int) -> None:
         """Kill one node at once (SIGKILL), as a host that dies."""
         proc = self._processes[port]
