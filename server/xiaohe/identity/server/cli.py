@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     sub.add_parser("migrate", help="bring the database schema up to date")
+    _add_health_command(sub)
 
     clients = sub.add_parser("clients", help="manage API clients").add_subparsers(
         dest="action", required=True
@@ -81,6 +82,34 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     return parser
+
+
+def _add_health_command(sub: Any) -> None:
+    health = sub.add_parser(
+        "health", help="ask the running server's gRPC health service; exit 0 when SERVING"
+    )
+    health.add_argument("--target", default="", help="host:port (default: the listen address)")
+    health.add_argument("--service", default="", help="a service name (default: the server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.add_argument("--ca-file", default="", help="TLS: CA that signed the server's cert")
+    health.add_argument("--server-name", default="", help="TLS: name the certificate carries")
+    health.add_argument("--cert-file", default="", help="mTLS: this probe's certificate")
+    health.add_argument("--key-file", default="", help="mTLS: this probe's private key")
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    from xiaohe.identity.server.probe import ProbeTls, check
+
+    tls = ProbeTls(args.ca_file, args.server_name, args.cert_file, args.key_file)
+    try:
+        status, line = check(
+            settings, target=args.target, service=args.service, timeout=args.timeout, tls=tls
+        )
+    except OSError as exc:
+        print(f"xiaohe-identity: health: {exc}", file=sys.stderr)
+        return 1
+    print(line)
+    return status
 
 
 # -- delivery (issue 10) --
@@ -305,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xiaohe.identity.server.supervisor import serve
 
             return asyncio.run(serve(settings))
+        if args.command == "health":
+            return _health(args, settings)
         if args.command == "migrate":
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             asyncio.run(upgrade_async(settings.effective_database_url))
