@@ -79,7 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
     keys.add_parser("init", help="create the key ring file (for an external database)")
-    keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
+    rotate = keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
+    rotate.add_argument(
+        "--no-rewrap",
+        action="store_true",
+        help="change the ring file only; run `keys rewrap` once every replica has it",
+    )
+    keys.add_parser("rewrap", help="re-wrap data keys under the ring's active master key")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     return parser
 
@@ -362,10 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print({"keyring_file": str(created.path)})
                 return 0
             ring = open_keyring(settings, SystemClock())
-            if args.action == "rotate":
+            if args.action == "rotate" and args.no_rewrap:
+                _print({"active_master_key": ring.rotate_master_key().id})
+            elif args.action == "rotate":
                 key = ring.rotate_master_key()
                 rewrapped = asyncio.run(_rewrap(settings))
                 _print({"active_master_key": key.id, "data_keys_rewrapped": rewrapped})
+            elif args.action == "rewrap":
+                rewrapped = asyncio.run(_rewrap(settings))
+                active = ring.active_master_key.id
+                _print({"active_master_key": active, "data_keys_rewrapped": rewrapped})
             else:
                 signing = ring.rotate_signing_key(
                     keep_retired_for=settings.access_token_ttl_seconds + 3600
