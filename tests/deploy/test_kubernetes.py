@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import KUSTOMIZATIONS, SETTING_NAMES, only, pod_specs, render
+from tests.deploy.conftest import KUSTOMIZATIONS, ROOT, SETTING_NAMES, only, pod_specs, render
 from xiaohe.identity.server.config import load_settings
 
 SECRET_SETTINGS = {"XIAOHE_IDENTITY_DATABASE_URL", "XIAOHE_IDENTITY_REDIS_URL"}
@@ -237,3 +237,36 @@ def test_the_server_settings_load(kustomization: str) -> None:
     assert not settings.embedded_store
     assert settings.allow_plaintext  # the gRPC probes speak plaintext; TLS is the mesh's
     assert settings.effective_workers == int(env["XIAOHE_IDENTITY_WORKERS"])
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_password_hashing_fits_the_pod(kustomization: str) -> None:
+    """Argon2 threads are set (the default follows the node's cores) and fit the CPU limit."""
+    server = _server(kustomization)
+    env = _env(server)
+    threads = int(env["XIAOHE_IDENTITY_PASSWORD_HASH_THREADS"]["value"])
+    workers = int(env["XIAOHE_IDENTITY_WORKERS"]["value"])
+    assert 1 <= workers * threads <= _cores(str(server["resources"]["limits"]["cpu"]))
+
+
+def test_the_operator_guide_names_every_secret_to_create() -> None:
+    """Each Secret the manifests reference appears in the guide's creation commands."""
+    guide = (ROOT / "docs" / "operator-guide.md").read_text(encoding="utf-8")
+    referenced: set[str] = set()
+    for kustomization in KUSTOMIZATIONS:
+        for container in _all_containers(kustomization):
+            for entry in _env(container).values():
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced.add(f"create secret generic {ref['name']} --from-file={ref['key']}=")
+        for spec in pod_specs(render(kustomization)):
+            for volume in spec.get("volumes", []):
+                if "secret" in volume:
+                    for item in volume["secret"]["items"]:
+                        referenced.add(
+                            f"create secret generic {volume['secret']['secretName']} "
+                            f"--from-file={item['key']}="
+                        )
+    assert len(referenced) == 3
+    for command in referenced:
+        assert command in guide, command
