@@ -243,6 +243,24 @@ def test_key_rotation_commands(cli: Cli) -> None:
     assert {k["kid"] for k in cli.keyring()["signing_keys"]} == {first_kid, new_kid, third}
 
 
+def test_rotate_without_rewrap_then_rewrap(cli: Cli) -> None:
+    """A staged rotation: the ring file changes first, `keys rewrap` later adds no key."""
+    cli.ok("migrate")
+    cli.ok("keys", "rotate")  # the ring exists now (embedded store)
+    before = cli.keyring()["active_master_key_id"]
+    staged = cli.ok("keys", "rotate", "--no-rewrap").json()
+    assert set(staged) == {"active_master_key"}
+    assert staged["active_master_key"] != before
+    ring = cli.keyring()
+    assert ring["active_master_key_id"] == staged["active_master_key"]
+    assert len(ring["master_keys"]) == 3
+    assert mode_of(cli.keyring_file) == 0o600
+
+    rewrap = cli.ok("keys", "rewrap").json()
+    assert rewrap == {"active_master_key": staged["active_master_key"], "data_keys_rewrapped": 0}
+    assert len(cli.keyring()["master_keys"]) == 3
+
+
 EMPTY_REPORT = {
     "intact": True,
     "records_checked": 0,

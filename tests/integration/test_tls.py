@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import ipaddress
@@ -21,6 +22,7 @@ from xiaohe.identity.server.app import RunningServer, start_server
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.config import Settings, SettingsError, load_settings
 from xiaohe.identity.server.container import Container
+from xiaohe.identity.server.probe import HEALTHY, UNHEALTHY, ProbeTls, check
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
 
@@ -149,6 +151,29 @@ async def test_mutual_tls_admits_clients_with_a_certificate_only(tls_server: int
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await _health(channel)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_health_command_probes_a_mutual_tls_listener(
+    tls_server: int, pki: Pki, tmp_path: Path
+) -> None:
+    """`xiaohe-identity health` trusts the given CA and presents its certificate under mTLS."""
+    settings = dataclasses.replace(
+        harness_settings(tmp_path / "probe"),
+        listen=f"0.0.0.0:{tls_server}",  # the probe turns a wildcard host into loopback
+        tls_cert_file=str(pki.server_cert),
+        tls_key_file=str(pki.server_key),
+        tls_client_ca_file=str(pki.ca),
+    )
+    cert, key = tmp_path / "probe.pem", tmp_path / "probe.key"
+    cert.write_bytes(pki.client_cert)
+    key.write_bytes(pki.client_key)
+    with_cert = ProbeTls(ca_file=str(pki.ca), cert_file=str(cert), key_file=str(key))
+    status, line = await asyncio.to_thread(check, settings, tls=with_cert)
+    assert (status, line) == (HEALTHY, f"127.0.0.1:{tls_server}: SERVING")
+    anonymous = ProbeTls(ca_file=str(pki.ca))
+    status, line = await asyncio.to_thread(check, settings, tls=anonymous, timeout=2)
+    assert status == UNHEALTHY
+    assert "SERVING" not in line
 
 
 def test_tls_settings_are_checked_at_start_up(tmp_path: Path, pki: Pki) -> None:

@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     sub.add_parser("migrate", help="bring the database schema up to date")
+    _add_health_command(sub)
 
     clients = sub.add_parser("clients", help="manage API clients").add_subparsers(
         dest="action", required=True
@@ -78,9 +79,43 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="key ring").add_subparsers(dest="action", required=True)
     keys.add_parser("init", help="create the key ring file (for an external database)")
-    keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
+    rotate = keys.add_parser("rotate", help="new master key; re-wraps data keys, data untouched")
+    rotate.add_argument(
+        "--no-rewrap",
+        action="store_true",
+        help="change the ring file only; run `keys rewrap` once every replica has it",
+    )
+    keys.add_parser("rewrap", help="re-wrap data keys under the ring's active master key")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     return parser
+
+
+def _add_health_command(sub: Any) -> None:
+    health = sub.add_parser(
+        "health", help="ask the running server's gRPC health service; exit 0 when SERVING"
+    )
+    health.add_argument("--target", default="", help="host:port (default: the listen address)")
+    health.add_argument("--service", default="", help="a service name (default: the server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.add_argument("--ca-file", default="", help="TLS: CA that signed the server's cert")
+    health.add_argument("--server-name", default="", help="TLS: name the certificate carries")
+    health.add_argument("--cert-file", default="", help="mTLS: this probe's certificate")
+    health.add_argument("--key-file", default="", help="mTLS: this probe's private key")
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    from xiaohe.identity.server.probe import ProbeTls, check
+
+    tls = ProbeTls(args.ca_file, args.server_name, args.cert_file, args.key_file)
+    try:
+        status, line = check(
+            settings, target=args.target, service=args.service, timeout=args.timeout, tls=tls
+        )
+    except OSError as exc:
+        print(f"xiaohe-identity: health: {exc}", file=sys.stderr)
+        return 1
+    print(line)
+    return status
 
 
 # -- delivery (issue 10) --
@@ -305,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xiaohe.identity.server.supervisor import serve
 
             return asyncio.run(serve(settings))
+        if args.command == "health":
+            return _health(args, settings)
         if args.command == "migrate":
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             asyncio.run(upgrade_async(settings.effective_database_url))
@@ -331,10 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _print({"keyring_file": str(created.path)})
                 return 0
             ring = open_keyring(settings, SystemClock())
-            if args.action == "rotate":
+            if args.action == "rotate" and args.no_rewrap:
+                _print({"active_master_key": ring.rotate_master_key().id})
+            elif args.action == "rotate":
                 key = ring.rotate_master_key()
                 rewrapped = asyncio.run(_rewrap(settings))
                 _print({"active_master_key": key.id, "data_keys_rewrapped": rewrapped})
+            elif args.action == "rewrap":
+                rewrapped = asyncio.run(_rewrap(settings))
+                active = ring.active_master_key.id
+                _print({"active_master_key": active, "data_keys_rewrapped": rewrapped})
             else:
                 signing = ring.rotate_signing_key(
                     keep_retired_for=settings.access_token_ttl_seconds + 3600
