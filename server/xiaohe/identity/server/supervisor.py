@@ -157,4 +157,5 @@ async def serve(settings: Settings) -> int:
             metrics_server.close()
         if embedded is not None:
             embedded.stop()
-        log.info("xiaohe identity stopped")
+        if workers:  # a start-up failure is the one line the CLI prints, nothing more
+            log.info("xiaohe identity stopped")

@@ -36,6 +36,7 @@ code can never become a label and no caller can blow up the series count with it
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -364,6 +365,23 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
+class MetricsListenError(Exception):
+    """The metrics endpoint cannot listen on its address; the message is one line saying why."""
+
+
+def _listen_failure(listen: str, exc: OSError) -> str:
+    """One line for an operator: which address, and what is wrong with it."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host of {listen}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{listen} is in use by another process"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{listen} is not an address of this host"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {listen}"
+    return f"cannot listen on {listen}: {exc.strerror or type(exc).__name__}"
+
+
 def _split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -375,14 +393,20 @@ def start_metrics_server(listen: str, multiproc_dir: Path) -> MetricsServer:
     """Serve the merged metrics of `multiproc_dir` on `listen` (host:port; port 0 picks one).
 
     A small threaded `http.server` with prometheus_client's handler; it answers GET
-    on any path (Prometheus scrapes `/metrics`) and logs nothing.
+    on any path (Prometheus scrapes `/metrics`) and logs nothing. An address that
+    cannot be bound (in use, not local, no permission) raises MetricsListenError
+    with one line naming it; nothing is left listening.
     """
     host, port = _split_listen(listen)
     multiproc_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
     server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-    httpd = server_class((host, port), MetricsHandler.factory(registry))
+    try:
+        # socketserver closes the socket itself when binding fails.
+        httpd = server_class((host, port), MetricsHandler.factory(registry))
+    except OSError as exc:
+        raise MetricsListenError(_listen_failure(listen, exc)) from None
     httpd.daemon_threads = True
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="metrics-http", daemon=True
@@ -396,6 +420,7 @@ __all__ = [
     "RECEIPT_LATENCY_BUCKETS",
     "RPC_DURATION_BUCKETS",
     "Metrics",
+    "MetricsListenError",
     "MetricsServer",
     "bounded_label",
     "collect_multiprocess",
