@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from tests.e2e.conftest import CLI, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import CLI, ServedProcess, free_port, start_serve
 
 P = "XIAOHE_IDENTITY_"
 
@@ -70,3 +74,37 @@ def test_a_busy_metrics_port_stops_serve_with_one_line_and_leaves_nothing_runnin
     redis_dir = data_dir / "redis"
     assert (redis_dir / "redis.conf").exists()
     assert _processes_mentioning(str(redis_dir)) == []
+
+
+def _scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    """Status and body of GET `path` on the metrics port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_show_each_process_and_the_build_on_metrics_only(
+    tmp_path: Path, serve_factory: list[ServedProcess]
+) -> None:
+    """Two workers: process_* for the supervisor and both slots, build info, 404 off /metrics."""
+    served = start_serve(tmp_path / "var", **{f"{P}WORKERS": "2"})
+    serve_factory.append(served)
+    status, body = _scrape(served.metrics_port)
+    assert status == 200
+    rss = {}
+    build = []
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "process_resident_memory_bytes":
+                rss[sample.labels["process"]] = sample.value
+            if sample.name == "xiaohe_identity_build_info":
+                build.append(sample)
+    assert set(rss) == {"supervisor", "worker-0", "worker-1"}
+    assert all(value > 0 for value in rss.values())
+    assert len(build) == 1
+    assert build[0].value == 1.0
+    assert build[0].labels["version"] not in ("", "unknown")
+    assert _scrape(served.metrics_port, "/")[0] == 404
+    assert _scrape(served.metrics_port, "/favicon.ico")[0] == 404
