@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from xiaohe.identity.server.observability.metrics import (
     MULTIPROC_ENV,
     Metrics,
+    MetricsListenError,
     bounded_label,
     collect_multiprocess,
     prepare_multiproc_dir,
@@ -178,3 +181,28 @@ def test_metrics_server_close_frees_the_port(tmp_path: Path) -> None:
     again.close()
     with pytest.raises(ValueError, match="host:port"):
         start_metrics_server("nonsense", tmp_path)
+
+
+def test_a_busy_address_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A port another process holds: MetricsListenError naming the address, no thread left."""
+    threads_before = threading.active_count()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(MetricsListenError) as caught:
+            start_metrics_server(address, tmp_path)
+    message = str(caught.value)
+    assert message == f"{address} is in use by another process"
+    assert "\n" not in message
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    assert threading.active_count() == threads_before
+
+
+def test_an_address_of_another_host_is_one_line_naming_it(tmp_path: Path) -> None:
+    """192.0.2.1 (TEST-NET-1) is no address of this host."""
+    with pytest.raises(
+        MetricsListenError, match=r"^192\.0\.2\.1:0 is not an address of this host$"
+    ):
+        start_metrics_server("192.0.2.1:0", tmp_path)

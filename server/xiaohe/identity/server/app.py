@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
@@ -30,6 +29,7 @@ from xiaohe.identity.server.transport.codes import CodeServicer
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer
+from xiaohe.identity.server.transport.reflection import enable_reflection
 from xiaohe.identity.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -153,13 +153,8 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_reflection(
+        server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
     port = _add_port(server, listen, container.settings)
     if port == 0:

@@ -19,12 +19,13 @@ from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import SystemClock
-from xiaohe.identity.server.config import Settings, SettingsError, load_settings
+from xiaohe.identity.server.config import ENV_PREFIX, Settings, SettingsError, load_settings
 from xiaohe.identity.server.container import Container, open_keyring
 from xiaohe.identity.server.crypto.keyring import KeyRing, KeyRingError
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.errors import IdentityError, InvalidArgument
 from xiaohe.identity.server.observability.logging import configure_logging
+from xiaohe.identity.server.observability.metrics import MetricsListenError
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
 from xiaohe.identity.server.storage.database import Database
@@ -390,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyRingError as exc:
         print(f"xiaohe-identity: {exc}", file=sys.stderr)
         return 2
+    except MetricsListenError as exc:
+        print(f"xiaohe-identity: {ENV_PREFIX}METRICS_LISTEN: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2

@@ -122,7 +122,9 @@ async def serve(settings: Settings) -> int:
         await prepare(settings)
         multiproc_dir = settings.data_dir / "metrics"
         prepare_multiproc_dir(multiproc_dir)
-        metrics_server = start_metrics_server(settings.metrics_listen, multiproc_dir)
+        metrics_server = start_metrics_server(
+            settings.metrics_listen, multiproc_dir, lambda: [proc.pid for proc in workers]
+        )
         env = _worker_env(settings, redis_url, multiproc_dir)
         count = settings.effective_workers
         workers = [_spawn(env) for _ in range(count)]
@@ -157,4 +159,5 @@ async def serve(settings: Settings) -> int:
             metrics_server.close()
         if embedded is not None:
             embedded.stop()
-        log.info("xiaohe identity stopped")
+        if workers:  # a start-up failure is the one line the CLI prints, nothing more
+            log.info("xiaohe identity stopped")

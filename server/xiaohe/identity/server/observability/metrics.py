@@ -21,8 +21,10 @@ again whenever a value file is opened. The procedure is therefore:
    already been imported without the variable. Metrics created afterwards in that
    process are file-backed (the library's choice is per process, so this includes
    any `Metrics.in_memory()` created there later; those still render correctly).
-3. The supervisor calls `start_metrics_server(listen, path)`, which serves the
-   merged view of the directory.
+3. The supervisor calls `start_metrics_server(listen, path, worker_pids)`, which
+   serves the merged view of the directory on `/metrics` (any other path is 404),
+   with the supervisor's own figures beside it: `process_*` of every process and
+   the build (`runtime_metrics.py`).
 
 Only counters and histograms are used; both are summed across processes, and the
 files of exited workers stay so counters never go backwards.
@@ -36,20 +38,29 @@ code can never become a label and no caller can blow up the series count with it
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from xiaohe.identity.server.observability.runtime_metrics import (
+    BuildInfoCollector,
+    ProcessesCollector,
+)
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_PATH = "/metrics"
 
 _LABEL_OK = re.compile(r"/?[A-Za-z][A-Za-z0-9_./:-]{0,99}")
 _LONG_DIGITS = re.compile(r"\d{5,}")
@@ -130,70 +141,81 @@ class Metrics:
         self.registry = registry
         self._rpc_requests = Counter(
             "xiaohe_rpc_requests",
-            "RPCs handled, by full method name and status code name.",
+            "Calls to the identity services' RPCs (health and reflection not counted), "
+            "by method name (IssueCode) and gRPC status code name (OK, INVALID_ARGUMENT, ...).",
             ["method", "code"],
             registry=registry,
         )
         self._rpc_duration = Histogram(
             "xiaohe_rpc_duration_seconds",
-            "Time to handle an RPC, by full method name.",
+            "Seconds from an RPC's arrival to its answer, caller authentication included, "
+            "by method name (IssueCode).",
             ["method"],
             buckets=RPC_DURATION_BUCKETS,
             registry=registry,
         )
         self._codes_issued = Counter(
             "xiaohe_codes_issued",
-            "One-time codes issued, by channel and purpose.",
+            "One-time codes issued (IssueCode answered OK, whether the message was queued or "
+            "withheld), by channel (SMS, EMAIL) and purpose.",
             ["channel", "purpose"],
             registry=registry,
         )
         self._codes_verified = Counter(
             "xiaohe_codes_verified",
-            "One-time code verifications, by channel, purpose and outcome.",
+            "Code verifications, by channel, purpose and outcome "
+            "(ok, mismatch, missing, exhausted, rate_limited).",
             ["channel", "purpose", "outcome"],
             registry=registry,
         )
         self._limit_rejections = Counter(
             "xiaohe_limit_rejections",
-            "Requests refused by a rate limit, by policy name.",
+            "Code issue and verify requests refused by a rate limit or an SMS-pumping budget, "
+            "by policy name (code.issue.destination, code.verify.ip, code.issue.prefix, ...).",
             ["policy"],
             registry=registry,
         )
         self._deliveries = Counter(
             "xiaohe_deliveries",
-            "Message delivery attempts, by provider and outcome.",
+            "Outbox deliveries to a provider, by provider and outcome: final (sent, failed, "
+            "expired, unknown) or retry (a failed attempt that will be tried again).",
             ["provider", "outcome"],
             registry=registry,
         )
         self._logins = Counter(
             "xiaohe_logins",
-            "Login attempts, by method and outcome.",
+            "Login attempts, by method (password, sms) and outcome "
+            "(ok, invalid_credentials, unknown_account, account_inactive, ...).",
             ["method", "outcome"],
             registry=registry,
         )
         # -- delivery receipts (issue 10) --
         self._receipts = Counter(
             "xiaohe_delivery_receipts",
-            "Delivery receipts recorded, by provider, network prefix (86-138) and state.",
+            "Delivery receipts recorded, by provider, network (country code and 3-digit "
+            "network prefix, 86-138) and state (delivered, failed, ...).",
             ["provider", "network", "state"],
             registry=registry,
         )
         self._receipt_latency = Histogram(
             "xiaohe_delivery_receipt_latency_seconds",
-            "Seconds from sending to the handset's receipt, by provider and network prefix.",
+            "Seconds from our send to the handset's receipt (as the carrier reports it), "
+            "by provider and network (86-138).",
             ["provider", "network"],
             buckets=RECEIPT_LATENCY_BUCKETS,
             registry=registry,
         )
         self._receipts_ignored = Counter(
             "xiaohe_delivery_receipts_ignored",
-            "Receipts that changed nothing, by source and reason (duplicate, unknown, malformed).",
+            "Delivery receipts that changed nothing, by source (provider) and reason "
+            "(duplicate, unknown_message, malformed, invalid_json).",
             ["source", "reason"],
             registry=registry,
         )
         self._callback_requests = Counter(
             "xiaohe_callback_requests",
-            "HTTP callback requests, by route and outcome.",
+            "Requests to the delivery-receipt HTTP listener, by route and answer (ok, "
+            "secret_refused, source_refused, too_large, invalid_json, unavailable, error).",
             ["route", "outcome"],
             registry=registry,
         )
@@ -201,7 +223,8 @@ class Metrics:
         # SMS-pumping defence (ratelimit/pumping.py); labels are reasons, never prefixes.
         self._prefix_blocks = Counter(
             "xiaohe_pumping_prefix_blocks",
-            "Number prefixes throttled by the SMS-pumping watch, by reason.",
+            "Blocks placed on a number prefix by the SMS-pumping watch, by reason "
+            "(conversion, failed_receipts).",
             ["reason"],
             registry=registry,
         )
@@ -217,7 +240,8 @@ class Metrics:
         )
         self._undecodable_requests = Counter(
             "xiaohe_undecodable_requests",
-            "Requests whose bytes do not parse as the method's request message, by method.",
+            "Requests whose bytes do not parse as the method's request message (refused as "
+            "INVALID_ARGUMENT), by method name (IssueCode); health and reflection included.",
             ["method"],
             registry=registry,
         )
@@ -231,7 +255,8 @@ class Metrics:
         )
         self._breaker_transitions = Counter(
             "xiaohe_provider_breaker_transitions",
-            "Circuit-breaker state changes, by provider and new state (closed, open, half_open).",
+            "Circuit-breaker state changes, by provider and new state (closed, open, "
+            "half_open); each worker keeps its own breakers, the sum over workers is shown.",
             ["provider", "state"],
             registry=registry,
         )
@@ -348,6 +373,22 @@ class _IPv6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
+class _MetricsOnlyHandler(MetricsHandler):
+    """prometheus_client's handler on `/metrics` alone; any other path is 404."""
+
+    def do_GET(self) -> None:
+        """The exposition on `/metrics` (query parameters allowed), else 404."""
+        if urlsplit(self.path).path == METRICS_PATH:
+            super().do_GET()
+            return
+        body = f"not found: metrics are served on {METRICS_PATH}\n".encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @dataclass(frozen=True)
 class MetricsServer:
     """The supervisor's `/metrics` HTTP server; `close()` stops it and frees the port."""
@@ -364,6 +405,23 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
+class MetricsListenError(Exception):
+    """The metrics endpoint cannot listen on its address; the message is one line saying why."""
+
+
+def _listen_failure(listen: str, exc: OSError) -> str:
+    """One line for an operator: which address, and what is wrong with it."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host of {listen}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{listen} is in use by another process"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{listen} is not an address of this host"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {listen}"
+    return f"cannot listen on {listen}: {exc.strerror or type(exc).__name__}"
+
+
 def _split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
@@ -371,18 +429,30 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def start_metrics_server(listen: str, multiproc_dir: Path) -> MetricsServer:
+def start_metrics_server(
+    listen: str, multiproc_dir: Path, worker_pids: Callable[[], Sequence[int]] = tuple
+) -> MetricsServer:
     """Serve the merged metrics of `multiproc_dir` on `listen` (host:port; port 0 picks one).
 
+    Beside the workers' metrics: the build info and `process_*` of this process
+    and of the workers `worker_pids()` names at scrape time, one per slot.
     A small threaded `http.server` with prometheus_client's handler; it answers GET
-    on any path (Prometheus scrapes `/metrics`) and logs nothing.
+    on `/metrics` only (404 elsewhere) and logs nothing. An address that
+    cannot be bound (in use, not local, no permission) raises MetricsListenError
+    with one line naming it; nothing is left listening.
     """
     host, port = _split_listen(listen)
     multiproc_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+    registry.register(BuildInfoCollector())
+    registry.register(ProcessesCollector(worker_pids))
     server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-    httpd = server_class((host, port), MetricsHandler.factory(registry))
+    try:
+        # socketserver closes the socket itself when binding fails.
+        httpd = server_class((host, port), _MetricsOnlyHandler.factory(registry))
+    except OSError as exc:
+        raise MetricsListenError(_listen_failure(listen, exc)) from None
     httpd.daemon_threads = True
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="metrics-http", daemon=True
@@ -392,10 +462,12 @@ def start_metrics_server(listen: str, multiproc_dir: Path) -> MetricsServer:
 
 
 __all__ = [
+    "METRICS_PATH",
     "MULTIPROC_ENV",
     "RECEIPT_LATENCY_BUCKETS",
     "RPC_DURATION_BUCKETS",
     "Metrics",
+    "MetricsListenError",
     "MetricsServer",
     "bounded_label",
     "collect_multiprocess",
