@@ -37,6 +37,11 @@ MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
 
 HIDDEN: Final = "<hidden>"
 
+CLIENT_SIDE_NAMES: Final = frozenset({"target", "client_id", "client_secret", "client_file"})
+"""`XIAOHE_IDENTITY_*` variables that configure *callers* (scripts, load tests, the guides'
+examples: which server, which credentials), set in the same shell as the server.
+The server ignores them; any other unknown name is a typo and stops start-up."""
+
 
 class SettingsError(Exception):
     """A setting is invalid; the message is one line naming the setting and why."""
@@ -582,6 +587,8 @@ def load_settings(
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
+        if name in CLIENT_SIDE_NAMES:
+            continue
         if name not in names:
             raise SettingsError(f"{key}: unknown setting")
         values[name] = _coerce(name, hints[name], value)
@@ -596,6 +603,7 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
 
 
 __all__ = [
+    "CLIENT_SIDE_NAMES",
     "ENV_PREFIX",
     "SMS_PROVIDERS",
     "SMS_UNKNOWN_OUTCOMES",
