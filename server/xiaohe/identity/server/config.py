@@ -78,6 +78,8 @@ class Settings:
     redis_op_timeout_seconds: float = 2.0
     # How often a worker anchors the audit chain's head in a signed checkpoint.
     audit_checkpoint_seconds: float = 300.0
+    # How often each worker checks its stores; health is NOT_SERVING while a check fails.
+    health_check_seconds: float = 5.0
 
     # Codes and tickets.
     code_ttl_seconds: int = 300
@@ -351,6 +353,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
+    if not 0.1 <= s.health_check_seconds <= 300:
+        raise SettingsError(f"{ENV_PREFIX}HEALTH_CHECK_SECONDS: between 0.1 and 300")
     if not 0 < s.redis_op_timeout_seconds <= 30:
         raise SettingsError(f"{ENV_PREFIX}REDIS_OP_TIMEOUT_SECONDS: more than 0, at most 30")
     if not 0 <= s.token_leeway_seconds <= MAX_TOKEN_LEEWAY_SECONDS:
