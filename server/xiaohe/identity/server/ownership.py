@@ -79,11 +79,6 @@ class PortReservation:
     """The address with its port resolved (port 0 becomes the port picked here)."""
     _sockets: list[socket.socket] = field(default_factory=list, repr=False)
 
-    @property
-    def port(self) -> int:
-        """The reserved port."""
-        return int(self.listen.rpartition(":")[2])
-
     def release(self) -> None:
         """Close the sockets (the workers' own listening sockets are unaffected)."""
         for sock in self._sockets:
