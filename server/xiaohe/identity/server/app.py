@@ -192,8 +192,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         await server.stop(0)
         raise
     if callbacks is not None:
-        app = callbacks.app
-        app.serving = False
+        app = callbacks.app  # `/healthz` answers what gRPC health answers (NOT_SERVING now)
         reporter.on_change(lambda serving: setattr(app, "serving", serving))
     await reporter.check()
     reporter.start()
