@@ -13,6 +13,7 @@ from grpc_health.v1._async import HealthServicer
 
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
+from xiaohe.identity.server.storage.health import StoreCheck
 from xiaohe.identity.server.transport.accounts import AccountServicer
 from xiaohe.identity.server.transport.admin import AdminServicer
 from xiaohe.identity.server.transport.auth import AuthServicer
@@ -26,6 +27,7 @@ from xiaohe.identity.server.transport.callbacks import (
 )
 from xiaohe.identity.server.transport.carriers import CarrierHookServicer
 from xiaohe.identity.server.transport.codes import CodeServicer
+from xiaohe.identity.server.transport.health import HealthReporter
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer
@@ -49,6 +51,9 @@ from xiaohe.identity.v1 import (
 
 log = logging.getLogger("xiaohe.identity.app")
 
+STORE_CHECK_TIMEOUT_SECONDS = 2.0
+"""How long one health check waits for a store's answer before calling it down."""
+
 SERVICE_NAMES = (
     codes_pb2.DESCRIPTOR.services_by_name["CodeService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -67,6 +72,8 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: HealthServicer
+    reporter: HealthReporter
+    """Sets `health` (and the callbacks' `/healthz`) from the stores' checks."""
     callbacks: RunningCallbacks | None = None
     """The HTTP callback listener, when `callback_listen` is set."""
 
@@ -77,8 +84,7 @@ class RunningServer:
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, then let in-flight RPCs (and callbacks) finish within grace."""
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.reporter.stop()
         if self.callbacks is not None:
             await self.callbacks.stop()
         await self.server.stop(grace)
@@ -153,6 +159,19 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reporter = HealthReporter(
+        health_servicer,
+        SERVICE_NAMES,
+        StoreCheck(
+            container.database,
+            container.redis,
+            container.redis_url,
+            timeout=STORE_CHECK_TIMEOUT_SECONDS,
+        ).problems,
+        container.settings.health_check_seconds,
+    )
+    # NOT_SERVING (not grpc's default SERVING) from the moment the port opens.
+    await reporter.not_serving()
     enable_reflection(
         server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
@@ -167,9 +186,12 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     except BaseException:
         await server.stop(0)
         raise
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, callbacks)
+    if callbacks is not None:
+        app = callbacks.app  # `/healthz` answers what gRPC health answers (NOT_SERVING now)
+        reporter.on_change(lambda serving: setattr(app, "serving", serving))
+    await reporter.check()
+    reporter.start()
+    return RunningServer(server, port, health_servicer, reporter, callbacks)
 
 
 async def _start_callbacks(container: Container) -> RunningCallbacks | None:

@@ -338,9 +338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)  # files the server or the CLI creates are the owner's alone
     try:
         if args.command == "serve":
+            from xiaohe.identity.server.ownership import AlreadyInUse
             from xiaohe.identity.server.supervisor import serve
 
-            return asyncio.run(serve(settings))
+            try:
+                return asyncio.run(serve(settings))
+            except AlreadyInUse as exc:
+                print(f"xiaohe-identity: {exc}", file=sys.stderr)
+                return 1
         if args.command == "health":
             return _health(args, settings)
         if args.command == "migrate":

@@ -37,6 +37,11 @@ MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
 
 HIDDEN: Final = "<hidden>"
 
+CLIENT_SIDE_NAMES: Final = frozenset({"target", "client_id", "client_secret", "client_file"})
+"""`XIAOHE_IDENTITY_*` variables that configure *callers* (scripts, load tests, the guides'
+examples: which server, which credentials), set in the same shell as the server.
+The server ignores them; any other unknown name is a typo and stops start-up."""
+
 
 POSTGRES_DRIVER_SCHEME: Final = "postgresql+asyncpg://"
 DATABASE_SCHEMES: Final = (
@@ -98,6 +103,8 @@ class Settings:
     redis_op_timeout_seconds: float = 2.0
     # How often a worker anchors the audit chain's head in a signed checkpoint.
     audit_checkpoint_seconds: float = 300.0
+    # How often each worker checks its stores; health is NOT_SERVING while a check fails.
+    health_check_seconds: float = 5.0
 
     # Codes and tickets.
     code_ttl_seconds: int = 300
@@ -378,6 +385,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
+    if not 0.1 <= s.health_check_seconds <= 300:
+        raise SettingsError(f"{ENV_PREFIX}HEALTH_CHECK_SECONDS: between 0.1 and 300")
     if not 0 < s.redis_op_timeout_seconds <= 30:
         raise SettingsError(f"{ENV_PREFIX}REDIS_OP_TIMEOUT_SECONDS: more than 0, at most 30")
     if not 0 <= s.token_leeway_seconds <= MAX_TOKEN_LEEWAY_SECONDS:
@@ -614,6 +623,8 @@ def load_settings(
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
+        if name in CLIENT_SIDE_NAMES:
+            continue
         if name not in names:
             raise SettingsError(f"{key}: unknown setting")
         values[name] = _coerce(name, hints[name], value)
@@ -628,6 +639,7 @@ def with_overrides(settings: Settings, **changes: Any) -> Settings:
 
 
 __all__ = [
+    "CLIENT_SIDE_NAMES",
     "ENV_PREFIX",
     "SMS_PROVIDERS",
     "SMS_UNKNOWN_OUTCOMES",
