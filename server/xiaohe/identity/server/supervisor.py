@@ -205,7 +205,7 @@ async def _serve(settings: Settings) -> int:
         multiproc_dir = settings.data_dir / "metrics"
         prepare_multiproc_dir(multiproc_dir)
         metrics_server = start_metrics_server(
-            settings.metrics_listen, multiproc_dir, lambda: [proc.pid for proc in workers]
+            settings.metrics_listen, multiproc_dir, lambda: [w.process.pid for w in workers]
         )
         env = _worker_env(settings, redis_url, multiproc_dir)
         count = settings.effective_workers

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from xiaohe.identity.server.storage.database import Database
-from xiaohe.identity.server.storage.redis import BoundedRedis
+from xiaohe.identity.server.storage.redis import RedisClient
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -40,7 +40,7 @@ class StoreCheck:
     """Asks the database and Redis, and checks the paths they are reached by."""
 
     database: Database
-    redis: BoundedRedis
+    redis: RedisClient
     redis_url: str
     timeout: float
 
