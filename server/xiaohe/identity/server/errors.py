@@ -90,9 +90,14 @@ class ClientUnauthenticated(IdentityError):
 
 
 class PermissionDenied(IdentityError):
-    """The calling client lacks the grant for this RPC."""
+    """The calling client lacks the grant for this RPC; `method` and `grant` say which, if known."""
 
     reason = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, *, method: str = "", grant: str = "") -> None:
+        self.method = method
+        self.grant = grant
+        super().__init__(message)
 
 
 class UserUnauthenticated(IdentityError):

@@ -35,7 +35,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from xiaohe.identity.server import context, errors
-from xiaohe.identity.server.callers.grants import PUBLIC_PREFIXES, allows, trusts_end_user_metadata
+from xiaohe.identity.server.callers.grants import (
+    PUBLIC_PREFIXES,
+    allows,
+    required_grant,
+    trusts_end_user_metadata,
+)
 from xiaohe.identity.server.callers.registry import Client
 from xiaohe.identity.server.transport.status import internal_status, status_code_of, to_rpc_status
 
@@ -234,7 +239,7 @@ class IdentityInterceptor(_ServerInterceptor):
                 metadata.get("x-client-id", ""), metadata.get("x-client-secret", "")
             )
             if not allows(client.grants, method):
-                raise errors.PermissionDenied("this client is not granted this method")
+                raise _not_granted(client, method)
             context.bind(self._context_for(request_id, client, metadata, ctx))
             response = await inner(self._decode(decode, raw, name), ctx)
             ctx.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
@@ -309,6 +314,22 @@ async def _respond(result: Any, ctx: ServicerContext) -> None:
     stream: AsyncIterable[Any] = result
     async for response in stream:
         await ctx.write(response)
+
+
+def _not_granted(client: Client, method: str) -> errors.PermissionDenied:
+    """The refusal naming the client, the method and the grant that would allow it.
+
+    All three are names the caller or an operator may read (the client id is not a
+    secret); an operator fixes the grants from this one line.
+    """
+    grant = required_grant(method)
+    if grant is None:
+        return errors.PermissionDenied(f"no grant allows {method}", method=method)
+    return errors.PermissionDenied(
+        f"client {client.client_id} is not granted {method}: it needs the grant {grant!r}",
+        method=method,
+        grant=grant,
+    )
 
 
 def _valid_ip(text: str) -> str:
