@@ -31,7 +31,7 @@ from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
-from xiaohe.identity.server.worker import MULTIPROC_ENV
+from xiaohe.identity.server.worker import MULTIPROC_ENV, WORKER_INDEX_ENV
 
 log = logging.getLogger("xiaohe.identity.supervisor")
 
@@ -99,13 +99,15 @@ def _worker_env(settings: Settings, redis_url: str, multiproc_dir: Path) -> dict
     env[f"{ENV_PREFIX}REDIS_URL"] = redis_url
     env[f"{ENV_PREFIX}DATA_DIR"] = str(settings.data_dir.resolve())
     env[MULTIPROC_ENV] = str(multiproc_dir)
+    env.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc's own logging: quiet unless the operator says
     if settings.config_file:
         env[f"{ENV_PREFIX}CONFIG_FILE"] = settings.config_file
     return env
 
 
-def _spawn(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "xiaohe.identity.server.worker"], env=env)
+def _spawn(env: dict[str, str], index: int) -> subprocess.Popen[bytes]:
+    worker_env = {**env, WORKER_INDEX_ENV: str(index)}  # on its log lines; kept across restarts
+    return subprocess.Popen([sys.executable, "-m", "xiaohe.identity.server.worker"], env=worker_env)
 
 
 async def serve(settings: Settings) -> int:
@@ -125,7 +127,7 @@ async def serve(settings: Settings) -> int:
         metrics_server = start_metrics_server(settings.metrics_listen, multiproc_dir)
         env = _worker_env(settings, redis_url, multiproc_dir)
         count = settings.effective_workers
-        workers = [_spawn(env) for _ in range(count)]
+        workers = [_spawn(env, i) for i in range(count)]
         log.info(
             "xiaohe identity serving",
             extra={"listen": settings.listen, "workers": count, "embedded_redis": bool(embedded)},
@@ -141,7 +143,7 @@ async def serve(settings: Settings) -> int:
                 if proc.poll() is not None and not stop.is_set():
                     log.error("worker exited; restarting", extra={"status": proc.returncode})
                     await asyncio.sleep(1.0)
-                    workers[i] = _spawn(env)
+                    workers[i] = _spawn(env, i)
         return 0
     finally:
         for proc in workers:
