@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import os
 import re
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.conftest import Harness, wait_for_outbox
+from tests.integration.conftest import Harness, HarnessFactory, wait_for_outbox
 from tests.rpc_errors import details_of
 from xiaohe.identity.server.observability.logging import JsonFormatter, RedactionFilter
+from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc, codes_pb2, codes_pb2_grpc, common_pb2
 
 ACCESS_LOGGER = (
@@ -128,3 +133,37 @@ async def test_each_rpc_writes_one_line_with_its_outcome_and_no_request_data(
         assert private not in text, private
     for codes_in_message in sent_codes:
         assert not any(code in text for code in codes_in_message)
+
+
+async def test_a_call_the_caller_gave_up_on_is_logged_as_cancelled(
+    tmp_path: Path, harness_factory: HarnessFactory, access_lines: io.StringIO
+) -> None:
+    """Redis paused, the caller's deadline passes first: the line says CANCELLED, never OK."""
+    redis_server = EmbeddedRedis(tmp_path / "redis")
+    redis_url = redis_server.start()
+    assert redis_server._process is not None
+    try:
+        h = await harness_factory(redis_url=redis_url, redis_op_timeout_seconds=10)
+        await h.container.revocations.wait_ready()
+        os.kill(redis_server._process.pid, signal.SIGSTOP)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await codes_pb2_grpc.CodeServiceStub(h.channel).IssueCode(
+                codes_pb2.IssueCodeRequest(
+                    channel=common_pb2.CHANNEL_SMS,
+                    destination=PHONE,
+                    purpose=common_pb2.PURPOSE_REGISTER,
+                ),
+                metadata=h.metadata,
+                timeout=0.5,
+            )
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(100):  # the server notices the cancellation a moment later
+            if access_lines.getvalue():
+                break
+            await asyncio.sleep(0.05)
+        (line,) = _lines(access_lines)
+        assert (line["extra"]["method"], line["extra"]["status"]) == (ISSUE, "CANCELLED")
+        assert line["client_id"] == dict(h.metadata)["x-client-id"]
+    finally:
+        os.kill(redis_server._process.pid, signal.SIGCONT)
+        redis_server.stop()
