@@ -148,7 +148,7 @@ class TokenInvalid(IdentityError):
 
 
 class AlreadyExists(IdentityError):
-    """An identifier is already bound to an account (never saying whose)."""
+    """An identifier is bound to an account (never saying whose), or a name to a live client."""
 
     reason = "ALREADY_EXISTS"
 

@@ -158,7 +158,7 @@ class InvalidCredentials(IdentityError):
 
 
 class AlreadyExists(IdentityError):
-    """An identifier is already bound to another account."""
+    """An identifier is already bound to another account, or a live client has the name."""
 
     REASON = "ALREADY_EXISTS"
     DEFAULT_CODE = grpc.StatusCode.ALREADY_EXISTS

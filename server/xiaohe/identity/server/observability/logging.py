@@ -49,7 +49,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -263,7 +263,6 @@ def configure_logging(
     *,
     worker: int | None = None,
     access_log: bool = True,
-    env: Mapping[str, str] | None = None,
 ) -> None:
     """Send every log record, redacted, as JSON lines to `stream` (stderr) and optionally `file`.
 
@@ -271,7 +270,7 @@ def configure_logging(
     (e.g. in each worker process). The file is opened with a `WatchedFileHandler`,
     so external log rotation works. `worker` is the worker's index, put on every
     line; `access_log=False` silences `xiaohe.identity.access`. grpc's loggers stay
-    at WARNING unless `GRPC_VERBOSITY` is set in `env` (the process environment).
+    at WARNING unless the operator set `GRPC_VERBOSITY` in the environment.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -290,7 +289,7 @@ def configure_logging(
         root.addHandler(_install(make(), numeric, worker))
     root.setLevel(numeric)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if access_log else logging.WARNING)
-    operator_set = (os.environ if env is None else env).get(GRPC_VERBOSITY_ENV, "").strip()
+    operator_set = os.environ.get(GRPC_VERBOSITY_ENV, "").strip()
     logging.getLogger(GRPC_LOGGER).setLevel(logging.NOTSET if operator_set else logging.WARNING)
     logging.captureWarnings(True)
 
