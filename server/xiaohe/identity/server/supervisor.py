@@ -52,7 +52,8 @@ async def ensure_bootstrap_client(settings: Settings, database: Database) -> Pat
     """Create the all-grants bootstrap client once; its id and secret go to a 0600 file.
 
     Only when the file does not exist: an operator who revoked the bootstrap client
-    must not get it back by restarting. To make a new one on purpose, revoke it, delete the file.
+    must not get it back by restarting. To make a new one on purpose, revoke it and delete
+    the file.
     """
     path = settings.data_dir / BOOTSTRAP_FILE
     if path.exists():

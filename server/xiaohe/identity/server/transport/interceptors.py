@@ -1,6 +1,6 @@
 """The one server interceptor: request id, caller authentication, grants, errors, metrics.
 
-Every RPC it authenticates also ends with one access-log line (`_log_access`).
+Every RPC but health and reflection also ends with one access-log line (`_log_access`).
 
 For every RPC but health and reflection it authenticates the client from
 `x-client-id` / `x-client-secret` metadata, checks the method's grant, binds
