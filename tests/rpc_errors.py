@@ -20,6 +20,7 @@ class Details:
     violations: dict[str, str] = field(default_factory=dict)
     retry_after: int | None = None
     quota_subjects: list[str] = field(default_factory=list)
+    info: dict[str, str] = field(default_factory=dict)
 
 
 def details_of(err: grpc.aio.AioRpcError) -> Details:
@@ -34,6 +35,7 @@ def details_of(err: grpc.aio.AioRpcError) -> Details:
             any_msg.Unpack(info)
             out.reason = info.reason
             out.request_id = info.metadata.get("request_id", "")
+            out.info = dict(info.metadata)
         elif any_msg.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             any_msg.Unpack(bad)

@@ -180,6 +180,18 @@ def test_an_unknown_grant_fails_with_one_line_and_creates_nothing(cli: Cli) -> N
     assert cli.ok("clients", "list").json() == []
 
 
+def test_a_second_client_with_a_live_name_is_refused_in_one_line(cli: Cli) -> None:
+    """`clients create web` twice: the second says which client holds the name, makes nothing."""
+    first = cli.ok("clients", "create", "web", "--grant", "codes").json()
+    result = cli.run("clients", "create", "web", "--grant", "auth")
+    message = one_line_error(result)
+    assert result.returncode == 1
+    assert "already named 'web'" in message
+    assert first["client_id"] in message
+    assert first["client_secret"] not in result.stdout + result.stderr
+    assert [c["client_id"] for c in cli.ok("clients", "list").json()] == [first["client_id"]]
+
+
 def test_policy_publish_numbers_versions_and_refuses_the_same_text(
     cli: Cli, tmp_path: Path
 ) -> None:

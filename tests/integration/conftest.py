@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,9 @@ class Harness:
 
     async def client_metadata(self, *grants: str) -> tuple[tuple[str, str], ...]:
         """Credentials of a new client with exactly these grants."""
-        client, secret = await self.container.clients.create("test", list(grants))
+        # Live clients' names are unique: each test client gets its own.
+        name = f"test-{secrets.token_hex(4)}"
+        client, secret = await self.container.clients.create(name, list(grants))
         return (("x-client-id", client.client_id), ("x-client-secret", secret))
 
     async def drain_outbox(self) -> None:

@@ -47,6 +47,35 @@ async def test_a_chinese_client_name_is_accepted(h: Harness) -> None:
     assert created.client.name == "小禾 企服 前端"
 
 
+async def test_a_second_live_client_with_a_name_is_refused_with_already_exists(
+    h: Harness,
+) -> None:
+    """Names tell clients apart in listings and audit exports: a live one is never repeated."""
+    stub = admin_pb2_grpc.AdminServiceStub(h.channel)
+    first = await stub.CreateClient(
+        admin_pb2.CreateClientRequest(name="web-bff", grants=["codes"]), metadata=h.metadata
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateClient(
+            admin_pb2.CreateClientRequest(name="web-bff", grants=["auth"]), metadata=h.metadata
+        )
+    d = details_of(caught.value)
+    assert (d.code, d.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS")
+    assert set(d.violations) == {"name"}
+    assert first.client.client_id in d.message
+    assert first.client_secret not in d.message
+    listed = await stub.ListClients(admin_pb2.ListClientsRequest(), metadata=h.metadata)
+    assert [c.name for c in listed.clients].count("web-bff") == 1
+
+    await stub.RevokeClient(
+        admin_pb2.RevokeClientRequest(client_id=first.client.client_id), metadata=h.metadata
+    )
+    again = await stub.CreateClient(
+        admin_pb2.CreateClientRequest(name="web-bff", grants=["auth"]), metadata=h.metadata
+    )
+    assert again.client.client_id != first.client.client_id
+
+
 async def test_an_unknown_grant_is_quoted_bounded(h: Harness) -> None:
     """Error messages never echo unbounded caller input."""
     huge = "x" * 10_000

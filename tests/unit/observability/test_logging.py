@@ -15,6 +15,9 @@ import pytest
 from xiaohe.identity.server import context
 from xiaohe.identity.server.observability.logging import configure_logging, redact
 
+ACCESS_LOGGER = (
+    "xiaohe.identity.access"  # operators filter on this name: it is part of the contract
+)
 PHONE = "13812341234"
 PHONE_E164 = "+8613812341234"
 EMAIL = "zhangsan@example.com"
@@ -38,6 +41,8 @@ def log_output() -> Iterator[io.StringIO]:
     """Configure JSON logging into a buffer; restore the root logger afterwards."""
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
+    tuned = [logging.getLogger(name) for name in (ACCESS_LOGGER, "grpc")]
+    saved_levels = [logger.level for logger in tuned]
     buffer = io.StringIO()
     configure_logging("DEBUG", stream=buffer)
     yield buffer
@@ -46,6 +51,8 @@ def log_output() -> Iterator[io.StringIO]:
             root.removeHandler(handler)
             handler.close()
     root.setLevel(saved_level)
+    for logger, level in zip(tuned, saved_levels, strict=True):
+        logger.setLevel(level)
     logging.captureWarnings(False)
 
 
@@ -71,7 +78,7 @@ def test_lines_are_json_with_context(log_output: io.StringIO) -> None:
     assert first["level"] == "INFO"
     assert first["logger"] == "xiaohe.test"
     assert (first["request_id"], first["client_id"]) == ("req-7f3a", "bff-web")
-    assert first["worker"] == os.getpid()
+    assert "worker" not in first  # not a worker process: no index, and never a PID
     assert first["extra"] == {"channel": "SMS"}
     assert first["ts"].endswith("+00:00")
     assert (second["request_id"], second["client_id"]) == ("-", "")
@@ -217,3 +224,43 @@ def test_bad_level_is_refused() -> None:
 )
 def test_redact_rules(raw: str, expected: str | None) -> None:
     assert redact(raw) == (raw if expected is None else expected)
+
+
+def test_a_workers_lines_carry_its_index_not_its_pid(log_output: io.StringIO) -> None:
+    """Worker 1 is worker 1 after a restart too; a PID says nothing an operator can use."""
+    configure_logging("INFO", stream=log_output, worker=1)
+    logging.getLogger("xiaohe.test").info("serving")
+    (line,) = _lines(log_output)
+    assert line["worker"] == 1
+    assert os.getpid() not in line.values()
+
+
+def test_grpcs_own_loggers_stay_quiet_at_debug(
+    log_output: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOG_LEVEL=DEBUG shows our debug lines, not grpc's; grpc warnings still come through."""
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    configure_logging("DEBUG", stream=log_output)
+    logging.getLogger("grpc._cython.cygrpc").debug("Using AsyncIOEngine.POLLER as I/O engine")
+    logging.getLogger("grpc.aio").info("channel noise")
+    logging.getLogger("grpc._server").warning("a real grpc warning")
+    logging.getLogger("xiaohe.test").debug("ours")
+    assert [line["msg"] for line in _lines(log_output)] == ["a real grpc warning", "ours"]
+
+
+def test_grpcs_loggers_follow_the_level_when_the_operator_sets_grpc_verbosity(
+    log_output: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRPC_VERBOSITY", "debug")
+    configure_logging("DEBUG", stream=log_output)
+    logging.getLogger("grpc._cython.cygrpc").debug("engine chosen")
+    assert [line["msg"] for line in _lines(log_output)] == ["engine chosen"]
+
+
+def test_the_access_log_can_be_turned_off(log_output: io.StringIO) -> None:
+    configure_logging("INFO", stream=log_output, access_log=False)
+    logging.getLogger(ACCESS_LOGGER).info("/x.Y/Z OK 1.0 ms")
+    logging.getLogger(ACCESS_LOGGER).warning("still shown")
+    configure_logging("INFO", stream=log_output)
+    logging.getLogger(ACCESS_LOGGER).info("/x.Y/Z OK 2.0 ms")
+    assert [line["msg"] for line in _lines(log_output)] == ["still shown", "/x.Y/Z OK 2.0 ms"]

@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"xiaohe-identity: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, file=settings.log_file)
+    configure_logging(settings.log_level, file=settings.log_file, access_log=settings.access_log)
     if args.command != "migrate":
         # Schema upgrades are routine for every other command; only `migrate` narrates them.
         logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -89,6 +89,8 @@ class Settings:
     shutdown_grace_seconds: float = 5.0
     log_level: str = "INFO"
     log_file: str = ""
+    # One INFO line per RPC on `xiaohe.identity.access`; false turns it off.
+    access_log: bool = True
     config_file: str = ""
     keyring_file: str = ""
     # TLS: a certificate chain and key (PEM) make the listener TLS; a client CA adds mTLS.

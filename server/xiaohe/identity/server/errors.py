@@ -90,9 +90,14 @@ class ClientUnauthenticated(IdentityError):
 
 
 class PermissionDenied(IdentityError):
-    """The calling client lacks the grant for this RPC."""
+    """The calling client lacks the grant for this RPC; `method` and `grant` say which, if known."""
 
     reason = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, *, method: str = "", grant: str = "") -> None:
+        self.method = method
+        self.grant = grant
+        super().__init__(message)
 
 
 class UserUnauthenticated(IdentityError):
@@ -143,7 +148,7 @@ class TokenInvalid(IdentityError):
 
 
 class AlreadyExists(IdentityError):
-    """An identifier is already bound to an account (never saying whose)."""
+    """An identifier is bound to an account (never saying whose), or a name to a live client."""
 
     reason = "ALREADY_EXISTS"
 

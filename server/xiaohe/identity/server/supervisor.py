@@ -38,7 +38,7 @@ from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
-from xiaohe.identity.server.worker import MULTIPROC_ENV
+from xiaohe.identity.server.worker import MULTIPROC_ENV, WORKER_INDEX_ENV
 
 log = logging.getLogger("xiaohe.identity.supervisor")
 
@@ -60,7 +60,8 @@ async def ensure_bootstrap_client(settings: Settings, database: Database) -> Pat
     """Create the all-grants bootstrap client once; its id and secret go to a 0600 file.
 
     Only when the file does not exist: an operator who revoked the bootstrap client
-    must not get it back by restarting. To make a new one on purpose, delete the file.
+    must not get it back by restarting. To make a new one on purpose, revoke it and delete
+    the file.
     """
     path = settings.data_dir / BOOTSTRAP_FILE
     if path.exists():
@@ -111,6 +112,7 @@ def _worker_env(settings: Settings, redis_url: str, multiproc_dir: Path) -> dict
     if settings.callback_listen:
         env[f"{ENV_PREFIX}CALLBACK_LISTEN"] = settings.callback_listen
     env[MULTIPROC_ENV] = str(multiproc_dir)
+    env.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc's own logging: quiet unless the operator says
     if settings.config_file:
         env[f"{ENV_PREFIX}CONFIG_FILE"] = settings.config_file
     return env
@@ -124,14 +126,17 @@ class Worker:
     ready: asyncio.Event
 
     @classmethod
-    def spawn(cls, env: dict[str, str]) -> Worker:
-        """Start a worker with a pipe to say `ready` on; the event loop reads it."""
+    def spawn(cls, env: dict[str, str], index: int) -> Worker:
+        """Start worker `index` with a pipe to say `ready` on; the event loop reads it.
+
+        The index is on its log lines, and a restarted worker keeps it.
+        """
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", WORKER_MODULE, "--ready-fd", str(write_fd)],
-                env=env,
+                env={**env, WORKER_INDEX_ENV: str(index)},
                 pass_fds=(write_fd,),
             )
         except BaseException:
@@ -209,7 +214,7 @@ async def _serve(settings: Settings) -> int:
         )
         env = _worker_env(settings, redis_url, multiproc_dir)
         count = settings.effective_workers
-        workers = [Worker.spawn(env) for _ in range(count)]
+        workers = [Worker.spawn(env, i) for i in range(count)]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -234,7 +239,7 @@ async def _serve(settings: Settings) -> int:
                         "worker exited; restarting", extra={"status": worker.process.returncode}
                     )
                     await asyncio.sleep(1.0)
-                    workers[i] = Worker.spawn(env)
+                    workers[i] = Worker.spawn(env, i)
         return 0
     finally:
         for worker in workers:

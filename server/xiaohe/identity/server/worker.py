@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from xiaohe.identity.server.app import start_server
@@ -27,6 +28,14 @@ from xiaohe.identity.server.observability.metrics import Metrics
 log = logging.getLogger("xiaohe.identity.worker")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The worker's index (0..N-1), set by the supervisor; not a setting, so no XIAOHE_IDENTITY_ prefix.
+WORKER_INDEX_ENV = "XIAOHE_WORKER_INDEX"
+
+
+def worker_index(env: Mapping[str, str]) -> int | None:
+    """The index the supervisor gave this worker, or None when started some other way."""
+    text = env.get(WORKER_INDEX_ENV, "").strip()
+    return int(text) if text.isdigit() else None
 
 
 async def _announce_ready(ready: asyncio.Event, ready_fd: int | None, port: int) -> None:
@@ -69,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"xiaohe-identity: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, file=settings.log_file)
+    configure_logging(
+        settings.log_level,
+        file=settings.log_file,
+        worker=worker_index(os.environ),
+        access_log=settings.access_log,
+    )
     redis_url = settings.redis_url
     if not redis_url:
         print("xiaohe-identity worker: no Redis URL from the supervisor", file=sys.stderr)

@@ -35,7 +35,8 @@ class IdentityError(Exception):
     `code` the gRPC status code, `violations` maps a request field to what is wrong
     with it, `retry_after` is the number of seconds to wait before retrying (None
     when the server gave no delay), `quota_subjects` names the limits that were hit
-    (e.g. "code.issue.destination"), and `request_id` finds the call in the server log.
+    (e.g. "code.issue.destination"), `request_id` finds the call in the server log,
+    and `info` holds the rest of the ErrorInfo metadata (e.g. `grant` for PermissionDenied).
     """
 
     REASON: ClassVar[str] = "INTERNAL"
@@ -52,6 +53,7 @@ class IdentityError(Exception):
         violations: Mapping[str, str] | None = None,
         retry_after: float | None = None,
         quota_subjects: Sequence[str] = (),
+        info: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -61,6 +63,7 @@ class IdentityError(Exception):
         self.violations: dict[str, str] = dict(violations or {})
         self.retry_after = retry_after
         self.quota_subjects: tuple[str, ...] = tuple(quota_subjects)
+        self.info: dict[str, str] = dict(info or {})
 
     @property
     def retryable(self) -> bool:
@@ -96,10 +99,20 @@ class ClientUnauthenticated(IdentityError):
 
 
 class PermissionDenied(IdentityError):
-    """The client lacks the grant this RPC needs."""
+    """The client lacks the grant this RPC needs; `required_grant` names it, when known."""
 
     REASON = "PERMISSION_DENIED"
     DEFAULT_CODE = grpc.StatusCode.PERMISSION_DENIED
+
+    @property
+    def method(self) -> str:
+        """The full gRPC method that was refused ("" when the server did not say)."""
+        return self.info.get("method", "")
+
+    @property
+    def required_grant(self) -> str:
+        """The grant that would allow the method ("" when none does or the server did not say)."""
+        return self.info.get("grant", "")
 
 
 class RateLimited(IdentityError):
@@ -145,7 +158,7 @@ class InvalidCredentials(IdentityError):
 
 
 class AlreadyExists(IdentityError):
-    """An identifier is already bound to another account."""
+    """An identifier is already bound to another account, or a live client has the name."""
 
     REASON = "ALREADY_EXISTS"
     DEFAULT_CODE = grpc.StatusCode.ALREADY_EXISTS
@@ -291,14 +304,16 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> IdentityError:
     violations: dict[str, str] = {}
     retry_after: float | None = None
     quota_subjects: list[str] = []
+    info: dict[str, str] = {}
     status = _rich_status(err)
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if info.domain == DOMAIN:
-                reason = info.reason
-                request_id = info.metadata.get("request_id", "")
+            error_info = error_details_pb2.ErrorInfo()
+            detail.Unpack(error_info)
+            if error_info.domain == DOMAIN:
+                reason = error_info.reason
+                request_id = error_info.metadata.get("request_id", "")
+                info = {k: v for k, v in error_info.metadata.items() if k != "request_id"}
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
@@ -326,6 +341,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> IdentityError:
         violations=violations,
         retry_after=retry_after,
         quota_subjects=quota_subjects,
+        info=info,
     )
 
 

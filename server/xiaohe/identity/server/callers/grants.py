@@ -72,6 +72,11 @@ def allows_audience(grants: frozenset[str], audience: str, default_audience: str
     return audience == default_audience or ALL in grants or AUDIENCE_PREFIX + audience in grants
 
 
+def required_grant(method: str) -> str | None:
+    """The grant a full method name needs, or None when no grant opens it."""
+    return METHOD_GRANTS.get(method)
+
+
 def allows(grants: frozenset[str], method: str) -> bool:
     """Whether a client with these grants may call the method."""
     needed = METHOD_GRANTS.get(method)

@@ -1,5 +1,8 @@
 """API clients: creation, authentication by id + secret, grants, revocation.
 
+Two live clients never share a name (a partial unique index, migration 0006);
+a revoked client's name may be given again.
+
 Secrets are 256 random bits, shown once and stored only as SHA-256: with that
 much entropy a slow hash adds nothing, and every RPC authenticates, so the
 check must be cheap. Authenticated clients are cached per process for a couple
@@ -17,10 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from xiaohe.identity.server.callers.grants import KNOWN_GRANTS, is_known_grant
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import (
+    AlreadyExists,
     ClientUnauthenticated,
     FieldViolation,
     InvalidArgument,
@@ -90,6 +95,16 @@ def _validate_grants(grants: list[str] | tuple[str, ...] | frozenset[str]) -> fr
     return frozenset(grants)
 
 
+def _name_taken(name: str, holder: str) -> AlreadyExists:
+    """The refusal of a name a live client holds; it names that client when known."""
+    which = f" ({holder})" if holder else ""
+    return AlreadyExists(
+        "name",
+        f"a live client is already named {_shown(name)!r}{which}: choose another name,"
+        " or revoke that client first",
+    )
+
+
 class ClientRegistry:
     """Stores clients in SQL and authenticates callers."""
 
@@ -101,23 +116,41 @@ class ClientRegistry:
         self._cache: dict[str, tuple[float, str, Client]] = {}
 
     async def create(self, name: str, grants: list[str] | tuple[str, ...]) -> tuple[Client, str]:
-        """Create a client; returns it with its secret (shown only now)."""
+        """Create a client; returns it with its secret (shown only now).
+
+        A name no live client holds, or AlreadyExists: names are how operators tell
+        clients apart in listings and audit exports. A revoked client's name is free.
+        """
         name = _validate_name(name)
         checked = _validate_grants(grants)
         client_id = "xhc_" + secrets.token_hex(12)
         secret = "xhs_" + secrets.token_urlsafe(32)
         now = self._clock.now()
-        async with self._db.begin() as conn:
-            await conn.execute(
-                clients.insert().values(
-                    client_id=client_id,
-                    name=name,
-                    secret_hash=hash_secret(secret),
-                    grants=json.dumps(sorted(checked)),
-                    created_at=utc(now),
-                    revoked_at=None,
+        try:
+            async with self._db.begin() as conn:
+                holder = (
+                    await conn.execute(
+                        sa.select(clients.c.client_id).where(
+                            clients.c.name == name, clients.c.revoked_at.is_(None)
+                        )
+                    )
+                ).scalar()
+                if holder is not None:
+                    raise _name_taken(name, str(holder))
+                await conn.execute(
+                    clients.insert().values(
+                        client_id=client_id,
+                        name=name,
+                        secret_hash=hash_secret(secret),
+                        grants=json.dumps(sorted(checked)),
+                        created_at=utc(now),
+                        revoked_at=None,
+                    )
                 )
-            )
+        except IntegrityError:
+            # A concurrent create took the name between the check and the insert: the
+            # unique index on live names (migration 0006) is what makes this atomic.
+            raise _name_taken(name, "") from None
         return Client(client_id, name, checked, now, False), secret
 
     async def list_all(self) -> list[Client]:

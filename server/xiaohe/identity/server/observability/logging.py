@@ -2,9 +2,16 @@
 
 `configure_logging` installs, on the root logger, handlers that write one JSON
 object per line: `ts` (ISO 8601 UTC, microseconds), `level`, `logger`, `msg`,
-`request_id` and `client_id` (from the request context), `worker` (the process
-id), `extra` (the fields passed with `extra=`, when any) and `exc` (the traceback,
-when any).
+`request_id` and `client_id` (from the request context), `worker` (the worker's
+index, 0..N-1, stable across restarts; absent outside worker processes), `extra`
+(the fields passed with `extra=`, when any) and `exc` (the traceback, when any).
+
+Access log. Each RPC but health and reflection ends with one INFO line on
+`xiaohe.identity.access` (see `transport/interceptors.py`): method, status name,
+duration, client id and request id, never a request field. `access_log=False`
+turns it off. grpc's own loggers (`grpc.*`) are held at WARNING unless the operator
+sets `GRPC_VERBOSITY` (then they follow the root level), so `LOG_LEVEL=DEBUG`
+shows our debug lines, not grpc's.
 
 Every record passes through `RedactionFilter` on every handler before it is
 formatted. It rewrites the message *after* `%`-formatting (so arguments are
@@ -50,6 +57,10 @@ from xiaohe.identity.server import context
 from xiaohe.identity.server.shared.identifiers import mask_email, mask_id_number, mask_phone
 
 REDACTED = "[redacted]"
+
+ACCESS_LOGGER = "xiaohe.identity.access"
+GRPC_LOGGER = "grpc"
+GRPC_VERBOSITY_ENV = "GRPC_VERBOSITY"
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD_ATTRS = frozenset(
@@ -208,6 +219,10 @@ def _extra_keys(record: logging.LogRecord) -> list[str]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; expects `RedactionFilter` to have run (it re-checks anyway)."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
         if not getattr(record, _REDACTED_MARK, False):
@@ -220,8 +235,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": redact(ctx.request_id),
             "client_id": redact(ctx.client_id),
-            "worker": os.getpid(),
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
         extra = {k: getattr(record, k) for k in _extra_keys(record)}
         if extra:
             entry["extra"] = extra
@@ -232,20 +248,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def _install(handler: logging.Handler, level: int) -> logging.Handler:
+def _install(handler: logging.Handler, level: int, worker: int | None) -> logging.Handler:
     handler.setLevel(level)
     handler.addFilter(RedactionFilter())
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(worker))
     setattr(handler, _HANDLER_MARK, True)
     return handler
 
 
-def configure_logging(level: str, stream: TextIO | None = None, file: str = "") -> None:
+def configure_logging(
+    level: str,
+    stream: TextIO | None = None,
+    file: str = "",
+    *,
+    worker: int | None = None,
+    access_log: bool = True,
+) -> None:
     """Send every log record, redacted, as JSON lines to `stream` (stderr) and optionally `file`.
 
     Replaces handlers installed by an earlier call, so it is safe to call again
     (e.g. in each worker process). The file is opened with a `WatchedFileHandler`,
-    so external log rotation works.
+    so external log rotation works. `worker` is the worker's index, put on every
+    line; `access_log=False` silences `xiaohe.identity.access`. grpc's loggers stay
+    at WARNING unless the operator set `GRPC_VERBOSITY` in the environment.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -261,12 +286,16 @@ def configure_logging(level: str, stream: TextIO | None = None, file: str = "") 
     if file:
         factories.append(lambda: logging.handlers.WatchedFileHandler(file, encoding="utf-8"))
     for make in factories:
-        root.addHandler(_install(make(), numeric))
+        root.addHandler(_install(make(), numeric, worker))
     root.setLevel(numeric)
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if access_log else logging.WARNING)
+    operator_set = os.environ.get(GRPC_VERBOSITY_ENV, "").strip()
+    logging.getLogger(GRPC_LOGGER).setLevel(logging.NOTSET if operator_set else logging.WARNING)
     logging.captureWarnings(True)
 
 
 __all__ = [
+    "ACCESS_LOGGER",
     "REDACTED",
     "JsonFormatter",
     "RedactionFilter",

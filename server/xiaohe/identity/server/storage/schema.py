@@ -30,6 +30,14 @@ clients = sa.Table(
     sa.Column("grants", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("revoked_at", UtcDateTime, nullable=True),
+    # A live client's name is unique; a revoked client's name may be used again.
+    sa.Index(
+        "uq_clients_live_name",
+        "name",
+        unique=True,
+        sqlite_where=sa.text("revoked_at IS NULL"),
+        postgresql_where=sa.text("revoked_at IS NULL"),
+    ),
 )
 
 audit_log = sa.Table(

@@ -1,6 +1,7 @@
 """Domain exceptions -> gRPC status with `google.rpc` details (ARCHITECTURE "Errors").
 
-Every non-OK status carries ErrorInfo(domain="identity.xiaohe", reason=...);
+Every non-OK status carries ErrorInfo(domain="identity.xiaohe", reason=...) with the
+request id in its metadata (and, for PERMISSION_DENIED, the `method` and the `grant`);
 INVALID_ARGUMENT adds BadRequest field violations; RESOURCE_EXHAUSTED and
 UNAVAILABLE add RetryInfo (and QuotaFailure for a named limit).
 """
@@ -62,9 +63,11 @@ def to_rpc_status(exc: errors.IdentityError, request_id: str) -> status_pb2.Stat
     """The google.rpc.Status (with details) describing exc."""
     code = status_code_of(exc)
     status = status_pb2.Status(code=code.value[0], message=exc.message)
-    info = error_details_pb2.ErrorInfo(
-        domain=DOMAIN, reason=exc.reason, metadata={"request_id": request_id}
-    )
+    metadata = {"request_id": request_id}
+    if isinstance(exc, errors.PermissionDenied):
+        # Which method was refused and which grant would allow it: names, never secrets.
+        metadata.update((k, v) for k, v in (("method", exc.method), ("grant", exc.grant)) if v)
+    info = error_details_pb2.ErrorInfo(domain=DOMAIN, reason=exc.reason, metadata=metadata)
     status.details.add().Pack(info)
     violations: list[errors.FieldViolation] = list(getattr(exc, "violations", []) or [])
     if not violations and type(exc) in _DEFAULT_FIELD:
