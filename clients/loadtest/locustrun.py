@@ -48,12 +48,10 @@ class LocustRun:
             "--run-time",
             f"{self.seconds}s",
             "--stop-timeout",
-            "5",
+            "3",
             "--csv",
             str(self.csv_prefix),
             "--csv-full-history",
-            "--html",
-            f"{self.csv_prefix}.html",
             "--loglevel",
             "WARNING",
         ]

@@ -311,7 +311,7 @@ def write_report(
         "<h2>Test data and clean-up</h2><ul>",
         *(f"<li>{html.escape(note)}</li>" for note in facts.notes),
         "</ul><p>Raw data: <code>locust_stats.csv</code>, <code>locust_stats_history.csv</code>, "
-        "<code>locust_failures.csv</code>, and Locust's own page <code>locust.html</code>.</p>",
+        "<code>locust_failures.csv</code>, <code>locust_skipped.json</code> beside this page.</p>",
         "</body></html>",
     ]
     report = results / "report.html"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 LOGIN_PREFIX = "loadtest-"
 PHONE_BLOCK = "+861990"
 _BLOCK_SIZE = 10**7
-_STRIDE = 1009  # prime, coprime to 10**7: index -> number is a bijection
+_STRIDE = 10_007  # prime, so coprime to 10**7 (a bijection); > 10**4: a new prefix each step
 _RUN_REGISTRATIONS_BASE = 5_000_000
 _REGISTRATIONS_PER_SLOT = 100_000
 
