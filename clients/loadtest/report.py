@@ -203,6 +203,12 @@ def plot_latency(series: dict[str, Series], path: Path) -> None:
 def ceiling_line(ceiling: Ceiling, total: RpcSummary | None) -> str:
     """The sentence that states the generator's ceiling and how close the run came to it."""
     reached = total.per_second if total is not None else 0.0
+    if not ceiling.seconds:
+        return (
+            f"Generator ceiling: not measured (--ceiling-seconds 0). The run made "
+            f"{reached:.0f} calls/s; without the ceiling nobody can tell a client limit "
+            "from a server one."
+        )
     share = reached / ceiling.calls_per_second if ceiling.calls_per_second else 0.0
     line = (
         f"Generator ceiling: {ceiling.calls_per_second:.0f} calls/s "
