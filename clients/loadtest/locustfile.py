@@ -262,7 +262,8 @@ class IdentityUser(User):
 
     def _validate(self) -> None:
         _shared_state, identity = self._parts()
-        flows.validate(identity, self._session())
+        if not flows.validate(identity, self._session()):
+            self.tokens = None  # expired or ended: the front end signs in again
 
     def _refresh(self) -> None:
         _shared_state, identity = self._parts()

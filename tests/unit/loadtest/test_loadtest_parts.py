@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from clients.loadtest.ceiling import Ceiling
 from clients.loadtest.outbox import OutboxReader
-from clients.loadtest.report import read_history
+from clients.loadtest.report import RpcSummary, ceiling_line, read_history
 from clients.loadtest.scenarios import DEFAULT_WEIGHTS, NEEDS_CODES, parse_weights
 from clients.loadtest.testdata import RunData, end_user_ip
 from xiaohe.identity.server.shared.identifiers import (
@@ -102,3 +103,16 @@ def test_the_driver_does_not_import_gevent() -> None:
     """gevent's monkey-patching belongs to the Locust process, never to pytest's."""
     assert "gevent" not in sys.modules
     assert "locust" not in sys.modules
+
+
+def test_ceiling_line_warns_near_the_ceiling_and_says_when_unmeasured() -> None:
+    def total(per_second: float) -> RpcSummary:
+        return RpcSummary("Aggregated", 100, 0, per_second, 1, 2, 3, 4)
+
+    ceiling = Ceiling(1000.0, 5, 20, 1)
+    assert "well below it" in ceiling_line(ceiling, total(100))
+    near = ceiling_line(ceiling, total(800))
+    assert near.startswith("Generator ceiling: 1000 calls/s")
+    assert "80% of it" in near
+    assert "measured the generator" in near
+    assert "not measured" in ceiling_line(Ceiling(0.0, 0, 20, 1), total(100))
