@@ -44,6 +44,7 @@ class Account:
     password: str = field(repr=False)
     generation: int = 0
     codes_sent_at: list[float] = field(default_factory=list)
+    sessions_ended_at: float = 0.0  # monotonic time of this run's last reset
 
     def phone_ready(self, now: float) -> bool:
         """Whether a code to this phone would pass the server's default per-number limits."""
@@ -54,14 +55,20 @@ class Account:
 
 @dataclass
 class Tokens:
-    """The tokens of one session."""
+    """The tokens of one session, its account and when it began."""
 
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
+    account: Account
+    issued_at: float
+
+    def ended_by_reset(self) -> bool:
+        """Whether a password reset of this run has ended the session since it began."""
+        return self.account.sessions_ended_at > self.issued_at
 
 
-def _tokens(session: auth_pb2.Session) -> Tokens:
-    return Tokens(session.access_token, session.refresh_token)
+def _tokens(session: auth_pb2.Session, account: Account, issued_at: float) -> Tokens:
+    return Tokens(session.access_token, session.refresh_token, account, issued_at)
 
 
 def ticket_for(
@@ -123,6 +130,7 @@ def register(
 
 def password_login(identity: Identity, account: Account, ip: str) -> Tokens:
     """Login with login name and password."""
+    issued_at = time.monotonic()
     reply = identity.call(
         "Login",
         identity.auth.Login,
@@ -135,27 +143,29 @@ def password_login(identity: Identity, account: Account, ip: str) -> Tokens:
         ),
         end_user_ip=ip,
     )
-    return _tokens(reply.session)
+    return _tokens(reply.session, account, issued_at)
 
 
 def sms_login(identity: Identity, outbox: OutboxReader, account: Account, ip: str) -> Tokens:
     """Login with a LOGIN code sent to the account's phone."""
     ticket = ticket_for(identity, outbox, account, common_pb2.PURPOSE_LOGIN, ip)
+    issued_at = time.monotonic()
     reply = identity.call(
         "Login", identity.auth.Login, auth_pb2.LoginRequest(sms_ticket=ticket), end_user_ip=ip
     )
-    return _tokens(reply.session)
+    return _tokens(reply.session, account, issued_at)
 
 
 def refresh(identity: Identity, tokens: Tokens, ip: str) -> Tokens:
-    """Rotate the session's refresh token."""
+    """Rotate the session's refresh token (refused, as provoked, if a reset ended it)."""
     reply = identity.call(
         "Refresh",
         identity.auth.Refresh,
         auth_pb2.RefreshRequest(refresh_token=tokens.refresh_token),
         end_user_ip=ip,
+        provoked=tokens.ended_by_reset(),
     )
-    return _tokens(reply.session)
+    return _tokens(reply.session, tokens.account, tokens.issued_at)
 
 
 def validate(identity: Identity, tokens: Tokens) -> bool:
@@ -169,12 +179,13 @@ def validate(identity: Identity, tokens: Tokens) -> bool:
 
 
 def logout(identity: Identity, tokens: Tokens, ip: str) -> None:
-    """End the session."""
+    """End the session (one a reset already ended may be refused: provoked)."""
     identity.call(
         "Logout",
         identity.auth.Logout,
         auth_pb2.LogoutRequest(refresh_token=tokens.refresh_token),
         end_user_ip=ip,
+        provoked=tokens.ended_by_reset(),
     )
 
 
@@ -197,6 +208,7 @@ def reset_password(
     )
     account.generation += 1
     account.password = new_password
+    account.sessions_ended_at = time.monotonic()  # the reset ended every session
 
 
 @dataclass(frozen=True)

@@ -298,8 +298,9 @@ def write_report(
             "rpcs",
         ),
         "<h2>Errors by status code</h2>",
-        "<p>“(provoked)” marks refusals the scenario asked for: a resend inside the "
-        "cooldown, a mistyped number.</p>",
+        "<p>“(provoked)” marks refusals the mix causes on purpose: a resend inside the "
+        "cooldown, a mistyped number, a refresh or sign-out of a session that a password "
+        "reset of this run had ended.</p>",
         _table(["RPC", "status code", "count"], error_rows, "errors"),
     ]
     if skipped:
