@@ -289,6 +289,7 @@ def write_report(
                     f"{facts.accounts_seeded} ({facts.accounts_skipped} failed)",
                 ],
             ],
+            "run",
         ),
         "<h2>Per RPC</h2>",
         "<p>Latency in milliseconds over the whole run; requests/s over the run's duration.</p>",
@@ -307,7 +308,9 @@ def write_report(
         parts += [
             "<h2>Flows that could not run</h2>",
             _table(
-                ["scenario", "reason", "count"], [[e.rpc, e.status, str(e.count)] for e in skipped]
+                ["scenario", "reason", "count"],
+                [[e.rpc, e.status, str(e.count)] for e in skipped],
+                "skipped",
             ),
         ]
     parts += [
