@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from clients.loadtest.ceiling import measure_ceiling
+from clients.loadtest.ceiling import Ceiling, measure_ceiling
 from clients.loadtest.locustrun import REPO_ROOT, LocustRun
 from clients.loadtest.outbox import OutboxReader
 from clients.loadtest.report import RunFacts, write_report
@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  not seeded: {count} × {reason}", flush=True)
     if not seeded_made:
         accounts = 0
-        notes.append("No accounts could be seeded (no outbox): only IssueCode traffic ran.")
+        notes.append(
+            "No test account could be seeded (no outbox, or no code reached it): "
+            "only IssueCode traffic ran."
+        )
         weights = {k: v for k, v in weights.items() if k == "issue_code"}
 
     run = LocustRun(
@@ -176,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = measure_ceiling(run, args.ceiling_seconds, results / "ceiling")
         print(f"generator ceiling: {ceiling.calls_per_second:.0f} calls/s", flush=True)
     else:
-        from clients.loadtest.ceiling import Ceiling
-
         ceiling = Ceiling(0.0, 0, args.users, args.processes)
 
     print(f"running {args.users} users against {args.target} for {args.duration} s …", flush=True)
