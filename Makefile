@@ -7,7 +7,20 @@ PROTO_OUT := clients/python
 # The API is checked for breaking changes against this commit (the one before, by default).
 PROTO_BASE ?= HEAD~1
 
-.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench profile-codes clean security-map security-map-check
+.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench profile-codes clean security-map security-map-check loadtest
+
+# `make loadtest`: Locust against a running deployment (docs/operator-guide.md, "Load tests").
+# On loopback it defaults to `make serve`'s bootstrap client and dev outbox; elsewhere pass
+# CLIENT_FILE= (or set XIAOHE_LOADTEST_CLIENT_ID/_SECRET) and OUTBOX= if its codes are readable.
+TARGET ?= 127.0.0.1:50051
+USERS ?= 20
+DURATION ?= 60s
+PROCESSES ?= 1
+SCENARIOS ?=
+LOCAL_TARGET = $(filter 127.0.0.1:% localhost:%,$(TARGET))
+CLIENT_FILE ?= $(if $(LOCAL_TARGET),$(wildcard var/bootstrap-client.json))
+OUTBOX ?= $(if $(LOCAL_TARGET),var/outbox/sms.jsonl)
+LOADTEST_ARGS ?=
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +65,12 @@ security-map-check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks --report docs/performance.md
+
+loadtest: $(VENV)/.installed
+	$(BIN)/python -m clients.loadtest --target "$(TARGET)" --users "$(USERS)" \
+	  --duration "$(DURATION)" --processes "$(PROCESSES)" --scenarios "$(SCENARIOS)" \
+	  $(if $(CLIENT_FILE),--client-file "$(CLIENT_FILE)") $(if $(OUTBOX),--outbox "$(OUTBOX)") \
+	  $(LOADTEST_ARGS)
 
 profile-codes: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.profile_codes
