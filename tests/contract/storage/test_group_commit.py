@@ -18,7 +18,7 @@ NOW = datetime(2026, 12, 2, tzinfo=UTC)
 
 def insert(client_id: str) -> sa.Insert:
     return clients.insert().values(
-        client_id=client_id, name="n", secret_hash="h", grants="", created_at=NOW
+        client_id=client_id, name=client_id, secret_hash="h", grants="", created_at=NOW
     )
 
 
