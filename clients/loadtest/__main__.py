@@ -49,7 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m clients.loadtest",
         description="Load-test a running Xiaohe Identity deployment with Locust.",
     )
-    parser.add_argument("--target", required=True, help="host:port of the deployment (plaintext)")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="host:port of the deployment (plaintext), or host:port,host:port,… of its hosts",
+    )
     parser.add_argument("--users", type=int, default=20, help="concurrent Locust users")
     parser.add_argument("--duration", type=_duration, default=60, help="e.g. 60, 90s, 5m")
     parser.add_argument("--spawn-rate", type=float, default=0.0, help="users started per second")

@@ -41,6 +41,7 @@ from clients.loadtest.rpc import (  # noqa: E402
     FlowFailed,
     Identity,
     Recorder,
+    open_channel,
 )
 from clients.loadtest.scenarios import parse_weights  # noqa: E402
 from clients.loadtest.testdata import RunData, end_user_ip  # noqa: E402
@@ -133,7 +134,7 @@ def _channels(environment: Environment) -> list[grpc.Channel]:
     options = environment.parsed_options
     assert options is not None
     assert environment.host
-    channels = [grpc.insecure_channel(environment.host) for _ in range(options.xh_channels)]
+    channels = [open_channel(environment.host) for _ in range(options.xh_channels)]
     environment.xiaohe_channels = channels  # type: ignore[attr-defined]
     return channels
 

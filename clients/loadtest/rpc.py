@@ -40,6 +40,15 @@ _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
 
 
+def open_channel(target: str) -> grpc.Channel:
+    """A plaintext channel to `target`: one `host:port`, or several separated by commas,
+    which the channel balances call by call (gRPC round robin), as a client of a
+    deployment of several hosts would."""
+    if "," not in target:
+        return grpc.insecure_channel(target)
+    return grpc.insecure_channel("ipv4:" + target, options=[("grpc.lb_policy_name", "round_robin")])
+
+
 @dataclass(frozen=True)
 class ClientCredentials:
     """An API client's id and secret (sent as `x-client-id` / `x-client-secret`)."""

@@ -18,7 +18,7 @@ import grpc
 
 from clients.loadtest import flows
 from clients.loadtest.outbox import OutboxReader
-from clients.loadtest.rpc import CallFailed, ClientCredentials, FlowFailed, Identity
+from clients.loadtest.rpc import CallFailed, ClientCredentials, FlowFailed, Identity, open_channel
 from clients.loadtest.testdata import RunData, end_user_ip
 
 _RETRY_SECONDS = 2.0
@@ -54,7 +54,7 @@ def seed_accounts(
     started = time.monotonic()
     deadline = started + deadline_seconds
     result = SeedResult(count)
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target) as channel:
         identity = Identity(channel, credentials, timeout=10.0)
         accepted = flows.policy_version(identity)
 
