@@ -7,7 +7,7 @@ PROTO_OUT := clients/python
 # The API is checked for breaking changes against this commit (the one before, by default).
 PROTO_BASE ?= HEAD~1
 
-.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench profile-codes clean security-map security-map-check loadtest
+.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench scaling profile-codes clean security-map security-map-check loadtest
 
 # `make loadtest`: Locust against a running deployment (docs/operator-guide.md, "Load tests").
 # On loopback it defaults to `make serve`'s bootstrap client and dev outbox; elsewhere pass
@@ -65,6 +65,10 @@ security-map-check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks --report docs/performance.md
+
+# Login and ValidateToken throughput at 1, 2, 4 workers and on 1 vs 2 hosts (root for the hosts).
+scaling: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.scaling --report docs/performance.md
 
 loadtest: $(VENV)/.installed
 	$(BIN)/python -m clients.loadtest --target "$(TARGET)" --users "$(USERS)" \

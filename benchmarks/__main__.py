@@ -451,10 +451,17 @@ server's workers have cores the client does not share.
 """
 
 
+SCALING_SECTION = "## Scaling"
+"""Written by `make scaling` (benchmarks/scaling.py); `make bench` keeps it."""
+
+
 def write_report(path: Path, lines: list[str], seconds: float, concurrency: int) -> None:
-    """Replace docs/performance.md with this run's results."""
+    """Replace docs/performance.md with this run's results, keeping its Scaling section."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "\n".join(f"    {text}" for text in lines)
+    kept = ""
+    if path.exists() and SCALING_SECTION in (previous := path.read_text()):
+        kept = "\n" + SCALING_SECTION + previous.split(SCALING_SECTION, 1)[1]
     path.write_text(
         f"""# Performance
 
@@ -488,7 +495,7 @@ How to read it:
   ticket obtained between the timed calls; rate = 1 / mean latency. Only the phone's
   holder can get this far, and a match also sends them the login name by SMS.
 
-{CODE_PATH_PROFILE}"""
+{CODE_PATH_PROFILE}{kept}"""
     )
 
 

@@ -20,6 +20,8 @@
 #   SUBNET         the first two octets of the hosts' /24 networks (10.231): host N
 #                  is SUBNET.N.2, this machine's end of its link SUBNET.N.1
 #   PORT           the gRPC port on every host (50051)
+#   SHARED_OUTBOX  1: every host's dev SMS outbox is RUN_DIR/outbox, so one file holds
+#                  the codes whichever host delivered them (load tests read it)
 #   XIAOHE_IDENTITY_DATABASE_URL, XIAOHE_IDENTITY_REDIS_URL, XIAOHE_IDENTITY_KEYRING_FILE
 #                  the shared stores and key ring (required; Unix-socket URLs, e.g.
 #                  postgresql://identity@/identity?host=/var/run/postgresql and
@@ -66,6 +68,10 @@ start_server() {
   ns="$(host_ns "$n")"
   data="$RUN_DIR/host-$n"
   mkdir -p "$data"
+  if [[ "${SHARED_OUTBOX:-0}" == 1 ]]; then
+    mkdir -p "$RUN_DIR/outbox"
+    ln -sfn "$RUN_DIR/outbox" "$data/outbox"
+  fi
   # setsid: the server and its workers form one process group, stopped together.
   XIAOHE_IDENTITY_LISTEN="$SUBNET.$n.2:$PORT" \
   XIAOHE_IDENTITY_ALLOW_PLAINTEXT=true \
