@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,22 +123,32 @@ def _with_search_path(url: str, schema: str) -> str:
     return f"{url}{sep}schema={schema}"
 
 
+async def _admin(statement: str) -> None:
+    admin = create_engine(POSTGRES_URL, statement_timeout_ms=0)
+    async with admin.begin() as conn:
+        await conn.execute(text(statement))
+    await admin.dispose()
+
+
+@asynccontextmanager
+async def own_schema(database_url: str) -> AsyncIterator[str]:
+    """The PostgreSQL schema a `database_url` names (`?schema=`), made now and dropped
+    after; nothing for SQLite."""
+    schema = database_url.rsplit("schema=", 1)[1] if "schema=" in database_url else None
+    if schema:
+        await _admin(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield database_url
+    finally:
+        if schema:
+            await _admin(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     """A Database on migrated, empty storage."""
-    schema = None
-    if "schema=" in database_url:
-        schema = database_url.rsplit("schema=", 1)[1]
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        await admin.dispose()
-    await upgrade_async(database_url)
-    db = Database.from_url(database_url)
-    yield db
-    await db.close()
-    if schema:
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
+    async with own_schema(database_url):
+        await upgrade_async(database_url)
+        db = Database.from_url(database_url)
+        yield db
+        await db.close()

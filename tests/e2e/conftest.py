@@ -17,6 +17,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from xiaohe.identity.v1 import codes_pb2, codes_pb2_grpc, common_pb2
+
 CLI = str(Path(sys.executable).parent / "xiaohe-identity")
 
 
@@ -50,6 +52,20 @@ class ServedProcess:
             return []
         written = path.read_text().rpartition("\n")[0]  # a line being written is not yet one
         return [json.loads(line) for line in written.splitlines() if line.strip()]
+
+    def issue_code(self, phone: str, timeout: float = 10) -> None:
+        """IssueCode (SMS, REGISTER) to `phone` over a connection of its own, so calls
+        made one after another reach every worker."""
+        with grpc.insecure_channel(self.target) as channel:
+            codes_pb2_grpc.CodeServiceStub(channel).IssueCode(
+                codes_pb2.IssueCodeRequest(
+                    channel=common_pb2.CHANNEL_SMS,
+                    destination=phone,
+                    purpose=common_pb2.PURPOSE_REGISTER,
+                ),
+                metadata=self.metadata,
+                timeout=timeout,
+            )
 
     def log_text(self) -> str:
         """Everything the server logged."""

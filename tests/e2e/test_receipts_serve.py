@@ -19,7 +19,7 @@ import grpc
 
 from tests.e2e.conftest import CLI, ServedProcess, free_port, start_serve
 from tests.receipt_pushes import aliyun_push, tencent_push
-from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc, codes_pb2, codes_pb2_grpc, common_pb2
+from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
 ALIYUN_SECRET = "e2e-aliyun-secret-0123456789"
 TENCENT_SECRET = "e2e-tencent-secret-0123456789"
@@ -46,16 +46,7 @@ def post(url: str, body: bytes) -> tuple[int, bytes]:
 def issue_and_find(served: ServedProcess, phone: str) -> str:
     """Issue a REGISTER code; the message id the dev provider wrote for it."""
     before = len(served.outbox())
-    with grpc.insecure_channel(served.target) as channel:
-        codes_pb2_grpc.CodeServiceStub(channel).IssueCode(
-            codes_pb2.IssueCodeRequest(
-                channel=common_pb2.CHANNEL_SMS,
-                destination=phone,
-                purpose=common_pb2.PURPOSE_REGISTER,
-            ),
-            metadata=served.metadata,
-            timeout=10,
-        )
+    served.issue_code(phone)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         lines = served.outbox()

@@ -7,10 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from tests.e2e.conftest import ServedProcess, start_serve
-from xiaohe.identity.v1 import codes_pb2, codes_pb2_grpc, common_pb2
 
 ISSUE = "/xiaohe.identity.v1.CodeService/IssueCode"
 PHONES = [f"+861390000{i:04d}" for i in range(8)]
@@ -40,16 +37,7 @@ def _wait_workers(served: ServedProcess, count: int, timeout: float = 90.0) -> N
 def _issue(served: ServedProcess, phones: list[str]) -> None:
     """One IssueCode per phone, each over its own connection (so both workers get some)."""
     for phone in phones:
-        with grpc.insecure_channel(served.target) as channel:
-            codes_pb2_grpc.CodeServiceStub(channel).IssueCode(
-                codes_pb2.IssueCodeRequest(
-                    channel=common_pb2.CHANNEL_SMS,
-                    destination=phone,
-                    purpose=common_pb2.PURPOSE_REGISTER,
-                ),
-                metadata=served.metadata,
-                timeout=20,
-            )
+        served.issue_code(phone, timeout=20)
 
 
 def test_two_workers_log_their_index_and_one_access_line_per_rpc(

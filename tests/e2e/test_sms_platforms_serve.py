@@ -25,7 +25,7 @@ import pytest
 from tests.e2e.conftest import ServedProcess, free_port, start_serve
 from tests.fakes.aliyun_sms import AliyunSmsFake
 from tests.fakes.tencent_sms import TencentSmsFake
-from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc, codes_pb2, codes_pb2_grpc, common_pb2
+from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
 T = TypeVar("T")
 
@@ -66,16 +66,7 @@ def platforms() -> Iterator[tuple[LoopThread, AliyunSmsFake, str, TencentSmsFake
 
 
 def issue_register_code(served: ServedProcess, phone: str) -> None:
-    with grpc.insecure_channel(served.target) as channel:
-        codes_pb2_grpc.CodeServiceStub(channel).IssueCode(
-            codes_pb2.IssueCodeRequest(
-                channel=common_pb2.CHANNEL_SMS,
-                destination=phone,
-                purpose=common_pb2.PURPOSE_REGISTER,
-            ),
-            metadata=served.metadata,
-            timeout=10,
-        )
+    served.issue_code(phone)
 
 
 def get_delivery(served: ServedProcess, message_id: str) -> admin_pb2.Delivery:

@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from tests.conftest import POSTGRES_URL
+from tests.conftest import own_schema
 from xiaohe.identity.server.audit.log import GENESIS_HASH, AuditLog, legacy_record_hash
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
-from xiaohe.identity.server.storage.database import Database, create_engine, utc
+from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage.migrate import alembic_config, upgrade_async
 from xiaohe.identity.server.storage.schema import audit_log
 
@@ -28,26 +28,12 @@ LEGACY_ROWS = 4
 AUDIT_TABLES = {"audit_log", "audit_checkpoints"}
 
 
-def _schema_of(url: str) -> str | None:
-    return url.rsplit("schema=", 1)[1] if "schema=" in url else None
-
-
 @pytest.fixture
 async def url_at_0001(database_url: str) -> AsyncIterator[str]:
     """A database migrated to revision 0001 only, as deployments before keyed MACs are."""
-    schema = _schema_of(database_url)
-    if schema:
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        await admin.dispose()
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0001")
-    yield database_url
-    if schema:
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
+    async with own_schema(database_url):
+        await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0001")
+        yield database_url
 
 
 async def _write_legacy_chain(url: str, clock: FakeClock) -> None:

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.exc import IntegrityError
 
-from tests.conftest import POSTGRES_URL
+from tests.conftest import own_schema
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import FakeClock, SystemClock
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.errors import AlreadyExists
-from xiaohe.identity.server.storage.database import Database, create_engine, utc
+from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage.migrate import alembic_config, upgrade_async
 from xiaohe.identity.server.storage.schema import clients
 from xiaohe.identity.server.supervisor import ensure_bootstrap_client
@@ -92,26 +92,12 @@ async def test_a_revoked_clients_name_may_be_given_again(
     assert listed == {(old.client_id, True), (new.client_id, False)}
 
 
-def _schema_of(url: str) -> str | None:
-    return url.rsplit("schema=", 1)[1] if "schema=" in url else None
-
-
 @pytest.fixture
 async def url_at_0005(database_url: str) -> AsyncIterator[str]:
     """A database migrated to revision 0005, before live names were unique."""
-    schema = _schema_of(database_url)
-    if schema:
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        await admin.dispose()
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0005")
-    yield database_url
-    if schema:
-        admin = create_engine(POSTGRES_URL)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
+    async with own_schema(database_url):
+        await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0005")
+        yield database_url
 
 
 async def test_migration_keeps_the_oldest_name_and_renames_later_live_duplicates(
