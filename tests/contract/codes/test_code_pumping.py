@@ -134,6 +134,28 @@ async def test_a_refusal_by_the_destination_spends_no_prefix_or_range_budget(
     await refused(h, number(ATTACKED, 2))
 
 
+async def test_a_burst_at_one_number_never_throttles_its_prefix(
+    make_codes: MakeHarness,
+) -> None:
+    """X3: thirty simultaneous requests for one number send one code and leave the
+    conversion watch (20 sent, none verified) untripped: the rest were refused by the
+    number's cooldown before they could count for the prefix."""
+    events = RecordingBlocks()
+    h = make_codes(
+        dataclasses.replace(LOOSE, cooldown=60),  # the number's own limit
+        pumping=pumping(watch_min_sent=20, watch_min_ratio=0.2),
+        block_events=events,
+    )
+    results = await asyncio.gather(
+        *(h.issue(number(ATTACKED, 7), ip=f"198.51.100.{n}") for n in range(30)),
+        return_exceptions=True,
+    )
+    assert sum(1 for r in results if isinstance(r, str)) == 1
+    assert events.blocks == []
+    assert PREFIX_BLOCKED_POLICY not in h.metrics.rejected
+    await h.issue(number(ATTACKED, 8))  # the prefix's other numbers still get codes
+
+
 async def test_an_issue_that_sent_nothing_is_refunded_from_the_prefix(
     make_codes: MakeHarness,
 ) -> None:

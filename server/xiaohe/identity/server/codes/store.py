@@ -439,12 +439,14 @@ class RedisCodeStore:
 
     On one Redis server an SMS issue checks and records the destination's windows
     and its prefix's budgets in one script, atomically. On a Redis Cluster those
-    keys live in two slots, so the prefix goes first, in a script of its own
-    (check and record, `_PUMP_ISSUE_LUA`), then the destination's script; when the
-    destination refuses, the prefix's record is taken back. The budgets still hold
-    under any concurrency (each script is atomic on its own keys); what differs is
-    that a request the destination refuses may trip the conversion watch, and that
-    a verification's count for the watch is written after the ticket, so a failure
+    keys live in two slots, so the destination's script goes first (cooldown,
+    windows, replace the code), then the prefix's (check and record,
+    `_PUMP_ISSUE_LUA`); when the prefix refuses, the destination's issue is undone.
+    Each script is atomic on its own keys, and only a request the number's own
+    limits let through reaches the prefix's counts, so a burst at one number cannot
+    trip the conversion watch. What differs from one server: a prefix refusal also
+    deletes the number's previous code (the new one had replaced it), and a
+    verification's count for the watch is written after its ticket, so a failure
     between the two loses that count (logged; the watch then errs towards a block).
     """
 
@@ -519,30 +521,36 @@ class RedisCodeStore:
         code_id: str,
         now_ms: int,
     ) -> None:
-        """The prefix's script, then the destination's; the prefix's record undone if the
-        destination refuses or its script cannot run."""
-        pumping = await run_script(
-            self._pump_issue,
-            prefix.keys(),
-            [now_ms, GC_GRACE_MS, code_id, *watch_args(prefix.policy, prefix.scope.prefix)],
-        )
-        if int(pumping[0]) != 1:
-            self._raise_refusal(pumping, prefix, now_ms)
-        try:
-            reply = await run_script(self._issue, keys, args)
-        except Exception:
-            await self._refund_prefix(prefix, code_id)
-            raise
-        if int(reply[0]) != 1:
-            await self._refund_prefix(prefix, code_id)
-            self._raise_refusal(reply, None, now_ms)
+        """The destination's script, then the prefix's; the destination's issue undone
+        (code and windows) if the prefix refuses or its script cannot run.
 
-    async def _refund_prefix(self, prefix: PrefixCheck, code_id: str) -> None:
-        """Take one issue back out of the prefix's and ranges' windows, if Redis answers."""
+        The destination goes first so that only a request its own cooldown and windows
+        let through ever reaches the prefix's counts: concurrent requests for one number
+        can never add up in the conversion watch and throttle a prefix between a record
+        and its refund.
+        """
+        reply = await run_script(self._issue, keys, args)
+        if int(reply[0]) != 1:
+            self._raise_refusal(reply, None, now_ms)
         try:
-            await run_script(self._pump_refund, prefix.refund_keys(), [code_id])
-        except Exception:  # the entry leaves the windows with time
-            log.warning("could not refund a refused issue to its number prefix")
+            pumping = await run_script(
+                self._pump_issue,
+                prefix.keys(),
+                [now_ms, GC_GRACE_MS, code_id, *watch_args(prefix.policy, prefix.scope.prefix)],
+            )
+        except BaseException:
+            await self._undo_destination(keys, code_id)
+            raise
+        if int(pumping[0]) != 1:
+            await self._undo_destination(keys, code_id)
+            self._raise_refusal(pumping, prefix, now_ms)
+
+    async def _undo_destination(self, keys: list[str], code_id: str) -> None:
+        """Delete the code just stored and take its issue out of the destination's windows."""
+        try:
+            await run_script(self._cancel, keys[:2], [code_id, "1"])
+        except Exception:  # the code expires by itself; the window entry ages out
+            log.warning("could not undo an issue its number prefix refused")
 
     @staticmethod
     def _raise_refusal(reply: list[object], prefix: PrefixCheck | None, now_ms: int) -> NoReturn:
