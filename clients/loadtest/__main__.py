@@ -109,15 +109,18 @@ def _credentials(args: argparse.Namespace) -> ClientCredentials:
 def main(argv: list[str] | None = None) -> int:
     """Run the whole load test; 0 when the report was written."""
     args = parse_args(argv)
-    credentials = _credentials(args)
+    # Every flow sends SMS codes to the run's test numbers, which are real, allocated
+    # numbers: only a deployment whose SMS go to its dev outbox file may receive them.
     # The file appears with the server's first message; its data directory must exist.
-    outbox_path = None
-    if args.outbox is not None and args.outbox.parent.parent.is_dir():
-        outbox_path = args.outbox.resolve()
-    if args.outbox and outbox_path is None:
-        print(f"no data directory for {args.outbox}: flows needing codes are left out", flush=True)
+    if args.outbox is None or not args.outbox.parent.parent.is_dir():
+        raise SystemExit(
+            "xiaohe-identity load test: --outbox must name the dev SMS outbox of the target "
+            "(its data directory must exist); without it the run would text real numbers"
+        )
+    outbox_path = args.outbox.resolve()
+    credentials = _credentials(args)
     try:
-        weights = parse_weights(args.scenarios, codes=outbox_path is not None)
+        weights = parse_weights(args.scenarios, codes=True)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     started = datetime.now(UTC)
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     accounts = args.accounts or min(max(args.users, 5), 200)
     seeded_made, skipped, seeded_at = 0, [], 0.0
-    if outbox_path is not None and accounts:
+    if accounts:
         print(f"seeding {accounts} test accounts …", flush=True)
         seeded = seed_accounts(
             args.target,
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "xh-skip": ",".join(str(i) for i in skipped),
             "xh-seeded-at": f"{seeded_at:.0f}",
             "xh-slots": str(slots),
-            "xh-outbox": str(outbox_path or ""),
+            "xh-outbox": str(outbox_path),
             "xh-scenarios": ",".join(f"{k}:{v}" for k, v in weights.items()) or "issue_code:0",
             "xh-think": f"{args.think:g}",
             "xh-channels": str(args.channels),

@@ -116,3 +116,16 @@ def test_ceiling_line_warns_near_the_ceiling_and_says_when_unmeasured() -> None:
     assert "80% of it" in near
     assert "measured the generator" in near
     assert "not measured" in ceiling_line(Ceiling(0.0, 0, 20, 1), total(100))
+
+
+def test_a_run_without_the_dev_outbox_refuses_to_start(tmp_path: Path) -> None:
+    """Its test numbers are real: without the target's dev outbox it would text strangers."""
+    from clients.loadtest.__main__ import main
+
+    for argv in (
+        ["--target", "127.0.0.1:1"],
+        ["--target", "127.0.0.1:1", "--outbox", str(tmp_path / "gone" / "outbox" / "sms.jsonl")],
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert "--outbox" in str(refused.value.code)
