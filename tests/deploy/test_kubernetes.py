@@ -83,15 +83,19 @@ def test_overlays_put_everything_in_their_namespace(kustomization: str) -> None:
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_probes_are_grpc_health_on_the_grpc_port(kustomization: str) -> None:
-    """Readiness, liveness and startup ask grpc.health.v1 on the port the server listens on."""
+def test_readiness_follows_grpc_health_and_liveness_only_the_port(kustomization: str) -> None:
+    """Readiness asks grpc.health.v1 (which follows the stores) on the port the server
+    listens on; startup and liveness only connect to it, so a store outage takes pods out
+    of the Service without restarting them."""
     server = _server(kustomization)
     (grpc_port,) = [p["containerPort"] for p in server["ports"] if p["name"] == "grpc"]
     listen = _env(server)["XIAOHE_IDENTITY_LISTEN"]["value"]
     assert listen.rpartition(":")[2] == str(grpc_port)
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert server[probe]["grpc"]["port"] == grpc_port, probe
-        assert set(server[probe]) & {"httpGet", "tcpSocket", "exec"} == set(), probe
+    assert server["readinessProbe"]["grpc"]["port"] == grpc_port
+    assert set(server["readinessProbe"]) & {"httpGet", "tcpSocket", "exec"} == set()
+    for probe in ("livenessProbe", "startupProbe"):
+        assert server[probe]["tcpSocket"]["port"] == grpc_port, probe
+        assert set(server[probe]) & {"httpGet", "grpc", "exec"} == set(), probe
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
