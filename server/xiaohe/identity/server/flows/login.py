@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, NoReturn, Protocol
@@ -68,6 +68,7 @@ from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
 from xiaohe.identity.server.errors import (
     FieldViolation,
+    IdentityError,
     InvalidArgument,
     InvalidCredentials,
     NotFound,
@@ -366,7 +367,15 @@ class LoginFlow:
                     raise InvalidCredentials()
                 await self._rehash_if_needed(account, password)
                 result = await self._start(
-                    attempt, PASSWORD_ACTION, account, ("pwd",), audience, client_id, ip, user_agent
+                    attempt,
+                    PASSWORD_ACTION,
+                    account,
+                    ("pwd",),
+                    audience,
+                    client_id,
+                    ip,
+                    user_agent,
+                    InvalidCredentials,
                 )
             finally:
                 # Shielded: a cancelled login still lets its reservation be settled.
@@ -404,7 +413,15 @@ class LoginFlow:
                 raise TicketInvalid()
             await self._throttle.clear(account.account_id, ip)
             result = await self._start(
-                attempt, SMS_ACTION, account, ("sms",), audience, client_id, ip, user_agent
+                attempt,
+                SMS_ACTION,
+                account,
+                ("sms",),
+                audience,
+                client_id,
+                ip,
+                user_agent,
+                TicketInvalid,
             )
         except Exception as exc:
             await self._observe(SMS_ACTION, SMS_METHOD, attempt.failed(exc))
@@ -578,16 +595,26 @@ class LoginFlow:
         client_id: str,
         ip: str,
         user_agent: str,
+        refusal: Callable[[], IdentityError],
     ) -> LoginResult:
         """Step 7: a session for the account and its next step.
 
         The success is audited in the unit of work that stores the session, so
         neither exists without the other; nothing after that can fail. The account
         is read again, locked, in that unit of work: a recycled-number report that
-        lands during the login either restricts this session or ends it.
+        lands during the login either restricts this session or ends it, and an
+        account deactivated or deleted meanwhile gets no session at all (`refusal`,
+        the answer an inactive account gets before the verify).
         """
         async with self._uow.begin():
-            account = await self._accounts.lock_credentials(account.account_id)
+            try:
+                account = await self._accounts.lock_credentials(account.account_id)
+            except NotFound:
+                attempt.outcome = "unknown_account"
+                raise refusal() from None
+            if account.status != AccountStatus.ACTIVE:
+                attempt.outcome = "account_inactive"
+                raise refusal()
             subject, next_step = await session_subject(account, self._policies)
             session = await self._sessions.create(
                 subject,
