@@ -34,7 +34,7 @@ def test_supported_database_urls_are_accepted(url: str) -> None:
 def test_the_standard_postgresql_forms_name_the_servers_driver(url: str) -> None:
     settings = load_settings({ENV: url, **KEYRING})
     assert settings.effective_database_url == (
-        "postgresql+asyncpg://identity@db.internal:5432/identity?sslmode=require"
+        "postgresql+asyncpg://identity@db.internal:5432/identity?ssl=require"
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,11 +41,16 @@ async def production_database(tmp_path: Path) -> AsyncIterator[Database]:
     await container.database.close()
 
 
-@pytest.mark.parametrize("scheme", ["postgresql://", "postgres://"])
-async def test_the_standard_url_forms_reach_postgresql(scheme: str) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "query"), [("postgresql://", ""), ("postgres://", ""), ("postgres://", "sslmode")]
+)
+async def test_the_standard_url_forms_reach_postgresql(scheme: str, query: str) -> None:
+    url = _standard_form(scheme)
+    if query:  # libpq's spelling; this test server speaks no TLS, so `prefer` falls back
+        url += ("&" if "?" in url else "?") + "sslmode=prefer"
     settings = load_settings(
         {
-            "XIAOHE_IDENTITY_DATABASE_URL": _standard_form(scheme),
+            "XIAOHE_IDENTITY_DATABASE_URL": url,
             "XIAOHE_IDENTITY_KEYRING_FILE": f"/run/secrets/{secrets.token_hex(4)}.json",
         }
     )
@@ -78,3 +85,21 @@ async def test_the_pool_holds_the_configured_size(production_database: Database)
     engine = production_database._engine  # the pool is the subject
     assert engine is not None
     assert engine.pool.size() == 3  # type: ignore[attr-defined]
+
+
+async def test_a_server_that_answers_nothing_is_unavailable_within_the_bound() -> None:
+    """F4: a "PostgreSQL" that accepts the connection and never answers is reported as
+    Unavailable after the connect bound, long before a caller's deadline."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes the handshake; nothing ever replies
+    port = listener.getsockname()[1]
+    database = Database.from_url(f"postgresql+asyncpg://identity@127.0.0.1:{port}/identity")
+    try:
+        async with asyncio.timeout(10):  # far above the bound: waiting would end here instead
+            with pytest.raises(Unavailable):
+                async with database.begin() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+    finally:
+        await database.close()
+        listener.close()

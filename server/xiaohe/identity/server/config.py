@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,10 +56,13 @@ DATABASE_SCHEMES: Final = (
 
 
 def driver_url(url: str) -> str:
-    """The URL with the driver the server uses: `postgres://` and `postgresql://` name asyncpg."""
+    """The URL with the driver the server uses: `postgres://` and `postgresql://` name asyncpg,
+    and libpq's `sslmode=` becomes asyncpg's `ssl=` (same values: require, verify-full, …)."""
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
-            return POSTGRES_DRIVER_SCHEME + url.removeprefix(scheme)
+            url = POSTGRES_DRIVER_SCHEME + url.removeprefix(scheme)
+    if url.startswith(POSTGRES_DRIVER_SCHEME):
+        url = re.sub(r"([?&])sslmode=", r"\1ssl=", url)
     return url
 
 
@@ -81,7 +85,7 @@ class Settings:
     # PostgreSQL only: connections each worker process keeps (and may add as many again
     # under a burst), and the longest any statement may run before the server cancels it.
     database_pool_size: int = 10
-    database_statement_timeout_ms: int = 5000
+    database_statement_timeout_ms: int = 2000
     redis_url: str = ""
     # REDIS_URL names one node of a Redis Cluster; the client finds the others.
     redis_cluster: bool = False

@@ -65,6 +65,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
 
@@ -152,8 +153,12 @@ def sqlite_engine(url: str, *, busy_timeout: float = 0.0, autocheckpoint: bool =
     return engine
 
 
+STALL_SECONDS = 2.0
+"""How long a connection attempt or a wait for a pooled connection may take (SECURITY F4)."""
+
+
 def create_engine(
-    url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000
+    url: str, *, pool_size: int = 10, statement_timeout_ms: int = 2000
 ) -> AsyncEngine:
     """An async engine for a PostgreSQL URL; `?schema=NAME` sets the search path.
 
@@ -161,7 +166,10 @@ def create_engine(
     burst, so a deployment needs workers × 2 × `pool_size` connections at most.
     Every statement is cancelled by PostgreSQL after `statement_timeout_ms` (0: no
     limit): a stuck query then fails one call instead of holding a pooled
-    connection and its locks until the pool runs dry.
+    connection and its locks until the pool runs dry. A server that answers
+    nothing at all (SECURITY F4) is bounded on this side: connecting and waiting
+    for a pooled connection take at most `STALL_SECONDS`, and a statement half a
+    second more than its timeout; each ends as `Unavailable` (`translate_errors`).
     """
     parsed = make_url(url)
     server_settings = {"statement_timeout": str(statement_timeout_ms)}
@@ -170,11 +178,14 @@ def create_engine(
         # `?schema=NAME` puts every table in that PostgreSQL schema (tests use one per test).
         parsed = parsed.difference_update_query(["schema"])
         server_settings["search_path"] = schema
-    connect_args: dict[str, Any] = {"server_settings": server_settings}
+    connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": STALL_SECONDS}
+    if statement_timeout_ms:
+        connect_args["command_timeout"] = statement_timeout_ms / 1000 + 0.5
     return create_async_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=STALL_SECONDS,
         pool_pre_ping=True,
         connect_args=connect_args,
         hide_parameters=True,  # bound values (names, login names) never reach an error text
@@ -196,6 +207,8 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except OperationalError as exc:
+        raise Unavailable("the database is temporarily unavailable") from exc
+    except PoolTimeout as exc:  # every pooled connection busy past the bound: stalled or full
         raise Unavailable("the database is temporarily unavailable") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
@@ -288,7 +301,7 @@ class _AsyncConnection:
 class Database:
     """The SQL store; `begin()` yields a connection inside one transaction, `connect()` reads."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 2000) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         self._sqlite: Engine | None = None
@@ -306,7 +319,7 @@ class Database:
 
     @classmethod
     def from_url(
-        cls, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000
+        cls, url: str, *, pool_size: int = 10, statement_timeout_ms: int = 2000
     ) -> Database:
         """A Database for a SQLAlchemy URL (`sqlite://` or `postgresql+asyncpg://`).
 
