@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -366,3 +367,33 @@ def test_audit_verify_reports_checkpoints_truncation_and_anchors(cli: Cli) -> No
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert bad.messages() == ["xiaohe-identity: --anchor-mac: must be 64 hex digits"]
+
+
+def test_an_unreachable_database_is_one_line_and_leaves_the_ring_alone(tmp_path: Path) -> None:
+    """An operator's wrong database URL: each command says so in one line (no traceback),
+    and `keys rotate` does not rotate a ring it could not re-wrap under."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]  # nothing listens once the socket is closed
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XIAOHE_IDENTITY_")}
+    env |= {
+        "XIAOHE_IDENTITY_DATA_DIR": str(tmp_path / "var"),
+        "XIAOHE_IDENTITY_DATABASE_URL": f"postgresql://identity@127.0.0.1:{closed}/identity",
+        "XIAOHE_IDENTITY_KEYRING_FILE": str(tmp_path / "keyring.json"),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    assert run("keys", "init").returncode == 0
+    ring_before = (tmp_path / "keyring.json").read_text()
+    for command in (["migrate"], ["keys", "rotate"], ["keys", "rewrap"], ["clients", "list"]):
+        done = run(*command)
+        assert done.returncode == 1, (command, done.stderr[-2000:])
+        lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+        assert len(lines) == 1, (command, done.stderr[-2000:])
+        assert lines[0].startswith("xiaohe-identity: "), lines
+        assert "Traceback" not in done.stderr
+    assert (tmp_path / "keyring.json").read_text() == ring_before

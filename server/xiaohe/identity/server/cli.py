@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.audit.sink import record_quietly
@@ -377,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.action == "rotate" and args.no_rewrap:
                 _print({"active_master_key": ring.rotate_master_key().id})
             elif args.action == "rotate":
+                # The database must answer before the ring changes, or a failed re-wrap
+                # would leave a rotated ring behind for an operator to rotate again.
+                asyncio.run(upgrade_async(settings.effective_database_url))
                 key = ring.rotate_master_key()
                 rewrapped = asyncio.run(_rewrap(settings))
                 _print({"active_master_key": key.id, "data_keys_rewrapped": rewrapped})
@@ -398,6 +403,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except MetricsListenError as exc:
         print(f"xiaohe-identity: {ENV_PREFIX}METRICS_LISTEN: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        # Never the URL (it may hold a password): the driver's error name says what failed.
+        print(
+            f"xiaohe-identity: the database refused or did not answer "
+            f"({type(exc.orig).__name__}); check {ENV_PREFIX}DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as exc:  # a directory, a file or a store this command could not reach
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"xiaohe-identity: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
