@@ -342,3 +342,18 @@ def test_rotations_leave_no_temporary_files(ring_path: Path, clock: FakeClock) -
     assert names == ["keyring.json", "keyring.json.lock"]
     assert _mode(ring_path) == 0o600
     assert _mode(ring_path.with_name("keyring.json.lock")) == 0o600
+
+
+def test_a_staged_master_key_is_kept_but_not_used_until_activated(
+    ring_path: Path, clock: FakeClock
+) -> None:
+    """A staged rotation: every copy of the ring learns the new key before any data key
+    is wrapped under it; activating it is the second step."""
+    ring = KeyRing.create(ring_path, clock)
+    old = ring.active_master_key
+    staged = ring.rotate_master_key(activate=False)
+    copy = KeyRing.load(ring_path, clock)  # what another process reads now
+    assert copy.active_master_key == old
+    assert copy.master_key(staged.id) == staged
+    assert ring.activate_newest_master_key() == staged
+    assert KeyRing.load(ring_path, clock).active_master_key == staged

@@ -377,7 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             ring = open_keyring(settings, SystemClock())
             if args.action == "rotate" and args.no_rewrap:
-                _print({"active_master_key": ring.rotate_master_key().id})
+                staged = ring.rotate_master_key(activate=False)
+                _print(
+                    {"staged_master_key": staged.id, "active_master_key": ring.active_master_key.id}
+                )
             elif args.action == "rotate":
                 # The database must answer before the ring changes, or a failed re-wrap
                 # would leave a rotated ring behind for an operator to rotate again.
@@ -386,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rewrapped = asyncio.run(_rewrap(settings))
                 _print({"active_master_key": key.id, "data_keys_rewrapped": rewrapped})
             elif args.action == "rewrap":
+                asyncio.run(upgrade_async(settings.effective_database_url))  # answers first
+                ring.activate_newest_master_key()  # a staged key, if `rotate --no-rewrap` made one
                 rewrapped = asyncio.run(_rewrap(settings))
                 active = ring.active_master_key.id
                 _print({"active_master_key": active, "data_keys_rewrapped": rewrapped})

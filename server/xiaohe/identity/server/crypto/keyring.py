@@ -243,8 +243,15 @@ class KeyRing:
             raise UnknownKeyError(f"no master key with id {key_id!r} in the key ring")
         return key
 
-    def rotate_master_key(self) -> MasterKey:
-        """Add a new master key, make it active and persist; old keys stay for unwrapping."""
+    def rotate_master_key(self, *, activate: bool = True) -> MasterKey:
+        """Add a new master key and persist; old keys stay for unwrapping. Returns the new key.
+
+        With `activate=False` the key is only staged: every holder of this ring can
+        unwrap under it, but nothing is wrapped under it until `activate_newest_master_key`.
+        A ring copied to many processes is rotated that way, so that no process meets a
+        data key wrapped under a key its copy lacks.
+        """
+        created: list[MasterKey] = []
 
         def change(state: _RingState, now: float) -> _RingState:
             used = {k.id for k in state.master_keys}
@@ -253,9 +260,20 @@ class KeyRing:
                 key=_random_key(self._token_bytes),
                 created_at=now,
             )
+            created.append(new)
+            active = new.id if activate else state.active_master_key_id
             return replace(
-                state, master_keys=(*state.master_keys, new), active_master_key_id=new.id
+                state, master_keys=(*state.master_keys, new), active_master_key_id=active
             )
+
+        self._update(change)
+        return created[-1]
+
+    def activate_newest_master_key(self) -> MasterKey:
+        """Make the newest master key the active one (a staged rotation's second step)."""
+
+        def change(state: _RingState, now: float) -> _RingState:
+            return replace(state, active_master_key_id=state.master_keys[-1].id)
 
         self._update(change)
         return self.active_master_key
