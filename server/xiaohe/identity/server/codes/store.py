@@ -23,11 +23,13 @@ are integer milliseconds from the caller's clock; logical expiry is checked
 against it, and `PEXPIRE` only collects garbage (see
 `ratelimit.scripts.GC_GRACE_MS`).
 
-An SMS destination's issue and verify scripts also carry its number prefix's
-keys (`ratelimit/pumping.py`): the prefix and range budgets and the conversion
-watch are checked and recorded in the same script as the destination's own
-windows, so they add no round trip, and a refund takes the issue back out of
-every window it was recorded in.
+On one Redis server an SMS destination's issue and verify scripts also carry
+its number prefix's keys (`ratelimit/pumping.py`): the prefix and range budgets
+and the conversion watch are checked and recorded in the same script as the
+destination's own windows, so they add no round trip, and a refund takes the
+issue back out of every window it was recorded in. On a Redis Cluster the
+prefix's part runs as a script of its own after the destination's
+(`RedisCodeStore`).
 
 The failure window counts only wrong guesses compared against a live code. A
 verification that finds no live code (never issued, expired, replaced, used,

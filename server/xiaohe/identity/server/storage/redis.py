@@ -262,8 +262,11 @@ async def subscriber(client: RedisClient) -> aioredis.client.PubSub:
 def bounded_cluster_client(url: str, op_timeout: float = DEFAULT_OP_TIMEOUT) -> BoundedRedisCluster:
     """The server's client for a Redis Cluster reached through one startup node's URL.
 
-    The same bounds as `bounded_client`, per node: connection attempts and reads
-    within `op_timeout`, up to 256 connections to each node.
+    Connection attempts and reads within `op_timeout`, as `bounded_client`; up to
+    256 connections to each node, and a full pool refuses at once (`Overloaded`)
+    instead of waiting. One `OutageGuard` covers the whole cluster: while any node
+    an operation needed fails to answer, operations fail fast everywhere until a
+    probe is answered (fail closed; finer, per-node guards are future work).
     """
     client = BoundedRedisCluster.from_url(
         url,
