@@ -23,6 +23,7 @@ from tests.integration.flows import LOGIN_NAME, PHONE, login, register, stubs
 from tests.redis_cluster import LocalRedisCluster
 from tests.rpc_errors import details_of
 from xiaohe.identity.server.ratelimit.pumping import BLOCK_INDEX_KEY
+from xiaohe.identity.server.storage.health import StoreCheck
 from xiaohe.identity.v1 import auth_pb2, codes_pb2, common_pb2
 
 FAILOVER_SECONDS = 20.0
@@ -113,8 +114,11 @@ async def test_a_master_failover_fails_closed_then_serves_again(
         return grpc.StatusCode.OK
 
     assert await issue() == grpc.StatusCode.OK
+    check = StoreCheck(h.container.database, h.container.redis, own_cluster.url, timeout=1.0)
+    assert await check.problems() == []
     master = own_cluster.master_of(BLOCK_INDEX_KEY)
     await asyncio.to_thread(own_cluster.kill, master)
+    assert await check.problems() == ["redis not answering"]  # health says NOT_SERVING
 
     answers = [await issue()]
     deadline = time.monotonic() + FAILOVER_SECONDS
@@ -125,6 +129,12 @@ async def test_a_master_failover_fails_closed_then_serves_again(
     assert set(answers) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK}, answers
     assert grpc.StatusCode.UNAVAILABLE in answers  # the dead master was noticed
     assert own_cluster.master_of(BLOCK_INDEX_KEY) != master  # a replica took over
+    problems = await check.problems()
+    deadline = time.monotonic() + FAILOVER_SECONDS
+    while problems and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # the client's slot map follows the promotion
+        problems = await check.problems()
+    assert problems == []  # and health says SERVING again
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=master, socket_connect_timeout=1).ping()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from redis.asyncio.cluster import RedisCluster
 
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.redis import RedisClient
@@ -75,6 +76,10 @@ class StoreCheck:
             await conn.execute(sa.text("SELECT 1"))
 
     async def _ping(self) -> None:
+        if isinstance(self.redis, RedisCluster):
+            # Every master: a cluster serves only while each slot has one that answers.
+            await self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            return
         await self.redis.ping()
 
     async def _answers(self, call: Awaitable[object]) -> bool:
