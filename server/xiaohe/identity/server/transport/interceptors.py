@@ -243,10 +243,10 @@ class IdentityInterceptor(_ServerInterceptor):
             client = await self._auth.authenticate(
                 metadata.get("x-client-id", ""), metadata.get("x-client-secret", "")
             )
-            context.bind(context.RequestContext(request_id=request_id, client_id=client.client_id))
+            # Bound before the grant check: a refused call's access line names its client too.
+            context.bind(self._context_for(request_id, client, metadata, ctx))
             if not allows(client.grants, method):
                 raise _not_granted(client, method)
-            context.bind(self._context_for(request_id, client, metadata, ctx))
             response = await inner(self._decode(decode, raw, name), ctx)
             ctx.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             return response
