@@ -47,7 +47,11 @@ class Harness:
         return (("x-client-id", client.client_id), ("x-client-secret", secret))
 
     async def drain_outbox(self) -> None:
-        """Deliver everything queued now (the background loop would do it within a second)."""
+        """Deliver everything queued now (the background loop would do it within a second).
+
+        Sends already handed off finish first: a test that then moves the fake clock past
+        their lease would otherwise have them re-claimed and sent a second time."""
+        await self.container.dispatcher.settle()
         await self.container.dispatcher.run_once()
 
 

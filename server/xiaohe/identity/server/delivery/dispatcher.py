@@ -215,10 +215,9 @@ class Dispatcher:
             if handled >= self._batch_size:
                 continue  # a full batch: more may be due right now
             await self._idle(stop)
-        if self._handed_off:
-            # Let messages handed off by enqueuers finish; whatever does not is re-claimed
-            # by a dispatcher once its lease runs out.
-            await asyncio.wait(set(self._handed_off), timeout=self._send_timeout)
+        # Let messages handed off by enqueuers finish; whatever does not is re-claimed
+        # by a dispatcher once its lease runs out.
+        await self.settle()
 
     async def _idle(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
@@ -230,6 +229,11 @@ class Dispatcher:
             for waiter in waiters:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait (at most one send timeout) for the sends handed off by enqueuers so far."""
+        if self._handed_off:
+            await asyncio.wait(set(self._handed_off), timeout=self._send_timeout)
 
     # -- one message ----------------------------------------------------------
 
