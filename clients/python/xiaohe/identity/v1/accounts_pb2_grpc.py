@@ -85,6 +85,21 @@ class AccountServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneResponse.FromString,
                 _registered_method=True)
+        self.EnrollTotp = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/EnrollTotp',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.EnrollTotpRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.EnrollTotpResponse.FromString,
+                _registered_method=True)
+        self.ConfirmTotp = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/ConfirmTotp',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ConfirmTotpRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ConfirmTotpResponse.FromString,
+                _registered_method=True)
+        self.DisableTotp = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/DisableTotp',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -162,6 +177,28 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollTotp(self, request, context):
+        """Starts TOTP enrolment for the signed-in user: a new secret as an otpauth URI and a QR
+        code. Not active until ConfirmTotp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmTotp(self, request, context):
+        """Activates the enrolment with a current code; returns ten single-use recovery codes, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableTotp(self, request, context):
+        """Removes the second factor; needs a current code or a recovery code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +251,21 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.ChangePhone,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneResponse.SerializeToString,
+            ),
+            'EnrollTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollTotp,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.EnrollTotpRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.EnrollTotpResponse.SerializeToString,
+            ),
+            'ConfirmTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmTotp,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ConfirmTotpRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ConfirmTotpResponse.SerializeToString,
+            ),
+            'DisableTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableTotp,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +539,87 @@ class AccountService:
             '/xiaohe.identity.v1.AccountService/ChangePhone',
             xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ChangePhoneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/EnrollTotp',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.EnrollTotpRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.EnrollTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/ConfirmTotp',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ConfirmTotpRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.ConfirmTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/DisableTotp',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpResponse.FromString,
             options,
             channel_credentials,
             insecure,

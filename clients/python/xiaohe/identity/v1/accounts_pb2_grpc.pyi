@@ -55,6 +55,14 @@ class AccountServiceStub:
     """Removes the signed-in user's email; the current password is required."""
     ChangePhone: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ChangePhoneRequest, _accounts_pb2.ChangePhoneResponse]
     """Changes the bound phone, proven by the old phone, the bound email or manual review."""
+    EnrollTotp: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.EnrollTotpRequest, _accounts_pb2.EnrollTotpResponse]
+    """Starts TOTP enrolment for the signed-in user: a new secret as an otpauth URI and a QR
+    code. Not active until ConfirmTotp.
+    """
+    ConfirmTotp: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.ConfirmTotpRequest, _accounts_pb2.ConfirmTotpResponse]
+    """Activates the enrolment with a current code; returns ten single-use recovery codes, once."""
+    DisableTotp: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.DisableTotpRequest, _accounts_pb2.DisableTotpResponse]
+    """Removes the second factor; needs a current code or a recovery code."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -83,6 +91,14 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Removes the signed-in user's email; the current password is required."""
     ChangePhone: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ChangePhoneRequest, _accounts_pb2.ChangePhoneResponse]  # type: ignore[assignment]
     """Changes the bound phone, proven by the old phone, the bound email or manual review."""
+    EnrollTotp: _aio.UnaryUnaryMultiCallable[_accounts_pb2.EnrollTotpRequest, _accounts_pb2.EnrollTotpResponse]  # type: ignore[assignment]
+    """Starts TOTP enrolment for the signed-in user: a new secret as an otpauth URI and a QR
+    code. Not active until ConfirmTotp.
+    """
+    ConfirmTotp: _aio.UnaryUnaryMultiCallable[_accounts_pb2.ConfirmTotpRequest, _accounts_pb2.ConfirmTotpResponse]  # type: ignore[assignment]
+    """Activates the enrolment with a current code; returns ten single-use recovery codes, once."""
+    DisableTotp: _aio.UnaryUnaryMultiCallable[_accounts_pb2.DisableTotpRequest, _accounts_pb2.DisableTotpResponse]  # type: ignore[assignment]
+    """Removes the second factor; needs a current code or a recovery code."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registration, the account view and the user's sessions."""
@@ -168,5 +184,31 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.ChangePhoneResponse, _abc.Awaitable[_accounts_pb2.ChangePhoneResponse]]:
         """Changes the bound phone, proven by the old phone, the bound email or manual review."""
+
+    @_abc_1.abstractmethod
+    def EnrollTotp(
+        self,
+        request: _accounts_pb2.EnrollTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.EnrollTotpResponse, _abc.Awaitable[_accounts_pb2.EnrollTotpResponse]]:
+        """Starts TOTP enrolment for the signed-in user: a new secret as an otpauth URI and a QR
+        code. Not active until ConfirmTotp.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmTotp(
+        self,
+        request: _accounts_pb2.ConfirmTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.ConfirmTotpResponse, _abc.Awaitable[_accounts_pb2.ConfirmTotpResponse]]:
+        """Activates the enrolment with a current code; returns ten single-use recovery codes, once."""
+
+    @_abc_1.abstractmethod
+    def DisableTotp(
+        self,
+        request: _accounts_pb2.DisableTotpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.DisableTotpResponse, _abc.Awaitable[_accounts_pb2.DisableTotpResponse]]:
+        """Removes the second factor; needs a current code or a recovery code."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -144,7 +144,69 @@ class LoginResponse(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     NEXT_STEP_FIELD_NUMBER: _builtins.int
+    MFA_TICKET_FIELD_NUMBER: _builtins.int
+    MFA_TICKET_EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     next_step: Global___NextStep.ValueType
+    mfa_ticket: _builtins.str
+    """With NEXT_STEP_MFA_REQUIRED: a short-lived, single-use ticket for CompleteMfa."""
+    mfa_ticket_expires_in_seconds: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """Empty when next_step is NEXT_STEP_MFA_REQUIRED."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___Session | None = ...,
+        next_step: Global___NextStep.ValueType = ...,
+        mfa_ticket: _builtins.str = ...,
+        mfa_ticket_expires_in_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mfa_ticket", b"mfa_ticket", "mfa_ticket_expires_in_seconds", b"mfa_ticket_expires_in_seconds", "next_step", b"next_step", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoginResponse: _TypeAlias = LoginResponse  # noqa: Y015
+
+@_typing.final
+class CompleteMfaRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MFA_TICKET_FIELD_NUMBER: _builtins.int
+    TOTP_CODE_FIELD_NUMBER: _builtins.int
+    RECOVERY_CODE_FIELD_NUMBER: _builtins.int
+    mfa_ticket: _builtins.str
+    totp_code: _builtins.str
+    """The 6-digit code of the authenticator app."""
+    recovery_code: _builtins.str
+    """One of the account's single-use recovery codes."""
+    def __init__(
+        self,
+        *,
+        mfa_ticket: _builtins.str = ...,
+        totp_code: _builtins.str = ...,
+        recovery_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["factor", b"factor", "recovery_code", b"recovery_code", "totp_code", b"totp_code"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["factor", b"factor", "mfa_ticket", b"mfa_ticket", "recovery_code", b"recovery_code", "totp_code", b"totp_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_factor: _TypeAlias = _typing.Literal["totp_code", "recovery_code"]  # noqa: Y015
+    _WhichOneofArgType_factor: _TypeAlias = _typing.Literal["factor", b"factor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_factor) -> _WhichOneofReturnType_factor | None: ...
+
+Global___CompleteMfaRequest: _TypeAlias = CompleteMfaRequest  # noqa: Y015
+
+@_typing.final
+class CompleteMfaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
+    next_step: Global___NextStep.ValueType
+    """What is left after the second factor (e.g. NEXT_STEP_CONSENT_REQUIRED)."""
     @_builtins.property
     def session(self) -> Global___Session: ...
     def __init__(
@@ -159,7 +221,7 @@ class LoginResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LoginResponse: _TypeAlias = LoginResponse  # noqa: Y015
+Global___CompleteMfaResponse: _TypeAlias = CompleteMfaResponse  # noqa: Y015
 
 @_typing.final
 class RefreshRequest(_message.Message):
@@ -284,7 +346,7 @@ class ValidateTokenResponse(_message.Message):
     expires_at_unix: _builtins.int
     @_builtins.property
     def auth_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Authentication methods (RFC 8176): "pwd", "sms"."""
+        """Authentication methods (RFC 8176): "pwd", "sms", "otp"."""
 
     def __init__(
         self,

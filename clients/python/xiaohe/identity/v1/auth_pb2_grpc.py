@@ -40,6 +40,11 @@ class AuthServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.LoginResponse.FromString,
                 _registered_method=True)
+        self.CompleteMfa = channel.unary_unary(
+                '/xiaohe.identity.v1.AuthService/CompleteMfa',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.CompleteMfaRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.CompleteMfaResponse.FromString,
+                _registered_method=True)
         self.Refresh = channel.unary_unary(
                 '/xiaohe.identity.v1.AuthService/Refresh',
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.RefreshRequest.SerializeToString,
@@ -68,6 +73,14 @@ class AuthServiceServicer:
 
     def Login(self, request, context):
         """Signs in by identifier + password or by an SMS-login ticket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMfa(self, request, context):
+        """Finishes a login that answered NEXT_STEP_MFA_REQUIRED: the MFA ticket and a TOTP code
+        (or a recovery code). A wrong code counts like a wrong password.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +121,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Login,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.LoginRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.LoginResponse.SerializeToString,
+            ),
+            'CompleteMfa': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMfa,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.CompleteMfaRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_auth__pb2.CompleteMfaResponse.SerializeToString,
             ),
             'Refresh': grpc.unary_unary_rpc_method_handler(
                     servicer.Refresh,
@@ -158,6 +176,33 @@ class AuthService:
             '/xiaohe.identity.v1.AuthService/Login',
             xiaohe_dot_identity_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_auth__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMfa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AuthService/CompleteMfa',
+            xiaohe_dot_identity_dot_v1_dot_auth__pb2.CompleteMfaRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_auth__pb2.CompleteMfaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,10 @@ class AuthServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
     """Signs in by identifier + password or by an SMS-login ticket."""
+    CompleteMfa: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CompleteMfaRequest, _auth_pb2.CompleteMfaResponse]
+    """Finishes a login that answered NEXT_STEP_MFA_REQUIRED: the MFA ticket and a TOTP code
+    (or a recovery code). A wrong code counts like a wrong password.
+    """
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.RefreshResponse]
     """Exchanges a refresh token for a new pair; the old refresh token stops working."""
     Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
@@ -51,6 +55,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     """Signs in by identifier + password or by an SMS-login ticket."""
+    CompleteMfa: _aio.UnaryUnaryMultiCallable[_auth_pb2.CompleteMfaRequest, _auth_pb2.CompleteMfaResponse]  # type: ignore[assignment]
+    """Finishes a login that answered NEXT_STEP_MFA_REQUIRED: the MFA ticket and a TOTP code
+    (or a recovery code). A wrong code counts like a wrong password.
+    """
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.RefreshResponse]  # type: ignore[assignment]
     """Exchanges a refresh token for a new pair; the old refresh token stops working."""
     Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
@@ -70,6 +78,16 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
         """Signs in by identifier + password or by an SMS-login ticket."""
+
+    @_abc_1.abstractmethod
+    def CompleteMfa(
+        self,
+        request: _auth_pb2.CompleteMfaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.CompleteMfaResponse, _abc.Awaitable[_auth_pb2.CompleteMfaResponse]]:
+        """Finishes a login that answered NEXT_STEP_MFA_REQUIRED: the MFA ticket and a TOTP code
+        (or a recovery code). A wrong code counts like a wrong password.
+        """
 
     @_abc_1.abstractmethod
     def Refresh(

@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fxiaohe/identity/v1/common.proto\x12\x12xiaohe.identity.v1\")\n\x11ManualReviewProof\x12\x14\n\x0c\x64ocument_ids\x18\x01 \x03(\t*F\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x01\x12\x11\n\rCHANNEL_EMAIL\x10\x02*\xfd\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x11\n\rPURPOSE_LOGIN\x10\x01\x12\x14\n\x10PURPOSE_REGISTER\x10\x02\x12\x1a\n\x16PURPOSE_RESET_PASSWORD\x10\x03\x12\x16\n\x12PURPOSE_BIND_PHONE\x10\x04\x12\x16\n\x12PURPOSE_BIND_EMAIL\x10\x05\x12\x18\n\x14PURPOSE_CHANGE_PHONE\x10\x06\x12\x1b\n\x17PURPOSE_RECOVER_ACCOUNT\x10\x07\x12\x15\n\x11PURPOSE_REAL_NAME\x10\x08\x12\x16\n\x12PURPOSE_DEACTIVATE\x10\t*k\n\x0bSubjectType\x12\x1c\n\x18SUBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBJECT_TYPE_NATURAL_PERSON\x10\x01\x12\x1d\n\x19SUBJECT_TYPE_LEGAL_PERSON\x10\x02*\xc0\x01\n\x0eIdentifierKind\x12\x1f\n\x1bIDENTIFIER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIDENTIFIER_KIND_LOGIN_NAME\x10\x01\x12\x19\n\x15IDENTIFIER_KIND_PHONE\x10\x02\x12\x18\n\x14IDENTIFIER_KIND_USCC\x10\x03\x12\x1d\n\x19IDENTIFIER_KIND_ID_NUMBER\x10\x04\x12\x19\n\x15IDENTIFIER_KIND_EMAIL\x10\x05*\xb5\x01\n\x06IdType\x12\x17\n\x13ID_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18ID_TYPE_RESIDENT_ID_CARD\x10\x01\x12\x14\n\x10ID_TYPE_PASSPORT\x10\x02\x12\x1b\n\x17ID_TYPE_HK_MACAO_PERMIT\x10\x03\x12\x19\n\x15ID_TYPE_TAIWAN_PERMIT\x10\x04\x12&\n\"ID_TYPE_FOREIGN_PERMANENT_RESIDENT\x10\x05*\x9d\x02\n\x10OrganizationType\x12!\n\x1dORGANIZATION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cORGANIZATION_TYPE_ENTERPRISE\x10\x01\x12)\n%ORGANIZATION_TYPE_INDIVIDUAL_BUSINESS\x10\x02\x12(\n$ORGANIZATION_TYPE_PUBLIC_INSTITUTION\x10\x03\x12)\n%ORGANIZATION_TYPE_SOCIAL_ORGANIZATION\x10\x04\x12\'\n#ORGANIZATION_TYPE_GOVERNMENT_AGENCY\x10\x05\x12\x1b\n\x17ORGANIZATION_TYPE_OTHER\x10\x06*\x91\x01\n\x12RepresentativeType\x12#\n\x1fREPRESENTATIVE_TYPE_UNSPECIFIED\x10\x00\x12,\n(REPRESENTATIVE_TYPE_LEGAL_REPRESENTATIVE\x10\x01\x12(\n$REPRESENTATIVE_TYPE_PERSON_IN_CHARGE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fxiaohe/identity/v1/common.proto\x12\x12xiaohe.identity.v1\"V\n\x11ManualReviewProof\x12\x14\n\x0c\x64ocument_ids\x18\x01 \x03(\t\x12\x11\n\tnew_phone\x18\x02 \x01(\t\x12\x18\n\x10new_phone_ticket\x18\x03 \x01(\t*F\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x01\x12\x11\n\rCHANNEL_EMAIL\x10\x02*\xfd\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x11\n\rPURPOSE_LOGIN\x10\x01\x12\x14\n\x10PURPOSE_REGISTER\x10\x02\x12\x1a\n\x16PURPOSE_RESET_PASSWORD\x10\x03\x12\x16\n\x12PURPOSE_BIND_PHONE\x10\x04\x12\x16\n\x12PURPOSE_BIND_EMAIL\x10\x05\x12\x18\n\x14PURPOSE_CHANGE_PHONE\x10\x06\x12\x1b\n\x17PURPOSE_RECOVER_ACCOUNT\x10\x07\x12\x15\n\x11PURPOSE_REAL_NAME\x10\x08\x12\x16\n\x12PURPOSE_DEACTIVATE\x10\t*k\n\x0bSubjectType\x12\x1c\n\x18SUBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBJECT_TYPE_NATURAL_PERSON\x10\x01\x12\x1d\n\x19SUBJECT_TYPE_LEGAL_PERSON\x10\x02*\xc0\x01\n\x0eIdentifierKind\x12\x1f\n\x1bIDENTIFIER_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aIDENTIFIER_KIND_LOGIN_NAME\x10\x01\x12\x19\n\x15IDENTIFIER_KIND_PHONE\x10\x02\x12\x18\n\x14IDENTIFIER_KIND_USCC\x10\x03\x12\x1d\n\x19IDENTIFIER_KIND_ID_NUMBER\x10\x04\x12\x19\n\x15IDENTIFIER_KIND_EMAIL\x10\x05*\xb5\x01\n\x06IdType\x12\x17\n\x13ID_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18ID_TYPE_RESIDENT_ID_CARD\x10\x01\x12\x14\n\x10ID_TYPE_PASSPORT\x10\x02\x12\x1b\n\x17ID_TYPE_HK_MACAO_PERMIT\x10\x03\x12\x19\n\x15ID_TYPE_TAIWAN_PERMIT\x10\x04\x12&\n\"ID_TYPE_FOREIGN_PERMANENT_RESIDENT\x10\x05*\x9d\x02\n\x10OrganizationType\x12!\n\x1dORGANIZATION_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cORGANIZATION_TYPE_ENTERPRISE\x10\x01\x12)\n%ORGANIZATION_TYPE_INDIVIDUAL_BUSINESS\x10\x02\x12(\n$ORGANIZATION_TYPE_PUBLIC_INSTITUTION\x10\x03\x12)\n%ORGANIZATION_TYPE_SOCIAL_ORGANIZATION\x10\x04\x12\'\n#ORGANIZATION_TYPE_GOVERNMENT_AGENCY\x10\x05\x12\x1b\n\x17ORGANIZATION_TYPE_OTHER\x10\x06*\x91\x01\n\x12RepresentativeType\x12#\n\x1fREPRESENTATIVE_TYPE_UNSPECIFIED\x10\x00\x12,\n(REPRESENTATIVE_TYPE_LEGAL_REPRESENTATIVE\x10\x01\x12(\n$REPRESENTATIVE_TYPE_PERSON_IN_CHARGE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xiaohe.identity.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=98
-  _globals['_CHANNEL']._serialized_end=168
-  _globals['_PURPOSE']._serialized_start=171
-  _globals['_PURPOSE']._serialized_end=424
-  _globals['_SUBJECTTYPE']._serialized_start=426
-  _globals['_SUBJECTTYPE']._serialized_end=533
-  _globals['_IDENTIFIERKIND']._serialized_start=536
-  _globals['_IDENTIFIERKIND']._serialized_end=728
-  _globals['_IDTYPE']._serialized_start=731
-  _globals['_IDTYPE']._serialized_end=912
-  _globals['_ORGANIZATIONTYPE']._serialized_start=915
-  _globals['_ORGANIZATIONTYPE']._serialized_end=1200
-  _globals['_REPRESENTATIVETYPE']._serialized_start=1203
-  _globals['_REPRESENTATIVETYPE']._serialized_end=1348
+  _globals['_CHANNEL']._serialized_start=143
+  _globals['_CHANNEL']._serialized_end=213
+  _globals['_PURPOSE']._serialized_start=216
+  _globals['_PURPOSE']._serialized_end=469
+  _globals['_SUBJECTTYPE']._serialized_start=471
+  _globals['_SUBJECTTYPE']._serialized_end=578
+  _globals['_IDENTIFIERKIND']._serialized_start=581
+  _globals['_IDENTIFIERKIND']._serialized_end=773
+  _globals['_IDTYPE']._serialized_start=776
+  _globals['_IDTYPE']._serialized_end=957
+  _globals['_ORGANIZATIONTYPE']._serialized_start=960
+  _globals['_ORGANIZATIONTYPE']._serialized_end=1245
+  _globals['_REPRESENTATIVETYPE']._serialized_start=1248
+  _globals['_REPRESENTATIVETYPE']._serialized_end=1393
   _globals['_MANUALREVIEWPROOF']._serialized_start=55
-  _globals['_MANUALREVIEWPROOF']._serialized_end=96
+  _globals['_MANUALREVIEWPROOF']._serialized_end=141
 # @@protoc_insertion_point(module_scope)

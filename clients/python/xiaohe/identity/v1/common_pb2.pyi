@@ -203,13 +203,20 @@ Global___RepresentativeType: _TypeAlias = RepresentativeType  # noqa: Y015
 
 @_typing.final
 class ManualReviewProof(_message.Message):
-    """Proof by manual review with identity documents (人工核验). Answered UNIMPLEMENTED until
-    the review service exists; declared so that clients can be built against it now.
+    """Proof by manual review with identity documents (人工核验): a reviewer compares the
+    documents with the account's identity (ReviewService).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENT_IDS_FIELD_NUMBER: _builtins.int
+    NEW_PHONE_FIELD_NUMBER: _builtins.int
+    NEW_PHONE_TICKET_FIELD_NUMBER: _builtins.int
+    new_phone: _builtins.str
+    """RecoverAccount only: the phone the person holds now and a ticket from VerifyCode (SMS,
+    RECOVER_ACCOUNT) for it. ChangePhone uses its own new_phone fields.
+    """
+    new_phone_ticket: _builtins.str
     @_builtins.property
     def document_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of documents uploaded with RealNameService.UploadDocument."""
@@ -218,10 +225,12 @@ class ManualReviewProof(_message.Message):
         self,
         *,
         document_ids: _abc.Iterable[_builtins.str] | None = ...,
+        new_phone: _builtins.str = ...,
+        new_phone_ticket: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_ids", b"document_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_ids", b"document_ids", "new_phone", b"new_phone", "new_phone_ticket", b"new_phone_ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xiaohe.identity.v1 import common_pb2 as xiaohe_dot_identity_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!xiaohe/identity/v1/recovery.proto\x12\x12xiaohe.identity.v1\x1a\x1fxiaohe/identity/v1/common.proto\"e\n\x15NaturalPersonIdentity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x07id_type\x18\x02 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12\x11\n\tid_number\x18\x03 \x01(\t\"\xbf\x02\n\x13LegalPersonIdentity\x12\x19\n\x11organization_name\x18\x01 \x01(\t\x12?\n\x11organization_type\x18\x02 \x01(\x0e\x32$.xiaohe.identity.v1.OrganizationType\x12\x0c\n\x04uscc\x18\x03 \x01(\t\x12\x43\n\x13representative_type\x18\x04 \x01(\x0e\x32&.xiaohe.identity.v1.RepresentativeType\x12\x1b\n\x13representative_name\x18\x05 \x01(\t\x12:\n\x16representative_id_type\x18\x06 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12 \n\x18representative_id_number\x18\x07 \x01(\t\"\x98\x02\n\x15RecoverAccountRequest\x12\x43\n\x0enatural_person\x18\x01 \x01(\x0b\x32).xiaohe.identity.v1.NaturalPersonIdentityH\x00\x12?\n\x0clegal_person\x18\x02 \x01(\x0b\x32\'.xiaohe.identity.v1.LegalPersonIdentityH\x00\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x0cphone_ticket\x18\x04 \x01(\tH\x01\x12>\n\rmanual_review\x18\x05 \x01(\x0b\x32%.xiaohe.identity.v1.ManualReviewProofH\x01\x42\t\n\x07subjectB\x07\n\x05proof\"p\n\x16RecoverAccountResponse\x12\x19\n\x11login_name_masked\x18\x01 \x01(\t\x12\x13\n\x0breset_grant\x18\x02 \x01(\t\x12&\n\x1ereset_grant_expires_in_seconds\x18\x03 \x01(\x05\x32z\n\x0fRecoveryService\x12g\n\x0eRecoverAccount\x12).xiaohe.identity.v1.RecoverAccountRequest\x1a*.xiaohe.identity.v1.RecoverAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!xiaohe/identity/v1/recovery.proto\x12\x12xiaohe.identity.v1\x1a\x1fxiaohe/identity/v1/common.proto\"e\n\x15NaturalPersonIdentity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x07id_type\x18\x02 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12\x11\n\tid_number\x18\x03 \x01(\t\"\xbf\x02\n\x13LegalPersonIdentity\x12\x19\n\x11organization_name\x18\x01 \x01(\t\x12?\n\x11organization_type\x18\x02 \x01(\x0e\x32$.xiaohe.identity.v1.OrganizationType\x12\x0c\n\x04uscc\x18\x03 \x01(\t\x12\x43\n\x13representative_type\x18\x04 \x01(\x0e\x32&.xiaohe.identity.v1.RepresentativeType\x12\x1b\n\x13representative_name\x18\x05 \x01(\t\x12:\n\x16representative_id_type\x18\x06 \x01(\x0e\x32\x1a.xiaohe.identity.v1.IdType\x12 \n\x18representative_id_number\x18\x07 \x01(\t\"\x98\x02\n\x15RecoverAccountRequest\x12\x43\n\x0enatural_person\x18\x01 \x01(\x0b\x32).xiaohe.identity.v1.NaturalPersonIdentityH\x00\x12?\n\x0clegal_person\x18\x02 \x01(\x0b\x32\'.xiaohe.identity.v1.LegalPersonIdentityH\x00\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x0cphone_ticket\x18\x04 \x01(\tH\x01\x12>\n\rmanual_review\x18\x05 \x01(\x0b\x32%.xiaohe.identity.v1.ManualReviewProofH\x01\x42\t\n\x07subjectB\x07\n\x05proof\"\x88\x01\n\x16RecoverAccountResponse\x12\x19\n\x11login_name_masked\x18\x01 \x01(\t\x12\x13\n\x0breset_grant\x18\x02 \x01(\t\x12&\n\x1ereset_grant_expires_in_seconds\x18\x03 \x01(\x05\x12\x16\n\x0ereview_case_id\x18\x04 \x01(\t2z\n\x0fRecoveryService\x12g\n\x0eRecoverAccount\x12).xiaohe.identity.v1.RecoverAccountRequest\x1a*.xiaohe.identity.v1.RecoverAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEGALPERSONIDENTITY']._serialized_end=513
   _globals['_RECOVERACCOUNTREQUEST']._serialized_start=516
   _globals['_RECOVERACCOUNTREQUEST']._serialized_end=796
-  _globals['_RECOVERACCOUNTRESPONSE']._serialized_start=798
-  _globals['_RECOVERACCOUNTRESPONSE']._serialized_end=910
-  _globals['_RECOVERYSERVICE']._serialized_start=912
-  _globals['_RECOVERYSERVICE']._serialized_end=1034
+  _globals['_RECOVERACCOUNTRESPONSE']._serialized_start=799
+  _globals['_RECOVERACCOUNTRESPONSE']._serialized_end=935
+  _globals['_RECOVERYSERVICE']._serialized_start=937
+  _globals['_RECOVERYSERVICE']._serialized_end=1059
 # @@protoc_insertion_point(module_scope)

@@ -100,7 +100,7 @@ class RecoverAccountRequest(_message.Message):
     def legal_person(self) -> Global___LegalPersonIdentity: ...
     @_builtins.property
     def manual_review(self) -> _common_pb2.ManualReviewProof:
-        """For someone who lost the phone: manual review, UNIMPLEMENTED for now."""
+        """For someone who lost the phone: identity documents for manual review (ReviewService)."""
 
     def __init__(
         self,
@@ -133,21 +133,27 @@ class RecoverAccountResponse(_message.Message):
     LOGIN_NAME_MASKED_FIELD_NUMBER: _builtins.int
     RESET_GRANT_FIELD_NUMBER: _builtins.int
     RESET_GRANT_EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    REVIEW_CASE_ID_FIELD_NUMBER: _builtins.int
     login_name_masked: _builtins.str
     """The login name, masked (e.g. z******i)."""
     reset_grant: _builtins.str
     """Single use, for AccountService.ResetPassword with the full login name."""
     reset_grant_expires_in_seconds: _builtins.int
+    review_case_id: _builtins.str
+    """With manual_review: the case opened. On approval the new phone in the proof is bound and
+    the login name is sent to it; the person then resets the password with a code to it.
+    """
     def __init__(
         self,
         *,
         login_name_masked: _builtins.str = ...,
         reset_grant: _builtins.str = ...,
         reset_grant_expires_in_seconds: _builtins.int = ...,
+        review_case_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["login_name_masked", b"login_name_masked", "reset_grant", b"reset_grant", "reset_grant_expires_in_seconds", b"reset_grant_expires_in_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["login_name_masked", b"login_name_masked", "reset_grant", b"reset_grant", "reset_grant_expires_in_seconds", b"reset_grant_expires_in_seconds", "review_case_id", b"review_case_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
