@@ -49,6 +49,22 @@ METHOD_GRANTS: dict[str, str] = {
     # SMS-pumping defence: operators list and lift prefix blocks.
     "/xiaohe.identity.v1.AdminService/ListPrefixBlocks": "admin",
     "/xiaohe.identity.v1.AdminService/LiftPrefixBlock": "admin",
+    # Second factor (TOTP).
+    "/xiaohe.identity.v1.AuthService/CompleteMfa": "auth",
+    "/xiaohe.identity.v1.AccountService/EnrollTotp": "accounts",
+    "/xiaohe.identity.v1.AccountService/ConfirmTotp": "accounts",
+    "/xiaohe.identity.v1.AccountService/DisableTotp": "accounts",
+    # Real-name verification and its documents.
+    "/xiaohe.identity.v1.RealNameService/UploadDocument": "realname",
+    "/xiaohe.identity.v1.RealNameService/SubmitNaturalPerson": "realname",
+    "/xiaohe.identity.v1.RealNameService/SubmitLegalPerson": "realname",
+    "/xiaohe.identity.v1.RealNameService/GetRealNameStatus": "realname",
+    # Manual review: the console's client; every call also needs a reviewer's token.
+    "/xiaohe.identity.v1.ReviewService/ListCases": "review",
+    "/xiaohe.identity.v1.ReviewService/GetCase": "review",
+    "/xiaohe.identity.v1.ReviewService/StreamDocument": "review",
+    "/xiaohe.identity.v1.ReviewService/DecideCase": "review",
+    "/xiaohe.identity.v1.ReviewService/AddNote": "review",
 }
 
 # Methods any caller may use without credentials.

@@ -100,7 +100,7 @@ else:
 
 
 class IdentityInterceptor(_ServerInterceptor):
-    """Wraps every unary and server-streaming handler with auth, context and error mapping."""
+    """Wraps every handler but bidirectional ones with auth, context and error mapping."""
 
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
         self._auth = authenticator
@@ -130,21 +130,45 @@ class IdentityInterceptor(_ServerInterceptor):
     def _wrap(self, handler: Handler, method: str) -> Handler:
         """The handler behind authentication, grants, decoding, context and error mapping.
 
-        Unary methods are wrapped; any other kind is refused outright until it is
-        wrapped too, so a streaming method added later cannot skip caller authentication.
+        Unary, client-streaming and server-streaming methods are wrapped; a
+        bidirectional one is refused outright until it is wrapped too, so a method
+        added later cannot skip caller authentication.
         """
+        decode = handler.request_deserializer
+        serialize = handler.response_serializer
+        name = method.rsplit("/", 1)[-1]
+        # No request deserializer on the new handlers: the raw bytes come here and are
+        # decoded after the caller is authenticated (module docstring).
         if handler.unary_unary is not None:
-            unary = handler.unary_unary
-            decode = handler.request_deserializer
-            name = method.rsplit("/", 1)[-1]
+            uu: Callable[..., Any] = handler.unary_unary
 
-            async def behaviour(raw: bytes, ctx: ServicerContext) -> Any:
-                return await self._serve(unary, decode, raw, ctx, method, name, _metadata(ctx))
+            async def unary_unary(raw: bytes, ctx: ServicerContext) -> Any:
+                return await self._serve(
+                    lambda: uu(self._decode(decode, raw, name), ctx), ctx, method, name
+                )
 
-            # No request deserializer: the raw bytes come to `_serve`, which decodes them.
-            return grpc.unary_unary_rpc_method_handler(
-                behaviour, response_serializer=handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+        if handler.stream_unary is not None:
+            su: Callable[..., Any] = handler.stream_unary
+
+            async def stream_unary(raws: AsyncIterator[bytes], ctx: ServicerContext) -> Any:
+                return await self._serve(
+                    lambda: su(self._decode_stream(decode, raws, name), ctx), ctx, method, name
+                )
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
+        if handler.unary_stream is not None:
+            us: Callable[..., Any] = handler.unary_stream
+
+            async def unary_stream(raw: bytes, ctx: ServicerContext) -> None:
+                await self._serve(
+                    lambda: _respond(us(self._decode(decode, raw, name), ctx), ctx),
+                    ctx,
+                    method,
+                    name,
+                )
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
 
         async def refuse(_request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "method kind not served")
@@ -225,16 +249,24 @@ class IdentityInterceptor(_ServerInterceptor):
         async for raw in raws:
             yield await self._decode_public(decode, raw, ctx, name)
 
+    async def _decode_stream(
+        self, decode: Deserializer | None, raws: AsyncIterator[bytes], name: str
+    ) -> AsyncIterator[Any]:
+        """A client stream's requests, decoded as the handler reads them; a bad one raises
+        InvalidArgument inside the handler, which `_serve` maps like any domain error."""
+        async for raw in raws:
+            yield self._decode(decode, raw, name)
+
     async def _serve(
         self,
-        inner: Callable[..., Any],
-        decode: Deserializer | None,
-        raw: bytes,
+        run: Callable[[], Awaitable[Any]],
         ctx: ServicerContext,
         method: str,
         name: str,
-        metadata: dict[str, str],
     ) -> Any:
+        """Authenticate the caller, check the grant, then `run()` the handler (which decodes
+        the request) under the bound context, mapping what it raises to a status."""
+        metadata = _metadata(ctx)
         request_id = _new_request_id()
         started = time.perf_counter()
         token = context.bind(context.RequestContext(request_id=request_id))
@@ -247,7 +279,7 @@ class IdentityInterceptor(_ServerInterceptor):
             context.bind(self._context_for(request_id, client, metadata, ctx))
             if not allows(client.grants, method):
                 raise _not_granted(client, method)
-            response = await inner(self._decode(decode, raw, name), ctx)
+            response = await run()
             ctx.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             return response
         except errors.IdentityError as exc:
