@@ -133,6 +133,9 @@ class Settings:
     recovery_per_phone_day: int = 5
     recovery_per_ip_hour: int = 20
     recovery_per_client_minute: int = 600
+    # TOTP second factor: the issuer name authenticator apps show, and the MFA ticket's life.
+    totp_issuer: str = "小禾企服网"
+    mfa_ticket_ttl_seconds: int = 300
 
     # SMS-pumping defence (SECURITY X3; docs/operator-guide.d/pumping.md). Ranges are a
     # country code, a hyphen and leading national digits (86-170), or a country code alone.
@@ -389,6 +392,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}PHONE_CHANGE_COOLING_OFF_SECONDS: must not be negative")
     if min(s.recovery_per_phone_day, s.recovery_per_ip_hour, s.recovery_per_client_minute) < 1:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
+    if not s.totp_issuer.strip() or len(s.totp_issuer) > 64 or ":" in s.totp_issuer:
+        raise SettingsError(f"{ENV_PREFIX}TOTP_ISSUER: 1-64 characters, no colon")
+    if not 30 <= s.mfa_ticket_ttl_seconds <= 900:
+        raise SettingsError(f"{ENV_PREFIX}MFA_TICKET_TTL_SECONDS: between 30 and 900")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
     if not 0.1 <= s.health_check_seconds <= 300:
