@@ -181,9 +181,7 @@ async def test_two_identical_presentations_at_once_make_one_session(h: Harness) 
     _, secret, _ = await enrolled_account(h)
     tickets = [(await password_login(h)).mfa_ticket for _ in range(2)]
     code = code_at(secret, h.clock.now())
-    results = await asyncio.gather(
-        *(complete(h, t, code) for t in tickets), return_exceptions=True
-    )
+    results = await asyncio.gather(*(complete(h, t, code) for t in tickets), return_exceptions=True)
     sessions = [r for r in results if isinstance(r, auth_pb2.CompleteMfaResponse)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(sessions) == 1
