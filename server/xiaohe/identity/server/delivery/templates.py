@@ -135,8 +135,7 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
         ),
         "totp_disabled": _NoticeText(
             "已关闭两步验证",
-            SIGNATURE
-            + "您的账号已于{at}关闭两步验证（动态验证码）。"
+            SIGNATURE + "您的账号已于{at}关闭两步验证（动态验证码）。"
             "如非本人操作，请立即修改密码并联系客服。",
             frozenset({"at"}),
         ),
