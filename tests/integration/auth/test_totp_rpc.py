@@ -302,11 +302,21 @@ async def test_enroll_rules_and_disable(h: Harness) -> None:
     account_id = await register(h, LOGIN_NAME, PHONE)
     token = (await password_login(h)).session.access_token
     d = await failure(
+        stubs(h).accounts.ConfirmTotp(
+            accounts_pb2.ConfirmTotpRequest(code="123456"), metadata=bearer(h, token)
+        )
+    )
+    assert d.code == grpc.StatusCode.FAILED_PRECONDITION  # nothing to confirm yet
+    d = await failure(
         stubs(h).accounts.EnrollTotp(
             accounts_pb2.EnrollTotpRequest(password="Wrong-Password-1"), metadata=bearer(h, token)
         )
     )
     assert d.reason == "INVALID_CREDENTIALS"
+    d = await failure(
+        stubs(h).accounts.EnrollTotp(accounts_pb2.EnrollTotpRequest(), metadata=h.metadata)
+    )
+    assert d.code == grpc.StatusCode.UNAUTHENTICATED  # no access token
     old_secret, _ = await enroll(h, token)
     new_secret, _ = await enroll(h, token)
     assert old_secret != new_secret
@@ -369,3 +379,20 @@ async def test_confirm_is_all_or_nothing(h: Harness) -> None:
     confirmed = await stubs(h).accounts.ConfirmTotp(confirm, metadata=bearer(h, token))
     assert len(confirmed.recovery_codes) == 10
     assert await h.container.totp.recovery_codes_left(account_id) == 10
+
+
+async def test_disable_is_all_or_nothing(h: Harness) -> None:
+    """D3: disabling spends the code, removes the factor and its recovery codes, queues the
+    notice and audits in one transaction: when the notice cannot be queued, TOTP
+    stays on with every recovery code, and the same recovery code still works after."""
+    account_id, _, recovery = await enrolled_account(h)
+    token = await complete(h, (await password_login(h)).mfa_ticket, recovery_code=recovery[0])
+    bearer_md = bearer(h, token.session.access_token)
+    disable = accounts_pb2.DisableTotpRequest(recovery_code=recovery[1])
+    async with failing_writes(h.container.database, "outbox"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stubs(h).accounts.DisableTotp(disable, metadata=bearer_md)
+    assert await h.container.totp.is_enrolled(account_id)
+    assert await h.container.totp.recovery_codes_left(account_id) == 9
+    await stubs(h).accounts.DisableTotp(disable, metadata=bearer_md)
+    assert not await h.container.totp.is_enrolled(account_id)
