@@ -113,7 +113,9 @@ async def test_enroll_confirm_then_login_needs_the_code(h: Harness) -> None:
         row = (await conn.execute(sa.select(totp_factors))).one()
     assert row.status == "pending"
     assert secret.encode() not in bytes(row.secret_enc)
-    assert secret.encode() not in (h.data_dir / "identity.db").read_bytes()
+    stored = list(h.data_dir.glob("identity.db*"))  # the database file and its WAL
+    assert stored
+    assert all(secret.encode() not in f.read_bytes() for f in stored)
     # Pending is not active: the login still needs no code.
     assert (await password_login(h)).next_step == auth_pb2.NEXT_STEP_NONE
     assert not await h.container.totp.is_enrolled(account_id)

@@ -47,7 +47,8 @@ MFA_REQUIRED with an MFA ticket (`totp.tickets.MfaTickets`: short-lived, bound t
 the account, the first factor's method, the client and the audience), and the
 password's reservation is released rather than settled as a success, so this
 IP's failures (wrong codes included) are *not* cleared by a right password: only
-a completed sign-in clears them. Otherwise someone who knows the password could
+a completed sign-in clears them (an SMS login does not clear them either).
+Otherwise someone who knows the password could
 alternate logins and code guesses and never reach the lock. `complete_mfa` then
 checks the ticket (each presentation counted; a few at most), the TOTP or
 recovery code under the throttle (`flows.totp.CodeAttempts`: a wrong code is a
