@@ -8,6 +8,8 @@ computed from it at the harness's fake clock, as an authenticator app would.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from urllib.parse import parse_qs, unquote, urlparse
 
 import grpc
@@ -398,3 +400,26 @@ async def test_disable_is_all_or_nothing(h: Harness) -> None:
     assert await h.container.totp.recovery_codes_left(account_id) == 9
     await stubs(h).accounts.DisableTotp(disable, metadata=bearer_md)
     assert not await h.container.totp.is_enrolled(account_id)
+
+
+async def test_secrets_codes_and_tickets_never_reach_the_logs(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """C4, D3: the secret, the codes, the recovery codes and the MFA ticket appear in no log
+    record, at any level, through enrolment, a wrong and a right code, and disabling."""
+    caplog.set_level(logging.DEBUG)
+    _, secret, recovery = await enrolled_account(h)
+    ticket = (await password_login(h)).mfa_ticket
+    code = code_at(secret, h.clock.now())
+    await failure(complete(h, ticket, "000000"))
+    done = await complete(h, ticket, code)
+    await stubs(h).accounts.DisableTotp(
+        accounts_pb2.DisableTotpRequest(recovery_code=recovery[0]),
+        metadata=bearer(h, done.session.access_token),
+    )
+    logged = "\n".join(f"{r.getMessage()} {r.args!r} {r.__dict__}" for r in caplog.records)
+    assert caplog.records  # the server did log (access log, audit)
+    for value in (secret, ticket, ticket.removeprefix("mt1."), *recovery, PASSWORD):
+        assert value not in logged
+    # Six digits could sit inside a timestamp or an id by chance: only a standalone one counts.
+    assert re.search(rf"(?<![0-9]){code}(?![0-9])", logged) is None
