@@ -22,6 +22,7 @@ from xiaohe.identity.server.errors import FailedPrecondition
 from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage.schema import accounts, totp_factors
 from xiaohe.identity.server.totp.codes import code_at
+from xiaohe.identity.server.totp.repository import SqlTotpRepository
 from xiaohe.identity.server.totp.service import TotpService
 from xiaohe.identity.server.totp.tickets import MfaBinding, MfaTickets
 
@@ -52,7 +53,9 @@ def cipher(tmp_path: Path, clock: FakeClock) -> DataKeyCipher:
 
 
 def service(database: Database, cipher: DataKeyCipher, clock: FakeClock) -> TotpService:
-    return TotpService(database, cipher, clock, issuer="小禾企服网", recovery_key=b"r" * 32)
+    return TotpService(
+        SqlTotpRepository(database), cipher, clock, issuer="小禾企服网", recovery_key=b"r" * 32
+    )
 
 
 @pytest.fixture

@@ -78,6 +78,7 @@ from xiaohe.identity.server.storage.redis import (
     bounded_client,
     bounded_cluster_client,
 )
+from xiaohe.identity.server.totp.repository import SqlTotpRepository
 from xiaohe.identity.server.totp.service import TotpService
 from xiaohe.identity.server.totp.tickets import MfaTickets
 
@@ -561,7 +562,7 @@ class Container:
     def totp(self) -> TotpService:
         """TOTP factors and recovery codes; `is_enrolled` for flows that demand a second factor."""
         return TotpService(
-            self.database,
+            SqlTotpRepository(self.database),
             self.cipher,
             self.clock,
             issuer=self.settings.totp_issuer,

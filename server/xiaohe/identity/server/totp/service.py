@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +27,6 @@ import segno
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.crypto.envelope import field_aad
 from xiaohe.identity.server.errors import FailedPrecondition
-from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.totp.codes import (
     match_step,
     new_recovery_codes,
@@ -36,13 +35,48 @@ from xiaohe.identity.server.totp.codes import (
     provisioning_uri,
     recovery_code_hash,
 )
-from xiaohe.identity.server.totp.repository import FactorStatus, SqlTotpRepository, StoredFactor
+from xiaohe.identity.server.totp.repository import FactorStatus, StoredFactor
 
 logger = logging.getLogger(__name__)
 
 SECRET_FIELD = "totp_secret"  # noqa: S105 - the associated-data name of the sealed column
 QR_SCALE = 6
 """Pixels per QR module: a 57-module code with its border is about 400 px wide."""
+
+
+class TotpRepository(Protocol):
+    """What the service needs of storage (`repository.SqlTotpRepository`); each method joins
+    the caller's unit of work when one is open."""
+
+    async def get(self, account_id: str) -> StoredFactor | None:
+        """The account's factor, pending or active, or None."""
+        ...
+
+    async def put_pending(self, account_id: str, secret_enc: bytes, now: float) -> bool:
+        """Store or replace a pending factor; False if an active one exists."""
+        ...
+
+    async def activate(
+        self, account_id: str, secret_enc: bytes, step: int, code_hashes: Sequence[str], now: float
+    ) -> bool:
+        """Activate the pending factor sealed as `secret_enc`, with these recovery codes."""
+        ...
+
+    async def use_step(self, account_id: str, step: int) -> bool:
+        """Accept time step `step` once (only if newer than the last accepted)."""
+        ...
+
+    async def use_recovery_code(self, account_id: str, code_hash: str, now: float) -> bool:
+        """Spend one unused recovery code."""
+        ...
+
+    async def unused_recovery_codes(self, account_id: str) -> int:
+        """How many recovery codes are left."""
+        ...
+
+    async def delete(self, account_id: str) -> bool:
+        """Remove the factor and its recovery codes."""
+        ...
 
 
 class Sealer(Protocol):
@@ -70,7 +104,7 @@ class TotpService:
 
     def __init__(
         self,
-        database: Database,
+        repository: TotpRepository,
         cipher: Sealer,
         clock: Clock,
         *,
@@ -78,7 +112,7 @@ class TotpService:
         recovery_key: bytes,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
-        self._repo = SqlTotpRepository(database)
+        self._repo = repository
         self._cipher = cipher
         self._clock = clock
         self._issuer = issuer
@@ -174,4 +208,4 @@ def _aad(account_id: str) -> bytes:
     return field_aad(account_id, SECRET_FIELD)
 
 
-__all__ = ["Enrolment", "Sealer", "TotpService", "qr_png"]
+__all__ = ["Enrolment", "Sealer", "TotpRepository", "TotpService", "qr_png"]
