@@ -391,3 +391,24 @@ async def test_a_failed_upload_records_no_consent(env: RealNameEnv) -> None:
             await flow.finish_upload(permit, png_sample())
     assert await env.consents.of_account(account) == []
     assert list(env.store_dir.glob("*")) == []
+
+
+async def test_a_dump_of_every_table_holds_no_raw_identity(env: RealNameEnv) -> None:
+    """I1, D1: after uploads, a verified and an in-review submission, a dump of every table
+    (as `pg_dump` would read them) holds no ID number, name, address or document bytes."""
+    from tests.document_samples import MARKER
+    from xiaohe.identity.server.storage.schema import metadata
+
+    verified, reviewed = await env.account(), await env.account()
+    await env.flow().submit_natural(await natural(env, verified))
+    passport = await natural(env, reviewed, id_type=2, id_number="E12345678")
+    await env.flow().submit_natural(passport)
+    dump = []
+    async with env.database.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in (await conn.execute(sa.select(table))).all():
+                for value in row:
+                    dump.append(value if isinstance(value, bytes) else str(value).encode())
+    blob = b"\x00".join(dump)
+    for secret in (ID_NUMBER, "E12345678", NAME, "胜利路", MARKER.decode()):
+        assert secret.encode() not in blob, secret
