@@ -299,7 +299,7 @@ async def test_a_shredded_owner_leaves_metadata_but_no_bytes(documents: Document
     info = await documents.service.store(
         owner=ACCOUNT, kind="id_scan", file_name="a.png", content_type=PNG, content=png_sample()
     )
-    keys = documents.service._account_keys  # noqa: SLF001
+    keys = documents.service._account_keys
     assert isinstance(keys, AccountKeys)
     del keys.keys[ACCOUNT]
     shredded = await documents.service.info(info.document_id)
