@@ -29,6 +29,7 @@ from xiaohe.identity.server.realname.submissions import State
 from xiaohe.identity.server.realname.verifiers import ReviewVerifier
 
 DAY = 86400.0
+THIRD_ID = "110105198001010016"
 
 
 async def natural(env: RealNameEnv, account_id: str, **changes: Any) -> NaturalPersonCommand:
@@ -412,3 +413,46 @@ async def test_a_dump_of_every_table_holds_no_raw_identity(env: RealNameEnv) -> 
     blob = b"\x00".join(dump)
     for secret in (ID_NUMBER, "E12345678", NAME, "胜利路", MARKER.decode()):
         assert secret.encode() not in blob, secret
+
+
+async def test_an_authoritative_match_earns_level_2_and_an_outage_stores_nothing(
+    env: RealNameEnv,
+) -> None:
+    """X2, I1: with the HTTP verifier (a local service checking signatures) a match is level
+    2, a mismatch REJECTED, "no record" IN_REVIEW; a service that does not answer is
+    UNAVAILABLE and nothing is stored."""
+    from tests.fakes.identity_check import IdentityCheckService
+    from xiaohe.identity.server.errors import Unavailable
+    from xiaohe.identity.server.realname.verifiers import HttpVerifier, HttpVerifierConfig
+
+    service = IdentityCheckService("key", "secret-0123456789", lambda: int(env.clock.now() * 1000))
+    service.people[ID_NUMBER] = NAME
+    service.people["440524188001010014"] = "王五"
+    base = await service.start()
+    try:
+        config = HttpVerifierConfig(base_url=base, app_key="key", app_secret="secret-0123456789")
+        flow = env.flow(verifier=HttpVerifier(config, env.clock))
+        matched, mismatched = await env.account(), await env.account()
+        phone = (await env.accounts.get_personal_data(matched)).phone
+        service.phones[ID_NUMBER] = phone.removeprefix("+86")  # a three-element check
+        done = await flow.submit_natural(await natural(env, matched))
+        assert done.state is State.VERIFIED
+        assert await level_of(env, matched) == 2
+        wrong = await flow.submit_natural(
+            await natural(env, mismatched, name="李四", id_number="440524188001010014")
+        )
+        assert wrong.state is State.REJECTED
+        assert "do not match" in wrong.reason
+        unknown = await flow.submit_natural(await natural(env, mismatched, id_number=THIRD_ID))
+        assert unknown.state is State.IN_REVIEW
+        assert service.refused == []
+        assert service.requests[0][0].endswith("/three-elements")
+    finally:
+        await service.close()
+    down = HttpVerifierConfig(base_url=base, app_key="key", app_secret="x", timeout_seconds=1)
+    nobody = await env.account()
+    with pytest.raises(Unavailable):
+        await env.flow(verifier=HttpVerifier(down, env.clock)).submit_natural(
+            await natural(env, nobody, id_number=THIRD_ID)
+        )
+    assert (await env.flow().status(nobody)).state is None
