@@ -403,3 +403,63 @@ async def test_rule_verifier_with_review_on_answers_in_review(
     )
     assert response.state == realname_pb2.REAL_NAME_STATE_IN_REVIEW
     assert [c["reference"] for c in queue.cases] == [response.submission_id]
+
+
+async def test_a_legal_person_submits_with_its_three_kinds_of_documents(h: Harness) -> None:
+    """SubmitLegalPerson over gRPC: licence, publicity screenshot and representative scans,
+    each of its kind; a kind in the wrong field is a field violation; then VERIFIED."""
+    from tests.integration.flows import PASSWORD, register_ticket
+    from xiaohe.identity.v1 import accounts_pb2
+
+    await stubs(h).accounts.Register(
+        accounts_pb2.RegisterRequest(
+            subject_type=common_pb2.SUBJECT_TYPE_LEGAL_PERSON,
+            login_name="qinghai-tech",
+            password=PASSWORD,
+            phone=PHONE,
+            phone_ticket=await register_ticket(h, PHONE),
+            accepted_policy_version=1,
+            legal_person=accounts_pb2.LegalPersonProfile(
+                organization_name="青海小禾科技服务有限公司", uscc="91350100M000100Y43"
+            ),
+        ),
+        metadata=h.metadata,
+    )
+    token = (await login(h, "qinghai-tech")).access_token
+    licence = await upload(
+        h, token, pdf_sample(), name="licence.pdf", kind=realname_pb2.DOCUMENT_KIND_BUSINESS_LICENCE
+    )
+    screenshot = await upload(
+        h, token, png_sample(), consent=False, kind=realname_pb2.DOCUMENT_KIND_PUBLICITY_SCREENSHOT
+    )
+    rep = await upload(
+        h,
+        token,
+        jpeg_sample(),
+        name="rep.jpg",
+        consent=False,
+        kind=realname_pb2.DOCUMENT_KIND_REPRESENTATIVE_ID_SCAN,
+    )
+    request = realname_pb2.SubmitLegalPersonRequest(
+        organization_name="青海小禾科技服务有限公司",
+        organization_type=common_pb2.ORGANIZATION_TYPE_ENTERPRISE,
+        uscc="91350100M000100Y43",
+        representative_type=common_pb2.REPRESENTATIVE_TYPE_LEGAL_REPRESENTATIVE,
+        representative_name=NAME,
+        representative_id_type=common_pb2.ID_TYPE_RESIDENT_ID_CARD,
+        representative_id_number=ID_NUMBER,
+        address="青海省西宁市",
+        licence_document_ids=[screenshot.document_id],
+        publicity_screenshot_document_ids=[screenshot.document_id],
+        representative_id_document_ids=[rep.document_id],
+    )
+    wrong = await refused(rn(h).SubmitLegalPerson(request, metadata=bearer(h, token)))
+    assert "business_licence" in details_of(wrong).violations["licence_document_ids[0]"]
+    del request.licence_document_ids[:]
+    request.licence_document_ids.append(licence.document_id)
+    done = await rn(h).SubmitLegalPerson(request, metadata=bearer(h, token))
+    assert done.state == realname_pb2.REAL_NAME_STATE_VERIFIED
+    status = await rn(h).GetRealNameStatus(
+        realname_pb2.GetRealNameStatusRequest(), metadata=bearer(h, token)
+    )
+    assert status.name_masked == "青海********公司"
