@@ -32,9 +32,6 @@ TESTS = ROOT / "tests"
 
 NOT_YET_BUILT: dict[str, str] = {
     "P5": "issue 12 (operator accounts with TOTP)",
-    "D1": "issue 12 (identity documents)",
-    "D2": "issue 12 (reviewers)",
-    "I2": "issue 12 (separate consent before a document upload)",
     "I4": "issue 14 (export and rights requests)",
 }
 

@@ -30,6 +30,7 @@ from xiaohe.identity.server.transport.codes import CodeServicer
 from xiaohe.identity.server.transport.health import HealthReporter
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
+from xiaohe.identity.server.transport.realname import RealNameServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer
 from xiaohe.identity.server.transport.reflection import enable_reflection
 from xiaohe.identity.v1 import (
@@ -45,6 +46,8 @@ from xiaohe.identity.v1 import (
     codes_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    realname_pb2,
+    realname_pb2_grpc,
     recovery_pb2,
     recovery_pb2_grpc,
 )
@@ -62,6 +65,7 @@ SERVICE_NAMES = (
     recovery_pb2.DESCRIPTOR.services_by_name["RecoveryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     carriers_pb2.DESCRIPTOR.services_by_name["CarrierHookService"].full_name,
+    realname_pb2.DESCRIPTOR.services_by_name["RealNameService"].full_name,
 )
 
 
@@ -157,6 +161,9 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     carriers_pb2_grpc.add_CarrierHookServiceServicer_to_server(
         CarrierHookServicer(container.receipts, container.recycled_numbers), server
+    )
+    realname_pb2_grpc.add_RealNameServiceServicer_to_server(
+        RealNameServicer(container.realname, container.sessions), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -53,6 +53,7 @@ from xiaohe.identity.server.flows.consent import ConsentFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
+from xiaohe.identity.server.flows.realname import RealNameFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
 from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
@@ -65,6 +66,15 @@ from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
 from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
 from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, parse_ranges
 from xiaohe.identity.server.ratelimit.pumping import BlockReporter
+from xiaohe.identity.server.realname.documents import DocumentService, FileDocumentStore
+from xiaohe.identity.server.realname.submissions import SubmissionStore
+from xiaohe.identity.server.realname.verifiers import (
+    HttpVerifier,
+    HttpVerifierConfig,
+    ReviewVerifier,
+    RuleVerifier,
+    Verifier,
+)
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
@@ -373,6 +383,72 @@ class Container:
             consents=self.consents,
             clock=self.clock,
             audit=self.audit,
+        )
+
+    # -- identity documents and real-name verification (issue 12) -----------------------
+
+    @cached_property
+    def documents(self) -> DocumentService:
+        """Identity documents, encrypted in the document directory; every read audited."""
+        s = self.settings
+        directory = Path(s.document_dir) if s.document_dir else data_path(s, "documents")
+        return DocumentService(
+            database=self.database,
+            store=FileDocumentStore(directory),
+            cipher=self.cipher,
+            account_keys=self.accounts,
+            blind_index=self.blind_index,
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def real_name_verifier(self) -> Verifier:
+        """The verifier `real_name_verifier` names."""
+        s = self.settings
+        if s.real_name_verifier == "http":
+            config = HttpVerifierConfig(
+                base_url=s.real_name_http_url,
+                app_key=s.real_name_http_app_key,
+                app_secret=s.real_name_http_app_secret,
+                timeout_seconds=s.real_name_http_timeout_seconds,
+            )
+            return HttpVerifier(config, self.clock)
+        if s.real_name_verifier == "review":
+            return ReviewVerifier()
+        return RuleVerifier()
+
+    @cached_property
+    def realname(self) -> RealNameFlow:
+        """Documents and real-name submissions.
+
+        `review_queue` stays None until the review flow is wired here (REVIEW's
+        `ReviewQueue` implementation): until then a submission that needs a
+        reviewer is refused with FAILED_PRECONDITION and nothing is stored.
+        """
+        s = self.settings
+        return RealNameFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            documents=self.documents,
+            submissions=SubmissionStore(
+                database=self.database,
+                cipher=self.cipher,
+                account_keys=self.accounts,
+                blind_index=self.blind_index,
+                clock=self.clock,
+                dialect=self.database.dialect,
+            ),
+            consents=self.consents,
+            policies=self.policies,
+            tickets=self.tickets,
+            verifier=self.real_name_verifier,
+            clock=self.clock,
+            audit=self.audit,
+            review_queue=None,
+            review_rule_passed=s.real_name_review,
+            min_age=s.real_name_min_age,
+            max_document_bytes=s.document_max_bytes,
         )
 
     @cached_property

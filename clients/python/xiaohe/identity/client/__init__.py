@@ -2,12 +2,14 @@
 
 from xiaohe.identity.client.client import (
     Channel,
+    DocumentKind,
     EndUser,
     IdentifierKind,
     IdentityClient,
     IdType,
     NextStep,
     Purpose,
+    RealNameState,
     SubjectType,
 )
 from xiaohe.identity.client.errors import (
@@ -43,6 +45,7 @@ __all__ = [
     "CodeInvalid",
     "Conflict",
     "ConsentRequired",
+    "DocumentKind",
     "EndUser",
     "FailedPrecondition",
     "IdType",
@@ -59,6 +62,7 @@ __all__ = [
     "PermissionDenied",
     "Purpose",
     "RateLimited",
+    "RealNameState",
     "SubjectType",
     "TicketInvalid",
     "TokenInvalid",

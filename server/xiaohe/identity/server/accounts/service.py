@@ -352,6 +352,17 @@ class AccountService:
         """Record that the account accepted `version` (in the caller's unit of work)."""
         await self._repo.raise_policy_version(account_id, version, self._clock.now())
 
+    async def set_real_name_level(self, account_id: str, level: int) -> None:
+        """Set the real-name level tokens carry from the next refresh (0 none, 1 rules, 2 checked).
+
+        Joins the caller's unit of work (the submission's state and its audit record
+        commit with it); NotFound for an unknown account.
+        """
+        if level not in (0, 1, 2):
+            raise ValueError("a real-name level is 0, 1 or 2")
+        if not await self._repo.set_real_name_level(account_id, level, self._clock.now()):
+            raise NotFound("account not found")
+
     # -- key rotation -----------------------------------------------------------------
 
     async def rewrap_data_keys(self) -> int:
@@ -392,6 +403,17 @@ class AccountService:
             after = batch[-1].account_id
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def data_key(self, account_id: str) -> bytes:
+        """The account's unwrapped data key, for data it owns kept elsewhere (documents).
+
+        Raises NotFound for an unknown account or one whose key was destroyed
+        (anonymised): its documents are then unreadable by design.
+        """
+        record = await self._get(account_id)
+        if record.data_key_wrapped is None:
+            raise NotFound("account not found")
+        return self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))
 
     async def _get(self, account_id: str) -> AccountRecord:
         record = await self._repo.get(account_id)
