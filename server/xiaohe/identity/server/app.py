@@ -32,6 +32,7 @@ from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer
 from xiaohe.identity.server.transport.reflection import enable_reflection
+from xiaohe.identity.server.transport.review import ReviewServicer
 from xiaohe.identity.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -47,6 +48,8 @@ from xiaohe.identity.v1 import (
     privacy_pb2_grpc,
     recovery_pb2,
     recovery_pb2_grpc,
+    review_pb2,
+    review_pb2_grpc,
 )
 
 log = logging.getLogger("xiaohe.identity.app")
@@ -62,6 +65,7 @@ SERVICE_NAMES = (
     recovery_pb2.DESCRIPTOR.services_by_name["RecoveryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     carriers_pb2.DESCRIPTOR.services_by_name["CarrierHookService"].full_name,
+    review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name,
 )
 
 
@@ -156,6 +160,9 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     carriers_pb2_grpc.add_CarrierHookServiceServicer_to_server(
         CarrierHookServicer(container.receipts, container.recycled_numbers), server
+    )
+    review_pb2_grpc.add_ReviewServiceServicer_to_server(
+        ReviewServicer(container.review, container.sessions), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -133,6 +133,10 @@ class Settings:
     recovery_per_phone_day: int = 5
     recovery_per_ip_hour: int = 20
     recovery_per_client_minute: int = 600
+    # Manual review (issue 12): the queue's SLA (48 h: two working days, no holiday
+    # calendar) and whether an approval needs a second, different reviewer.
+    review_sla_seconds: int = 172800
+    review_second_approval: bool = False
 
     # SMS-pumping defence (SECURITY X3; docs/operator-guide.d/pumping.md). Ranges are a
     # country code, a hyphen and leading national digits (86-170), or a country code alone.
@@ -389,6 +393,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}PHONE_CHANGE_COOLING_OFF_SECONDS: must not be negative")
     if min(s.recovery_per_phone_day, s.recovery_per_ip_hour, s.recovery_per_client_minute) < 1:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
+    if not 60 <= s.review_sla_seconds <= 90 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}REVIEW_SLA_SECONDS: between 60 and 7776000")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
     if not 0.1 <= s.health_check_seconds <= 300:

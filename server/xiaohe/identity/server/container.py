@@ -56,6 +56,12 @@ from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
 from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
+from xiaohe.identity.server.flows.review import (
+    CaseApplier,
+    CaseQueue,
+    ReviewDocuments,
+    ReviewFlow,
+)
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.policies import PolicyStore
@@ -64,6 +70,9 @@ from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
 from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
 from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, parse_ranges
 from xiaohe.identity.server.ratelimit.pumping import BlockReporter
+from xiaohe.identity.server.review.cases import ReviewCases
+from xiaohe.identity.server.review.models import CaseKind
+from xiaohe.identity.server.review.roles import OperatorRoles
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
@@ -415,6 +424,8 @@ class Container:
             cooling_off_seconds=self.settings.phone_change_cooling_off_seconds,
             audit=self.audit,
             allowed_country_codes=self.settings.allowed_country_codes,
+            review_queue=self.review_queue,
+            documents=self.review_documents,
         )
 
     @cached_property
@@ -437,7 +448,55 @@ class Container:
             cooling_off_seconds=s.phone_change_cooling_off_seconds,
             grant_ttl_seconds=s.ticket_ttl_seconds,
             allowed_country_codes=s.allowed_country_codes,
+            review_queue=self.review_queue,
+            documents=self.review_documents,
+            sessions=self.sessions,
         )
+
+    # -- manual review (issue 12) -------------------------------------------------------------
+
+    @cached_property
+    def review_cases(self) -> ReviewCases:
+        """Review cases, their decisions and notes."""
+        return ReviewCases(self.database, self.cipher, self.clock)
+
+    @cached_property
+    def operator_roles(self) -> OperatorRoles:
+        """Operator roles (`review`) held by accounts."""
+        return OperatorRoles(self.database, self.clock)
+
+    @cached_property
+    def review_queue(self) -> CaseQueue:
+        """Opens review cases (the real-name flow's `ReviewQueue`)."""
+        return CaseQueue(self.review_cases, self.audit)
+
+    @cached_property
+    def review_documents(self) -> ReviewDocuments | None:
+        """The identity documents reviewers read (the real-name part's DocumentService)."""
+        return None
+
+    @cached_property
+    def review_appliers(self) -> dict[CaseKind, CaseApplier]:
+        """What applies a final decision, per case kind."""
+        return {CaseKind.PHONE_CHANGE: self.phone_change, CaseKind.RECOVERY: self.recovery}
+
+    @cached_property
+    def review(self) -> ReviewFlow:
+        """The reviewers' work: queue, cases, documents, decisions, notes."""
+        s = self.settings
+        return ReviewFlow(
+            uow=self.database,
+            cases=self.review_cases,
+            roles=self.operator_roles,
+            documents=self.review_documents,
+            appliers=self.review_appliers,
+            audit=self.audit,
+            clock=self.clock,
+            sla_seconds=s.review_sla_seconds,
+            second_approval=s.review_second_approval,
+        )
+
+    # -- end of manual review -------------------------------------------------------------------
 
     # -- recycled numbers (二次号) ----------------------------------------------------------
 

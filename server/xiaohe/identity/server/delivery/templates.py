@@ -127,6 +127,12 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             "如有疑问，请联系客服。",
             frozenset({"at", "old_phone"}),
         ),
+        # To the phone of a manual-review application that was rejected: names no account.
+        "review_rejected": _NoticeText(
+            "人工核验申请未通过",
+            SIGNATURE + "您于近期提交的人工核验申请已于{at}审核未通过。如有疑问，请联系客服。",
+            frozenset({"at"}),
+        ),
         "account_deactivated": _NoticeText(
             "账号已注销",
             SIGNATURE + "您的账号已于{at}注销，所有登录状态已失效。如非本人操作，请立即联系客服。",
