@@ -32,6 +32,7 @@ with that reason.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -63,7 +64,7 @@ from xiaohe.identity.server.shared.identifiers import (
     mask_login_name,
     mask_phone,
 )
-from xiaohe.identity.server.shared.validation import Violations, free_text
+from xiaohe.identity.server.shared.validation import Violations
 from xiaohe.identity.server.storage.database import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ NO_MATCHING_ACCOUNT: Final = "no matching account"
 ACCOUNT_FIELD: Final = "account"
 """The field GetCase adds: the account the case is about, or NO_MATCHING_ACCOUNT."""
 
+_HIDDEN: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs"})
+"""Unicode categories refused in reasons and notes: controls, direction marks, private use."""
 _PHONES: Final = frozenset({"phone", "new_phone", "old_phone"})
 _ID_NUMBERS: Final = frozenset({"id_number", "representative_id_number"})
 _NAMES: Final = frozenset({"name", "representative_name"})
@@ -368,7 +371,9 @@ class ReviewFlow:
                 for name in wanted:
                     await self._audit.record(REVEAL_ACTION, case.case_id, name[:50])
         shown = tuple(
-            (name, value if name in wanted else mask_field(name, value), name not in wanted)
+            (name, value, False)
+            if name in wanted or name in _PLAIN
+            else (name, mask_field(name, value), True)
             for name, value in sorted(fields.items())
         )
         documents = []
@@ -399,7 +404,7 @@ class ReviewFlow:
         if info is None:
             raise NotFound("the document is no longer stored")
         chunks = self._documents.chunks(
-            document_id, reader=reviewer.account_id, why=f"review case {case.case_id}"
+            document_id, reader=reviewer.account_id, why=f"review:{case.case_id}"
         )
         if self._transform is not None:
             chunks = self._transform(
@@ -496,20 +501,19 @@ def _check_case_id(case_id: str) -> None:
 
 
 def _required_text(v: Violations, name: str, raw: str) -> str:
-    """A reason or note: 1-MAX_TEXT_CHARS characters of normalised text; line breaks allowed,
-    other control characters not (they forge or hide what the next reviewer reads)."""
-    if len(raw) > MAX_TEXT_CHARS * 4:
-        v.add(name, f"must be at most {MAX_TEXT_CHARS} characters")
-        return ""
-    lines = [
-        free_text(v, name, line, MAX_TEXT_CHARS) for line in raw.replace("\r\n", "\n").split("\n")
-    ]
-    text = "\n".join(lines).strip()
+    """A reason or note as the reviewer wrote it (not NFKC-folded: it is their words),
+    trimmed, 1-MAX_TEXT_CHARS characters; line breaks allowed, other control and
+    format characters not (they forge or hide what the next reviewer reads)."""
+    text = raw.replace("\r\n", "\n").strip()
     if len(text) > MAX_TEXT_CHARS:
         v.add(name, f"must be at most {MAX_TEXT_CHARS} characters")
-    elif not text and not any(violation.field == name for violation in v.items):
+    elif not text:
         v.add(name, "must not be empty")
-    return text
+    elif any(ch != "\n" and unicodedata.category(ch) in _HIDDEN for ch in text):
+        v.add(name, "must not contain control characters (line breaks are fine)")
+    else:
+        return text
+    return ""
 
 
 __all__ = [
