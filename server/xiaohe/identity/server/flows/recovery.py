@@ -79,7 +79,8 @@ only what the SMS tells the phone's holder.
 
 By manual review (人工核验), for someone who lost the bound phone: the identity
 as above, the phone the person holds now (`manual_review.new_phone`) with its
-RECOVER_ACCOUNT ticket, and identity documents uploaded with that phone's ticket
+RECOVER_ACCOUNT ticket (or BIND_PHONE: RECOVER_ACCOUNT codes go only to phones an
+account holds), and identity documents uploaded with that phone's ticket
 (their owner is the phone's holder, `DocumentService.phone_owner`). Shapes are
 checked, then the documents (someone else's and none at all answer alike),
 then the ticket is consumed and the limits charged as in steps 3-4, keyed by
@@ -125,6 +126,7 @@ from xiaohe.identity.server.errors import (
     AlreadyExists,
     Conflict,
     FailedPrecondition,
+    TicketInvalid,
     Unimplemented,
 )
 from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
@@ -381,14 +383,7 @@ class RecoveryFlow:
         claim = self._validate_review(cmd)
         owner = self._documents.phone_owner(claim.phone)
         await check_documents(self._documents, cmd.document_ids, {owner}, _DOCUMENTS)
-        ticket = PresentedTicket(
-            cmd.new_phone_ticket,
-            _NEW_PHONE_TICKET,
-            Purpose.RECOVER_ACCOUNT,
-            Channel.SMS,
-            claim.phone,
-        )
-        await ticket.consume(self._tickets)
+        await self._consume_new_phone_ticket(cmd.new_phone_ticket, claim.phone)
         phone_tag = self._digests.destination_tag(Channel.SMS, claim.phone)
         await self._charge(phone_tag, client_id=cmd.client_id, end_user_ip=cmd.ip)
         account_id = await self._account_by_identity(claim)
@@ -403,6 +398,24 @@ class RecoveryFlow:
             )
             await self._audit.record(RECOVER_ACTION, case_id, "review_opened")
         return Recovered(login_name_masked="", reset_grant="", expires_in=0, review_case_id=case_id)
+
+    async def _consume_new_phone_ticket(self, ticket: str, new_phone: str) -> None:
+        """Use up the new phone's ticket: RECOVER_ACCOUNT as the API names it, or BIND_PHONE.
+
+        RECOVER_ACCOUNT codes go only to phones an account holds (B4,
+        `flows/code_recipients.py`), and the phone of someone who lost theirs
+        is usually new to the platform: its holder proves it with the purpose
+        for binding a phone, which is what the approval will do. A ticket of
+        neither purpose costs two of its three mismatches.
+        """
+        try:
+            await PresentedTicket(
+                ticket, _NEW_PHONE_TICKET, Purpose.RECOVER_ACCOUNT, Channel.SMS, new_phone
+            ).consume(self._tickets)
+        except TicketInvalid:
+            await PresentedTicket(
+                ticket, _NEW_PHONE_TICKET, Purpose.BIND_PHONE, Channel.SMS, new_phone
+            ).consume(self._tickets)
 
     async def _account_by_identity(self, claim: _Claim) -> str | None:
         """The active account holding this identity (looked up by ID number or USCC), or None."""
