@@ -393,6 +393,17 @@ class AccountService:
 
     # -- helpers ------------------------------------------------------------------------
 
+    async def data_key(self, account_id: str) -> bytes:
+        """The account's unwrapped data key, for data it owns kept elsewhere (documents).
+
+        Raises NotFound for an unknown account or one whose key was destroyed
+        (anonymised): its documents are then unreadable by design.
+        """
+        record = await self._get(account_id)
+        if record.data_key_wrapped is None:
+            raise NotFound("account not found")
+        return self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))
+
     async def _get(self, account_id: str) -> AccountRecord:
         record = await self._repo.get(account_id)
         if record is None:

@@ -158,6 +158,20 @@ class DataKeyCipher:
         except UnicodeDecodeError:
             raise DecryptionError("decrypted field is not valid UTF-8") from None
 
+    def encrypt_bytes(self, data_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt a binary value (a document segment); blob as `encrypt_field`'s."""
+        _check_data_key(data_key)
+        header = bytes([_FIELD_VERSION])
+        nonce = self._random(NONCE_BYTES)
+        return header + nonce + AESGCM(data_key).encrypt(nonce, plaintext, header + aad)
+
+    def decrypt_bytes(self, data_key: bytes, blob: bytes, aad: bytes) -> bytes:
+        """Decrypt a blob from `encrypt_bytes`; raises DecryptionError on any mismatch."""
+        _check_data_key(data_key)
+        if len(blob) < 1 + NONCE_BYTES + TAG_BYTES or blob[0] != _FIELD_VERSION:
+            raise DecryptionError("malformed ciphertext")
+        return self._open_gcm(data_key, blob[1:], blob[:1] + aad)
+
     # -- sealed payloads ---------------------------------------------------------
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:

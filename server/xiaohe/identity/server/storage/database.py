@@ -45,11 +45,15 @@ task started inside the block (which copies the context) opens transactions of
 its own, so two coroutines never share a connection. Keep a unit of work
 short and free of slow steps (Argon2, Redis, the network): on SQLite it holds
 the database's single write lock, on PostgreSQL its row locks, until it ends.
+A write outside SQL that must precede the commit (a document's file, which its
+row names) registers its undo with `on_rollback`: it runs when the unit of work
+rolls back, a cancelled call included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sqlite3
 import time
@@ -249,6 +253,7 @@ class _Transaction:
     connection: SqlConnection
     task: asyncio.Task[Any] | None
     after_commit: list[AfterCommit] = field(default_factory=list)
+    on_rollback: list[AfterCommit] = field(default_factory=list)
     open: bool = True
 
 
@@ -345,6 +350,14 @@ class Database:
                 tx = _Transaction(conn, asyncio.current_task())
                 token = _current.set(tx)
                 yield conn
+        except BaseException:
+            if tx is not None and tx.on_rollback:
+                tx.open = False
+                # Shielded: a cancelled call still removes what it wrote; a failing undo
+                # is not allowed to hide the error that caused the rollback.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_run_after_commit(tx.on_rollback))
+            raise
         finally:
             if tx is not None:
                 tx.open = False
@@ -356,6 +369,17 @@ class Database:
     def in_transaction(self) -> bool:
         """Whether this task has a unit of work open (writes would join it)."""
         return _joinable() is not None
+
+    def on_rollback(self, work: AfterCommit) -> None:
+        """Run `work` if the open unit of work rolls back (undo a write outside SQL).
+
+        For a side effect that must happen *before* the commit (a file the row
+        names): it is compensated when the transaction fails, cancellation
+        included. Outside a unit of work there is nothing to roll back: a no-op.
+        """
+        tx = _joinable()
+        if tx is not None:
+            tx.on_rollback.append(work)
 
     async def after_commit(self, work: AfterCommit) -> None:
         """Run `work` once the open unit of work commits (never, if it rolls back), or now."""

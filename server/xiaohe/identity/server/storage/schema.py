@@ -213,6 +213,83 @@ consents = sa.Table(
     sa.Column("ip_masked", sa.String(64), nullable=False),
 )
 
+# -- identity documents and real-name verification (realname/, migration 0008) ------
+
+# Consents of phone holders who have no account to sign in with (an identity document
+# uploaded with a phone ticket): `holder` is `phone:<blind index>`, as documents' owner.
+holder_consents = sa.Table(
+    "holder_consents",
+    metadata,
+    sa.Column("consent_id", sa.String(40), primary_key=True),
+    sa.Column("holder", sa.String(80), nullable=False, index=True),
+    sa.Column("policy_version", sa.Integer, nullable=False),
+    sa.Column("purpose", sa.String(40), nullable=False),
+    sa.Column("accepted_at", UtcDateTime, nullable=False),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(40), nullable=False),
+    sa.Column("ip_masked", sa.String(64), nullable=False),
+)
+
+# One row per stored document; the encrypted bytes live in the document store under
+# `storage_key`. `data_key_wrapped` is set only for a phone holder's document (its own
+# data key under the master key); an account's documents use the account's data key.
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("document_id", sa.String(40), primary_key=True),
+    sa.Column("owner", sa.String(80), nullable=False, index=True),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("content_type", sa.String(40), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("file_name_enc", sa.LargeBinary, nullable=False),
+    sa.Column("storage_key", sa.String(120), nullable=False, unique=True),
+    sa.Column("data_key_wrapped", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Real-name submissions; every detail (names, numbers, address) is in `details_enc`
+# under the account's data key. `claim` is the blind index the submission claims
+# (name + ID number, or the USCC), used to keep verified claims unique.
+real_name_submissions = sa.Table(
+    "real_name_submissions",
+    metadata,
+    sa.Column("submission_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("subject_type", sa.String(20), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("verifier", sa.String(20), nullable=False),
+    sa.Column("claim", sa.String(80), nullable=False),
+    sa.Column("details_enc", sa.LargeBinary, nullable=False),
+    sa.Column("document_ids", sa.Text, nullable=False),
+    sa.Column("submitted_at", UtcDateTime, nullable=False),
+    sa.Column("decided_at", UtcDateTime, nullable=True),
+    sa.Column("decided_by", sa.String(40), nullable=True),
+)
+
+# Verified claims: one account per name + ID number (natural) or USCC (legal).
+real_name_claims = sa.Table(
+    "real_name_claims",
+    metadata,
+    sa.Column("claim", sa.String(80), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("submission_id", sa.String(40), nullable=False),
+    sa.Column("verified_at", UtcDateTime, nullable=False),
+)
+
 # -- manual review (issue 12, migration 0009) ------------------------------------------
 
 operator_roles = sa.Table(
