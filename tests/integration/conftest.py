@@ -79,13 +79,8 @@ async def harness_factory(
 
     started: list[Harness] = []
 
-    async def make(
-        redis_url: str = "",
-        before_start: Callable[[Container], object] | None = None,
-        **overrides: object,
-    ) -> Harness:
-        """A server with these setting overrides (on `redis_url` if given, else db 2, emptied);
-        `before_start` may set parts of the container before the server is built from it."""
+    async def make(redis_url: str = "", **overrides: object) -> Harness:
+        """A server with these setting overrides (on `redis_url` if given, else db 2, emptied)."""
         if not redis_url:
             redis_url = embedded_redis.url + "?db=2"
             r = aioredis.Redis.from_url(redis_url)
@@ -95,8 +90,6 @@ async def harness_factory(
         settings.data_dir.mkdir(parents=True)
         await upgrade_async(settings.effective_database_url)
         container = Container(settings, redis_url=redis_url, clock=clock)
-        if before_start is not None:
-            before_start(container)
         running = await start_server(container, settings.listen)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         client, secret = await container.clients.create("integration", ["*"])

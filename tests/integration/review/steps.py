@@ -9,8 +9,6 @@ part's work, and the review service only reads the token's `amr`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -33,71 +31,38 @@ PDF = b"%PDF-1.7\n" + bytes(range(256)) * 400 + b"\n%%EOF\n"
 """A document of about 100 kB: more than one 64 kB chunk."""
 
 
-@dataclass(frozen=True)
-class StoredDocument:
-    """A document's metadata, as `realname.documents.DocumentInfo` has it."""
-
-    document_id: str
-    owner: str
-    kind: str
-    content_type: str
-    size: int
-    file_name: str
-    created_at: float
-
-
 class HarnessDocuments:
-    """A small real document service behind interface 1 (in memory), for these tests.
+    """Stores documents through the server's own DocumentService, as an upload would.
 
-    Owners are what the real service uses (the account id, or `phone:` and the
-    phone's blind index) and every read is audited (`document.read`) before its
-    first byte, with the reader as the acting account.
+    Owners are the account id, or the phone holder's (`phone_owner`); reads by
+    reviewers go through the same service, which audits them (`document.read`).
     """
 
     def __init__(self, container: Container) -> None:
-        self._container = container
-        self._stored: dict[str, tuple[StoredDocument, bytes]] = {}
+        self._documents = container.documents
 
     def phone_owner(self, phone: str) -> str:
         """The owner of documents uploaded with a ticket of `phone`."""
-        return "phone:" + self._container.blind_index.compute("phone", phone)
+        return self._documents.phone_owner(phone)
 
-    def add(self, owner: str, content: bytes = PDF, kind: str = "id_scan") -> str:
+    async def add(self, owner: str, content: bytes = PDF, kind: str = "id_scan") -> str:
         """Store a document for `owner`; returns its id."""
-        document_id = f"doc_{len(self._stored) + 1:024d}"
-        info = StoredDocument(
-            document_id, owner, kind, "application/pdf", len(content), "身份证.pdf", 0.0
+        info = await self._documents.store(
+            owner=owner,
+            kind=kind,
+            file_name="身份证.pdf",
+            content_type="application/pdf",
+            content=content,
         )
-        self._stored[document_id] = (info, content)
-        return document_id
-
-    async def info(self, document_id: str) -> StoredDocument | None:
-        """The metadata, or None."""
-        found = self._stored.get(document_id)
-        return None if found is None else found[0]
-
-    async def chunks(
-        self, document_id: str, *, reader: str, why: str, chunk_size: int = 65536
-    ) -> AsyncIterator[bytes]:
-        """The bytes in chunks; the read is audited first."""
-        _, content = self._stored[document_id]
-        await self._container.audit.record("document.read", document_id, why, actor_account=reader)
-        for start in range(0, len(content), chunk_size):
-            yield content[start : start + chunk_size]
+        return info.document_id
 
 
 async def review_harness(
     harness_factory: HarnessFactory, **overrides: object
 ) -> tuple[Harness, HarnessDocuments]:
-    """A server with open code limits whose review reads `HarnessDocuments`."""
-    holder: list[HarnessDocuments] = []
-
-    def inject(container: Container) -> None:
-        holder.append(HarnessDocuments(container))
-        container.__dict__["review_documents"] = holder[0]  # the cached property, set first
-
-    h = await harness_factory(before_start=inject, **{**OPEN_LIMITS, **overrides})
-    return h, holder[0]
+    """A server with open code limits, and a way to store documents in it."""
+    h = await harness_factory(**{**OPEN_LIMITS, **overrides})
+    return h, HarnessDocuments(h.container)
 
 
 async def reviewer_session(

@@ -62,7 +62,7 @@ async def apply_for_review(
     h: Harness, docs: HarnessDocuments, account_id: str, *, new_phone: str = NEW_PHONE
 ) -> str:
     """ChangePhone by manual review with a document the account uploaded; the case id."""
-    document_id = docs.add(account_id)
+    document_id = await docs.add(account_id)
     response = await stubs(h).accounts.ChangePhone(
         accounts_pb2.ChangePhoneRequest(
             identifier=LOGIN_NAME,
@@ -341,7 +341,7 @@ async def test_the_applicant_gives_only_their_own_documents_and_a_free_phone(
             metadata=h.metadata,
         )
 
-    others = await refused(request(docs.add(other_id)))
+    others = await refused(request(await docs.add(other_id)))
     missing = await refused(request("doc_unknown"))
     for d in (others, missing):
         assert d.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -349,11 +349,11 @@ async def test_the_applicant_gives_only_their_own_documents_and_a_free_phone(
     assert (others.message, others.violations) == (missing.message, missing.violations)
 
     taken = await refused(
-        request(docs.add(account_id), OTHER_PHONE, await ticket(h, OTHER_PHONE, BIND_PHONE))
+        request(await docs.add(account_id), OTHER_PHONE, await ticket(h, OTHER_PHONE, BIND_PHONE))
     )
     assert taken.code == grpc.StatusCode.ALREADY_EXISTS
 
-    by_phone_holder = docs.add(docs.phone_owner(NEW_PHONE))
+    by_phone_holder = await docs.add(docs.phone_owner(NEW_PHONE))
     response = await request(by_phone_holder)
     assert response.review_case_id  # type: ignore[attr-defined]
     assert await phone_of(h, account_id) == PHONE
@@ -370,7 +370,7 @@ async def test_an_unknown_account_gets_a_case_too(env: tuple[Harness, HarnessDoc
             new_phone=THIRD_PHONE,
             new_phone_ticket=await ticket(h, THIRD_PHONE, BIND_PHONE),
             manual_review=common_pb2.ManualReviewProof(
-                document_ids=[docs.add(docs.phone_owner(THIRD_PHONE))]
+                document_ids=[await docs.add(docs.phone_owner(THIRD_PHONE))]
             ),
         ),
         metadata=h.metadata,
@@ -448,7 +448,7 @@ async def test_the_queue_pages_oldest_first(env: tuple[Harness, HarnessDocuments
                 new_phone=phone,
                 new_phone_ticket=await ticket(h, phone, BIND_PHONE),
                 manual_review=common_pb2.ManualReviewProof(
-                    document_ids=[docs.add(docs.phone_owner(phone))]
+                    document_ids=[await docs.add(docs.phone_owner(phone))]
                 ),
             ),
             metadata=h.metadata,

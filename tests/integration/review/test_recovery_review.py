@@ -77,7 +77,7 @@ async def by_review(
     request.phone = ""
     request.manual_review.CopyFrom(
         common_pb2.ManualReviewProof(
-            document_ids=[docs.add(docs.phone_owner(new_phone))],
+            document_ids=[await docs.add(docs.phone_owner(new_phone))],
             new_phone=new_phone,
             new_phone_ticket=await ticket(h, new_phone, BIND_PHONE),
         )
@@ -200,7 +200,7 @@ async def test_documents_must_come_from_the_new_phone(
     for owner in (account_id, docs.phone_owner(OTHER_NEW_PHONE)):
         request.manual_review.CopyFrom(
             common_pb2.ManualReviewProof(
-                document_ids=[docs.add(owner)],
+                document_ids=[await docs.add(owner)],
                 new_phone=NEW_PHONE,
                 new_phone_ticket=new_phone_ticket,
             )
@@ -212,7 +212,7 @@ async def test_documents_must_come_from_the_new_phone(
         d = details_of(caught.value)
         assert d.code == grpc.StatusCode.INVALID_ARGUMENT
         assert list(d.violations) == ["manual_review.document_ids"]
-    request.manual_review.document_ids[:] = [docs.add(docs.phone_owner(NEW_PHONE))]
+    request.manual_review.document_ids[:] = [await docs.add(docs.phone_owner(NEW_PHONE))]
     response = await recovery_pb2_grpc.RecoveryServiceStub(h.channel).RecoverAccount(
         request, metadata=h.metadata
     )

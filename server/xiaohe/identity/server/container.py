@@ -70,6 +70,7 @@ from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
 from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
 from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, parse_ranges
 from xiaohe.identity.server.ratelimit.pumping import BlockReporter
+from xiaohe.identity.server.realname.documents import DocumentService, FileDocumentStore
 from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.review.models import CaseKind
 from xiaohe.identity.server.review.roles import OperatorRoles
@@ -471,9 +472,22 @@ class Container:
         return CaseQueue(self.review_cases, self.audit)
 
     @cached_property
+    def documents(self) -> DocumentService:
+        """Identity documents, encrypted files in the data directory (realname/documents.py)."""
+        return DocumentService(
+            database=self.database,
+            store=FileDocumentStore(self.settings.data_dir / "documents"),
+            cipher=self.cipher,
+            account_keys=self.accounts,
+            blind_index=self.blind_index,
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    @cached_property
     def review_documents(self) -> ReviewDocuments | None:
-        """The identity documents reviewers read (the real-name part's DocumentService)."""
-        return None
+        """The identity documents reviewers read and applicants name."""
+        return self.documents
 
     @cached_property
     def review_appliers(self) -> dict[CaseKind, CaseApplier]:
