@@ -2,6 +2,7 @@
 
 from xiaohe.identity.client.client import (
     Channel,
+    DownloadedDocument,
     EndUser,
     IdentifierKind,
     IdentityClient,
@@ -43,6 +44,7 @@ __all__ = [
     "CodeInvalid",
     "Conflict",
     "ConsentRequired",
+    "DownloadedDocument",
     "EndUser",
     "FailedPrecondition",
     "IdType",
