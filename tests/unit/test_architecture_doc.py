@@ -17,6 +17,7 @@ from xiaohe.identity.v1 import (
     codes_pb2,
     privacy_pb2,
     recovery_pb2,
+    review_pb2,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,7 @@ _DESCRIPTORS = [
     codes_pb2,
     privacy_pb2,
     recovery_pb2,
+    review_pb2,
 ]
 
 
