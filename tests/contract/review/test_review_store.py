@@ -143,10 +143,16 @@ async def test_opening_joins_the_callers_unit_of_work(
     class Abort(Exception):
         pass
 
-    with pytest.raises(Abort):
+    opened: list[str] = []
+
+    async def open_then_fail() -> None:
         async with database.begin():
-            case_id = await open_case(cases)
+            opened.append(await open_case(cases))
             raise Abort
+
+    with pytest.raises(Abort):
+        await open_then_fail()
+    (case_id,) = opened
     with pytest.raises(NotFound):
         await cases.get(case_id)
     async with failing_writes(database, "review_cases"):

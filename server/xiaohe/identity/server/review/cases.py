@@ -197,7 +197,7 @@ class ReviewCases:
                     await conn.execute(
                         review_decisions.select()
                         .where(review_decisions.c.case_id == case_id)
-                        .order_by(review_decisions.c.at, review_decisions.c.decision_id)
+                        .order_by(review_decisions.c.seq)
                     )
                 ).all()
                 notes = (
@@ -272,10 +272,17 @@ class ReviewCases:
                     raise Conflict("the case was decided meanwhile; read it again")
                 decision_id = "dec_" + self._token_hex(_ID_BYTES)
                 key = await self._key(conn, case.case_id)
+                # The case row is locked by the UPDATE above: nobody else counts meanwhile.
+                seq = (
+                    await conn.execute(
+                        sa.select(sa.func.count()).where(review_decisions.c.case_id == case.case_id)
+                    )
+                ).scalar_one() + 1
                 await conn.execute(
                     review_decisions.insert().values(
                         decision_id=decision_id,
                         case_id=case.case_id,
+                        seq=seq,
                         reviewer_account_id=reviewer_account_id,
                         decision=verdict.value,
                         reason_enc=self._cipher.encrypt_field(

@@ -338,11 +338,14 @@ review_decisions = sa.Table(
         nullable=False,
         index=True,
     ),
+    # The decision's place in its case (1, 2): the order does not rest on equal clocks.
+    sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("reviewer_account_id", sa.String(40), nullable=False),
     sa.Column("decision", sa.String(16), nullable=False),
     # The reason, sealed under the case's data key (it may quote personal data).
     sa.Column("reason_enc", sa.LargeBinary, nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("case_id", "seq", name="uq_review_decisions_case_seq"),
 )
 
 review_notes = sa.Table(

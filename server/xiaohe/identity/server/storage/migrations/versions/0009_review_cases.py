@@ -54,32 +54,41 @@ def upgrade() -> None:
     )
     op.create_index("ix_review_cases_account_id", "review_cases", ["account_id"])
     op.create_index("ix_review_cases_queue", "review_cases", ["state", "opened_at", "case_id"])
-    for table, text_column, author in (
-        ("review_decisions", "reason_enc", "reviewer_account_id"),
-        ("review_notes", "text_enc", "author_account_id"),
-    ):
-        key = "decision_id" if table == "review_decisions" else "note_id"
-        columns = [
-            sa.Column(key, sa.String(40), nullable=False),
-            sa.Column("case_id", sa.String(40), nullable=False),
-            sa.Column(author, sa.String(40), nullable=False),
-        ]
-        if table == "review_decisions":
-            columns.append(sa.Column("decision", sa.String(16), nullable=False))
-        op.create_table(
-            table,
-            *columns,
-            sa.Column(text_column, sa.LargeBinary, nullable=False),
-            sa.Column("at", _UTC, nullable=False),
-            sa.ForeignKeyConstraint(
-                ["case_id"],
-                ["review_cases.case_id"],
-                name=f"fk_{table}_case_id_review_cases",
-                ondelete="CASCADE",
-            ),
-            sa.PrimaryKeyConstraint(key, name=f"pk_{table}"),
-        )
-        op.create_index(f"ix_{table}_case_id", table, ["case_id"])
+    op.create_table(
+        "review_decisions",
+        sa.Column("decision_id", sa.String(40), nullable=False),
+        sa.Column("case_id", sa.String(40), nullable=False),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("reviewer_account_id", sa.String(40), nullable=False),
+        sa.Column("decision", sa.String(16), nullable=False),
+        sa.Column("reason_enc", sa.LargeBinary, nullable=False),
+        sa.Column("at", _UTC, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["case_id"],
+            ["review_cases.case_id"],
+            name="fk_review_decisions_case_id_review_cases",
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("decision_id", name="pk_review_decisions"),
+        sa.UniqueConstraint("case_id", "seq", name="uq_review_decisions_case_seq"),
+    )
+    op.create_index("ix_review_decisions_case_id", "review_decisions", ["case_id"])
+    op.create_table(
+        "review_notes",
+        sa.Column("note_id", sa.String(40), nullable=False),
+        sa.Column("case_id", sa.String(40), nullable=False),
+        sa.Column("author_account_id", sa.String(40), nullable=False),
+        sa.Column("text_enc", sa.LargeBinary, nullable=False),
+        sa.Column("at", _UTC, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["case_id"],
+            ["review_cases.case_id"],
+            name="fk_review_notes_case_id_review_cases",
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("note_id", name="pk_review_notes"),
+    )
+    op.create_index("ix_review_notes_case_id", "review_notes", ["case_id"])
 
 
 def downgrade() -> None:
