@@ -9,6 +9,7 @@ it commits or rolls back with the case.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,19 @@ from tests.contract.faults import INJECTED, failing_writes
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
+from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.errors import InvalidArgument, NotFound, PermissionDenied
 from xiaohe.identity.server.flows.review import (
     CaseQueue,
+    DocumentFacts,
+    DocumentTransform,
     RealNameApplier,
     Reviewer,
     ReviewFlow,
 )
+from xiaohe.identity.server.realname.documents import DocumentService, FileDocumentStore
 from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.review.models import CaseKind, CaseState, Verdict
 from xiaohe.identity.server.review.roles import OperatorRoles
@@ -70,11 +75,21 @@ class RecordedRealName:
             )
 
 
+class NoAccountKeys:
+    """Accounts' data keys: these tests store only phone holders' documents (own keys)."""
+
+    async def data_key(self, account_id: str) -> bytes:
+        """Never asked for here."""
+        raise NotFound("account not found")
+
+
 class Env:
     """A ReviewFlow on one database, with three accounts, two of them reviewers."""
 
     def __init__(self, database: Database, clock: FakeClock, tmp_path: Path) -> None:
         keyring = KeyRing.load_or_create(tmp_path / "keyring.json", clock)
+        self.keyring = keyring
+        self.tmp_path = tmp_path
         self.database = database
         self.clock = clock
         self.audit = AuditLog(database, clock, AuditKeys(bytes(range(32))))
@@ -83,13 +98,20 @@ class Env:
         self.queue = CaseQueue(self.cases, self.audit)
         self.realname = RecordedRealName(database, clock)
 
-    def flow(self, *, second_approval: bool = False) -> ReviewFlow:
+    def flow(
+        self,
+        *,
+        second_approval: bool = False,
+        documents: DocumentService | None = None,
+        transform: DocumentTransform | None = None,
+    ) -> ReviewFlow:
         """The flow with real-name cases applied through the recorder."""
         return ReviewFlow(
             uow=self.database,
             cases=self.cases,
             roles=self.roles,
-            documents=None,
+            documents=documents,
+            transform=transform,
             appliers={CaseKind.REAL_NAME: RealNameApplier(self.realname)},
             audit=self.audit,
             clock=self.clock,
@@ -111,6 +133,18 @@ class Env:
                 )
         await self.roles.grant(REVIEWER, "review")
         await self.roles.grant(SECOND, "review")
+
+    def documents(self) -> DocumentService:
+        """The real document service, files under the test's directory."""
+        return DocumentService(
+            database=self.database,
+            store=FileDocumentStore(self.tmp_path / "documents"),
+            cipher=DataKeyCipher(self.keyring),
+            account_keys=NoAccountKeys(),
+            blind_index=BlindIndex(self.keyring.blind_index_key),
+            audit=self.audit,
+            clock=self.clock,
+        )
 
     async def real_name_case(self, account_id: str = APPLICANT) -> str:
         """A real-name case opened as the real-name flow opens one (in its unit of work)."""
@@ -241,3 +275,66 @@ async def test_the_sla_marks_open_cases_overdue(env: Env) -> None:
     assert queue.sla_seconds == 48 * 3600
     assert (entries[waiting].waiting_seconds, entries[waiting].overdue) == (49 * 3600, True)
     assert (entries[decided].waiting_seconds, entries[decided].overdue) == (3600, False)
+
+
+async def test_a_reviewer_reads_only_the_cases_documents_audited_through_the_transform(
+    env: Env,
+) -> None:
+    """D1: the case's documents are streamed to its reviewer through the document service,
+    which audits the read (who, why) first; the watermark seam sees every chunk; a document
+    the case does not reference is NotFound."""
+    documents = env.documents()
+    owner = documents.phone_owner("+8613700001111")
+    content = b"%PDF-1.7\n" + bytes(range(256)) * 300
+    stored = await documents.store(
+        owner=owner,
+        kind="id_scan",
+        file_name="a.pdf",
+        content_type="application/pdf",
+        content=content,
+    )
+    other = await documents.store(
+        owner=owner,
+        kind="id_scan",
+        file_name="b.pdf",
+        content_type="application/pdf",
+        content=b"%PDF-1.7\nother",
+    )
+    async with env.database.begin():
+        case_id = await env.queue.open_case(
+            kind="recovery",
+            account_id=None,
+            subject_type="natural_person",
+            fields={"new_phone": "+8613700001111"},
+            document_ids=[stored.document_id],
+            reference="",
+        )
+    seen: list[tuple[str, str, str]] = []
+
+    async def watermark(
+        chunks: AsyncIterator[bytes],
+        *,
+        case_id: str,
+        document: DocumentFacts,
+        reviewer_account_id: str,
+    ) -> AsyncIterator[bytes]:
+        seen.append((case_id, document.document_id, reviewer_account_id))
+        async for chunk in chunks:
+            yield chunk.upper()
+
+    flow = env.flow(documents=documents, transform=watermark)
+    info, chunks = await flow.document(Reviewer(REVIEWER, TOTP), case_id, stored.document_id)
+    assert (info.content_type, info.size) == ("application/pdf", len(content))
+    received = b"".join([chunk async for chunk in chunks])
+    assert received == content.upper()
+    assert seen == [(case_id, stored.document_id, REVIEWER)]
+    (read,) = await env.audit.query(action="document.read")
+    assert (read.target, read.outcome, read.actor_account) == (
+        stored.document_id,
+        f"review:{case_id}",
+        REVIEWER,
+    )
+    with pytest.raises(NotFound):
+        await flow.document(Reviewer(REVIEWER, TOTP), case_id, other.document_id)
+    view = await flow.get_case(Reviewer(REVIEWER, TOTP), case_id)
+    assert [d.document_id for d in view.documents] == [stored.document_id]
