@@ -32,7 +32,6 @@ TESTS = ROOT / "tests"
 
 NOT_YET_BUILT: dict[str, str] = {
     "D3": "issue 12 (TOTP)",
-    "I2": "issue 12 (separate consent before a document upload)",
     "I4": "issue 14 (export and rights requests)",
 }
 

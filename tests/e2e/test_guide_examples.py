@@ -54,6 +54,13 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "phone bound: 137****",
         "next step: NEXT_STEP_NONE",
     ],
+    ("integrator-guide", "13"): [
+        "consent needed first",
+        "uploaded: image/png",
+        "state: REAL_NAME_STATE_VERIFIED",
+        "verified name: 张*",
+        "level after refresh: 1",
+    ],
     ("operator-guide", "2"): [
         "recorded 1, duplicates 0",
         "recorded 0, duplicates 1",

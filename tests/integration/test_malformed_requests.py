@@ -378,3 +378,42 @@ async def test_a_message_over_max_message_bytes_never_reaches_the_servicer(
     await h.drain_outbox()
     assert h.outbox_lines() == []
     assert log_watch.complaints() == []
+
+
+UPLOAD_DOCUMENT = "/xiaohe.identity.v1.RealNameService/UploadDocument"
+
+
+async def test_a_client_stream_with_garbage_is_refused_quietly(
+    h: Harness, log_watch: LogWatch
+) -> None:
+    """F3: a client-streaming upload whose first message does not parse, or whose first
+    message is a chunk instead of the header, answers INVALID_ARGUMENT, never INTERNAL."""
+    from xiaohe.identity.v1 import realname_pb2
+
+    upload = h.channel.stream_unary(UPLOAD_DOCUMENT, **RAW)
+
+    async def garbage_first() -> AsyncIterator[bytes]:
+        yield b"\xff\xff\xff\xff"
+        yield realname_pb2.UploadDocumentRequest(chunk=b"\x89PNG").SerializeToString()
+
+    with pytest.raises(grpc.aio.AioRpcError) as garbage:
+        await upload(garbage_first(), metadata=h.metadata)
+    _assert_undecodable_answer(garbage.value)
+
+    async def chunk_first() -> AsyncIterator[bytes]:
+        yield realname_pb2.UploadDocumentRequest(chunk=b"\x89PNG").SerializeToString()
+
+    with pytest.raises(grpc.aio.AioRpcError) as headless:
+        await upload(chunk_first(), metadata=h.metadata)
+    d = details_of(headless.value)
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "header" in d.violations
+
+    async def nothing() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await upload(nothing(), metadata=h.metadata)
+    assert details_of(empty.value).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert log_watch.complaints() == []

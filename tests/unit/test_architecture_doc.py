@@ -16,6 +16,7 @@ from xiaohe.identity.v1 import (
     carriers_pb2,
     codes_pb2,
     privacy_pb2,
+    realname_pb2,
     recovery_pb2,
     review_pb2,
 )
@@ -31,6 +32,7 @@ _DESCRIPTORS = [
     carriers_pb2,
     codes_pb2,
     privacy_pb2,
+    realname_pb2,
     recovery_pb2,
     review_pb2,
 ]

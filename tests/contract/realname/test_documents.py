@@ -153,7 +153,7 @@ async def test_every_read_is_audited_before_the_first_byte(documents: Documents)
     uploads = await _audit_rows(documents.database, "document.upload")
     assert [r.target for r in uploads] == [info.document_id]
     with pytest.raises(ValueError, match="why"):
-        await documents.service.read(info.document_id, reader=ACCOUNT, why="Because I Said So")
+        await documents.service.read(info.document_id, reader=ACCOUNT, why="because\nI said so")
     with pytest.raises(LookupError):
         await documents.service.read("doc_" + "0" * 24, reader=ACCOUNT, why="submission")
 
@@ -291,3 +291,19 @@ async def test_an_unknown_account_stores_nothing(documents: Documents) -> None:
         await documents.service.store(
             owner=ACCOUNT, kind="selfie", file_name="a.png", content_type=PNG, content=b"x"
         )
+
+
+async def test_a_shredded_owner_leaves_metadata_but_no_bytes(documents: Documents) -> None:
+    """D1, I5: once the owner's data key is gone, the document's bytes and name cannot be
+    read; its metadata (kind, type, size) still answers, for the reviewer's listing."""
+    info = await documents.service.store(
+        owner=ACCOUNT, kind="id_scan", file_name="a.png", content_type=PNG, content=png_sample()
+    )
+    keys = documents.service._account_keys
+    assert isinstance(keys, AccountKeys)
+    del keys.keys[ACCOUNT]
+    shredded = await documents.service.info(info.document_id)
+    assert shredded is not None
+    assert (shredded.file_name, shredded.kind, shredded.size) == ("", "id_scan", info.size)
+    with pytest.raises(NotFound):
+        await documents.service.read(info.document_id, reader=REVIEWER, why="review:cas_1")

@@ -30,6 +30,7 @@ from xiaohe.identity.server.transport.codes import CodeServicer
 from xiaohe.identity.server.transport.health import HealthReporter
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
+from xiaohe.identity.server.transport.realname import RealNameServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer
 from xiaohe.identity.server.transport.reflection import enable_reflection
 from xiaohe.identity.server.transport.review import ReviewServicer
@@ -46,6 +47,8 @@ from xiaohe.identity.v1 import (
     codes_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
+    realname_pb2,
+    realname_pb2_grpc,
     recovery_pb2,
     recovery_pb2_grpc,
     review_pb2,
@@ -66,6 +69,7 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     carriers_pb2.DESCRIPTOR.services_by_name["CarrierHookService"].full_name,
     review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name,
+    realname_pb2.DESCRIPTOR.services_by_name["RealNameService"].full_name,
 )
 
 
@@ -163,6 +167,9 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     review_pb2_grpc.add_ReviewServiceServicer_to_server(
         ReviewServicer(container.review, container.sessions), server
+    )
+    realname_pb2_grpc.add_RealNameServiceServicer_to_server(
+        RealNameServicer(container.realname, container.sessions), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -30,7 +30,9 @@ from xiaohe.identity.server.shared.network import (
 
 ENV_PREFIX = "XIAOHE_IDENTITY_"
 
-URL_FIELDS: Final = frozenset({"database_url", "redis_url", "sms_gateway_url"})
+URL_FIELDS: Final = frozenset(
+    {"database_url", "redis_url", "sms_gateway_url", "real_name_http_url"}
+)
 """Settings that are URLs and may carry a password, shown with it masked."""
 
 MAX_TOKEN_LEEWAY_SECONDS: Final = 60.0
@@ -236,6 +238,21 @@ class Settings:
     # What an unknown answer (or a failed check) means: send the code (fail open) or not.
     number_status_send_when_unknown: bool = True
 
+    # Identity documents and real-name verification (issue 12; operator guide, 实名认证).
+    # The largest document accepted, in bytes; where documents are kept (encrypted):
+    # empty is <data_dir>/documents.
+    document_max_bytes: int = 10 * 1024 * 1024
+    document_dir: str = ""
+    # Who vouches for a real name: rules | http (identity-check service) | review.
+    real_name_verifier: str = "rules"
+    # On: submissions that pass only the rules go to manual review (IN_REVIEW), not level 1.
+    real_name_review: bool = False
+    real_name_min_age: int = 18
+    real_name_http_url: str = ""
+    real_name_http_app_key: str = ""
+    real_name_http_app_secret: str = field(default="", repr=False)
+    real_name_http_timeout_seconds: float = 5.0
+
     def __repr__(self) -> str:
         """Every setting, with secrets hidden and passwords in URLs masked."""
         parts = []
@@ -377,6 +394,7 @@ def _validate(s: Settings) -> None:
     if "http" in s.effective_sms_providers and not s.sms_gateway_url:
         raise SettingsError(f"{ENV_PREFIX}SMS_GATEWAY_URL: required when SMS_PROVIDER=http")
     _validate_sms_platforms(s)
+    _validate_real_name(s)
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         raise SettingsError(f"{ENV_PREFIX}TLS_CERT_FILE and TLS_KEY_FILE go together")
     if s.tls_client_ca_file and not s.tls_cert_file:
@@ -508,6 +526,27 @@ def _validate_number_status(s: Settings) -> None:
             raise SettingsError(f"{name}{part.upper()}: required with {name}PROVIDER=aliyun")
     if s.number_status_endpoint:
         _check_secret_url(f"{name}ENDPOINT", s.number_status_endpoint, "https://HOST[:PORT]")
+
+
+def _validate_real_name(s: Settings) -> None:
+    """Document size cap, the verifier and its service (TLS unless on loopback)."""
+    if not 1024 <= s.document_max_bytes <= 64 * 1024 * 1024:
+        raise SettingsError(f"{ENV_PREFIX}DOCUMENT_MAX_BYTES: between 1024 and 67108864")
+    if s.real_name_verifier not in ("rules", "http", "review"):
+        raise SettingsError(f"{ENV_PREFIX}REAL_NAME_VERIFIER: one of rules, http, review")
+    if not 16 <= s.real_name_min_age <= 18:
+        raise SettingsError(f"{ENV_PREFIX}REAL_NAME_MIN_AGE: between 16 and 18")
+    if not 0 < s.real_name_http_timeout_seconds <= 60:
+        raise SettingsError(f"{ENV_PREFIX}REAL_NAME_HTTP_TIMEOUT_SECONDS: more than 0, at most 60")
+    if s.real_name_verifier == "http":
+        for name in ("real_name_http_url", "real_name_http_app_key", "real_name_http_app_secret"):
+            if not getattr(s, name):
+                raise SettingsError(
+                    f"{ENV_PREFIX}{name.upper()}: required when REAL_NAME_VERIFIER=http"
+                )
+        _check_secret_url(
+            f"{ENV_PREFIX}REAL_NAME_HTTP_URL", s.real_name_http_url, "https://HOST[:PORT]/PATH"
+        )
 
 
 def _validate_transport_security(s: Settings) -> None:

@@ -53,12 +53,14 @@ from xiaohe.identity.server.flows.consent import ConsentFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
+from xiaohe.identity.server.flows.realname import RealNameFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
 from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
 from xiaohe.identity.server.flows.review import (
     CaseApplier,
     CaseQueue,
+    RealNameApplier,
     ReviewDocuments,
     ReviewFlow,
 )
@@ -71,6 +73,14 @@ from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
 from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, parse_ranges
 from xiaohe.identity.server.ratelimit.pumping import BlockReporter
 from xiaohe.identity.server.realname.documents import DocumentService, FileDocumentStore
+from xiaohe.identity.server.realname.submissions import SubmissionStore
+from xiaohe.identity.server.realname.verifiers import (
+    HttpVerifier,
+    HttpVerifierConfig,
+    ReviewVerifier,
+    RuleVerifier,
+    Verifier,
+)
 from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.review.models import CaseKind
 from xiaohe.identity.server.review.roles import OperatorRoles
@@ -381,6 +391,71 @@ class Container:
             audit=self.audit,
         )
 
+    # -- identity documents and real-name verification (issue 12) -----------------------
+
+    @cached_property
+    def documents(self) -> DocumentService:
+        """Identity documents, encrypted in the document directory; every read audited."""
+        s = self.settings
+        directory = Path(s.document_dir) if s.document_dir else data_path(s, "documents")
+        return DocumentService(
+            database=self.database,
+            store=FileDocumentStore(directory),
+            cipher=self.cipher,
+            account_keys=self.accounts,
+            blind_index=self.blind_index,
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def real_name_verifier(self) -> Verifier:
+        """The verifier `real_name_verifier` names."""
+        s = self.settings
+        if s.real_name_verifier == "http":
+            config = HttpVerifierConfig(
+                base_url=s.real_name_http_url,
+                app_key=s.real_name_http_app_key,
+                app_secret=s.real_name_http_app_secret,
+                timeout_seconds=s.real_name_http_timeout_seconds,
+            )
+            return HttpVerifier(config, self.clock)
+        if s.real_name_verifier == "review":
+            return ReviewVerifier()
+        return RuleVerifier()
+
+    @cached_property
+    def realname(self) -> RealNameFlow:
+        """Documents and real-name submissions.
+
+        Submissions that need a reviewer open a case in the review queue
+        (`review_queue`); its decision comes back through `apply_review`.
+        """
+        s = self.settings
+        return RealNameFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            documents=self.documents,
+            submissions=SubmissionStore(
+                database=self.database,
+                cipher=self.cipher,
+                account_keys=self.accounts,
+                blind_index=self.blind_index,
+                clock=self.clock,
+                dialect=self.database.dialect,
+            ),
+            consents=self.consents,
+            policies=self.policies,
+            tickets=self.tickets,
+            verifier=self.real_name_verifier,
+            clock=self.clock,
+            audit=self.audit,
+            review_queue=self.review_queue,
+            review_rule_passed=s.real_name_review,
+            min_age=s.real_name_min_age,
+            max_document_bytes=s.document_max_bytes,
+        )
+
     @cached_property
     def passwords(self) -> PasswordFlow:
         """Changing and resetting passwords."""
@@ -472,19 +547,6 @@ class Container:
         return CaseQueue(self.review_cases, self.audit)
 
     @cached_property
-    def documents(self) -> DocumentService:
-        """Identity documents, encrypted files in the data directory (realname/documents.py)."""
-        return DocumentService(
-            database=self.database,
-            store=FileDocumentStore(self.settings.data_dir / "documents"),
-            cipher=self.cipher,
-            account_keys=self.accounts,
-            blind_index=self.blind_index,
-            audit=self.audit,
-            clock=self.clock,
-        )
-
-    @cached_property
     def review_documents(self) -> ReviewDocuments | None:
         """The identity documents reviewers read and applicants name."""
         return self.documents
@@ -492,7 +554,11 @@ class Container:
     @cached_property
     def review_appliers(self) -> dict[CaseKind, CaseApplier]:
         """What applies a final decision, per case kind."""
-        return {CaseKind.PHONE_CHANGE: self.phone_change, CaseKind.RECOVERY: self.recovery}
+        return {
+            CaseKind.PHONE_CHANGE: self.phone_change,
+            CaseKind.RECOVERY: self.recovery,
+            CaseKind.REAL_NAME: RealNameApplier(self.realname),
+        }
 
     @cached_property
     def review(self) -> ReviewFlow:

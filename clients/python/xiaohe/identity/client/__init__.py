@@ -2,6 +2,7 @@
 
 from xiaohe.identity.client.client import (
     Channel,
+    DocumentKind,
     DownloadedDocument,
     EndUser,
     IdentifierKind,
@@ -9,6 +10,7 @@ from xiaohe.identity.client.client import (
     IdType,
     NextStep,
     Purpose,
+    RealNameState,
     SubjectType,
 )
 from xiaohe.identity.client.errors import (
@@ -44,6 +46,7 @@ __all__ = [
     "CodeInvalid",
     "Conflict",
     "ConsentRequired",
+    "DocumentKind",
     "DownloadedDocument",
     "EndUser",
     "FailedPrecondition",
@@ -61,6 +64,7 @@ __all__ = [
     "PermissionDenied",
     "Purpose",
     "RateLimited",
+    "RealNameState",
     "SubjectType",
     "TicketInvalid",
     "TokenInvalid",

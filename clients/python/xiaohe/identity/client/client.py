@@ -10,9 +10,10 @@ call raises the typed error of `xiaohe.identity.client.errors`, never a raw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +37,8 @@ from xiaohe.identity.v1 import (
     common_pb2,
     privacy_pb2,
     privacy_pb2_grpc,
+    realname_pb2,
+    realname_pb2_grpc,
     recovery_pb2,
     recovery_pb2_grpc,
     review_pb2,
@@ -43,6 +46,7 @@ from xiaohe.identity.v1 import (
 )
 from xiaohe.identity.v1.auth_pb2 import NextStep
 from xiaohe.identity.v1.common_pb2 import Channel, IdentifierKind, IdType, Purpose, SubjectType
+from xiaohe.identity.v1.realname_pb2 import DocumentKind, RealNameState
 
 if TYPE_CHECKING:
     from xiaohe.identity.v1.accounts_pb2_grpc import AccountServiceAsyncStub
@@ -51,11 +55,13 @@ if TYPE_CHECKING:
     from xiaohe.identity.v1.carriers_pb2_grpc import CarrierHookServiceAsyncStub
     from xiaohe.identity.v1.codes_pb2_grpc import CodeServiceAsyncStub
     from xiaohe.identity.v1.privacy_pb2_grpc import PrivacyServiceAsyncStub
+    from xiaohe.identity.v1.realname_pb2_grpc import RealNameServiceAsyncStub
     from xiaohe.identity.v1.recovery_pb2_grpc import RecoveryServiceAsyncStub
     from xiaohe.identity.v1.review_pb2_grpc import ReviewServiceAsyncStub
 
 __all__ = [
     "Channel",
+    "DocumentKind",
     "DownloadedDocument",
     "EndUser",
     "IdType",
@@ -63,6 +69,7 @@ __all__ = [
     "IdentityClient",
     "NextStep",
     "Purpose",
+    "RealNameState",
     "SubjectType",
 ]
 
@@ -70,6 +77,9 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 Metadata = tuple[tuple[str, str], ...]
+
+UPLOAD_CHUNK_BYTES = 32 * 1024
+"""Bytes per message of an upload: well under the server's 64 KiB request-message cap."""
 
 
 def _header_value(value: str) -> str:
@@ -120,6 +130,7 @@ class _Stubs:
     admin: AdminServiceAsyncStub
     carriers: CarrierHookServiceAsyncStub
     review: ReviewServiceAsyncStub
+    realname: RealNameServiceAsyncStub
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +231,7 @@ class IdentityClient:
                 admin=admin_pb2_grpc.AdminServiceStub(channel),
                 carriers=carriers_pb2_grpc.CarrierHookServiceStub(channel),
                 review=review_pb2_grpc.ReviewServiceStub(channel),
+                realname=realname_pb2_grpc.RealNameServiceStub(channel),
             )
         return self._stubs
 
@@ -635,6 +647,100 @@ class IdentityClient:
         return await self._unary(
             stubs.privacy.AcceptPolicy,
             privacy_pb2.AcceptPolicyRequest(version=version),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    # RealNameService
+
+    async def upload_document(
+        self,
+        document: bytes | str | os.PathLike[str],
+        *,
+        kind: int,
+        access_token: str | None = None,
+        phone_ticket: str = "",
+        file_name: str = "",
+        separate_consent: bool = False,
+        chunk_size: int = UPLOAD_CHUNK_BYTES,
+        end_user: EndUser | None = None,
+    ) -> realname_pb2.UploadDocumentResponse:
+        """Upload an identity document (bytes, or a file path read in chunks); `kind` is a
+        `DocumentKind`. Signed in (`access_token`) or, for someone who cannot sign in, with a
+        BIND_PHONE or RECOVER_ACCOUNT SMS `phone_ticket`. Set `separate_consent` once the user
+        agreed to the processing of identity documents (needed the first time)."""
+        if not 0 < chunk_size <= UPLOAD_CHUNK_BYTES:
+            raise ValueError(f"chunk_size must be between 1 and {UPLOAD_CHUNK_BYTES}")
+        path = None if isinstance(document, bytes) else Path(document)
+        # A document is at most a few MiB: a file is read whole, off the event loop.
+        content = (
+            document
+            if isinstance(document, bytes)
+            else await asyncio.to_thread(Path(document).read_bytes)
+        )
+        header = realname_pb2.DocumentHeader(
+            kind=kind,  # type: ignore[arg-type]
+            file_name=file_name or (path.name if path is not None else ""),
+            declared_size=len(content),
+            separate_consent=separate_consent,
+            phone_ticket=phone_ticket,
+        )
+
+        async def parts() -> AsyncIterator[realname_pb2.UploadDocumentRequest]:
+            yield realname_pb2.UploadDocumentRequest(header=header)
+            for start in range(0, len(content), chunk_size):
+                yield realname_pb2.UploadDocumentRequest(chunk=content[start : start + chunk_size])
+
+        stubs = self._ensure_stubs()
+        try:
+            return await stubs.realname.UploadDocument(
+                parts(),
+                timeout=self._timeout,
+                metadata=self._metadata(end_user, access_token),
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def submit_natural_person(
+        self,
+        access_token: str,
+        request: realname_pb2.SubmitNaturalPersonRequest,
+        *,
+        end_user: EndUser | None = None,
+    ) -> realname_pb2.SubmitNaturalPersonResponse:
+        """Submit the signed-in natural person's identity; the answer's state says the verdict."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.realname.SubmitNaturalPerson,
+            request,
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def submit_legal_person(
+        self,
+        access_token: str,
+        request: realname_pb2.SubmitLegalPersonRequest,
+        *,
+        end_user: EndUser | None = None,
+    ) -> realname_pb2.SubmitLegalPersonResponse:
+        """Submit the signed-in organisation's identity (USCC, representative, documents)."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.realname.SubmitLegalPerson,
+            request,
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def get_real_name_status(
+        self, access_token: str, *, end_user: EndUser | None = None
+    ) -> realname_pb2.GetRealNameStatusResponse:
+        """The signed-in user's latest submission, its state and the real-name level."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.realname.GetRealNameStatus,
+            realname_pb2.GetRealNameStatusRequest(),
             end_user=end_user,
             access_token=access_token,
         )

@@ -149,6 +149,10 @@ class AccountRepository(Protocol):
         """Record that the account accepted `version` (never lowers it)."""
         ...
 
+    async def set_real_name_level(self, account_id: str, level: int, now: float) -> bool:
+        """Set the account's real-name level; False if there is no such account."""
+        ...
+
     async def stale_data_keys(
         self, active_master_key_id: str, after_account_id: str, limit: int
     ) -> list[StoredDataKey]:
@@ -406,6 +410,16 @@ class SqlAccountRepository:
                 )
                 .values(accepted_policy_version=version, updated_at=utc(now))
             )
+
+    async def set_real_name_level(self, account_id: str, level: int, now: float) -> bool:
+        """Set the account's real-name level; False if there is no such account."""
+        async with self._db.begin() as conn, _translated():
+            result = await conn.execute(
+                accounts.update()
+                .where(accounts.c.account_id == account_id)
+                .values(real_name_level=level, updated_at=utc(now))
+            )
+        return result.rowcount > 0
 
     async def stale_data_keys(
         self, active_master_key_id: str, after_account_id: str, limit: int

@@ -352,6 +352,17 @@ class AccountService:
         """Record that the account accepted `version` (in the caller's unit of work)."""
         await self._repo.raise_policy_version(account_id, version, self._clock.now())
 
+    async def set_real_name_level(self, account_id: str, level: int) -> None:
+        """Set the real-name level tokens carry from the next refresh (0 none, 1 rules, 2 checked).
+
+        Joins the caller's unit of work (the submission's state and its audit record
+        commit with it); NotFound for an unknown account.
+        """
+        if level not in (0, 1, 2):
+            raise ValueError("a real-name level is 0, 1 or 2")
+        if not await self._repo.set_real_name_level(account_id, level, self._clock.now()):
+            raise NotFound("account not found")
+
     # -- key rotation -----------------------------------------------------------------
 
     async def rewrap_data_keys(self) -> int:

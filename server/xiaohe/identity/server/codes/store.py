@@ -254,7 +254,8 @@ return 1
 """
 )
 
-# KEYS: ticket hash. ARGV: now, purpose, channel ('' = any), destination matches ('1'/'0'),
+# KEYS: ticket hash. ARGV: now, purpose (or several, comma-separated), channel ('' = any),
+# destination matches ('1'/'0'),
 # max misses, 6 '1' to keep a matching ticket (a check before the flow consumes it).
 # Returns {1, channel, purpose, sealed destination, iat} and deletes the ticket (unless
 # kept), or {0}.
@@ -273,7 +274,8 @@ if tonumber(t[4]) <= now then
 end
 local wrong_channel = ARGV[3] ~= '' and t[1] ~= ARGV[3]
 local wrong_destination = ARGV[4] ~= '1'
-if t[2] ~= ARGV[2] or wrong_channel or wrong_destination then
+local wrong_purpose = string.find(',' .. ARGV[2] .. ',', ',' .. t[2] .. ',', 1, true) == nil
+if wrong_purpose or wrong_channel or wrong_destination then
   local misses = redis.call('HINCRBY', ticket, 'miss', 1)
   if misses >= tonumber(ARGV[5]) then
     redis.call('DEL', ticket)

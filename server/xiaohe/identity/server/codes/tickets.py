@@ -13,7 +13,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -250,10 +250,22 @@ class TicketService:
         """
         return await self._present(ticket, purpose, channel, destination, keep=True)
 
+    async def check_any(
+        self, ticket: str, *, purposes: Collection[Purpose], channel: Channel | None = None
+    ) -> TicketClaims:
+        """`check` for a ticket that may have any of `purposes` (its claims name which).
+
+        One presentation, so a ticket of the second purpose is not charged a
+        mismatch for not being of the first.
+        """
+        if not purposes:
+            raise ValueError("purposes must not be empty")
+        return await self._present(ticket, tuple(purposes), channel, None, keep=True)
+
     async def _present(
         self,
         ticket: str,
-        purpose: Purpose,
+        purpose: Purpose | tuple[Purpose, ...],
         channel: Channel | None,
         destination: str | None,
         *,
@@ -269,7 +281,9 @@ class TicketService:
             parsed.tag,
             parsed.ticket_hash,
             now_ms=int(self._clock.now() * 1000),
-            purpose=Purpose(purpose).value,
+            purpose=",".join(Purpose(p).value for p in purpose)
+            if isinstance(purpose, tuple)
+            else Purpose(purpose).value,
             channel=Channel(channel).value if channel is not None else "",
             destination_matches=bound,
             max_misses=TICKET_MAX_MISMATCHES,

@@ -6,6 +6,12 @@ purpose (`privacy_policy` for the policy as a whole), the time, the client that
 relayed it, the channel (`registration`, `login`, ...) and the end user's masked
 IP. `record` joins the flow's unit of work, so an account never exists, and an
 acceptance never counts, without its consent record.
+
+Separate consents (PIPL Art. 29, SECURITY.md I2) are records with their own
+purpose, `identity_documents` for uploading identity documents. Someone who
+cannot sign in (a lost phone) may upload documents with a phone ticket; having
+no account, that phone's holder gives the consent as `phone:<blind index>` in
+`holder_consents`, a table of the same shape (`record_for_holder`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import sqlalchemy as sa
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
-from xiaohe.identity.server.storage.schema import consents
+from xiaohe.identity.server.storage.schema import consents, holder_consents
 
 PRIVACY_POLICY_PURPOSE: Final = "privacy_policy"
 """The consent purpose of accepting the privacy policy as a whole."""
+
+IDENTITY_DOCUMENTS_PURPOSE: Final = "identity_documents"
+"""The separate consent to processing identity documents (ID scans, licences; PIPL Art. 29)."""
 
 _ID_PREFIX: Final = "con_"
 _ID_BYTES: Final = 12
@@ -107,6 +116,64 @@ class ConsentLedger:
                 )
         return consent_id
 
+    async def record_for_holder(
+        self,
+        holder: str,
+        version: int,
+        *,
+        client_id: str,
+        channel: str,
+        purpose: str,
+        ip_masked: str = "",
+    ) -> str:
+        """Record a consent of a phone holder without an account (`phone:<blind index>`)."""
+        values = {
+            "client_id": client_id,
+            "channel": channel,
+            "purpose": purpose,
+            "ip_masked": ip_masked,
+        }
+        for name, value in values.items():
+            if len(value) > _LIMITS[name]:
+                raise ValueError(f"consent {name} is longer than {_LIMITS[name]}")
+        if not purpose or not holder:
+            raise ValueError("consent holder and purpose must not be empty")
+        consent_id = _ID_PREFIX + self._token_bytes(_ID_BYTES).hex()
+        async with self._db.begin() as conn:
+            with translate_errors():
+                await conn.execute(
+                    holder_consents.insert().values(
+                        consent_id=consent_id,
+                        holder=holder,
+                        policy_version=version,
+                        accepted_at=utc(self._clock.now()),
+                        **values,
+                    )
+                )
+        return consent_id
+
+    async def has_consent(self, account_id: str, purpose: str) -> bool:
+        """Whether the account has ever given a consent for `purpose`."""
+        query = (
+            sa.select(consents.c.consent_id)
+            .where(consents.c.account_id == account_id, consents.c.purpose == purpose)
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            with translate_errors():
+                return (await conn.execute(query)).first() is not None
+
+    async def holder_has_consent(self, holder: str, purpose: str) -> bool:
+        """Whether the phone holder has ever given a consent for `purpose`."""
+        query = (
+            sa.select(holder_consents.c.consent_id)
+            .where(holder_consents.c.holder == holder, holder_consents.c.purpose == purpose)
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            with translate_errors():
+                return (await conn.execute(query)).first() is not None
+
     async def of_account(self, account_id: str) -> list[Consent]:
         """The account's consents, oldest first."""
         query = (
@@ -131,4 +198,9 @@ class ConsentLedger:
         ]
 
 
-__all__ = ["PRIVACY_POLICY_PURPOSE", "Consent", "ConsentLedger"]
+__all__ = [
+    "IDENTITY_DOCUMENTS_PURPOSE",
+    "PRIVACY_POLICY_PURPOSE",
+    "Consent",
+    "ConsentLedger",
+]

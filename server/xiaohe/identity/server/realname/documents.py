@@ -48,6 +48,7 @@ from xiaohe.identity.server.crypto.envelope import (
     WrappedDataKey,
     field_aad,
 )
+from xiaohe.identity.server.errors import NotFound
 from xiaohe.identity.server.storage.database import SqlConnection, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import documents
 
@@ -72,7 +73,7 @@ _ID_PREFIX: Final = "doc_"
 _ID_BYTES: Final = 12
 _BLOB_MAGIC: Final = b"XHD1"
 _LENGTH = struct.Struct("!I")
-_WHY = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,49}")
+_WHY = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/#-]{0,49}")
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_-]{1,120}")
 _FILE_MODE: Final = 0o600
 
@@ -288,17 +289,20 @@ class DocumentService:
         )
 
     async def info(self, document_id: str) -> DocumentInfo | None:
-        """The document's metadata, or None if there is no such document."""
+        """The document's metadata, or None if there is no such document.
+
+        The file name is "" when the owner's data key is gone (an anonymised account).
+        """
         row = await self._row(document_id)
         if row is None:
             return None
-        key = await self._key(row)
         try:
+            key = await self._key(row)
             name = self._cipher.decrypt_field(
                 key, bytes(row.file_name_enc), field_aad(document_id, "file_name")
             )
-        except DecryptionError:
-            name = ""
+        except (DecryptionError, NotFound):
+            name = ""  # the owner's key is gone (crypto-shredded): the metadata still holds
         return DocumentInfo(
             document_id=document_id,
             owner=str(row.owner),
@@ -316,13 +320,14 @@ class DocumentService:
 
         The audit record (action `document.read`, target the document id, acting
         account `reader`, outcome `why`) is committed before the first byte is
-        decrypted; `why` is a short slug such as `review:cas_...` or `submission`.
+        decrypted; `why` is a short reason such as `review:cas_...` or `submission` (1-50
+        characters: letters, digits, space and `_.:/#-`; never personal data).
         Raises LookupError for an unknown document.
         """
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
         if not _WHY.fullmatch(why):
-            raise ValueError("why is a slug of 1-50 characters [a-z0-9_.:-]")
+            raise ValueError("why is 1-50 characters: letters, digits, space and _.:/#-")
         row = await self._row(document_id)
         if row is None:
             raise LookupError("no such document")

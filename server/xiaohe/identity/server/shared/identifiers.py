@@ -420,6 +420,26 @@ def normalize_resident_id(raw: str, field: str = "id_number", today: date | None
     return value
 
 
+def resident_id_birth_date(value: str) -> date | None:
+    """The birth date inside an 18-character resident ID number, or None if no such day."""
+    return _birth_date(value) if len(value) == 18 and value[:14].isdigit() else None
+
+
+def resident_id_check_matches(value: str) -> bool:
+    """Whether an 18-character resident ID number's check character is right (GB 11643)."""
+    return bool(_RESIDENT_ID.fullmatch(value)) and _resident_id_check_char(value[:17]) == value[17]
+
+
+def uscc_check_matches(value: str) -> bool:
+    """Whether a USCC's check character and its organisation code's are both right."""
+    return _uscc_problem(value) is None
+
+
+def org_code_check_matches(value: str) -> bool:
+    """Whether a 9-character organisation code's check character is right (GB 11714)."""
+    return bool(_ORG_CODE.fullmatch(value)) and _org_code_check_char(value[:8]) == value[8]
+
+
 def _id_type(id_type: IdType | int | str, type_field: str) -> IdType:
     """Read an IdType from the enum, its number, or its name (with or without `ID_TYPE_`)."""
     try:
