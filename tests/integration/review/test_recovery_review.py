@@ -267,3 +267,33 @@ async def test_a_fault_while_opening_the_case_spends_nothing_but_the_ticket(
     assert after["review_cases"] == counts["review_cases"] == 0
     outcomes = [r.outcome for r in await h.container.audit.query(action="account.recover")]
     assert "review_opened" not in outcomes
+
+
+async def test_a_fault_in_the_approval_binds_nothing_and_sends_nothing(
+    env: tuple[Harness, HarnessDocuments],
+) -> None:
+    """H1, T3: the approval's phone binding, ended sessions, notices and the case's state are
+    one unit of work: with the decision record refused none of them happens."""
+    h, docs = env
+    account_id = await register_natural(h)
+    session = await login_as(h, LOGIN_NAME)
+    _, console = await reviewer_session(h, REVIEWER, REVIEWER_PHONE)
+    response = await by_review(h, docs, natural(""))
+    await settle(h)
+    tables = ("outbox", "identifiers", "review_decisions")
+    counts = await row_counts(h.container.database, *tables)
+    async with failing_writes(h.container.database, "review_decisions"):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await review_stub(h).DecideCase(
+                review_pb2.DecideCaseRequest(
+                    case_id=response.review_case_id, decision=APPROVE, reason="一致"
+                ),
+                metadata=console,
+            )
+    assert await row_counts(h.container.database, *tables) == counts
+    assert await phone_of(h, account_id) == PHONE
+    assert await valid(h, session)
+    assert await decide(h, console, response.review_case_id, APPROVE) == (
+        review_pb2.CASE_STATE_APPROVED
+    )
+    assert await phone_of(h, account_id) == NEW_PHONE
