@@ -31,7 +31,6 @@ CHECKLIST = ROOT.parent / "shared" / "design" / "SECURITY.md"
 TESTS = ROOT / "tests"
 
 NOT_YET_BUILT: dict[str, str] = {
-    "D3": "issue 12 (TOTP)",
     "I4": "issue 14 (export and rights requests)",
 }
 

@@ -61,6 +61,15 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "verified name: 张*",
         "level after refresh: 1",
     ],
+    ("integrator-guide", "14"): [
+        "QR code PNG: True",
+        "recovery codes: 10",
+        "next step: NEXT_STEP_MFA_REQUIRED",
+        "wrong code: INVALID_CREDENTIALS",
+        "auth methods: ['pwd', 'otp']",
+        "password-only session meets otp: False",
+        "after disabling, next step: NEXT_STEP_NONE",
+    ],
     ("operator-guide", "2"): [
         "recorded 1, duplicates 0",
         "recorded 0, duplicates 1",
@@ -129,7 +138,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
 
 def test_the_guide_has_a_script_for_every_flow() -> None:
     sections = {section for section, _, _ in SCRIPTS}
-    assert {"5", "7", "8", "9", "10", "11", "12"} <= sections
+    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14"} <= sections
     assert LIBRARIES, "§6's business-system gate is a library block"
     assert {section for section, _, _ in OPERATOR_SCRIPTS} == {"2", "4"}
 

@@ -286,3 +286,20 @@ async def test_a_consent_session_passes_only_a_verifier_built_for_consent_pages(
         await _verifier(FakeJwksEndpoint("k1"), clock).verify(token)
     claims = await _verifier(FakeJwksEndpoint("k1"), clock, allow_restricted=True).verify(token)
     assert claims.restriction == "consent"
+
+
+async def test_required_auth_methods_refuse_tokens_without_them() -> None:
+    """D3: a verifier that requires "otp" refuses a password-only session's token (also from
+    its claims cache) and accepts one signed in with password + TOTP."""
+    clock = FakeClock()
+    endpoint = FakeJwksEndpoint("k1")
+    strict = _verifier(endpoint, clock, required_auth_methods=("otp",))
+    lenient = _verifier(endpoint, clock)
+    password_only = _token(clock)
+    with_otp = _token(clock, amr=["pwd", "otp"])
+    assert (await lenient.verify(password_only)).amr == ("pwd",)
+    for _ in range(2):  # the second time the claims come from the cache
+        with pytest.raises(InvalidToken) as refused:
+            await strict.verify(password_only)
+        assert refused.value.reason == "auth_methods"
+        assert list((await strict.verify(with_otp)).amr) == ["pwd", "otp"]

@@ -144,6 +144,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
             phone_change=container.phone_change,
             accounts=container.accounts,
             sessions=container.sessions,
+            totp=container.totp_flow,
         ),
         server,
     )

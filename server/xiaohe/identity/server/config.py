@@ -139,6 +139,9 @@ class Settings:
     # calendar) and whether an approval needs a second, different reviewer.
     review_sla_seconds: int = 172800
     review_second_approval: bool = False
+    # TOTP second factor: the issuer name authenticator apps show, and the MFA ticket's life.
+    totp_issuer: str = "小禾企服网"
+    mfa_ticket_ttl_seconds: int = 300
 
     # SMS-pumping defence (SECURITY X3; docs/operator-guide.d/pumping.md). Ranges are a
     # country code, a hyphen and leading national digits (86-170), or a country code alone.
@@ -413,6 +416,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
     if not 60 <= s.review_sla_seconds <= 90 * 86400:
         raise SettingsError(f"{ENV_PREFIX}REVIEW_SLA_SECONDS: between 60 and 7776000")
+    if not s.totp_issuer.strip() or len(s.totp_issuer) > 64 or ":" in s.totp_issuer:
+        raise SettingsError(f"{ENV_PREFIX}TOTP_ISSUER: 1-64 characters, no colon")
+    if not 30 <= s.mfa_ticket_ttl_seconds <= 900:
+        raise SettingsError(f"{ENV_PREFIX}MFA_TICKET_TTL_SECONDS: between 30 and 900")
     if not 1 <= s.audit_checkpoint_seconds <= 86400:
         raise SettingsError(f"{ENV_PREFIX}AUDIT_CHECKPOINT_SECONDS: between 1 and 86400")
     if not 0.1 <= s.health_check_seconds <= 300:

@@ -64,6 +64,7 @@ from xiaohe.identity.server.flows.review import (
     ReviewDocuments,
     ReviewFlow,
 )
+from xiaohe.identity.server.flows.totp import TotpFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.policies import PolicyStore
@@ -97,6 +98,9 @@ from xiaohe.identity.server.storage.redis import (
     bounded_client,
     bounded_cluster_client,
 )
+from xiaohe.identity.server.totp.repository import SqlTotpRepository
+from xiaohe.identity.server.totp.service import TotpService
+from xiaohe.identity.server.totp.tickets import MfaTickets
 
 log = logging.getLogger("xiaohe.identity.container")
 
@@ -687,7 +691,42 @@ class Container:
             audit=self.audit,
             metrics=self.metrics,
             allowed_country_codes=self.settings.allowed_country_codes,
+            second_factor=self.totp,
+            mfa_tickets=self.mfa_tickets,
         )
+
+    # -- TOTP second factor (issue 12) --
+
+    @cached_property
+    def totp(self) -> TotpService:
+        """TOTP factors and recovery codes; `is_enrolled` for flows that demand a second factor."""
+        return TotpService(
+            SqlTotpRepository(self.database),
+            self.cipher,
+            self.clock,
+            issuer=self.settings.totp_issuer,
+            recovery_key=self.keyring.code_hmac_key,
+        )
+
+    @cached_property
+    def mfa_tickets(self) -> MfaTickets:
+        """Tickets between a first factor and CompleteMfa, in Redis."""
+        return MfaTickets(self.redis, ttl_seconds=self.settings.mfa_ticket_ttl_seconds)
+
+    @cached_property
+    def totp_flow(self) -> TotpFlow:
+        """Enrolling, confirming and disabling the TOTP factor."""
+        return TotpFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            totp=self.totp,
+            password_check=self.password_check,
+            throttle=self.throttle,
+            notices=self.notices,
+            audit=self.audit,
+        )
+
+    # -- end TOTP --
 
     async def start_background(self) -> None:
         """Start the delivery loop (first: `close` lets it finish), the revocation feed,

@@ -363,15 +363,43 @@ class IdentityClient:
         stubs = self._ensure_stubs()
         return await self._unary(stubs.auth.Logout, request, end_user=end_user)
 
+    async def complete_mfa(
+        self,
+        mfa_ticket: str,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        end_user: EndUser | None = None,
+    ) -> auth_pb2.CompleteMfaResponse:
+        """Finish a login that answered `NEXT_STEP_MFA_REQUIRED` with exactly one of a TOTP code
+        or a recovery code; a wrong one raises `InvalidCredentials` (and counts like a wrong
+        password), a spent or foreign ticket `TicketInvalid`."""
+        if totp_code is not None and recovery_code is None:
+            request = auth_pb2.CompleteMfaRequest(mfa_ticket=mfa_ticket, totp_code=totp_code)
+        elif recovery_code is not None and totp_code is None:
+            request = auth_pb2.CompleteMfaRequest(
+                mfa_ticket=mfa_ticket, recovery_code=recovery_code
+            )
+        else:
+            raise ValueError("pass exactly one of totp_code or recovery_code")
+        stubs = self._ensure_stubs()
+        return await self._unary(stubs.auth.CompleteMfa, request, end_user=end_user)
+
     async def validate_token(
         self,
         access_token: str,
         audience: str = "",
         *,
+        required_auth_methods: Sequence[str] = (),
         end_user: EndUser | None = None,
     ) -> auth_pb2.ValidateTokenResponse:
-        """Check an access token remotely: signature, expiry, audience and revocation."""
-        request = auth_pb2.ValidateTokenRequest(access_token=access_token, audience=audience)
+        """Check an access token remotely: signature, expiry, audience and revocation; `valid`
+        is False too when the session lacks one of `required_auth_methods` (e.g. "otp")."""
+        request = auth_pb2.ValidateTokenRequest(
+            access_token=access_token,
+            audience=audience,
+            required_auth_methods=list(required_auth_methods),
+        )
         stubs = self._ensure_stubs()
         return await self._unary(stubs.auth.ValidateToken, request, end_user=end_user)
 
@@ -487,6 +515,60 @@ class IdentityClient:
             accounts_pb2.RevokeSessionRequest(session_id=session_id),
             end_user=end_user,
             access_token=access_token,
+        )
+
+    async def enroll_totp(
+        self,
+        access_token: str,
+        password: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> accounts_pb2.EnrollTotpResponse:
+        """Start TOTP enrolment (the current password again): an otpauth URI and its QR code
+        (PNG). Not active until `confirm_totp`; `FailedPrecondition` if TOTP is already on."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.EnrollTotp,
+            accounts_pb2.EnrollTotpRequest(password=password),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def confirm_totp(
+        self,
+        access_token: str,
+        code: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> list[str]:
+        """Turn TOTP on with the app's first code; returns the ten recovery codes (shown once)."""
+        stubs = self._ensure_stubs()
+        response = await self._unary(
+            stubs.accounts.ConfirmTotp,
+            accounts_pb2.ConfirmTotpRequest(code=code),
+            end_user=end_user,
+            access_token=access_token,
+        )
+        return list(response.recovery_codes)
+
+    async def disable_totp(
+        self,
+        access_token: str,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        end_user: EndUser | None = None,
+    ) -> None:
+        """Turn TOTP off with exactly one of a current code or a recovery code."""
+        if totp_code is not None and recovery_code is None:
+            request = accounts_pb2.DisableTotpRequest(totp_code=totp_code)
+        elif recovery_code is not None and totp_code is None:
+            request = accounts_pb2.DisableTotpRequest(recovery_code=recovery_code)
+        else:
+            raise ValueError("pass exactly one of totp_code or recovery_code")
+        stubs = self._ensure_stubs()
+        await self._unary(
+            stubs.accounts.DisableTotp, request, end_user=end_user, access_token=access_token
         )
 
     async def change_password(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from nacl.signing import VerifyKey
 
@@ -41,6 +41,10 @@ class TokenVerifier:
     (at most the access-token lifetime, 10 minutes by default). Where that is not
     acceptable, call `AuthService.ValidateToken`, which checks revocation, or
     follow `DirectoryService.WatchRevocations`.
+
+    `required_auth_methods` (e.g. `("otp",)`) refuses tokens of sessions that did not
+    use every one of those methods (their `amr`), as `InvalidToken("auth_methods")`:
+    a system that must only serve users signed in with a second factor says so here.
     """
 
     def __init__(
@@ -54,9 +58,12 @@ class TokenVerifier:
         min_refetch_interval: float = 30.0,
         cache_size: int = 10000,
         allow_restricted: bool = False,
+        required_auth_methods: Sequence[str] = (),
     ) -> None:
-        """`allow_restricted` accepts sessions restricted for consent only (see `_unrestricted`)."""
+        """`allow_restricted` accepts sessions restricted for consent only (see `_unrestricted`);
+        `required_auth_methods` refuses sessions that lack one of those `amr` methods."""
         self._fetch_jwks = fetch_jwks
+        self._required = frozenset(required_auth_methods)
         self._allow_restricted = allow_restricted
         self._audience = audience
         self._issuer = issuer
@@ -126,6 +133,8 @@ class TokenVerifier:
         the account's phone was recycled and must be bound again) is refused always:
         such a session may only bind a phone, which no business system does.
         """
+        if not self._required <= set(claims.amr):
+            raise InvalidToken("auth_methods")
         if not claims.restriction:
             return claims
         if self._allow_restricted and claims.restriction == CONSENT_RESTRICTION:

@@ -46,6 +46,7 @@ Reason = Literal[
     "wrong_type",
     "wrong_issuer",
     "restricted",
+    "auth_methods",
 ]
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")

@@ -310,18 +310,26 @@ class ValidateTokenRequest(_message.Message):
 
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    REQUIRED_AUTH_METHODS_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
     audience: _builtins.str
     """Expected audience; the default audience when empty."""
+    @_builtins.property
+    def required_auth_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Authentication methods the session must have used (e.g. ["otp"] to demand a second
+        factor); valid is false when any is missing from the token's amr.
+        """
+
     def __init__(
         self,
         *,
         access_token: _builtins.str = ...,
         audience: _builtins.str = ...,
+        required_auth_methods: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "audience", b"audience"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "audience", b"audience", "required_auth_methods", b"required_auth_methods"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -133,6 +133,18 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             SIGNATURE + "您于近期提交的人工核验申请已于{at}审核未通过。如有疑问，请联系客服。",
             frozenset({"at"}),
         ),
+        "totp_enabled": _NoticeText(
+            "已开启两步验证",
+            SIGNATURE
+            + "您的账号已于{at}开启两步验证（动态验证码）。如非本人操作，请立即联系客服。",
+            frozenset({"at"}),
+        ),
+        "totp_disabled": _NoticeText(
+            "已关闭两步验证",
+            SIGNATURE + "您的账号已于{at}关闭两步验证（动态验证码）。"
+            "如非本人操作，请立即修改密码并联系客服。",
+            frozenset({"at"}),
+        ),
         "account_deactivated": _NoticeText(
             "账号已注销",
             SIGNATURE + "您的账号已于{at}注销，所有登录状态已失效。如非本人操作，请立即联系客服。",

@@ -41,6 +41,20 @@ Argon2 operation and two throttle scripts, and raise the same InvalidCredentials
 with the same message (B3). If the hasher's queue is full, every path raises Overloaded alike, and a
 reservation whose password was never evaluated is refunded.
 
+Second factor (SECURITY D3). When the account has an active TOTP factor, a
+right password (or a valid SMS ticket) starts no session: the answer is
+MFA_REQUIRED with an MFA ticket (`totp.tickets.MfaTickets`: short-lived, bound to
+the account, the first factor's method, the client and the audience), and the
+password's reservation is released rather than settled as a success, so this
+IP's failures (wrong codes included) are *not* cleared by a right password: only
+a completed sign-in clears them (an SMS login does not clear them either).
+Otherwise someone who knows the password could
+alternate logins and code guesses and never reach the lock. `complete_mfa` then
+checks the ticket (each presentation counted; a few at most), the TOTP or
+recovery code under the throttle (`flows.totp.CodeAttempts`: a wrong code is a
+wrong password), consumes the ticket (one session per ticket) and starts the
+session through the same step 7 as any login, with amr first factor + `otp`.
+
 SMS login consumes a LOGIN ticket (SMS channel) and logs in the account that
 holds the proven phone. It does not consult the password locks, so lockout
 cannot be turned against the owner (B2); it clears the failures from the same
@@ -55,9 +69,10 @@ and counted in metrics; malformed requests are only counted.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, NoReturn, Protocol
 
@@ -67,6 +82,7 @@ from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
 from xiaohe.identity.server.errors import (
+    FailedPrecondition,
     FieldViolation,
     IdentityError,
     InvalidArgument,
@@ -75,6 +91,7 @@ from xiaohe.identity.server.errors import (
     Overloaded,
     TicketInvalid,
 )
+from xiaohe.identity.server.flows.totp import CodeAttempts, SecondFactorCode
 from xiaohe.identity.server.privacy.policies import PolicyVersion
 from xiaohe.identity.server.sessions.models import IssuedSession, SessionSubject
 from xiaohe.identity.server.shared.identifiers import (
@@ -90,6 +107,7 @@ from xiaohe.identity.server.shared.validation import (
     UNKNOWN_SUBJECT,
 )
 from xiaohe.identity.server.storage.database import UnitOfWork
+from xiaohe.identity.server.totp.tickets import IssuedMfaTicket, MfaBinding
 from xiaohe.identity.tokens.jwt import CONSENT_RESTRICTION, PHONE_REVERIFY_RESTRICTION
 
 logger = logging.getLogger(__name__)
@@ -98,6 +116,10 @@ PASSWORD_ACTION: Final = "auth.login.password"  # noqa: S105 - an audit action n
 SMS_ACTION: Final = "auth.login.sms"
 PASSWORD_METHOD: Final = "password"  # noqa: S105 - a metric label
 SMS_METHOD: Final = "sms"
+MFA_ACTION: Final = "auth.login.mfa"
+MFA_METHOD: Final = "mfa"
+OTP_AMR: Final = "otp"
+MFA_TICKET_FIELD: Final = "mfa_ticket"
 
 IDENTIFIER_FIELD: Final = "password.identifier"
 KIND_FIELD: Final = "password.identifier_kind"
@@ -116,10 +138,15 @@ class NextStep(StrEnum):
 
 @dataclass(frozen=True)
 class LoginResult:
-    """A successful login: the new session and the step the client must take next."""
+    """A successful login: the new session and the step the client must take next.
 
-    session: IssuedSession
+    With MFA_REQUIRED there is no session yet, only the MFA ticket for `complete_mfa`.
+    """
+
+    session: IssuedSession | None
     next_step: NextStep
+    mfa_ticket: str = field(default="", repr=False)
+    mfa_ticket_expires_in: int = 0
 
 
 class CredentialStore(Protocol):
@@ -215,6 +242,38 @@ class Throttle(Protocol):
         ...
 
 
+class SecondFactor(Protocol):
+    """The TOTP factor (`totp.service.TotpService`)."""
+
+    async def is_enrolled(self, account_id: str) -> bool:
+        """Whether the account has an active factor."""
+        ...
+
+    async def verify_code(self, account_id: str, code: str) -> bool:
+        """Accept a current code of the active factor once."""
+        ...
+
+    async def use_recovery_code(self, account_id: str, code: str) -> bool:
+        """Spend one recovery code."""
+        ...
+
+
+class MfaTicketStore(Protocol):
+    """MFA tickets in Redis (`totp.tickets.MfaTickets`)."""
+
+    async def issue(self, binding: MfaBinding) -> IssuedMfaTicket:
+        """A new ticket bound to `binding`."""
+        ...
+
+    async def check(self, ticket: str) -> MfaBinding | None:
+        """Count one presentation; the binding or None."""
+        ...
+
+    async def consume(self, ticket: str) -> bool:
+        """Delete the ticket; True for exactly one caller."""
+        ...
+
+
 class PolicyVersions(Protocol):
     """The privacy policy store (`privacy.policies.PolicyStore`)."""
 
@@ -303,8 +362,9 @@ class _Attempt:
         return self
 
     def succeeded(self) -> _Attempt:
-        """Settle the outcome of a successful attempt."""
-        self.outcome = "ok"
+        """Settle the outcome of a successful attempt (`ok`, unless set: `mfa_required`)."""
+        if not self.outcome:
+            self.outcome = "ok"
         return self
 
 
@@ -324,6 +384,8 @@ class LoginFlow:
         audit: AuditSink | None = None,
         metrics: LoginMetrics | None = None,
         allowed_country_codes: Collection[str] = ("86",),
+        second_factor: SecondFactor | None = None,
+        mfa_tickets: MfaTicketStore | None = None,
     ) -> None:
         self._uow = uow
         self._accounts = accounts
@@ -337,6 +399,11 @@ class LoginFlow:
         self._metrics = metrics
         self._allowed_country_codes = tuple(allowed_country_codes)
         self._settling: set[asyncio.Task[None]] = set()
+        if (second_factor is None) != (mfa_tickets is None):
+            raise ValueError("second_factor and mfa_tickets go together")
+        self._second_factor = second_factor
+        self._mfa_tickets = mfa_tickets
+        self._code_attempts = CodeAttempts(throttle)
 
     def __repr__(self) -> str:
         return "LoginFlow()"
@@ -360,6 +427,14 @@ class LoginFlow:
         attempt = _Attempt()
         try:
             account, reservation = await self._authenticate(attempt, identifier, kind, password, ip)
+            if await self._needs_second_factor(account, ip, reservation):
+                if account.status != AccountStatus.ACTIVE:
+                    attempt.outcome = "account_inactive"
+                    raise InvalidCredentials()
+                await self._rehash_if_needed(account, password)
+                result = await self._challenge(attempt, account, "pwd", audience, client_id)
+                await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.succeeded())
+                return result
             settling = await self._settle(account.account_id, ip, reservation)
             try:
                 if account.status != AccountStatus.ACTIVE:
@@ -411,6 +486,11 @@ class LoginFlow:
             if account.status != AccountStatus.ACTIVE:
                 attempt.outcome = "account_inactive"
                 raise TicketInvalid()
+            if await self._needs_second_factor(account, ip, ""):
+                # This IP's failures stay until the second factor is done (module docstring).
+                result = await self._challenge(attempt, account, "sms", audience, client_id)
+                await self._observe(SMS_ACTION, SMS_METHOD, attempt.succeeded())
+                return result
             await self._throttle.clear(account.account_id, ip)
             result = await self._start(
                 attempt,
@@ -428,6 +508,107 @@ class LoginFlow:
             raise
         await self._observe(SMS_ACTION, SMS_METHOD, attempt.succeeded())
         return result
+
+    # -- second factor -------------------------------------------------------------------
+
+    async def complete_mfa(
+        self, ticket: str, code: SecondFactorCode, *, client_id: str, ip: str, user_agent: str
+    ) -> LoginResult:
+        """Finish a login that answered MFA_REQUIRED: the session, as the login would have made it.
+
+        Raises InvalidArgument (a malformed ticket or code; nothing counted),
+        TicketInvalid on `mfa_ticket` (unknown, expired, used, presented too often,
+        another client's), InvalidCredentials (wrong or replayed code, or locked:
+        alike), FailedPrecondition when this server has no second factor.
+        """
+        attempt = _Attempt()
+        try:
+            if self._second_factor is None or self._mfa_tickets is None:
+                raise FailedPrecondition("two-step verification is not available")
+            if not ticket.strip() or len(ticket) > MAX_TICKET_CHARS:
+                attempt.to_audit = False
+                raise InvalidArgument(
+                    FieldViolation(MFA_TICKET_FIELD, "must be the mfa_ticket Login returned")
+                )
+            try:
+                checked = code.checked()
+            except InvalidArgument:
+                attempt.to_audit = False
+                raise
+            binding = await self._mfa_tickets.check(ticket)
+            if binding is None or not hmac.compare_digest(
+                binding.client_id.encode("utf-8"), client_id.encode("utf-8")
+            ):
+                raise TicketInvalid(field=MFA_TICKET_FIELD)
+            attempt.target = binding.account_id
+            try:
+                account = await self._accounts.get_credentials(binding.account_id)
+            except NotFound:
+                attempt.outcome = "unknown_account"
+                raise TicketInvalid(field=MFA_TICKET_FIELD) from None
+            await self._code_attempts.verify(self._second_factor, account.account_id, ip, checked)
+            if not await self._mfa_tickets.consume(ticket):
+                raise TicketInvalid(field=MFA_TICKET_FIELD)
+            result = await self._start(
+                attempt,
+                MFA_ACTION,
+                account,
+                (binding.method, OTP_AMR),
+                binding.audience,
+                client_id,
+                ip,
+                user_agent,
+                lambda: TicketInvalid(field=MFA_TICKET_FIELD),
+            )
+        except Exception as exc:
+            await self._observe(MFA_ACTION, MFA_METHOD, attempt.failed(exc))
+            raise
+        await self._observe(MFA_ACTION, MFA_METHOD, attempt.succeeded())
+        return result
+
+    async def _needs_second_factor(
+        self, account: AccountCredentials, ip: str, reservation: str
+    ) -> bool:
+        """Whether the account must give its second factor; if so, a password's reservation is
+        refunded (neither a failure nor a success: this IP's failures stay)."""
+        if self._second_factor is None:
+            return False
+        try:
+            enrolled = await self._second_factor.is_enrolled(account.account_id)
+        except Exception:
+            if reservation:
+                # Not known whether a second factor is due: the right password settles nothing.
+                await self._throttle.release(account.account_id, ip, reservation)
+            raise
+        if enrolled and reservation:
+            await self._throttle.release(account.account_id, ip, reservation)
+        return enrolled
+
+    async def _challenge(
+        self,
+        attempt: _Attempt,
+        account: AccountCredentials,
+        first_factor: str,
+        audience: str,
+        client_id: str,
+    ) -> LoginResult:
+        """MFA_REQUIRED and a ticket bound to the account, the first factor, client and audience."""
+        assert self._mfa_tickets is not None
+        issued = await self._mfa_tickets.issue(
+            MfaBinding(
+                account_id=account.account_id,
+                method=first_factor,
+                client_id=client_id,
+                audience=audience,
+            )
+        )
+        attempt.outcome = "mfa_required"
+        return LoginResult(
+            session=None,
+            next_step=NextStep.MFA_REQUIRED,
+            mfa_ticket=issued.ticket,
+            mfa_ticket_expires_in=issued.expires_in,
+        )
 
     # -- password flow -------------------------------------------------------------------
 
@@ -647,9 +828,11 @@ __all__ = [
     "LoginFlow",
     "LoginMetrics",
     "LoginResult",
+    "MfaTicketStore",
     "NextStep",
     "PasswordVerifier",
     "PolicyVersions",
+    "SecondFactor",
     "SessionIssuer",
     "Throttle",
     "TicketConsumer",

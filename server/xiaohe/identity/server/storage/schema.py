@@ -363,3 +363,38 @@ review_notes = sa.Table(
     sa.Column("text_enc", sa.LargeBinary, nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
 )
+
+# The TOTP second factor (issue 12): one factor per account, pending until confirmed.
+# `secret_enc` is the base32 secret sealed under the key ring with the account id and
+# column as associated data; `last_used_step` is the newest 30-second step accepted
+# (a code is accepted once: a conditional UPDATE moves it forward).
+totp_factors = sa.Table(
+    "totp_factors",
+    metadata,
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("secret_enc", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("activated_at", UtcDateTime, nullable=True),
+    sa.Column("last_used_step", sa.BigInteger, nullable=True),
+)
+
+# Single-use recovery codes of an active factor, only as keyed HMAC-SHA256 (hex).
+totp_recovery_codes = sa.Table(
+    "totp_recovery_codes",
+    metadata,
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("used_at", UtcDateTime, nullable=True),
+)

@@ -14,6 +14,7 @@ from xiaohe.identity.server.errors import (
     FieldViolation,
     InvalidArgument,
     TicketInvalid,
+    Unimplemented,
 )
 from xiaohe.identity.server.flows.channels import (
     BindEmailCommand,
@@ -32,6 +33,13 @@ from xiaohe.identity.server.flows.phone_change import (
     PhoneProof,
 )
 from xiaohe.identity.server.flows.registration import RegisterCommand, RegistrationFlow
+from xiaohe.identity.server.flows.totp import (
+    ConfirmTotpCommand,
+    DisableTotpCommand,
+    EnrollTotpCommand,
+    SecondFactorCode,
+    TotpFlow,
+)
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.shared.identifiers import IdType
@@ -120,6 +128,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         phone_change: PhoneChangeFlow,
         accounts: AccountService,
         sessions: SessionService,
+        totp: TotpFlow | None = None,
     ) -> None:
         self._registration = registration
         self._passwords = passwords
@@ -127,6 +136,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         self._phone_change = phone_change
         self._accounts = accounts
         self._sessions = sessions
+        self._totp = totp
 
     async def Register(
         self, request: accounts_pb2.RegisterRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -321,3 +331,49 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             sessions_ended=changed.sessions_ended,
             review_case_id=changed.review_case_id,
         )
+
+    # -- TOTP second factor ------------------------------------------------------------
+
+    def _totp_flow(self) -> TotpFlow:
+        if self._totp is None:
+            raise Unimplemented("two-step verification is not available on this server")
+        return self._totp
+
+    async def EnrollTotp(
+        self, request: accounts_pb2.EnrollTotpRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.EnrollTotpResponse:
+        claims = require_user(ctx, self._sessions)
+        enrolment = await self._totp_flow().enroll(
+            EnrollTotpCommand(
+                account_id=claims.sub, password=request.password, ip=context.current().end_user_ip
+            )
+        )
+        return accounts_pb2.EnrollTotpResponse(
+            otpauth_uri=enrolment.otpauth_uri, qr_png=enrolment.qr_png
+        )
+
+    async def ConfirmTotp(
+        self, request: accounts_pb2.ConfirmTotpRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.ConfirmTotpResponse:
+        claims = require_user(ctx, self._sessions)
+        codes = await self._totp_flow().confirm(
+            ConfirmTotpCommand(
+                account_id=claims.sub, code=request.code, ip=context.current().end_user_ip
+            )
+        )
+        return accounts_pb2.ConfirmTotpResponse(recovery_codes=list(codes))
+
+    async def DisableTotp(
+        self, request: accounts_pb2.DisableTotpRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.DisableTotpResponse:
+        claims = require_user(ctx, self._sessions)
+        await self._totp_flow().disable(
+            DisableTotpCommand(
+                account_id=claims.sub,
+                code=SecondFactorCode(
+                    totp_code=request.totp_code, recovery_code=request.recovery_code
+                ),
+                ip=context.current().end_user_ip,
+            )
+        )
+        return accounts_pb2.DisableTotpResponse()

@@ -19,11 +19,16 @@ from xiaohe.identity.server.errors import (
     TokenInvalid,
 )
 from xiaohe.identity.server.flows.login import LoginFlow, LoginResult
+from xiaohe.identity.server.flows.totp import SecondFactorCode
 from xiaohe.identity.server.sessions.models import IssuedSession
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import jwks_json
 from xiaohe.identity.server.transport.enums import identifier_kind, to_proto
 from xiaohe.identity.v1 import auth_pb2, auth_pb2_grpc, common_pb2
+
+MAX_REQUIRED_METHODS = 10
+"""`ValidateTokenRequest.required_auth_methods`: more names than any session could carry is a
+caller's mistake, not a question."""
 
 
 def session_to_proto(session: IssuedSession) -> auth_pb2.Session:
@@ -117,7 +122,30 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 raise TicketInvalid(exc.message, field="sms_ticket") from None
         else:
             raise InvalidArgument(FieldViolation("method", "give a password or an sms_ticket"))
+        if result.session is None:  # MFA_REQUIRED: no session until CompleteMfa
+            return auth_pb2.LoginResponse(
+                next_step=to_proto(auth_pb2.NextStep.Value, "NEXT_STEP_", result.next_step),
+                mfa_ticket=result.mfa_ticket,
+                mfa_ticket_expires_in_seconds=result.mfa_ticket_expires_in,
+            )
         return auth_pb2.LoginResponse(
+            session=session_to_proto(result.session),
+            next_step=to_proto(auth_pb2.NextStep.Value, "NEXT_STEP_", result.next_step),
+        )
+
+    async def CompleteMfa(
+        self, request: auth_pb2.CompleteMfaRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> auth_pb2.CompleteMfaResponse:
+        rc = context.current()
+        result = await self._login.complete_mfa(
+            request.mfa_ticket,
+            SecondFactorCode(totp_code=request.totp_code, recovery_code=request.recovery_code),
+            client_id=rc.client_id,
+            ip=rc.end_user_ip,
+            user_agent=rc.end_user_agent,
+        )
+        assert result.session is not None  # complete_mfa always starts a session
+        return auth_pb2.CompleteMfaResponse(
             session=session_to_proto(result.session),
             next_step=to_proto(auth_pb2.NextStep.Value, "NEXT_STEP_", result.next_step),
         )
@@ -155,11 +183,22 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ValidateToken(
         self, request: auth_pb2.ValidateTokenRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.ValidateTokenResponse:
+        required = request.required_auth_methods
+        if len(required) > MAX_REQUIRED_METHODS or not all(0 < len(m) <= 20 for m in required):
+            raise InvalidArgument(
+                FieldViolation(
+                    "required_auth_methods",
+                    f"at most {MAX_REQUIRED_METHODS} method names of 1-20 characters",
+                )
+            )
         try:
             # Checking a token needs no audience grant: it only answers whether it is valid.
             # An empty audience means the default one (SessionService.validate).
             claims = self._sessions.validate(request.access_token, request.audience)
         except TokenInvalid:
+            return auth_pb2.ValidateTokenResponse(valid=False)
+        if not set(required) <= set(claims.amr):
+            # The session did not use a method the business system requires (e.g. "otp").
             return auth_pb2.ValidateTokenResponse(valid=False)
         return auth_pb2.ValidateTokenResponse(
             valid=True,
