@@ -35,9 +35,9 @@ NOT_YET_BUILT: dict[str, str] = {
 }
 
 PARTLY_BUILT: dict[str, str] = {
-    "P5": "the password length of 12 for operator accounts (issue 12: a role is granted to "
-    "an existing account, whose password length the server cannot know); TOTP required of "
-    "reviewers is proved",
+    "P5": "the password length of 12 for operator accounts (a role is granted to an existing "
+    "account, whose password length the server cannot know); TOTP required of reviewers, at "
+    "the grant and on every review call, is proved",
     "T3": "deactivation (issue 14); logout, revoke-all, password change and reset, phone "
     "and email changes, and recycled-number reports are proved",
     "I5": "deactivation and anonymisation after retention (issue 14); crypto-shredded data "

@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -404,11 +405,13 @@ def test_an_unreachable_database_is_one_line_and_leaves_the_ring_alone(tmp_path:
 # -- operator roles (issue 12: reviewers) ----------------------------------------------
 
 
-def create_account(cli: Cli, login_name: str) -> str:
-    """An account in the CLI's database, created as registration stores one; its id."""
+def create_account(cli: Cli, login_name: str, *, totp: bool = True) -> str:
+    """An account in the CLI's database, created as registration stores one, with a confirmed
+    TOTP factor unless `totp` is False; its id."""
     from xiaohe.identity.server.accounts.models import NewAccount, SubjectType
     from xiaohe.identity.server.config import Settings
     from xiaohe.identity.server.container import Container
+    from xiaohe.identity.server.totp.codes import code_at
 
     async def create() -> str:
         settings = Settings(data_dir=cli.data_dir)
@@ -427,6 +430,11 @@ def create_account(cli: Cli, login_name: str) -> str:
                     ),
                     [accounts.key("login_name", login_name)],
                 )
+            if totp:
+                enrolment = await container.totp.start_enrolment(account_id, login_name)
+                query = parse_qs(urlparse(enrolment.otpauth_uri).query)
+                code = code_at(query["secret"][0], container.clock.now())
+                assert await container.totp.activate(account_id, code)
             return account_id
         finally:
             await container.close()
@@ -445,8 +453,9 @@ def audit_rows(cli: Cli, action_prefix: str) -> list[tuple[str, str, str]]:
 
 
 def test_operators_grant_list_and_revoke_the_review_role(cli: Cli) -> None:
-    """D2: `operators grant|revoke LOGIN_NAME review` changes who reviews, audited; `list`
-    names the holders; an unknown login name is one line and changes nothing."""
+    """D2, P5: `operators grant|revoke LOGIN_NAME review` changes who reviews, audited; `list`
+    names the holders; an account without TOTP, or an unknown login name, is one line and
+    changes nothing."""
     cli.ok("migrate")
     account_id = create_account(cli, "shen.pingshen")
     assert cli.ok("operators", "list", "review").json() == []
@@ -462,6 +471,10 @@ def test_operators_grant_list_and_revoke_the_review_role(cli: Cli) -> None:
         "review",
     )
     assert holder["granted_at"]
+
+    create_account(cli, "no.totp", totp=False)
+    refused = cli.run("operators", "grant", "no.totp", "review")
+    assert "no confirmed TOTP second factor" in one_line_error(refused)
 
     unknown = cli.run("operators", "grant", "nobody.here", "review")
     assert unknown.returncode == 1

@@ -356,6 +356,14 @@ async def _operators(args: argparse.Namespace, settings: Settings) -> int:
         if found is None:
             print("xiaohe-identity: no account has that login name", file=sys.stderr)
             return 1
+        if args.action == "grant" and not await container.totp.is_enrolled(found.account_id):
+            # Operators sign in with password and TOTP (SECURITY P5): no role without it.
+            print(
+                "xiaohe-identity: the account has no confirmed TOTP second factor; it must "
+                "enrol (AccountService.EnrollTotp, ConfirmTotp) before it can hold a role",
+                file=sys.stderr,
+            )
+            return 1
         action = f"operator.role.{args.action}"
         async with container.database.begin():
             if args.action == "grant":
