@@ -70,6 +70,16 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "password-only session meets otp: False",
         "after disabling, next step: NEXT_STEP_NONE",
     ],
+    ("integrator-guide", "15"): [
+        "reviewer next step: NEXT_STEP_MFA_REQUIRED",
+        "case opened: True",
+        "in the queue: True",
+        "new phone masked: True",
+        "login name matches: True",
+        "scan: image/png",
+        "decision: CASE_STATE_APPROVED",
+        "new phone signs in: True",
+    ],
     ("operator-guide", "2"): [
         "recorded 1, duplicates 0",
         "recorded 0, duplicates 1",
@@ -138,7 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
 
 def test_the_guide_has_a_script_for_every_flow() -> None:
     sections = {section for section, _, _ in SCRIPTS}
-    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14"} <= sections
+    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14", "15"} <= sections
     assert LIBRARIES, "§6's business-system gate is a library block"
     assert {section for section, _, _ in OPERATOR_SCRIPTS} == {"2", "4"}
 
