@@ -90,15 +90,14 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Final
 
 from xiaohe.identity.server.accounts.models import (
     AccountCredentials,
     AccountStatus,
-    PersonalData,
     SubjectType,
 )
 from xiaohe.identity.server.accounts.service import AccountService
@@ -111,12 +110,19 @@ from xiaohe.identity.server.errors import (
     Conflict,
     FailedPrecondition,
     FieldViolation,
-    InvalidArgument,
     NotFound,
     TicketInvalid,
     Unimplemented,
 )
 from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
+from xiaohe.identity.server.flows.manual_review import (
+    DOCUMENTS_FIELD,
+    REVIEW_REJECTED_NOTICE,
+    CaseOpener,
+    check_document_ids,
+    check_documents,
+    identity_fields,
+)
 from xiaohe.identity.server.flows.review import Applied, ReviewDocuments
 from xiaohe.identity.server.review.models import ReviewCase
 from xiaohe.identity.server.sessions.models import RevokeReason
@@ -183,28 +189,6 @@ class PhoneChanged:
     phone_masked: str
     sessions_ended: int
     review_case_id: str = ""
-
-
-class CaseOpener(Protocol):
-    """Opens review cases (`flows.review.CaseQueue`), inside the caller's unit of work."""
-
-    async def open_case(
-        self,
-        *,
-        kind: str,
-        account_id: str | None,
-        subject_type: str,
-        fields: Mapping[str, str],
-        document_ids: Sequence[str],
-        reference: str,
-    ) -> str:
-        """Open a case; returns its id."""
-        ...
-
-
-MAX_DOCUMENTS: Final = 10
-DOCUMENTS_FIELD: Final = "manual_review.document_ids"
-REVIEW_REJECTED_NOTICE: Final = "review_rejected"
 
 
 @dataclass(frozen=True)
@@ -570,59 +554,6 @@ class PhoneChangeFlow:
         if changed_at is None:
             return 0.0
         return changed_at + self._cooling_off - self._clock.now()
-
-
-def check_document_ids(v: Violations, field_name: str, document_ids: Sequence[str]) -> None:
-    """Record violations for a missing, oversized or malformed list of document ids."""
-    if not document_ids:
-        v.add(field_name, "must name at least one document uploaded with UploadDocument")
-    elif len(document_ids) > MAX_DOCUMENTS:
-        v.add(field_name, f"must name at most {MAX_DOCUMENTS} documents")
-    elif any(not d or len(d) > MAX_IDENTIFIER_CHARS or not d.isprintable() for d in document_ids):
-        v.add(field_name, "must hold document ids from UploadDocument")
-
-
-async def check_documents(
-    documents: ReviewDocuments, document_ids: Sequence[str], owners: set[str], field_name: str
-) -> None:
-    """InvalidArgument unless every document exists and belongs to one of `owners`.
-
-    A document of someone else and no document at all get the same answer, so
-    the check tells nobody which ids exist.
-    """
-    for document_id in document_ids:
-        info = await documents.info(document_id)
-        if info is None or not any(
-            hmac.compare_digest(info.owner.encode("utf-8"), owner.encode("utf-8"))
-            for owner in owners
-        ):
-            raise InvalidArgument(
-                FieldViolation(
-                    field_name,
-                    "must name documents uploaded by this account or with the new phone's ticket",
-                )
-            )
-
-
-def identity_fields(subject_type: SubjectType, data: PersonalData) -> dict[str, str]:
-    """The identity an account holds, as review fields (what the documents must show)."""
-    if subject_type is SubjectType.NATURAL_PERSON:
-        held = {"name": data.name, "id_type": data.id_type.name, "id_number": data.id_number}
-        if not data.id_number:
-            held.pop("id_type")
-    else:
-        held = {
-            "organization_name": data.organization_name,
-            "organization_type": data.organization_type,
-            "uscc": data.uscc,
-            "representative_type": data.representative_type,
-            "representative_name": data.representative_name,
-            "representative_id_type": data.representative_id_type.name,
-            "representative_id_number": data.representative_id_number,
-        }
-        if not data.representative_id_number:
-            held.pop("representative_id_type")
-    return {name: value for name, value in held.items() if value}
 
 
 def _subject_of(naming: tuple[IdentifierKind, str] | None) -> SubjectType:

@@ -130,7 +130,7 @@ from xiaohe.identity.server.errors import (
     Unimplemented,
 )
 from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
-from xiaohe.identity.server.flows.phone_change import (
+from xiaohe.identity.server.flows.manual_review import (
     REVIEW_REJECTED_NOTICE,
     CaseOpener,
     check_document_ids,
