@@ -31,14 +31,13 @@ CHECKLIST = ROOT.parent / "shared" / "design" / "SECURITY.md"
 TESTS = ROOT / "tests"
 
 NOT_YET_BUILT: dict[str, str] = {
-    "P5": "issue 12 (operator accounts with TOTP)",
     "I4": "issue 14 (export and rights requests)",
 }
 
 PARTLY_BUILT: dict[str, str] = {
-    "H1": "an approved manual review as the proof of a phone change (issue 12; answered "
-    "UNIMPLEMENTED until then); the old-phone and email proofs and the email's own proof "
-    "are proved",
+    "P5": "the password length of 12 for operator accounts (a role is granted to an existing "
+    "account, whose password length the server cannot know); TOTP required of reviewers, at "
+    "the grant and on every review call, is proved",
     "T3": "deactivation (issue 14); logout, revoke-all, password change and reset, phone "
     "and email changes, and recycled-number reports are proved",
     "I5": "deactivation and anonymisation after retention (issue 14); crypto-shredded data "

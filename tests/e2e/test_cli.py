@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -399,3 +400,95 @@ def test_an_unreachable_database_is_one_line_and_leaves_the_ring_alone(tmp_path:
         assert lines[0].startswith("xiaohe-identity: "), lines
         assert "Traceback" not in done.stderr
     assert (tmp_path / "keyring.json").read_text() == ring_before
+
+
+# -- operator roles (issue 12: reviewers) ----------------------------------------------
+
+
+def create_account(cli: Cli, login_name: str, *, totp: bool = True) -> str:
+    """An account in the CLI's database, created as registration stores one, with a confirmed
+    TOTP factor unless `totp` is False; its id."""
+    from xiaohe.identity.server.accounts.models import NewAccount, SubjectType
+    from xiaohe.identity.server.config import Settings
+    from xiaohe.identity.server.container import Container
+    from xiaohe.identity.server.totp.codes import code_at
+
+    async def create() -> str:
+        settings = Settings(data_dir=cli.data_dir)
+        container = Container(settings, redis_url="redis://127.0.0.1:0")
+        try:
+            accounts = container.accounts
+            account_id = accounts.new_account_id()
+            async with container.database.begin():
+                await accounts.create(
+                    NewAccount(
+                        account_id=account_id,
+                        subject_type=SubjectType.NATURAL_PERSON,
+                        login_name=login_name,
+                        password_hash="$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
+                        accepted_policy_version=1,
+                    ),
+                    [accounts.key("login_name", login_name)],
+                )
+            if totp:
+                enrolment = await container.totp.start_enrolment(account_id, login_name)
+                query = parse_qs(urlparse(enrolment.otpauth_uri).query)
+                code = code_at(query["secret"][0], container.clock.now())
+                assert await container.totp.activate(account_id, code)
+            return account_id
+        finally:
+            await container.close()
+
+    return asyncio.run(create())
+
+
+def audit_rows(cli: Cli, action_prefix: str) -> list[tuple[str, str, str]]:
+    """(action, target, outcome) of the audit rows whose action starts with the prefix."""
+    with sqlite3.connect(cli.database_file) as conn:
+        rows = conn.execute(
+            "SELECT action, target, outcome FROM audit_log WHERE action LIKE ? ORDER BY seq",
+            (action_prefix + "%",),
+        ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def test_operators_grant_list_and_revoke_the_review_role(cli: Cli) -> None:
+    """D2, P5: `operators grant|revoke LOGIN_NAME review` changes who reviews, audited; `list`
+    names the holders; an account without TOTP, or an unknown login name, is one line and
+    changes nothing."""
+    cli.ok("migrate")
+    account_id = create_account(cli, "shen.pingshen")
+    assert cli.ok("operators", "list", "review").json() == []
+
+    granted = cli.ok("operators", "grant", "shen.pingshen", "review").json()
+    assert granted == {"account_id": account_id, "role": "review", "changed": True}
+    again = cli.ok("operators", "grant", "Shen.Pingshen", "review").json()
+    assert again["changed"] is False
+    (holder,) = cli.ok("operators", "list").json()
+    assert (holder["login_name"], holder["account_id"], holder["role"]) == (
+        "shen.pingshen",
+        account_id,
+        "review",
+    )
+    assert holder["granted_at"]
+
+    create_account(cli, "no.totp", totp=False)
+    refused = cli.run("operators", "grant", "no.totp", "review")
+    assert "no confirmed TOTP second factor" in one_line_error(refused)
+
+    unknown = cli.run("operators", "grant", "nobody.here", "review")
+    assert unknown.returncode == 1
+    assert "no account has that login name" in one_line_error(unknown)
+
+    bad_role = cli.run("operators", "grant", "shen.pingshen", "admin")
+    assert bad_role.returncode == 2
+    assert "invalid choice" in bad_role.stderr
+
+    revoked = cli.ok("operators", "revoke", "shen.pingshen", "review").json()
+    assert revoked["changed"] is True
+    assert cli.ok("operators", "list", "review").json() == []
+    assert audit_rows(cli, "operator.role.") == [
+        ("operator.role.grant", account_id, "review"),
+        ("operator.role.grant", account_id, "unchanged"),
+        ("operator.role.revoke", account_id, "review"),
+    ]

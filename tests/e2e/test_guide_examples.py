@@ -55,6 +55,13 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "next step: NEXT_STEP_NONE",
     ],
     ("integrator-guide", "13"): [
+        "consent needed first",
+        "uploaded: image/png",
+        "state: REAL_NAME_STATE_VERIFIED",
+        "verified name: 张*",
+        "level after refresh: 1",
+    ],
+    ("integrator-guide", "14"): [
         "QR code PNG: True",
         "recovery codes: 10",
         "next step: NEXT_STEP_MFA_REQUIRED",
@@ -63,12 +70,15 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "password-only session meets otp: False",
         "after disabling, next step: NEXT_STEP_NONE",
     ],
-    ("integrator-guide", "14"): [
-        "consent needed first",
-        "uploaded: image/png",
-        "state: REAL_NAME_STATE_VERIFIED",
-        "verified name: 张*",
-        "level after refresh: 1",
+    ("integrator-guide", "15"): [
+        "reviewer next step: NEXT_STEP_MFA_REQUIRED",
+        "case opened: True",
+        "in the queue: True",
+        "new phone masked: True",
+        "login name matches: True",
+        "scan: image/png",
+        "decision: CASE_STATE_APPROVED",
+        "new phone signs in: True",
     ],
     ("operator-guide", "2"): [
         "recorded 1, duplicates 0",
@@ -138,7 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
 
 def test_the_guide_has_a_script_for_every_flow() -> None:
     sections = {section for section, _, _ in SCRIPTS}
-    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14"} <= sections
+    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14", "15"} <= sections
     assert LIBRARIES, "§6's business-system gate is a library block"
     assert {section for section, _, _ in OPERATOR_SCRIPTS} == {"2", "4"}
 

@@ -18,6 +18,7 @@ from xiaohe.identity.v1 import (
     privacy_pb2,
     realname_pb2,
     recovery_pb2,
+    review_pb2,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ _DESCRIPTORS = [
     privacy_pb2,
     realname_pb2,
     recovery_pb2,
+    review_pb2,
 ]
 
 

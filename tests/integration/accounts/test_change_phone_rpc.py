@@ -57,6 +57,7 @@ from tests.integration.flows import (
     stubs,
 )
 from tests.rpc_errors import details_of
+from xiaohe.identity.server.codes.models import Channel, Purpose
 from xiaohe.identity.v1 import accounts_pb2, auth_pb2, codes_pb2, common_pb2
 
 ID_NUMBER = "11010519491231002X"
@@ -267,23 +268,28 @@ async def test_a_phone_or_email_does_not_name_the_account(h: Harness) -> None:
     }
 
 
-async def test_manual_review_is_not_available_yet(h: Harness) -> None:
-    """H1: the third proof is declared in the API and answered UNIMPLEMENTED, clearly."""
+async def test_manual_review_with_an_unknown_document_keeps_the_ticket(h: Harness) -> None:
+    """H1: the third proof opens a review case (tests/integration/review); a document nobody
+    uploaded is INVALID_ARGUMENT on the document ids, and the new phone's ticket stays usable."""
     await register(h, LOGIN_NAME, PHONE)
+    new_phone_ticket = await ticket(h, NEW_PHONE, BIND_PHONE)
     details = await refused(
         change_phone(
             h,
             accounts_pb2.ChangePhoneRequest(
                 identifier=LOGIN_NAME,
                 new_phone=NEW_PHONE,
-                new_phone_ticket=await ticket(h, NEW_PHONE, BIND_PHONE),
+                new_phone_ticket=new_phone_ticket,
                 manual_review=common_pb2.ManualReviewProof(document_ids=["doc_1"]),
             ),
         )
     )
-    assert details.code == grpc.StatusCode.UNIMPLEMENTED
-    assert "manual review" in details.message
-    assert "not available yet" in details.message
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(details.violations) == ["manual_review.document_ids"]
+    claims = await h.container.tickets.check(
+        new_phone_ticket, purpose=Purpose.BIND_PHONE, channel=Channel.SMS
+    )
+    assert claims.destination == NEW_PHONE
 
 
 # -- the cooling-off window -------------------------------------------------------------------

@@ -572,18 +572,23 @@ async def test_an_account_holding_too_little_is_pointed_at_manual_review(
     assert await recover_outcomes(h) == [(account_id, "manual_review")]
 
 
-async def test_manual_review_as_the_proof_is_unimplemented(h: Harness) -> None:
-    """Someone who lost the phone asks for manual review: UNIMPLEMENTED, saying that manual
-    review is not available yet (no SECURITY line: the review service is issue 12)."""
+async def test_manual_review_as_the_proof_needs_the_new_phone_and_documents(h: Harness) -> None:
+    """Someone who lost the phone asks for manual review (tests/integration/review): without
+    the phone they hold now, its ticket and documents, INVALID_ARGUMENT names each field and
+    nothing is spent."""
     await register_natural(h)
     request = Request(
         natural_person=natural("").natural_person,
         phone=PHONE,
-        manual_review=common_pb2.ManualReviewProof(document_ids=["doc_1"]),
+        manual_review=common_pb2.ManualReviewProof(),
     )
     d = await refused(h, request)
-    assert (d.code, d.reason) == (grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED")
-    assert "manual review is not available yet" in d.message
+    assert (d.code, d.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert set(d.violations) == {
+        "manual_review.new_phone",
+        "manual_review.new_phone_ticket",
+        "manual_review.document_ids",
+    }
     assert await recover_outcomes(h) == []
 
 

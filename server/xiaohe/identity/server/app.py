@@ -33,6 +33,7 @@ from xiaohe.identity.server.transport.privacy import PrivacyServicer
 from xiaohe.identity.server.transport.realname import RealNameServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer
 from xiaohe.identity.server.transport.reflection import enable_reflection
+from xiaohe.identity.server.transport.review import ReviewServicer
 from xiaohe.identity.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
@@ -50,6 +51,8 @@ from xiaohe.identity.v1 import (
     realname_pb2_grpc,
     recovery_pb2,
     recovery_pb2_grpc,
+    review_pb2,
+    review_pb2_grpc,
 )
 
 log = logging.getLogger("xiaohe.identity.app")
@@ -65,6 +68,7 @@ SERVICE_NAMES = (
     recovery_pb2.DESCRIPTOR.services_by_name["RecoveryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     carriers_pb2.DESCRIPTOR.services_by_name["CarrierHookService"].full_name,
+    review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name,
     realname_pb2.DESCRIPTOR.services_by_name["RealNameService"].full_name,
 )
 
@@ -161,6 +165,9 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     carriers_pb2_grpc.add_CarrierHookServiceServicer_to_server(
         CarrierHookServicer(container.receipts, container.recycled_numbers), server
+    )
+    review_pb2_grpc.add_ReviewServiceServicer_to_server(
+        ReviewServicer(container.review, container.sessions), server
     )
     realname_pb2_grpc.add_RealNameServiceServicer_to_server(
         RealNameServicer(container.realname, container.sessions), server

@@ -30,6 +30,8 @@ from xiaohe.identity.server.observability.logging import configure_logging
 from xiaohe.identity.server.observability.metrics import MetricsListenError
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
+from xiaohe.identity.server.review.models import OPERATOR_ROLES, REVIEW_ROLE
+from xiaohe.identity.server.shared.identifiers import IdentifierKind, normalize_login_name
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = clients.add_parser("revoke", help="revoke a client")
     revoke.add_argument("client_id")
 
+    _add_operator_commands(sub)
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="action", required=True)
     verify = audit.add_parser(
         "verify", help="check the audit chain, its signed checkpoints and optionally an anchor"
@@ -91,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("rewrap", help="re-wrap data keys under the ring's active master key")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     return parser
+
+
+def _add_operator_commands(sub: Any) -> None:
+    operators = sub.add_parser(
+        "operators", help="operator roles of accounts (review: the reviewers)"
+    ).add_subparsers(dest="action", required=True)
+    for action, text in (("grant", "give ROLE to the account"), ("revoke", "take ROLE away")):
+        command = operators.add_parser(action, help=text)
+        command.add_argument("login_name")
+        command.add_argument("role", choices=sorted(OPERATOR_ROLES))
+    listing = operators.add_parser("list", help="accounts holding ROLE")
+    listing.add_argument("role", choices=sorted(OPERATOR_ROLES), nargs="?", default=REVIEW_ROLE)
 
 
 def _add_health_command(sub: Any) -> None:
@@ -310,6 +325,60 @@ async def _pumping(args: argparse.Namespace, settings: Settings) -> int:
         await container.close()
 
 
+async def _operators(args: argparse.Namespace, settings: Settings) -> int:
+    """Grant, revoke or list an operator role; grants and revocations are audited."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await upgrade_async(settings.effective_database_url)
+    # Roles touch only SQL and the key ring (login names' blind index); Redis is never used.
+    container = Container(settings, redis_url=settings.redis_url or "redis://127.0.0.1:0")
+    try:
+        roles, accounts = container.operator_roles, container.accounts
+        if args.action == "list":
+            holders = await roles.holders(args.role)
+            listed = []
+            for holder in holders:
+                credentials = await accounts.get_credentials(holder.account_id)
+                listed.append(
+                    {
+                        "login_name": credentials.login_name,
+                        "account_id": holder.account_id,
+                        "role": holder.role,
+                        "granted_at": _when(holder.granted_at),
+                    }
+                )
+            _print(listed)
+            return 0
+        try:
+            login_name = normalize_login_name(args.login_name)
+        except InvalidArgument:
+            login_name = ""
+        found = await accounts.find_credentials(IdentifierKind.LOGIN_NAME, login_name)
+        if found is None:
+            print("xiaohe-identity: no account has that login name", file=sys.stderr)
+            return 1
+        if args.action == "grant" and not await container.totp.is_enrolled(found.account_id):
+            # Operators sign in with password and TOTP (SECURITY P5): no role without it.
+            print(
+                "xiaohe-identity: the account has no confirmed TOTP second factor; it must "
+                "enrol (AccountService.EnrollTotp, ConfirmTotp) before it can hold a role",
+                file=sys.stderr,
+            )
+            return 1
+        action = f"operator.role.{args.action}"
+        async with container.database.begin():
+            if args.action == "grant":
+                changed = await roles.grant(found.account_id, args.role)
+            else:
+                changed = await roles.revoke(found.account_id, args.role)
+            await container.audit.record(
+                action, found.account_id, args.role if changed else "unchanged"
+            )
+        _print({"account_id": found.account_id, "role": args.role, "changed": changed})
+        return 0
+    finally:
+        await container.close()
+
+
 async def _rewrap(settings: Settings) -> int:
     """Re-wrap every account's data key under the active master key; data stays as it is."""
     await upgrade_async(settings.effective_database_url)
@@ -370,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_policy_publish(text, settings))
         if args.command == "pumping":
             return asyncio.run(_pumping(args, settings))
+        if args.command == "operators":
+            return asyncio.run(_operators(args, settings))
         if args.command == "keys":
             if args.action == "init":
                 created = KeyRing.create(settings.effective_keyring_file, SystemClock())

@@ -135,6 +135,10 @@ class Settings:
     recovery_per_phone_day: int = 5
     recovery_per_ip_hour: int = 20
     recovery_per_client_minute: int = 600
+    # Manual review (issue 12): the queue's SLA (48 h: two working days, no holiday
+    # calendar) and whether an approval needs a second, different reviewer.
+    review_sla_seconds: int = 172800
+    review_second_approval: bool = False
     # TOTP second factor: the issuer name authenticator apps show, and the MFA ticket's life.
     totp_issuer: str = "小禾企服网"
     mfa_ticket_ttl_seconds: int = 300
@@ -410,6 +414,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}PHONE_CHANGE_COOLING_OFF_SECONDS: must not be negative")
     if min(s.recovery_per_phone_day, s.recovery_per_ip_hour, s.recovery_per_client_minute) < 1:
         raise SettingsError(f"{ENV_PREFIX}RECOVERY_PER_*: must be at least 1")
+    if not 60 <= s.review_sla_seconds <= 90 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}REVIEW_SLA_SECONDS: between 60 and 7776000")
     if not s.totp_issuer.strip() or len(s.totp_issuer) > 64 or ":" in s.totp_issuer:
         raise SettingsError(f"{ENV_PREFIX}TOTP_ISSUER: 1-64 characters, no colon")
     if not 30 <= s.mfa_ticket_ttl_seconds <= 900:

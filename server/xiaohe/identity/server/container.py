@@ -57,6 +57,13 @@ from xiaohe.identity.server.flows.realname import RealNameFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
 from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
+from xiaohe.identity.server.flows.review import (
+    CaseApplier,
+    CaseQueue,
+    RealNameApplier,
+    ReviewDocuments,
+    ReviewFlow,
+)
 from xiaohe.identity.server.flows.totp import TotpFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
@@ -75,6 +82,9 @@ from xiaohe.identity.server.realname.verifiers import (
     RuleVerifier,
     Verifier,
 )
+from xiaohe.identity.server.review.cases import ReviewCases
+from xiaohe.identity.server.review.models import CaseKind
+from xiaohe.identity.server.review.roles import OperatorRoles
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
@@ -422,9 +432,8 @@ class Container:
     def realname(self) -> RealNameFlow:
         """Documents and real-name submissions.
 
-        `review_queue` stays None until the review flow is wired here (REVIEW's
-        `ReviewQueue` implementation): until then a submission that needs a
-        reviewer is refused with FAILED_PRECONDITION and nothing is stored.
+        Submissions that need a reviewer open a case in the review queue
+        (`review_queue`); its decision comes back through `apply_review`.
         """
         s = self.settings
         return RealNameFlow(
@@ -445,7 +454,7 @@ class Container:
             verifier=self.real_name_verifier,
             clock=self.clock,
             audit=self.audit,
-            review_queue=None,
+            review_queue=self.review_queue,
             review_rule_passed=s.real_name_review,
             min_age=s.real_name_min_age,
             max_document_bytes=s.document_max_bytes,
@@ -495,6 +504,8 @@ class Container:
             cooling_off_seconds=self.settings.phone_change_cooling_off_seconds,
             audit=self.audit,
             allowed_country_codes=self.settings.allowed_country_codes,
+            review_queue=self.review_queue,
+            documents=self.review_documents,
         )
 
     @cached_property
@@ -517,7 +528,59 @@ class Container:
             cooling_off_seconds=s.phone_change_cooling_off_seconds,
             grant_ttl_seconds=s.ticket_ttl_seconds,
             allowed_country_codes=s.allowed_country_codes,
+            review_queue=self.review_queue,
+            documents=self.review_documents,
+            sessions=self.sessions,
         )
+
+    # -- manual review (issue 12) -------------------------------------------------------------
+
+    @cached_property
+    def review_cases(self) -> ReviewCases:
+        """Review cases, their decisions and notes."""
+        return ReviewCases(self.database, self.cipher, self.clock)
+
+    @cached_property
+    def operator_roles(self) -> OperatorRoles:
+        """Operator roles (`review`) held by accounts."""
+        return OperatorRoles(self.database, self.clock)
+
+    @cached_property
+    def review_queue(self) -> CaseQueue:
+        """Opens review cases (the real-name flow's `ReviewQueue`)."""
+        return CaseQueue(self.review_cases, self.audit)
+
+    @cached_property
+    def review_documents(self) -> ReviewDocuments | None:
+        """The identity documents reviewers read and applicants name."""
+        return self.documents
+
+    @cached_property
+    def review_appliers(self) -> dict[CaseKind, CaseApplier]:
+        """What applies a final decision, per case kind."""
+        return {
+            CaseKind.PHONE_CHANGE: self.phone_change,
+            CaseKind.RECOVERY: self.recovery,
+            CaseKind.REAL_NAME: RealNameApplier(self.realname),
+        }
+
+    @cached_property
+    def review(self) -> ReviewFlow:
+        """The reviewers' work: queue, cases, documents, decisions, notes."""
+        s = self.settings
+        return ReviewFlow(
+            uow=self.database,
+            cases=self.review_cases,
+            roles=self.operator_roles,
+            documents=self.review_documents,
+            appliers=self.review_appliers,
+            audit=self.audit,
+            clock=self.clock,
+            sla_seconds=s.review_sla_seconds,
+            second_approval=s.review_second_approval,
+        )
+
+    # -- end of manual review -------------------------------------------------------------------
 
     # -- recycled numbers (二次号) ----------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from xiaohe.identity.client.client import (
     Channel,
     DocumentKind,
+    DownloadedDocument,
     EndUser,
     IdentifierKind,
     IdentityClient,
@@ -46,6 +47,7 @@ __all__ = [
     "Conflict",
     "ConsentRequired",
     "DocumentKind",
+    "DownloadedDocument",
     "EndUser",
     "FailedPrecondition",
     "IdType",

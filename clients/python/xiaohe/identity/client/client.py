@@ -11,9 +11,10 @@ call raises the typed error of `xiaohe.identity.client.errors`, never a raw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -40,6 +41,8 @@ from xiaohe.identity.v1 import (
     realname_pb2_grpc,
     recovery_pb2,
     recovery_pb2_grpc,
+    review_pb2,
+    review_pb2_grpc,
 )
 from xiaohe.identity.v1.auth_pb2 import NextStep
 from xiaohe.identity.v1.common_pb2 import Channel, IdentifierKind, IdType, Purpose, SubjectType
@@ -54,10 +57,12 @@ if TYPE_CHECKING:
     from xiaohe.identity.v1.privacy_pb2_grpc import PrivacyServiceAsyncStub
     from xiaohe.identity.v1.realname_pb2_grpc import RealNameServiceAsyncStub
     from xiaohe.identity.v1.recovery_pb2_grpc import RecoveryServiceAsyncStub
+    from xiaohe.identity.v1.review_pb2_grpc import ReviewServiceAsyncStub
 
 __all__ = [
     "Channel",
     "DocumentKind",
+    "DownloadedDocument",
     "EndUser",
     "IdType",
     "IdentifierKind",
@@ -124,7 +129,18 @@ class _Stubs:
     recovery: RecoveryServiceAsyncStub
     admin: AdminServiceAsyncStub
     carriers: CarrierHookServiceAsyncStub
+    review: ReviewServiceAsyncStub
     realname: RealNameServiceAsyncStub
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedDocument:
+    """A document a reviewer read with `download_document`: its type, size and bytes
+    (empty when written to a file)."""
+
+    content_type: str
+    size: int
+    content: bytes = field(repr=False)
 
 
 class IdentityClient:
@@ -214,6 +230,7 @@ class IdentityClient:
                 recovery=recovery_pb2_grpc.RecoveryServiceStub(channel),
                 admin=admin_pb2_grpc.AdminServiceStub(channel),
                 carriers=carriers_pb2_grpc.CarrierHookServiceStub(channel),
+                review=review_pb2_grpc.ReviewServiceStub(channel),
                 realname=realname_pb2_grpc.RealNameServiceStub(channel),
             )
         return self._stubs
@@ -951,3 +968,132 @@ class IdentityClient:
             admin_pb2.LiftPrefixBlockRequest(prefix=prefix),
             end_user=end_user,
         )
+
+    # ReviewService: every call carries the reviewer's token (signed in with password + TOTP)
+
+    async def list_cases(
+        self,
+        access_token: str,
+        *,
+        kind: review_pb2.CaseKind.ValueType = review_pb2.CASE_KIND_UNSPECIFIED,
+        state: review_pb2.CaseState.ValueType = review_pb2.CASE_STATE_UNSPECIFIED,
+        page_size: int = 0,
+        page_token: str = "",
+        end_user: EndUser | None = None,
+    ) -> review_pb2.ListCasesResponse:
+        """Review cases, oldest first, with their waiting time against the SLA."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.review.ListCases,
+            review_pb2.ListCasesRequest(
+                kind=kind, state=state, page_size=page_size, page_token=page_token
+            ),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def get_case(
+        self,
+        access_token: str,
+        case_id: str,
+        *,
+        reveal_fields: Sequence[str] = (),
+        end_user: EndUser | None = None,
+    ) -> review_pb2.Case:
+        """One case; its fields masked except `reveal_fields` (each reveal is audited)."""
+        stubs = self._ensure_stubs()
+        response = await self._unary(
+            stubs.review.GetCase,
+            review_pb2.GetCaseRequest(case_id=case_id, reveal_fields=list(reveal_fields)),
+            end_user=end_user,
+            access_token=access_token,
+        )
+        return response.case
+
+    async def download_document(
+        self,
+        access_token: str,
+        case_id: str,
+        document_id: str,
+        *,
+        to: Path | None = None,
+        end_user: EndUser | None = None,
+    ) -> DownloadedDocument:
+        """A document the case references (StreamDocument), whole in memory or written to `to`.
+
+        A file is created 0600 and must not exist yet; if the stream fails, the
+        partial file is removed before the typed error is raised.
+        """
+        stubs = self._ensure_stubs()
+        call = stubs.review.StreamDocument(
+            review_pb2.StreamDocumentRequest(case_id=case_id, document_id=document_id),
+            timeout=self._timeout,
+            metadata=self._metadata(end_user, access_token),
+        )
+        if to is None:
+            parts: list[bytes] = []
+            content_type, size = await _drain(call, parts.append)
+            return DownloadedDocument(content_type, size, b"".join(parts))
+        fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                content_type, size = await _drain(call, out.write)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(to)
+            raise
+        return DownloadedDocument(content_type, size, b"")
+
+    async def decide_case(
+        self,
+        access_token: str,
+        case_id: str,
+        decision: review_pb2.Decision.ValueType,
+        reason: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> review_pb2.DecideCaseResponse:
+        """Approve or reject a case with a reason; `state` says where it stands now."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.review.DecideCase,
+            review_pb2.DecideCaseRequest(case_id=case_id, decision=decision, reason=reason),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def add_note(
+        self,
+        access_token: str,
+        case_id: str,
+        text: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> None:
+        """Add a note to a case."""
+        stubs = self._ensure_stubs()
+        await self._unary(
+            stubs.review.AddNote,
+            review_pb2.AddNoteRequest(case_id=case_id, text=text),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+
+async def _drain(
+    call: AsyncIterable[review_pb2.StreamDocumentResponse], write: Callable[[bytes], object]
+) -> tuple[str, int]:
+    """Hand every chunk of a StreamDocument call to `write`; the first message's type and size.
+
+    A grpc error becomes the typed error of `xiaohe.identity.client.errors`.
+    """
+    content_type, size, first = "", 0, True
+    try:
+        async for message in call:
+            if first:
+                content_type, size, first = message.content_type, message.size, False
+            if message.chunk:
+                write(message.chunk)
+    except grpc.RpcError as err:
+        raise from_rpc_error(err) from err
+    return content_type, size

@@ -127,6 +127,12 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             "如有疑问，请联系客服。",
             frozenset({"at", "old_phone"}),
         ),
+        # To the phone of a manual-review application that was rejected: names no account.
+        "review_rejected": _NoticeText(
+            "人工核验申请未通过",
+            SIGNATURE + "您于近期提交的人工核验申请已于{at}审核未通过。如有疑问，请联系客服。",
+            frozenset({"at"}),
+        ),
         "totp_enabled": _NoticeText(
             "已开启两步验证",
             SIGNATURE

@@ -3,8 +3,8 @@
 The account is named by login name, USCC or ID number (or is the signed-in
 caller's). The new phone is proven by a BIND_PHONE ticket, and the person by one
 of: (a) a CHANGE_PHONE ticket of the bound phone; (b) a CHANGE_PHONE ticket of the
-bound email; (c) manual review with documents, answered Unimplemented until the
-review service exists. An unknown identifier and a proof for another account's
+bound email; (c) manual review with identity documents: a case a reviewer decides
+(below, "By manual review"). An unknown identifier and a proof for another account's
 channel answer alike (TicketInvalid). A new phone bound to another account is
 ALREADY_EXISTS without saying whose; two concurrent changes of one account:
 exactly one wins (`AccountService.replace_contact`).
@@ -20,7 +20,7 @@ which the `email_changed` notice reaches them).
 
 In order, each step only if the previous one passed:
 
-1. Manual review is Unimplemented, before anything else is looked at.
+1. Manual review takes its own path (below).
 2. Shapes. The identifier (required unless signed in; a login name, USCC or ID
    number, never a phone or an email: those are what is being proven), the new
    phone and both tickets; all violations in one InvalidArgument. A non-empty
@@ -66,6 +66,23 @@ In order, each step only if the previous one passed:
 Refusals after step 2 are audited as `account.phone.change` (target the account
 id, or `unknown`) outside the unit of work; the success as
 `account.phone.change` with the proof as its outcome (`old_phone`, `email`).
+
+By manual review (人工核验). Without a ticket of the old phone or the email, the
+person names the account, proves the new phone (BIND_PHONE ticket) and gives
+identity documents uploaded either by the account or with the new phone's
+ticket (`DocumentService.info(...).owner`). A new phone bound to any account,
+this one included, is ALREADY_EXISTS (it names no account). The new phone's
+ticket is consumed and, in one unit of work, a `phone_change` case is opened
+(fields: the account's identity and login name for the reviewer to compare
+with the documents, and the new phone) and audited (`review_opened`); the
+answer carries the case id and nothing has changed yet. An identifier that names
+no active account opens a case too, with no account: the caller cannot tell
+(the reviewer sees "no matching account" and rejects). On approval
+(`apply_case`, inside the decision's unit of work) the change is applied as
+step 9 applies a self-service change, after checking again that the account
+is active, outside its cooling-off window and that the new phone is still
+free; if not, the approval becomes a rejection with that reason. A rejection
+sends the new phone the `review_rejected` notice, which reveals nothing.
 """
 
 from __future__ import annotations
@@ -78,7 +95,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
+from xiaohe.identity.server.accounts.models import (
+    AccountCredentials,
+    AccountStatus,
+    SubjectType,
+)
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
@@ -86,6 +107,7 @@ from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, 
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.errors import (
     AlreadyExists,
+    Conflict,
     FailedPrecondition,
     FieldViolation,
     NotFound,
@@ -93,6 +115,16 @@ from xiaohe.identity.server.errors import (
     Unimplemented,
 )
 from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
+from xiaohe.identity.server.flows.manual_review import (
+    DOCUMENTS_FIELD,
+    REVIEW_REJECTED_NOTICE,
+    CaseOpener,
+    check_document_ids,
+    check_documents,
+    identity_fields,
+)
+from xiaohe.identity.server.flows.review import Applied, ReviewDocuments
+from xiaohe.identity.server.review.models import ReviewCase
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
@@ -146,14 +178,17 @@ class ChangePhoneCommand:
     proof: PhoneProof
     proof_ticket: str = field(repr=False)
     ip: str
+    document_ids: tuple[str, ...] = ()
+    """Manual review: the identity documents."""
 
 
 @dataclass(frozen=True)
 class PhoneChanged:
-    """The outcome of a phone change."""
+    """The outcome of a phone change (or of opening its review case: `review_case_id`)."""
 
     phone_masked: str
     sessions_ended: int
+    review_case_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +217,8 @@ class PhoneChangeFlow:
         cooling_off_seconds: int = DEFAULT_COOLING_OFF_SECONDS,
         audit: AuditSink | None = None,
         allowed_country_codes: Collection[str] = ("86",),
+        review_queue: CaseOpener | None = None,
+        documents: ReviewDocuments | None = None,
     ) -> None:
         if cooling_off_seconds < 0:
             raise ValueError("cooling_off_seconds must not be negative")
@@ -194,6 +231,8 @@ class PhoneChangeFlow:
         self._cooling_off = cooling_off_seconds
         self._audit = audit
         self._allowed_country_codes = tuple(allowed_country_codes)
+        self._review_queue = review_queue
+        self._documents = documents
 
     def __repr__(self) -> str:
         return "PhoneChangeFlow()"
@@ -201,7 +240,7 @@ class PhoneChangeFlow:
     async def change(self, cmd: ChangePhoneCommand) -> PhoneChanged:
         """Change the phone (steps and their reasons in the module docstring).
 
-        Raises Unimplemented (manual review), InvalidArgument, TicketInvalid
+        Raises InvalidArgument, TicketInvalid
         (`new_phone_ticket`, or the proof field for an unknown account as for a
         proof of another account's channel), FailedPrecondition (the same phone,
         a phone changed within the cooling-off window, or a proof by an email
@@ -209,10 +248,7 @@ class PhoneChangeFlow:
         change won) or Unavailable.
         """
         if cmd.proof is PhoneProof.MANUAL_REVIEW:
-            raise Unimplemented(
-                "changing the phone by manual review with identity documents is not available "
-                "yet: prove the account with old_phone_ticket or email_ticket"
-            )
+            return await self._open_review(cmd)
         valid = self._validate(cmd)
         target = UNKNOWN_SUBJECT
         try:
@@ -268,6 +304,119 @@ class PhoneChangeFlow:
             raise
         return PhoneChanged(phone_masked=mask_phone(valid.new_phone), sessions_ended=ended)
 
+    async def _open_review(self, cmd: ChangePhoneCommand) -> PhoneChanged:
+        """Manual review: check, consume the new phone's ticket, open a case (module docstring)."""
+        if self._review_queue is None or self._documents is None:
+            raise Unimplemented("manual review is not available on this server")
+        valid = self._validate(cmd)
+        target = UNKNOWN_SUBJECT
+        try:
+            new_phone_ticket = PresentedTicket(
+                cmd.new_phone_ticket,
+                "new_phone_ticket",
+                Purpose.BIND_PHONE,
+                Channel.SMS,
+                valid.new_phone,
+            )
+            await new_phone_ticket.check(self._tickets)
+            account = await self._account(cmd, valid)
+            if account is not None:
+                target = account.account_id
+            owners = {self._documents.phone_owner(valid.new_phone)}
+            if account is not None:
+                owners.add(account.account_id)
+            await check_documents(self._documents, cmd.document_ids, owners, DOCUMENTS_FIELD)
+            if await self._accounts.taken_kinds([self._accounts.key("phone", valid.new_phone)]):
+                raise AlreadyExists("new_phone")
+            fields: dict[str, str] = {"new_phone": valid.new_phone}
+            subject = _subject_of(valid.naming)
+            if account is not None:
+                data = await self._accounts.get_personal_data(account.account_id)
+                fields.update(identity_fields(account.subject_type, data))
+                fields["login_name"] = account.login_name
+                subject = account.subject_type
+            await new_phone_ticket.consume(self._tickets)
+            async with self._uow.begin():
+                case_id = await self._review_queue.open_case(
+                    kind="phone_change",
+                    account_id=None if account is None else account.account_id,
+                    subject_type=subject.value.lower(),
+                    fields=fields,
+                    document_ids=cmd.document_ids,
+                    reference="",
+                )
+                if self._audit is not None:
+                    await self._audit.record(CHANGE_PHONE_ACTION, target, "review_opened")
+        except Exception as exc:
+            await record_quietly(self._audit, CHANGE_PHONE_ACTION, target, outcome_of(exc), logger)
+            raise
+        return PhoneChanged(phone_masked="", sessions_ended=0, review_case_id=case_id)
+
+    async def apply_case(
+        self, case: ReviewCase, *, approved: bool, reason: str, reviewer_account_id: str
+    ) -> Applied:
+        """A reviewer's final decision on a phone-change case, inside its unit of work.
+
+        Approved: the change of step 9 (replace_contact, other sessions ended, the
+        old phone and the email told, audited as `manual_review`), after the
+        checks of step 6 and 7 are made again; one that fails now turns the
+        approval into a rejection with its reason. Rejected: the new phone gets
+        the `review_rejected` notice. FailedPrecondition when approving a case
+        that matched no account.
+        """
+        new_phone = case.fields.get("new_phone", "")
+        if not approved:
+            return await self._reject_case(case, new_phone)
+        if case.account_id is None:
+            raise FailedPrecondition("the case matched no account: reject it")
+        account = await self._accounts.get_credentials(case.account_id)
+        data = await self._accounts.get_personal_data(case.account_id)
+        refusal = await self._refusal_now(account, data.phone, new_phone)
+        if refusal:
+            await self._reject_case(case, new_phone)
+            return Applied(rejected_because=refusal)
+        try:
+            await self._accounts.replace_contact(
+                account.account_id, "phone", expected=data.phone, new=new_phone
+            )
+        except AlreadyExists:
+            raise Conflict(
+                "the new phone was bound to another account meanwhile: decide the case again"
+            ) from None
+        await self._sessions.revoke_all(account.account_id, RevokeReason.PHONE_CHANGE)
+        await self._notices.send(
+            "phone_changed", phone=data.phone, email=data.email, new_phone=mask_phone(new_phone)
+        )
+        if self._audit is not None:
+            await self._audit.record(
+                CHANGE_PHONE_ACTION, account.account_id, PhoneProof.MANUAL_REVIEW.value
+            )
+        return Applied()
+
+    async def _refusal_now(
+        self, account: AccountCredentials, old_phone: str, new_phone: str
+    ) -> str:
+        """Why the approved change cannot be made now ("" if it can)."""
+        if account.status != AccountStatus.ACTIVE:
+            return "the account is no longer active"
+        if new_phone == old_phone:
+            return "the new phone is the account's phone already"
+        if self._cooling_off_left(account.phone_changed_at) > 0:
+            return f"the account's phone was changed less than {self._hours} h ago"
+        if await self._accounts.taken_kinds([self._accounts.key("phone", new_phone)]):
+            return "the new phone was bound to another account meanwhile"
+        return ""
+
+    async def _reject_case(self, case: ReviewCase, new_phone: str) -> Applied:
+        """A rejection: the new phone is told, nothing more (it names no account)."""
+        if new_phone:
+            await self._notices.send(REVIEW_REJECTED_NOTICE, phone=new_phone)
+        if self._audit is not None:
+            await self._audit.record(
+                CHANGE_PHONE_ACTION, case.account_id or UNKNOWN_SUBJECT, "review_rejected"
+            )
+        return Applied()
+
     def _validate(self, cmd: ChangePhoneCommand) -> _ValidChange:
         """Step 2: shapes; InvalidArgument lists every violation."""
         v = Violations()
@@ -288,6 +437,10 @@ class PhoneChangeFlow:
                 naming = self._normalise(raw, kind)
         new_phone = phone_field(v, "new_phone", cmd.new_phone, self._allowed_country_codes)
         check_ticket_shape(v, "new_phone_ticket", cmd.new_phone_ticket, required=True)
+        if cmd.proof is PhoneProof.MANUAL_REVIEW:
+            check_document_ids(v, DOCUMENTS_FIELD, cmd.document_ids)
+            v.raise_if_any()
+            return _ValidChange(naming, new_phone, DOCUMENTS_FIELD, Channel.SMS)
         proof_field = _PROOF_FIELDS[cmd.proof]
         check_ticket_shape(v, proof_field, cmd.proof_ticket, required=True)
         v.raise_if_any()
@@ -403,12 +556,23 @@ class PhoneChangeFlow:
         return changed_at + self._cooling_off - self._clock.now()
 
 
+def _subject_of(naming: tuple[IdentifierKind, str] | None) -> SubjectType:
+    """The subject type an identifier suggests (a USCC names a legal person)."""
+    if naming is not None and naming[0] is IdentifierKind.USCC:
+        return SubjectType.LEGAL_PERSON
+    return SubjectType.NATURAL_PERSON
+
+
 __all__ = [
     "CHANGE_PHONE_ACTION",
     "DEFAULT_COOLING_OFF_SECONDS",
     "NAMING_KINDS",
+    "CaseOpener",
     "ChangePhoneCommand",
     "PhoneChangeFlow",
     "PhoneChanged",
     "PhoneProof",
+    "check_document_ids",
+    "check_documents",
+    "identity_fields",
 ]

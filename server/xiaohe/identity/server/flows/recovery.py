@@ -13,12 +13,11 @@ On a match: the masked login name, and a single-use password-reset grant for
 SMS. No match answers the same way (a decoy masked name and a grant that opens
 nothing), sends nothing, spends the ticket, and counts against the per-phone and
 per-IP recovery limits. A phone changed within the cooling-off window cannot be
-used to recover. Someone who lost the phone is pointed at manual review
-(Unimplemented until the review service exists).
+used to recover. Someone who lost the phone applies for manual review (below).
 
 In order, each step only if the previous one passed:
 
-1. Manual review as the proof → Unimplemented (nothing looked at, nothing spent).
+1. Manual review as the proof takes its own path (below).
 2. Shapes. Every field is normalised (NFKC, full-width digits, `x` → `X`) and
    validated; every field privacy policy 一.5 lists is required. All violations
    come in one InvalidArgument, named by the request's paths
@@ -77,6 +76,27 @@ the details they typed are those of the account they can already reach; the
 per-phone limit bounds how often they may try. Timing differs by one Redis
 write and one outbox row (the grant and the notice), which likewise tells
 only what the SMS tells the phone's holder.
+
+By manual review (人工核验), for someone who lost the bound phone: the identity
+as above, the phone the person holds now (`manual_review.new_phone`) with its
+RECOVER_ACCOUNT ticket (or BIND_PHONE: RECOVER_ACCOUNT codes go only to phones an
+account holds), and identity documents uploaded with that phone's ticket
+(their owner is the phone's holder, `DocumentService.phone_owner`). Shapes are
+checked, then the documents (someone else's and none at all answer alike),
+then the ticket is consumed and the limits charged as in steps 3-4, keyed by
+the new phone. The account is looked up by the identity itself (the ID number,
+or the USCC, through the blind index) and compared as in step 7. A `recovery`
+case opens whether or not anything matched, with the matched account or none,
+in one unit of work with its audit record (`review_opened`, target the case);
+the answer is the case id and nothing else, the same either way. On approval
+(`apply_case`, in the decision's unit of work) the new phone is bound as a phone
+change binds it (the old phone and the email told, every session ended), and
+the login name goes to the new phone; the person then resets the password with
+a RESET_PASSWORD code to it. If the account is no longer active, its phone
+changed within the cooling-off window or the new phone is bound elsewhere by
+then, the approval becomes a rejection with that reason. A rejection sends the
+new phone the `review_rejected` notice. A case that matched no account cannot
+be approved (FailedPrecondition tells the reviewer to reject it).
 """
 
 from __future__ import annotations
@@ -102,13 +122,30 @@ from xiaohe.identity.server.codes.digests import CodeDigests
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.codes.tickets import TICKET_SECRET_BYTES, ticket_from_secret
 from xiaohe.identity.server.delivery.notices import Notices
-from xiaohe.identity.server.errors import FailedPrecondition, Unimplemented
-from xiaohe.identity.server.flows.channels import PresentedTicket
+from xiaohe.identity.server.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    TicketInvalid,
+    Unimplemented,
+)
+from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
+from xiaohe.identity.server.flows.manual_review import (
+    REVIEW_REJECTED_NOTICE,
+    CaseOpener,
+    check_document_ids,
+    check_documents,
+)
+from xiaohe.identity.server.flows.review import Applied, ReviewDocuments
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import RateLimiter, Reservation
+from xiaohe.identity.server.review.models import ReviewCase
+from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.identifiers import (
+    IdentifierKind,
     IdType,
     mask_login_name,
+    mask_phone,
     normalize,
     normalize_uscc_or_org_code,
     org_code_of_uscc,
@@ -119,6 +156,7 @@ from xiaohe.identity.server.shared.validation import (
     MAX_NAME_CHARS,
     MAX_ORGANIZATION_NAME_CHARS,
     Violations,
+    check_ticket_shape,
     free_text,
     id_number_field,
     phone_field,
@@ -158,6 +196,9 @@ _NAME_DOTS: Final = re.compile(r"[.\u00b7\u2022\u2027\u2219\u22c5\u30fb\uff0e\uf
 # The request's paths: the command is flat, the request nests its fields in a oneof.
 _NATURAL = "natural_person."
 _LEGAL = "legal_person."
+_NEW_PHONE = "manual_review.new_phone"
+_NEW_PHONE_TICKET = "manual_review.new_phone_ticket"
+_DOCUMENTS = "manual_review.document_ids"
 
 
 @dataclass(frozen=True)
@@ -180,15 +221,20 @@ class RecoverCommand:
     representative_id_number: str = field(default="", repr=False)
     client_id: str = ""
     ip: str = ""
+    new_phone: str = field(default="", repr=False)
+    """Manual review: the phone the person holds now, its ticket and the documents."""
+    new_phone_ticket: str = field(default="", repr=False)
+    document_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Recovered:
-    """The answer to a recovery, match or not."""
+    """The answer to a recovery, match or not (with manual review: only the case id)."""
 
     login_name_masked: str
     reset_grant: str = field(repr=False)
     expires_in: int
+    review_case_id: str = ""
 
 
 class RecoveryTickets(TicketConsumer, Protocol):
@@ -251,6 +297,9 @@ class RecoveryFlow:
         grant_ttl_seconds: int = 600,
         allowed_country_codes: Collection[str] = ("86",),
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        review_queue: CaseOpener | None = None,
+        documents: ReviewDocuments | None = None,
+        sessions: SessionRevoker | None = None,
     ) -> None:
         """Wire the flow; `pseudonym_key` is the code HMAC key (phone tags, the decoy)."""
         if per_phone_day < 1 or per_ip_hour < 1 or per_client_minute < 1:
@@ -275,6 +324,9 @@ class RecoveryFlow:
         self._grant_ttl = grant_ttl_seconds
         self._allowed_country_codes = tuple(allowed_country_codes)
         self._token_bytes = token_bytes
+        self._review_queue = review_queue
+        self._documents = documents
+        self._sessions = sessions
 
     def __repr__(self) -> str:
         return "RecoveryFlow()"
@@ -282,13 +334,13 @@ class RecoveryFlow:
     async def recover(self, cmd: RecoverCommand) -> Recovered:
         """Recover; the answer looks the same whether or not anything matched.
 
-        Raises Unimplemented (manual review), InvalidArgument (all field
+        Raises InvalidArgument (all field
         violations at once), TicketInvalid (`phone_ticket`), RateLimited
         (`account.recover.ip`, `.client`, `.phone`), FailedPrecondition (an
         account too bare to match: manual review), or Unavailable.
         """
         if cmd.manual_review:
-            raise Unimplemented(MANUAL_REVIEW_UNAVAILABLE)
+            return await self._open_review(cmd)
         claim = self._validate(cmd)
         phone_ticket = PresentedTicket(
             cmd.phone_ticket, "phone_ticket", Purpose.RECOVER_ACCOUNT, Channel.SMS, claim.phone
@@ -323,6 +375,116 @@ class RecoveryFlow:
             reset_grant=grant,
             expires_in=self._grant_ttl,
         )
+
+    async def _open_review(self, cmd: RecoverCommand) -> Recovered:
+        """Manual review: check, spend the ticket and limits, open a case (module docstring)."""
+        if self._review_queue is None or self._documents is None:
+            raise Unimplemented(MANUAL_REVIEW_UNAVAILABLE)
+        claim = self._validate_review(cmd)
+        owner = self._documents.phone_owner(claim.phone)
+        await check_documents(self._documents, cmd.document_ids, {owner}, _DOCUMENTS)
+        await self._consume_new_phone_ticket(cmd.new_phone_ticket, claim.phone)
+        phone_tag = self._digests.destination_tag(Channel.SMS, claim.phone)
+        await self._charge(phone_tag, client_id=cmd.client_id, end_user_ip=cmd.ip)
+        account_id = await self._account_by_identity(claim)
+        async with self._uow.begin():
+            case_id = await self._review_queue.open_case(
+                kind="recovery",
+                account_id=account_id,
+                subject_type=claim.subject_type.value.lower(),
+                fields=_claim_fields(claim),
+                document_ids=cmd.document_ids,
+                reference="",
+            )
+            await self._audit.record(RECOVER_ACTION, case_id, "review_opened")
+        return Recovered(login_name_masked="", reset_grant="", expires_in=0, review_case_id=case_id)
+
+    async def _consume_new_phone_ticket(self, ticket: str, new_phone: str) -> None:
+        """Use up the new phone's ticket: RECOVER_ACCOUNT as the API names it, or BIND_PHONE.
+
+        RECOVER_ACCOUNT codes go only to phones an account holds (B4,
+        `flows/code_recipients.py`), and the phone of someone who lost theirs
+        is usually new to the platform: its holder proves it with the purpose
+        for binding a phone, which is what the approval will do. A ticket of
+        neither purpose costs two of its three mismatches.
+        """
+        try:
+            await PresentedTicket(
+                ticket, _NEW_PHONE_TICKET, Purpose.RECOVER_ACCOUNT, Channel.SMS, new_phone
+            ).consume(self._tickets)
+        except TicketInvalid:
+            await PresentedTicket(
+                ticket, _NEW_PHONE_TICKET, Purpose.BIND_PHONE, Channel.SMS, new_phone
+            ).consume(self._tickets)
+
+    async def _account_by_identity(self, claim: _Claim) -> str | None:
+        """The active account holding this identity (looked up by ID number or USCC), or None."""
+        if claim.subject_type is SubjectType.NATURAL_PERSON:
+            key = self._accounts.id_number_key(claim.id_type, claim.id_number)
+            credentials = await self._accounts.find_by_key(key)
+        elif len(claim.uscc) == len("91350100M000100Y43"):
+            credentials = await self._accounts.find_credentials(IdentifierKind.USCC, claim.uscc)
+        else:
+            credentials = None  # an organisation code is not indexed: no match
+        if credentials is None or credentials.status != AccountStatus.ACTIVE:
+            return None
+        if credentials.subject_type is not claim.subject_type:
+            return None
+        data = await self._accounts.get_personal_data(credentials.account_id)
+        if not _matchable(claim.subject_type, data) or not _matches(claim, data):
+            return None
+        return credentials.account_id
+
+    async def apply_case(
+        self, case: ReviewCase, *, approved: bool, reason: str, reviewer_account_id: str
+    ) -> Applied:
+        """A reviewer's final decision on a recovery case, inside its unit of work."""
+        new_phone = case.fields.get("new_phone", "")
+        if not approved:
+            await self._notices.send(REVIEW_REJECTED_NOTICE, phone=new_phone)
+            await self._audit.record(RECOVER_ACTION, case.case_id, "review_rejected")
+            return Applied()
+        if case.account_id is None:
+            raise FailedPrecondition("the case matched no account: reject it")
+        credentials = await self._accounts.get_credentials(case.account_id)
+        data = await self._accounts.get_personal_data(case.account_id)
+        refusal = await self._refusal_now(credentials, data.phone, new_phone)
+        if refusal:
+            await self._notices.send(REVIEW_REJECTED_NOTICE, phone=new_phone)
+            await self._audit.record(RECOVER_ACTION, case.case_id, "review_rejected")
+            return Applied(rejected_because=refusal)
+        if new_phone != data.phone:
+            try:
+                await self._accounts.replace_contact(
+                    credentials.account_id, "phone", expected=data.phone, new=new_phone
+                )
+            except AlreadyExists:
+                raise Conflict(
+                    "the new phone was bound to another account meanwhile: decide the case again"
+                ) from None
+            await self._notices.send(
+                "phone_changed", phone=data.phone, email=data.email, new_phone=mask_phone(new_phone)
+            )
+        if self._sessions is not None:
+            await self._sessions.revoke_all(credentials.account_id, RevokeReason.PHONE_CHANGE)
+        await self._notices.send(
+            "login_name_reminder", phone=new_phone, login_name=credentials.login_name
+        )
+        await self._audit.record(RECOVER_ACTION, credentials.account_id, "review_approved")
+        return Applied()
+
+    async def _refusal_now(
+        self, credentials: AccountCredentials, old_phone: str, new_phone: str
+    ) -> str:
+        """Why the approved recovery cannot bind the new phone now ("" if it can)."""
+        if credentials.status != AccountStatus.ACTIVE:
+            return "the account is no longer active"
+        changed_at = credentials.phone_changed_at
+        if changed_at is not None and self._clock.now() - changed_at < self._cooling_off:
+            return "the account's phone was changed within the cooling-off window"
+        if new_phone != old_phone and await self._accounts.holds(IdentifierKind.PHONE, new_phone):
+            return "the new phone was bound to another account meanwhile"
+        return ""
 
     async def _charge(self, phone_tag: str, *, client_id: str, end_user_ip: str) -> None:
         """Step 4: the caller's windows, then the phone's; a refusal refunds what was charged."""
@@ -382,6 +544,19 @@ class RecoveryFlow:
         phone = phone_field(v, "phone", cmd.phone, self._allowed_country_codes)
         if not cmd.phone_ticket.strip():
             v.add("phone_ticket", "must not be empty")
+        return self._claim(v, cmd, phone)
+
+    def _validate_review(self, cmd: RecoverCommand) -> _Claim:
+        """Manual review's shapes: the identity, the new phone, its ticket, the documents;
+        the claim's phone is the new phone."""
+        v = Violations()
+        phone = phone_field(v, _NEW_PHONE, cmd.new_phone, self._allowed_country_codes)
+        check_ticket_shape(v, _NEW_PHONE_TICKET, cmd.new_phone_ticket, required=True)
+        check_document_ids(v, _DOCUMENTS, cmd.document_ids)
+        return self._claim(v, cmd, phone)
+
+    def _claim(self, v: Violations, cmd: RecoverCommand, phone: str) -> _Claim:
+        """The identity fields, normalised; raises InvalidArgument with everything in `v`."""
         today = today_in_china(self._clock)
         if cmd.subject_type is SubjectType.NATURAL_PERSON:
             name = _required_text(v, _NATURAL + "name", cmd.name, MAX_NAME_CHARS)
@@ -442,6 +617,23 @@ class RecoveryFlow:
         v.add("subject", "give natural_person or legal_person")
         v.raise_if_any()
         raise AssertionError("unreachable: a missing subject is a violation")
+
+
+def _claim_fields(claim: _Claim) -> dict[str, str]:
+    """What the person gave, as review fields (the reviewer compares it with the documents)."""
+    if claim.subject_type is SubjectType.NATURAL_PERSON:
+        given = {"name": claim.name, "id_type": claim.id_type.name, "id_number": claim.id_number}
+    else:
+        given = {
+            "organization_name": claim.organization_name,
+            "organization_type": claim.organization_type,
+            "uscc": claim.uscc,
+            "representative_type": claim.representative_type,
+            "representative_name": claim.representative_name,
+            "representative_id_type": claim.representative_id_type.name,
+            "representative_id_number": claim.representative_id_number,
+        }
+    return {"new_phone": claim.phone, **given}
 
 
 def phone_key(phone_tag: str) -> str:

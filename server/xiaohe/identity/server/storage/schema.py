@@ -213,41 +213,6 @@ consents = sa.Table(
     sa.Column("ip_masked", sa.String(64), nullable=False),
 )
 
-# The TOTP second factor (issue 12): one factor per account, pending until confirmed.
-# `secret_enc` is the base32 secret sealed under the key ring with the account id and
-# column as associated data; `last_used_step` is the newest 30-second step accepted
-# (a code is accepted once: a conditional UPDATE moves it forward).
-totp_factors = sa.Table(
-    "totp_factors",
-    metadata,
-    sa.Column(
-        "account_id",
-        sa.String(40),
-        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    sa.Column("secret_enc", sa.LargeBinary, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("activated_at", UtcDateTime, nullable=True),
-    sa.Column("last_used_step", sa.BigInteger, nullable=True),
-)
-
-# Single-use recovery codes of an active factor, only as keyed HMAC-SHA256 (hex).
-totp_recovery_codes = sa.Table(
-    "totp_recovery_codes",
-    metadata,
-    sa.Column(
-        "account_id",
-        sa.String(40),
-        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    sa.Column("code_hash", sa.String(64), primary_key=True),
-    sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("used_at", UtcDateTime, nullable=True),
-)
-
 # -- identity documents and real-name verification (realname/, migration 0008) ------
 
 # Consents of phone holders who have no account to sign in with (an identity document
@@ -323,4 +288,113 @@ real_name_claims = sa.Table(
     ),
     sa.Column("submission_id", sa.String(40), nullable=False),
     sa.Column("verified_at", UtcDateTime, nullable=False),
+)
+
+# -- manual review (issue 12, migration 0009) ------------------------------------------
+
+operator_roles = sa.Table(
+    "operator_roles",
+    metadata,
+    # An operator role (`review`) held by an account; granted and revoked by the CLI.
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("role", sa.String(32), primary_key=True),
+    sa.Column("granted_at", UtcDateTime, nullable=False),
+)
+
+review_cases = sa.Table(
+    "review_cases",
+    metadata,
+    sa.Column("case_id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    # The account the case is about; NULL for a recovery whose identity matched none.
+    sa.Column("account_id", sa.String(40), nullable=True, index=True),
+    sa.Column("subject_type", sa.String(20), nullable=False),
+    sa.Column("reference", sa.String(100), nullable=False),
+    # JSON list of document ids (ids, not personal data).
+    sa.Column("document_ids", sa.Text, nullable=False),
+    # The case's own data key (wrapped), and the compared fields (JSON) sealed under it.
+    sa.Column("data_key_wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("fields_enc", sa.LargeBinary, nullable=False),
+    sa.Column("opened_at", UtcDateTime, nullable=False),
+    sa.Column("first_approver", sa.String(40), nullable=True),
+    sa.Column("decided_at", UtcDateTime, nullable=True),
+    sa.Index("ix_review_cases_queue", "state", "opened_at", "case_id"),
+)
+
+review_decisions = sa.Table(
+    "review_decisions",
+    metadata,
+    sa.Column("decision_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "case_id",
+        sa.String(40),
+        sa.ForeignKey("review_cases.case_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # The decision's place in its case (1, 2): the order does not rest on equal clocks.
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("reviewer_account_id", sa.String(40), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    # The reason, sealed under the case's data key (it may quote personal data).
+    sa.Column("reason_enc", sa.LargeBinary, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("case_id", "seq", name="uq_review_decisions_case_seq"),
+)
+
+review_notes = sa.Table(
+    "review_notes",
+    metadata,
+    sa.Column("note_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "case_id",
+        sa.String(40),
+        sa.ForeignKey("review_cases.case_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("author_account_id", sa.String(40), nullable=False),
+    sa.Column("text_enc", sa.LargeBinary, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+)
+
+# The TOTP second factor (issue 12): one factor per account, pending until confirmed.
+# `secret_enc` is the base32 secret sealed under the key ring with the account id and
+# column as associated data; `last_used_step` is the newest 30-second step accepted
+# (a code is accepted once: a conditional UPDATE moves it forward).
+totp_factors = sa.Table(
+    "totp_factors",
+    metadata,
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("secret_enc", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("activated_at", UtcDateTime, nullable=True),
+    sa.Column("last_used_step", sa.BigInteger, nullable=True),
+)
+
+# Single-use recovery codes of an active factor, only as keyed HMAC-SHA256 (hex).
+totp_recovery_codes = sa.Table(
+    "totp_recovery_codes",
+    metadata,
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("used_at", UtcDateTime, nullable=True),
 )

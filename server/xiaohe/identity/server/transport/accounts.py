@@ -323,10 +323,13 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
                 proof=kinds[proof],
                 proof_ticket=proof_ticket,
                 ip=context.current().end_user_ip,
+                document_ids=tuple(request.manual_review.document_ids),
             )
         )
         return accounts_pb2.ChangePhoneResponse(
-            phone_masked=changed.phone_masked, sessions_ended=changed.sessions_ended
+            phone_masked=changed.phone_masked,
+            sessions_ended=changed.sessions_ended,
+            review_case_id=changed.review_case_id,
         )
 
     # -- TOTP second factor ------------------------------------------------------------

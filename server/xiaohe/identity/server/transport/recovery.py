@@ -29,6 +29,9 @@ def recover_command(request: recovery_pb2.RecoverAccountRequest) -> RecoverComma
         "manual_review": proof == "manual_review",
         "client_id": rc.client_id,
         "ip": rc.end_user_ip,
+        "new_phone": request.manual_review.new_phone,
+        "new_phone_ticket": request.manual_review.new_phone_ticket,
+        "document_ids": tuple(request.manual_review.document_ids),
     }
     if subject == "natural_person":
         person = request.natural_person
@@ -81,4 +84,5 @@ class RecoveryServicer(recovery_pb2_grpc.RecoveryServiceServicer):
             login_name_masked=recovered.login_name_masked,
             reset_grant=recovered.reset_grant,
             reset_grant_expires_in_seconds=recovered.expires_in,
+            review_case_id=recovered.review_case_id,
         )

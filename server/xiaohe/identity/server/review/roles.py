@@ -1,0 +1,122 @@
+"""Operator roles held by accounts (`review`), granted and revoked by an operator's CLI.
+
+A role is a row in `operator_roles`; an account that is deleted loses its
+roles with it (foreign key, cascade). Grants and revocations are audited by
+the caller (the CLI), in the same unit of work when it opens one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound
+from xiaohe.identity.server.review.models import OPERATOR_ROLES
+from xiaohe.identity.server.storage.database import (
+    Database,
+    SqlConnection,
+    epoch,
+    translate_errors,
+    utc,
+)
+from xiaohe.identity.server.storage.schema import operator_roles
+
+
+@dataclass(frozen=True)
+class RoleHolder:
+    """An account holding an operator role, since when."""
+
+    account_id: str
+    role: str
+    granted_at: float
+
+
+def check_role(role: str) -> str:
+    """The role if it is a known operator role, else InvalidArgument on `role`."""
+    if role not in OPERATOR_ROLES:
+        raise InvalidArgument(
+            FieldViolation("role", f"unknown operator role; known: {sorted(OPERATOR_ROLES)}")
+        )
+    return role
+
+
+class OperatorRoles:
+    """Who holds which operator role."""
+
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return "OperatorRoles()"
+
+    async def grant(self, account_id: str, role: str) -> bool:
+        """Give `role` to the account; False if it held it already. NotFound: no account."""
+        check_role(role)
+        with translate_errors():
+            async with self._db.begin() as conn:
+                if await self._holds(conn, account_id, role):
+                    return False
+                try:
+                    await conn.execute(
+                        operator_roles.insert().values(
+                            account_id=account_id, role=role, granted_at=utc(self._clock.now())
+                        )
+                    )
+                except IntegrityError:
+                    raise NotFound("no such account") from None
+        return True
+
+    async def revoke(self, account_id: str, role: str) -> bool:
+        """Take `role` from the account; False if it did not hold it."""
+        check_role(role)
+        with translate_errors():
+            async with self._db.begin() as conn:
+                result = await conn.execute(
+                    operator_roles.delete().where(
+                        operator_roles.c.account_id == account_id, operator_roles.c.role == role
+                    )
+                )
+        return result.rowcount > 0
+
+    async def holders(self, role: str) -> list[RoleHolder]:
+        """Every account holding `role`, oldest grant first."""
+        check_role(role)
+        with translate_errors():
+            async with self._db.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        operator_roles.select()
+                        .where(operator_roles.c.role == role)
+                        .order_by(operator_roles.c.granted_at, operator_roles.c.account_id)
+                    )
+                ).all()
+        return [
+            RoleHolder(
+                r._mapping["account_id"], r._mapping["role"], epoch(r._mapping["granted_at"])
+            )
+            for r in rows
+        ]
+
+    async def holds(self, account_id: str, role: str) -> bool:
+        """Whether the account holds `role` now."""
+        with translate_errors():
+            async with self._db.connect() as conn:
+                return await self._holds(conn, account_id, role)
+
+    @staticmethod
+    async def _holds(conn: SqlConnection, account_id: str, role: str) -> bool:
+        row = (
+            await conn.execute(
+                sa.select(operator_roles.c.account_id).where(
+                    operator_roles.c.account_id == account_id, operator_roles.c.role == role
+                )
+            )
+        ).first()
+        return row is not None
+
+
+__all__ = ["OperatorRoles", "RoleHolder", "check_role"]
