@@ -10,11 +10,12 @@ is rejected (`review_rejected`, a notice that names no account).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
-from typing import Final, Protocol
+from collections.abc import Sequence
+from typing import Final
 
 from xiaohe.identity.server.accounts.models import PersonalData, SubjectType
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.flows.realname import ReviewQueue
 from xiaohe.identity.server.flows.review import ReviewDocuments
 from xiaohe.identity.server.shared.validation import MAX_IDENTIFIER_CHARS, Violations
 
@@ -22,23 +23,6 @@ MAX_DOCUMENTS: Final = 10
 """Documents one application may name."""
 DOCUMENTS_FIELD: Final = "manual_review.document_ids"
 REVIEW_REJECTED_NOTICE: Final = "review_rejected"
-
-
-class CaseOpener(Protocol):
-    """Opens review cases (`flows.review.CaseQueue`), inside the caller's unit of work."""
-
-    async def open_case(
-        self,
-        *,
-        kind: str,
-        account_id: str | None,
-        subject_type: str,
-        fields: Mapping[str, str],
-        document_ids: Sequence[str],
-        reference: str,
-    ) -> str:
-        """Open a case; returns its id."""
-        ...
 
 
 def check_document_ids(v: Violations, field_name: str, document_ids: Sequence[str]) -> None:
@@ -98,7 +82,7 @@ __all__ = [
     "DOCUMENTS_FIELD",
     "MAX_DOCUMENTS",
     "REVIEW_REJECTED_NOTICE",
-    "CaseOpener",
+    "ReviewQueue",
     "check_document_ids",
     "check_documents",
     "identity_fields",

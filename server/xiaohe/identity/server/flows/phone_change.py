@@ -118,7 +118,7 @@ from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoke
 from xiaohe.identity.server.flows.manual_review import (
     DOCUMENTS_FIELD,
     REVIEW_REJECTED_NOTICE,
-    CaseOpener,
+    ReviewQueue,
     check_document_ids,
     check_documents,
     identity_fields,
@@ -217,7 +217,7 @@ class PhoneChangeFlow:
         cooling_off_seconds: int = DEFAULT_COOLING_OFF_SECONDS,
         audit: AuditSink | None = None,
         allowed_country_codes: Collection[str] = ("86",),
-        review_queue: CaseOpener | None = None,
+        review_queue: ReviewQueue | None = None,
         documents: ReviewDocuments | None = None,
     ) -> None:
         if cooling_off_seconds < 0:
@@ -252,13 +252,7 @@ class PhoneChangeFlow:
         valid = self._validate(cmd)
         target = UNKNOWN_SUBJECT
         try:
-            new_phone_ticket = PresentedTicket(
-                cmd.new_phone_ticket,
-                "new_phone_ticket",
-                Purpose.BIND_PHONE,
-                Channel.SMS,
-                valid.new_phone,
-            )
+            new_phone_ticket = _new_phone_ticket(cmd, valid)
             await new_phone_ticket.check(self._tickets)
             account = await self._account(cmd, valid)
             if account is not None:
@@ -311,13 +305,7 @@ class PhoneChangeFlow:
         valid = self._validate(cmd)
         target = UNKNOWN_SUBJECT
         try:
-            new_phone_ticket = PresentedTicket(
-                cmd.new_phone_ticket,
-                "new_phone_ticket",
-                Purpose.BIND_PHONE,
-                Channel.SMS,
-                valid.new_phone,
-            )
+            new_phone_ticket = _new_phone_ticket(cmd, valid)
             await new_phone_ticket.check(self._tickets)
             account = await self._account(cmd, valid)
             if account is not None:
@@ -563,15 +551,22 @@ def _subject_of(naming: tuple[IdentifierKind, str] | None) -> SubjectType:
     return SubjectType.NATURAL_PERSON
 
 
+def _new_phone_ticket(cmd: ChangePhoneCommand, valid: _ValidChange) -> PresentedTicket:
+    """The BIND_PHONE ticket for the new phone, which every way of changing the phone needs."""
+    return PresentedTicket(
+        cmd.new_phone_ticket, "new_phone_ticket", Purpose.BIND_PHONE, Channel.SMS, valid.new_phone
+    )
+
+
 __all__ = [
     "CHANGE_PHONE_ACTION",
     "DEFAULT_COOLING_OFF_SECONDS",
     "NAMING_KINDS",
-    "CaseOpener",
     "ChangePhoneCommand",
     "PhoneChangeFlow",
     "PhoneChanged",
     "PhoneProof",
+    "ReviewQueue",
     "check_document_ids",
     "check_documents",
     "identity_fields",

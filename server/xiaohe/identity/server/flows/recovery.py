@@ -132,7 +132,7 @@ from xiaohe.identity.server.errors import (
 from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
 from xiaohe.identity.server.flows.manual_review import (
     REVIEW_REJECTED_NOTICE,
-    CaseOpener,
+    ReviewQueue,
     check_document_ids,
     check_documents,
 )
@@ -297,7 +297,7 @@ class RecoveryFlow:
         grant_ttl_seconds: int = 600,
         allowed_country_codes: Collection[str] = ("86",),
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
-        review_queue: CaseOpener | None = None,
+        review_queue: ReviewQueue | None = None,
         documents: ReviewDocuments | None = None,
         sessions: SessionRevoker | None = None,
     ) -> None:

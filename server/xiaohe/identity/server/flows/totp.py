@@ -40,7 +40,7 @@ from typing import Final, Protocol
 
 from xiaohe.identity.server.accounts.models import AccountCredentials, PersonalData
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
-from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome
+from xiaohe.identity.server.credentials.reauth import Throttle
 from xiaohe.identity.server.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -101,30 +101,6 @@ class SecondFactor(CodeVerifier, Protocol):
 
     async def remove(self, account_id: str) -> bool:
         """Remove the factor and its recovery codes."""
-        ...
-
-
-class Throttle(Protocol):
-    """Brute-force counters (`credentials.lockout.LoginThrottle`)."""
-
-    async def admit(self, account_id: str, ip: str) -> Admission:
-        """Reserve one evaluation or refuse."""
-        ...
-
-    async def record_failure(self, account_id: str, ip: str, reservation: str) -> FailureOutcome:
-        """Keep the reservation as a failure."""
-        ...
-
-    async def record_success(self, account_id: str, ip: str, reservation: str) -> None:
-        """Free the reservation and clear this IP's failures."""
-        ...
-
-    async def release(self, account_id: str, ip: str, reservation: str) -> None:
-        """Refund a reservation that was never evaluated."""
-        ...
-
-    async def touch(self, account_id: str, ip: str) -> None:
-        """Cost what `record_failure` costs, changing nothing."""
         ...
 
 

@@ -91,30 +91,16 @@ class ConsentLedger:
         The caller is responsible for `version` being one it has checked (usually
         the current one) and `ip_masked` being masked already.
         """
-        values = {
-            "client_id": client_id,
-            "channel": channel,
-            "purpose": purpose,
-            "ip_masked": ip_masked,
-        }
-        for name, value in values.items():
-            if len(value) > _LIMITS[name]:
-                raise ValueError(f"consent {name} is longer than {_LIMITS[name]}")
         if not purpose:
             raise ValueError("consent purpose must not be empty")
-        consent_id = _ID_PREFIX + self._token_bytes(_ID_BYTES).hex()
-        async with self._db.begin() as conn:
-            with translate_errors():
-                await conn.execute(
-                    consents.insert().values(
-                        consent_id=consent_id,
-                        account_id=account_id,
-                        policy_version=version,
-                        accepted_at=utc(self._clock.now()),
-                        **values,
-                    )
-                )
-        return consent_id
+        return await self._insert(
+            consents.insert().values(account_id=account_id),
+            version,
+            client_id=client_id,
+            channel=channel,
+            purpose=purpose,
+            ip_masked=ip_masked,
+        )
 
     async def record_for_holder(
         self,
@@ -127,24 +113,29 @@ class ConsentLedger:
         ip_masked: str = "",
     ) -> str:
         """Record a consent of a phone holder without an account (`phone:<blind index>`)."""
-        values = {
-            "client_id": client_id,
-            "channel": channel,
-            "purpose": purpose,
-            "ip_masked": ip_masked,
-        }
+        if not purpose or not holder:
+            raise ValueError("consent holder and purpose must not be empty")
+        return await self._insert(
+            holder_consents.insert().values(holder=holder),
+            version,
+            client_id=client_id,
+            channel=channel,
+            purpose=purpose,
+            ip_masked=ip_masked,
+        )
+
+    async def _insert(self, insert: sa.Insert, version: int, **values: str) -> str:
+        """Insert one consent row (a ledger's `insert()` with its subject) with the common
+        columns; values over their column's length are refused."""
         for name, value in values.items():
             if len(value) > _LIMITS[name]:
                 raise ValueError(f"consent {name} is longer than {_LIMITS[name]}")
-        if not purpose or not holder:
-            raise ValueError("consent holder and purpose must not be empty")
         consent_id = _ID_PREFIX + self._token_bytes(_ID_BYTES).hex()
         async with self._db.begin() as conn:
             with translate_errors():
                 await conn.execute(
-                    holder_consents.insert().values(
+                    insert.values(
                         consent_id=consent_id,
-                        holder=holder,
                         policy_version=version,
                         accepted_at=utc(self._clock.now()),
                         **values,
