@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\x32\xcd\x01\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\"}\n\nDisclosure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDisclosuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDisclosuresResponse\x12\x33\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1e.xiaohe.identity.v1.Disclosure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x02\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponse\x12j\n\x0fListDisclosures\x12*.xiaohe.identity.v1.ListDisclosuresRequest\x1a+.xiaohe.identity.v1.ListDisclosuresResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCEPTPOLICYREQUEST']._serialized_end=282
   _globals['_ACCEPTPOLICYRESPONSE']._serialized_start=284
   _globals['_ACCEPTPOLICYRESPONSE']._serialized_end=332
-  _globals['_PRIVACYSERVICE']._serialized_start=335
-  _globals['_PRIVACYSERVICE']._serialized_end=540
+  _globals['_DISCLOSURE']._serialized_start=334
+  _globals['_DISCLOSURE']._serialized_end=459
+  _globals['_LISTDISCLOSURESREQUEST']._serialized_start=461
+  _globals['_LISTDISCLOSURESREQUEST']._serialized_end=524
+  _globals['_LISTDISCLOSURESRESPONSE']._serialized_start=526
+  _globals['_LISTDISCLOSURESRESPONSE']._serialized_end=629
+  _globals['_PRIVACYSERVICE']._serialized_start=632
+  _globals['_PRIVACYSERVICE']._serialized_end=945
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class PrivacyServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyResponse.FromString,
                 _registered_method=True)
+        self.ListDisclosures = channel.unary_unary(
+                '/xiaohe.identity.v1.PrivacyService/ListDisclosures',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -67,6 +72,14 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDisclosures(self, request, context):
+        """Which business systems received which of the signed-in user's identity fields, when
+        and for what purpose (PIPL Art. 23), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.AcceptPolicy,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyResponse.SerializeToString,
+            ),
+            'ListDisclosures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDisclosures,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +154,33 @@ class PrivacyService:
             '/xiaohe.identity.v1.PrivacyService/AcceptPolicy',
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.AcceptPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisclosures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/ListDisclosures',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

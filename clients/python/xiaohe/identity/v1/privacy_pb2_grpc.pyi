@@ -40,6 +40,10 @@ class PrivacyServiceStub:
     restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
     Refresh on.
     """
+    ListDisclosures: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.ListDisclosuresRequest, _privacy_pb2.ListDisclosuresResponse]
+    """Which business systems received which of the signed-in user's identity fields, when
+    and for what purpose (PIPL Art. 23), newest first.
+    """
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -52,6 +56,10 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     """Records the signed-in user's consent to the current version. A session that was
     restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
     Refresh on.
+    """
+    ListDisclosures: _aio.UnaryUnaryMultiCallable[_privacy_pb2.ListDisclosuresRequest, _privacy_pb2.ListDisclosuresResponse]  # type: ignore[assignment]
+    """Which business systems received which of the signed-in user's identity fields, when
+    and for what purpose (PIPL Art. 23), newest first.
     """
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +82,16 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records the signed-in user's consent to the current version. A session that was
         restricted (login answered NEXT_STEP_CONSENT_REQUIRED) is a normal one from its next
         Refresh on.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDisclosures(
+        self,
+        request: _privacy_pb2.ListDisclosuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.ListDisclosuresResponse, _abc.Awaitable[_privacy_pb2.ListDisclosuresResponse]]:
+        """Which business systems received which of the signed-in user's identity fields, when
+        and for what purpose (PIPL Art. 23), newest first.
         """
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,6 +65,12 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.ReviewService/StreamDocument": "review",
     "/xiaohe.identity.v1.ReviewService/DecideCase": "review",
     "/xiaohe.identity.v1.ReviewService/AddNote": "review",
+    # Business systems: the directory (fields also need `field:NAME` grants) and the
+    # revocation stream; the person's list of disclosures.
+    "/xiaohe.identity.v1.DirectoryService/GetIdentity": "directory",
+    "/xiaohe.identity.v1.DirectoryService/BatchGetIdentities": "directory",
+    "/xiaohe.identity.v1.DirectoryService/WatchRevocations": "validate",
+    "/xiaohe.identity.v1.PrivacyService/ListDisclosures": "privacy",
 }
 
 # Methods any caller may use without credentials.
