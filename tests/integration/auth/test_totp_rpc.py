@@ -246,6 +246,28 @@ async def test_ten_wrong_passwords_lock_the_same_way(h: Harness) -> None:
     assert (await failure(password_login(h))).reason == "INVALID_CREDENTIALS"
 
 
+async def test_a_locked_account_with_totp_still_signs_in_by_sms(h: Harness) -> None:
+    """B2, D3: after ten wrong passwords the password is refused, but an SMS login and the
+    right TOTP code still sign in (a lock must not shut the owner out); wrong codes after
+    an SMS login are still refused and the ticket's presentations are bounded."""
+    _, secret, _ = await enrolled_account(h)
+    h.clock.advance(STEP)
+    for _ in range(10):
+        await failure(password_login(h, "Wrong-Password-1"))
+    assert (await failure(password_login(h))).reason == "INVALID_CREDENTIALS"
+    sms_ticket = await code_ticket(h, PHONE, common_pb2.PURPOSE_LOGIN)
+    challenged = await stubs(h).auth.Login(
+        auth_pb2.LoginRequest(sms_ticket=sms_ticket), metadata=h.metadata
+    )
+    assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
+    wrong = f"{(int(code_at(secret, h.clock.now())) + 1) % 1_000_000:06d}"
+    assert (await failure(complete(h, challenged.mfa_ticket, wrong))).reason == (
+        "INVALID_CREDENTIALS"
+    )
+    done = await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
+    assert await auth_methods(h, done.session.access_token) == (True, ["sms", "otp"])
+
+
 async def test_a_password_reset_keeps_the_second_factor(h: Harness) -> None:
     """D3: ResetPassword sets a new password but leaves TOTP on: the next login still
     answers MFA_REQUIRED."""

@@ -51,6 +51,10 @@ class Throttle(Protocol):
         """Cost what `record_failure` costs, changing nothing."""
         ...
 
+    async def clear(self, account_id: str, ip: str) -> None:
+        """Forget this IP's failures and lock (a success by another way in: B2)."""
+        ...
+
 
 class PasswordCheck:
     """Verifies the password of a known account under the login throttle."""

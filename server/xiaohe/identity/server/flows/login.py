@@ -546,7 +546,13 @@ class LoginFlow:
             except NotFound:
                 attempt.outcome = "unknown_account"
                 raise TicketInvalid(field=MFA_TICKET_FIELD) from None
-            await self._code_attempts.verify(self._second_factor, account.account_id, ip, checked)
+            await self._code_attempts.verify(
+                self._second_factor,
+                account.account_id,
+                ip,
+                checked,
+                despite_lock=binding.method == SMS_METHOD,
+            )
             if not await self._mfa_tickets.consume(ticket):
                 raise TicketInvalid(field=MFA_TICKET_FIELD)
             result = await self._start(

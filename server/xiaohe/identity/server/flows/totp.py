@@ -174,13 +174,29 @@ class CodeAttempts:
     def __init__(self, throttle: Throttle) -> None:
         self._throttle = throttle
 
-    async def run(self, account_id: str, ip: str, evaluate: Callable[[], Awaitable[bool]]) -> None:
+    async def run(
+        self,
+        account_id: str,
+        ip: str,
+        evaluate: Callable[[], Awaitable[bool]],
+        *,
+        despite_lock: bool = False,
+    ) -> None:
         """Return if `evaluate()` accepts the code; InvalidCredentials if it does not or the
-        account is locked for this IP. An exception from `evaluate` refunds the attempt."""
+        account is locked for this IP. An exception from `evaluate` refunds the attempt.
+
+        `despite_lock`: the code completes an SMS login, and a locked account can still
+        sign in by SMS (B2), so a lock does not refuse it. Its guesses stay bounded: five
+        presentations per MFA ticket, and each ticket needs a new SMS code, whose issue
+        is limited per number.
+        """
         admission = await self._throttle.admit(account_id, ip)
         if admission.refusal is not None:
             await self._throttle.touch(account_id, ip)
-            raise InvalidCredentials(WRONG_CODE)
+            if not despite_lock or not await evaluate():
+                raise InvalidCredentials(WRONG_CODE)
+            await self._throttle.clear(account_id, ip)
+            return
         try:
             right = await evaluate()
         except BaseException:
@@ -192,16 +208,23 @@ class CodeAttempts:
         await self._throttle.record_success(account_id, ip, admission.reservation)
 
     async def verify(
-        self, factor: CodeVerifier, account_id: str, ip: str, code: SecondFactorCode
+        self,
+        factor: CodeVerifier,
+        account_id: str,
+        ip: str,
+        code: SecondFactorCode,
+        *,
+        despite_lock: bool = False,
     ) -> None:
-        """Accept a checked TOTP code (once: D3) or spend a recovery code, under the throttle."""
+        """Accept a checked TOTP code (once: D3) or spend a recovery code, under the throttle
+        (`run`)."""
 
         async def evaluate() -> bool:
             if code.totp_code:
                 return await factor.verify_code(account_id, code.totp_code)
             return await factor.use_recovery_code(account_id, code.recovery_code)
 
-        await self.run(account_id, ip, evaluate)
+        await self.run(account_id, ip, evaluate, despite_lock=despite_lock)
 
 
 @dataclass(frozen=True)
