@@ -25,8 +25,9 @@ from xiaohe.identity.server.flows.realname import (
     NaturalPersonCommand,
     UploadHeader,
 )
+from xiaohe.identity.server.realname.claims import NaturalPersonClaim
 from xiaohe.identity.server.realname.submissions import State
-from xiaohe.identity.server.realname.verifiers import ReviewVerifier
+from xiaohe.identity.server.realname.verifiers import ReviewVerifier, RuleVerifier, Verdict
 
 DAY = 86400.0
 THIRD_ID = "110105198001010016"
@@ -208,6 +209,34 @@ async def test_two_accounts_submitting_one_id_at_once_give_one_verified(env: Rea
     assert states.count(State.REJECTED) == 3
     levels = [await level_of(env, a) for a in accounts]
     assert sorted(levels) == [0, 0, 0, 1]
+    assert (await row_counts(env.database, "real_name_claims"))["real_name_claims"] == 1
+
+
+class SlowRules(RuleVerifier):
+    """The rules, answering after a pause like a remote identity check would."""
+
+    async def check_natural(self, claim: NaturalPersonClaim) -> Verdict:
+        await asyncio.sleep(0.05)
+        return await super().check_natural(claim)
+
+
+async def test_one_account_submitting_two_ids_at_once_verifies_one(env: RealNameEnv) -> None:
+    """I1: two submissions of one account at once (different ID numbers) give one VERIFIED
+    and one FAILED_PRECONDITION; the account never holds two claims."""
+    account = await env.account()
+    commands = [
+        await natural(env, account),
+        await natural(env, account, id_number="350102198506150028"),
+    ]
+    flow = env.flow(verifier=SlowRules())  # both pass the first checks before either records
+    results = await asyncio.gather(
+        *(flow.submit_natural(c) for c in commands), return_exceptions=True
+    )
+    verified = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert [r.state for r in verified] == [State.VERIFIED]
+    assert len(refused) == 1
+    assert isinstance(refused[0], FailedPrecondition)
     assert (await row_counts(env.database, "real_name_claims"))["real_name_claims"] == 1
 
 

@@ -573,6 +573,10 @@ class RealNameFlow:
             raise FailedPrecondition(
                 f"this account is not a {subject_type.value.lower().replace('_', ' ')}"
             )
+        await self._check_nothing_open(account_id)
+
+    async def _check_nothing_open(self, account_id: str) -> None:
+        """Neither verified already nor waiting for a decision."""
         latest = await self._submissions.latest(account_id)
         if latest is not None and latest.state is State.VERIFIED:
             raise FailedPrecondition("the account's real name is verified already")
@@ -632,6 +636,10 @@ class RealNameFlow:
         submission_id = self._submissions.new_id()
         state, level, reason = decision.state, decision.level, decision.reason
         async with self._uow.begin():
+            # Checked again under the account's lock: of two submissions at once (a slow
+            # verifier in between), the second finds the first and is refused.
+            await self._accounts.lock_credentials(account_id)
+            await self._check_nothing_open(account_id)
             if state is State.VERIFIED and not await self._submissions.claim(
                 claim_key, account_id, submission_id
             ):
