@@ -52,6 +52,7 @@ REVIEWER_PHONE = "+8613812340003"
 MOVER_PHONE = "+8613812340004"
 MOVER_NEW_PHONE = "+8613812340005"
 ID_NUMBER = "11010519491231002X"
+REJECTION_REASON = "营业执照扫描件不清晰"
 USCC = "91350100M000100Y43"
 
 
@@ -358,14 +359,14 @@ def test_real_name_by_review_for_a_natural_and_a_legal_person(stubs: Stubs) -> N
     for body in streamed_pngs:
         assert MARKER in body, "the reviewer sees the pixels as uploaded"
     rejected = reviewer.decide(
-        company_case.case_id, review_pb2.DECISION_REJECT, "营业执照扫描件不清晰"
+        company_case.case_id, review_pb2.DECISION_REJECT, REJECTION_REASON
     )
     assert rejected.state == review_pb2.CASE_STATE_REJECTED
     status = stubs.realname.GetRealNameStatus(
         realname_pb2.GetRealNameStatusRequest(), metadata=stubs.user(company), timeout=10
     )
     assert status.state == realname_pb2.REAL_NAME_STATE_REJECTED
-    assert status.reason == "营业执照扫描件不清晰"
+    assert status.reason == REJECTION_REASON
     # A clearer scan the second time: approved, and the company's next token carries it.
     again = submit_company(stubs, company)
     assert again.state == realname_pb2.REAL_NAME_STATE_IN_REVIEW
@@ -471,9 +472,11 @@ def test_phone_change_by_review(stubs: Stubs) -> None:
 def assert_no_plaintext_and_reads_audited(stubs: Stubs, streamed: set[str]) -> None:
     """No document marker in any file of the data directory; every stream audited; the
     audit chain verifies."""
+    reason = REJECTION_REASON.encode("utf-8")  # a reviewer's words may quote personal data
     for path in stubs.served.data_dir.rglob("*"):
         if path.is_file():
             assert MARKER not in path.read_bytes(), f"document plaintext in {path.name}"
+            assert reason not in path.read_bytes(), f"a decision's reason in {path.name}"
     database = stubs.served.data_dir / "identity.db"
     with sqlite3.connect(database) as conn:
         read = {

@@ -556,7 +556,7 @@ class RealNameFlow:
                 else:
                     why = CONFLICT_REASON
             decided = await self._submissions.decide(
-                submission_id, state=state, reason=why, level=level, decided_by=reviewer_account_id
+                submission, state=state, reason=why, level=level, decided_by=reviewer_account_id
             )
             if not decided:
                 raise FailedPrecondition("the submission is not in review")

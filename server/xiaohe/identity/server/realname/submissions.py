@@ -41,6 +41,7 @@ from xiaohe.identity.server.storage.schema import real_name_claims, real_name_su
 _ID_PREFIX: Final = "rns_"
 _ID_BYTES: Final = 12
 _DETAILS_FIELD: Final = "real_name_details"
+_REASON_FIELD: Final = "real_name_reason"
 _MAX_REASON: Final = 200
 
 
@@ -169,7 +170,7 @@ class SubmissionStore:
             "account_id": account_id,
             "subject_type": subject_type,
             "state": state.value,
-            "reason": reason,
+            "reason_enc": self._seal_reason(key, submission_id, reason),
             "level": level,
             "verifier": verifier,
             "claim": claim,
@@ -198,9 +199,17 @@ class SubmissionStore:
         )
 
     async def decide(
-        self, submission_id: str, *, state: State, reason: str, level: int, decided_by: str
+        self,
+        submission: Submission,
+        *,
+        state: State,
+        reason: str,
+        level: int,
+        decided_by: str,
     ) -> bool:
         """Move an IN_REVIEW submission to `state`; False if it is not (or no longer) in review."""
+        submission_id = submission.submission_id
+        key = await self._keys.data_key(submission.account_id)
         stmt = (
             real_name_submissions.update()
             .where(
@@ -209,7 +218,7 @@ class SubmissionStore:
             )
             .values(
                 state=state.value,
-                reason=reason[:_MAX_REASON],
+                reason_enc=self._seal_reason(key, submission_id, reason[:_MAX_REASON]),
                 level=level,
                 decided_at=utc(self._clock.now()),
                 decided_by=decided_by,
@@ -230,7 +239,7 @@ class SubmissionStore:
         async with self._db.connect() as conn:
             with translate_errors():
                 row = (await conn.execute(query)).first()
-        return None if row is None else _submission(row)
+        return None if row is None else await self._submission(row)
 
     async def latest(self, account_id: str) -> Submission | None:
         """The account's newest submission, or None."""
@@ -246,7 +255,7 @@ class SubmissionStore:
         async with self._db.connect() as conn:
             with translate_errors():
                 row = (await conn.execute(query)).first()
-        return None if row is None else _submission(row)
+        return None if row is None else await self._submission(row)
 
     async def details(self, submission: Submission) -> dict[str, str]:
         """The decrypted details of a submission."""
@@ -263,6 +272,20 @@ class SubmissionStore:
         loaded = json.loads(plain.decode("utf-8"))
         return {str(k): str(v) for k, v in loaded.items()}
 
+    def _seal_reason(self, key: bytes, submission_id: str, reason: str) -> bytes:
+        """The reason encrypted: a reviewer's words may quote the person's data (I1)."""
+        return self._cipher.encrypt_bytes(
+            key, reason.encode("utf-8"), field_aad(submission_id, _REASON_FIELD)
+        )
+
+    async def _submission(self, row: sa.Row[tuple[object, ...]]) -> Submission:
+        m = row._mapping
+        key = await self._keys.data_key(str(m["account_id"]))
+        reason = self._cipher.decrypt_bytes(
+            key, bytes(m["reason_enc"]), field_aad(str(m["submission_id"]), _REASON_FIELD)
+        )
+        return _row_to_submission(row, reason.decode("utf-8"))
+
     def new_id(self) -> str:
         """A fresh submission id (`rns_` + 24 hex digits)."""
         raw = self._token_bytes(_ID_BYTES)
@@ -271,7 +294,7 @@ class SubmissionStore:
         return _ID_PREFIX + raw.hex()
 
 
-def _submission(row: sa.Row[tuple[object, ...]]) -> Submission:
+def _row_to_submission(row: sa.Row[tuple[object, ...]], reason: str) -> Submission:
     m = row._mapping
     decided_at = m["decided_at"]
     return Submission(
@@ -279,7 +302,7 @@ def _submission(row: sa.Row[tuple[object, ...]]) -> Submission:
         account_id=str(m["account_id"]),
         subject_type=str(m["subject_type"]),
         state=State(str(m["state"])),
-        reason=str(m["reason"]),
+        reason=reason,
         level=int(m["level"]),
         verifier=str(m["verifier"]),
         claim=str(m["claim"]),

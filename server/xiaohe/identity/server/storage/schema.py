@@ -263,7 +263,7 @@ real_name_submissions = sa.Table(
     ),
     sa.Column("subject_type", sa.String(20), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("reason_enc", sa.LargeBinary, nullable=False),
     sa.Column("level", sa.Integer, nullable=False),
     sa.Column("verifier", sa.String(20), nullable=False),
     sa.Column("claim", sa.String(80), nullable=False),

@@ -7,7 +7,7 @@ Create Date: 2026-12-03 09:40:00.000000
 New tables only (nothing existing changes): `documents` (metadata of encrypted
 identity documents; the bytes live in the document store), `holder_consents`
 (separate consents of phone holders without an account), `real_name_submissions`
-(encrypted details, state, reason, level) and `real_name_claims` (one account per
+(encrypted details and reason, state, level) and `real_name_claims` (one account per
 verified name + ID number or USCC, by blind index).
 """
 
@@ -60,7 +60,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(40), nullable=False),
         sa.Column("subject_type", sa.String(20), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("reason", sa.String(200), nullable=False),
+        sa.Column("reason_enc", sa.LargeBinary, nullable=False),
         sa.Column("level", sa.Integer, nullable=False),
         sa.Column("verifier", sa.String(20), nullable=False),
         sa.Column("claim", sa.String(80), nullable=False),
