@@ -358,9 +358,7 @@ def test_real_name_by_review_for_a_natural_and_a_legal_person(stubs: Stubs) -> N
     assert len(streamed_pngs) == 2
     for body in streamed_pngs:
         assert MARKER in body, "the reviewer sees the pixels as uploaded"
-    rejected = reviewer.decide(
-        company_case.case_id, review_pb2.DECISION_REJECT, REJECTION_REASON
-    )
+    rejected = reviewer.decide(company_case.case_id, review_pb2.DECISION_REJECT, REJECTION_REASON)
     assert rejected.state == review_pb2.CASE_STATE_REJECTED
     status = stubs.realname.GetRealNameStatus(
         realname_pb2.GetRealNameStatusRequest(), metadata=stubs.user(company), timeout=10
@@ -438,7 +436,7 @@ def test_phone_change_by_review(stubs: Stubs) -> None:
             new_phone_ticket=stubs.ticket(MOVER_NEW_PHONE, common_pb2.PURPOSE_BIND_PHONE),
             manual_review=common_pb2.ManualReviewProof(document_ids=[scan.document_id]),
         ),
-        metadata=stubs.md,
+        metadata=stubs.user(session.session.access_token),  # its own scan: signed in
         timeout=10,
     )
     assert opened.review_case_id

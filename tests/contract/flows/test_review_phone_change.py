@@ -97,10 +97,11 @@ async def review(env: FlowsEnv, tmp_path: Path) -> ReviewEnv:  # noqa: F811 - th
 
 
 async def apply(review: ReviewEnv, account_id: str) -> str:
-    """ChangePhone by manual review with a document of the account; the case id."""
+    """ChangePhone by manual review, not signed in, with a document uploaded with the new
+    phone's ticket; the case id."""
     flows = review.flows
     info = await review.documents.store(
-        owner=account_id,
+        owner=review.documents.phone_owner(NEW_PHONE),
         kind="id_scan",
         file_name="scan.pdf",
         content_type="application/pdf",

@@ -61,8 +61,9 @@ async def env(harness_factory: HarnessFactory) -> tuple[Harness, HarnessDocument
 async def apply_for_review(
     h: Harness, docs: HarnessDocuments, account_id: str, *, new_phone: str = NEW_PHONE
 ) -> str:
-    """ChangePhone by manual review with a document the account uploaded; the case id."""
-    document_id = await docs.add(account_id)
+    """ChangePhone by manual review, not signed in, with a document uploaded with the new
+    phone's ticket; the case id."""
+    document_id = await docs.add(docs.phone_owner(new_phone))
     response = await stubs(h).accounts.ChangePhone(
         accounts_pb2.ChangePhoneRequest(
             identifier=LOGIN_NAME,
@@ -323,8 +324,9 @@ async def test_a_fault_in_the_decision_leaves_the_case_and_the_account_as_they_w
 async def test_the_applicant_gives_only_their_own_documents_and_a_free_phone(
     env: tuple[Harness, HarnessDocuments],
 ) -> None:
-    """H1, D1: someone else's document, or none that exists, is INVALID_ARGUMENT (the same
-    answer); a new phone bound to any account is ALREADY_EXISTS; the ticket survives both."""
+    """H1, D1: someone else's document, one that does not exist, or the named account's own
+    when the caller is not signed in as it, is INVALID_ARGUMENT (the same answer); a new
+    phone bound to any account is ALREADY_EXISTS; the ticket survives both."""
     h, docs = env
     account_id = await register(h, LOGIN_NAME, PHONE)
     other_id = await register(h, OTHER_LOGIN_NAME, OTHER_PHONE)
@@ -348,8 +350,15 @@ async def test_the_applicant_gives_only_their_own_documents_and_a_free_phone(
         assert list(d.violations) == ["manual_review.document_ids"]
     assert (others.message, others.violations) == (missing.message, missing.violations)
 
+    # The account's own stored scan, named by a caller who is not signed in as it: refused.
+    own_scan = await refused(request(await docs.add(account_id)))
+    assert (own_scan.message, own_scan.violations) == (missing.message, missing.violations)
     taken = await refused(
-        request(await docs.add(account_id), OTHER_PHONE, await ticket(h, OTHER_PHONE, BIND_PHONE))
+        request(
+            await docs.add(docs.phone_owner(OTHER_PHONE)),
+            OTHER_PHONE,
+            await ticket(h, OTHER_PHONE, BIND_PHONE),
+        )
     )
     assert taken.code == grpc.StatusCode.ALREADY_EXISTS
 

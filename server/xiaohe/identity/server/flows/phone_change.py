@@ -311,7 +311,9 @@ class PhoneChangeFlow:
             if account is not None:
                 target = account.account_id
             owners = {self._documents.phone_owner(valid.new_phone)}
-            if account is not None:
+            if account is not None and cmd.account_id == account.account_id:
+                # The account's own documents only for the account signed in: naming an
+                # account must not let a stranger attach its stored scans.
                 owners.add(account.account_id)
             await check_documents(self._documents, cmd.document_ids, owners, DOCUMENTS_FIELD)
             if await self._accounts.taken_kinds([self._accounts.key("phone", valid.new_phone)]):
