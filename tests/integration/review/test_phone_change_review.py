@@ -200,7 +200,8 @@ async def test_reviewers_need_the_grant_totp_and_the_role(
 async def test_a_reviewer_cannot_decide_or_reveal_their_own_case(
     env: tuple[Harness, HarnessDocuments],
 ) -> None:
-    """D2: a case about the reviewer's own account: no decision, no reveal, no document."""
+    """D2: a case about the reviewer's own account: no decision, no reveal, no note, no
+    document."""
     h, docs = env
     account_id = await register(h, LOGIN_NAME, PHONE)
     await h.container.operator_roles.grant(account_id, "review")
@@ -216,6 +217,10 @@ async def test_a_reviewer_cannot_decide_or_reveal_their_own_case(
         ),
         review_stub(h).GetCase(
             review_pb2.GetCaseRequest(case_id=case_id, reveal_fields=["new_phone"]),
+            metadata=console,
+        ),
+        review_stub(h).AddNote(
+            review_pb2.AddNoteRequest(case_id=case_id, text="本人申请，请尽快通过"),
             metadata=console,
         ),
     ):

@@ -35,9 +35,13 @@ def test_fields_are_masked_by_name_and_unknown_ones_completely(
 
 
 def test_a_page_token_round_trips_and_garbage_is_a_field_violation() -> None:
+    """F3: a forged token (not a number, NaN, out of range) is a field violation, not
+    INTERNAL."""
     token = encode_page_token(1_790_000_000.25, "case_abc")
     assert decode_page_token(token) == (1_790_000_000.25, "case_abc")
-    for bad in ("", "!!!", "W10", "x" * 201, encode_page_token(1.0, "c")[:-2] + "@@"):
+    forged = [encode_page_token(t, "c") for t in (float("nan"), 1e300, -1e12)]
+    forged.append(encode_page_token(True, "c"))
+    for bad in ("", "!!!", "W10", "x" * 201, encode_page_token(1.0, "c")[:-2] + "@@", *forged):
         with pytest.raises(InvalidArgument) as caught:
             decode_page_token(bad)
         assert caught.value.violations[0].field == "page_token"

@@ -463,7 +463,8 @@ class ReviewFlow:
         note = _required_text(v, "text", text)
         v.raise_if_any()
         await self.authorize(reviewer)
-        await self._cases.get(case_id)  # NotFound before anything is written
+        case = await self._cases.get(case_id)  # NotFound before anything is written
+        self._not_own(reviewer, case, "annotate")  # a note could steer whoever decides it
         async with self._uow.begin():
             await self._cases.add_note(case_id, author_account_id=reviewer.account_id, text=note)
             await self._audit.record(NOTE_ACTION, case_id, "ok")

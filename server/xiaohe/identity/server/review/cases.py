@@ -79,9 +79,18 @@ def decode_page_token(token: str) -> tuple[float, str]:
         opened_at, case_id = json.loads(raw)
     except (binascii.Error, ValueError, TypeError):
         raise bad from None
-    if not isinstance(opened_at, int | float) or not isinstance(case_id, str):
+    if (
+        isinstance(opened_at, bool)
+        or not isinstance(opened_at, int | float)
+        or not isinstance(case_id, str)
+        or not 0 <= opened_at <= _LATEST_PAGE_TIME  # NaN fails too
+    ):
         raise bad
     return float(opened_at), case_id
+
+
+_LATEST_PAGE_TIME: Final = 4_102_444_800.0
+"""2100-01-01: no case opened later; a token past it is forged (and would overflow)."""
 
 
 class ReviewCases:
