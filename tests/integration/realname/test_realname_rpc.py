@@ -194,6 +194,29 @@ async def test_bad_uploads_get_a_field_violation_and_leave_nothing(
     assert (await row_counts(h.container.database, "consents"))["consents"] == 1  # registration
 
 
+async def test_empty_or_too_many_chunks_are_refused(h: Harness) -> None:
+    """D1: an empty chunk, or more chunks than the cap allows (1 KiB on average), is
+    INVALID_ARGUMENT on `chunk` and stores nothing."""
+    session = await signed_in(h)
+
+    async def parts(chunks: list[bytes]) -> AsyncIterator[realname_pb2.UploadDocumentRequest]:
+        for part in requests(b"", name="scan.png"):
+            yield part
+        for chunk in chunks:
+            yield realname_pb2.UploadDocumentRequest(chunk=chunk)
+
+    sample = png_sample()
+    many = png_sample(rows=600)  # about 18 KB: more one-byte chunks than 10 MiB allows
+    for chunks in ([sample[:100], b"", sample[100:]], [bytes([b]) for b in many]):
+        err = await refused(
+            rn(h).UploadDocument(parts(chunks), metadata=bearer(h, session.access_token))  # type: ignore[arg-type]
+        )
+        d = details_of(err)
+        assert d.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "chunks" in d.violations["chunk"]
+    await nothing_stored(h)
+
+
 async def test_the_size_cap_refuses_a_stream_as_soon_as_it_passes(
     harness_factory: HarnessFactory,
 ) -> None:

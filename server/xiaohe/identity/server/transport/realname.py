@@ -87,10 +87,19 @@ class RealNameServicer(realname_pb2_grpc.RealNameServiceServicer):
             ip=rc.end_user_ip,
         )
         content = bytearray()
+        # Chunks average at least 1 KiB: a stream of tiny or empty messages cannot hold
+        # the call (and a worker's attention) open for long.
+        most_chunks = max(1024, permit.limit // 1024)
+        chunks = 0
         async for message in request_iterator:
             if message.WhichOneof("part") != "chunk":
                 raise InvalidArgument(
                     FieldViolation("header", "only the first message is a header")
+                )
+            chunks += 1
+            if not message.chunk or chunks > most_chunks:
+                raise InvalidArgument(
+                    FieldViolation("chunk", f"send the document in at most {most_chunks} chunks")
                 )
             content += message.chunk
             if len(content) > permit.limit:
