@@ -48,6 +48,33 @@ def test_a_jpeg_loses_exif_xmp_and_comments_but_keeps_its_pixels() -> None:
         assert not b.getexif()
 
 
+def test_a_progressive_jpeg_loses_segments_between_its_scans() -> None:
+    """D1: APPn and COM segments placed between the scans of a progressive JPEG are
+    stripped too; the decoded image is unchanged."""
+    image = Image.new("RGB", (64, 48))
+    image.putdata([((x * 4) % 256, (y * 5) % 256, 128) for y in range(48) for x in range(64)])
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, progressive=True)
+    plain = out.getvalue()
+    second_scan = plain.index(b"\xff\xda", plain.index(b"\xff\xda") + 2)
+    app1 = b"Exif\x00\x00" + EXIF_SECRET
+    com = b"CAMERA-SN-42"
+    hidden = (
+        b"\xff\xe1"
+        + struct.pack(">H", len(app1) + 2)
+        + app1
+        + b"\xff\xfe"
+        + struct.pack(">H", len(com) + 2)
+        + com
+    )
+    original = plain[:second_scan] + hidden + plain[second_scan:]
+    stripped = strip_jpeg(original)
+    assert EXIF_SECRET not in stripped
+    assert com not in stripped
+    with Image.open(io.BytesIO(original)) as a, Image.open(io.BytesIO(stripped)) as b:
+        assert a.tobytes() == b.tobytes()
+
+
 def test_a_png_loses_text_time_and_exif_chunks_but_keeps_its_pixel_bytes() -> None:
     """D1: tEXt, iTXt, tIME and eXIf chunks are stripped; IDAT (with the marker) is kept."""
     original = png_sample()

@@ -128,9 +128,9 @@ def sniff_and_strip(content: bytes, file_name: str) -> Sniffed:
 def strip_jpeg(content: bytes) -> bytes:
     """The JPEG without APPn (except APP0, APP14) and COM segments; raises if malformed.
 
-    Walks the marker segments up to the first SOS (start of scan); from there the
-    rest of the file (scan data, further tables and scans of a progressive JPEG,
-    EOI) is copied unchanged, except that the trailing bytes after the last EOI
+    Walks the marker segments; after each SOS (start of scan) the entropy-coded
+    data is copied up to the next marker, and the walk goes on, so the segments
+    between the scans of a progressive JPEG are stripped too. The bytes after EOI
     are dropped (some cameras append data there).
     """
     out = bytearray(content[:2])
@@ -159,14 +159,32 @@ def strip_jpeg(content: bytes) -> bytes:
         if (not is_app or marker in _JPEG_KEPT_APP) and marker != 0xFE:
             out += content[pos:end]
         pos = end
-        if marker == 0xDA:  # SOS: entropy-coded data follows
-            break
-    tail = content[pos:]
-    eoi = tail.rfind(b"\xff\xd9")
-    if eoi < 0:
-        raise _refuse(CONTENT_FIELD, "is not a complete JPEG image")
-    out += tail[: eoi + 2]
-    return bytes(out)
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker
+            scan_end = _end_of_scan(content, pos)
+            out += content[pos:scan_end]
+            pos = scan_end
+            if content[pos + 1] == 0xD9:  # EOI
+                out += b"\xff\xd9"
+                return bytes(out)
+
+
+def _end_of_scan(content: bytes, pos: int) -> int:
+    """Where the marker after entropy-coded data starts (stuffed 0xFF00, restart markers
+    and fill bytes belong to the data); raises when the file ends first."""
+    n = len(content)
+    while True:
+        i = content.find(b"\xff", pos)
+        if i < 0:
+            raise _refuse(CONTENT_FIELD, "is not a complete JPEG image")
+        j = i + 1
+        while j < n and content[j] == 0xFF:
+            j += 1
+        if j >= n:
+            raise _refuse(CONTENT_FIELD, "is not a complete JPEG image")
+        if content[j] == 0x00 or 0xD0 <= content[j] <= 0xD7:
+            pos = j + 1
+            continue
+        return j - 1
 
 
 # -- PNG -------------------------------------------------------------------------
