@@ -18,6 +18,8 @@ from xiaohe.identity.server.accounts.repository import SqlAccountRepository
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
+from xiaohe.identity.server.flows.directory import DirectoryFlow
+from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.clock import Clock, SystemClock
 from xiaohe.identity.server.codes.models import CodePolicy
 from xiaohe.identity.server.codes.service import CodeService
@@ -392,6 +394,24 @@ class Container:
             policies=self.policies,
             consents=self.consents,
             clock=self.clock,
+            audit=self.audit,
+        )
+
+    # -- the directory (issue 13) ---------------------------------------------------------
+
+    @cached_property
+    def disclosures(self) -> DisclosureLog:
+        """The disclosure log of identity fields released to clients."""
+        return DisclosureLog(self.database, self.clock)
+
+    @cached_property
+    def directory(self) -> DirectoryFlow:
+        """Identity fields for business systems, and the person's list of disclosures."""
+        return DirectoryFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            disclosures=self.disclosures,
+            clients=self.clients,
             audit=self.audit,
         )
 
