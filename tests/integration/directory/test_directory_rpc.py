@@ -11,7 +11,14 @@ import pytest
 
 from tests.contract.faults import failing_writes, row_counts
 from tests.integration.conftest import Harness
-from tests.integration.flows import LOGIN_NAME, OTHER_LOGIN_NAME, OTHER_PHONE, PHONE, login, register
+from tests.integration.flows import (
+    LOGIN_NAME,
+    OTHER_LOGIN_NAME,
+    OTHER_PHONE,
+    PHONE,
+    login,
+    register,
+)
 from tests.rpc_errors import Details, details_of
 from xiaohe.identity.v1 import (
     admin_pb2,
@@ -91,7 +98,9 @@ async def test_granted_fields_only_masked_phone_and_the_disclosure_listed(h: Har
 
 async def test_full_grant_releases_the_phone_unmasked(h: Harness) -> None:
     account_id = await register(h, LOGIN_NAME, PHONE)
-    business = await business_client(h, "directory", "field:phone:full", "field:name", "purpose:kyc")
+    business = await business_client(
+        h, "directory", "field:phone:full", "field:name", "purpose:kyc"
+    )
     identity = (
         await directory(h).GetIdentity(
             ask(account_id, F.IDENTITY_FIELD_PHONE, F.IDENTITY_FIELD_NAME, purpose="kyc"),
@@ -214,7 +223,8 @@ async def test_no_field_is_released_when_the_disclosure_log_cannot_be_written(
             )
         )
     assert d.code == grpc.StatusCode.UNAVAILABLE
-    assert LOGIN_NAME not in d.message and "5678" not in d.message
+    assert LOGIN_NAME not in d.message
+    assert "5678" not in d.message
     after = await row_counts(h.container.database, "disclosures", "audit_log")
     assert after == before
     # Once the log can be written again, the same call succeeds and is logged.

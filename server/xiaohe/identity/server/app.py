@@ -27,9 +27,9 @@ from xiaohe.identity.server.transport.callbacks import (
 )
 from xiaohe.identity.server.transport.carriers import CarrierHookServicer
 from xiaohe.identity.server.transport.codes import CodeServicer
+from xiaohe.identity.server.transport.directory import DirectoryServicer
 from xiaohe.identity.server.transport.health import HealthReporter
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
-from xiaohe.identity.server.transport.directory import DirectoryServicer
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
 from xiaohe.identity.server.transport.realname import RealNameServicer
 from xiaohe.identity.server.transport.recovery import RecoveryServicer

@@ -18,8 +18,6 @@ from xiaohe.identity.server.accounts.repository import SqlAccountRepository
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.callers.registry import ClientRegistry
-from xiaohe.identity.server.flows.directory import DirectoryFlow
-from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.clock import Clock, SystemClock
 from xiaohe.identity.server.codes.models import CodePolicy
 from xiaohe.identity.server.codes.service import CodeService
@@ -52,6 +50,7 @@ from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSms
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow
+from xiaohe.identity.server.flows.directory import DirectoryFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
@@ -69,6 +68,7 @@ from xiaohe.identity.server.flows.review import (
 from xiaohe.identity.server.flows.totp import TotpFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
+from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter

@@ -293,7 +293,9 @@ class DirectoryFlow:
         released: dict[str, Value] = {}
         for name, hide in masked.items():
             value = values[name]
-            released[name] = MASKS[name](value) if hide and isinstance(value, str) and value else value
+            released[name] = (
+                MASKS[name](value) if hide and isinstance(value, str) and value else value
+            )
         return ReleasedIdentity(
             account_id=account_id,
             released=tuple(masked),
@@ -321,7 +323,9 @@ class DirectoryFlow:
             raise
         except Exception as exc:
             logger.error("disclosure log not written (%s): nothing released", type(exc).__name__)
-            raise Unavailable("the disclosure log could not be written; nothing was released") from exc
+            raise Unavailable(
+                "the disclosure log could not be written; nothing was released"
+            ) from exc
 
 
 def _listed(d: Disclosure, client_name: str) -> ListedDisclosure:

@@ -86,7 +86,11 @@ def decode_page_token(token: str) -> tuple[float, str]:
         at, disclosure_id = json.loads(raw)
     except (binascii.Error, ValueError, TypeError):
         raise bad from None
-    if isinstance(at, bool) or not isinstance(at, int | float) or not isinstance(disclosure_id, str):
+    if (
+        isinstance(at, bool)
+        or not isinstance(at, int | float)
+        or not isinstance(disclosure_id, str)
+    ):
         raise bad
     return float(at), disclosure_id
 

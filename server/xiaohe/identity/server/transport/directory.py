@@ -20,7 +20,7 @@ from xiaohe.identity.v1 import common_pb2, directory_pb2, directory_pb2_grpc
 _PREFIX = "IDENTITY_FIELD_"
 
 
-def field_names(values: Iterable[int]) -> tuple[str, ...]:
+def field_names(values: Iterable[directory_pb2.IdentityField.ValueType]) -> tuple[str, ...]:
     """Field names (`login_name`, ...) of the request's IdentityField values; unknown refused."""
     names: list[str] = []
     for value in values:
@@ -30,7 +30,9 @@ def field_names(values: Iterable[int]) -> tuple[str, ...]:
             name = ""
         if name not in IDENTITY_FIELDS:
             raise InvalidArgument(
-                FieldViolation("fields", "each field must be a known IdentityField, not UNSPECIFIED")
+                FieldViolation(
+                    "fields", "each field must be a known IdentityField, not UNSPECIFIED"
+                )
             )
         names.append(name)
     return tuple(names)
@@ -60,7 +62,11 @@ def identity_message(identity: ReleasedIdentity) -> directory_pb2.Identity:
     return message
 
 
-def _query(account_ids: Iterable[str], fields: Iterable[int], purpose: str) -> IdentityQuery:
+def _query(
+    account_ids: Iterable[str],
+    fields: Iterable[directory_pb2.IdentityField.ValueType],
+    purpose: str,
+) -> IdentityQuery:
     rc = context.current()
     return IdentityQuery(
         client_id=rc.client_id,
@@ -98,7 +104,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
             not_found=list(answer.not_found),
         )
 
-    async def WatchRevocations(  # type: ignore[override]
+    async def WatchRevocations(
         self,
         request: directory_pb2.WatchRevocationsRequest,
         ctx: grpc.aio.ServicerContext[Any, Any],
