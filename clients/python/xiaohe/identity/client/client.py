@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 import grpc
 
@@ -83,7 +83,7 @@ _Response = TypeVar("_Response")
 
 Metadata = tuple[tuple[str, str], ...]
 
-FieldName = str | IdentityField.ValueType
+FieldName: TypeAlias = "str | IdentityField.ValueType"
 """An identity field: its name (`"login_name"`, `"phone"`, ...) or its IdentityField value."""
 
 
