@@ -317,10 +317,8 @@ class DirectoryFlow:
                 if self._audit is not None:
                     for identity in found:
                         await self._audit.record(RELEASE_ACTION, identity.account_id, "ok")
-        except Unavailable:
-            raise
         except IdentityError:
-            raise
+            raise  # Unavailable from the store already says what happened
         except Exception as exc:
             logger.error("disclosure log not written (%s): nothing released", type(exc).__name__)
             raise Unavailable(
