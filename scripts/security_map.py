@@ -42,8 +42,6 @@ PARTLY_BUILT: dict[str, str] = {
     "and email changes, and recycled-number reports are proved",
     "I5": "deactivation and anonymisation after retention (issue 14); crypto-shredded data "
     "reading as empty is proved",
-    "I6": "the directory with field grants and its disclosure log (issue 13); masking of "
-    "contact points is proved",
 }
 
 IDENTIFIER_VECTORS = {

@@ -492,3 +492,28 @@ def test_operators_grant_list_and_revoke_the_review_role(cli: Cli) -> None:
         ("operator.role.grant", account_id, "unchanged"),
         ("operator.role.revoke", account_id, "review"),
     ]
+
+
+def test_clients_grants_replaces_field_and_purpose_grants_and_audits(cli: Cli) -> None:
+    """`clients grants` sets field grants and purposes (issue 13); unknown ones are refused."""
+    created = cli.ok("clients", "create", "orders", "--grant", "validate").json()
+    client_id = created["client_id"]
+    changed = cli.ok(
+        "clients", "grants", client_id,
+        "--grant", "directory", "--grant", "field:phone", "--grant", "purpose:delivery",
+    ).json()  # fmt: skip
+    assert changed == {
+        "client_id": client_id,
+        "grants": ["directory", "field:phone", "purpose:delivery"],
+    }
+    assert cli.ok("clients", "list").json()[0]["grants"] == changed["grants"]
+    with sqlite3.connect(cli.database_file) as conn:
+        audited = conn.execute(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'client.grants' AND target = ?",
+            (client_id,),
+        ).fetchone()[0]
+    assert audited == 1
+
+    refused = cli.run("clients", "grants", client_id, "--grant", "field:shoe_size")
+    assert "field:shoe_size" in one_line_error(refused)
+    assert cli.ok("clients", "list").json()[0]["grants"] == changed["grants"]

@@ -80,6 +80,13 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "decision: CASE_STATE_APPROVED",
         "new phone signs in: True",
     ],
+    ("integrator-guide", "16"): [
+        "login name matches: True",
+        "phone: 139****",
+        "refused field: field:id_number",
+        "no purpose: ['purpose']",
+        "disclosed: ['login_name', 'phone'] for order_fulfilment to shop-",
+    ],
     ("operator-guide", "2"): [
         "recorded 1, duplicates 0",
         "recorded 0, duplicates 1",
@@ -148,7 +155,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProcess]:
 
 def test_the_guide_has_a_script_for_every_flow() -> None:
     sections = {section for section, _, _ in SCRIPTS}
-    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14", "15"} <= sections
+    assert {"5", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"} <= sections
     assert LIBRARIES, "§6's business-system gate is a library block"
     assert {section for section, _, _ in OPERATOR_SCRIPTS} == {"2", "4"}
 

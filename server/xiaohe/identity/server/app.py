@@ -27,6 +27,7 @@ from xiaohe.identity.server.transport.callbacks import (
 )
 from xiaohe.identity.server.transport.carriers import CarrierHookServicer
 from xiaohe.identity.server.transport.codes import CodeServicer
+from xiaohe.identity.server.transport.directory import DirectoryServicer
 from xiaohe.identity.server.transport.health import HealthReporter
 from xiaohe.identity.server.transport.interceptors import IdentityInterceptor
 from xiaohe.identity.server.transport.privacy import PrivacyServicer
@@ -45,6 +46,8 @@ from xiaohe.identity.v1 import (
     carriers_pb2_grpc,
     codes_pb2,
     codes_pb2_grpc,
+    directory_pb2,
+    directory_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
     realname_pb2,
@@ -70,6 +73,7 @@ SERVICE_NAMES = (
     carriers_pb2.DESCRIPTOR.services_by_name["CarrierHookService"].full_name,
     review_pb2.DESCRIPTOR.services_by_name["ReviewService"].full_name,
     realname_pb2.DESCRIPTOR.services_by_name["RealNameService"].full_name,
+    directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name,
 )
 
 
@@ -149,7 +153,13 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         server,
     )
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
-        PrivacyServicer(container.policies, container.consent, container.sessions), server
+        PrivacyServicer(
+            container.policies, container.consent, container.sessions, container.directory
+        ),
+        server,
+    )
+    directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
+        DirectoryServicer(container.directory), server
     )
     recovery_pb2_grpc.add_RecoveryServiceServicer_to_server(
         RecoveryServicer(container.recovery), server

@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     clients.add_parser("list", help="list clients")
     revoke = clients.add_parser("revoke", help="revoke a client")
     revoke.add_argument("client_id")
+    grants = clients.add_parser(
+        "grants",
+        help="replace a client's grants (field:NAME[:full], purpose:NAME too); audited,"
+        " in force on every worker within a second",
+    )
+    grants.add_argument("client_id")
+    grants.add_argument("--grant", action="append", default=[], help="grant (repeatable)")
 
     _add_operator_commands(sub)
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="action", required=True)
@@ -249,6 +256,14 @@ async def _clients(args: argparse.Namespace, settings: Settings) -> int:
                     for c in await registry.list_all()
                 ]
             )
+        elif args.action == "grants":
+            audit = AuditLog(
+                database, SystemClock(), open_keyring(settings, SystemClock()).audit_keys
+            )
+            async with database.begin():
+                client = await registry.set_grants(args.client_id, args.grant)
+                await audit.record("client.grants", client.client_id, "ok")
+            _print({"client_id": client.client_id, "grants": sorted(client.grants)})
         else:
             client = await registry.revoke(args.client_id)
             _print({"client_id": client.client_id, "revoked": client.revoked})

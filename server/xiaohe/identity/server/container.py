@@ -50,6 +50,7 @@ from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSms
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow
+from xiaohe.identity.server.flows.directory import DirectoryFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
@@ -67,6 +68,7 @@ from xiaohe.identity.server.flows.review import (
 from xiaohe.identity.server.flows.totp import TotpFlow
 from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
+from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
@@ -392,6 +394,24 @@ class Container:
             policies=self.policies,
             consents=self.consents,
             clock=self.clock,
+            audit=self.audit,
+        )
+
+    # -- the directory (issue 13) ---------------------------------------------------------
+
+    @cached_property
+    def disclosures(self) -> DisclosureLog:
+        """The disclosure log of identity fields released to clients."""
+        return DisclosureLog(self.database, self.clock)
+
+    @cached_property
+    def directory(self) -> DirectoryFlow:
+        """Identity fields for business systems, and the person's list of disclosures."""
+        return DirectoryFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            disclosures=self.disclosures,
+            clients=self.clients,
             audit=self.audit,
         )
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 import grpc
 
@@ -35,6 +35,8 @@ from xiaohe.identity.v1 import (
     codes_pb2,
     codes_pb2_grpc,
     common_pb2,
+    directory_pb2,
+    directory_pb2_grpc,
     privacy_pb2,
     privacy_pb2_grpc,
     realname_pb2,
@@ -46,6 +48,7 @@ from xiaohe.identity.v1 import (
 )
 from xiaohe.identity.v1.auth_pb2 import NextStep
 from xiaohe.identity.v1.common_pb2 import Channel, IdentifierKind, IdType, Purpose, SubjectType
+from xiaohe.identity.v1.directory_pb2 import IdentityField
 from xiaohe.identity.v1.realname_pb2 import DocumentKind, RealNameState
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from xiaohe.identity.v1.auth_pb2_grpc import AuthServiceAsyncStub
     from xiaohe.identity.v1.carriers_pb2_grpc import CarrierHookServiceAsyncStub
     from xiaohe.identity.v1.codes_pb2_grpc import CodeServiceAsyncStub
+    from xiaohe.identity.v1.directory_pb2_grpc import DirectoryServiceAsyncStub
     from xiaohe.identity.v1.privacy_pb2_grpc import PrivacyServiceAsyncStub
     from xiaohe.identity.v1.realname_pb2_grpc import RealNameServiceAsyncStub
     from xiaohe.identity.v1.recovery_pb2_grpc import RecoveryServiceAsyncStub
@@ -67,6 +71,7 @@ __all__ = [
     "IdType",
     "IdentifierKind",
     "IdentityClient",
+    "IdentityField",
     "NextStep",
     "Purpose",
     "RealNameState",
@@ -77,6 +82,24 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 Metadata = tuple[tuple[str, str], ...]
+
+FieldName: TypeAlias = "str | IdentityField.ValueType"
+"""An identity field: its name (`"login_name"`, `"phone"`, ...) or its IdentityField value."""
+
+
+def _identity_fields(fields: Sequence[FieldName]) -> list[IdentityField.ValueType]:
+    """IdentityField values of names or values; ValueError for an unknown name."""
+    out: list[IdentityField.ValueType] = []
+    for f in fields:
+        if isinstance(f, str):
+            try:
+                out.append(IdentityField.Value("IDENTITY_FIELD_" + f.upper()))
+            except ValueError:
+                raise ValueError(f"unknown identity field {f!r}") from None
+        else:
+            out.append(f)
+    return out
+
 
 UPLOAD_CHUNK_BYTES = 32 * 1024
 """Bytes per message of an upload: well under the server's 64 KiB request-message cap."""
@@ -131,6 +154,7 @@ class _Stubs:
     carriers: CarrierHookServiceAsyncStub
     review: ReviewServiceAsyncStub
     realname: RealNameServiceAsyncStub
+    directory: DirectoryServiceAsyncStub
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +256,7 @@ class IdentityClient:
                 carriers=carriers_pb2_grpc.CarrierHookServiceStub(channel),
                 review=review_pb2_grpc.ReviewServiceStub(channel),
                 realname=realname_pb2_grpc.RealNameServiceStub(channel),
+                directory=directory_pb2_grpc.DirectoryServiceStub(channel),
             )
         return self._stubs
 
@@ -731,6 +756,63 @@ class IdentityClient:
             privacy_pb2.AcceptPolicyRequest(version=version),
             end_user=end_user,
             access_token=access_token,
+        )
+
+    async def list_disclosures(
+        self,
+        access_token: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.ListDisclosuresResponse:
+        """Which clients received the signed-in person's identity fields, newest first."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.privacy.ListDisclosures,
+            privacy_pb2.ListDisclosuresRequest(page_size=page_size, page_token=page_token),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    # DirectoryService: needs the `directory` grant, `field:NAME` grants and a declared purpose
+
+    async def get_identity(
+        self,
+        account_id: str,
+        fields: Sequence[FieldName],
+        purpose: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> directory_pb2.Identity:
+        """One account's identity: only `fields`, each needing a field grant; `purpose` must be
+        declared for this client. The release is logged for the person to see."""
+        stubs = self._ensure_stubs()
+        response = await self._unary(
+            stubs.directory.GetIdentity,
+            directory_pb2.GetIdentityRequest(
+                account_id=account_id, fields=_identity_fields(fields), purpose=purpose
+            ),
+            end_user=end_user,
+        )
+        return response.identity
+
+    async def batch_get_identities(
+        self,
+        account_ids: Sequence[str],
+        fields: Sequence[FieldName],
+        purpose: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> directory_pb2.BatchGetIdentitiesResponse:
+        """Up to 100 accounts' identities with the same rules; unknown ids in `not_found`."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.directory.BatchGetIdentities,
+            directory_pb2.BatchGetIdentitiesRequest(
+                account_ids=list(account_ids), fields=_identity_fields(fields), purpose=purpose
+            ),
+            end_user=end_user,
         )
 
     # RealNameService

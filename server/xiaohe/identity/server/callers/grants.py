@@ -5,6 +5,12 @@ grant. `forward-end-user` is not an RPC grant: it makes the server trust the
 end-user IP, agent and device metadata the client forwards. `audience:NAME`
 lets the client ask for access tokens for audience NAME; every client may ask
 for the default audience.
+
+The directory (DirectoryService) needs more than its RPC grant: `field:NAME`
+releases identity field NAME masked and `field:NAME:full` in full (one of
+`IDENTITY_FIELDS`); `purpose:NAME` declares a purpose the client may state when
+it asks. `*` opens every RPC but no field and no purpose: what a business
+system may learn about people is always spelled out (data minimisation).
 """
 
 from __future__ import annotations
@@ -82,11 +88,52 @@ AUDIENCE_PREFIX = "audience:"
 AUDIENCE_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 
 
+FIELD_PREFIX = "field:"
+FULL_SUFFIX = ":full"
+PURPOSE_PREFIX = "purpose:"
+PURPOSE_SHAPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
+"""A purpose name: lower case, digits, `_ . -`, at most 40 characters (a column's width)."""
+
+IDENTITY_FIELDS = (
+    "subject_type",
+    "login_name",
+    "real_name_level",
+    "name",
+    "id_type",
+    "id_number",
+    "phone",
+    "email",
+    "organization_name",
+    "uscc",
+)
+"""The identity fields a client may be granted, as DirectoryService's IdentityField names them."""
+
+
 def is_known_grant(grant: str) -> bool:
-    """Whether grant names an RPC grant, `*`, `forward-end-user` or `audience:NAME`."""
+    """Whether grant names an RPC grant, `*`, `forward-end-user`, `audience:NAME`,
+    `field:NAME[:full]` or `purpose:NAME`."""
     if grant.startswith(AUDIENCE_PREFIX):
         return AUDIENCE_SHAPE.fullmatch(grant[len(AUDIENCE_PREFIX) :]) is not None
+    if grant.startswith(FIELD_PREFIX):
+        name = grant[len(FIELD_PREFIX) :].removesuffix(FULL_SUFFIX)
+        return name in IDENTITY_FIELDS
+    if grant.startswith(PURPOSE_PREFIX):
+        return PURPOSE_SHAPE.fullmatch(grant[len(PURPOSE_PREFIX) :]) is not None
     return grant in KNOWN_GRANTS
+
+
+def field_access(grants: frozenset[str], field: str) -> str | None:
+    """How a client may receive an identity field: "full", "masked", or None (not at all)."""
+    if FIELD_PREFIX + field + FULL_SUFFIX in grants:
+        return "full"
+    if FIELD_PREFIX + field in grants:
+        return "masked"
+    return None
+
+
+def declared_purposes(grants: frozenset[str]) -> frozenset[str]:
+    """The purposes declared for a client (its `purpose:NAME` grants)."""
+    return frozenset(g[len(PURPOSE_PREFIX) :] for g in grants if g.startswith(PURPOSE_PREFIX))
 
 
 def allows_audience(grants: frozenset[str], audience: str, default_audience: str) -> bool:

@@ -5,8 +5,10 @@ a revoked client's name may be given again.
 
 Secrets are 256 random bits, shown once and stored only as SHA-256: with that
 much entropy a slow hash adds nothing, and every RPC authenticates, so the
-check must be cheap. Authenticated clients are cached per process for a couple
-of seconds; a revocation takes effect everywhere within that time.
+check must be cheap. Authenticated clients are cached per process for half a
+second (`CACHE_SECONDS`, on the monotonic clock): a revocation or a change of
+grants takes effect on every worker within that time, without any message
+between workers that could be lost (issue 13 asks for one second).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -89,7 +93,8 @@ def _validate_grants(grants: list[str] | tuple[str, ...] | frozenset[str]) -> fr
         raise InvalidArgument(
             FieldViolation(
                 "grants",
-                f"unknown grant(s) {shown}{more}; known: {sorted(KNOWN_GRANTS)} and audience:NAME",
+                f"unknown grant(s) {shown}{more}; known: {sorted(KNOWN_GRANTS)},"
+                " audience:NAME, field:NAME, field:NAME:full and purpose:NAME",
             )
         )
     return frozenset(grants)
@@ -108,11 +113,17 @@ def _name_taken(name: str, holder: str) -> AlreadyExists:
 class ClientRegistry:
     """Stores clients in SQL and authenticates callers."""
 
-    CACHE_SECONDS = 2.0
+    CACHE_SECONDS = 0.5
 
-    def __init__(self, database: Database, clock: Clock) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._db = database
         self._clock = clock
+        self._monotonic = monotonic
         self._cache: dict[str, tuple[float, str, Client]] = {}
 
     async def create(self, name: str, grants: list[str] | tuple[str, ...]) -> tuple[Client, str]:
@@ -168,6 +179,18 @@ class ClientRegistry:
             raise NotFound("no such client")
         return self._from_row(row)
 
+    async def names(self, client_ids: Iterable[str]) -> dict[str, str]:
+        """The names of these clients (revoked ones too); ids never seen are left out."""
+        wanted = sorted(set(client_ids))
+        if not wanted:
+            return {}
+        query = sa.select(clients.c.client_id, clients.c.name).where(
+            clients.c.client_id.in_(wanted)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(r.client_id): str(r.name) for r in rows}
+
     async def revoke(self, client_id: str) -> Client:
         """Revoke a client: its secret stops working."""
         async with self._db.begin() as conn:
@@ -198,7 +221,7 @@ class ClientRegistry:
         """The client for these credentials, or ClientUnauthenticated."""
         if not client_id or not secret:
             raise ClientUnauthenticated("client credentials are required")
-        now = self._clock.now()
+        now = self._monotonic()
         cached = self._cache.get(client_id)
         if cached is not None and cached[0] > now:
             _, stored_hash, client = cached

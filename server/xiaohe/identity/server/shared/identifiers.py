@@ -642,6 +642,18 @@ def mask_id_number(id_number: str) -> str:
     return "*" * length
 
 
+def mask_person_name(name: str) -> str:
+    """Mask a person's name for a business system: `张三丰` → `张**`, `Li Na` → `L****`.
+
+    The first character stays, as Chinese services customarily show (GB/T 35273
+    examples); every other character becomes a star, spaces included, so a
+    given name is never readable. An empty name stays empty.
+    """
+    if not name:
+        return ""
+    return name[0] + "*" * max(len(name) - 1, 1)
+
+
 LOGIN_NAME_MASK_STARS = 6
 
 

@@ -398,3 +398,26 @@ totp_recovery_codes = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("used_at", UtcDateTime, nullable=True),
 )
+
+# -- the directory's disclosure log (privacy/disclosures, migration 0010) -----------
+
+# Every release of identity fields to a client (DirectoryService): whose, to whom, which
+# fields (names, comma-separated), for what purpose, when. The person lists them
+# (PrivacyService.ListDisclosures); kept as long as the audit log.
+disclosures = sa.Table(
+    "disclosures",
+    metadata,
+    sa.Column("disclosure_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("fields", sa.String(400), nullable=False),
+    sa.Column("masked", sa.String(400), nullable=False),
+    sa.Column("purpose", sa.String(40), nullable=False),
+    sa.Column("disclosed_at", UtcDateTime, nullable=False),
+    sa.Index("ix_disclosures_account_time", "account_id", "disclosed_at", "disclosure_id"),
+)

@@ -1,4 +1,4 @@
-"""PrivacyService servicer: the policy versions."""
+"""PrivacyService servicer: the policy versions, consent and the person's disclosures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 import grpc
 
 from xiaohe.identity.server import context
-from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
 from xiaohe.identity.server.flows.consent import AcceptPolicyCommand, ConsentFlow
+from xiaohe.identity.server.flows.directory import DirectoryFlow
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.transport.timestamps import timestamp
@@ -20,11 +21,16 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     """The privacy policy and consent."""
 
     def __init__(
-        self, policies: PolicyStore, consent: ConsentFlow, sessions: SessionService
+        self,
+        policies: PolicyStore,
+        consent: ConsentFlow,
+        sessions: SessionService,
+        directory: DirectoryFlow | None = None,
     ) -> None:
         self._policies = policies
         self._consent = consent
         self._sessions = sessions
+        self._directory = directory
 
     async def GetPolicy(
         self, request: privacy_pb2.GetPolicyRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -58,3 +64,28 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
             )
         )
         return privacy_pb2.AcceptPolicyResponse(accepted_version=version)
+
+    async def ListDisclosures(
+        self,
+        request: privacy_pb2.ListDisclosuresRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> privacy_pb2.ListDisclosuresResponse:
+        claims = require_user(ctx, self._sessions)
+        if self._directory is None:
+            raise Unimplemented("the directory is not served by this build")
+        listing = await self._directory.list_disclosures(
+            claims.sub, page_size=request.page_size, page_token=request.page_token
+        )
+        return privacy_pb2.ListDisclosuresResponse(
+            disclosures=[
+                privacy_pb2.Disclosure(
+                    client_id=d.client_id,
+                    client_name=d.client_name,
+                    fields=list(d.fields),
+                    purpose=d.purpose,
+                    at=timestamp(d.at),
+                )
+                for d in listing.disclosures
+            ],
+            next_page_token=listing.next_page_token,
+        )

@@ -1,0 +1,114 @@
+"""DirectoryService servicer: identity fields for business systems (proto <-> commands).
+
+`WatchRevocations` belongs to the revocation stream (issue 13, section 2), built
+beside this servicer; until it is combined here it answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+
+from xiaohe.identity.server import context
+from xiaohe.identity.server.callers.grants import IDENTITY_FIELDS
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
+from xiaohe.identity.server.flows.directory import DirectoryFlow, IdentityQuery, ReleasedIdentity
+from xiaohe.identity.v1 import common_pb2, directory_pb2, directory_pb2_grpc
+
+_PREFIX = "IDENTITY_FIELD_"
+
+
+def field_names(values: Iterable[directory_pb2.IdentityField.ValueType]) -> tuple[str, ...]:
+    """Field names (`login_name`, ...) of the request's IdentityField values; unknown refused."""
+    names: list[str] = []
+    for value in values:
+        try:
+            name = directory_pb2.IdentityField.Name(value).removeprefix(_PREFIX).lower()
+        except ValueError:
+            name = ""
+        if name not in IDENTITY_FIELDS:
+            raise InvalidArgument(
+                FieldViolation(
+                    "fields", "each field must be a known IdentityField, not UNSPECIFIED"
+                )
+            )
+        names.append(name)
+    return tuple(names)
+
+
+def field_value(name: str) -> directory_pb2.IdentityField.ValueType:
+    """The IdentityField of a field name."""
+    return directory_pb2.IdentityField.Value(_PREFIX + name.upper())
+
+
+def identity_message(identity: ReleasedIdentity) -> directory_pb2.Identity:
+    """The proto Identity: only released fields are set."""
+    message = directory_pb2.Identity(
+        account_id=identity.account_id,
+        released=[field_value(n) for n in identity.released],
+        masked=[field_value(n) for n in identity.masked],
+    )
+    for name, value in identity.values.items():
+        if name == "subject_type":
+            message.subject_type = common_pb2.SubjectType.Value(f"SUBJECT_TYPE_{value}")
+        elif name == "id_type":
+            message.id_type = common_pb2.IdType.Value(f"ID_TYPE_{value or 'UNSPECIFIED'}")
+        elif name == "real_name_level":
+            message.real_name_level = int(value)
+        else:
+            setattr(message, name, str(value))
+    return message
+
+
+def _query(
+    account_ids: Iterable[str],
+    fields: Iterable[directory_pb2.IdentityField.ValueType],
+    purpose: str,
+) -> IdentityQuery:
+    rc = context.current()
+    return IdentityQuery(
+        client_id=rc.client_id,
+        grants=rc.grants,
+        account_ids=tuple(account_ids),
+        fields=field_names(fields),
+        purpose=purpose,
+    )
+
+
+class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
+    """Who an account is, limited to the calling client's field grants."""
+
+    def __init__(self, directory: DirectoryFlow) -> None:
+        self._directory = directory
+
+    async def GetIdentity(
+        self, request: directory_pb2.GetIdentityRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> directory_pb2.GetIdentityResponse:
+        if not request.account_id:
+            raise InvalidArgument(FieldViolation("account_id", "is required"))
+        query = _query([request.account_id], request.fields, request.purpose)
+        identity = await self._directory.get_identity(query)
+        return directory_pb2.GetIdentityResponse(identity=identity_message(identity))
+
+    async def BatchGetIdentities(
+        self,
+        request: directory_pb2.BatchGetIdentitiesRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> directory_pb2.BatchGetIdentitiesResponse:
+        query = _query(request.account_ids, request.fields, request.purpose)
+        answer = await self._directory.batch_get_identities(query)
+        return directory_pb2.BatchGetIdentitiesResponse(
+            identities=[identity_message(i) for i in answer.identities],
+            not_found=list(answer.not_found),
+        )
+
+    async def WatchRevocations(
+        self,
+        request: directory_pb2.WatchRevocationsRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[directory_pb2.WatchRevocationsResponse]:
+        """Placeholder until the revocation stream is combined into this servicer."""
+        raise Unimplemented("WatchRevocations is not served by this build")
+        yield  # pragma: no cover - makes this an async generator, like the real stream
