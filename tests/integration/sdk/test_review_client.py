@@ -40,10 +40,10 @@ async def test_a_reviewer_works_a_case_through_the_sdk(
     """D1, D2: list, read (masked, then revealed), download to memory and to a 0600 file,
     note and decide; refusals are typed errors."""
     h, docs = await review_harness(harness_factory)
-    account_id = await register(h, LOGIN_NAME, PHONE)
+    await register(h, LOGIN_NAME, PHONE)
     reviewer_id, console = await reviewer_session(h, REVIEWER, REVIEWER_PHONE)
     token = token_of(console)
-    document_id = await docs.add(account_id)
+    document_id = await docs.add(docs.phone_owner(NEW_PHONE))  # uploaded with its ticket
     async with client_for(h) as identity:
         applied = await identity.change_phone(
             accounts_pb2.ChangePhoneRequest(
