@@ -268,6 +268,31 @@ async def test_a_locked_account_with_totp_still_signs_in_by_sms(h: Harness) -> N
     assert await auth_methods(h, done.session.access_token) == (True, ["sms", "otp"])
 
 
+async def test_an_operator_cannot_remove_the_second_factor(h: Harness) -> None:
+    """P5, D2: while the account holds the review role, DisableTotp with a right code is
+    FAILED_PRECONDITION and the factor stays; once the role is revoked it works."""
+    account_id, secret, _ = await enrolled_account(h)
+    await h.container.operator_roles.grant(account_id, "review")
+    challenged = await password_login(h)
+    token = (await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))).session
+    h.clock.advance(STEP)
+    d = await failure(
+        stubs(h).accounts.DisableTotp(
+            accounts_pb2.DisableTotpRequest(totp_code=code_at(secret, h.clock.now())),
+            metadata=bearer(h, token.access_token),
+        )
+    )
+    assert d.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "operator role" in d.message
+    assert await h.container.totp.is_enrolled(account_id)
+    await h.container.operator_roles.revoke(account_id, "review")
+    await stubs(h).accounts.DisableTotp(
+        accounts_pb2.DisableTotpRequest(totp_code=code_at(secret, h.clock.now())),
+        metadata=bearer(h, token.access_token),
+    )
+    assert not await h.container.totp.is_enrolled(account_id)
+
+
 async def test_a_password_reset_keeps_the_second_factor(h: Harness) -> None:
     """D3: ResetPassword sets a new password but leaves TOTP on: the next login still
     answers MFA_REQUIRED."""

@@ -744,6 +744,7 @@ class Container:
             throttle=self.throttle,
             notices=self.notices,
             audit=self.audit,
+            operators=self.operator_roles,
         )
 
     # -- end TOTP --

@@ -258,6 +258,17 @@ class _Wrong(Exception):
     """A code that did not match, raised inside a unit of work to roll it back."""
 
 
+class OperatorCheck(Protocol):
+    """Operator roles (`review.roles.OperatorRoles`)."""
+
+    async def holds(self, account_id: str, role: str) -> bool:
+        """Whether the account holds `role` now."""
+        ...
+
+
+REVIEW_ROLE: Final = "review"
+
+
 class TotpFlow:
     """Enrols, confirms and disables the TOTP factor (steps in the module docstring)."""
 
@@ -271,9 +282,11 @@ class TotpFlow:
         throttle: Throttle,
         notices: NoticeSender,
         audit: AuditSink | None = None,
+        operators: OperatorCheck | None = None,
     ) -> None:
         self._uow = uow
         self._accounts = accounts
+        self._operators = operators
         self._totp = totp
         self._password_check = password_check
         self._attempts = CodeAttempts(throttle)
@@ -349,6 +362,14 @@ class TotpFlow:
         try:
             if not await self._totp.is_enrolled(cmd.account_id):
                 raise FailedPrecondition("two-step verification is not on")
+            if self._operators is not None and await self._operators.holds(
+                cmd.account_id, REVIEW_ROLE
+            ):
+                # P5: an operator's account keeps its second factor while it holds a role.
+                raise FailedPrecondition(
+                    "an account with an operator role keeps two-step verification; "
+                    "revoke the role first"
+                )
             data = await self._accounts.get_personal_data(cmd.account_id)
 
             async def evaluate() -> bool:
