@@ -110,9 +110,7 @@ def _files(tree: Path) -> set[Path]:
     if not tree.exists():
         return set()
     return {
-        p.relative_to(tree)
-        for p in tree.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+        p.relative_to(tree) for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     }
 
 
