@@ -6,7 +6,9 @@ UV_VERSION := 0.13.9
 PROTO_OUT := clients/python
 NODE_DIR := clients/node
 # The Go stubs build in GOPATH mode against Debian's Go packages (no module proxy needed).
-GO_ENV := GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/clients/go:/usr/share/gocode
+# Go's build cache: the user's (shared by every clone), or one in the clone without a HOME.
+GOCACHE ?= $(if $(HOME),$(HOME)/.cache/go-build,$(CURDIR)/.go-cache)
+GO_ENV := GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/clients/go:/usr/share/gocode GOCACHE=$(GOCACHE)
 # The API is checked for breaking changes against this commit (the one before, by default).
 PROTO_BASE ?= HEAD~1
 
@@ -72,8 +74,11 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 go-toolchain:
 	sh scripts/install_go_toolchain.sh
 
+# The generated stubs and the example (clients/go/src/xiaohe/identity/example) compile and vet.
 go-vet: go-toolchain
-	$(GO_ENV) go vet xiaohe/identity/v1
+	$(GO_ENV) go vet xiaohe/identity/...
+	@test -z "$$(gofmt -l clients/go/src/xiaohe/identity/example)" || \
+	  { gofmt -l clients/go/src/xiaohe/identity/example; echo "run gofmt -w on these" >&2; exit 1; }
 
 security-map: $(VENV)/.installed
 	$(BIN)/python scripts/security_map.py

@@ -3,7 +3,7 @@
 Python comes from protoc (grpcio-tools) with the grpc and mypy plugins, into
 clients/python. Node (ts-proto for @grpc/grpc-js) and Go (protoc-gen-go and
 protoc-gen-go-grpc) come from `buf generate` with local plugins only (buf.gen.yaml),
-into clients/node/src/gen and clients/go/src. Node also gets google/rpc/status.proto
+into clients/node/src/gen and clients/go/src/xiaohe/identity/v1 (a GOPATH tree). Node also gets google/rpc/status.proto
 and error_details.proto (buf.gen.rpc.yaml), taken from the pinned
 googleapis-common-protos, so it can decode the error details the server sends.
 `make node-deps` and `make go-toolchain` install the plugins.
@@ -25,7 +25,7 @@ PROTO_ROOT = ROOT / "protos"
 PACKAGE_DIR = Path("xiaohe/identity/v1")
 PYTHON_ROOT = Path("clients/python")
 NODE_GEN = Path("clients/node/src/gen")
-GO_GEN = Path("clients/go/src")
+GO_GEN = Path("clients/go/src") / PACKAGE_DIR
 OUTPUTS = (PYTHON_ROOT / PACKAGE_DIR, NODE_GEN, GO_GEN)
 """Every generated tree, relative to the repository root."""
 RPC_PROTOS = ("status.proto", "error_details.proto")

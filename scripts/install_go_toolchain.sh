@@ -5,7 +5,10 @@
 # mode"). Quick when they are installed already; otherwise needs root (or sudo) and apt.
 set -eu
 
-PACKAGES="golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev golang-google-grpc-dev golang-google-genproto-dev"
+# golang-github-golang-protobuf-1-5-dev replaces the 1.3 library that grpc-go would otherwise
+# pull in: 1.3 cannot marshal the messages protoc-gen-go 1.28 generates (it panics at run time),
+# 1.5 is a thin layer over google.golang.org/protobuf and can.
+PACKAGES="golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev golang-google-genproto-dev"
 
 missing=""
 for package in $PACKAGES; do

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import ServedProcess, start_serve
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
@@ -27,6 +29,7 @@ TESTS = 5
 """How many tests the suite holds: all of them must pass, none be skipped."""
 
 
+@pytest.mark.timeout(300)  # tsc alone takes 10-30 s on a busy machine
 def test_node_suite_passes_against_serve(
     tmp_path: Path, serve_factory: list[ServedProcess]
 ) -> None:
