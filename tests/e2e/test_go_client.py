@@ -110,5 +110,6 @@ def test_go_example_against_serve(tmp_path: Path, serve_factory: list[ServedProc
         "next step: NEXT_STEP_NONE",
         "valid: true same account: true",
         "bad phone: InvalidArgument INVALID_ARGUMENT [destination]",
-        "second code: ResourceExhausted RATE_LIMITED retry after 1m0s quota [code.issue.destination]",
+        "second code: ResourceExhausted RATE_LIMITED retry after 1m0s"
+        " quota [code.issue.destination]",
     ], output
