@@ -42,8 +42,7 @@ func detailsOf(err error) details {
 		case *errdetails.ErrorInfo:
 			found.reason = d.GetReason()
 		case *errdetails.RetryInfo:
-			delay := d.GetRetryDelay()
-			found.retryAfter = time.Duration(delay.GetSeconds())*time.Second + time.Duration(delay.GetNanos())
+			found.retryAfter = d.GetRetryDelay().AsDuration()
 		case *errdetails.QuotaFailure:
 			for _, v := range d.GetViolations() {
 				found.quota = append(found.quota, v.GetSubject())
