@@ -3,9 +3,10 @@
 Python comes from protoc (grpcio-tools) with the grpc and mypy plugins, into
 clients/python. Node (ts-proto for @grpc/grpc-js) and Go (protoc-gen-go and
 protoc-gen-go-grpc) come from `buf generate` with local plugins only (buf.gen.yaml),
-into clients/node/src/gen and clients/go/src/xiaohe/identity/v1 (a GOPATH tree). Node also gets google/rpc/status.proto
-and error_details.proto (buf.gen.rpc.yaml), taken from the pinned
-googleapis-common-protos, so it can decode the error details the server sends.
+into clients/node/src/gen and clients/go/src/xiaohe/identity/v1 (a GOPATH tree).
+Node also gets google/rpc/status.proto and error_details.proto (buf.gen.rpc.yaml),
+taken from the pinned googleapis-common-protos, so it can decode the error details
+the server sends.
 `make node-deps` and `make go-toolchain` install the plugins.
 """
 
