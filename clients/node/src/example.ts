@@ -8,6 +8,7 @@
  */
 import {
   type CallOptions,
+  type ClientOptions,
   type ClientUnaryCall,
   credentials as grpcCredentials,
   Metadata,
@@ -64,7 +65,7 @@ export class IdentityServices {
     const channel = grpcCredentials.createInsecure();
     this.credentials = credentials;
     this.auth = new AuthServiceClient(target, channel);
-    const shared = { channelOverride: this.auth.getChannel() };
+    const shared: Partial<ClientOptions> = { channelOverride: this.auth.getChannel() };
     this.codes = new CodeServiceClient(target, channel, shared);
     this.accounts = new AccountServiceClient(target, channel, shared);
     this.privacy = new PrivacyServiceClient(target, channel, shared);
