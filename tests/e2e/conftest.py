@@ -45,6 +45,19 @@ class ServedProcess:
         saved = json.loads((self.data_dir / "bootstrap-client.json").read_text())
         return (("x-client-id", saved["client_id"]), ("x-client-secret", saved["client_secret"]))
 
+    def program_env(self) -> dict[str, str]:
+        """The environment of an example program calling this server as the bootstrap client:
+        this process's, without its own XIAOHE_ settings, plus target and credentials."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XIAOHE_")}
+        (_, client_id), (_, client_secret) = self.metadata
+        env.update(
+            XIAOHE_TARGET=self.target,
+            XIAOHE_CLIENT_ID=client_id,
+            XIAOHE_CLIENT_SECRET=client_secret,
+            XIAOHE_OUTBOX=str(self.data_dir / "outbox" / "sms.jsonl"),
+        )
+        return env
+
     def outbox(self, channel: str = "sms") -> list[dict[str, str]]:
         """Lines the dev provider wrote."""
         path = self.data_dir / "outbox" / f"{channel}.jsonl"

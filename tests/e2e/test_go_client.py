@@ -92,10 +92,7 @@ def test_go_example_against_serve(tmp_path: Path, serve_factory: list[ServedProc
     served = start_serve(tmp_path / "var")
     serve_factory.append(served)
     register(served, "go_example", "+8613912345678")
-    client_id, client_secret = (value for _, value in served.metadata)
-    env.update(
-        XIAOHE_TARGET=served.target, XIAOHE_CLIENT_ID=client_id, XIAOHE_CLIENT_SECRET=client_secret
-    )
+    env = {**served.program_env(), **{k: v for k, v in env.items() if k.startswith("GO")}}
     ran = subprocess.run(
         [str(program), "go_example", PASSWORD, "+8613912340000"],
         env=env,

@@ -11,8 +11,6 @@ RESOURCE_EXHAUSTED (RetryInfo, QuotaFailure).
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -48,16 +46,7 @@ def test_node_suite_passes_against_serve(
 
     served = start_serve(tmp_path / "var")
     serve_factory.append(served)
-    saved = json.loads((served.data_dir / "bootstrap-client.json").read_text())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XIAOHE_")}
-    env.update(
-        {
-            "XIAOHE_TARGET": served.target,
-            "XIAOHE_CLIENT_ID": saved["client_id"],
-            "XIAOHE_CLIENT_SECRET": saved["client_secret"],
-            "XIAOHE_OUTBOX": str(served.data_dir / "outbox" / "sms.jsonl"),
-        }
-    )
+    env = served.program_env()
     ran = subprocess.run(
         [node, "--test", "--test-reporter=tap", SUITE],
         cwd=NODE_DIR,
