@@ -28,7 +28,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextvars import ContextVar
-from typing import Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -72,7 +72,13 @@ def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
     return token
 
 
-class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class BearerAuthInterceptor(_ServerInterceptor):
     """Refuses calls without a valid access token; the claims go to `current_claims()`.
 
     `verifier` fixes the audience (and its own `required_auth_methods`);
