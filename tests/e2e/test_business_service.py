@@ -120,7 +120,7 @@ def workbench(tmp_path: Path, serve_factory: list[ServedProcess]) -> Iterator[Wo
         deadline = time.monotonic() + 60
         found = None
         while found is None and time.monotonic() < deadline and process.poll() is None:
-            found = re.search(r"workbench serving on (\S+)", out.read_text(errors="replace"))
+            found = re.search(r"workbench serving on (\S+:\d+)", out.read_text(errors="replace"))
             time.sleep(0.1)
         assert found is not None, out.read_text(errors="replace")[-4000:]
         yield served, found.group(1), process

@@ -167,7 +167,7 @@ async def start_workbench(
     port = server.add_insecure_port(listen)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("workbench serving on port %d", port)
+    log.info("workbench listening, port %d", port)
     return RunningWorkbench(server, port, follower)
 
 
