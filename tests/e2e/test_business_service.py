@@ -157,6 +157,7 @@ def refusal(channel: grpc.Channel, token: str | None) -> tuple[grpc.StatusCode, 
 def test_the_example_service_authenticates_and_refuses_a_logged_out_token_within_a_second(
     workbench: Workbench,
 ) -> None:
+    """T3: after Logout a business service verifying locally refuses the token within 1 s."""
     served, address, process = workbench
     with grpc.insecure_channel(served.target) as identity, grpc.insecure_channel(address) as bench:
         flow = Flow(served, identity)

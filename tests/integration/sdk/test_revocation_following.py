@@ -97,7 +97,7 @@ async def stop(task: asyncio.Task[None]) -> None:
 async def test_a_revoked_session_is_refused_within_a_second_and_others_are_not(
     clock: FakeClock, feed: tuple[ScriptedFeed, IdentityClient]
 ) -> None:
-    """Acceptance: a logged-out session's token is refused locally within one second."""
+    """T3: a revoked session's token is refused locally within one second; others pass."""
     scripted, client = feed
     verifier = TokenVerifier(_jwks, audience=AUDIENCE, clock=clock.now)
     task = await following(verifier, client)
