@@ -227,3 +227,39 @@ def test_revoked_sessions_are_forgotten_once_their_tokens_have_expired(clock: Fa
     revocations.receive(revocation("ses_3"))
     assert len(revocations) == 2  # ses_1 dropped
     assert revocations.is_revoked("ses_2")
+
+
+async def test_a_kept_cursor_resumes_and_a_refused_one_restarts_from_now(
+    clock: FakeClock, feed: tuple[ScriptedFeed, IdentityClient]
+) -> None:
+    scripted, client = feed
+    scripted.revoke("ses_1")
+    scripted.revoke("ses_2")
+    resumed = TokenVerifier(_jwks, audience=AUDIENCE, clock=clock.now)
+    task = await following(resumed, client, since_cursor="c1")
+    assert scripted.connections[0].since_cursor == "c1"
+    await until(lambda: refusal(resumed, token(clock, sid="ses_2")) == "revoked")
+    assert refusal(resumed, token(clock, sid="ses_1")) is None  # before the kept cursor
+    await stop(task)
+
+    before = token(clock, sid="ses_3")
+    refused = TokenVerifier(_jwks, audience=AUDIENCE, clock=clock.now)
+    task = await following(refused, client, since_cursor="not-a-cursor")
+    assert [c.since_cursor for c in scripted.connections[1:]] == ["not-a-cursor", ""]
+    assert refusal(refused, before) == "revocation_resync"  # what it may have missed
+    clock.advance(1)
+    assert refusal(refused, token(clock, sid="ses_3")) is None
+    await stop(task)
+
+
+async def test_refuse_tokens_before_start_makes_every_user_refresh_once(
+    clock: FakeClock, feed: tuple[ScriptedFeed, IdentityClient]
+) -> None:
+    _, client = feed
+    before = token(clock)
+    verifier = TokenVerifier(_jwks, audience=AUDIENCE, clock=clock.now)
+    task = await following(verifier, client, refuse_tokens_before_start=True)
+    assert refusal(verifier, before) == "revocation_resync"
+    clock.advance(1)
+    assert refusal(verifier, token(clock)) is None
+    await stop(task)

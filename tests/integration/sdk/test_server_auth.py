@@ -209,3 +209,21 @@ async def test_revoked_and_stale_when_the_verifier_follows_revocations(clock: Fa
         await probe.server.stop(None)
         await identity.close()
         await feed_server.stop(None)
+
+
+async def test_keys_that_cannot_be_fetched_are_unavailable_not_unauthenticated(
+    clock: FakeClock,
+) -> None:
+    async def unreachable() -> str:
+        raise ConnectionError("identity service unreachable")
+
+    probe = await start_probe(
+        BearerAuthInterceptor(TokenVerifier(unreachable, audience=AUDIENCE, clock=clock.now))
+    )
+    try:
+        code, details = await status_of(probe.call("Who", token(clock)))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "retry later" in details
+    finally:
+        await probe.channel.close()
+        await probe.server.stop(None)

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
-from xiaohe.identity.client.errors import IdentityError
 from xiaohe.identity.client.verifier import TokenVerifier
 from xiaohe.identity.tokens.jwt import Claims, InvalidToken
+
+log = logging.getLogger("xiaohe.identity.client.server_auth")
 
 HEALTH_METHODS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
 
@@ -127,7 +129,9 @@ class BearerAuthInterceptor(_ServerInterceptor):
                     context, grpc.StatusCode.PERMISSION_DENIED, _PERMISSION_REASONS[exc.reason]
                 )
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {exc.reason}")
-        except IdentityError:
+        except Exception as exc:  # the keys could not be fetched (IdentityError, or a custom
+            # fetcher's own error): the token may be fine, so the caller retries
+            log.warning("token verification failed: %s", type(exc).__name__)
             await _abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
