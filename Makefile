@@ -4,10 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 PROTO_OUT := clients/python
+NODE_DIR := clients/node
+# The Go stubs build in GOPATH mode against Debian's Go packages (no module proxy needed).
+# Go's build cache: the user's (shared by every clone), or one in the clone without a HOME.
+GOCACHE ?= $(if $(HOME),$(HOME)/.cache/go-build,$(CURDIR)/.go-cache)
+GO_ENV := GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/clients/go:/usr/share/gocode GOCACHE=$(GOCACHE)
 # The API is checked for breaking changes against this commit (the one before, by default).
 PROTO_BASE ?= HEAD~1
 
-.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint bench scaling profile-codes clean security-map security-map-check loadtest
+.PHONY: serve test lint types unit contract integration e2e protos protos-check buf-lint node-deps go-toolchain go-vet bench scaling profile-codes clean security-map security-map-check loadtest
 
 # `make loadtest`: Locust against a running deployment (docs/operator-guide.md, "Load tests").
 # On loopback it defaults to `make serve`'s bootstrap client and dev outbox; elsewhere pass
@@ -34,7 +39,7 @@ $(VENV)/.installed: $(BIN)/uv requirements.lock pyproject.toml
 serve: $(VENV)/.installed
 	$(BIN)/xiaohe-identity serve
 
-test: $(VENV)/.installed lint types protos-check security-map-check
+test: $(VENV)/.installed lint types protos-check go-vet security-map-check
 	$(BIN)/pytest -q tests
 
 lint: $(VENV)/.installed
@@ -51,11 +56,29 @@ types: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q tests/unit
 
-protos: $(VENV)/.installed
+# Python, Node (clients/node/src/gen) and Go (clients/go/src) from protos/ (buf.gen.yaml).
+protos: $(VENV)/.installed node-deps go-toolchain
 	$(BIN)/python scripts/gen_protos.py
 
-protos-check: $(VENV)/.installed
+protos-check: $(VENV)/.installed node-deps go-toolchain
 	$(BIN)/python scripts/gen_protos.py --check
+
+# ts-proto, TypeScript and @grpc/grpc-js as pinned by clients/node/package-lock.json.
+node-deps: $(NODE_DIR)/node_modules/.installed
+
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-fund --no-audit
+	touch $@
+
+# Go, protoc-gen-go(-grpc) and the Go protobuf/gRPC libraries from Debian (root or sudo).
+go-toolchain:
+	sh scripts/install_go_toolchain.sh
+
+# The generated stubs and the example (clients/go/src/xiaohe/identity/example) compile and vet.
+go-vet: go-toolchain
+	$(GO_ENV) go vet xiaohe/identity/...
+	@test -z "$$(gofmt -l clients/go/src/xiaohe/identity/example)" || \
+	  { gofmt -l clients/go/src/xiaohe/identity/example; echo "run gofmt -w on these" >&2; exit 1; }
 
 security-map: $(VENV)/.installed
 	$(BIN)/python scripts/security_map.py

@@ -115,9 +115,13 @@ def _rpcs() -> list[Rpc]:
             request_class = message_factory.GetMessageClass(m.input_type)
             full = _filled(m.input_type).SerializeToString()
             out.append(Rpc(f"/{service.full_name}/{m.name}", request_class, full))
+            if m.server_streaming:
+                SERVER_STREAMING.add(out[-1].method)
     return out
 
 
+SERVER_STREAMING: set[str] = set()
+"""Methods that answer with a stream: a call reads the first message (or the error)."""
 RPCS = _rpcs()
 
 
@@ -178,10 +182,17 @@ def log_watch(capfd: pytest.CaptureFixture[str]) -> Iterator[LogWatch]:
 async def _call(
     h: Harness, method: str, body: bytes, metadata: Metadata | None = None
 ) -> grpc.aio.AioRpcError | None:
-    """The error of one raw unary call, or None if it succeeded."""
-    call = h.channel.unary_unary(method, **RAW)
+    """The error of one raw call, or None if it succeeded (a stream: its first message came)."""
+    metadata = h.metadata if metadata is None else metadata
     try:
-        await call(body, metadata=h.metadata if metadata is None else metadata)
+        if method in SERVER_STREAMING:
+            stream = h.channel.unary_stream(method, **RAW)(body, metadata=metadata)
+            try:
+                await stream.read()
+            finally:
+                stream.cancel()
+        else:
+            await h.channel.unary_unary(method, **RAW)(body, metadata=metadata)
     except grpc.aio.AioRpcError as err:
         return err
     return None

@@ -159,7 +159,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
         server,
     )
     directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
-        DirectoryServicer(container.directory), server
+        DirectoryServicer(container.directory, container.revocation_feed), server
     )
     recovery_pb2_grpc.add_RecoveryServiceServicer_to_server(
         RecoveryServicer(container.recovery), server

@@ -226,6 +226,12 @@ class Settings:
     token_issuer: str = "https://identity.xiaohe.example"  # noqa: S105 - an issuer URL
     default_audience: str = "xiaohe-platform"
     token_leeway_seconds: float = 5.0
+    # The revocation feed business systems watch (DirectoryService.WatchRevocations):
+    # how long a reconnecting watcher can be behind and still catch up, how often an
+    # idle watch gets a heartbeat, and how many watches one client may hold per worker.
+    revocation_feed_retention_seconds: int = 3600
+    revocation_feed_heartbeat_seconds: float = 5.0
+    revocation_watchers_per_client: int = 16
 
     # Recycled numbers (二次号): the number-status check before reset and recovery codes
     # (flows/recycled_numbers.py). Off ("") or "aliyun" (DescribePhoneTwiceTelVerify).
@@ -430,6 +436,12 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             f"{ENV_PREFIX}TOKEN_LEEWAY_SECONDS: between 0 and {MAX_TOKEN_LEEWAY_SECONDS:.0f}"
         )
+    if not 1 <= s.revocation_feed_retention_seconds <= 7 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}REVOCATION_FEED_RETENTION_SECONDS: between 1 and 604800")
+    if not 0.1 <= s.revocation_feed_heartbeat_seconds <= 60:
+        raise SettingsError(f"{ENV_PREFIX}REVOCATION_FEED_HEARTBEAT_SECONDS: between 0.1 and 60")
+    if not 1 <= s.revocation_watchers_per_client <= 10000:
+        raise SettingsError(f"{ENV_PREFIX}REVOCATION_WATCHERS_PER_CLIENT: between 1 and 10000")
     _validate_transport_security(s)
     _validate_callbacks(s)
     _validate_pumping(s)

@@ -87,6 +87,7 @@ from xiaohe.identity.server.realname.verifiers import (
 from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.review.models import CaseKind
 from xiaohe.identity.server.review.roles import OperatorRoles
+from xiaohe.identity.server.sessions.feed import RevocationFeed
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
 from xiaohe.identity.server.sessions.revocations import RevocationList
@@ -668,6 +669,21 @@ class Container:
             self.clock,
             s.access_token_ttl_seconds,
             validator_leeway=s.token_leeway_seconds,
+            feed=self.revocation_feed,
+        )
+
+    @cached_property
+    def revocation_feed(self) -> RevocationFeed:
+        """Ended sessions as a stream business systems watch (WatchRevocations)."""
+        s = self.settings
+        return RevocationFeed(
+            self.redis,
+            self.clock,
+            retention_seconds=s.revocation_feed_retention_seconds,
+            heartbeat_seconds=s.revocation_feed_heartbeat_seconds,
+            watchers_per_client=s.revocation_watchers_per_client,
+            # A blocked read must end well inside one bounded Redis operation.
+            block_seconds=min(1.0, s.redis_op_timeout_seconds / 2),
         )
 
     @cached_property
@@ -750,10 +766,11 @@ class Container:
     # -- end TOTP --
 
     async def start_background(self) -> None:
-        """Start the delivery loop (first: `close` lets it finish), the revocation feed,
-        the key ring refresh and the store's housekeeping."""
+        """Start the delivery loop (first: `close` lets it finish), the revocation list and
+        the reader of the revocation feed, the key ring refresh and the store's housekeeping."""
         self._tasks.append(asyncio.create_task(self.dispatcher.run_forever(self._stop)))
         self._tasks.append(asyncio.create_task(self.revocations.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self.revocation_feed.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._every(KEYRING_RELOAD_SECONDS, self._reload)))
         self._tasks.append(
             asyncio.create_task(self._every(CHECKPOINT_SECONDS, self.database.checkpoint))

@@ -18,7 +18,11 @@ Redis holds the shared truth in two places:
   expired members on every such reload;
 - the channel `xh:revocations`, on which `revoke` publishes
   `{"sids": [...], "exp": <epoch seconds>}` so every subscribed worker learns of
-  a revocation at once (well within the one second the architecture promises).
+  a revocation at once (well within the one second the architecture promises);
+- with a `RevocationFeed`, the stream that business systems watch
+  (sessions/feed.py): one entry per session, with its account and reason, written
+  after the set and the channel, and again with them when pending ids are flushed
+  (a watcher may then see a session twice, which changes nothing for it).
 
 `run` subscribes first and reloads only after Redis has confirmed the
 subscription, so a revocation lands either in the reload or on the channel and
@@ -53,6 +57,7 @@ from typing import Any
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import Unavailable
+from xiaohe.identity.server.sessions.feed import RevocationFeed, Revoked
 from xiaohe.identity.server.sessions.tokens import DEFAULT_VALIDATOR_LEEWAY
 from xiaohe.identity.server.storage.redis import RedisClient, is_unavailable, subscriber, text
 
@@ -103,6 +108,7 @@ class RevocationList:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         prune_interval: float = 60.0,
+        feed: RevocationFeed | None = None,
     ) -> None:
         if access_ttl <= 0 or validator_leeway < 0 or tick <= 0:
             raise ValueError("access_ttl and tick must be positive, leeway not negative")
@@ -116,6 +122,9 @@ class RevocationList:
         self._prune_interval = prune_interval
         self._revoked: dict[str, float] = {}
         self._pending: dict[str, float] = {}
+        self._feed = feed
+        self._announced: dict[str, Revoked] = {}
+        """What the feed says of each pending id (account and reason)."""
         self._loaded = False
         self._ready = asyncio.Event()
         self._next_prune = 0.0
@@ -144,8 +153,11 @@ class RevocationList:
         """Return once the first full load from Redis has completed."""
         await self._ready.wait()
 
-    async def revoke(self, session_ids: Sequence[str]) -> None:
-        """Revoke sessions here at once, then in Redis (ZADD + PUBLISH); Unavailable if Redis fails.
+    async def revoke(
+        self, session_ids: Sequence[str], *, account_id: str = "", reason: str = ""
+    ) -> None:
+        """Revoke sessions here at once, then in Redis (ZADD + PUBLISH, then the feed with
+        `account_id` and `reason`); Unavailable if Redis fails.
 
         On any failure the ids stay revoked in this worker and wait in the pending
         set for `run` to publish them when Redis answers again; a failure that is
@@ -157,10 +169,12 @@ class RevocationList:
         expires_at = self._clock.now() + self._ttl + self._leeway
         entries = dict.fromkeys(ids, expires_at)
         self._merge(self._revoked, entries)
+        announced = {sid: Revoked(sid, account_id, reason) for sid in ids}
         try:
-            await self._publish(entries)
+            await self._publish(entries, announced)
         except Exception as exc:
             self._merge(self._pending, entries)
+            self._announced.update(announced)
             log.warning(
                 "could not publish %d revocation(s) (%s); will retry",
                 len(ids),
@@ -237,20 +251,27 @@ class RevocationList:
         now = self._clock.now()
         live = {sid: exp for sid, exp in snapshot.items() if exp > now}
         if live:
-            await self._publish(live)
+            await self._publish(live, self._announced)
             log.info("published %d pending revocation(s)", len(live))
         for sid, exp in snapshot.items():
             # A revoke that failed again meanwhile may have raised the expiry: keep that one.
             if self._pending.get(sid) == exp:
                 del self._pending[sid]
+                self._announced.pop(sid, None)
 
-    async def _publish(self, entries: Mapping[str, float]) -> None:
+    async def _publish(
+        self, entries: Mapping[str, float], announced: Mapping[str, Revoked]
+    ) -> None:
         # The set first, then the message: a worker that subscribes in between finds the
         # entries by its reload. Two commands, since a Cluster pipeline cannot publish.
+        # The feed last: a business system hears of a revocation no sooner than workers.
         await self._redis.zadd(REVOKED_KEY, dict(entries), gt=True)
         await self._redis.publish(
             REVOCATION_CHANNEL, encode_revocation_message(list(entries), max(entries.values()))
         )
+        if self._feed is not None:
+            events = [announced.get(sid) or Revoked(sid, "", "") for sid in entries]
+            await self._feed.append(events, self._clock.now())
 
     def _maybe_prune(self) -> None:
         now = self._clock.now()

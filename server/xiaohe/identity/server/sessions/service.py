@@ -114,8 +114,11 @@ class Revocations(Protocol):
         """Whether the session is revoked (in memory)."""
         ...
 
-    async def revoke(self, session_ids: Sequence[str]) -> None:
-        """Revoke sessions everywhere; Unavailable if that cannot be published now."""
+    async def revoke(
+        self, session_ids: Sequence[str], *, account_id: str = "", reason: str = ""
+    ) -> None:
+        """Revoke sessions (all of `account_id`) everywhere and announce them with `reason`
+        on the revocation feed; Unavailable if that cannot be published now."""
         ...
 
 
@@ -230,7 +233,11 @@ class SessionService:
         session = rotation.session
         if rotation.status is RotationStatus.REPLAYED and session is not None:
             log.warning("refresh token replayed; session %s revoked", self._log_tag(session))
-            await self._publish_quietly(session.session_id)
+            await self._publish_quietly(
+                session.session_id,
+                account_id=session.account_id,
+                reason=RevokeReason.REFRESH_REPLAY,
+            )
             await self._record(AUDIT_REFRESH_REPLAY, session.session_id, "revoked")
             raise TokenInvalid()
         if rotation.status is not RotationStatus.ROTATED or session is None:
@@ -244,7 +251,11 @@ class SessionService:
             await self._repo.revoke(
                 session.session_id, now=now, reason=RevokeReason.ACCOUNT_INACTIVE
             )
-            await self._publish_quietly(session.session_id)
+            await self._publish_quietly(
+                session.session_id,
+                account_id=session.account_id,
+                reason=RevokeReason.ACCOUNT_INACTIVE,
+            )
             await self._record(
                 AUDIT_REVOKE, session.session_id, RevokeReason.ACCOUNT_INACTIVE.value
             )
@@ -286,11 +297,17 @@ class SessionService:
                 raise TokenInvalid()
             targets.append(found)
         now = self._clock.now()
-        session_ids = list(dict.fromkeys(s.session_id for s in targets))
+        owners = {s.session_id: s.account_id for s in targets}
+        session_ids = list(owners)
         for session_id in session_ids:
             await self._repo.revoke(session_id, now=now, reason=RevokeReason.LOGOUT)
         try:
-            await self._revocations.revoke(session_ids)
+            for account_id in dict.fromkeys(owners.values()):
+                await self._revocations.revoke(
+                    [sid for sid, owner in owners.items() if owner == account_id],
+                    account_id=account_id,
+                    reason=RevokeReason.LOGOUT,
+                )
         finally:
             for session_id in session_ids:
                 await self._record(AUDIT_LOGOUT, session_id, "ok")
@@ -305,7 +322,7 @@ class SessionService:
         ):
             raise NotFound("session not found")
         try:
-            await self._revocations.revoke([session_id])
+            await self._revocations.revoke([session_id], account_id=account_id, reason=reason)
         finally:
             await self._record(AUDIT_REVOKE, session_id, reason)
 
@@ -332,11 +349,13 @@ class SessionService:
             if self._audit is not None:
                 await self._audit.record(AUDIT_REVOKE_ALL, account_id, reason)
             if live:
-                await self._db.after_commit(lambda: self._publish_quietly(*live))
+                await self._db.after_commit(
+                    lambda: self._publish_quietly(*live, account_id=account_id, reason=reason)
+                )
             return len(revoked)
         try:
             if live:
-                await self._revocations.revoke(live)
+                await self._revocations.revoke(live, account_id=account_id, reason=reason)
         finally:
             await self._record(AUDIT_REVOKE_ALL, account_id, reason)
         return len(revoked)
@@ -422,7 +441,7 @@ class SessionService:
             return "sid~?"
         return f"sid~{self._log_pseudonym(session_id)}"
 
-    async def _publish_quietly(self, *session_ids: str) -> None:
+    async def _publish_quietly(self, *session_ids: str, account_id: str, reason: str) -> None:
         """Revoke in the list without failing the caller: SQL already holds the revocation.
 
         Whatever Redis answers, the ids wait in the list's pending set and are
@@ -430,7 +449,7 @@ class SessionService:
         as failed because its revocation could not be announced yet.
         """
         try:
-            await self._revocations.revoke(list(session_ids))
+            await self._revocations.revoke(list(session_ids), account_id=account_id, reason=reason)
         except Exception as exc:  # after the commit, nothing may fail the caller
             for session_id in session_ids:
                 log.warning(

@@ -1,7 +1,7 @@
-"""DirectoryService servicer: identity fields for business systems (proto <-> commands).
+"""DirectoryService servicer: identity fields and ended sessions for business systems.
 
-`WatchRevocations` belongs to the revocation stream (issue 13, section 2), built
-beside this servicer; until it is combined here it answers UNIMPLEMENTED.
+Proto <-> commands only: the field rules live in flows/directory.py, the
+revocation feed in sessions/feed.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import grpc
 
 from xiaohe.identity.server import context
 from xiaohe.identity.server.callers.grants import IDENTITY_FIELDS
-from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
 from xiaohe.identity.server.flows.directory import DirectoryFlow, IdentityQuery, ReleasedIdentity
+from xiaohe.identity.server.sessions.feed import FeedItem, RevocationFeed
+from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import common_pb2, directory_pb2, directory_pb2_grpc
 
 _PREFIX = "IDENTITY_FIELD_"
@@ -77,11 +79,31 @@ def _query(
     )
 
 
-class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
-    """Who an account is, limited to the calling client's field grants."""
+def feed_message(item: FeedItem) -> directory_pb2.WatchRevocationsResponse:
+    """One message of a revocation watch."""
+    message = directory_pb2.WatchRevocationsResponse(cursor=item.cursor)
+    if item.resync_required:
+        message.resync_required = True
+    elif item.revoked is None:
+        message.heartbeat.CopyFrom(timestamp(item.at))
+    else:
+        message.revocation.CopyFrom(
+            directory_pb2.Revocation(
+                session_id=item.revoked.session_id,
+                account_id=item.revoked.account_id,
+                reason=item.revoked.reason,
+                revoked_at=timestamp(item.at),
+            )
+        )
+    return message
 
-    def __init__(self, directory: DirectoryFlow) -> None:
+
+class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
+    """Who an account is, limited to the calling client's field grants; which sessions ended."""
+
+    def __init__(self, directory: DirectoryFlow, feed: RevocationFeed) -> None:
         self._directory = directory
+        self._feed = feed
 
     async def GetIdentity(
         self, request: directory_pb2.GetIdentityRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -109,6 +131,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
         request: directory_pb2.WatchRevocationsRequest,
         ctx: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[directory_pb2.WatchRevocationsResponse]:
-        """Placeholder until the revocation stream is combined into this servicer."""
-        raise Unimplemented("WatchRevocations is not served by this build")
-        yield  # pragma: no cover - makes this an async generator, like the real stream
+        """Ended sessions from `since_cursor` on (empty: from now), with heartbeats."""
+        items = self._feed.watch(context.current().client_id, request.since_cursor)
+        async for item in items:
+            yield feed_message(item)
