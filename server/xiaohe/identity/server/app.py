@@ -233,6 +233,7 @@ async def _start_callbacks(container: Container) -> RunningCallbacks | None:
         routes,
         max_body_bytes=s.callback_max_body_bytes,
         metrics=container.metrics,
+        public_keys=container.keyring.public_keys,
     )
     context = None
     if s.tls_cert_file:

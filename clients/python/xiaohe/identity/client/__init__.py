@@ -1,4 +1,5 @@
-"""The Python SDK of Xiaohe Identity: `IdentityClient`, `TokenVerifier` and typed errors."""
+"""The Python SDK of Xiaohe Identity: `IdentityClient`, `TokenVerifier`, typed errors, and
+`BearerAuthInterceptor` for business services that authenticate their callers with our tokens."""
 
 from xiaohe.identity.client.client import (
     Channel,
@@ -36,11 +37,14 @@ from xiaohe.identity.client.errors import (
     UserUnauthenticated,
     from_rpc_error,
 )
+from xiaohe.identity.client.revocations import Revocations
+from xiaohe.identity.client.server_auth import BearerAuthInterceptor, current_claims
 from xiaohe.identity.client.verifier import TokenVerifier
 from xiaohe.identity.tokens.jwt import Claims, InvalidToken, UnknownKeyId
 
 __all__ = [
     "AlreadyExists",
+    "BearerAuthInterceptor",
     "Channel",
     "Claims",
     "ClientUnauthenticated",
@@ -67,6 +71,7 @@ __all__ = [
     "Purpose",
     "RateLimited",
     "RealNameState",
+    "Revocations",
     "SubjectType",
     "TicketInvalid",
     "TokenInvalid",
@@ -75,5 +80,6 @@ __all__ = [
     "Unimplemented",
     "UnknownKeyId",
     "UserUnauthenticated",
+    "current_claims",
     "from_rpc_error",
 ]

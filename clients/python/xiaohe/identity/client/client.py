@@ -815,6 +815,30 @@ class IdentityClient:
             end_user=end_user,
         )
 
+    async def watch_revocations(
+        self, since_cursor: str = "", *, end_user: EndUser | None = None
+    ) -> AsyncIterator[directory_pb2.WatchRevocationsResponse]:
+        """Ended sessions from `since_cursor` on (empty: from now), with heartbeats; needs the
+        `validate` grant.
+
+        The stream has no deadline: it lasts until the server ends it or the caller
+        stops iterating (leaving the loop, or closing the iterator, cancels the call).
+        The first message is a heartbeat carrying the current cursor; keep the last
+        cursor to resume. `TokenVerifier.follow_revocations` does all of that.
+        """
+        stubs = self._ensure_stubs()
+        call = stubs.directory.WatchRevocations(
+            directory_pb2.WatchRevocationsRequest(since_cursor=since_cursor),
+            metadata=self._metadata(end_user, None),
+        )
+        try:
+            async for message in call:
+                yield message
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()
+
     # RealNameService
 
     async def upload_document(

@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from nacl.signing import VerifyKey
 
+from xiaohe.identity.client.revocations import (
+    DEFAULT_MAX_STALENESS,
+    DEFAULT_MAX_TOKEN_LIFETIME,
+    DEFAULT_RECONNECT_AFTER_SILENCE,
+    Revocations,
+    RevocationWatcher,
+    follow,
+)
 from xiaohe.identity.tokens.jwt import (
     CONSENT_RESTRICTION,
     Claims,
@@ -36,11 +45,13 @@ class TokenVerifier:
     plus an expiry check (with the same leeway). Only tokens whose signature
     verified enter the map, so an attacker cannot fill it.
 
-    Local verification cannot see revocation: a token of a session revoked by
+    Local verification alone cannot see revocation: a token of a session revoked by
     logout, password change or deactivation stays valid here until it expires
-    (at most the access-token lifetime, 10 minutes by default). Where that is not
-    acceptable, call `AuthService.ValidateToken`, which checks revocation, or
-    follow `DirectoryService.WatchRevocations`.
+    (at most the access-token lifetime, 10 minutes by default). Run
+    `follow_revocations(identity_client)` as a background task and the verifier
+    refuses such tokens (`InvalidToken("revoked")`) within a second of the
+    revocation, without a call per token (see `revocations.py` for resync and
+    staleness); or call `AuthService.ValidateToken`, which checks revocation.
 
     `required_auth_methods` (e.g. `("otp",)`) refuses tokens of sessions that did not
     use every one of those methods (their `amr`), as `InvalidToken("auth_methods")`:
@@ -77,6 +88,47 @@ class TokenVerifier:
         self._fetch_lock = asyncio.Lock()
         self._claims: OrderedDict[str, Claims] = OrderedDict()
         self._header_cache: dict[str, str] = {}
+        self._revocations: Revocations | None = None
+
+    @property
+    def revocations(self) -> Revocations | None:
+        """What is known of ended sessions once `follow_revocations` was called (`ready`,
+        `cursor`, `current`); None before."""
+        return self._revocations
+
+    def follow_revocations(
+        self,
+        watcher: RevocationWatcher,
+        *,
+        max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME,
+        max_staleness: float | None = DEFAULT_MAX_STALENESS,
+        reconnect_after_silence: float = DEFAULT_RECONNECT_AFTER_SILENCE,
+        refuse_tokens_before_start: bool = False,
+        since_cursor: str = "",
+    ) -> Coroutine[Any, Any, None]:
+        """Start refusing revoked sessions' tokens; returns the coroutine that follows the feed.
+
+        `watcher` is an `IdentityClient` (with the `validate` grant). Run the result as
+        a background task (`asyncio.create_task(verifier.follow_revocations(identity))`)
+        and wait for `verifier.revocations.ready` before serving: from this call on,
+        `verify` refuses every token with `InvalidToken("revocations_stale")` while the
+        feed has been silent for more than `max_staleness` seconds (None: never),
+        including before its first heartbeat. `max_token_lifetime` bounds how long a
+        revoked session is remembered (at least the server's access-token lifetime);
+        `since_cursor` resumes from a cursor kept across a restart
+        (`revocations.cursor`). Callable once per verifier.
+        """
+        if self._revocations is not None:
+            raise RuntimeError("this TokenVerifier already follows revocations")
+        self._revocations = Revocations(
+            clock=self._clock,
+            leeway=self._leeway,
+            max_token_lifetime=max_token_lifetime,
+            max_staleness=max_staleness,
+            refuse_tokens_before_start=refuse_tokens_before_start,
+            since_cursor=since_cursor,
+        )
+        return follow(self._revocations, watcher, reconnect_after_silence=reconnect_after_silence)
 
     async def verify(self, token: str) -> Claims:
         """Verify `token` and return its claims; raises `InvalidToken` (with a `reason`).
@@ -106,7 +158,7 @@ class TokenVerifier:
                 del self._claims[token]
                 raise InvalidToken("expired")
             self._claims.move_to_end(token)
-            return self._unrestricted(cached)
+            return self._unrevoked(token, self._unrestricted(cached))
         claims = decode_verified(
             token,
             self._keys,
@@ -121,7 +173,23 @@ class TokenVerifier:
                 # Least recently used first; expired entries age out the same way.
                 self._claims.popitem(last=False)
             self._claims[token] = claims
-        return self._unrestricted(claims)
+        return self._unrevoked(token, self._unrestricted(claims))
+
+    def _unrevoked(self, token: str, claims: Claims) -> Claims:
+        """The claims, unless revocations are followed and refuse them (`Revocations.check`).
+
+        A revoked session's token also leaves the claims cache, so it costs no memory
+        after it was last presented.
+        """
+        if self._revocations is None:
+            return claims
+        try:
+            self._revocations.check(claims)
+        except InvalidToken as exc:
+            if exc.reason == "revoked":
+                self._claims.pop(token, None)
+            raise
+        return claims
 
     def _unrestricted(self, claims: Claims) -> Claims:
         """The claims, unless their session is restricted and restricted ones are refused.

@@ -47,6 +47,9 @@ Reason = Literal[
     "wrong_issuer",
     "restricted",
     "auth_methods",
+    "revoked",
+    "revocation_resync",
+    "revocations_stale",
 ]
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")

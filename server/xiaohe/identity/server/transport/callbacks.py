@@ -1,13 +1,15 @@
-"""The HTTP callback listener: what the outside world only sends over HTTP (aiohttp).
+"""The HTTP callback listener: what the outside world only exchanges over HTTP (aiohttp).
 
-SMS platforms push delivery receipts to a URL we give them; later the JWKS will be
-served here too. Each worker process runs one listener next to its gRPC server, on
-its own port (`callback_listen`, off when empty), sharing it with the other workers
-through SO_REUSEPORT as the gRPC port is shared; it stops with the worker.
+SMS platforms push delivery receipts to a URL we give them, and gateways and
+HTTP-only systems fetch the token-signing keys (JWKS) here (see jwks_http.py).
+Each worker process runs one listener next to its gRPC server, on its own port
+(`callback_listen`, off when empty), sharing it with the other workers through
+SO_REUSEPORT as the gRPC port is shared; it stops with the worker.
 
 Routes (a provider's routes exist only when its secret is set):
 
     GET  /healthz                                   200 SERVING, 503 while stopping
+    GET  /.well-known/jwks.json                     the signing keys (when given public keys)
     POST /callbacks/aliyun/{secret}/sms-report      Aliyun SmsReport push
     POST /callbacks/aliyun/sms-report               the same, secret in a header
     POST /callbacks/tencent/{secret}/sms-status     Tencent Cloud SMS status callback
@@ -56,6 +58,7 @@ from xiaohe.identity.server.delivery.receipt_formats import (
 )
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts
 from xiaohe.identity.server.errors import Unavailable
+from xiaohe.identity.server.transport.jwks_http import JWKS_PATH, PublicKeys, jwks_handler
 
 log = logging.getLogger("xiaohe.identity.callbacks")
 
@@ -177,7 +180,10 @@ class CallbackApp:
         *,
         max_body_bytes: int,
         metrics: CallbackMetrics | None = None,
+        public_keys: PublicKeys | None = None,
     ) -> None:
+        """`public_keys` (the key ring's, read per request) turns on the JWKS route."""
+        self._public_keys = public_keys
         self._receipts = receipts
         self._routes = routes
         self._max_body_bytes = max_body_bytes
@@ -185,9 +191,11 @@ class CallbackApp:
         self.serving = True
 
     def build(self) -> web.Application:
-        """The application with every route; more route groups (JWKS) are added here."""
+        """The application with every route; more route groups are added here."""
         app = web.Application(client_max_size=self._max_body_bytes)
         app.router.add_get(HEALTH_PATH, self._health)
+        if self._public_keys is not None:
+            app.router.add_get(JWKS_PATH, jwks_handler(self._public_keys, self._count_jwks))
         for route in self._routes:
             if not route.secret:
                 continue
@@ -200,6 +208,10 @@ class CallbackApp:
         if self.serving:
             return web.json_response({"status": "SERVING"})
         return web.json_response({"status": "NOT_SERVING"}, status=503)
+
+    def _count_jwks(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.callback_request("jwks", outcome)
 
     def _count(self, route: PlatformRoute, outcome: str) -> None:
         if self._metrics is not None:

@@ -1,0 +1,1 @@
+"""Runnable examples of business systems built on the Xiaohe Identity SDK."""
