@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,8 +28,22 @@ from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.migrate import upgrade_async
 from xiaohe.identity.server.storage.redis import RedisClient
 
+
+def _own_database(url: str) -> str:
+    """The system Redis URL for this test process: under pytest-xdist each worker
+    (`gw0`, `gw1`, ...) counts down from the given database number, so workers that
+    empty their database never empty each other's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not url or not worker.startswith("gw"):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    base = int(parts.path.strip("/") or "0")
+    db = (base - int(worker.removeprefix("gw"))) % 16
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{db}"))
+
+
 POSTGRES_URL = os.environ.get("XIAOHE_TEST_POSTGRES_URL", "")
-SYSTEM_REDIS_URL = os.environ.get("XIAOHE_TEST_REDIS_URL", "")
+SYSTEM_REDIS_URL = _own_database(os.environ.get("XIAOHE_TEST_REDIS_URL", ""))
 
 
 @pytest.fixture
