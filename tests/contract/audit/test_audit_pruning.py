@@ -97,7 +97,8 @@ async def test_the_head_is_never_pruned(database: Database, clock: FakeClock) ->
     clock.advance(KEEP * 2)
     assert await prune(pruning, clock.now(), batch=100) == [1]
     report = await log.verify_chain()
-    assert report.intact and report.pruned_through == 4
+    assert report.intact
+    assert report.pruned_through == 4
 
 
 async def test_a_prefix_cut_without_the_key_ring_is_detected(
@@ -154,7 +155,8 @@ async def test_an_anchor_at_the_base_is_checked(database: Database, clock: FakeC
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 4)
     early = await log.checkpoint()
-    assert early is not None and early.seq == 4
+    assert early is not None
+    assert early.seq == 4
     await fill_days(log, clock, 4)
     clock.advance(KEEP - 4 * DAY)  # days 0..3 (seq 1..4) due
     pruning = AuditPruning(database, log, KEYS, KEEP)

@@ -21,8 +21,8 @@ from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.flows.retention import SWEEP_ACTION
-from xiaohe.identity.server.storage.database import Database, utc
 from xiaohe.identity.server.storage import schema as s
+from xiaohe.identity.server.storage.database import Database, utc
 
 DAY = 86400.0
 HOUR = 3600.0
