@@ -62,4 +62,3 @@ def test_dry_run_counts_and_the_sweep_removes(cli: Cli) -> None:
     again = cli.ok("retention", "sweep").json()
     assert set(again["counts"].values()) == {0}
     assert cli.ok("audit", "verify").json()["intact"] is True
-

@@ -12,6 +12,7 @@ P = "XIAOHE_IDENTITY_"
 @pytest.mark.parametrize("name", ["RETENTION_LOG_DAYS", "RETENTION_SESSION_DAYS"])
 @pytest.mark.parametrize("value", ["179", "0", "-1"])
 def test_logs_cannot_be_kept_less_than_six_months(name: str, value: str) -> None:
+    """I7: audit and other logs are kept at least six months; a shorter setting stops start-up."""
     with pytest.raises(SettingsError, match=f"{P}{name}: at least 180"):
         load_settings({f"{P}{name}": value})
 

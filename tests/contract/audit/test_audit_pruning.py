@@ -53,7 +53,7 @@ async def prune(pruning: AuditPruning, now: float, batch: int) -> list[int]:
 async def test_pruning_removes_exactly_the_old_records_and_the_chain_still_verifies(
     database: Database, clock: FakeClock
 ) -> None:
-    """Records older than the period go, in batches, and nothing younger; the kept chain
+    """I7: Records older than the period go, in batches, and nothing younger; the kept chain
     verifies from the signed base, names it, and keeps growing."""
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 10)  # seq 1..10 at days 0..9
@@ -84,7 +84,7 @@ async def test_pruning_removes_exactly_the_old_records_and_the_chain_still_verif
 
 
 async def test_the_head_is_never_pruned(database: Database, clock: FakeClock) -> None:
-    """Even when every record is older than the period, the chain keeps a head to link to."""
+    """I7: Even when every record is older than the period, the chain keeps a head to link to."""
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 3)
     clock.advance(KEEP * 2)
@@ -104,7 +104,7 @@ async def test_the_head_is_never_pruned(database: Database, clock: FakeClock) ->
 async def test_a_prefix_cut_without_the_key_ring_is_detected(
     database: Database, clock: FakeClock
 ) -> None:
-    """A writer who deletes the front, even up to a genuine checkpoint, leaves rows 1.. missing:
+    """I7: A writer who deletes the front, even up to a genuine checkpoint, leaves rows 1.. missing:
     no `audit.pruned` record the key holder wrote vouches for that base."""
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 5)
@@ -118,7 +118,7 @@ async def test_a_prefix_cut_without_the_key_ring_is_detected(
 async def test_cutting_further_after_a_real_prune_is_detected(
     database: Database, clock: FakeClock
 ) -> None:
-    """After a legitimate prune, deleting more of the front (with a checkpoint forged under
+    """I7: After a legitimate prune, deleting more of the front (with a checkpoint forged under
     another key, or a genuine one that no prune record names) breaks verification."""
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 10)
@@ -137,7 +137,7 @@ async def test_cutting_further_after_a_real_prune_is_detected(
 async def test_genuine_checkpoint_without_prune_record_is_not_a_base(
     database: Database, clock: FakeClock
 ) -> None:
-    """A checkpoint signed by the key holder is not enough: the cut must be the sweep's."""
+    """I7: A checkpoint signed by the key holder is not enough: the cut must be the sweep's."""
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 10)
     clock.advance(KEEP - 7 * DAY)
@@ -151,7 +151,7 @@ async def test_genuine_checkpoint_without_prune_record_is_not_a_base(
 
 
 async def test_an_anchor_at_the_base_is_checked(database: Database, clock: FakeClock) -> None:
-    """An anchor saved at the base must match the base's MAC; one older than it was pruned."""
+    """I7: An anchor saved at the base must match the base's MAC; one older than it was pruned."""
     log = AuditLog(database, clock, KEYS)
     await fill_days(log, clock, 4)
     early = await log.checkpoint()
