@@ -8,8 +8,10 @@ cuts more, or fakes a cut of their own.
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
+from tests.contract.faults import INJECTED, failing_writes
 from xiaohe.identity.server.audit.checkpoints import (
     ChainAnchor,
     insert_checkpoint,
@@ -166,3 +168,21 @@ async def test_an_anchor_at_the_base_is_checked(database: Database, clock: FakeC
     report = await log.verify_chain(wrong)
     assert (report.intact, report.first_broken_seq) == (False, 4)
     assert (await log.verify_chain(ChainAnchor(2, "0" * 64))).intact
+
+
+async def test_a_failing_batch_prunes_nothing(database: Database, clock: FakeClock) -> None:
+    """I7: the pruning record, the base's checkpoint and the delete commit together: when the
+    checkpoint cannot be written, no record is removed and none is added."""
+    log = AuditLog(database, clock, KEYS)
+    await fill_days(log, clock, 5)
+    clock.advance(KEEP)
+    before = await all_records(log)
+    pruning = AuditPruning(database, log, KEYS, KEEP)
+    async with failing_writes(database, "audit_checkpoints"):
+        with pytest.raises(Exception, match=INJECTED):
+            await prune(pruning, clock.now(), batch=10)
+    assert await all_records(log) == before
+    assert await load_checkpoints(database) == []
+    assert (await log.verify_chain()).intact
+    assert await prune(pruning, clock.now(), batch=10) == [5]
+    assert (await log.verify_chain()).intact

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tests.contract.faults import failing_writes
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.container import Container
@@ -351,5 +352,50 @@ async def test_the_sweep_removes_exactly_what_is_due(
         again = await container.retention.sweep()
         assert again.counts == dict.fromkeys(expected, 0)
         assert (await audit.verify_chain()).intact
+    finally:
+        await container.close()
+
+
+async def test_a_failing_kind_keeps_its_rows_and_files_and_the_others_still_run(
+    database: Database, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A kind whose delete fails is reported and logged; its batch is rolled back (the
+    document row stays and so does its file, removed only after a commit); the next kind
+    still runs, and a later sweep finishes the work."""
+    container = container_for(database, tmp_path, clock)
+    try:
+        now = clock.now()
+        await insert(
+            database,
+            s.accounts,
+            {
+                "account_id": ACCOUNT,
+                "subject_type": "natural_person",
+                "login_name": "retention",
+                "password_hash": "x",
+                "status": "active",
+                "accepted_policy_version": 1,
+                "real_name_level": 0,
+                "master_key_id": "mk-x",
+                "created_at": ago(now, 500 * DAY),
+                "updated_at": ago(now, 500 * DAY),
+            },
+        )
+        await insert(database, s.documents, document(now, "doc_loose_old", 31 * DAY))
+        write_file(tmp_path / "documents", "doc_loose_old", now - 31 * DAY)
+        await insert(database, s.disclosures, disclosure(now, "dis_old", 181 * DAY))
+
+        async with failing_writes(database, "documents", "DELETE"):
+            report = await container.retention.sweep()
+        assert report.failed == ("documents",)
+        assert (report.counts["documents"], report.counts["disclosures"]) == (0, 1)
+        assert await ids(database, s.documents.c.document_id) == {"doc_loose_old"}
+        assert (tmp_path / "documents" / "doc_loose_old").exists()
+        assert await ids(database, s.disclosures.c.disclosure_id) == set()
+
+        again = await container.retention.sweep()
+        assert (again.failed, again.counts["documents"]) == ((), 1)
+        assert await ids(database, s.documents.c.document_id) == set()
+        assert not (tmp_path / "documents" / "doc_loose_old").exists()
     finally:
         await container.close()
