@@ -286,6 +286,7 @@ EMPTY_REPORT = {
     "truncated": False,
     "first_bad_checkpoint_seq": 0,
     "legacy_records": 0,
+    "pruned_through": 0,
 }
 
 

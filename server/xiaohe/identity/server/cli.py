@@ -100,7 +100,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     keys.add_parser("rewrap", help="re-wrap data keys under the ring's active master key")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
+    _add_retention_commands(sub)
     return parser
+
+
+# -- issue 14: retention --
+
+
+def _add_retention_commands(sub: Any) -> None:
+    retention = sub.add_parser(
+        "retention", help="delete data past its retention period (docs/privacy.md)"
+    ).add_subparsers(dest="action", required=True)
+    sweep = retention.add_parser(
+        "sweep", help="run the retention sweep now; prints the items removed per kind"
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="only count what is due, per kind; delete nothing"
+    )
+
+
+async def _retention(args: argparse.Namespace, settings: Settings) -> int:
+    """Run (or count) the retention sweep; exit 1 when a kind failed."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await upgrade_async(settings.effective_database_url)
+    # The sweep touches SQL, the document files and the key ring; Redis is never used.
+    container = Container(settings, redis_url=settings.redis_url or "redis://127.0.0.1:0")
+    try:
+        sweep = container.retention
+        report = await (sweep.dry_run() if args.dry_run else sweep.sweep())
+        _print({"dry_run": report.dry_run, "counts": report.counts, "failed": list(report.failed)})
+        return 1 if report.failed else 0
+    finally:
+        await container.close()
+
+
+# -- end retention --
 
 
 def _add_operator_commands(sub: Any) -> None:
@@ -456,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_pumping(args, settings))
         if args.command == "operators":
             return asyncio.run(_operators(args, settings))
+        if args.command == "retention":  # -- issue 14: retention --
+            return asyncio.run(_retention(args, settings))
         if args.command == "keys":
             if args.action == "init":
                 created = KeyRing.create(settings.effective_keyring_file, SystemClock())

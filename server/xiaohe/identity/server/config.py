@@ -262,6 +262,26 @@ class Settings:
     real_name_http_app_secret: str = field(default="", repr=False)
     real_name_http_timeout_seconds: float = 5.0
 
+    # -- issue 14: retention (flows/retention.py; docs/privacy.md lists every kind) --
+    # How often each worker runs the retention sweep; 0: never (run `retention sweep`).
+    retention_sweep_seconds: float = 3600.0
+    # Rows deleted per transaction.
+    retention_batch_size: int = 500
+    # Ended sessions (and their refresh tokens), counted from the end: a network log.
+    retention_session_days: int = 180
+    # Sent, failed and withheld outbox rows with their delivery receipts.
+    retention_outbox_days: int = 7
+    # Decided review cases with their decisions and notes, counted from the decision.
+    retention_review_case_days: int = 180
+    # Identity documents no submission or case names, counted from the upload.
+    retention_document_days: int = 30
+    # Document files without a row (an interrupted upload), counted from the write.
+    retention_orphan_file_hours: int = 24
+    # Audit log, disclosure log and phone holders' consents: at least 180 days
+    # (Cybersecurity Law Art. 21).
+    retention_log_days: int = 180
+    # -- end retention --
+
     def __repr__(self) -> str:
         """Every setting, with secrets hidden and passwords in URLs masked."""
         parts = []
@@ -446,6 +466,37 @@ def _validate(s: Settings) -> None:
     _validate_callbacks(s)
     _validate_pumping(s)
     _validate_number_status(s)
+    _validate_retention(s)
+
+
+# -- issue 14: retention --
+
+MIN_LOG_RETENTION_DAYS: Final = 180
+"""Network logs are kept at least six months (Cybersecurity Law Art. 21)."""
+
+
+def _validate_retention(s: Settings) -> None:
+    """Sweep interval and batch, and every period; logs no shorter than six months."""
+    if s.retention_sweep_seconds != 0 and not 60 <= s.retention_sweep_seconds <= 7 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}RETENTION_SWEEP_SECONDS: 0 (off) or 60 to 604800")
+    if not 1 <= s.retention_batch_size <= 10000:
+        raise SettingsError(f"{ENV_PREFIX}RETENTION_BATCH_SIZE: between 1 and 10000")
+    if s.retention_log_days < MIN_LOG_RETENTION_DAYS or s.retention_session_days < (
+        MIN_LOG_RETENTION_DAYS
+    ):
+        name = "LOG" if s.retention_log_days < MIN_LOG_RETENTION_DAYS else "SESSION"
+        raise SettingsError(
+            f"{ENV_PREFIX}RETENTION_{name}_DAYS: at least {MIN_LOG_RETENTION_DAYS} "
+            "(logs are kept six months, Cybersecurity Law Art. 21)"
+        )
+    for name in ("outbox_days", "review_case_days", "document_days", "orphan_file_hours"):
+        if not 1 <= getattr(s, f"retention_{name}") <= 36500:
+            raise SettingsError(f"{ENV_PREFIX}RETENTION_{name.upper()}: between 1 and 36500")
+    if s.retention_log_days > 36500 or s.retention_session_days > 36500:
+        raise SettingsError(f"{ENV_PREFIX}RETENTION_*_DAYS: at most 36500")
+
+
+# -- end retention --
 
 
 # -- HTTP callback listener (issue 10) --

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import cached_property
 from pathlib import Path
 
 from xiaohe.identity.server.accounts.repository import SqlAccountRepository
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
+from xiaohe.identity.server.audit.pruning import AuditPruning
 from xiaohe.identity.server.callers.registry import ClientRegistry
 from xiaohe.identity.server.clock import Clock, SystemClock
 from xiaohe.identity.server.codes.models import CodePolicy
@@ -45,6 +46,7 @@ from xiaohe.identity.server.delivery.providers import (
     SmtpProvider,
 )
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
+from xiaohe.identity.server.delivery.retention import FinishedMessages
 from xiaohe.identity.server.delivery.templates import compose_code_message
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.flows.channels import ChannelFlow
@@ -58,6 +60,7 @@ from xiaohe.identity.server.flows.realname import RealNameFlow
 from xiaohe.identity.server.flows.recovery import RecoveryFlow
 from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard, RecycledNumberFlow
 from xiaohe.identity.server.flows.registration import RegistrationFlow
+from xiaohe.identity.server.flows.retention import RetentionKind, RetentionSweep
 from xiaohe.identity.server.flows.review import (
     CaseApplier,
     CaseQueue,
@@ -70,12 +73,18 @@ from xiaohe.identity.server.observability.metrics import Metrics
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.privacy.retention import ExpiredDisclosures
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
 from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
 from xiaohe.identity.server.ratelimit.prefixes import PumpingPolicy, parse_ranges
 from xiaohe.identity.server.ratelimit.pumping import BlockReporter
 from xiaohe.identity.server.realname.documents import DocumentService, FileDocumentStore
+from xiaohe.identity.server.realname.retention import (
+    HolderConsents,
+    OrphanDocumentFiles,
+    UnreferencedDocuments,
+)
 from xiaohe.identity.server.realname.submissions import SubmissionStore
 from xiaohe.identity.server.realname.verifiers import (
     HttpVerifier,
@@ -86,10 +95,12 @@ from xiaohe.identity.server.realname.verifiers import (
 )
 from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.review.models import CaseKind
+from xiaohe.identity.server.review.retention import DecidedCases, referenced_documents
 from xiaohe.identity.server.review.roles import OperatorRoles
 from xiaohe.identity.server.sessions.feed import RevocationFeed
 from xiaohe.identity.server.sessions.models import SessionLifetimes
 from xiaohe.identity.server.sessions.repository import SqlSessionRepository
+from xiaohe.identity.server.sessions.retention import EndedSessions
 from xiaohe.identity.server.sessions.revocations import RevocationList
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
@@ -110,9 +121,6 @@ log = logging.getLogger("xiaohe.identity.container")
 KEYRING_RELOAD_SECONDS = 30.0
 CHECKPOINT_SECONDS = 1.0
 """How often a worker copies the SQLite log into the database file (storage/database.py)."""
-OUTBOX_PURGE_SECONDS = 3600.0
-OUTBOX_RETENTION_SECONDS = 7 * 86400.0
-"""Sent, failed and withheld outbox rows (no payload left) are kept a week, for support."""
 
 
 class Container:
@@ -765,6 +773,46 @@ class Container:
 
     # -- end TOTP --
 
+    # -- issue 14: retention --
+
+    @cached_property
+    def document_store(self) -> FileDocumentStore:
+        """The encrypted document blobs' directory (the one `documents` writes to)."""
+        s = self.settings
+        return FileDocumentStore(
+            Path(s.document_dir) if s.document_dir else data_path(s, "documents")
+        )
+
+    @cached_property
+    def retention(self) -> RetentionSweep:
+        """The retention sweep and its kinds, in the order they run (docs/privacy.md)."""
+        s, db, day = self.settings, self.database, 86400.0
+
+        async def in_cases(ids: Collection[str]) -> set[str]:
+            return await referenced_documents(db, ids)
+
+        kinds: list[RetentionKind] = [
+            EndedSessions(db, s.retention_session_days * day),
+            FinishedMessages(db, s.retention_outbox_days * day),
+            DecidedCases(db, s.retention_review_case_days * day),
+            UnreferencedDocuments(
+                db, self.document_store, s.retention_document_days * day, references=[in_cases]
+            ),
+            OrphanDocumentFiles(db, self.document_store, s.retention_orphan_file_hours * 3600.0),
+            HolderConsents(db, s.retention_log_days * day),
+            ExpiredDisclosures(db, s.retention_log_days * day),
+            AuditPruning(db, self.audit, self.keyring.audit_keys, s.retention_log_days * day),
+        ]
+        return RetentionSweep(
+            kinds,
+            clock=self.clock,
+            audit=self.audit,
+            metrics=self.metrics,
+            batch=s.retention_batch_size,
+        )
+
+    # -- end retention --
+
     async def start_background(self) -> None:
         """Start the delivery loop (first: `close` lets it finish), the revocation list and
         the reader of the revocation feed, the key ring refresh and the store's housekeeping."""
@@ -775,12 +823,19 @@ class Container:
         self._tasks.append(
             asyncio.create_task(self._every(CHECKPOINT_SECONDS, self.database.checkpoint))
         )
-        self._tasks.append(asyncio.create_task(self._every(OUTBOX_PURGE_SECONDS, self._purge)))
         self._tasks.append(
             asyncio.create_task(
                 self._every(self.settings.audit_checkpoint_seconds, self.audit.checkpoint)
             )
         )
+        # -- issue 14: retention (outbox rows included: it replaces the hourly outbox purge) --
+        if self.settings.retention_sweep_seconds:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._every(self.settings.retention_sweep_seconds, self.retention.sweep)
+                )
+            )
+        # -- end retention --
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
         """Run `job` every `seconds` until stopped; a failure is logged and tried again."""
@@ -793,11 +848,6 @@ class Container:
                 await job()
             except Exception as exc:
                 log.warning("%s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
-
-    async def _purge(self) -> None:
-        purged = await self.outbox.purge_finished(OUTBOX_RETENTION_SECONDS)
-        if purged:
-            log.info("purged %d finished outbox row(s)", purged)
 
     async def _reload(self) -> None:
         """Pick up keys rotated by the CLI (new signing key, new master key) without a restart."""

@@ -277,6 +277,7 @@ class VerifyAuditChainResponse(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     FIRST_BAD_CHECKPOINT_SEQ_FIELD_NUMBER: _builtins.int
     LEGACY_RECORDS_FIELD_NUMBER: _builtins.int
+    PRUNED_THROUGH_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     records_checked: _builtins.int
     first_broken_seq: _builtins.int
@@ -293,6 +294,10 @@ class VerifyAuditChainResponse(_message.Message):
     """Sequence number of the first checkpoint whose signature does not verify, 0 when none."""
     legacy_records: _builtins.int
     """Records chained with plain SHA-256 before keyed MACs (accepted only as a prefix)."""
+    pruned_through: _builtins.int
+    """issue 14: the base of a chain pruned by the retention sweep (its records up to this
+    sequence number were removed after their retention period); 0 when it starts at 1.
+    """
     def __init__(
         self,
         *,
@@ -304,10 +309,11 @@ class VerifyAuditChainResponse(_message.Message):
         truncated: _builtins.bool = ...,
         first_bad_checkpoint_seq: _builtins.int = ...,
         legacy_records: _builtins.int = ...,
+        pruned_through: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints_checked", b"checkpoints_checked", "first_bad_checkpoint_seq", b"first_bad_checkpoint_seq", "first_broken_seq", b"first_broken_seq", "intact", b"intact", "last_checkpoint_seq", b"last_checkpoint_seq", "legacy_records", b"legacy_records", "records_checked", b"records_checked", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints_checked", b"checkpoints_checked", "first_bad_checkpoint_seq", b"first_bad_checkpoint_seq", "first_broken_seq", b"first_broken_seq", "intact", b"intact", "last_checkpoint_seq", b"last_checkpoint_seq", "legacy_records", b"legacy_records", "pruned_through", b"pruned_through", "records_checked", b"records_checked", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,6 +32,15 @@ anchor saved from the log (`verify_chain(anchor)`, the `VerifyAuditChain` RPC,
 stands against a holder of the key ring, who can re-key the whole chain; an
 anchor kept elsewhere still shows that the history before it was rewritten.
 
+Records are kept at least six months (Cybersecurity Law Art. 21) and then pruned
+from the front by the retention sweep (audit/pruning.py), never from the end. A
+pruned chain starts after its *base*: a seq at which a checkpoint, signed in the
+pruning transaction if none was there, holds the MAC the first kept row names as
+`prev_hash`; and the kept chain holds a `audit.pruned` record, written by the
+same transaction, naming that base (`through:<seq>`). A writer without the key
+ring who deletes a prefix can neither sign the checkpoint nor write that record,
+so `verify_chain` still names seq 1 as missing.
+
 Rows written before migration 0002 are *legacy*: `alg = 'sha256'`, the plain
 SHA-256 of the encoding above without `actor_account` (which they hold as "").
 They verify only as a prefix before the first keyed row, whose MAC covers the
@@ -104,9 +113,23 @@ _PG_LOCK_KEY = int.from_bytes(
 _CHAIN_HEAD = sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
 _INSERT = audit_log.insert()
 
+PRUNE_ACTION = "audit.pruned"
+"""The action of the record a pruning batch writes; its outcome is `prune_outcome(base)`."""
+
 _VERIFY_BATCH = 500
 _MAX_BATCH = 200
 _MAX_QUERY_LIMIT = 1000
+
+
+def prune_outcome(base: int) -> str:
+    """The outcome of the `audit.pruned` record that vouches for a chain pruned through `base`."""
+    return f"through:{base}"
+
+
+async def lock_appenders(conn: SqlConnection, dialect: str) -> None:
+    """Exclude every other appender until this transaction ends (see the module docstring)."""
+    if dialect == "postgresql":
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
 
 
 def _column_length(name: str) -> int:
@@ -157,6 +180,7 @@ class ChainReport:
     and `first_broken_seq` is then the first missing seq. `first_bad_checkpoint_seq`
     names the first checkpoint whose signature does not verify (forged or altered).
     `legacy_records` counts plain SHA-256 rows from before keyed MACs.
+    `pruned_through` is the base of a pruned chain (0: it starts at seq 1).
     """
 
     intact: bool
@@ -167,6 +191,7 @@ class ChainReport:
     truncated: bool = False
     first_bad_checkpoint_seq: int = 0
     legacy_records: int = 0
+    pruned_through: int = 0
 
 
 def _chain_body(
@@ -515,8 +540,12 @@ class AuditLog:
                 first_bad = cp.seq
         last_signed = max(signed, default=0)
 
+        base = 0
+        pruned_records: set[str] = set()
+
         def report(records: int, broken: int, legacy: int, truncated: bool = False) -> ChainReport:
             return ChainReport(
+                pruned_through=base,
                 intact=broken == 0 and first_bad == 0,
                 records_checked=records,
                 first_broken_seq=broken,
@@ -535,8 +564,16 @@ class AuditLog:
         async for batch in self._batches():
             for rec in batch:
                 checked += 1
+                if checked == 1 and rec.seq > 1 and (rec.seq - 1) in signed:
+                    # A pruned chain: it starts after a signed base (checked for its
+                    # `audit.pruned` record once the whole chain was read).
+                    base = expected_seq = rec.seq - 1
+                    prev_hash = signed[base]
+                    expected_seq += 1
                 if rec.seq != expected_seq:
                     return report(checked, expected_seq, legacy)
+                if rec.action == PRUNE_ACTION:
+                    pruned_records.add(rec.outcome)
                 value = self._chain_value(rec, keyed_seen)
                 verifies = (
                     value is not None
@@ -553,6 +590,17 @@ class AuditLog:
                     keyed_seen = True
                 prev_hash = rec.hash
                 expected_seq += 1
+        if base and prune_outcome(base) not in pruned_records:
+            # No record the key holder wrote vouches for the cut: rows 1.. are missing.
+            return report(checked, 1, legacy)
+        if (
+            base
+            and anchor is not None
+            and anchor.seq == base
+            and not _same(signed[base], anchor.mac)
+        ):
+            # An anchor older than the base was pruned with its rows; one at the base is checked.
+            return report(checked, base, legacy)
         head = expected_seq - 1
         needed = max(last_signed, anchor.seq if anchor is not None else 0)
         if needed > head:
@@ -584,10 +632,13 @@ __all__ = [
     "ALG_KEYED",
     "ALG_LEGACY",
     "GENESIS_HASH",
+    "PRUNE_ACTION",
     "AuditLog",
     "AuditRecord",
     "ChainAnchor",
     "ChainReport",
     "legacy_record_hash",
+    "lock_appenders",
+    "prune_outcome",
     "record_mac",
 ]

@@ -260,6 +260,15 @@ class Metrics:
             ["provider", "state"],
             registry=registry,
         )
+        # -- issue 14: retention --
+        self._retention_removed = Counter(
+            "xiaohe_retention_removed",
+            "Items the retention sweep removed, by kind (sessions, outbox, review_cases, "
+            "documents, document_files, holder_consents, disclosures, audit_log).",
+            ["kind"],
+            registry=registry,
+        )
+        # -- end retention --
 
     @classmethod
     def in_memory(cls) -> Metrics:
@@ -356,6 +365,14 @@ class Metrics:
         self._breaker_transitions.labels(
             provider=bounded_label(provider), state=bounded_label(state)
         ).inc()
+
+    # -- issue 14: retention --
+    def retention_removed(self, kind: str, count: int) -> None:
+        """Count items of one kind removed by the retention sweep."""
+        if count > 0:
+            self._retention_removed.labels(kind=bounded_label(kind)).inc(count)
+
+    # -- end retention --
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (this process's values only)."""

@@ -7,8 +7,9 @@ the declared purpose, the time. Field values are never stored here.
 
 `record` joins the caller's unit of work: the directory flow writes the log
 before it answers, and a log that cannot be written means nothing is released.
-Rows are append-only and kept as long as the audit log (no retention yet); they
-go only with their account (ON DELETE CASCADE).
+Rows are append-only and kept as long as the audit log (`retention_log_days`,
+at least 180); the retention sweep deletes older ones (privacy/retention.py),
+and they go with their account (ON DELETE CASCADE).
 
 `page` lists an account's disclosures newest first, keyset-paged by
 (time, id) behind an opaque token.

@@ -75,6 +75,7 @@ _BLOB_MAGIC: Final = b"XHD1"
 _LENGTH = struct.Struct("!I")
 _WHY = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/#-]{0,49}")
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_-]{1,120}")
+_TEMPORARY = re.compile(r"\.[A-Za-z0-9_-]{1,120}\.[0-9a-f]{16}\.tmp")
 _FILE_MODE: Final = 0o600
 
 
@@ -139,6 +140,33 @@ class FileDocumentStore:
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+    # -- issue 14: retention (realname/retention.OrphanDocumentFiles) --
+
+    async def stale_files(self, older_than: float) -> list[str]:
+        """Names of blobs and left-over temporary files last written before `older_than`."""
+        return await asyncio.to_thread(self._stale_files, older_than)
+
+    async def discard(self, name: str) -> None:
+        """Remove a blob or a left-over temporary file `stale_files` named; nothing if gone."""
+        if not (_STORAGE_KEY.fullmatch(name) or _TEMPORARY.fullmatch(name)):
+            raise ValueError("not a document blob or temporary file name")
+        with contextlib.suppress(FileNotFoundError):
+            (self._dir / name).unlink()
+
+    def _stale_files(self, older_than: float) -> list[str]:
+        names = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._dir):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if not (_STORAGE_KEY.fullmatch(entry.name) or _TEMPORARY.fullmatch(entry.name)):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    names.append(entry.name)
+        return sorted(names)
+
+    # -- end retention --
 
     def _put(self, path: Path, blob: bytes) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)

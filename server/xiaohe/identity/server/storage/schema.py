@@ -421,3 +421,13 @@ disclosures = sa.Table(
     sa.Column("disclosed_at", UtcDateTime, nullable=False),
     sa.Index("ix_disclosures_account_time", "account_id", "disclosed_at", "disclosure_id"),
 )
+
+# -- issue 14: retention (migration 0014) --------------------------------------------
+
+# The retention sweep finds old rows by time (flows/retention.py): without these, each of
+# its batches would scan the whole table. Sessions are not indexed for it: their end is
+# the earliest of three times, and their expiry columns change on every refresh.
+ix_outbox_created_at = sa.Index("ix_outbox_created_at", outbox.c.created_at)
+ix_disclosures_disclosed_at = sa.Index("ix_disclosures_disclosed_at", disclosures.c.disclosed_at)
+
+# -- end retention --

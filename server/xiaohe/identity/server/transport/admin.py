@@ -136,6 +136,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             truncated=report.truncated,
             first_bad_checkpoint_seq=report.first_bad_checkpoint_seq,
             legacy_records=report.legacy_records,
+            pruned_through=report.pruned_through,
         )
 
     # -- message deliveries (issue 10) --

@@ -98,6 +98,11 @@ export interface VerifyAuditChainResponse {
   firstBadCheckpointSeq: number;
   /** Records chained with plain SHA-256 before keyed MACs (accepted only as a prefix). */
   legacyRecords: number;
+  /**
+   * issue 14: the base of a chain pruned by the retention sweep (its records up to this
+   * sequence number were removed after their retention period); 0 when it starts at 1.
+   */
+  prunedThrough: number;
 }
 
 export interface GetDeliveryRequest {
@@ -1069,6 +1074,7 @@ function createBaseVerifyAuditChainResponse(): VerifyAuditChainResponse {
     truncated: false,
     firstBadCheckpointSeq: 0,
     legacyRecords: 0,
+    prunedThrough: 0,
   };
 }
 
@@ -1097,6 +1103,9 @@ export const VerifyAuditChainResponse: MessageFns<VerifyAuditChainResponse> = {
     }
     if (message.legacyRecords !== 0) {
       writer.uint32(64).int64(message.legacyRecords);
+    }
+    if (message.prunedThrough !== 0) {
+      writer.uint32(72).int64(message.prunedThrough);
     }
     return writer;
   },
@@ -1178,6 +1187,14 @@ export const VerifyAuditChainResponse: MessageFns<VerifyAuditChainResponse> = {
             message.legacyRecords = longToNumber(reader.int64());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.prunedThrough = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1224,6 +1241,11 @@ export const VerifyAuditChainResponse: MessageFns<VerifyAuditChainResponse> = {
         : isSet(object.legacy_records)
         ? globalThis.Number(object.legacy_records)
         : 0,
+      prunedThrough: isSet(object.prunedThrough)
+        ? globalThis.Number(object.prunedThrough)
+        : isSet(object.pruned_through)
+        ? globalThis.Number(object.pruned_through)
+        : 0,
     };
   },
 
@@ -1253,6 +1275,9 @@ export const VerifyAuditChainResponse: MessageFns<VerifyAuditChainResponse> = {
     if (message.legacyRecords !== 0) {
       obj.legacyRecords = Math.round(message.legacyRecords);
     }
+    if (message.prunedThrough !== 0) {
+      obj.prunedThrough = Math.round(message.prunedThrough);
+    }
     return obj;
   },
 
@@ -1269,6 +1294,7 @@ export const VerifyAuditChainResponse: MessageFns<VerifyAuditChainResponse> = {
     message.truncated = object.truncated ?? false;
     message.firstBadCheckpointSeq = object.firstBadCheckpointSeq ?? 0;
     message.legacyRecords = object.legacyRecords ?? 0;
+    message.prunedThrough = object.prunedThrough ?? 0;
     return message;
   },
 };
