@@ -144,7 +144,11 @@ def test_an_operator_file_replaces_the_shipped_year(tmp_path: Path) -> None:
         ({"year": "2027", "source": "s"}, "year"),
         ({"year": 2027, "source": "s", "holidays": [{"first": "2027-02-30"}]}, "not a date"),
         (
-            {"year": 2027, "source": "s", "holidays": [{"first": "2027-02-03", "last": "2027-02-01"}]},
+            {
+                "year": 2027,
+                "source": "s",
+                "holidays": [{"first": "2027-02-03", "last": "2027-02-01"}],
+            },
             "last before first",
         ),
         ({"year": 2027, "source": "s", "workdays": [{"date": "2027-02-03"}]}, "is a weekday"),

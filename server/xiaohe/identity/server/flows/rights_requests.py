@@ -219,6 +219,10 @@ class RightsRequestFlow:
         logger.info("rights request %s resolved (%s)", cmd.request_id, cmd.outcome.value)
         return await self._requests.get(cmd.request_id)
 
+    def is_overdue(self, request: RightsRequest) -> bool:
+        """Whether the request is open and past its due date now."""
+        return request.overdue_at(self._clock.now())
+
     async def count_overdue(self) -> int:
         """How many requests are open past their due date now."""
         return await self._requests.count_late(self._clock.now())

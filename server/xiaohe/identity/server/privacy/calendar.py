@@ -214,7 +214,7 @@ class WorkingCalendar:
         return day, tuple(sorted(uncovered))
 
     def due_date(self, filed_at: float, days: int = REPLY_WORKING_DAYS) -> DueDate:
-        """When a request filed at `filed_at` (epoch seconds) must be answered (module docstring)."""
+        """When a request filed at `filed_at` (epoch seconds) must be answered (see module)."""
         filed_on = datetime.fromtimestamp(filed_at, tz=SHANGHAI).date()
         due_on, uncovered = self.add_working_days(filed_on, days)
         end = datetime.combine(due_on + timedelta(days=1), time(0), tzinfo=SHANGHAI)

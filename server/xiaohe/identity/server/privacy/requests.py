@@ -51,7 +51,7 @@ _LATEST_PAGE_TIME: Final = 7_258_118_400.0
 """2200-01-01: no due date lies later; a token past it is forged."""
 
 
-class RequestKind(enum.Enum):
+class RequestKind(enum.StrEnum):
     """What the person asks for (privacy policy 五)."""
 
     ACCESS = "access"
@@ -62,14 +62,14 @@ class RequestKind(enum.Enum):
     COMPLAINT = "complaint"
 
 
-class RequestState(enum.Enum):
+class RequestState(enum.StrEnum):
     """Open until an operator resolves it."""
 
     OPEN = "open"
     RESOLVED = "resolved"
 
 
-class Outcome(enum.Enum):
+class Outcome(enum.StrEnum):
     """How a request was answered."""
 
     FULFILLED = "fulfilled"
