@@ -122,11 +122,12 @@ def overdue_gauge(metrics: Metrics) -> float:
 async def test_a_deletion_request_before_national_day_is_due_23_october_then_overdue(
     env: Env,
 ) -> None:
-    """I4: the acceptance case of issue 14. A DELETION filed on Friday 2025-09-26, the Friday before the
-    National Day holiday, is due on 2025-10-23 (the official 2025 calendar, 国办发明电〔2024〕12号;
-    the count is in tests/unit/privacy/test_working_calendar.py). It is not overdue through
-    the last minute of 10-23 in Shanghai; from 10-24 00:00 it is, the gauge says 1 and the
-    operators' overdue queue lists it; once resolved, the gauge goes back to 0."""
+    """I4: issue 14's acceptance case. A DELETION filed on Friday 2025-09-26, the Friday
+    before the National Day holiday, is due on 2025-10-23 (the official 2025 calendar,
+    国办发明电〔2024〕12号; the count is in tests/unit/privacy/test_working_calendar.py).
+    It is not overdue through the last minute of 10-23 in Shanghai; from 10-24 00:00 it
+    is, the gauge says 1 and the operators' overdue queue lists it; once resolved, the
+    gauge goes back to 0."""
     account_id = await env.account()
     filed = await env.flow.file(
         FileRequestCommand(account_id, RequestKind.DELETION, DETAIL, "bff-web")
