@@ -15,12 +15,19 @@ import grpc
 import pytest
 
 from tests.integration.conftest import Harness
-from tests.integration.flows import LOGIN_NAME, PHONE, login, register
+from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, login, register, stubs
 from tests.rpc_errors import Details, details_of
 from xiaohe.identity.server.cli import main
 from xiaohe.identity.server.clock import FakeClock, SystemClock
 from xiaohe.identity.server.privacy.calendar import SHANGHAI
-from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc, privacy_pb2, privacy_pb2_grpc
+from xiaohe.identity.v1 import (
+    accounts_pb2,
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    privacy_pb2,
+    privacy_pb2_grpc,
+)
 
 FILED_AT = datetime(2025, 9, 26, 10, 0, tzinfo=SHANGHAI).timestamp()
 LATE_AT = datetime(2025, 10, 24, 0, 0, tzinfo=SHANGHAI).timestamp()
@@ -246,3 +253,31 @@ async def test_the_cli_lists_overdue_requests(
         (old.request_id, True),
         (new.request_id, False),
     ]
+
+
+async def test_a_session_waiting_for_consent_may_still_file_and_list(h: Harness) -> None:
+    """I3 restricts a session until the person accepts a changed policy; the rights to ask
+    for deletion or to complain do not wait for that acceptance (GetAccount still refuses)."""
+    privacy = privacy_pb2_grpc.PrivacyServiceStub(h.channel)
+    await register(h, LOGIN_NAME, PHONE)
+    await h.container.revocations.wait_ready()
+    h.clock.advance(60)
+    await h.container.policies.publish("小禾隐私政策（第二版）")
+    restricted = await stubs(h).auth.Login(
+        auth_pb2.LoginRequest(
+            password=auth_pb2.PasswordCredential(identifier=LOGIN_NAME, password=PASSWORD)
+        ),
+        metadata=h.metadata,
+    )
+    assert restricted.next_step == auth_pb2.NEXT_STEP_CONSENT_REQUIRED
+    user = as_user(h, restricted.session.access_token)
+    refused = await failure(
+        stubs(h).accounts.GetAccount(accounts_pb2.GetAccountRequest(), metadata=user)
+    )
+    assert refused.reason == "CONSENT_REQUIRED"
+    filed = await privacy.FileRequest(
+        privacy_pb2.FileRequestRequest(kind=privacy_pb2.RIGHTS_REQUEST_KIND_DELETION),
+        metadata=user,
+    )
+    listed = await privacy.ListRequests(privacy_pb2.ListRequestsRequest(), metadata=user)
+    assert [r.request_id for r in listed.requests] == [filed.request.request_id]

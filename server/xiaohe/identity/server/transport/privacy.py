@@ -104,7 +104,8 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     async def FileRequest(
         self, request: privacy_pb2.FileRequestRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> privacy_pb2.FileRequestResponse:
-        claims = require_user(ctx, self._sessions)
+        # A person who will not accept a changed policy may still ask for deletion or complain.
+        claims = require_user(ctx, self._sessions, allow_restricted=True)
         flow = self._rights_flow()
         filed = await flow.file(
             FileRequestCommand(
@@ -121,7 +122,7 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     async def ListRequests(
         self, request: privacy_pb2.ListRequestsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> privacy_pb2.ListRequestsResponse:
-        claims = require_user(ctx, self._sessions)
+        claims = require_user(ctx, self._sessions, allow_restricted=True)
         flow = self._rights_flow()
         page = await flow.list_mine(
             claims.sub, page_size=request.page_size, page_token=request.page_token
