@@ -219,6 +219,11 @@ async def test_resolution_rules_and_their_audit(env: Env) -> None:
         await env.flow.resolve(ResolveRequestCommand(request_id, Outcome.FULFILLED, "", "c"))
     with pytest.raises(NotFound):
         await env.flow.resolve(ResolveRequestCommand("rrq_" + "0" * 24, Outcome.FULFILLED, "", "c"))
+    for malformed in ("", "+8613800138000", "rrq_" + "0" * 23, request_id.upper()):
+        # Never looked up nor audited: a caller's text must not become an audit target.
+        with pytest.raises(InvalidArgument) as caught:
+            await env.flow.resolve(ResolveRequestCommand(malformed, Outcome.FULFILLED, "", "c"))
+        assert [v.field for v in caught.value.violations] == ["request_id"]
     assert (await env.store.get(request_id)).outcome is Outcome.PARTLY_FULFILLED
     assert await env.outcomes("privacy.request.file") == [(request_id, "ok")]
     assert await env.outcomes("privacy.request.resolve") == [

@@ -187,7 +187,8 @@ async def test_bad_requests_get_clear_errors(h: Harness) -> None:
         ),
         (
             admin.ResolveRequest(
-                admin_pb2.ResolveRequestRequest(request_id="rrq_0"), metadata=h.metadata
+                admin_pb2.ResolveRequestRequest(request_id="rrq_" + "0" * 24),
+                metadata=h.metadata,
             ),
             "outcome",
         ),

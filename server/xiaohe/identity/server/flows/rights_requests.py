@@ -45,6 +45,7 @@ from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from xiaohe.identity.server.privacy.calendar import WorkingCalendar
 from xiaohe.identity.server.privacy.requests import (
+    REQUEST_ID_SHAPE,
     NewRightsRequest,
     Outcome,
     RequestKind,
@@ -193,6 +194,11 @@ class RightsRequestFlow:
 
     async def resolve(self, cmd: ResolveRequestCommand) -> RightsRequest:
         """Answer an open request; returns it resolved."""
+        if not REQUEST_ID_SHAPE.fullmatch(cmd.request_id):
+            # Checked first: the id becomes the audit target, and a caller's text must not.
+            raise InvalidArgument(
+                FieldViolation("request_id", "is not a request id (rrq_ and 24 hex digits)")
+            )
         note = _check_text("note", cmd.note)
         if cmd.outcome is Outcome.REFUSED and not note:
             raise InvalidArgument(

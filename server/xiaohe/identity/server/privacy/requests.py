@@ -27,6 +27,7 @@ import base64
 import binascii
 import enum
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from xiaohe.identity.server.storage.database import Database, epoch, translate_e
 from xiaohe.identity.server.storage.schema import rights_requests
 
 REQUEST_ID_PREFIX: Final = "rrq_"
+REQUEST_ID_SHAPE: Final = re.compile(r"rrq_[0-9a-f]{24}")
+"""A request id as `new_id` makes it; anything else never names a request."""
 DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
 _ID_BYTES: Final = 12
@@ -376,6 +379,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "REQUEST_ID_PREFIX",
+    "REQUEST_ID_SHAPE",
     "AccountDataKeys",
     "NewRightsRequest",
     "Outcome",

@@ -211,10 +211,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ResolveRequestRequest, ctx: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ResolveRequestResponse:
         flow = self._rights_flow()
-        if not 0 < len(request.request_id) <= MAX_REQUEST_ID_LENGTH:
-            raise InvalidArgument(
-                FieldViolation("request_id", f"1 to {MAX_REQUEST_ID_LENGTH} characters")
-            )
         resolved = await flow.resolve(
             ResolveRequestCommand(
                 request_id=request.request_id,
@@ -228,7 +224,3 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     # -- end rights requests --
-
-
-MAX_REQUEST_ID_LENGTH = 40
-"""A rights request id (`rrq_` + 24 hex digits) fits the column's 40 characters."""
