@@ -170,6 +170,8 @@ async def test_the_texts_are_sealed_under_the_account_key_and_shredded_with_it(
     the account's data key (deactivation) leaves the request's record with its texts erased."""
     account_id = await env.account()
     request_id = await env.file(account_id)
+    env.clock.advance(1)
+    still_open = await env.file(account_id, RequestKind.COMPLAINT)
     await env.flow.resolve(
         ResolveRequestCommand(request_id, Outcome.REFUSED, "号码 13800138000 仍有未结订单", "c")
     )
@@ -185,7 +187,8 @@ async def test_the_texts_are_sealed_under_the_account_key_and_shredded_with_it(
         assert "张三丰".encode() not in blob
     mine = (await env.flow.list_mine(account_id, page_size=0, page_token="")).requests
     assert [(r.detail, r.note, r.erased) for r in mine] == [
-        (DETAIL, "号码 13800138000 仍有未结订单", False)
+        (DETAIL, "", False),
+        (DETAIL, "号码 13800138000 仍有未结订单", False),
     ]
 
     async with env.database.begin() as conn:
@@ -193,7 +196,12 @@ async def test_the_texts_are_sealed_under_the_account_key_and_shredded_with_it(
             sa.text("UPDATE accounts SET data_key_wrapped = NULL WHERE account_id = :a"),
             {"a": account_id},
         )
-    [shredded] = (await env.flow.list_mine(account_id, page_size=0, page_token="")).requests
+    # An open request of a destroyed account can still be closed; its note is not kept.
+    closed = await env.flow.resolve(
+        ResolveRequestCommand(still_open, Outcome.FULFILLED, "账号已注销", "c")
+    )
+    assert (closed.state, closed.note, closed.erased) == (RequestState.RESOLVED, "", True)
+    _, shredded = (await env.flow.list_mine(account_id, page_size=0, page_token="")).requests
     assert (shredded.detail, shredded.note, shredded.erased) == ("", "", True)
     assert (shredded.outcome, shredded.due_on) == (Outcome.REFUSED, date(2025, 10, 23))
 

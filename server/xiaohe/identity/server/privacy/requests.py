@@ -306,13 +306,18 @@ class RightsRequests:
         at: float,
     ) -> bool:
         """Mark an open request resolved (caller's unit of work); False when it is no longer
-        open (another operator won)."""
+        open (another operator won). The note of an account whose key was destroyed is not
+        kept: no key may protect it, and nobody is left to read it."""
         note_enc = None
         if note:
-            key = await self._keys.data_key(request.account_id)
-            note_enc = self._cipher.encrypt_field(
-                key, note, field_aad(request.request_id, _NOTE_PLACE)
-            )
+            try:
+                key = await self._keys.data_key(request.account_id)
+            except NotFound:
+                key = None
+            if key is not None:
+                note_enc = self._cipher.encrypt_field(
+                    key, note, field_aad(request.request_id, _NOTE_PLACE)
+                )
         t = rights_requests.c
         update = (
             rights_requests.update()
