@@ -87,6 +87,16 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "no purpose: ['purpose']",
         "disclosed: ['login_name', 'phone'] for order_fulfilment to shop-",
     ],
+    # -- issue 14: rights requests --
+    ("integrator-guide", "19"): [
+        "filed: RIGHTS_REQUEST_KIND_DELETION",
+        "due by the end of: 20",
+        "in the queue: True",
+        "refusal without a reason: ['note']",
+        "outcome: RIGHTS_REQUEST_OUTCOME_FULFILLED",
+        "note: 已删除",
+    ],
+    # -- end rights requests --
     ("operator-guide", "2"): [
         "recorded 1, duplicates 0",
         "recorded 0, duplicates 1",

@@ -154,7 +154,11 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
         PrivacyServicer(
-            container.policies, container.consent, container.sessions, container.directory
+            container.policies,
+            container.consent,
+            container.sessions,
+            container.directory,
+            rights=container.rights_requests,  # issue 14: rights requests
         ),
         server,
     )
@@ -170,6 +174,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
             container.audit,
             deliveries=container.delivery_log,
             prefix_watch=container.prefix_watch,
+            rights=container.rights_requests,  # issue 14: rights requests
         ),
         server,
     )

@@ -29,6 +29,7 @@ from xiaohe.identity.server.errors import IdentityError, InvalidArgument
 from xiaohe.identity.server.observability.logging import configure_logging
 from xiaohe.identity.server.observability.metrics import MetricsListenError
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.privacy.requests import RequestState
 from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
 from xiaohe.identity.server.review.models import OPERATOR_ROLES, REVIEW_ROLE
 from xiaohe.identity.server.shared.identifiers import IdentifierKind, normalize_login_name
@@ -101,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("rewrap", help="re-wrap data keys under the ring's active master key")
     keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
     _add_retention_commands(sub)
+
+    _add_requests_commands(sub)  # issue 14: rights requests
     return parser
 
 
@@ -439,6 +442,62 @@ async def _rewrap(settings: Settings) -> int:
         await container.close()
 
 
+# -- issue 14: rights requests --
+
+
+def _add_requests_commands(sub: Any) -> None:
+    requests = sub.add_parser(
+        "requests", help="rights requests (PIPL) and their due dates"
+    ).add_subparsers(dest="action", required=True)
+    listing = requests.add_parser(
+        "list", help="requests soonest due first (never their texts); JSON on stdout"
+    )
+    listing.add_argument(
+        "--overdue", action="store_true", help="only open requests past their due date"
+    )
+    listing.add_argument("--state", choices=("open", "resolved"), help="only this state")
+
+
+async def _requests(args: argparse.Namespace, settings: Settings) -> int:
+    """List rights requests by due date, every page; texts stay out of the terminal."""
+    await upgrade_async(settings.effective_database_url)
+    # Listing touches only SQL and the key ring; the Redis URL is never connected to.
+    container = Container(settings, redis_url=settings.redis_url or "redis://127.0.0.1:0")
+    try:
+        flow = container.rights_requests
+        state = None if args.state is None else RequestState(args.state)
+        listed: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await flow.queue(
+                state=state, overdue_only=args.overdue, page_size=100, page_token=token
+            )
+            listed.extend(
+                {
+                    "request_id": r.request_id,
+                    "account_id": r.account_id,
+                    "kind": r.kind.value,
+                    "state": r.state.value,
+                    "filed_at": _when(r.filed_at),
+                    "due_date": r.due_on.isoformat(),
+                    "overdue": flow.is_overdue(r),
+                    "outcome": r.outcome.value if r.outcome is not None else None,
+                    "resolved_at": _when(r.resolved_at),
+                }
+                for r in page.requests
+            )
+            token = page.next_page_token
+            if not token:
+                break
+        _print(listed)
+        return 0
+    finally:
+        await container.close()
+
+
+# -- end rights requests --
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     args = _parser().parse_args(argv)
@@ -492,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_operators(args, settings))
         if args.command == "retention":  # -- issue 14: retention --
             return asyncio.run(_retention(args, settings))
+
+        if args.command == "requests":  # issue 14: rights requests
+            return asyncio.run(_requests(args, settings))
         if args.command == "keys":
             if args.action == "init":
                 created = KeyRing.create(settings.effective_keyring_file, SystemClock())

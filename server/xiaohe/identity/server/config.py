@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from xiaohe.identity.server.delivery.notices import NOTICE_PURPOSE
 from xiaohe.identity.server.delivery.platforms import Endpoint, parse_purpose_map
 from xiaohe.identity.server.delivery.templates import NOTICE_KINDS, PURPOSES
+from xiaohe.identity.server.privacy.calendar import CalendarError, WorkingCalendar
 from xiaohe.identity.server.ratelimit.prefixes import NumberRange
 from xiaohe.identity.server.shared.network import (
     check_secret_url,
@@ -281,6 +282,13 @@ class Settings:
     # (Cybersecurity Law Art. 21).
     retention_log_days: int = 180
     # -- end retention --
+    # -- issue 14: rights requests --
+    # A directory of working-day calendar files (<year>.json, as shipped in
+    # privacy/data/calendar) that add years or replace shipped ones; empty: shipped only.
+    privacy_calendar_dir: str = ""
+    # How often each worker recounts the overdue rights requests for its metrics.
+    privacy_overdue_refresh_seconds: float = 60.0
+    # -- end rights requests --
 
     def __repr__(self) -> str:
         """Every setting, with secrets hidden and passwords in URLs masked."""
@@ -467,6 +475,7 @@ def _validate(s: Settings) -> None:
     _validate_pumping(s)
     _validate_number_status(s)
     _validate_retention(s)
+    _validate_rights_requests(s)
 
 
 # -- issue 14: retention --
@@ -712,6 +721,23 @@ def _require(s: Settings, *names: str) -> None:
     for name in names:
         if not getattr(s, name):
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}: required for this SMS provider")
+
+
+# -- issue 14: rights requests --
+
+
+def _validate_rights_requests(s: Settings) -> None:
+    """The refresh interval, and every calendar file of the operator's directory."""
+    if not 1 <= s.privacy_overdue_refresh_seconds <= 86400:
+        raise SettingsError(f"{ENV_PREFIX}PRIVACY_OVERDUE_REFRESH_SECONDS: between 1 and 86400")
+    if s.privacy_calendar_dir:
+        try:
+            WorkingCalendar.load(s.privacy_calendar_dir)
+        except CalendarError as exc:
+            raise SettingsError(f"{ENV_PREFIX}PRIVACY_CALENDAR_DIR: {exc}") from None
+
+
+# -- end rights requests --
 
 
 def load_settings(

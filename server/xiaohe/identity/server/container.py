@@ -68,11 +68,14 @@ from xiaohe.identity.server.flows.review import (
     ReviewDocuments,
     ReviewFlow,
 )
+from xiaohe.identity.server.flows.rights_requests import RightsRequestFlow
 from xiaohe.identity.server.flows.totp import TotpFlow
 from xiaohe.identity.server.observability.metrics import Metrics
+from xiaohe.identity.server.privacy.calendar import WorkingCalendar
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.privacy.policies import PolicyStore
+from xiaohe.identity.server.privacy.requests import RightsRequests
 from xiaohe.identity.server.privacy.retention import ExpiredDisclosures
 from xiaohe.identity.server.ratelimit.callers import CallerBudget, CallerLimits
 from xiaohe.identity.server.ratelimit.limiter import SlidingWindowLimiter
@@ -813,6 +816,32 @@ class Container:
 
     # -- end retention --
 
+    # -- issue 14: rights requests --
+
+    @cached_property
+    def working_calendar(self) -> WorkingCalendar:
+        """The PRC working-day calendar: shipped years, then the operator's directory."""
+        return WorkingCalendar.load(self.settings.privacy_calendar_dir)
+
+    @cached_property
+    def rights_request_store(self) -> RightsRequests:
+        """Rights requests in SQL, their texts sealed under the account's data key."""
+        return RightsRequests(self.database, self.cipher, self.accounts)
+
+    @cached_property
+    def rights_requests(self) -> RightsRequestFlow:
+        """Filing, listing and resolving rights requests, and the overdue gauge."""
+        return RightsRequestFlow(
+            uow=self.database,
+            requests=self.rights_request_store,
+            calendar=self.working_calendar,
+            clock=self.clock,
+            audit=self.audit,
+            metrics=self.metrics,
+        )
+
+    # -- end rights requests --
+
     async def start_background(self) -> None:
         """Start the delivery loop (first: `close` lets it finish), the revocation list and
         the reader of the revocation feed, the key ring refresh and the store's housekeeping."""
@@ -837,6 +866,10 @@ class Container:
             )
         # -- end retention --
 
+        # -- issue 14: rights requests --
+        self._tasks.append(asyncio.create_task(self._overdue_requests()))
+        # -- end rights requests --
+
     async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
         """Run `job` every `seconds` until stopped; a failure is logged and tried again."""
         while not self._stop.is_set():
@@ -848,6 +881,16 @@ class Container:
                 await job()
             except Exception as exc:
                 log.warning("%s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
+
+    async def _overdue_requests(self) -> None:
+        """Count the overdue rights requests into the gauge now, then every refresh period."""
+        try:
+            await self.rights_requests.refresh_overdue()
+        except Exception as exc:
+            log.warning("refresh_overdue failed: %s", type(exc).__name__)
+        await self._every(
+            self.settings.privacy_overdue_refresh_seconds, self.rights_requests.refresh_overdue
+        )
 
     async def _reload(self) -> None:
         """Pick up keys rotated by the CLI (new signing key, new master key) without a restart."""

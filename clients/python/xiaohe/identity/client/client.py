@@ -1185,6 +1185,84 @@ class IdentityClient:
             access_token=access_token,
         )
 
+    # -- issue 14: rights requests --
+    # PrivacyService (the signed-in person) and AdminService (operators, `admin` grant)
+
+    async def file_request(
+        self,
+        access_token: str,
+        kind: privacy_pb2.RightsRequestKind.ValueType,
+        detail: str = "",
+        *,
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.RightsRequest:
+        """File a request about the signed-in person's data; `due_date` is the 15th working day."""
+        stubs = self._ensure_stubs()
+        response = await self._unary(
+            stubs.privacy.FileRequest,
+            privacy_pb2.FileRequestRequest(kind=kind, detail=detail),
+            end_user=end_user,
+            access_token=access_token,
+        )
+        return response.request
+
+    async def list_requests(
+        self,
+        access_token: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.ListRequestsResponse:
+        """The signed-in person's requests and their answers, newest first."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.privacy.ListRequests,
+            privacy_pb2.ListRequestsRequest(page_size=page_size, page_token=page_token),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def list_rights_requests(
+        self,
+        *,
+        state: privacy_pb2.RightsRequestState.ValueType = (
+            privacy_pb2.RIGHTS_REQUEST_STATE_UNSPECIFIED
+        ),
+        overdue_only: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        end_user: EndUser | None = None,
+    ) -> admin_pb2.ListRightsRequestsResponse:
+        """Operators: rights requests soonest due first, by state or only the overdue ones."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.admin.ListRightsRequests,
+            admin_pb2.ListRightsRequestsRequest(
+                state=state, overdue_only=overdue_only, page_size=page_size, page_token=page_token
+            ),
+            end_user=end_user,
+        )
+
+    async def resolve_request(
+        self,
+        request_id: str,
+        outcome: privacy_pb2.RightsRequestOutcome.ValueType,
+        note: str = "",
+        *,
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.RightsRequest:
+        """Operators: answer an open request (a refusal needs a note saying why)."""
+        stubs = self._ensure_stubs()
+        response = await self._unary(
+            stubs.admin.ResolveRequest,
+            admin_pb2.ResolveRequestRequest(request_id=request_id, outcome=outcome, note=note),
+            end_user=end_user,
+        )
+        return response.request
+
+    # -- end rights requests --
+
 
 async def _drain(
     call: AsyncIterable[review_pb2.StreamDocumentResponse], write: Callable[[bytes], object]

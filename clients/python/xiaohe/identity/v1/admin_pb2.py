@@ -23,55 +23,64 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from xiaohe.identity.v1 import privacy_pb2 as xiaohe_dot_identity_dot_v1_dot_privacy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exiaohe/identity/v1/admin.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x06\x43lient\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06grants\x18\x03 \x03(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\"3\n\x13\x43reateClientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\"Y\n\x14\x43reateClientResponse\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x1a.xiaohe.identity.v1.Client\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"\x14\n\x12ListClientsRequest\"B\n\x13ListClientsResponse\x12+\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x1a.xiaohe.identity.v1.Client\"(\n\x13RevokeClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"B\n\x14RevokeClientResponse\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x1a.xiaohe.identity.v1.Client\";\n\x16SetClientGrantsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\"E\n\x17SetClientGrantsResponse\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x1a.xiaohe.identity.v1.Client\",\n\x10\x41uditChainAnchor\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0b\n\x03mac\x18\x02 \x01(\t\"O\n\x17VerifyAuditChainRequest\x12\x34\n\x06\x61nchor\x18\x01 \x01(\x0b\x32$.xiaohe.identity.v1.AuditChainAnchor\"\xfc\x01\n\x18VerifyAuditChainResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x03\x12\x18\n\x10\x66irst_broken_seq\x18\x03 \x01(\x03\x12\x1b\n\x13\x63heckpoints_checked\x18\x04 \x01(\x03\x12\x1b\n\x13last_checkpoint_seq\x18\x05 \x01(\x03\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12 \n\x18\x66irst_bad_checkpoint_seq\x18\x07 \x01(\x03\x12\x16\n\x0elegacy_records\x18\x08 \x01(\x03\x12\x16\n\x0epruned_through\x18\t \x01(\x03\"(\n\x12GetDeliveryRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\xee\x02\n\x08\x44\x65livery\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x1b\n\x13provider_message_id\x18\x06 \x01(\t\x12\x10\n\x08\x64\x65livery\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x64one_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breported_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x13GetDeliveryResponse\x12.\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1c.xiaohe.identity.v1.Delivery\"\xa8\x01\n\x0bPrefixBlock\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\nblocked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04sent\x18\x05 \x01(\x03\x12\x10\n\x08verified\x18\x06 \x01(\x03\"\x19\n\x17ListPrefixBlocksRequest\"K\n\x18ListPrefixBlocksResponse\x12/\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1f.xiaohe.identity.v1.PrefixBlock\"(\n\x16LiftPrefixBlockRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\")\n\x17LiftPrefixBlockResponse\x12\x0e\n\x06lifted\x18\x01 \x01(\x08\x32\xca\x06\n\x0c\x41\x64minService\x12\x61\n\x0c\x43reateClient\x12\'.xiaohe.identity.v1.CreateClientRequest\x1a(.xiaohe.identity.v1.CreateClientResponse\x12^\n\x0bListClients\x12&.xiaohe.identity.v1.ListClientsRequest\x1a\'.xiaohe.identity.v1.ListClientsResponse\x12\x61\n\x0cRevokeClient\x12\'.xiaohe.identity.v1.RevokeClientRequest\x1a(.xiaohe.identity.v1.RevokeClientResponse\x12j\n\x0fSetClientGrants\x12*.xiaohe.identity.v1.SetClientGrantsRequest\x1a+.xiaohe.identity.v1.SetClientGrantsResponse\x12m\n\x10VerifyAuditChain\x12+.xiaohe.identity.v1.VerifyAuditChainRequest\x1a,.xiaohe.identity.v1.VerifyAuditChainResponse\x12^\n\x0bGetDelivery\x12&.xiaohe.identity.v1.GetDeliveryRequest\x1a\'.xiaohe.identity.v1.GetDeliveryResponse\x12m\n\x10ListPrefixBlocks\x12+.xiaohe.identity.v1.ListPrefixBlocksRequest\x1a,.xiaohe.identity.v1.ListPrefixBlocksResponse\x12j\n\x0fLiftPrefixBlock\x12*.xiaohe.identity.v1.LiftPrefixBlockRequest\x1a+.xiaohe.identity.v1.LiftPrefixBlockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exiaohe/identity/v1/admin.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a xiaohe/identity/v1/privacy.proto\"z\n\x06\x43lient\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06grants\x18\x03 \x03(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\"3\n\x13\x43reateClientRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\"Y\n\x14\x43reateClientResponse\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x1a.xiaohe.identity.v1.Client\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"\x14\n\x12ListClientsRequest\"B\n\x13ListClientsResponse\x12+\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x1a.xiaohe.identity.v1.Client\"(\n\x13RevokeClientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"B\n\x14RevokeClientResponse\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x1a.xiaohe.identity.v1.Client\";\n\x16SetClientGrantsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06grants\x18\x02 \x03(\t\"E\n\x17SetClientGrantsResponse\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x1a.xiaohe.identity.v1.Client\",\n\x10\x41uditChainAnchor\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0b\n\x03mac\x18\x02 \x01(\t\"O\n\x17VerifyAuditChainRequest\x12\x34\n\x06\x61nchor\x18\x01 \x01(\x0b\x32$.xiaohe.identity.v1.AuditChainAnchor\"\xfc\x01\n\x18VerifyAuditChainResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x03\x12\x18\n\x10\x66irst_broken_seq\x18\x03 \x01(\x03\x12\x1b\n\x13\x63heckpoints_checked\x18\x04 \x01(\x03\x12\x1b\n\x13last_checkpoint_seq\x18\x05 \x01(\x03\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12 \n\x18\x66irst_bad_checkpoint_seq\x18\x07 \x01(\x03\x12\x16\n\x0elegacy_records\x18\x08 \x01(\x03\x12\x16\n\x0epruned_through\x18\t \x01(\x03\"(\n\x12GetDeliveryRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\xee\x02\n\x08\x44\x65livery\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x1b\n\x13provider_message_id\x18\x06 \x01(\t\x12\x10\n\x08\x64\x65livery\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07sent_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x64one_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breported_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x13GetDeliveryResponse\x12.\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x1c.xiaohe.identity.v1.Delivery\"\xa8\x01\n\x0bPrefixBlock\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\nblocked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04sent\x18\x05 \x01(\x03\x12\x10\n\x08verified\x18\x06 \x01(\x03\"\x19\n\x17ListPrefixBlocksRequest\"K\n\x18ListPrefixBlocksResponse\x12/\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x1f.xiaohe.identity.v1.PrefixBlock\"(\n\x16LiftPrefixBlockRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\")\n\x17LiftPrefixBlockResponse\x12\x0e\n\x06lifted\x18\x01 \x01(\x08\"\x8f\x01\n\x19ListRightsRequestsRequest\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.xiaohe.identity.v1.RightsRequestState\x12\x14\n\x0coverdue_only\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"j\n\x1aListRightsRequestsResponse\x12\x33\n\x08requests\x18\x01 \x03(\x0b\x32!.xiaohe.identity.v1.RightsRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x15ResolveRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x39\n\x07outcome\x18\x02 \x01(\x0e\x32(.xiaohe.identity.v1.RightsRequestOutcome\x12\x0c\n\x04note\x18\x03 \x01(\t\"L\n\x16ResolveRequestResponse\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.xiaohe.identity.v1.RightsRequest2\xa8\x08\n\x0c\x41\x64minService\x12\x61\n\x0c\x43reateClient\x12\'.xiaohe.identity.v1.CreateClientRequest\x1a(.xiaohe.identity.v1.CreateClientResponse\x12^\n\x0bListClients\x12&.xiaohe.identity.v1.ListClientsRequest\x1a\'.xiaohe.identity.v1.ListClientsResponse\x12\x61\n\x0cRevokeClient\x12\'.xiaohe.identity.v1.RevokeClientRequest\x1a(.xiaohe.identity.v1.RevokeClientResponse\x12j\n\x0fSetClientGrants\x12*.xiaohe.identity.v1.SetClientGrantsRequest\x1a+.xiaohe.identity.v1.SetClientGrantsResponse\x12m\n\x10VerifyAuditChain\x12+.xiaohe.identity.v1.VerifyAuditChainRequest\x1a,.xiaohe.identity.v1.VerifyAuditChainResponse\x12^\n\x0bGetDelivery\x12&.xiaohe.identity.v1.GetDeliveryRequest\x1a\'.xiaohe.identity.v1.GetDeliveryResponse\x12m\n\x10ListPrefixBlocks\x12+.xiaohe.identity.v1.ListPrefixBlocksRequest\x1a,.xiaohe.identity.v1.ListPrefixBlocksResponse\x12j\n\x0fLiftPrefixBlock\x12*.xiaohe.identity.v1.LiftPrefixBlockRequest\x1a+.xiaohe.identity.v1.LiftPrefixBlockResponse\x12s\n\x12ListRightsRequests\x12-.xiaohe.identity.v1.ListRightsRequestsRequest\x1a..xiaohe.identity.v1.ListRightsRequestsResponse\x12g\n\x0eResolveRequest\x12).xiaohe.identity.v1.ResolveRequestRequest\x1a*.xiaohe.identity.v1.ResolveRequestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xiaohe.identity.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLIENT']._serialized_start=87
-  _globals['_CLIENT']._serialized_end=209
-  _globals['_CREATECLIENTREQUEST']._serialized_start=211
-  _globals['_CREATECLIENTREQUEST']._serialized_end=262
-  _globals['_CREATECLIENTRESPONSE']._serialized_start=264
-  _globals['_CREATECLIENTRESPONSE']._serialized_end=353
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=355
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=375
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=377
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=443
-  _globals['_REVOKECLIENTREQUEST']._serialized_start=445
-  _globals['_REVOKECLIENTREQUEST']._serialized_end=485
-  _globals['_REVOKECLIENTRESPONSE']._serialized_start=487
-  _globals['_REVOKECLIENTRESPONSE']._serialized_end=553
-  _globals['_SETCLIENTGRANTSREQUEST']._serialized_start=555
-  _globals['_SETCLIENTGRANTSREQUEST']._serialized_end=614
-  _globals['_SETCLIENTGRANTSRESPONSE']._serialized_start=616
-  _globals['_SETCLIENTGRANTSRESPONSE']._serialized_end=685
-  _globals['_AUDITCHAINANCHOR']._serialized_start=687
-  _globals['_AUDITCHAINANCHOR']._serialized_end=731
-  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=733
-  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=812
-  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=815
-  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=1067
-  _globals['_GETDELIVERYREQUEST']._serialized_start=1069
-  _globals['_GETDELIVERYREQUEST']._serialized_end=1109
-  _globals['_DELIVERY']._serialized_start=1112
-  _globals['_DELIVERY']._serialized_end=1478
-  _globals['_GETDELIVERYRESPONSE']._serialized_start=1480
-  _globals['_GETDELIVERYRESPONSE']._serialized_end=1549
-  _globals['_PREFIXBLOCK']._serialized_start=1552
-  _globals['_PREFIXBLOCK']._serialized_end=1720
-  _globals['_LISTPREFIXBLOCKSREQUEST']._serialized_start=1722
-  _globals['_LISTPREFIXBLOCKSREQUEST']._serialized_end=1747
-  _globals['_LISTPREFIXBLOCKSRESPONSE']._serialized_start=1749
-  _globals['_LISTPREFIXBLOCKSRESPONSE']._serialized_end=1824
-  _globals['_LIFTPREFIXBLOCKREQUEST']._serialized_start=1826
-  _globals['_LIFTPREFIXBLOCKREQUEST']._serialized_end=1866
-  _globals['_LIFTPREFIXBLOCKRESPONSE']._serialized_start=1868
-  _globals['_LIFTPREFIXBLOCKRESPONSE']._serialized_end=1909
-  _globals['_ADMINSERVICE']._serialized_start=1912
-  _globals['_ADMINSERVICE']._serialized_end=2754
+  _globals['_CLIENT']._serialized_start=121
+  _globals['_CLIENT']._serialized_end=243
+  _globals['_CREATECLIENTREQUEST']._serialized_start=245
+  _globals['_CREATECLIENTREQUEST']._serialized_end=296
+  _globals['_CREATECLIENTRESPONSE']._serialized_start=298
+  _globals['_CREATECLIENTRESPONSE']._serialized_end=387
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=389
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=409
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=411
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=477
+  _globals['_REVOKECLIENTREQUEST']._serialized_start=479
+  _globals['_REVOKECLIENTREQUEST']._serialized_end=519
+  _globals['_REVOKECLIENTRESPONSE']._serialized_start=521
+  _globals['_REVOKECLIENTRESPONSE']._serialized_end=587
+  _globals['_SETCLIENTGRANTSREQUEST']._serialized_start=589
+  _globals['_SETCLIENTGRANTSREQUEST']._serialized_end=648
+  _globals['_SETCLIENTGRANTSRESPONSE']._serialized_start=650
+  _globals['_SETCLIENTGRANTSRESPONSE']._serialized_end=719
+  _globals['_AUDITCHAINANCHOR']._serialized_start=721
+  _globals['_AUDITCHAINANCHOR']._serialized_end=765
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=767
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=846
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=849
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=1101
+  _globals['_GETDELIVERYREQUEST']._serialized_start=1103
+  _globals['_GETDELIVERYREQUEST']._serialized_end=1143
+  _globals['_DELIVERY']._serialized_start=1146
+  _globals['_DELIVERY']._serialized_end=1512
+  _globals['_GETDELIVERYRESPONSE']._serialized_start=1514
+  _globals['_GETDELIVERYRESPONSE']._serialized_end=1583
+  _globals['_PREFIXBLOCK']._serialized_start=1586
+  _globals['_PREFIXBLOCK']._serialized_end=1754
+  _globals['_LISTPREFIXBLOCKSREQUEST']._serialized_start=1756
+  _globals['_LISTPREFIXBLOCKSREQUEST']._serialized_end=1781
+  _globals['_LISTPREFIXBLOCKSRESPONSE']._serialized_start=1783
+  _globals['_LISTPREFIXBLOCKSRESPONSE']._serialized_end=1858
+  _globals['_LIFTPREFIXBLOCKREQUEST']._serialized_start=1860
+  _globals['_LIFTPREFIXBLOCKREQUEST']._serialized_end=1900
+  _globals['_LIFTPREFIXBLOCKRESPONSE']._serialized_start=1902
+  _globals['_LIFTPREFIXBLOCKRESPONSE']._serialized_end=1943
+  _globals['_LISTRIGHTSREQUESTSREQUEST']._serialized_start=1946
+  _globals['_LISTRIGHTSREQUESTSREQUEST']._serialized_end=2089
+  _globals['_LISTRIGHTSREQUESTSRESPONSE']._serialized_start=2091
+  _globals['_LISTRIGHTSREQUESTSRESPONSE']._serialized_end=2197
+  _globals['_RESOLVEREQUESTREQUEST']._serialized_start=2199
+  _globals['_RESOLVEREQUESTREQUEST']._serialized_end=2315
+  _globals['_RESOLVEREQUESTRESPONSE']._serialized_start=2317
+  _globals['_RESOLVEREQUESTRESPONSE']._serialized_end=2393
+  _globals['_ADMINSERVICE']._serialized_start=2396
+  _globals['_ADMINSERVICE']._serialized_end=3460
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,16 @@ class AdminServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockResponse.FromString,
                 _registered_method=True)
+        self.ListRightsRequests = channel.unary_unary(
+                '/xiaohe.identity.v1.AdminService/ListRightsRequests',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListRightsRequestsRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListRightsRequestsResponse.FromString,
+                _registered_method=True)
+        self.ResolveRequest = channel.unary_unary(
+                '/xiaohe.identity.v1.AdminService/ResolveRequest',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ResolveRequestRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ResolveRequestResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -140,6 +150,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRightsRequests(self, request, context):
+        """-- issue 14: rights requests --
+        Rights requests for operators, soonest due first: by state, or only the overdue ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveRequest(self, request, context):
+        """Answers an open rights request with an outcome and a note to the person (required for a
+        refusal); audited. FAILED_PRECONDITION when it is resolved already.
+        -- end rights requests --
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +209,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.LiftPrefixBlock,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockResponse.SerializeToString,
+            ),
+            'ListRightsRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRightsRequests,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListRightsRequestsRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListRightsRequestsResponse.SerializeToString,
+            ),
+            'ResolveRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveRequest,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ResolveRequestRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_admin__pb2.ResolveRequestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +439,60 @@ class AdminService:
             '/xiaohe.identity.v1.AdminService/LiftPrefixBlock',
             xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_admin__pb2.LiftPrefixBlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRightsRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AdminService/ListRightsRequests',
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListRightsRequestsRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.ListRightsRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AdminService/ResolveRequest',
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.ResolveRequestRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_admin__pb2.ResolveRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

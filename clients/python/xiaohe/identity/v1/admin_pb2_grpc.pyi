@@ -54,6 +54,15 @@ class AdminServiceStub:
     """Lists the number prefixes (号段) whose code requests are throttled."""
     LiftPrefixBlock: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LiftPrefixBlockRequest, _admin_pb2.LiftPrefixBlockResponse]
     """Lifts a prefix block at once (and forgets the watch's counts for that prefix)."""
+    ListRightsRequests: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRightsRequestsRequest, _admin_pb2.ListRightsRequestsResponse]
+    """-- issue 14: rights requests --
+    Rights requests for operators, soonest due first: by state, or only the overdue ones.
+    """
+    ResolveRequest: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResolveRequestRequest, _admin_pb2.ResolveRequestResponse]
+    """Answers an open rights request with an outcome and a note to the person (required for a
+    refusal); audited. FAILED_PRECONDITION when it is resolved already.
+    -- end rights requests --
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -81,6 +90,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lists the number prefixes (号段) whose code requests are throttled."""
     LiftPrefixBlock: _aio.UnaryUnaryMultiCallable[_admin_pb2.LiftPrefixBlockRequest, _admin_pb2.LiftPrefixBlockResponse]  # type: ignore[assignment]
     """Lifts a prefix block at once (and forgets the watch's counts for that prefix)."""
+    ListRightsRequests: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRightsRequestsRequest, _admin_pb2.ListRightsRequestsResponse]  # type: ignore[assignment]
+    """-- issue 14: rights requests --
+    Rights requests for operators, soonest due first: by state, or only the overdue ones.
+    """
+    ResolveRequest: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResolveRequestRequest, _admin_pb2.ResolveRequestResponse]  # type: ignore[assignment]
+    """Answers an open rights request with an outcome and a note to the person (required for a
+    refusal); audited. FAILED_PRECONDITION when it is resolved already.
+    -- end rights requests --
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator API: API clients and their grants, audit chain checks, message delivery and
@@ -153,5 +171,26 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.LiftPrefixBlockResponse, _abc.Awaitable[_admin_pb2.LiftPrefixBlockResponse]]:
         """Lifts a prefix block at once (and forgets the watch's counts for that prefix)."""
+
+    @_abc_1.abstractmethod
+    def ListRightsRequests(
+        self,
+        request: _admin_pb2.ListRightsRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListRightsRequestsResponse, _abc.Awaitable[_admin_pb2.ListRightsRequestsResponse]]:
+        """-- issue 14: rights requests --
+        Rights requests for operators, soonest due first: by state, or only the overdue ones.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveRequest(
+        self,
+        request: _admin_pb2.ResolveRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResolveRequestResponse, _abc.Awaitable[_admin_pb2.ResolveRequestResponse]]:
+        """Answers an open rights request with an outcome and a note to the person (required for a
+        refusal); audited. FAILED_PRECONDITION when it is resolved already.
+        -- end rights requests --
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

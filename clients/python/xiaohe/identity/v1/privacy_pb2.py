@@ -25,13 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\"}\n\nDisclosure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDisclosuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDisclosuresResponse\x12\x33\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1e.xiaohe.identity.v1.Disclosure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x02\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponse\x12j\n\x0fListDisclosures\x12*.xiaohe.identity.v1.ListDisclosuresRequest\x1a+.xiaohe.identity.v1.ListDisclosuresResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\"}\n\nDisclosure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDisclosuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDisclosuresResponse\x12\x33\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1e.xiaohe.identity.v1.Disclosure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe9\x03\n\rRightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.xiaohe.identity.v1.RightsRequestKind\x12\x35\n\x05state\x18\x03 \x01(\x0e\x32&.xiaohe.identity.v1.RightsRequestState\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12,\n\x08\x66iled_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ue_date\x18\x06 \x01(\t\x12+\n\x07late_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overdue\x18\x08 \x01(\x08\x12\x39\n\x07outcome\x18\t \x01(\x0e\x32(.xiaohe.identity.v1.RightsRequestOutcome\x12\x0c\n\x04note\x18\n \x01(\t\x12/\n\x0bresolved_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctexts_erased\x18\x0c \x01(\x08\x12\x12\n\naccount_id\x18\r \x01(\t\x12\x11\n\tclient_id\x18\x0e \x01(\t\x12\x13\n\x0bresolved_by\x18\x0f \x01(\t\"Y\n\x12\x46ileRequestRequest\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32%.xiaohe.identity.v1.RightsRequestKind\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"I\n\x13\x46ileRequestResponse\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.xiaohe.identity.v1.RightsRequest\"<\n\x13ListRequestsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x14ListRequestsResponse\x12\x33\n\x08requests\x18\x01 \x03(\x0b\x32!.xiaohe.identity.v1.RightsRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x83\x02\n\x11RightsRequestKind\x12#\n\x1fRIGHTS_REQUEST_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRIGHTS_REQUEST_KIND_ACCESS\x10\x01\x12\x1c\n\x18RIGHTS_REQUEST_KIND_COPY\x10\x02\x12\"\n\x1eRIGHTS_REQUEST_KIND_CORRECTION\x10\x03\x12 \n\x1cRIGHTS_REQUEST_KIND_DELETION\x10\x04\x12\"\n\x1eRIGHTS_REQUEST_KIND_WITHDRAWAL\x10\x05\x12!\n\x1dRIGHTS_REQUEST_KIND_COMPLAINT\x10\x06*|\n\x12RightsRequestState\x12$\n RIGHTS_REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RIGHTS_REQUEST_STATE_OPEN\x10\x01\x12!\n\x1dRIGHTS_REQUEST_STATE_RESOLVED\x10\x02*\xb5\x01\n\x14RightsRequestOutcome\x12&\n\"RIGHTS_REQUEST_OUTCOME_UNSPECIFIED\x10\x00\x12$\n RIGHTS_REQUEST_OUTCOME_FULFILLED\x10\x01\x12+\n\'RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED\x10\x02\x12\"\n\x1eRIGHTS_REQUEST_OUTCOME_REFUSED\x10\x03\x32\xfc\x03\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponse\x12j\n\x0fListDisclosures\x12*.xiaohe.identity.v1.ListDisclosuresRequest\x1a+.xiaohe.identity.v1.ListDisclosuresResponse\x12^\n\x0b\x46ileRequest\x12&.xiaohe.identity.v1.FileRequestRequest\x1a\'.xiaohe.identity.v1.FileRequestResponse\x12\x61\n\x0cListRequests\x12\'.xiaohe.identity.v1.ListRequestsRequest\x1a(.xiaohe.identity.v1.ListRequestsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xiaohe.identity.v1.privacy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RIGHTSREQUESTKIND']._serialized_start=1454
+  _globals['_RIGHTSREQUESTKIND']._serialized_end=1713
+  _globals['_RIGHTSREQUESTSTATE']._serialized_start=1715
+  _globals['_RIGHTSREQUESTSTATE']._serialized_end=1839
+  _globals['_RIGHTSREQUESTOUTCOME']._serialized_start=1842
+  _globals['_RIGHTSREQUESTOUTCOME']._serialized_end=2023
   _globals['_GETPOLICYREQUEST']._serialized_start=89
   _globals['_GETPOLICYREQUEST']._serialized_end=124
   _globals['_GETPOLICYRESPONSE']._serialized_start=126
@@ -46,6 +52,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDISCLOSURESREQUEST']._serialized_end=524
   _globals['_LISTDISCLOSURESRESPONSE']._serialized_start=526
   _globals['_LISTDISCLOSURESRESPONSE']._serialized_end=629
-  _globals['_PRIVACYSERVICE']._serialized_start=632
-  _globals['_PRIVACYSERVICE']._serialized_end=945
+  _globals['_RIGHTSREQUEST']._serialized_start=632
+  _globals['_RIGHTSREQUEST']._serialized_end=1121
+  _globals['_FILEREQUESTREQUEST']._serialized_start=1123
+  _globals['_FILEREQUESTREQUEST']._serialized_end=1212
+  _globals['_FILEREQUESTRESPONSE']._serialized_start=1214
+  _globals['_FILEREQUESTRESPONSE']._serialized_end=1287
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=1289
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=1349
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1351
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1451
+  _globals['_PRIVACYSERVICE']._serialized_start=2026
+  _globals['_PRIVACYSERVICE']._serialized_end=2534
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,76 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RightsRequestKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RightsRequestKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RightsRequestKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RIGHTS_REQUEST_KIND_UNSPECIFIED: _RightsRequestKind.ValueType  # 0
+    RIGHTS_REQUEST_KIND_ACCESS: _RightsRequestKind.ValueType  # 1
+    """To know what is held and how it is processed."""
+    RIGHTS_REQUEST_KIND_COPY: _RightsRequestKind.ValueType  # 2
+    """A copy of the data (ExportMyData gives one at once; this asks for one by an operator)."""
+    RIGHTS_REQUEST_KIND_CORRECTION: _RightsRequestKind.ValueType  # 3
+    RIGHTS_REQUEST_KIND_DELETION: _RightsRequestKind.ValueType  # 4
+    RIGHTS_REQUEST_KIND_WITHDRAWAL: _RightsRequestKind.ValueType  # 5
+    """Withdrawal of a consent."""
+    RIGHTS_REQUEST_KIND_COMPLAINT: _RightsRequestKind.ValueType  # 6
+
+class RightsRequestKind(_RightsRequestKind, metaclass=_RightsRequestKindEnumTypeWrapper):
+    """-- issue 14: rights requests --"""
+
+RIGHTS_REQUEST_KIND_UNSPECIFIED: RightsRequestKind.ValueType  # 0
+RIGHTS_REQUEST_KIND_ACCESS: RightsRequestKind.ValueType  # 1
+"""To know what is held and how it is processed."""
+RIGHTS_REQUEST_KIND_COPY: RightsRequestKind.ValueType  # 2
+"""A copy of the data (ExportMyData gives one at once; this asks for one by an operator)."""
+RIGHTS_REQUEST_KIND_CORRECTION: RightsRequestKind.ValueType  # 3
+RIGHTS_REQUEST_KIND_DELETION: RightsRequestKind.ValueType  # 4
+RIGHTS_REQUEST_KIND_WITHDRAWAL: RightsRequestKind.ValueType  # 5
+"""Withdrawal of a consent."""
+RIGHTS_REQUEST_KIND_COMPLAINT: RightsRequestKind.ValueType  # 6
+Global___RightsRequestKind: _TypeAlias = RightsRequestKind  # noqa: Y015
+
+class _RightsRequestState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RightsRequestStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RightsRequestState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RIGHTS_REQUEST_STATE_UNSPECIFIED: _RightsRequestState.ValueType  # 0
+    RIGHTS_REQUEST_STATE_OPEN: _RightsRequestState.ValueType  # 1
+    RIGHTS_REQUEST_STATE_RESOLVED: _RightsRequestState.ValueType  # 2
+
+class RightsRequestState(_RightsRequestState, metaclass=_RightsRequestStateEnumTypeWrapper): ...
+
+RIGHTS_REQUEST_STATE_UNSPECIFIED: RightsRequestState.ValueType  # 0
+RIGHTS_REQUEST_STATE_OPEN: RightsRequestState.ValueType  # 1
+RIGHTS_REQUEST_STATE_RESOLVED: RightsRequestState.ValueType  # 2
+Global___RightsRequestState: _TypeAlias = RightsRequestState  # noqa: Y015
+
+class _RightsRequestOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RightsRequestOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RightsRequestOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RIGHTS_REQUEST_OUTCOME_UNSPECIFIED: _RightsRequestOutcome.ValueType  # 0
+    RIGHTS_REQUEST_OUTCOME_FULFILLED: _RightsRequestOutcome.ValueType  # 1
+    RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED: _RightsRequestOutcome.ValueType  # 2
+    RIGHTS_REQUEST_OUTCOME_REFUSED: _RightsRequestOutcome.ValueType  # 3
+    """Refused, with the reason in the note."""
+
+class RightsRequestOutcome(_RightsRequestOutcome, metaclass=_RightsRequestOutcomeEnumTypeWrapper): ...
+
+RIGHTS_REQUEST_OUTCOME_UNSPECIFIED: RightsRequestOutcome.ValueType  # 0
+RIGHTS_REQUEST_OUTCOME_FULFILLED: RightsRequestOutcome.ValueType  # 1
+RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED: RightsRequestOutcome.ValueType  # 2
+RIGHTS_REQUEST_OUTCOME_REFUSED: RightsRequestOutcome.ValueType  # 3
+"""Refused, with the reason in the note."""
+Global___RightsRequestOutcome: _TypeAlias = RightsRequestOutcome  # noqa: Y015
 
 @_typing.final
 class GetPolicyRequest(_message.Message):
@@ -189,3 +260,165 @@ class ListDisclosuresResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDisclosuresResponse: _TypeAlias = ListDisclosuresResponse  # noqa: Y015
+
+@_typing.final
+class RightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    FILED_AT_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    LATE_AT_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    TEXTS_ERASED_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    kind: Global___RightsRequestKind.ValueType
+    state: Global___RightsRequestState.ValueType
+    detail: _builtins.str
+    """The person's own words, as filed."""
+    due_date: _builtins.str
+    """The 15th working day, YYYY-MM-DD in Asia/Shanghai: the reply is due by its end."""
+    overdue: _builtins.bool
+    """Open and past late_at."""
+    outcome: Global___RightsRequestOutcome.ValueType
+    note: _builtins.str
+    """The operator's answer to the person (always set for a refusal)."""
+    texts_erased: _builtins.bool
+    """The account's data was destroyed (deactivation): detail and note are gone."""
+    account_id: _builtins.str
+    """Operators only (AdminService.ListRightsRequests): whose request, the client that relayed
+    it and the client that resolved it. Empty in the person's own listing.
+    """
+    client_id: _builtins.str
+    resolved_by: _builtins.str
+    @_builtins.property
+    def filed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def late_at(self) -> _timestamp_pb2.Timestamp:
+        """The instant the request becomes late: midnight (Asia/Shanghai) after due_date."""
+
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        kind: Global___RightsRequestKind.ValueType = ...,
+        state: Global___RightsRequestState.ValueType = ...,
+        detail: _builtins.str = ...,
+        filed_at: _timestamp_pb2.Timestamp | None = ...,
+        due_date: _builtins.str = ...,
+        late_at: _timestamp_pb2.Timestamp | None = ...,
+        overdue: _builtins.bool = ...,
+        outcome: Global___RightsRequestOutcome.ValueType = ...,
+        note: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        texts_erased: _builtins.bool = ...,
+        account_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        resolved_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filed_at", b"filed_at", "late_at", b"late_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "client_id", b"client_id", "detail", b"detail", "due_date", b"due_date", "filed_at", b"filed_at", "kind", b"kind", "late_at", b"late_at", "note", b"note", "outcome", b"outcome", "overdue", b"overdue", "request_id", b"request_id", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "state", b"state", "texts_erased", b"texts_erased"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RightsRequest: _TypeAlias = RightsRequest  # noqa: Y015
+
+@_typing.final
+class FileRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: Global___RightsRequestKind.ValueType
+    detail: _builtins.str
+    """What the person asks for, in their words; at most 2000 characters."""
+    def __init__(
+        self,
+        *,
+        kind: Global___RightsRequestKind.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileRequestRequest: _TypeAlias = FileRequestRequest  # noqa: Y015
+
+@_typing.final
+class FileRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___RightsRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___RightsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileRequestResponse: _TypeAlias = FileRequestResponse  # noqa: Y015
+
+@_typing.final
+class ListRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestsRequest: _TypeAlias = ListRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RightsRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RightsRequest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestsResponse: _TypeAlias = ListRequestsResponse  # noqa: Y015

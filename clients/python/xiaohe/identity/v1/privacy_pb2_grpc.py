@@ -50,6 +50,16 @@ class PrivacyServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresResponse.FromString,
                 _registered_method=True)
+        self.FileRequest = channel.unary_unary(
+                '/xiaohe.identity.v1.PrivacyService/FileRequest',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.FileRequestRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.FileRequestResponse.FromString,
+                _registered_method=True)
+        self.ListRequests = channel.unary_unary(
+                '/xiaohe.identity.v1.PrivacyService/ListRequests',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -80,6 +90,25 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileRequest(self, request, context):
+        """-- issue 14: rights requests --
+        Files a request of the signed-in person about their data (privacy policy 五): access,
+        copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+        within 15 working days (policy 十一), counted from the day after filing in
+        Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRequests(self, request, context):
+        """The signed-in person's requests and their answers, newest first.
+        -- end rights requests --
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +126,16 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.ListDisclosures,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresResponse.SerializeToString,
+            ),
+            'FileRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileRequest,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.FileRequestRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.FileRequestResponse.SerializeToString,
+            ),
+            'ListRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequests,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +220,60 @@ class PrivacyService:
             '/xiaohe.identity.v1.PrivacyService/ListDisclosures',
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListDisclosuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/FileRequest',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.FileRequestRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.FileRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/ListRequests',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

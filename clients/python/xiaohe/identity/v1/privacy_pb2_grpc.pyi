@@ -44,6 +44,17 @@ class PrivacyServiceStub:
     """Which business systems received which of the signed-in user's identity fields, when
     and for what purpose (PIPL Art. 23), newest first.
     """
+    FileRequest: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.FileRequestRequest, _privacy_pb2.FileRequestResponse]
+    """-- issue 14: rights requests --
+    Files a request of the signed-in person about their data (privacy policy 五): access,
+    copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+    within 15 working days (policy 十一), counted from the day after filing in
+    Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+    """
+    ListRequests: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.ListRequestsRequest, _privacy_pb2.ListRequestsResponse]
+    """The signed-in person's requests and their answers, newest first.
+    -- end rights requests --
+    """
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -60,6 +71,17 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     ListDisclosures: _aio.UnaryUnaryMultiCallable[_privacy_pb2.ListDisclosuresRequest, _privacy_pb2.ListDisclosuresResponse]  # type: ignore[assignment]
     """Which business systems received which of the signed-in user's identity fields, when
     and for what purpose (PIPL Art. 23), newest first.
+    """
+    FileRequest: _aio.UnaryUnaryMultiCallable[_privacy_pb2.FileRequestRequest, _privacy_pb2.FileRequestResponse]  # type: ignore[assignment]
+    """-- issue 14: rights requests --
+    Files a request of the signed-in person about their data (privacy policy 五): access,
+    copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+    within 15 working days (policy 十一), counted from the day after filing in
+    Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+    """
+    ListRequests: _aio.UnaryUnaryMultiCallable[_privacy_pb2.ListRequestsRequest, _privacy_pb2.ListRequestsResponse]  # type: ignore[assignment]
+    """The signed-in person's requests and their answers, newest first.
+    -- end rights requests --
     """
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +114,29 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_privacy_pb2.ListDisclosuresResponse, _abc.Awaitable[_privacy_pb2.ListDisclosuresResponse]]:
         """Which business systems received which of the signed-in user's identity fields, when
         and for what purpose (PIPL Art. 23), newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def FileRequest(
+        self,
+        request: _privacy_pb2.FileRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.FileRequestResponse, _abc.Awaitable[_privacy_pb2.FileRequestResponse]]:
+        """-- issue 14: rights requests --
+        Files a request of the signed-in person about their data (privacy policy 五): access,
+        copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+        within 15 working days (policy 十一), counted from the day after filing in
+        Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+        """
+
+    @_abc_1.abstractmethod
+    def ListRequests(
+        self,
+        request: _privacy_pb2.ListRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.ListRequestsResponse, _abc.Awaitable[_privacy_pb2.ListRequestsResponse]]:
+        """The signed-in person's requests and their answers, newest first.
+        -- end rights requests --
         """
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

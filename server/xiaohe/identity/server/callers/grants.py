@@ -77,6 +77,12 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.DirectoryService/BatchGetIdentities": "directory",
     "/xiaohe.identity.v1.DirectoryService/WatchRevocations": "validate",
     "/xiaohe.identity.v1.PrivacyService/ListDisclosures": "privacy",
+    # -- issue 14: rights requests --
+    "/xiaohe.identity.v1.PrivacyService/FileRequest": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/ListRequests": "privacy",
+    "/xiaohe.identity.v1.AdminService/ListRightsRequests": "admin",
+    "/xiaohe.identity.v1.AdminService/ResolveRequest": "admin",
+    # -- end rights requests --
 }
 
 # Methods any caller may use without credentials.

@@ -26,8 +26,9 @@ again whenever a value file is opened. The procedure is therefore:
    with the supervisor's own figures beside it: `process_*` of every process and
    the build (`runtime_metrics.py`).
 
-Only counters and histograms are used; both are summed across processes, and the
-files of exited workers stay so counters never go backwards.
+Counters and histograms are summed across processes, and the files of exited
+workers stay so counters never go backwards. The one gauge (overdue rights
+requests) counts shared rows, so it is merged as the largest live value.
 
 Label values must come from bounded sets (RPC method names, status code names,
 enum outcomes, policy names), never from request data. As a guard, a value that
@@ -49,7 +50,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -270,6 +271,24 @@ class Metrics:
         )
         # -- end retention --
 
+        # -- issue 14: rights requests --
+        # A gauge, not a counter: every worker counts the same rows of the shared database,
+        # so the merged view takes the largest value of the live workers ("livemax").
+        self._requests_overdue = Gauge(
+            "xiaohe_privacy_requests_overdue",
+            "Rights requests (PrivacyService.FileRequest) still open after their due date "
+            "(15 working days), as counted by the newest refresh of the live workers.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._calendar_missing = Counter(
+            "xiaohe_privacy_calendar_missing_years",
+            "Due dates computed across a year without a working-day calendar file (weekends "
+            "only: install the year's file, see the operator guide).",
+            registry=registry,
+        )
+        # -- end rights requests --
+
     @classmethod
     def in_memory(cls) -> Metrics:
         """Metrics in a fresh registry of their own (tests, single-process use)."""
@@ -374,6 +393,16 @@ class Metrics:
 
     # -- end retention --
 
+    # -- issue 14: rights requests --
+    def privacy_requests_overdue(self, count: int) -> None:
+        """Set the number of open rights requests past their due date."""
+        self._requests_overdue.set(count)
+
+    def privacy_calendar_missing(self) -> None:
+        """Count one due date computed partly without a calendar file."""
+        self._calendar_missing.inc()
+
+    # -- end rights requests --
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (this process's values only)."""
         return bytes(generate_latest(self.registry))

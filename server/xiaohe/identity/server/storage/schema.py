@@ -431,3 +431,36 @@ ix_outbox_created_at = sa.Index("ix_outbox_created_at", outbox.c.created_at)
 ix_disclosures_disclosed_at = sa.Index("ix_disclosures_disclosed_at", disclosures.c.disclosed_at)
 
 # -- end retention --
+
+# -- issue 14: rights requests (privacy/requests.py, migration 0012) --------------------
+
+# A person's request under PIPL Art. 44-50 (ACCESS, COPY, CORRECTION, DELETION,
+# WITHDRAWAL, COMPLAINT) and its answer. The person's free text and the operator's note
+# are sealed under the account's data key (bound to the request by associated data), so
+# crypto-shredding the account makes them unreadable too. `due_on` is the local date
+# (Asia/Shanghai) of the 15th working day, `due_at` the instant the request becomes late.
+rights_requests = sa.Table(
+    "rights_requests",
+    metadata,
+    sa.Column("request_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("detail_enc", sa.LargeBinary, nullable=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("filed_at", UtcDateTime, nullable=False),
+    sa.Column("due_on", sa.String(10), nullable=False),
+    sa.Column("due_at", UtcDateTime, nullable=False),
+    sa.Column("outcome", sa.String(24), nullable=True),
+    sa.Column("note_enc", sa.LargeBinary, nullable=True),
+    sa.Column("resolved_by", sa.String(64), nullable=True),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Index("ix_rights_requests_account", "account_id", "filed_at", "request_id"),
+    sa.Index("ix_rights_requests_due", "state", "due_at", "request_id"),
+)
+# -- end rights requests --

@@ -7,14 +7,21 @@ from typing import Any
 
 import grpc
 
+from xiaohe.identity.server import context
 from xiaohe.identity.server.audit.checkpoints import ChainAnchor
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.audit.sink import record_quietly
 from xiaohe.identity.server.callers.registry import Client, ClientRegistry
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog, DeliveryRecord
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
+from xiaohe.identity.server.flows.rights_requests import ResolveRequestCommand, RightsRequestFlow
 from xiaohe.identity.server.ratelimit.prefix_watch import PrefixWatch
 from xiaohe.identity.server.ratelimit.pumping import PrefixBlock
+from xiaohe.identity.server.transport.rights_requests import (
+    outcome_from_proto,
+    request_to_proto,
+    state_from_proto,
+)
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.v1 import admin_pb2, admin_pb2_grpc
 
@@ -81,11 +88,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         *,
         deliveries: DeliveryLog | None = None,
         prefix_watch: PrefixWatch | None = None,
+        rights: RightsRequestFlow | None = None,
     ) -> None:
         self._registry = registry
         self._audit = audit
         self._deliveries = deliveries
         self._prefix_watch = prefix_watch
+        self._rights = rights
 
     async def _record(self, action: str, target: str, outcome: str) -> None:
         """Audit an operator action that has already taken effect; a failure is logged only,
@@ -174,3 +183,45 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         lifted = await watch.lift(request.prefix)
         await self._record("pumping.lift", request.prefix.strip(), "ok" if lifted else "none")
         return admin_pb2.LiftPrefixBlockResponse(lifted=lifted)
+
+    # -- issue 14: rights requests --
+
+    def _rights_flow(self) -> RightsRequestFlow:
+        if self._rights is None:
+            raise Unimplemented("rights requests are not served here")
+        return self._rights
+
+    async def ListRightsRequests(
+        self,
+        request: admin_pb2.ListRightsRequestsRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.ListRightsRequestsResponse:
+        flow = self._rights_flow()
+        page = await flow.queue(
+            state=state_from_proto(request.state),
+            overdue_only=request.overdue_only,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return admin_pb2.ListRightsRequestsResponse(
+            requests=[request_to_proto(r, flow, for_operator=True) for r in page.requests],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ResolveRequest(
+        self, request: admin_pb2.ResolveRequestRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ResolveRequestResponse:
+        flow = self._rights_flow()
+        resolved = await flow.resolve(
+            ResolveRequestCommand(
+                request_id=request.request_id,
+                outcome=outcome_from_proto(request.outcome),
+                note=request.note,
+                client_id=context.current().client_id,
+            )
+        )
+        return admin_pb2.ResolveRequestResponse(
+            request=request_to_proto(resolved, flow, for_operator=True)
+        )
+
+    # -- end rights requests --

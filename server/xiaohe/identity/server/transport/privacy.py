@@ -10,8 +10,10 @@ from xiaohe.identity.server import context
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
 from xiaohe.identity.server.flows.consent import AcceptPolicyCommand, ConsentFlow
 from xiaohe.identity.server.flows.directory import DirectoryFlow
+from xiaohe.identity.server.flows.rights_requests import FileRequestCommand, RightsRequestFlow
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.sessions.service import SessionService
+from xiaohe.identity.server.transport.rights_requests import kind_from_proto, request_to_proto
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.server.transport.users import require_user
 from xiaohe.identity.v1 import privacy_pb2, privacy_pb2_grpc
@@ -26,11 +28,13 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         consent: ConsentFlow,
         sessions: SessionService,
         directory: DirectoryFlow | None = None,
+        rights: RightsRequestFlow | None = None,
     ) -> None:
         self._policies = policies
         self._consent = consent
         self._sessions = sessions
         self._directory = directory
+        self._rights = rights
 
     async def GetPolicy(
         self, request: privacy_pb2.GetPolicyRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -89,3 +93,43 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
             ],
             next_page_token=listing.next_page_token,
         )
+
+    # -- issue 14: rights requests --
+
+    def _rights_flow(self) -> RightsRequestFlow:
+        if self._rights is None:
+            raise Unimplemented("rights requests are not served by this build")
+        return self._rights
+
+    async def FileRequest(
+        self, request: privacy_pb2.FileRequestRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> privacy_pb2.FileRequestResponse:
+        # A person who will not accept a changed policy may still ask for deletion or complain.
+        claims = require_user(ctx, self._sessions, allow_restricted=True)
+        flow = self._rights_flow()
+        filed = await flow.file(
+            FileRequestCommand(
+                account_id=claims.sub,
+                kind=kind_from_proto(request.kind),
+                detail=request.detail,
+                client_id=context.current().client_id,
+            )
+        )
+        return privacy_pb2.FileRequestResponse(
+            request=request_to_proto(filed, flow, for_operator=False)
+        )
+
+    async def ListRequests(
+        self, request: privacy_pb2.ListRequestsRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> privacy_pb2.ListRequestsResponse:
+        claims = require_user(ctx, self._sessions, allow_restricted=True)
+        flow = self._rights_flow()
+        page = await flow.list_mine(
+            claims.sub, page_size=request.page_size, page_token=request.page_token
+        )
+        return privacy_pb2.ListRequestsResponse(
+            requests=[request_to_proto(r, flow, for_operator=False) for r in page.requests],
+            next_page_token=page.next_page_token,
+        )
+
+    # -- end rights requests --

@@ -34,6 +34,12 @@ type AdminServiceClient interface {
 	ListPrefixBlocks(ctx context.Context, in *ListPrefixBlocksRequest, opts ...grpc.CallOption) (*ListPrefixBlocksResponse, error)
 	// Lifts a prefix block at once (and forgets the watch's counts for that prefix).
 	LiftPrefixBlock(ctx context.Context, in *LiftPrefixBlockRequest, opts ...grpc.CallOption) (*LiftPrefixBlockResponse, error)
+	// -- issue 14: rights requests --
+	// Rights requests for operators, soonest due first: by state, or only the overdue ones.
+	ListRightsRequests(ctx context.Context, in *ListRightsRequestsRequest, opts ...grpc.CallOption) (*ListRightsRequestsResponse, error)
+	// Answers an open rights request with an outcome and a note to the person (required for a
+	// refusal); audited. FAILED_PRECONDITION when it is resolved already.
+	ResolveRequest(ctx context.Context, in *ResolveRequestRequest, opts ...grpc.CallOption) (*ResolveRequestResponse, error)
 }
 
 type adminServiceClient struct {
@@ -116,6 +122,24 @@ func (c *adminServiceClient) LiftPrefixBlock(ctx context.Context, in *LiftPrefix
 	return out, nil
 }
 
+func (c *adminServiceClient) ListRightsRequests(ctx context.Context, in *ListRightsRequestsRequest, opts ...grpc.CallOption) (*ListRightsRequestsResponse, error) {
+	out := new(ListRightsRequestsResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.AdminService/ListRightsRequests", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ResolveRequest(ctx context.Context, in *ResolveRequestRequest, opts ...grpc.CallOption) (*ResolveRequestResponse, error) {
+	out := new(ResolveRequestResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.AdminService/ResolveRequest", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -137,6 +161,12 @@ type AdminServiceServer interface {
 	ListPrefixBlocks(context.Context, *ListPrefixBlocksRequest) (*ListPrefixBlocksResponse, error)
 	// Lifts a prefix block at once (and forgets the watch's counts for that prefix).
 	LiftPrefixBlock(context.Context, *LiftPrefixBlockRequest) (*LiftPrefixBlockResponse, error)
+	// -- issue 14: rights requests --
+	// Rights requests for operators, soonest due first: by state, or only the overdue ones.
+	ListRightsRequests(context.Context, *ListRightsRequestsRequest) (*ListRightsRequestsResponse, error)
+	// Answers an open rights request with an outcome and a note to the person (required for a
+	// refusal); audited. FAILED_PRECONDITION when it is resolved already.
+	ResolveRequest(context.Context, *ResolveRequestRequest) (*ResolveRequestResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -167,6 +197,12 @@ func (UnimplementedAdminServiceServer) ListPrefixBlocks(context.Context, *ListPr
 }
 func (UnimplementedAdminServiceServer) LiftPrefixBlock(context.Context, *LiftPrefixBlockRequest) (*LiftPrefixBlockResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method LiftPrefixBlock not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRightsRequests(context.Context, *ListRightsRequestsRequest) (*ListRightsRequestsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListRightsRequests not implemented")
+}
+func (UnimplementedAdminServiceServer) ResolveRequest(context.Context, *ResolveRequestRequest) (*ResolveRequestResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ResolveRequest not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -325,6 +361,42 @@ func _AdminService_LiftPrefixBlock_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListRightsRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRightsRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRightsRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.AdminService/ListRightsRequests",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRightsRequests(ctx, req.(*ListRightsRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ResolveRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResolveRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.AdminService/ResolveRequest",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResolveRequest(ctx, req.(*ResolveRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "xiaohe.identity.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -360,6 +432,14 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LiftPrefixBlock",
 			Handler:    _AdminService_LiftPrefixBlock_Handler,
+		},
+		{
+			MethodName: "ListRightsRequests",
+			Handler:    _AdminService_ListRightsRequests_Handler,
+		},
+		{
+			MethodName: "ResolveRequest",
+			Handler:    _AdminService_ResolveRequest_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

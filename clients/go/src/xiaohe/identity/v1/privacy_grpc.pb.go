@@ -26,6 +26,14 @@ type PrivacyServiceClient interface {
 	// Which business systems received which of the signed-in user's identity fields, when
 	// and for what purpose (PIPL Art. 23), newest first.
 	ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error)
+	// -- issue 14: rights requests --
+	// Files a request of the signed-in person about their data (privacy policy 五): access,
+	// copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+	// within 15 working days (policy 十一), counted from the day after filing in
+	// Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+	FileRequest(ctx context.Context, in *FileRequestRequest, opts ...grpc.CallOption) (*FileRequestResponse, error)
+	// The signed-in person's requests and their answers, newest first.
+	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
 }
 
 type privacyServiceClient struct {
@@ -63,6 +71,24 @@ func (c *privacyServiceClient) ListDisclosures(ctx context.Context, in *ListDisc
 	return out, nil
 }
 
+func (c *privacyServiceClient) FileRequest(ctx context.Context, in *FileRequestRequest, opts ...grpc.CallOption) (*FileRequestResponse, error) {
+	out := new(FileRequestResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.PrivacyService/FileRequest", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *privacyServiceClient) ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error) {
+	out := new(ListRequestsResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.PrivacyService/ListRequests", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PrivacyServiceServer is the server API for PrivacyService service.
 // All implementations must embed UnimplementedPrivacyServiceServer
 // for forward compatibility
@@ -76,6 +102,14 @@ type PrivacyServiceServer interface {
 	// Which business systems received which of the signed-in user's identity fields, when
 	// and for what purpose (PIPL Art. 23), newest first.
 	ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error)
+	// -- issue 14: rights requests --
+	// Files a request of the signed-in person about their data (privacy policy 五): access,
+	// copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+	// within 15 working days (policy 十一), counted from the day after filing in
+	// Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+	FileRequest(context.Context, *FileRequestRequest) (*FileRequestResponse, error)
+	// The signed-in person's requests and their answers, newest first.
+	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
 	mustEmbedUnimplementedPrivacyServiceServer()
 }
 
@@ -91,6 +125,12 @@ func (UnimplementedPrivacyServiceServer) AcceptPolicy(context.Context, *AcceptPo
 }
 func (UnimplementedPrivacyServiceServer) ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListDisclosures not implemented")
+}
+func (UnimplementedPrivacyServiceServer) FileRequest(context.Context, *FileRequestRequest) (*FileRequestResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method FileRequest not implemented")
+}
+func (UnimplementedPrivacyServiceServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListRequests not implemented")
 }
 func (UnimplementedPrivacyServiceServer) mustEmbedUnimplementedPrivacyServiceServer() {}
 
@@ -159,6 +199,42 @@ func _PrivacyService_ListDisclosures_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PrivacyService_FileRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FileRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PrivacyServiceServer).FileRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.PrivacyService/FileRequest",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PrivacyServiceServer).FileRequest(ctx, req.(*FileRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PrivacyService_ListRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PrivacyServiceServer).ListRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.PrivacyService/ListRequests",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PrivacyServiceServer).ListRequests(ctx, req.(*ListRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _PrivacyService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "xiaohe.identity.v1.PrivacyService",
 	HandlerType: (*PrivacyServiceServer)(nil),
@@ -174,6 +250,14 @@ var _PrivacyService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDisclosures",
 			Handler:    _PrivacyService_ListDisclosures_Handler,
+		},
+		{
+			MethodName: "FileRequest",
+			Handler:    _PrivacyService_FileRequest_Handler,
+		},
+		{
+			MethodName: "ListRequests",
+			Handler:    _PrivacyService_ListRequests_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -19,6 +19,15 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../../google/protobuf/timestamp";
+import {
+  RightsRequest,
+  RightsRequestOutcome,
+  rightsRequestOutcomeFromJSON,
+  rightsRequestOutcomeToJSON,
+  RightsRequestState,
+  rightsRequestStateFromJSON,
+  rightsRequestStateToJSON,
+} from "./privacy";
 
 export const protobufPackage = "xiaohe.identity.v1";
 
@@ -170,6 +179,31 @@ export interface LiftPrefixBlockRequest {
 export interface LiftPrefixBlockResponse {
   /** Whether a block was in force. */
   lifted: boolean;
+}
+
+export interface ListRightsRequestsRequest {
+  /** UNSPECIFIED: every state. */
+  state: RightsRequestState;
+  /** Only open requests past their due date (state is then ignored). */
+  overdueOnly: boolean;
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface ListRightsRequestsResponse {
+  requests: RightsRequest[];
+  nextPageToken: string;
+}
+
+export interface ResolveRequestRequest {
+  requestId: string;
+  outcome: RightsRequestOutcome;
+  /** Shown to the person; at most 2000 characters; required for REFUSED. */
+  note: string;
+}
+
+export interface ResolveRequestResponse {
+  request: RightsRequest | undefined;
 }
 
 function createBaseClient(): Client {
@@ -2148,6 +2182,400 @@ export const LiftPrefixBlockResponse: MessageFns<LiftPrefixBlockResponse> = {
   },
 };
 
+function createBaseListRightsRequestsRequest(): ListRightsRequestsRequest {
+  return { state: 0, overdueOnly: false, pageSize: 0, pageToken: "" };
+}
+
+export const ListRightsRequestsRequest: MessageFns<ListRightsRequestsRequest> = {
+  encode(message: ListRightsRequestsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.overdueOnly !== false) {
+      writer.uint32(16).bool(message.overdueOnly);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRightsRequestsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRightsRequestsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.overdueOnly = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRightsRequestsRequest {
+    return {
+      state: isSet(object.state) ? rightsRequestStateFromJSON(object.state) : 0,
+      overdueOnly: isSet(object.overdueOnly)
+        ? globalThis.Boolean(object.overdueOnly)
+        : isSet(object.overdue_only)
+        ? globalThis.Boolean(object.overdue_only)
+        : false,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRightsRequestsRequest): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = rightsRequestStateToJSON(message.state);
+    }
+    if (message.overdueOnly !== false) {
+      obj.overdueOnly = message.overdueOnly;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRightsRequestsRequest>, I>>(base?: I): ListRightsRequestsRequest {
+    return ListRightsRequestsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRightsRequestsRequest>, I>>(object: I): ListRightsRequestsRequest {
+    const message = createBaseListRightsRequestsRequest();
+    message.state = object.state ?? 0;
+    message.overdueOnly = object.overdueOnly ?? false;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListRightsRequestsResponse(): ListRightsRequestsResponse {
+  return { requests: [], nextPageToken: "" };
+}
+
+export const ListRightsRequestsResponse: MessageFns<ListRightsRequestsResponse> = {
+  encode(message: ListRightsRequestsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.requests) {
+      RightsRequest.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRightsRequestsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRightsRequestsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requests.push(RightsRequest.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRightsRequestsResponse {
+    return {
+      requests: globalThis.Array.isArray(object?.requests)
+        ? object.requests.map((e: any) => RightsRequest.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRightsRequestsResponse): unknown {
+    const obj: any = {};
+    if (message.requests?.length) {
+      obj.requests = message.requests.map((e) => RightsRequest.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRightsRequestsResponse>, I>>(base?: I): ListRightsRequestsResponse {
+    return ListRightsRequestsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRightsRequestsResponse>, I>>(object: I): ListRightsRequestsResponse {
+    const message = createBaseListRightsRequestsResponse();
+    message.requests = object.requests?.map((e) => RightsRequest.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseResolveRequestRequest(): ResolveRequestRequest {
+  return { requestId: "", outcome: 0, note: "" };
+}
+
+export const ResolveRequestRequest: MessageFns<ResolveRequestRequest> = {
+  encode(message: ResolveRequestRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(16).int32(message.outcome);
+    }
+    if (message.note !== "") {
+      writer.uint32(26).string(message.note);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResolveRequestRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResolveRequestRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.note = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResolveRequestRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      outcome: isSet(object.outcome) ? rightsRequestOutcomeFromJSON(object.outcome) : 0,
+      note: isSet(object.note) ? globalThis.String(object.note) : "",
+    };
+  },
+
+  toJSON(message: ResolveRequestRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.outcome !== 0) {
+      obj.outcome = rightsRequestOutcomeToJSON(message.outcome);
+    }
+    if (message.note !== "") {
+      obj.note = message.note;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResolveRequestRequest>, I>>(base?: I): ResolveRequestRequest {
+    return ResolveRequestRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResolveRequestRequest>, I>>(object: I): ResolveRequestRequest {
+    const message = createBaseResolveRequestRequest();
+    message.requestId = object.requestId ?? "";
+    message.outcome = object.outcome ?? 0;
+    message.note = object.note ?? "";
+    return message;
+  },
+};
+
+function createBaseResolveRequestResponse(): ResolveRequestResponse {
+  return { request: undefined };
+}
+
+export const ResolveRequestResponse: MessageFns<ResolveRequestResponse> = {
+  encode(message: ResolveRequestResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      RightsRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResolveRequestResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResolveRequestResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = RightsRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResolveRequestResponse {
+    return { request: isSet(object.request) ? RightsRequest.fromJSON(object.request) : undefined };
+  },
+
+  toJSON(message: ResolveRequestResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = RightsRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResolveRequestResponse>, I>>(base?: I): ResolveRequestResponse {
+    return ResolveRequestResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResolveRequestResponse>, I>>(object: I): ResolveRequestResponse {
+    const message = createBaseResolveRequestResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? RightsRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * Operator API: API clients and their grants, audit chain checks, message delivery and
  * SMS-pumping blocks.
@@ -2249,6 +2677,36 @@ export const AdminServiceService = {
       Buffer.from(LiftPrefixBlockResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LiftPrefixBlockResponse => LiftPrefixBlockResponse.decode(value),
   },
+  /**
+   * -- issue 14: rights requests --
+   * Rights requests for operators, soonest due first: by state, or only the overdue ones.
+   */
+  listRightsRequests: {
+    path: "/xiaohe.identity.v1.AdminService/ListRightsRequests" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRightsRequestsRequest): Buffer =>
+      Buffer.from(ListRightsRequestsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRightsRequestsRequest => ListRightsRequestsRequest.decode(value),
+    responseSerialize: (value: ListRightsRequestsResponse): Buffer =>
+      Buffer.from(ListRightsRequestsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRightsRequestsResponse => ListRightsRequestsResponse.decode(value),
+  },
+  /**
+   * Answers an open rights request with an outcome and a note to the person (required for a
+   * refusal); audited. FAILED_PRECONDITION when it is resolved already.
+   */
+  resolveRequest: {
+    path: "/xiaohe.identity.v1.AdminService/ResolveRequest" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResolveRequestRequest): Buffer =>
+      Buffer.from(ResolveRequestRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResolveRequestRequest => ResolveRequestRequest.decode(value),
+    responseSerialize: (value: ResolveRequestResponse): Buffer =>
+      Buffer.from(ResolveRequestResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResolveRequestResponse => ResolveRequestResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -2273,6 +2731,16 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listPrefixBlocks: handleUnaryCall<ListPrefixBlocksRequest, ListPrefixBlocksResponse>;
   /** Lifts a prefix block at once (and forgets the watch's counts for that prefix). */
   liftPrefixBlock: handleUnaryCall<LiftPrefixBlockRequest, LiftPrefixBlockResponse>;
+  /**
+   * -- issue 14: rights requests --
+   * Rights requests for operators, soonest due first: by state, or only the overdue ones.
+   */
+  listRightsRequests: handleUnaryCall<ListRightsRequestsRequest, ListRightsRequestsResponse>;
+  /**
+   * Answers an open rights request with an outcome and a note to the person (required for a
+   * refusal); audited. FAILED_PRECONDITION when it is resolved already.
+   */
+  resolveRequest: handleUnaryCall<ResolveRequestRequest, ResolveRequestResponse>;
 }
 
 export interface AdminServiceClient extends Client1 {
@@ -2408,6 +2876,44 @@ export interface AdminServiceClient extends Client1 {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LiftPrefixBlockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * -- issue 14: rights requests --
+   * Rights requests for operators, soonest due first: by state, or only the overdue ones.
+   */
+  listRightsRequests(
+    request: ListRightsRequestsRequest,
+    callback: (error: ServiceError | null, response: ListRightsRequestsResponse) => void,
+  ): ClientUnaryCall;
+  listRightsRequests(
+    request: ListRightsRequestsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRightsRequestsResponse) => void,
+  ): ClientUnaryCall;
+  listRightsRequests(
+    request: ListRightsRequestsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRightsRequestsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Answers an open rights request with an outcome and a note to the person (required for a
+   * refusal); audited. FAILED_PRECONDITION when it is resolved already.
+   */
+  resolveRequest(
+    request: ResolveRequestRequest,
+    callback: (error: ServiceError | null, response: ResolveRequestResponse) => void,
+  ): ClientUnaryCall;
+  resolveRequest(
+    request: ResolveRequestRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResolveRequestResponse) => void,
+  ): ClientUnaryCall;
+  resolveRequest(
+    request: ResolveRequestRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResolveRequestResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -9,7 +9,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
   type CallOptions,
   type ChannelCredentials,
-  Client as Client1,
+  Client,
   type ClientOptions,
   type ClientUnaryCall,
   type handleUnaryCall,
@@ -23,6 +23,157 @@ import { Timestamp } from "../../../google/protobuf/timestamp";
 export const protobufPackage = "xiaohe.identity.v1";
 
 export const protobufFileName = "xiaohe/identity/v1/privacy.proto";
+
+export enum RightsRequestKind {
+  RIGHTS_REQUEST_KIND_UNSPECIFIED = 0,
+  /** RIGHTS_REQUEST_KIND_ACCESS - To know what is held and how it is processed. */
+  RIGHTS_REQUEST_KIND_ACCESS = 1,
+  /** RIGHTS_REQUEST_KIND_COPY - A copy of the data (ExportMyData gives one at once; this asks for one by an operator). */
+  RIGHTS_REQUEST_KIND_COPY = 2,
+  RIGHTS_REQUEST_KIND_CORRECTION = 3,
+  RIGHTS_REQUEST_KIND_DELETION = 4,
+  /** RIGHTS_REQUEST_KIND_WITHDRAWAL - Withdrawal of a consent. */
+  RIGHTS_REQUEST_KIND_WITHDRAWAL = 5,
+  RIGHTS_REQUEST_KIND_COMPLAINT = 6,
+  UNRECOGNIZED = -1,
+}
+
+export function rightsRequestKindFromJSON(object: any): RightsRequestKind {
+  switch (object) {
+    case 0:
+    case "RIGHTS_REQUEST_KIND_UNSPECIFIED":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_UNSPECIFIED;
+    case 1:
+    case "RIGHTS_REQUEST_KIND_ACCESS":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_ACCESS;
+    case 2:
+    case "RIGHTS_REQUEST_KIND_COPY":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_COPY;
+    case 3:
+    case "RIGHTS_REQUEST_KIND_CORRECTION":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_CORRECTION;
+    case 4:
+    case "RIGHTS_REQUEST_KIND_DELETION":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_DELETION;
+    case 5:
+    case "RIGHTS_REQUEST_KIND_WITHDRAWAL":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_WITHDRAWAL;
+    case 6:
+    case "RIGHTS_REQUEST_KIND_COMPLAINT":
+      return RightsRequestKind.RIGHTS_REQUEST_KIND_COMPLAINT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RightsRequestKind.UNRECOGNIZED;
+  }
+}
+
+export function rightsRequestKindToJSON(object: RightsRequestKind): string {
+  switch (object) {
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_UNSPECIFIED:
+      return "RIGHTS_REQUEST_KIND_UNSPECIFIED";
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_ACCESS:
+      return "RIGHTS_REQUEST_KIND_ACCESS";
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_COPY:
+      return "RIGHTS_REQUEST_KIND_COPY";
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_CORRECTION:
+      return "RIGHTS_REQUEST_KIND_CORRECTION";
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_DELETION:
+      return "RIGHTS_REQUEST_KIND_DELETION";
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_WITHDRAWAL:
+      return "RIGHTS_REQUEST_KIND_WITHDRAWAL";
+    case RightsRequestKind.RIGHTS_REQUEST_KIND_COMPLAINT:
+      return "RIGHTS_REQUEST_KIND_COMPLAINT";
+    case RightsRequestKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum RightsRequestState {
+  RIGHTS_REQUEST_STATE_UNSPECIFIED = 0,
+  RIGHTS_REQUEST_STATE_OPEN = 1,
+  RIGHTS_REQUEST_STATE_RESOLVED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function rightsRequestStateFromJSON(object: any): RightsRequestState {
+  switch (object) {
+    case 0:
+    case "RIGHTS_REQUEST_STATE_UNSPECIFIED":
+      return RightsRequestState.RIGHTS_REQUEST_STATE_UNSPECIFIED;
+    case 1:
+    case "RIGHTS_REQUEST_STATE_OPEN":
+      return RightsRequestState.RIGHTS_REQUEST_STATE_OPEN;
+    case 2:
+    case "RIGHTS_REQUEST_STATE_RESOLVED":
+      return RightsRequestState.RIGHTS_REQUEST_STATE_RESOLVED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RightsRequestState.UNRECOGNIZED;
+  }
+}
+
+export function rightsRequestStateToJSON(object: RightsRequestState): string {
+  switch (object) {
+    case RightsRequestState.RIGHTS_REQUEST_STATE_UNSPECIFIED:
+      return "RIGHTS_REQUEST_STATE_UNSPECIFIED";
+    case RightsRequestState.RIGHTS_REQUEST_STATE_OPEN:
+      return "RIGHTS_REQUEST_STATE_OPEN";
+    case RightsRequestState.RIGHTS_REQUEST_STATE_RESOLVED:
+      return "RIGHTS_REQUEST_STATE_RESOLVED";
+    case RightsRequestState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+export enum RightsRequestOutcome {
+  RIGHTS_REQUEST_OUTCOME_UNSPECIFIED = 0,
+  RIGHTS_REQUEST_OUTCOME_FULFILLED = 1,
+  RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED = 2,
+  /** RIGHTS_REQUEST_OUTCOME_REFUSED - Refused, with the reason in the note. */
+  RIGHTS_REQUEST_OUTCOME_REFUSED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function rightsRequestOutcomeFromJSON(object: any): RightsRequestOutcome {
+  switch (object) {
+    case 0:
+    case "RIGHTS_REQUEST_OUTCOME_UNSPECIFIED":
+      return RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_UNSPECIFIED;
+    case 1:
+    case "RIGHTS_REQUEST_OUTCOME_FULFILLED":
+      return RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_FULFILLED;
+    case 2:
+    case "RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED":
+      return RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED;
+    case 3:
+    case "RIGHTS_REQUEST_OUTCOME_REFUSED":
+      return RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_REFUSED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RightsRequestOutcome.UNRECOGNIZED;
+  }
+}
+
+export function rightsRequestOutcomeToJSON(object: RightsRequestOutcome): string {
+  switch (object) {
+    case RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_UNSPECIFIED:
+      return "RIGHTS_REQUEST_OUTCOME_UNSPECIFIED";
+    case RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_FULFILLED:
+      return "RIGHTS_REQUEST_OUTCOME_FULFILLED";
+    case RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED:
+      return "RIGHTS_REQUEST_OUTCOME_PARTLY_FULFILLED";
+    case RightsRequestOutcome.RIGHTS_REQUEST_OUTCOME_REFUSED:
+      return "RIGHTS_REQUEST_OUTCOME_REFUSED";
+    case RightsRequestOutcome.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 export interface GetPolicyRequest {
   /** 0 for the current version. */
@@ -67,6 +218,60 @@ export interface ListDisclosuresRequest {
 
 export interface ListDisclosuresResponse {
   disclosures: Disclosure[];
+  nextPageToken: string;
+}
+
+export interface RightsRequest {
+  requestId: string;
+  kind: RightsRequestKind;
+  state: RightsRequestState;
+  /** The person's own words, as filed. */
+  detail: string;
+  filedAt:
+    | Date
+    | undefined;
+  /** The 15th working day, YYYY-MM-DD in Asia/Shanghai: the reply is due by its end. */
+  dueDate: string;
+  /** The instant the request becomes late: midnight (Asia/Shanghai) after due_date. */
+  lateAt:
+    | Date
+    | undefined;
+  /** Open and past late_at. */
+  overdue: boolean;
+  outcome: RightsRequestOutcome;
+  /** The operator's answer to the person (always set for a refusal). */
+  note: string;
+  resolvedAt:
+    | Date
+    | undefined;
+  /** The account's data was destroyed (deactivation): detail and note are gone. */
+  textsErased: boolean;
+  /**
+   * Operators only (AdminService.ListRightsRequests): whose request, the client that relayed
+   * it and the client that resolved it. Empty in the person's own listing.
+   */
+  accountId: string;
+  clientId: string;
+  resolvedBy: string;
+}
+
+export interface FileRequestRequest {
+  kind: RightsRequestKind;
+  /** What the person asks for, in their words; at most 2000 characters. */
+  detail: string;
+}
+
+export interface FileRequestResponse {
+  request: RightsRequest | undefined;
+}
+
+export interface ListRequestsRequest {
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface ListRequestsResponse {
+  requests: RightsRequest[];
   nextPageToken: string;
 }
 
@@ -723,6 +928,689 @@ export const ListDisclosuresResponse: MessageFns<ListDisclosuresResponse> = {
   },
 };
 
+function createBaseRightsRequest(): RightsRequest {
+  return {
+    requestId: "",
+    kind: 0,
+    state: 0,
+    detail: "",
+    filedAt: undefined,
+    dueDate: "",
+    lateAt: undefined,
+    overdue: false,
+    outcome: 0,
+    note: "",
+    resolvedAt: undefined,
+    textsErased: false,
+    accountId: "",
+    clientId: "",
+    resolvedBy: "",
+  };
+}
+
+export const RightsRequest: MessageFns<RightsRequest> = {
+  encode(message: RightsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.detail !== "") {
+      writer.uint32(34).string(message.detail);
+    }
+    if (message.filedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.filedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.dueDate !== "") {
+      writer.uint32(50).string(message.dueDate);
+    }
+    if (message.lateAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.lateAt), writer.uint32(58).fork()).join();
+    }
+    if (message.overdue !== false) {
+      writer.uint32(64).bool(message.overdue);
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(72).int32(message.outcome);
+    }
+    if (message.note !== "") {
+      writer.uint32(82).string(message.note);
+    }
+    if (message.resolvedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.resolvedAt), writer.uint32(90).fork()).join();
+    }
+    if (message.textsErased !== false) {
+      writer.uint32(96).bool(message.textsErased);
+    }
+    if (message.accountId !== "") {
+      writer.uint32(106).string(message.accountId);
+    }
+    if (message.clientId !== "") {
+      writer.uint32(114).string(message.clientId);
+    }
+    if (message.resolvedBy !== "") {
+      writer.uint32(122).string(message.resolvedBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RightsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRightsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.filedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.dueDate = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lateAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.overdue = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.note = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.resolvedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.textsErased = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.accountId = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.clientId = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.resolvedBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RightsRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      kind: isSet(object.kind) ? rightsRequestKindFromJSON(object.kind) : 0,
+      state: isSet(object.state) ? rightsRequestStateFromJSON(object.state) : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      filedAt: isSet(object.filedAt)
+        ? fromJsonTimestamp(object.filedAt)
+        : isSet(object.filed_at)
+        ? fromJsonTimestamp(object.filed_at)
+        : undefined,
+      dueDate: isSet(object.dueDate)
+        ? globalThis.String(object.dueDate)
+        : isSet(object.due_date)
+        ? globalThis.String(object.due_date)
+        : "",
+      lateAt: isSet(object.lateAt)
+        ? fromJsonTimestamp(object.lateAt)
+        : isSet(object.late_at)
+        ? fromJsonTimestamp(object.late_at)
+        : undefined,
+      overdue: isSet(object.overdue) ? globalThis.Boolean(object.overdue) : false,
+      outcome: isSet(object.outcome) ? rightsRequestOutcomeFromJSON(object.outcome) : 0,
+      note: isSet(object.note) ? globalThis.String(object.note) : "",
+      resolvedAt: isSet(object.resolvedAt)
+        ? fromJsonTimestamp(object.resolvedAt)
+        : isSet(object.resolved_at)
+        ? fromJsonTimestamp(object.resolved_at)
+        : undefined,
+      textsErased: isSet(object.textsErased)
+        ? globalThis.Boolean(object.textsErased)
+        : isSet(object.texts_erased)
+        ? globalThis.Boolean(object.texts_erased)
+        : false,
+      accountId: isSet(object.accountId)
+        ? globalThis.String(object.accountId)
+        : isSet(object.account_id)
+        ? globalThis.String(object.account_id)
+        : "",
+      clientId: isSet(object.clientId)
+        ? globalThis.String(object.clientId)
+        : isSet(object.client_id)
+        ? globalThis.String(object.client_id)
+        : "",
+      resolvedBy: isSet(object.resolvedBy)
+        ? globalThis.String(object.resolvedBy)
+        : isSet(object.resolved_by)
+        ? globalThis.String(object.resolved_by)
+        : "",
+    };
+  },
+
+  toJSON(message: RightsRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.kind !== 0) {
+      obj.kind = rightsRequestKindToJSON(message.kind);
+    }
+    if (message.state !== 0) {
+      obj.state = rightsRequestStateToJSON(message.state);
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.filedAt !== undefined) {
+      obj.filedAt = message.filedAt.toISOString();
+    }
+    if (message.dueDate !== "") {
+      obj.dueDate = message.dueDate;
+    }
+    if (message.lateAt !== undefined) {
+      obj.lateAt = message.lateAt.toISOString();
+    }
+    if (message.overdue !== false) {
+      obj.overdue = message.overdue;
+    }
+    if (message.outcome !== 0) {
+      obj.outcome = rightsRequestOutcomeToJSON(message.outcome);
+    }
+    if (message.note !== "") {
+      obj.note = message.note;
+    }
+    if (message.resolvedAt !== undefined) {
+      obj.resolvedAt = message.resolvedAt.toISOString();
+    }
+    if (message.textsErased !== false) {
+      obj.textsErased = message.textsErased;
+    }
+    if (message.accountId !== "") {
+      obj.accountId = message.accountId;
+    }
+    if (message.clientId !== "") {
+      obj.clientId = message.clientId;
+    }
+    if (message.resolvedBy !== "") {
+      obj.resolvedBy = message.resolvedBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RightsRequest>, I>>(base?: I): RightsRequest {
+    return RightsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RightsRequest>, I>>(object: I): RightsRequest {
+    const message = createBaseRightsRequest();
+    message.requestId = object.requestId ?? "";
+    message.kind = object.kind ?? 0;
+    message.state = object.state ?? 0;
+    message.detail = object.detail ?? "";
+    message.filedAt = object.filedAt ?? undefined;
+    message.dueDate = object.dueDate ?? "";
+    message.lateAt = object.lateAt ?? undefined;
+    message.overdue = object.overdue ?? false;
+    message.outcome = object.outcome ?? 0;
+    message.note = object.note ?? "";
+    message.resolvedAt = object.resolvedAt ?? undefined;
+    message.textsErased = object.textsErased ?? false;
+    message.accountId = object.accountId ?? "";
+    message.clientId = object.clientId ?? "";
+    message.resolvedBy = object.resolvedBy ?? "";
+    return message;
+  },
+};
+
+function createBaseFileRequestRequest(): FileRequestRequest {
+  return { kind: 0, detail: "" };
+}
+
+export const FileRequestRequest: MessageFns<FileRequestRequest> = {
+  encode(message: FileRequestRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.detail !== "") {
+      writer.uint32(18).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FileRequestRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFileRequestRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FileRequestRequest {
+    return {
+      kind: isSet(object.kind) ? rightsRequestKindFromJSON(object.kind) : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: FileRequestRequest): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = rightsRequestKindToJSON(message.kind);
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FileRequestRequest>, I>>(base?: I): FileRequestRequest {
+    return FileRequestRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FileRequestRequest>, I>>(object: I): FileRequestRequest {
+    const message = createBaseFileRequestRequest();
+    message.kind = object.kind ?? 0;
+    message.detail = object.detail ?? "";
+    return message;
+  },
+};
+
+function createBaseFileRequestResponse(): FileRequestResponse {
+  return { request: undefined };
+}
+
+export const FileRequestResponse: MessageFns<FileRequestResponse> = {
+  encode(message: FileRequestResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      RightsRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FileRequestResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFileRequestResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = RightsRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FileRequestResponse {
+    return { request: isSet(object.request) ? RightsRequest.fromJSON(object.request) : undefined };
+  },
+
+  toJSON(message: FileRequestResponse): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = RightsRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FileRequestResponse>, I>>(base?: I): FileRequestResponse {
+    return FileRequestResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FileRequestResponse>, I>>(object: I): FileRequestResponse {
+    const message = createBaseFileRequestResponse();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? RightsRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListRequestsRequest(): ListRequestsRequest {
+  return { pageSize: 0, pageToken: "" };
+}
+
+export const ListRequestsRequest: MessageFns<ListRequestsRequest> = {
+  encode(message: ListRequestsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRequestsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRequestsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRequestsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRequestsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRequestsRequest>, I>>(base?: I): ListRequestsRequest {
+    return ListRequestsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRequestsRequest>, I>>(object: I): ListRequestsRequest {
+    const message = createBaseListRequestsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListRequestsResponse(): ListRequestsResponse {
+  return { requests: [], nextPageToken: "" };
+}
+
+export const ListRequestsResponse: MessageFns<ListRequestsResponse> = {
+  encode(message: ListRequestsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.requests) {
+      RightsRequest.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRequestsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRequestsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requests.push(RightsRequest.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRequestsResponse {
+    return {
+      requests: globalThis.Array.isArray(object?.requests)
+        ? object.requests.map((e: any) => RightsRequest.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRequestsResponse): unknown {
+    const obj: any = {};
+    if (message.requests?.length) {
+      obj.requests = message.requests.map((e) => RightsRequest.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRequestsResponse>, I>>(base?: I): ListRequestsResponse {
+    return ListRequestsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRequestsResponse>, I>>(object: I): ListRequestsResponse {
+    const message = createBaseListRequestsResponse();
+    message.requests = object.requests?.map((e) => RightsRequest.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
 /** The privacy policy and the user's consent to it. */
 export type PrivacyServiceService = typeof PrivacyServiceService;
 export const PrivacyServiceService = {
@@ -766,6 +1654,33 @@ export const PrivacyServiceService = {
       Buffer.from(ListDisclosuresResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListDisclosuresResponse => ListDisclosuresResponse.decode(value),
   },
+  /**
+   * -- issue 14: rights requests --
+   * Files a request of the signed-in person about their data (privacy policy 五): access,
+   * copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+   * within 15 working days (policy 十一), counted from the day after filing in
+   * Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+   */
+  fileRequest: {
+    path: "/xiaohe.identity.v1.PrivacyService/FileRequest" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FileRequestRequest): Buffer => Buffer.from(FileRequestRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FileRequestRequest => FileRequestRequest.decode(value),
+    responseSerialize: (value: FileRequestResponse): Buffer => Buffer.from(FileRequestResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FileRequestResponse => FileRequestResponse.decode(value),
+  },
+  /** The signed-in person's requests and their answers, newest first. */
+  listRequests: {
+    path: "/xiaohe.identity.v1.PrivacyService/ListRequests" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRequestsRequest): Buffer => Buffer.from(ListRequestsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRequestsRequest => ListRequestsRequest.decode(value),
+    responseSerialize: (value: ListRequestsResponse): Buffer =>
+      Buffer.from(ListRequestsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRequestsResponse => ListRequestsResponse.decode(value),
+  },
 } as const;
 
 export interface PrivacyServiceServer extends UntypedServiceImplementation {
@@ -782,9 +1697,19 @@ export interface PrivacyServiceServer extends UntypedServiceImplementation {
    * and for what purpose (PIPL Art. 23), newest first.
    */
   listDisclosures: handleUnaryCall<ListDisclosuresRequest, ListDisclosuresResponse>;
+  /**
+   * -- issue 14: rights requests --
+   * Files a request of the signed-in person about their data (privacy policy 五): access,
+   * copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+   * within 15 working days (policy 十一), counted from the day after filing in
+   * Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+   */
+  fileRequest: handleUnaryCall<FileRequestRequest, FileRequestResponse>;
+  /** The signed-in person's requests and their answers, newest first. */
+  listRequests: handleUnaryCall<ListRequestsRequest, ListRequestsResponse>;
 }
 
-export interface PrivacyServiceClient extends Client1 {
+export interface PrivacyServiceClient extends Client {
   /** The current (or a given) version of the privacy policy and its text. */
   getPolicy(
     request: GetPolicyRequest,
@@ -839,6 +1764,44 @@ export interface PrivacyServiceClient extends Client1 {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListDisclosuresResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * -- issue 14: rights requests --
+   * Files a request of the signed-in person about their data (privacy policy 五): access,
+   * copy, correction, deletion, withdrawal of a consent, or a complaint. The reply is due
+   * within 15 working days (policy 十一), counted from the day after filing in
+   * Asia/Shanghai on the PRC working-day calendar (holidays and make-up days).
+   */
+  fileRequest(
+    request: FileRequestRequest,
+    callback: (error: ServiceError | null, response: FileRequestResponse) => void,
+  ): ClientUnaryCall;
+  fileRequest(
+    request: FileRequestRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FileRequestResponse) => void,
+  ): ClientUnaryCall;
+  fileRequest(
+    request: FileRequestRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FileRequestResponse) => void,
+  ): ClientUnaryCall;
+  /** The signed-in person's requests and their answers, newest first. */
+  listRequests(
+    request: ListRequestsRequest,
+    callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
+  ): ClientUnaryCall;
+  listRequests(
+    request: ListRequestsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
+  ): ClientUnaryCall;
+  listRequests(
+    request: ListRequestsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
   ): ClientUnaryCall;
 }
 
