@@ -262,6 +262,15 @@ class Settings:
     real_name_http_app_secret: str = field(default="", repr=False)
     real_name_http_timeout_seconds: float = 5.0
 
+    # -- issue 14: deactivation --
+    # The cooling-off period after Deactivate (15 days), in which signing in cancels it;
+    # the obligations that refuse a deactivation while the account has any
+    # (open_review_cases, pending_real_name); how often each worker completes the due ones.
+    deactivation_cooling_off_seconds: int = 15 * 86400
+    deactivation_blocking_obligations: tuple[str, ...] = ("open_review_cases",)
+    deactivation_sweep_seconds: float = 300.0
+    # -- end deactivation --
+
     def __repr__(self) -> str:
         """Every setting, with secrets hidden and passwords in URLs masked."""
         parts = []
@@ -446,6 +455,7 @@ def _validate(s: Settings) -> None:
     _validate_callbacks(s)
     _validate_pumping(s)
     _validate_number_status(s)
+    _validate_deactivation(s)  # issue 14: deactivation
 
 
 # -- HTTP callback listener (issue 10) --
@@ -494,6 +504,28 @@ def _check_host_port(name: str, value: str) -> None:
 
 
 # -- end callback listener --
+
+
+# -- issue 14: deactivation --
+
+DEACTIVATION_OBLIGATIONS = ("open_review_cases", "pending_real_name")
+"""What `deactivation_blocking_obligations` may list (flows/deactivation.KNOWN_OBLIGATIONS)."""
+
+
+def _validate_deactivation(s: Settings) -> None:
+    if not 0 <= s.deactivation_cooling_off_seconds <= 365 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}DEACTIVATION_COOLING_OFF_SECONDS: between 0 and 31536000")
+    unknown = set(s.deactivation_blocking_obligations) - set(DEACTIVATION_OBLIGATIONS)
+    if unknown:
+        raise SettingsError(
+            f"{ENV_PREFIX}DEACTIVATION_BLOCKING_OBLIGATIONS: unknown {', '.join(sorted(unknown))};"
+            f" known: {', '.join(DEACTIVATION_OBLIGATIONS)}"
+        )
+    if not 1 <= s.deactivation_sweep_seconds <= 86400:
+        raise SettingsError(f"{ENV_PREFIX}DEACTIVATION_SWEEP_SECONDS: between 1 and 86400")
+
+
+# -- end deactivation --
 
 
 def _validate_pumping(s: Settings) -> None:

@@ -77,6 +77,9 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.DirectoryService/BatchGetIdentities": "directory",
     "/xiaohe.identity.v1.DirectoryService/WatchRevocations": "validate",
     "/xiaohe.identity.v1.PrivacyService/ListDisclosures": "privacy",
+    # -- issue 14: deactivation --
+    "/xiaohe.identity.v1.AccountService/Deactivate": "accounts",
+    # -- end deactivation --
 }
 
 # Methods any caller may use without credentials.

@@ -319,6 +319,34 @@ class ReviewCases:
                     )
                 )
 
+    # -- issue 14: deactivation --
+
+    async def open_count(self, account_id: str) -> int:
+        """How many cases about the account are not decided yet (an obligation)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(review_cases)
+            .where(
+                review_cases.c.account_id == account_id,
+                review_cases.c.state.not_in([CaseState.APPROVED.value, CaseState.REJECTED.value]),
+            )
+        )
+        with translate_errors():
+            async with self._db.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
+
+    async def forget_account(self, account_id: str) -> int:
+        """Delete the cases about the account, with their decisions and notes (each case's
+        data key goes with its row); in the caller's unit of work. Returns how many."""
+        with translate_errors():
+            async with self._db.begin() as conn:
+                result = await conn.execute(
+                    review_cases.delete().where(review_cases.c.account_id == account_id)
+                )
+        return int(result.rowcount)
+
+    # -- end deactivation --
+
     async def _key(self, conn: SqlConnection, case_id: str) -> bytes:
         """The case's data key, unwrapped; NotFound if there is no case."""
         wrapped = (
