@@ -298,16 +298,8 @@ class DeactivationFlow:
         pending = await self._deactivations.get(account_id)
         if pending is None or self._clock.now() >= pending.due_at:
             return False
-        sealed = await self._pending_keys.get(account_id)
-        if sealed is None:
-            return False
-        try:
-            pending_key = self._cipher.open(sealed, field_aad(account_id, _PENDING_KEY_AAD))
-            data_key = self._cipher.decrypt_bytes(
-                pending_key, pending.data_key_pending, field_aad(account_id, _DATA_KEY_AAD)
-            )
-        except DecryptionError:
-            logger.error("cannot open the pending data key of account %s", account_id)
+        data_key = await self.recover_data_key(pending)
+        if data_key is None:
             return False
         if not await self._accounts.restore_after_deactivation(account_id, data_key):
             return False
@@ -316,6 +308,21 @@ class DeactivationFlow:
             await self._audit.record(CANCEL_ACTION, account_id, "sign_in")
         await self._uow.after_commit(lambda: self._destroy_quietly(account_id))
         return True
+
+    async def recover_data_key(self, pending: PendingDeactivation) -> bytes | None:
+        """The data key a `deactivations` row holds, opened with its pending key from Redis
+        and the key ring; None once the pending key is gone (then nothing can open it)."""
+        sealed = await self._pending_keys.get(pending.account_id)
+        if sealed is None:
+            return None
+        try:
+            pending_key = self._cipher.open(sealed, field_aad(pending.account_id, _PENDING_KEY_AAD))
+            return self._cipher.decrypt_bytes(
+                pending_key, pending.data_key_pending, field_aad(pending.account_id, _DATA_KEY_AAD)
+            )
+        except DecryptionError:
+            logger.error("cannot open the pending data key of account %s", pending.account_id)
+            return None
 
     async def _destroy_quietly(self, account_id: str) -> None:
         """After a cancellation: the pending key is no longer needed (it expires otherwise)."""
