@@ -42,7 +42,7 @@ from tests.integration.conftest import Harness, HarnessFactory
 from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, code_ticket, stubs
 from xiaohe.identity.server.crypto.envelope import DecryptionError, WrappedDataKey, field_aad
 from xiaohe.identity.server.crypto.keyring import KeyRing
-from xiaohe.identity.server.deactivation.repository import PendingDeactivation
+from xiaohe.identity.server.deactivation.models import PendingDeactivation
 from xiaohe.identity.server.review.models import CaseKind
 from xiaohe.identity.server.storage.database import Database, epoch
 from xiaohe.identity.server.storage.schema import (

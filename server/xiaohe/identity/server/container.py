@@ -32,6 +32,7 @@ from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.deactivation.pending_keys import PendingKeys
 from xiaohe.identity.server.deactivation.repository import SqlDeactivations
+from xiaohe.identity.server.deactivation.service import DeactivationRecords
 from xiaohe.identity.server.delivery.aliyun import AliyunSmsConfig, AliyunSmsProvider
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
 from xiaohe.identity.server.delivery.failover import FailoverProvider
@@ -797,9 +798,9 @@ class Container:
             tickets=self.tickets,
             sessions=self.sessions,
             notices=self.notices,
-            cipher=self.cipher,
-            pending_keys=PendingKeys(self.redis),
-            deactivations=SqlDeactivations(self.database),
+            records=DeactivationRecords(
+                SqlDeactivations(self.database), PendingKeys(self.redis), self.cipher
+            ),
             clock=self.clock,
             cooling_off_seconds=self.settings.deactivation_cooling_off_seconds,
             obligations={

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import sqlalchemy as sa
 
+from xiaohe.identity.server.deactivation.models import PendingDeactivation
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import deactivations
-
-
-@dataclass(frozen=True)
-class PendingDeactivation:
-    """One account in its cooling-off period; times in epoch seconds."""
-
-    account_id: str
-    requested_at: float
-    due_at: float
-    data_key_pending: bytes = field(repr=False)
-    """The account's data key, encrypted under its pending key (Redis)."""
 
 
 class SqlDeactivations:

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -70,9 +69,8 @@ from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
-from xiaohe.identity.server.crypto.envelope import DataKeyCipher, DecryptionError, field_aad
-from xiaohe.identity.server.deactivation.pending_keys import PendingKeys
-from xiaohe.identity.server.deactivation.repository import PendingDeactivation, SqlDeactivations
+from xiaohe.identity.server.deactivation.models import PendingDeactivation
+from xiaohe.identity.server.deactivation.service import DeactivationRecords
 from xiaohe.identity.server.delivery.notices import Notices
 from xiaohe.identity.server.errors import (
     FailedPrecondition,
@@ -95,16 +93,12 @@ TICKET_FIELD: Final = "ticket"
 DEFAULT_COOLING_OFF_SECONDS: Final = 15 * 86400
 PENDING_KEY_MARGIN_SECONDS: Final = 7 * 86400
 """How long a pending key outlives its due time in Redis if nothing destroys it sooner."""
-PENDING_KEY_BYTES: Final = 32
 COMPLETE_BATCH: Final = 100
 
 OPEN_REVIEW_CASES: Final = "open_review_cases"
 PENDING_REAL_NAME: Final = "pending_real_name"
 KNOWN_OBLIGATIONS: Final = (OPEN_REVIEW_CASES, PENDING_REAL_NAME)
 """Obligations an operator may list in `deactivation_blocking_obligations`."""
-
-_PENDING_KEY_AAD: Final = "deactivation_pending_key"
-_DATA_KEY_AAD: Final = "deactivation_data_key"
 
 Obligation = Callable[[str], Awaitable[int]]
 """How many open items of one obligation an account has (0: none)."""
@@ -165,9 +159,7 @@ class DeactivationFlow:
         tickets: TicketConsumer,
         sessions: SessionRevoker,
         notices: Notices,
-        cipher: DataKeyCipher,
-        pending_keys: PendingKeys,
-        deactivations: SqlDeactivations,
+        records: DeactivationRecords,
         clock: Clock,
         cooling_off_seconds: int = DEFAULT_COOLING_OFF_SECONDS,
         obligations: Mapping[str, Obligation] | None = None,
@@ -175,7 +167,6 @@ class DeactivationFlow:
         documents: DocumentEraser | None = None,
         second_factor: SecondFactorEraser | None = None,
         audit: AuditSink | None = None,
-        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         if cooling_off_seconds < 0:
             raise ValueError("cooling_off_seconds must not be negative")
@@ -184,9 +175,7 @@ class DeactivationFlow:
         self._tickets = tickets
         self._sessions = sessions
         self._notices = notices
-        self._cipher = cipher
-        self._pending_keys = pending_keys
-        self._deactivations = deactivations
+        self._records = records
         self._clock = clock
         self._cooling_off = cooling_off_seconds
         self._obligations = dict(obligations or {})
@@ -194,7 +183,6 @@ class DeactivationFlow:
         self._documents = documents
         self._second_factor = second_factor
         self._audit = audit
-        self._token_bytes = token_bytes
 
     def __repr__(self) -> str:
         return f"DeactivationFlow(cooling_off_seconds={self._cooling_off})"
@@ -220,25 +208,19 @@ class DeactivationFlow:
             await self._refuse_obligations(cmd.account_id)
             await proof.consume(self._tickets)
             personal = await self._accounts.get_personal_data(cmd.account_id)
-            pending_key = self._random(PENDING_KEY_BYTES)
             now = self._clock.now()
             due_at = now + self._cooling_off
-            await self._pending_keys.put(
-                cmd.account_id,
-                self._cipher.seal(pending_key, field_aad(cmd.account_id, _PENDING_KEY_AAD)),
-                self._cooling_off + PENDING_KEY_MARGIN_SECONDS,
+            pending_key = await self._records.prepare(
+                cmd.account_id, self._cooling_off + PENDING_KEY_MARGIN_SECONDS
             )
             async with self._uow.begin():
                 data_key = await self._accounts.suspend_for_deactivation(cmd.account_id)
-                await self._deactivations.insert(
-                    PendingDeactivation(
-                        account_id=cmd.account_id,
-                        requested_at=now,
-                        due_at=due_at,
-                        data_key_pending=self._cipher.encrypt_bytes(
-                            pending_key, data_key, field_aad(cmd.account_id, _DATA_KEY_AAD)
-                        ),
-                    )
+                await self._records.record(
+                    cmd.account_id,
+                    data_key=data_key,
+                    pending_key=pending_key,
+                    requested_at=now,
+                    due_at=due_at,
                 )
                 ended = await self._sessions.revoke_all(cmd.account_id, RevokeReason.DEACTIVATION)
                 await self._notices.send(
@@ -295,7 +277,7 @@ class DeactivationFlow:
         Returns False (the sign-in is refused) past the due time, without a pending
         deactivation, or when the pending key is gone (destroyed or lost with Redis).
         """
-        pending = await self._deactivations.get(account_id)
+        pending = await self._records.get(account_id)
         if pending is None or self._clock.now() >= pending.due_at:
             return False
         data_key = await self.recover_data_key(pending)
@@ -303,31 +285,21 @@ class DeactivationFlow:
             return False
         if not await self._accounts.restore_after_deactivation(account_id, data_key):
             return False
-        await self._deactivations.delete(account_id)
+        await self._records.forget(account_id)
         if self._audit is not None:
             await self._audit.record(CANCEL_ACTION, account_id, "sign_in")
         await self._uow.after_commit(lambda: self._destroy_quietly(account_id))
         return True
 
     async def recover_data_key(self, pending: PendingDeactivation) -> bytes | None:
-        """The data key a `deactivations` row holds, opened with its pending key from Redis
-        and the key ring; None once the pending key is gone (then nothing can open it)."""
-        sealed = await self._pending_keys.get(pending.account_id)
-        if sealed is None:
-            return None
-        try:
-            pending_key = self._cipher.open(sealed, field_aad(pending.account_id, _PENDING_KEY_AAD))
-            return self._cipher.decrypt_bytes(
-                pending_key, pending.data_key_pending, field_aad(pending.account_id, _DATA_KEY_AAD)
-            )
-        except DecryptionError:
-            logger.error("cannot open the pending data key of account %s", pending.account_id)
-            return None
+        """The data key a `deactivations` row holds, as the server can open it now (None once
+        its pending key is destroyed): what a copy of the database yields."""
+        return await self._records.recover_data_key(pending)
 
     async def _destroy_quietly(self, account_id: str) -> None:
         """After a cancellation: the pending key is no longer needed (it expires otherwise)."""
         try:
-            await self._pending_keys.destroy(account_id)
+            await self._records.destroy_key(account_id)
         except Exception:
             logger.warning("could not delete the pending key of account %s", account_id)
 
@@ -341,7 +313,7 @@ class DeactivationFlow:
         """
         total = 0
         while True:
-            due = await self._deactivations.due(self._clock.now(), limit)
+            due = await self._records.due(self._clock.now(), limit)
             done = 0
             for account_id in due:
                 try:
@@ -360,17 +332,17 @@ class DeactivationFlow:
     async def complete(self, account_id: str) -> bool:
         """Destroy the account's pending key, then erase it in one unit of work (module
         docstring); False if it is not a deactivation past its due time."""
-        pending = await self._deactivations.get(account_id)
+        pending = await self._records.get(account_id)
         if pending is None or self._clock.now() < pending.due_at:
             return False
-        await self._pending_keys.destroy(account_id)
+        await self._records.destroy_key(account_id)
         stored: list[str] = []
         async with self._uow.begin():
             account = await self._accounts.lock_credentials(account_id)
             if account.status != AccountStatus.DEACTIVATION_PENDING:
                 return False
             await self._accounts.erase(account_id)
-            await self._deactivations.delete(account_id)
+            await self._records.forget(account_id)
             for eraser in self._erasers:
                 await eraser.forget_account(account_id)
             if self._documents is not None:
@@ -385,12 +357,6 @@ class DeactivationFlow:
             except Exception:
                 logger.warning("document bytes of account %s not all removed", account_id)
         return True
-
-    def _random(self, n: int) -> bytes:
-        value = self._token_bytes(n)
-        if len(value) != n:
-            raise ValueError("the randomness source returned the wrong number of bytes")
-        return value
 
 
 __all__ = [
