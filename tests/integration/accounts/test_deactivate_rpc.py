@@ -200,7 +200,7 @@ async def decrypted(h: Harness, rows: Rows) -> tuple[str, dict[str, str]] | None
 async def test_after_cooling_off_nothing_decrypts_the_chain_verifies_and_the_phone_is_free(
     h: Harness, tmp_path: Path
 ) -> None:
-    """Acceptance: every session ends at once; after the cooling-off period the phone, name
+    """I5, T3: every session ends at once; after the cooling-off period the phone, name
     and ID number cannot be decrypted from the live database or from a copy taken before
     the destruction (the ciphertext is still in the copy, only the key is gone), the audit
     chain verifies, and the same phone, login name and ID number register a new account."""
@@ -282,7 +282,7 @@ async def test_the_pre_request_copy_is_the_one_the_key_ring_opens(
 async def test_signing_in_during_cooling_off_cancels_the_deactivation(
     h: Harness, method: str
 ) -> None:
-    """Acceptance: a sign-in within the cooling-off period cancels the deactivation, says so,
+    """I5: a sign-in within the cooling-off period cancels the deactivation, says so,
     and the account is as it was (its data readable again, nothing completes later)."""
     account_id = await register_person(h)
     await deactivate(h, (await sign_in(h)).session)
@@ -399,7 +399,7 @@ async def test_bad_requests_are_refused_on_the_ticket_field(h: Harness) -> None:
 
 
 async def test_a_fault_in_the_request_changes_nothing(h: Harness) -> None:
-    """All-or-nothing: a failing write at the end of the request's unit of work (the audit
+    """F2: all-or-nothing, a failing write at the end of the request's unit of work (the audit
     record) leaves the account active with its key, its sessions and no deactivation row."""
     account_id = await register_person(h)
     session = (await sign_in(h)).session
@@ -423,7 +423,7 @@ async def test_a_fault_in_the_request_changes_nothing(h: Harness) -> None:
 async def test_a_fault_in_the_completion_changes_nothing_and_the_next_run_completes(
     h: Harness,
 ) -> None:
-    """All-or-nothing: a failing write at the end of the completion's unit of work leaves the
+    """F2: all-or-nothing, a failing write at the end of the completion's unit of work leaves the
     identifiers, the TOTP factor and the pending state as they were (the key is gone already,
     so nothing is readable); the next run completes it."""
     account_id, secret, _ = await enrolled_account(h)
