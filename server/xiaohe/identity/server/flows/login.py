@@ -61,6 +61,13 @@ cannot be turned against the owner (B2); it clears the failures from the same
 IP. A phone that belongs to no account gives TicketInvalid (the ticket is spent
 anyway).
 
+Deactivation (issue 14). An account in its deactivation cooling-off period
+(DEACTIVATION_PENDING) signs in like an active one; when its session is about to
+start, the deactivation is cancelled in the same unit of work
+(`DeactivationCanceller`, `flows.deactivation`) and the result says so
+(`LoginResult.deactivation_cancelled`). Past the due time it is refused like any
+inactive account. A first factor that answers MFA_REQUIRED cancels nothing yet.
+
 Every attempt that reaches the lookup is audited (`auth.login.password` /
 `auth.login.sms`; target the account id, or `unknown`, never the identifier)
 and counted in metrics; malformed requests are only counted.
