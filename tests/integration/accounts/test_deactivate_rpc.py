@@ -15,9 +15,13 @@ decrypt the phone, name and ID number from it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,7 @@ from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.deactivation.models import PendingDeactivation
 from xiaohe.identity.server.review.models import CaseKind
 from xiaohe.identity.server.storage.database import Database, epoch
+from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.schema import (
     accounts,
     deactivations,
@@ -459,4 +464,48 @@ async def test_a_fault_in_the_completion_changes_nothing_and_the_next_run_comple
         "totp_factors": 0,
         "totp_recovery_codes": 0,
     }
+    assert await status_of(h, account_id) == "deactivated"
+
+
+async def test_the_cli_completes_what_is_due(
+    harness_factory: HarnessFactory, embedded_redis: EmbeddedRedis
+) -> None:
+    """`xiaohe-identity deactivation complete` runs the completion now, against the server's
+    database and Redis (here a cooling-off period of 0: due at once by the system clock)."""
+    h = await harness_factory(deactivation_cooling_off_seconds=0, **OPEN_LIMITS)
+    account_id = await register_person(h)
+    await deactivate(h, (await sign_in(h)).session)
+    env = {
+        **os.environ,
+        "XIAOHE_IDENTITY_DATA_DIR": str(h.data_dir),
+        "XIAOHE_IDENTITY_REDIS_URL": embedded_redis.url + "?db=2",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "xiaohe.identity.server.cli", "deactivation", "complete"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"deactivations_completed": 1}
+    assert await status_of(h, account_id) == "deactivated"
+    assert await row_counts(h.container.database, "deactivations") == {"deactivations": 0}
+
+
+async def test_the_server_completes_due_deactivations_by_itself(
+    harness_factory: HarnessFactory,
+) -> None:
+    """The background task of every worker completes what is due (here every second)."""
+    h = await harness_factory(
+        deactivation_cooling_off_seconds=0, deactivation_sweep_seconds=1, **OPEN_LIMITS
+    )
+    account_id = await register_person(h)
+    await deactivate(h, (await sign_in(h)).session)
+    for _ in range(50):
+        if await status_of(h, account_id) == "deactivated":
+            break
+        await asyncio.sleep(0.1)
     assert await status_of(h, account_id) == "deactivated"
