@@ -47,13 +47,16 @@ from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, code_ticket, st
 from xiaohe.identity.server.crypto.envelope import DecryptionError, WrappedDataKey, field_aad
 from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.deactivation.models import PendingDeactivation
-from xiaohe.identity.server.review.models import CaseKind
+from xiaohe.identity.server.errors import FailedPrecondition
+from xiaohe.identity.server.review.cases import HELD_FOR_DEACTIVATION
+from xiaohe.identity.server.review.models import CaseKind, CaseState, Verdict
 from xiaohe.identity.server.storage.database import Database, epoch
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
 from xiaohe.identity.server.storage.schema import (
     accounts,
     deactivations,
     identifiers,
+    review_cases,
     totp_factors,
 )
 from xiaohe.identity.server.totp.codes import code_at
@@ -128,6 +131,39 @@ async def deactivate(
     )
 
 
+async def decided_case(h: Harness, account_id: str) -> str:
+    """A review case about the account, decided (rejected), whose fields hold its name and ID
+    number under the case's own data key; returns its id."""
+    case_id = await h.container.review_cases.open(
+        kind=CaseKind.PHONE_CHANGE,
+        account_id=account_id,
+        subject_type="natural_person",
+        fields={"name": NAME, "id_number": ID_NUMBER},
+        document_ids=[],
+        reference="test",
+    )
+    case = await h.container.review_cases.get(case_id)
+    await h.container.review_cases.decide(
+        case,
+        reviewer_account_id="acc_reviewer",
+        verdict=Verdict.REJECT,
+        reason="documents unreadable",
+        new_state=CaseState.REJECTED,
+    )
+    return case_id
+
+
+async def case_key_wrap(database: Database, case_id: str) -> bytes | None:
+    """The case's stored key wrap, or None if the case is gone."""
+    async with database.connect() as conn:
+        wrapped = (
+            await conn.execute(
+                sa.select(review_cases.c.data_key_wrapped).where(review_cases.c.case_id == case_id)
+            )
+        ).scalar()
+    return None if wrapped is None else bytes(wrapped)
+
+
 async def status_of(h: Harness, account_id: str) -> str:
     """The account's stored status."""
     return (await h.container.accounts.get_credentials(account_id)).status
@@ -139,6 +175,8 @@ class Rows:
 
     account: dict[str, Any]
     deactivation: dict[str, Any] | None
+    case_keys: dict[str, bytes]
+    """The key wraps of the review cases about the account, by case id."""
 
 
 async def rows_of(database: Database, account_id: str) -> Rows:
@@ -152,7 +190,18 @@ async def rows_of(database: Database, account_id: str) -> Rows:
                 sa.select(deactivations).where(deactivations.c.account_id == account_id)
             )
         ).first()
-    return Rows(dict(account._mapping), None if pending is None else dict(pending._mapping))
+        cases = (
+            await conn.execute(
+                sa.select(review_cases.c.case_id, review_cases.c.data_key_wrapped).where(
+                    review_cases.c.account_id == account_id
+                )
+            )
+        ).all()
+    return Rows(
+        dict(account._mapping),
+        None if pending is None else dict(pending._mapping),
+        {str(c.case_id): bytes(c.data_key_wrapped) for c in cases},
+    )
 
 
 async def copy_taken_now(h: Harness, account_id: str, tmp_path: Path) -> Rows:
@@ -173,6 +222,19 @@ async def copy_taken_now(h: Harness, account_id: str, tmp_path: Path) -> Rows:
         await database.close()
 
 
+def copy_pending(rows: Rows) -> PendingDeactivation:
+    """The `deactivations` row of a copy, as the server reads one."""
+    assert rows.deactivation is not None
+    cases = rows.deactivation["case_keys_pending"]
+    return PendingDeactivation(
+        account_id=rows.account["account_id"],
+        requested_at=epoch(rows.deactivation["requested_at"]),
+        due_at=epoch(rows.deactivation["due_at"]),
+        data_key_pending=bytes(rows.deactivation["data_key_pending"]),
+        case_keys_pending=None if cases is None else bytes(cases),
+    )
+
+
 async def decrypted(h: Harness, rows: Rows) -> tuple[str, dict[str, str]] | None:
     """The phone and the profile (name, ID number) that the server, with its key ring and
     its Redis, can decrypt from these rows; None when it cannot get at the data key."""
@@ -183,14 +245,7 @@ async def decrypted(h: Harness, rows: Rows) -> tuple[str, dict[str, str]] | None
             WrappedDataKey.from_bytes(bytes(rows.account["data_key_wrapped"]))
         )
     elif rows.deactivation is not None:
-        key = await h.container.deactivation.recover_data_key(
-            PendingDeactivation(
-                account_id=aid,
-                requested_at=epoch(rows.deactivation["requested_at"]),
-                due_at=epoch(rows.deactivation["due_at"]),
-                data_key_pending=bytes(rows.deactivation["data_key_pending"]),
-            )
-        )
+        key = await h.container.deactivation.recover_data_key(copy_pending(rows))
     else:
         key = None
     if key is None:
@@ -210,6 +265,7 @@ async def test_after_cooling_off_nothing_decrypts_the_chain_verifies_and_the_pho
     the destruction (the ciphertext is still in the copy, only the key is gone), the audit
     chain verifies, and the same phone, login name and ID number register a new account."""
     account_id = await register_person(h)
+    case_id = await decided_case(h, account_id)
     first = (await sign_in(h)).session
     second = (await sign_in(h)).session
     before = await copy_taken_now(h, account_id, tmp_path)
@@ -226,6 +282,9 @@ async def test_after_cooling_off_nothing_decrypts_the_chain_verifies_and_the_pho
     assert await status_of(h, account_id) == "deactivation_pending"
     during = await rows_of(h.container.database, account_id)
     assert during.account["data_key_wrapped"] is None  # the key ring alone opens nothing now
+    assert during.case_keys == {case_id: HELD_FOR_DEACTIVATION}  # nor the case's fields
+    with pytest.raises(FailedPrecondition):
+        await h.container.review_cases.get(case_id)
     copy = await copy_taken_now(h, account_id, tmp_path)
     assert (await decrypted(h, copy) or ("", {}))[0] == PHONE  # the pending key still opens it
 
@@ -254,6 +313,12 @@ async def test_after_cooling_off_nothing_decrypts_the_chain_verifies_and_the_pho
                 bytes(copy.deactivation["data_key_pending"]),
                 field_aad(account_id, "deactivation_data_key"),
             )
+    # The review case (name and ID number under its own key) is gone, and the copy's row
+    # holds no key the ring opens: its key was kept only under the destroyed pending key.
+    assert await case_key_wrap(h.container.database, case_id) is None
+    assert copy.case_keys == {case_id: HELD_FOR_DEACTIVATION}
+    assert copy.deactivation["case_keys_pending"] is not None
+    assert await h.container.deactivation.recover_case_keys(copy_pending(copy)) is None
     # The personal data reads as empty everywhere the server looks.
     data = await h.container.accounts.get_personal_data(account_id)
     assert (data.phone, data.name, data.id_number) == ("", "", "")
@@ -290,6 +355,7 @@ async def test_signing_in_during_cooling_off_cancels_the_deactivation(
     """I5: a sign-in within the cooling-off period cancels the deactivation, says so,
     and the account is as it was (its data readable again, nothing completes later)."""
     account_id = await register_person(h)
+    case_id = await decided_case(h, account_id)
     await deactivate(h, (await sign_in(h)).session)
     h.clock.advance(COOLING_OFF - DAY)
 
@@ -311,6 +377,8 @@ async def test_signing_in_during_cooling_off_cancels_the_deactivation(
     assert view.account.phone_masked != PHONE
     assert (await h.container.accounts.get_personal_data(account_id)).id_number == ID_NUMBER
     assert (await rows_of(h.container.database, account_id)).deactivation is None
+    case = await h.container.review_cases.get(case_id)  # its key is under the master key again
+    assert case.fields["id_number"] == ID_NUMBER
     h.clock.advance(2 * DAY)
     assert await h.container.deactivation.complete_due() == 0
     assert await status_of(h, account_id) == "active"

@@ -809,6 +809,7 @@ class Container:
             erasers=(submissions, self.review_cases, self.operator_roles),
             documents=self.documents,
             second_factor=self.totp,
+            cases=self.review_cases,
             audit=self.audit,
         )
 

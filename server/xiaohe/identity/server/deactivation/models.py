@@ -14,6 +14,8 @@ class PendingDeactivation:
     due_at: float
     data_key_pending: bytes = field(repr=False)
     """The account's data key, encrypted under its pending key (Redis)."""
+    case_keys_pending: bytes | None = field(default=None, repr=False)
+    """The data keys of the review cases about the account (JSON), likewise; None if none."""
 
 
 __all__ = ["PendingDeactivation"]

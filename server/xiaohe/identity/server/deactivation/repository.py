@@ -28,6 +28,7 @@ class SqlDeactivations:
                         requested_at=utc(pending.requested_at),
                         due_at=utc(pending.due_at),
                         data_key_pending=pending.data_key_pending,
+                        case_keys_pending=pending.case_keys_pending,
                     )
                 )
 
@@ -44,6 +45,9 @@ class SqlDeactivations:
             requested_at=epoch(row.requested_at),
             due_at=epoch(row.due_at),
             data_key_pending=bytes(row.data_key_pending),
+            case_keys_pending=None
+            if row.case_keys_pending is None
+            else bytes(row.case_keys_pending),
         )
 
     async def delete(self, account_id: str) -> bool:

@@ -9,9 +9,11 @@ row can be opened by anyone (module docstring of `pending_keys`).
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher, DecryptionError, field_aad
@@ -24,8 +26,9 @@ logger = logging.getLogger(__name__)
 PENDING_KEY_BYTES: Final = 32
 PENDING_KEY_AAD: Final = "deactivation_pending_key"
 DATA_KEY_AAD: Final = "deactivation_data_key"
+CASE_KEYS_AAD: Final = "deactivation_case_keys"
 """Associated data (with the account id, `field_aad`) of the sealed pending key and of the
-data key encrypted under it."""
+data key and case keys encrypted under it."""
 
 
 class DeactivationRecords:
@@ -64,9 +67,22 @@ class DeactivationRecords:
         pending_key: bytes,
         requested_at: float,
         due_at: float,
+        case_keys: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Keep the data key encrypted under the pending key, with the due time (in the unit
-        of work)."""
+        """Keep the data key (and the account's review case keys) encrypted under the pending
+        key, with the due time (in the unit of work)."""
+        sealed_cases = None
+        if case_keys:
+            plain = json.dumps(
+                {
+                    case_id: base64.b64encode(key).decode("ascii")
+                    for case_id, key in case_keys.items()
+                },
+                sort_keys=True,
+            ).encode("ascii")
+            sealed_cases = self._cipher.encrypt_bytes(
+                pending_key, plain, field_aad(account_id, CASE_KEYS_AAD)
+            )
         await self._repo.insert(
             PendingDeactivation(
                 account_id=account_id,
@@ -75,6 +91,7 @@ class DeactivationRecords:
                 data_key_pending=self._cipher.encrypt_bytes(
                     pending_key, data_key, field_aad(account_id, DATA_KEY_AAD)
                 ),
+                case_keys_pending=sealed_cases,
             )
         )
 
@@ -104,6 +121,24 @@ class DeactivationRecords:
         except DecryptionError:
             logger.error("cannot open the pending data key of account %s", pending.account_id)
             return None
+
+    async def recover_case_keys(self, pending: PendingDeactivation) -> dict[str, bytes] | None:
+        """The review case keys a row holds, by case id ({} if none); None once the pending key
+        is gone."""
+        if pending.case_keys_pending is None:
+            return {}
+        sealed = await self._keys.get(pending.account_id)
+        if sealed is None:
+            return None
+        try:
+            pending_key = self._cipher.open(sealed, field_aad(pending.account_id, PENDING_KEY_AAD))
+            plain = self._cipher.decrypt_bytes(
+                pending_key, pending.case_keys_pending, field_aad(pending.account_id, CASE_KEYS_AAD)
+            )
+        except DecryptionError:
+            logger.error("cannot open the pending case keys of account %s", pending.account_id)
+            return None
+        return {str(k): base64.b64decode(v) for k, v in json.loads(plain).items()}
 
     async def destroy_key(self, account_id: str) -> None:
         """Delete the account's pending key (idempotent)."""

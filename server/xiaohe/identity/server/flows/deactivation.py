@@ -15,9 +15,12 @@
    Redis (`deactivation.pending_keys`), before the unit of work: a unit of work that
    then fails leaves only a key that expires.
 7. One unit of work: the account becomes DEACTIVATION_PENDING and its data key leaves
-   the account row (`AccountService.suspend_for_deactivation`), a `deactivations` row
-   keeps it encrypted under the pending key with the due time (now + the cooling-off
-   period, `deactivation_cooling_off_seconds`, 15 days by default), every session
+   the account row (`AccountService.suspend_for_deactivation`), so do the data keys
+   of the review cases about it (`ReviewCases.hand_over_keys`: their fields hold its
+   name and ID number; such a case reads as FailedPrecondition meanwhile), a
+   `deactivations` row keeps them encrypted under the pending key with the due time
+   (now + the cooling-off period, `deactivation_cooling_off_seconds`, 15 days by
+   default), every session
    ends (`revoke_all` with reason `deactivation`: published to the revocation list and
    the revocation feed once this commits), the `account_deactivated` notice is queued
    to the phone and email, and `account.deactivate` is audited. A fault anywhere
@@ -26,7 +29,8 @@
 Cancelling (`cancel_on_sign_in`). A sign-in that would start a session for a
 DEACTIVATION_PENDING account (password, SMS, or the second factor after either)
 calls this inside the login's unit of work: before the due time, with the pending
-key still in Redis, the data key is wrapped under the master key again, the
+key still in Redis, the data key and the case keys are wrapped under the master
+key again, the
 account is active, the `deactivations` row is gone and `account.deactivate.cancel`
 is audited, all with the new session; the login answer says so
 (`LoginResponse.deactivation_cancelled`). Past the due time, or with the pending
@@ -112,6 +116,18 @@ class AccountErasers(Protocol):
         ...
 
 
+class CaseKeys(Protocol):
+    """The review cases' own data keys (`review.cases.ReviewCases`)."""
+
+    async def hand_over_keys(self, account_id: str) -> dict[str, bytes]:
+        """Take the keys of the cases about the account off their rows; returns them."""
+        ...
+
+    async def take_back_keys(self, keys: Mapping[str, bytes]) -> None:
+        """Wrap them under the master key again."""
+        ...
+
+
 class DocumentEraser(Protocol):
     """Identity documents (`realname.documents.DocumentService`)."""
 
@@ -166,6 +182,7 @@ class DeactivationFlow:
         erasers: Sequence[AccountErasers] = (),
         documents: DocumentEraser | None = None,
         second_factor: SecondFactorEraser | None = None,
+        cases: CaseKeys | None = None,
         audit: AuditSink | None = None,
     ) -> None:
         if cooling_off_seconds < 0:
@@ -182,6 +199,7 @@ class DeactivationFlow:
         self._erasers = tuple(erasers)
         self._documents = documents
         self._second_factor = second_factor
+        self._cases = cases
         self._audit = audit
 
     def __repr__(self) -> str:
@@ -215,12 +233,16 @@ class DeactivationFlow:
             )
             async with self._uow.begin():
                 data_key = await self._accounts.suspend_for_deactivation(cmd.account_id)
+                case_keys = (
+                    {} if self._cases is None else await self._cases.hand_over_keys(cmd.account_id)
+                )
                 await self._records.record(
                     cmd.account_id,
                     data_key=data_key,
                     pending_key=pending_key,
                     requested_at=now,
                     due_at=due_at,
+                    case_keys=case_keys,
                 )
                 ended = await self._sessions.revoke_all(cmd.account_id, RevokeReason.DEACTIVATION)
                 await self._notices.send(
@@ -281,10 +303,13 @@ class DeactivationFlow:
         if pending is None or self._clock.now() >= pending.due_at:
             return False
         data_key = await self.recover_data_key(pending)
-        if data_key is None:
+        case_keys = await self._records.recover_case_keys(pending)
+        if data_key is None or case_keys is None:
             return False
         if not await self._accounts.restore_after_deactivation(account_id, data_key):
             return False
+        if self._cases is not None:
+            await self._cases.take_back_keys(case_keys)
         await self._records.forget(account_id)
         if self._audit is not None:
             await self._audit.record(CANCEL_ACTION, account_id, "sign_in")
@@ -295,6 +320,11 @@ class DeactivationFlow:
         """The data key a `deactivations` row holds, as the server can open it now (None once
         its pending key is destroyed): what a copy of the database yields."""
         return await self._records.recover_data_key(pending)
+
+    async def recover_case_keys(self, pending: PendingDeactivation) -> dict[str, bytes] | None:
+        """The review case keys a `deactivations` row holds ({} if none; None once its pending
+        key is destroyed)."""
+        return await self._records.recover_case_keys(pending)
 
     async def _destroy_quietly(self, account_id: str) -> None:
         """After a cancellation: the pending key is no longer needed (it expires otherwise)."""

@@ -441,5 +441,7 @@ deactivations = sa.Table(
     sa.Column("requested_at", UtcDateTime, nullable=False),
     sa.Column("due_at", UtcDateTime, nullable=False, index=True),
     sa.Column("data_key_pending", sa.LargeBinary, nullable=False),
+    # The data keys of the review cases about the account (JSON, by case id), likewise.
+    sa.Column("case_keys_pending", sa.LargeBinary, nullable=True),
 )
 # -- end deactivation --

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("requested_at", _UTC, nullable=False),
         sa.Column("due_at", _UTC, nullable=False),
         sa.Column("data_key_pending", sa.LargeBinary, nullable=False),
+        sa.Column("case_keys_pending", sa.LargeBinary, nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.account_id"],
