@@ -20,10 +20,10 @@
    name and ID number; such a case reads as FailedPrecondition meanwhile), a
    `deactivations` row keeps them encrypted under the pending key with the due time
    (now + the cooling-off period, `deactivation_cooling_off_seconds`, 15 days by
-   default), every session
-   ends (`revoke_all` with reason `deactivation`: published to the revocation list and
-   the revocation feed once this commits), the `account_deactivated` notice is queued
-   to the phone and email, and `account.deactivate` is audited. A fault anywhere
+   default), every session ends (`revoke_all` with reason `deactivation`: published
+   to the revocation list and the revocation feed once this commits), the
+   `account_deactivated` notice is queued to the phone and email, and
+   `account.deactivate` is audited. A fault anywhere
    leaves the account, its sessions and the outbox as they were.
 
 Cancelling (`cancel_on_sign_in`). A sign-in that would start a session for a
