@@ -40,10 +40,9 @@ PARTLY_BUILT: dict[str, str] = {
     "P5": "the password length of 12 for operator accounts (a role is granted to an existing "
     "account, whose password length the server cannot know); TOTP required of reviewers, at "
     "the grant and on every review call, is proved",
-    "T3": "deactivation (issue 14); logout, revoke-all, password change and reset, phone "
-    "and email changes, and recycled-number reports are proved",
-    "I5": "deactivation and anonymisation after retention (issue 14); crypto-shredded data "
-    "reading as empty is proved",
+    "I5": "pruning what still names a deactivated account id (ended sessions, consents, "
+    "disclosures) after its retention period (issue 14 part 5); deactivation ending every "
+    "session at once and crypto-shredding its data, backup copies included, are proved",
 }
 
 IDENTIFIER_VECTORS = {

@@ -149,6 +149,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
             accounts=container.accounts,
             sessions=container.sessions,
             totp=container.totp_flow,
+            deactivation=container.deactivation,  # issue 14: deactivation
         ),
         server,
     )

@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file", help="the policy text (UTF-8 Markdown)")
 
     _add_delivery_commands(sub)
+    _add_deactivation_commands(sub)  # issue 14: deactivation
     pumping = sub.add_parser("pumping", help="SMS-pumping prefix blocks").add_subparsers(
         dest="action", required=True
     )
@@ -431,6 +432,37 @@ async def _operators(args: argparse.Namespace, settings: Settings) -> int:
         await container.close()
 
 
+# -- issue 14: deactivation --
+
+
+def _add_deactivation_commands(sub: Any) -> None:
+    deactivation = sub.add_parser(
+        "deactivation", help="account deactivations (注销) after their cooling-off period"
+    ).add_subparsers(dest="action", required=True)
+    deactivation.add_parser(
+        "complete",
+        help="complete now every deactivation whose cooling-off period has ended (the server"
+        " does it on its own every deactivation_sweep_seconds)",
+    )
+
+
+async def _deactivation(settings: Settings) -> int:
+    """Complete the due deactivations (the server's Redis holds their pending keys)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await upgrade_async(settings.effective_database_url)
+    redis_url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
+    container = Container(settings, redis_url=redis_url)
+    try:
+        completed = await container.deactivation.complete_due()
+        _print({"deactivations_completed": completed})
+        return 0
+    finally:
+        await container.close()
+
+
+# -- end deactivation --
+
+
 async def _rewrap(settings: Settings) -> int:
     """Re-wrap every account's data key under the active master key; data stays as it is."""
     await upgrade_async(settings.effective_database_url)
@@ -554,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command == "requests":  # issue 14: rights requests
             return asyncio.run(_requests(args, settings))
+
+        if args.command == "deactivation":  # issue 14: deactivation
+            return asyncio.run(_deactivation(settings))
         if args.command == "keys":
             if args.action == "init":
                 created = KeyRing.create(settings.effective_keyring_file, SystemClock())

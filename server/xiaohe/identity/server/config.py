@@ -289,6 +289,14 @@ class Settings:
     # How often each worker recounts the overdue rights requests for its metrics.
     privacy_overdue_refresh_seconds: float = 60.0
     # -- end rights requests --
+    # -- issue 14: deactivation --
+    # The cooling-off period after Deactivate (15 days), in which signing in cancels it;
+    # the obligations that refuse a deactivation while the account has any
+    # (open_review_cases, pending_real_name); how often each worker completes the due ones.
+    deactivation_cooling_off_seconds: int = 15 * 86400
+    deactivation_blocking_obligations: tuple[str, ...] = ("open_review_cases",)
+    deactivation_sweep_seconds: float = 300.0
+    # -- end deactivation --
 
     def __repr__(self) -> str:
         """Every setting, with secrets hidden and passwords in URLs masked."""
@@ -476,6 +484,7 @@ def _validate(s: Settings) -> None:
     _validate_number_status(s)
     _validate_retention(s)
     _validate_rights_requests(s)
+    _validate_deactivation(s)  # issue 14: deactivation
 
 
 # -- issue 14: retention --
@@ -554,6 +563,28 @@ def _check_host_port(name: str, value: str) -> None:
 
 
 # -- end callback listener --
+
+
+# -- issue 14: deactivation --
+
+DEACTIVATION_OBLIGATIONS = ("open_review_cases", "pending_real_name")
+"""What `deactivation_blocking_obligations` may list (flows/deactivation.KNOWN_OBLIGATIONS)."""
+
+
+def _validate_deactivation(s: Settings) -> None:
+    if not 0 <= s.deactivation_cooling_off_seconds <= 365 * 86400:
+        raise SettingsError(f"{ENV_PREFIX}DEACTIVATION_COOLING_OFF_SECONDS: between 0 and 31536000")
+    unknown = set(s.deactivation_blocking_obligations) - set(DEACTIVATION_OBLIGATIONS)
+    if unknown:
+        raise SettingsError(
+            f"{ENV_PREFIX}DEACTIVATION_BLOCKING_OBLIGATIONS: unknown {', '.join(sorted(unknown))};"
+            f" known: {', '.join(DEACTIVATION_OBLIGATIONS)}"
+        )
+    if not 1 <= s.deactivation_sweep_seconds <= 86400:
+        raise SettingsError(f"{ENV_PREFIX}DEACTIVATION_SWEEP_SECONDS: between 1 and 86400")
+
+
+# -- end deactivation --
 
 
 def _validate_pumping(s: Settings) -> None:

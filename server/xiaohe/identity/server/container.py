@@ -31,6 +31,9 @@ from xiaohe.identity.server.credentials.reauth import PasswordCheck
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher
 from xiaohe.identity.server.crypto.keyring import KeyRing
+from xiaohe.identity.server.deactivation.pending_keys import PendingKeys
+from xiaohe.identity.server.deactivation.repository import SqlDeactivations
+from xiaohe.identity.server.deactivation.service import DeactivationRecords
 from xiaohe.identity.server.delivery.aliyun import AliyunSmsConfig, AliyunSmsProvider
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
 from xiaohe.identity.server.delivery.failover import FailoverProvider
@@ -52,6 +55,12 @@ from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSms
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow
+from xiaohe.identity.server.flows.deactivation import (
+    OPEN_REVIEW_CASES,
+    PENDING_REAL_NAME,
+    DeactivationFlow,
+    Obligation,
+)
 from xiaohe.identity.server.flows.directory import DirectoryFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
@@ -740,6 +749,7 @@ class Container:
             allowed_country_codes=self.settings.allowed_country_codes,
             second_factor=self.totp,
             mfa_tickets=self.mfa_tickets,
+            deactivations=self.deactivation,  # issue 14: deactivation
         )
 
     # -- TOTP second factor (issue 12) --
@@ -842,6 +852,52 @@ class Container:
 
     # -- end rights requests --
 
+    # -- issue 14: deactivation --
+
+    @cached_property
+    def deactivation(self) -> DeactivationFlow:
+        """Deactivate, its cancellation by signing in, and its completion after cooling off."""
+        submissions = SubmissionStore(
+            database=self.database,
+            cipher=self.cipher,
+            account_keys=self.accounts,
+            blind_index=self.blind_index,
+            clock=self.clock,
+            dialect=self.database.dialect,
+        )
+        known: dict[str, Obligation] = {
+            OPEN_REVIEW_CASES: self.review_cases.open_count,
+            PENDING_REAL_NAME: submissions.pending_count,
+        }
+        return DeactivationFlow(
+            uow=self.database,
+            accounts=self.accounts,
+            tickets=self.tickets,
+            sessions=self.sessions,
+            notices=self.notices,
+            records=DeactivationRecords(
+                SqlDeactivations(self.database), PendingKeys(self.redis), self.cipher
+            ),
+            clock=self.clock,
+            cooling_off_seconds=self.settings.deactivation_cooling_off_seconds,
+            obligations={
+                name: known[name] for name in self.settings.deactivation_blocking_obligations
+            },
+            erasers=(submissions, self.review_cases, self.operator_roles),
+            documents=self.documents,
+            second_factor=self.totp,
+            cases=self.review_cases,
+            audit=self.audit,
+        )
+
+    async def _complete_deactivations(self) -> None:
+        """Complete the deactivations whose cooling-off period has ended."""
+        done = await self.deactivation.complete_due()
+        if done:
+            log.info("completed %d deactivation(s)", done)
+
+    # -- end deactivation --
+
     async def start_background(self) -> None:
         """Start the delivery loop (first: `close` lets it finish), the revocation list and
         the reader of the revocation feed, the key ring refresh and the store's housekeeping."""
@@ -869,6 +925,14 @@ class Container:
         # -- issue 14: rights requests --
         self._tasks.append(asyncio.create_task(self._overdue_requests()))
         # -- end rights requests --
+
+        # -- issue 14: deactivation --
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(self.settings.deactivation_sweep_seconds, self._complete_deactivations)
+            )
+        )
+        # -- end deactivation --
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
         """Run `job` every `seconds` until stopped; a failure is logged and tried again."""

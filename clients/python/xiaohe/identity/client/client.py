@@ -1263,6 +1263,26 @@ class IdentityClient:
 
     # -- end rights requests --
 
+    # -- issue 14: deactivation --
+
+    async def deactivate(
+        self, access_token: str, ticket: str, *, end_user: EndUser | None = None
+    ) -> accounts_pb2.DeactivateResponse:
+        """Deactivate (注销) the signed-in account with a DEACTIVATE ticket of its phone or email.
+
+        Every session ends now; `completes_at` says when the cooling-off period ends.
+        Signing in before then cancels it (`LoginResponse.deactivation_cancelled`).
+        """
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.accounts.Deactivate,
+            accounts_pb2.DeactivateRequest(ticket=ticket),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    # -- end deactivation --
+
 
 async def _drain(
     call: AsyncIterable[review_pb2.StreamDocumentResponse], write: Callable[[bytes], object]

@@ -794,3 +794,53 @@ class DisableTotpResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DisableTotpResponse: _TypeAlias = DisableTotpResponse  # noqa: Y015
+
+@_typing.final
+class DeactivateRequest(_message.Message):
+    """-- issue 14: deactivation --"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.str
+    """Ticket from VerifyCode (PURPOSE_DEACTIVATE) for the account's bound phone (SMS) or email."""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivateRequest: _TypeAlias = DeactivateRequest  # noqa: Y015
+
+@_typing.final
+class DeactivateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETES_AT_FIELD_NUMBER: _builtins.int
+    SESSIONS_ENDED_FIELD_NUMBER: _builtins.int
+    sessions_ended: _builtins.int
+    """Sessions ended by the request (all of the account's, the caller's included)."""
+    @_builtins.property
+    def completes_at(self) -> _timestamp_pb2.Timestamp:
+        """When the cooling-off period ends and the deactivation completes; signing in before then
+        cancels it.
+        """
+
+    def __init__(
+        self,
+        *,
+        completes_at: _timestamp_pb2.Timestamp | None = ...,
+        sessions_ended: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completes_at", b"completes_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completes_at", b"completes_at", "sessions_ended", b"sessions_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeactivateResponse: _TypeAlias = DeactivateResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class AccountServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpResponse.FromString,
                 _registered_method=True)
+        self.Deactivate = channel.unary_unary(
+                '/xiaohe.identity.v1.AccountService/Deactivate',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DeactivateRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DeactivateResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -199,6 +204,18 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deactivate(self, request, context):
+        """-- issue 14: deactivation --
+        Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+        or email: every session ends now; after the cooling-off period the account's data key is
+        destroyed and its identifiers are released. Signing in before then cancels it.
+        FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+        -- end deactivation --
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +283,11 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.DisableTotp,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpResponse.SerializeToString,
+            ),
+            'Deactivate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deactivate,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DeactivateRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DeactivateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +642,33 @@ class AccountService:
             '/xiaohe.identity.v1.AccountService/DisableTotp',
             xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DisableTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deactivate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.AccountService/Deactivate',
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DeactivateRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_accounts__pb2.DeactivateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,14 @@ class AccountServiceStub:
     """Activates the enrolment with a current code; returns ten single-use recovery codes, once."""
     DisableTotp: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.DisableTotpRequest, _accounts_pb2.DisableTotpResponse]
     """Removes the second factor; needs a current code or a recovery code."""
+    Deactivate: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.DeactivateRequest, _accounts_pb2.DeactivateResponse]
+    """-- issue 14: deactivation --
+    Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+    or email: every session ends now; after the cooling-off period the account's data key is
+    destroyed and its identifiers are released. Signing in before then cancels it.
+    FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+    -- end deactivation --
+    """
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -99,6 +107,14 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Activates the enrolment with a current code; returns ten single-use recovery codes, once."""
     DisableTotp: _aio.UnaryUnaryMultiCallable[_accounts_pb2.DisableTotpRequest, _accounts_pb2.DisableTotpResponse]  # type: ignore[assignment]
     """Removes the second factor; needs a current code or a recovery code."""
+    Deactivate: _aio.UnaryUnaryMultiCallable[_accounts_pb2.DeactivateRequest, _accounts_pb2.DeactivateResponse]  # type: ignore[assignment]
+    """-- issue 14: deactivation --
+    Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+    or email: every session ends now; after the cooling-off period the account's data key is
+    destroyed and its identifiers are released. Signing in before then cancels it.
+    FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+    -- end deactivation --
+    """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registration, the account view and the user's sessions."""
@@ -210,5 +226,19 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.DisableTotpResponse, _abc.Awaitable[_accounts_pb2.DisableTotpResponse]]:
         """Removes the second factor; needs a current code or a recovery code."""
+
+    @_abc_1.abstractmethod
+    def Deactivate(
+        self,
+        request: _accounts_pb2.DeactivateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.DeactivateResponse, _abc.Awaitable[_accounts_pb2.DeactivateResponse]]:
+        """-- issue 14: deactivation --
+        Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+        or email: every session ends now; after the cooling-off period the account's data key is
+        destroyed and its identifiers are released. Signing in before then cancels it.
+        FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+        -- end deactivation --
+        """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

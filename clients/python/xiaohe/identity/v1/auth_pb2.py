@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from xiaohe.identity.v1 import common_pb2 as xiaohe_dot_identity_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dxiaohe/identity/v1/auth.proto\x12\x12xiaohe.identity.v1\x1a\x1fxiaohe/identity/v1/common.proto\"w\n\x12PasswordCredential\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12;\n\x0fidentifier_kind\x18\x02 \x01(\x0e\x32\".xiaohe.identity.v1.IdentifierKind\x12\x10\n\x08password\x18\x03 \x01(\t\"|\n\x0cLoginRequest\x12:\n\x08password\x18\x01 \x01(\x0b\x32&.xiaohe.identity.v1.PasswordCredentialH\x00\x12\x14\n\nsms_ticket\x18\x02 \x01(\tH\x00\x12\x10\n\x08\x61udience\x18\x03 \x01(\tB\x08\n\x06method\"\xc5\x01\n\x07Session\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\'\n\x1f\x61\x63\x63\x65ss_token_expires_in_seconds\x18\x02 \x01(\x05\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12(\n refresh_token_expires_in_seconds\x18\x04 \x01(\x05\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x12\n\naccount_id\x18\x06 \x01(\t\x12\x12\n\ntoken_type\x18\x07 \x01(\t\"\xa9\x01\n\rLoginResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Session\x12/\n\tnext_step\x18\x02 \x01(\x0e\x32\x1c.xiaohe.identity.v1.NextStep\x12\x12\n\nmfa_ticket\x18\x03 \x01(\t\x12%\n\x1dmfa_ticket_expires_in_seconds\x18\x04 \x01(\x05\"`\n\x12\x43ompleteMfaRequest\x12\x12\n\nmfa_ticket\x18\x01 \x01(\t\x12\x13\n\ttotp_code\x18\x02 \x01(\tH\x00\x12\x17\n\rrecovery_code\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x66\x61\x63tor\"t\n\x13\x43ompleteMfaResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Session\x12/\n\tnext_step\x18\x02 \x01(\x0e\x32\x1c.xiaohe.identity.v1.NextStep\"9\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\"?\n\x0fRefreshResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Session\"I\n\rLogoutRequest\x12\x17\n\rrefresh_token\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\tH\x00\x42\x07\n\x05token\"\x10\n\x0eLogoutResponse\"]\n\x14ValidateTokenRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x1d\n\x15required_auth_methods\x18\x03 \x03(\t\"\xcd\x01\n\x15ValidateTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x35\n\x0csubject_type\x18\x04 \x01(\x0e\x32\x1f.xiaohe.identity.v1.SubjectType\x12\x14\n\x0c\x61uth_methods\x18\x05 \x03(\t\x12\x17\n\x0freal_name_level\x18\x06 \x01(\x05\x12\x17\n\x0f\x65xpires_at_unix\x18\x07 \x01(\x03\"\x17\n\x15GetSigningKeysRequest\"+\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t*\x9c\x01\n\x08NextStep\x12\x19\n\x15NEXT_STEP_UNSPECIFIED\x10\x00\x12\x12\n\x0eNEXT_STEP_NONE\x10\x01\x12\x1e\n\x1aNEXT_STEP_CONSENT_REQUIRED\x10\x02\x12%\n!NEXT_STEP_PHONE_REVERIFY_REQUIRED\x10\x03\x12\x1a\n\x16NEXT_STEP_MFA_REQUIRED\x10\x04\x32\xaf\x04\n\x0b\x41uthService\x12L\n\x05Login\x12 .xiaohe.identity.v1.LoginRequest\x1a!.xiaohe.identity.v1.LoginResponse\x12^\n\x0b\x43ompleteMfa\x12&.xiaohe.identity.v1.CompleteMfaRequest\x1a\'.xiaohe.identity.v1.CompleteMfaResponse\x12R\n\x07Refresh\x12\".xiaohe.identity.v1.RefreshRequest\x1a#.xiaohe.identity.v1.RefreshResponse\x12O\n\x06Logout\x12!.xiaohe.identity.v1.LogoutRequest\x1a\".xiaohe.identity.v1.LogoutResponse\x12\x64\n\rValidateToken\x12(.xiaohe.identity.v1.ValidateTokenRequest\x1a).xiaohe.identity.v1.ValidateTokenResponse\x12g\n\x0eGetSigningKeys\x12).xiaohe.identity.v1.GetSigningKeysRequest\x1a*.xiaohe.identity.v1.GetSigningKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dxiaohe/identity/v1/auth.proto\x12\x12xiaohe.identity.v1\x1a\x1fxiaohe/identity/v1/common.proto\"w\n\x12PasswordCredential\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12;\n\x0fidentifier_kind\x18\x02 \x01(\x0e\x32\".xiaohe.identity.v1.IdentifierKind\x12\x10\n\x08password\x18\x03 \x01(\t\"|\n\x0cLoginRequest\x12:\n\x08password\x18\x01 \x01(\x0b\x32&.xiaohe.identity.v1.PasswordCredentialH\x00\x12\x14\n\nsms_ticket\x18\x02 \x01(\tH\x00\x12\x10\n\x08\x61udience\x18\x03 \x01(\tB\x08\n\x06method\"\xc5\x01\n\x07Session\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\'\n\x1f\x61\x63\x63\x65ss_token_expires_in_seconds\x18\x02 \x01(\x05\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12(\n refresh_token_expires_in_seconds\x18\x04 \x01(\x05\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x12\n\naccount_id\x18\x06 \x01(\t\x12\x12\n\ntoken_type\x18\x07 \x01(\t\"\xc9\x01\n\rLoginResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Session\x12/\n\tnext_step\x18\x02 \x01(\x0e\x32\x1c.xiaohe.identity.v1.NextStep\x12\x12\n\nmfa_ticket\x18\x03 \x01(\t\x12%\n\x1dmfa_ticket_expires_in_seconds\x18\x04 \x01(\x05\x12\x1e\n\x16\x64\x65\x61\x63tivation_cancelled\x18\x05 \x01(\x08\"`\n\x12\x43ompleteMfaRequest\x12\x12\n\nmfa_ticket\x18\x01 \x01(\t\x12\x13\n\ttotp_code\x18\x02 \x01(\tH\x00\x12\x17\n\rrecovery_code\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x66\x61\x63tor\"\x94\x01\n\x13\x43ompleteMfaResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Session\x12/\n\tnext_step\x18\x02 \x01(\x0e\x32\x1c.xiaohe.identity.v1.NextStep\x12\x1e\n\x16\x64\x65\x61\x63tivation_cancelled\x18\x03 \x01(\x08\"9\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\"?\n\x0fRefreshResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.xiaohe.identity.v1.Session\"I\n\rLogoutRequest\x12\x17\n\rrefresh_token\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\tH\x00\x42\x07\n\x05token\"\x10\n\x0eLogoutResponse\"]\n\x14ValidateTokenRequest\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x01(\t\x12\x1d\n\x15required_auth_methods\x18\x03 \x03(\t\"\xcd\x01\n\x15ValidateTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x35\n\x0csubject_type\x18\x04 \x01(\x0e\x32\x1f.xiaohe.identity.v1.SubjectType\x12\x14\n\x0c\x61uth_methods\x18\x05 \x03(\t\x12\x17\n\x0freal_name_level\x18\x06 \x01(\x05\x12\x17\n\x0f\x65xpires_at_unix\x18\x07 \x01(\x03\"\x17\n\x15GetSigningKeysRequest\"+\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t*\x9c\x01\n\x08NextStep\x12\x19\n\x15NEXT_STEP_UNSPECIFIED\x10\x00\x12\x12\n\x0eNEXT_STEP_NONE\x10\x01\x12\x1e\n\x1aNEXT_STEP_CONSENT_REQUIRED\x10\x02\x12%\n!NEXT_STEP_PHONE_REVERIFY_REQUIRED\x10\x03\x12\x1a\n\x16NEXT_STEP_MFA_REQUIRED\x10\x04\x32\xaf\x04\n\x0b\x41uthService\x12L\n\x05Login\x12 .xiaohe.identity.v1.LoginRequest\x1a!.xiaohe.identity.v1.LoginResponse\x12^\n\x0b\x43ompleteMfa\x12&.xiaohe.identity.v1.CompleteMfaRequest\x1a\'.xiaohe.identity.v1.CompleteMfaResponse\x12R\n\x07Refresh\x12\".xiaohe.identity.v1.RefreshRequest\x1a#.xiaohe.identity.v1.RefreshResponse\x12O\n\x06Logout\x12!.xiaohe.identity.v1.LogoutRequest\x1a\".xiaohe.identity.v1.LogoutResponse\x12\x64\n\rValidateToken\x12(.xiaohe.identity.v1.ValidateTokenRequest\x1a).xiaohe.identity.v1.ValidateTokenResponse\x12g\n\x0eGetSigningKeys\x12).xiaohe.identity.v1.GetSigningKeysRequest\x1a*.xiaohe.identity.v1.GetSigningKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xiaohe.identity.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NEXTSTEP']._serialized_start=1512
-  _globals['_NEXTSTEP']._serialized_end=1668
+  _globals['_NEXTSTEP']._serialized_start=1577
+  _globals['_NEXTSTEP']._serialized_end=1733
   _globals['_PASSWORDCREDENTIAL']._serialized_start=86
   _globals['_PASSWORDCREDENTIAL']._serialized_end=205
   _globals['_LOGINREQUEST']._serialized_start=207
@@ -41,27 +41,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION']._serialized_start=334
   _globals['_SESSION']._serialized_end=531
   _globals['_LOGINRESPONSE']._serialized_start=534
-  _globals['_LOGINRESPONSE']._serialized_end=703
-  _globals['_COMPLETEMFAREQUEST']._serialized_start=705
-  _globals['_COMPLETEMFAREQUEST']._serialized_end=801
-  _globals['_COMPLETEMFARESPONSE']._serialized_start=803
-  _globals['_COMPLETEMFARESPONSE']._serialized_end=919
-  _globals['_REFRESHREQUEST']._serialized_start=921
-  _globals['_REFRESHREQUEST']._serialized_end=978
-  _globals['_REFRESHRESPONSE']._serialized_start=980
-  _globals['_REFRESHRESPONSE']._serialized_end=1043
-  _globals['_LOGOUTREQUEST']._serialized_start=1045
-  _globals['_LOGOUTREQUEST']._serialized_end=1118
-  _globals['_LOGOUTRESPONSE']._serialized_start=1120
-  _globals['_LOGOUTRESPONSE']._serialized_end=1136
-  _globals['_VALIDATETOKENREQUEST']._serialized_start=1138
-  _globals['_VALIDATETOKENREQUEST']._serialized_end=1231
-  _globals['_VALIDATETOKENRESPONSE']._serialized_start=1234
-  _globals['_VALIDATETOKENRESPONSE']._serialized_end=1439
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=1441
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1464
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=1466
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1509
-  _globals['_AUTHSERVICE']._serialized_start=1671
-  _globals['_AUTHSERVICE']._serialized_end=2230
+  _globals['_LOGINRESPONSE']._serialized_end=735
+  _globals['_COMPLETEMFAREQUEST']._serialized_start=737
+  _globals['_COMPLETEMFAREQUEST']._serialized_end=833
+  _globals['_COMPLETEMFARESPONSE']._serialized_start=836
+  _globals['_COMPLETEMFARESPONSE']._serialized_end=984
+  _globals['_REFRESHREQUEST']._serialized_start=986
+  _globals['_REFRESHREQUEST']._serialized_end=1043
+  _globals['_REFRESHRESPONSE']._serialized_start=1045
+  _globals['_REFRESHRESPONSE']._serialized_end=1108
+  _globals['_LOGOUTREQUEST']._serialized_start=1110
+  _globals['_LOGOUTREQUEST']._serialized_end=1183
+  _globals['_LOGOUTRESPONSE']._serialized_start=1185
+  _globals['_LOGOUTRESPONSE']._serialized_end=1201
+  _globals['_VALIDATETOKENREQUEST']._serialized_start=1203
+  _globals['_VALIDATETOKENREQUEST']._serialized_end=1296
+  _globals['_VALIDATETOKENRESPONSE']._serialized_start=1299
+  _globals['_VALIDATETOKENRESPONSE']._serialized_end=1504
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=1506
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1529
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=1531
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1574
+  _globals['_AUTHSERVICE']._serialized_start=1736
+  _globals['_AUTHSERVICE']._serialized_end=2295
 # @@protoc_insertion_point(module_scope)

@@ -146,10 +146,17 @@ class LoginResponse(_message.Message):
     NEXT_STEP_FIELD_NUMBER: _builtins.int
     MFA_TICKET_FIELD_NUMBER: _builtins.int
     MFA_TICKET_EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    DEACTIVATION_CANCELLED_FIELD_NUMBER: _builtins.int
     next_step: Global___NextStep.ValueType
     mfa_ticket: _builtins.str
     """With NEXT_STEP_MFA_REQUIRED: a short-lived, single-use ticket for CompleteMfa."""
     mfa_ticket_expires_in_seconds: _builtins.int
+    deactivation_cancelled: _builtins.bool
+    """-- issue 14: deactivation --
+    True when this sign-in cancelled the account's pending deactivation (注销 cooling-off
+    period): tell the person their account stays.
+    -- end deactivation --
+    """
     @_builtins.property
     def session(self) -> Global___Session:
         """Empty when next_step is NEXT_STEP_MFA_REQUIRED."""
@@ -161,10 +168,11 @@ class LoginResponse(_message.Message):
         next_step: Global___NextStep.ValueType = ...,
         mfa_ticket: _builtins.str = ...,
         mfa_ticket_expires_in_seconds: _builtins.int = ...,
+        deactivation_cancelled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mfa_ticket", b"mfa_ticket", "mfa_ticket_expires_in_seconds", b"mfa_ticket_expires_in_seconds", "next_step", b"next_step", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deactivation_cancelled", b"deactivation_cancelled", "mfa_ticket", b"mfa_ticket", "mfa_ticket_expires_in_seconds", b"mfa_ticket_expires_in_seconds", "next_step", b"next_step", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,8 +213,14 @@ class CompleteMfaResponse(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     NEXT_STEP_FIELD_NUMBER: _builtins.int
+    DEACTIVATION_CANCELLED_FIELD_NUMBER: _builtins.int
     next_step: Global___NextStep.ValueType
     """What is left after the second factor (e.g. NEXT_STEP_CONSENT_REQUIRED)."""
+    deactivation_cancelled: _builtins.bool
+    """-- issue 14: deactivation --
+    True when this sign-in cancelled the account's pending deactivation.
+    -- end deactivation --
+    """
     @_builtins.property
     def session(self) -> Global___Session: ...
     def __init__(
@@ -214,10 +228,11 @@ class CompleteMfaResponse(_message.Message):
         *,
         session: Global___Session | None = ...,
         next_step: Global___NextStep.ValueType = ...,
+        deactivation_cancelled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_step", b"next_step", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deactivation_cancelled", b"deactivation_cancelled", "next_step", b"next_step", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

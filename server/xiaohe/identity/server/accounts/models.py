@@ -25,6 +25,12 @@ class AccountStatus(StrEnum):
     """Lifecycle state of an account; new accounts are ACTIVE."""
 
     ACTIVE = "active"
+    # -- issue 14: deactivation --
+    DEACTIVATION_PENDING = "deactivation_pending"
+    """Deactivation asked for: no sessions, and in its cooling-off period a sign-in cancels it."""
+    DEACTIVATED = "deactivated"
+    """Deactivation completed: data key destroyed, identifiers released; the row is a tombstone."""
+    # -- end deactivation --
 
 
 class IdentifierTaken(Exception):

@@ -163,6 +163,31 @@ class AccountRepository(Protocol):
         """Apply the updates whose row still holds `old`, in one transaction; return how many."""
         ...
 
+    # -- issue 14: deactivation --
+
+    async def set_state(
+        self,
+        account_id: str,
+        *,
+        expected_status: str,
+        status: str,
+        data_key_wrapped: bytes | None,
+        master_key_id: str,
+        now: float,
+    ) -> bool:
+        """Move the account from `expected_status` to `status` with this data key wrap (or
+        none); False if it is not in `expected_status`."""
+        ...
+
+    async def erase(
+        self, account_id: str, *, expected_status: str, status: str, login_name: str, now: float
+    ) -> bool:
+        """Clear the account's personal data, credentials and data key, give it `login_name`
+        and `status`, and delete its identifier rows; False if not in `expected_status`."""
+        ...
+
+    # -- end deactivation --
+
 
 @asynccontextmanager
 async def _translated() -> AsyncIterator[None]:
@@ -465,6 +490,66 @@ class SqlAccountRepository:
                 )
                 changed += result.rowcount
         return changed
+
+    # -- issue 14: deactivation --
+
+    async def set_state(
+        self,
+        account_id: str,
+        *,
+        expected_status: str,
+        status: str,
+        data_key_wrapped: bytes | None,
+        master_key_id: str,
+        now: float,
+    ) -> bool:
+        """Move the account from `expected_status` to `status` with this data key wrap (or
+        none); False if it is not in `expected_status` (compare-and-set in the UPDATE)."""
+        async with self._db.begin() as conn, _translated():
+            result = await conn.execute(
+                accounts.update()
+                .where(accounts.c.account_id == account_id, accounts.c.status == expected_status)
+                .values(
+                    status=status,
+                    data_key_wrapped=data_key_wrapped,
+                    master_key_id=master_key_id,
+                    updated_at=utc(now),
+                )
+            )
+        return result.rowcount > 0
+
+    async def erase(
+        self, account_id: str, *, expected_status: str, status: str, login_name: str, now: float
+    ) -> bool:
+        """Clear the account's personal data, credentials and data key, give it `login_name`
+        and `status`, and delete its identifier rows; False if not in `expected_status`.
+
+        The row itself stays (a tombstone): audit records, consents and disclosures
+        name the account id, which is random and links to nothing once this is done.
+        """
+        async with self._db.begin() as conn, _translated():
+            result = await conn.execute(
+                accounts.update()
+                .where(accounts.c.account_id == account_id, accounts.c.status == expected_status)
+                .values(
+                    status=status,
+                    login_name=login_name,
+                    password_hash="",
+                    data_key_wrapped=None,
+                    phone_enc=None,
+                    email_enc=None,
+                    profile_enc=None,
+                    phone_stale_at=None,
+                    real_name_level=0,
+                    updated_at=utc(now),
+                )
+            )
+            if not result.rowcount:
+                return False
+            await conn.execute(identifiers.delete().where(identifiers.c.account_id == account_id))
+        return True
+
+    # -- end deactivation --
 
 
 __all__ = [

@@ -49,7 +49,7 @@ from xiaohe.identity.server.crypto.envelope import (
     WrappedDataKey,
     field_aad,
 )
-from xiaohe.identity.server.errors import AlreadyExists, Conflict, NotFound
+from xiaohe.identity.server.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from xiaohe.identity.server.shared.identifiers import (
     IdentifierKind,
     IdType,
@@ -67,6 +67,8 @@ DEFAULT_REWRAP_BATCH: Final = 200
 PHONE_FIELD: Final = "phone"
 EMAIL_FIELD: Final = "email"
 PROFILE_FIELD: Final = "profile"
+DEACTIVATED_LOGIN_PREFIX: Final = "~"
+"""A deactivated account's login name is this and its id: it frees the name for reuse."""
 
 ContactKind = Literal["phone", "email"]
 """The channels an account is reached on, as `replace_contact` names them."""
@@ -401,6 +403,66 @@ class AccountService:
                 )
             total += await self._repo.replace_data_keys(updates)
             after = batch[-1].account_id
+
+    # -- issue 14: deactivation --
+
+    async def suspend_for_deactivation(self, account_id: str) -> bytes:
+        """Mark an active account DEACTIVATION_PENDING and take its data key off the row.
+
+        In the caller's unit of work, with the row locked: the wrap under the master
+        key is removed, and the plaintext data key is returned for the caller to keep
+        encrypted under a pending key held outside the database. From now on no
+        database file, the live one or a copy, holds this key in a form the key ring
+        alone can open. FailedPrecondition if the account is not active (or has no
+        data key); NotFound if there is none.
+        """
+        async with self._uow.begin():
+            record = await self._repo.get_for_update(account_id)
+            if record is None:
+                raise NotFound("account not found")
+            if record.status != AccountStatus.ACTIVE or record.data_key_wrapped is None:
+                raise FailedPrecondition("the account is not active")
+            key = self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))
+            moved = await self._repo.set_state(
+                account_id,
+                expected_status=AccountStatus.ACTIVE.value,
+                status=AccountStatus.DEACTIVATION_PENDING.value,
+                data_key_wrapped=None,
+                master_key_id=record.master_key_id,
+                now=self._clock.now(),
+            )
+            if not moved:
+                raise Conflict("the account was changed meanwhile; read it again and retry")
+        return key
+
+    async def restore_after_deactivation(self, account_id: str, data_key: bytes) -> bool:
+        """Make a DEACTIVATION_PENDING account active again, its data key wrapped under the
+        active master key once more (in the caller's unit of work); False if not pending."""
+        wrapped = self._cipher.wrap(data_key)
+        return await self._repo.set_state(
+            account_id,
+            expected_status=AccountStatus.DEACTIVATION_PENDING.value,
+            status=AccountStatus.ACTIVE.value,
+            data_key_wrapped=wrapped.to_bytes(),
+            master_key_id=wrapped.master_key_id,
+            now=self._clock.now(),
+        )
+
+    async def erase(self, account_id: str) -> bool:
+        """Complete a deactivation on the account row: DEACTIVATED, every ciphertext and the
+        password hash cleared, the login name replaced by a tombstone no registration can
+        choose (`~` is not a login-name character) and the identifier rows deleted, so
+        phone, email, login name, ID number and USCC may be registered again. In the
+        caller's unit of work; False if the account is not DEACTIVATION_PENDING."""
+        return await self._repo.erase(
+            account_id,
+            expected_status=AccountStatus.DEACTIVATION_PENDING.value,
+            status=AccountStatus.DEACTIVATED.value,
+            login_name=DEACTIVATED_LOGIN_PREFIX + account_id,
+            now=self._clock.now(),
+        )
+
+    # -- end deactivation --
 
     # -- helpers ------------------------------------------------------------------------
 

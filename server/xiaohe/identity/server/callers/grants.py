@@ -83,6 +83,9 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.AdminService/ListRightsRequests": "admin",
     "/xiaohe.identity.v1.AdminService/ResolveRequest": "admin",
     # -- end rights requests --
+    # -- issue 14: deactivation --
+    "/xiaohe.identity.v1.AccountService/Deactivate": "accounts",
+    # -- end deactivation --
 }
 
 # Methods any caller may use without credentials.

@@ -129,6 +129,11 @@ class DataKeyCipher:
             raise DecryptionError("unwrapped data key has the wrong length")
         return plain
 
+    def wrap(self, data_key: bytes) -> WrappedDataKey:
+        """An existing data key wrapped under the active master key (a cancelled deactivation)."""
+        _check_data_key(data_key)
+        return self._wrap(data_key, self._keyring.active_master_key)
+
     def rewrap(self, wrapped: WrappedDataKey) -> WrappedDataKey:
         """The same data key wrapped under the active master key (no data is re-encrypted)."""
         active = self._keyring.active_master_key

@@ -61,6 +61,13 @@ cannot be turned against the owner (B2); it clears the failures from the same
 IP. A phone that belongs to no account gives TicketInvalid (the ticket is spent
 anyway).
 
+Deactivation (issue 14). An account in its deactivation cooling-off period
+(DEACTIVATION_PENDING) signs in like an active one; when its session is about to
+start, the deactivation is cancelled in the same unit of work
+(`DeactivationCanceller`, `flows.deactivation`) and the result says so
+(`LoginResult.deactivation_cancelled`). Past the due time it is refused like any
+inactive account. A first factor that answers MFA_REQUIRED cancels nothing yet.
+
 Every attempt that reaches the lookup is audited (`auth.login.password` /
 `auth.login.sms`; target the account id, or `unknown`, never the identifier)
 and counted in metrics; malformed requests are only counted.
@@ -147,6 +154,8 @@ class LoginResult:
     next_step: NextStep
     mfa_ticket: str = field(default="", repr=False)
     mfa_ticket_expires_in: int = 0
+    deactivation_cancelled: bool = False
+    """True when this sign-in cancelled the account's deactivation (its cooling-off period)."""
 
 
 class CredentialStore(Protocol):
@@ -240,6 +249,25 @@ class Throttle(Protocol):
     async def touch(self, account_id: str, ip: str) -> None:
         """Cost what `record_failure` costs, changing nothing (a refusal's timing, B3)."""
         ...
+
+
+# -- issue 14: deactivation --
+
+
+class DeactivationCanceller(Protocol):
+    """Cancels a pending deactivation (`flows.deactivation.DeactivationFlow`)."""
+
+    async def cancel_on_sign_in(self, account_id: str) -> bool:
+        """Inside the login's unit of work: make the account active again; False if too late."""
+        ...
+
+
+SIGN_IN_STATES: Final = frozenset(
+    {AccountStatus.ACTIVE.value, AccountStatus.DEACTIVATION_PENDING.value}
+)
+"""States that may sign in: a sign-in during the cooling-off period cancels the deactivation."""
+
+# -- end deactivation --
 
 
 class SecondFactor(Protocol):
@@ -386,6 +414,7 @@ class LoginFlow:
         allowed_country_codes: Collection[str] = ("86",),
         second_factor: SecondFactor | None = None,
         mfa_tickets: MfaTicketStore | None = None,
+        deactivations: DeactivationCanceller | None = None,
     ) -> None:
         self._uow = uow
         self._accounts = accounts
@@ -404,6 +433,7 @@ class LoginFlow:
         self._second_factor = second_factor
         self._mfa_tickets = mfa_tickets
         self._code_attempts = CodeAttempts(throttle)
+        self._deactivations = deactivations
 
     def __repr__(self) -> str:
         return "LoginFlow()"
@@ -428,7 +458,7 @@ class LoginFlow:
         try:
             account, reservation = await self._authenticate(attempt, identifier, kind, password, ip)
             if await self._needs_second_factor(account, ip, reservation):
-                if account.status != AccountStatus.ACTIVE:
+                if account.status not in SIGN_IN_STATES:
                     attempt.outcome = "account_inactive"
                     raise InvalidCredentials()
                 await self._rehash_if_needed(account, password)
@@ -437,7 +467,7 @@ class LoginFlow:
                 return result
             settling = await self._settle(account.account_id, ip, reservation)
             try:
-                if account.status != AccountStatus.ACTIVE:
+                if account.status not in SIGN_IN_STATES:
                     attempt.outcome = "account_inactive"
                     raise InvalidCredentials()
                 await self._rehash_if_needed(account, password)
@@ -483,7 +513,7 @@ class LoginFlow:
                 attempt.outcome = "unknown_account"
                 raise TicketInvalid()
             attempt.target = account.account_id
-            if account.status != AccountStatus.ACTIVE:
+            if account.status not in SIGN_IN_STATES:
                 attempt.outcome = "account_inactive"
                 raise TicketInvalid()
             if await self._needs_second_factor(account, ip, ""):
@@ -791,7 +821,9 @@ class LoginFlow:
         is read again, locked, in that unit of work: a recycled-number report that
         lands during the login either restricts this session or ends it, and an
         account deactivated or deleted meanwhile gets no session at all (`refusal`,
-        the answer an inactive account gets before the verify).
+        the answer an inactive account gets before the verify). An account in its
+        deactivation cooling-off period has the deactivation cancelled here, in the
+        same unit of work (`DeactivationCanceller`), or, too late for that, is refused.
         """
         async with self._uow.begin():
             try:
@@ -799,6 +831,14 @@ class LoginFlow:
             except NotFound:
                 attempt.outcome = "unknown_account"
                 raise refusal() from None
+            cancelled = False
+            if (
+                account.status == AccountStatus.DEACTIVATION_PENDING
+                and self._deactivations is not None
+                and await self._deactivations.cancel_on_sign_in(account.account_id)
+            ):
+                cancelled = True
+                account = await self._accounts.lock_credentials(account.account_id)
             if account.status != AccountStatus.ACTIVE:
                 attempt.outcome = "account_inactive"
                 raise refusal()
@@ -814,7 +854,7 @@ class LoginFlow:
             if self._audit is not None:
                 await self._audit.record(action, account.account_id, "ok")
         attempt.to_audit = False
-        return LoginResult(session=session, next_step=next_step)
+        return LoginResult(session=session, next_step=next_step, deactivation_cancelled=cancelled)
 
     async def _observe(self, action: str, method: str, attempt: _Attempt) -> None:
         """Count the attempt, and audit it unless the request was malformed."""
@@ -831,6 +871,7 @@ __all__ = [
     "ActiveSubjects",
     "AuditSink",
     "CredentialStore",
+    "DeactivationCanceller",
     "LoginFlow",
     "LoginMetrics",
     "LoginResult",

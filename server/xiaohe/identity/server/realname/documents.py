@@ -386,6 +386,29 @@ class DocumentService:
             with translate_errors():
                 return (await conn.execute(query)).first()
 
+    # -- issue 14: deactivation --
+
+    async def forget_owner(self, owner: str) -> list[str]:
+        """Delete the metadata rows of `owner`'s documents, in the caller's unit of work, and
+        return their storage keys: the caller removes the bytes once that commits (they are
+        under the owner's data key, unreadable once it is destroyed either way)."""
+        async with self._db.begin() as conn:
+            with translate_errors():
+                rows = (
+                    await conn.execute(
+                        sa.select(documents.c.storage_key).where(documents.c.owner == owner)
+                    )
+                ).all()
+                await conn.execute(documents.delete().where(documents.c.owner == owner))
+        return [str(r.storage_key) for r in rows]
+
+    async def delete_stored(self, storage_keys: list[str]) -> None:
+        """Remove stored document bytes (after the rows naming them are gone)."""
+        for key in storage_keys:
+            await self._store.delete(key)
+
+    # -- end deactivation --
+
     async def _key(self, row: sa.Row[tuple[object, ...]]) -> bytes:
         if row.data_key_wrapped is not None:
             return self._cipher.unwrap(WrappedDataKey.from_bytes(bytes(row.data_key_wrapped)))

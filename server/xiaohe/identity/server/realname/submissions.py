@@ -138,6 +138,40 @@ class SubmissionStore:
                 holder = (await conn.execute(query)).scalar_one_or_none()
         return holder is not None and str(holder) != account_id
 
+    # -- issue 14: deactivation --
+
+    async def pending_count(self, account_id: str) -> int:
+        """How many of the account's submissions still wait for a decision (an obligation)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(real_name_submissions)
+            .where(
+                real_name_submissions.c.account_id == account_id,
+                real_name_submissions.c.decided_at.is_(None),
+            )
+        )
+        async with self._db.connect() as conn:
+            with translate_errors():
+                return int((await conn.execute(query)).scalar_one())
+
+    async def forget_account(self, account_id: str) -> int:
+        """Delete the account's verified claims (so its name + ID number or USCC may be
+        verified again by a new account) and its submissions (their details were under the
+        account's data key); in the caller's unit of work. Returns the rows deleted."""
+        async with self._db.begin() as conn:
+            with translate_errors():
+                claims = await conn.execute(
+                    real_name_claims.delete().where(real_name_claims.c.account_id == account_id)
+                )
+                submissions = await conn.execute(
+                    real_name_submissions.delete().where(
+                        real_name_submissions.c.account_id == account_id
+                    )
+                )
+        return int(claims.rowcount) + int(submissions.rowcount)
+
+    # -- end deactivation --
+
     # -- submissions ----------------------------------------------------------------------
 
     async def create(

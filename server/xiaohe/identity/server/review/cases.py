@@ -29,7 +29,13 @@ from sqlalchemy.engine import RowMapping
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher, WrappedDataKey, field_aad
-from xiaohe.identity.server.errors import Conflict, FieldViolation, InvalidArgument, NotFound
+from xiaohe.identity.server.errors import (
+    Conflict,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from xiaohe.identity.server.review.models import (
     SUBJECT_TYPES,
     CaseDecision,
@@ -56,6 +62,9 @@ DEFAULT_PAGE_SIZE: Final = 20
 MAX_TEXT_CHARS: Final = 2000
 """Longest reason or note."""
 _ID_BYTES: Final = 12
+HELD_FOR_DEACTIVATION: Final = b"held-for-deactivation"
+"""`data_key_wrapped` of a case whose account is in its deactivation cooling-off period: the
+key is then kept only under the account's pending key (issue 14, `hand_over_keys`)."""
 
 
 def _aad(case_id: str, place: str) -> bytes:
@@ -217,7 +226,7 @@ class ReviewCases:
                     )
                 ).all()
                 m = row._mapping
-                key = self._cipher.unwrap(WrappedDataKey.from_bytes(m["data_key_wrapped"]))
+                key = self._unwrap(m["data_key_wrapped"])
                 fields = json.loads(
                     self._cipher.decrypt_field(key, m["fields_enc"], _aad(case_id, "fields"))
                 )
@@ -319,6 +328,73 @@ class ReviewCases:
                     )
                 )
 
+    # -- issue 14: deactivation --
+
+    async def open_count(self, account_id: str) -> int:
+        """How many cases about the account are not decided yet (an obligation)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(review_cases)
+            .where(
+                review_cases.c.account_id == account_id,
+                review_cases.c.state.not_in([CaseState.APPROVED.value, CaseState.REJECTED.value]),
+            )
+        )
+        with translate_errors():
+            async with self._db.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
+
+    async def hand_over_keys(self, account_id: str) -> dict[str, bytes]:
+        """Take the data keys of the cases about the account off their rows (a deactivation
+        request; in its unit of work) and return them by case id: the caller keeps them
+        under the account's pending key, so no copy of the database opens these cases once
+        that key is destroyed. Until `take_back_keys`, reading such a case is
+        FailedPrecondition."""
+        query = sa.select(review_cases.c.case_id, review_cases.c.data_key_wrapped).where(
+            review_cases.c.account_id == account_id
+        )
+        keys: dict[str, bytes] = {}
+        with translate_errors():
+            async with self._db.begin() as conn:
+                for row in (await conn.execute(query)).all():
+                    wrapped = bytes(row.data_key_wrapped)
+                    if wrapped == HELD_FOR_DEACTIVATION:
+                        continue
+                    keys[str(row.case_id)] = self._cipher.unwrap(WrappedDataKey.from_bytes(wrapped))
+                    await conn.execute(
+                        review_cases.update()
+                        .where(review_cases.c.case_id == row.case_id)
+                        .values(data_key_wrapped=HELD_FOR_DEACTIVATION)
+                    )
+        return keys
+
+    async def take_back_keys(self, keys: Mapping[str, bytes]) -> None:
+        """Wrap the keys `hand_over_keys` returned under the master key again (a cancelled
+        deactivation; in its unit of work)."""
+        with translate_errors():
+            async with self._db.begin() as conn:
+                for case_id, key in keys.items():
+                    await conn.execute(
+                        review_cases.update()
+                        .where(
+                            review_cases.c.case_id == case_id,
+                            review_cases.c.data_key_wrapped == HELD_FOR_DEACTIVATION,
+                        )
+                        .values(data_key_wrapped=self._cipher.wrap(key).to_bytes())
+                    )
+
+    async def forget_account(self, account_id: str) -> int:
+        """Delete the cases about the account, with their decisions and notes (each case's
+        data key goes with its row); in the caller's unit of work. Returns how many."""
+        with translate_errors():
+            async with self._db.begin() as conn:
+                result = await conn.execute(
+                    review_cases.delete().where(review_cases.c.account_id == account_id)
+                )
+        return int(result.rowcount)
+
+    # -- end deactivation --
+
     async def _key(self, conn: SqlConnection, case_id: str) -> bytes:
         """The case's data key, unwrapped; NotFound if there is no case."""
         wrapped = (
@@ -328,7 +404,13 @@ class ReviewCases:
         ).scalar()
         if wrapped is None:
             raise NotFound("no such case")
-        return self._cipher.unwrap(WrappedDataKey.from_bytes(wrapped))
+        return self._unwrap(wrapped)
+
+    def _unwrap(self, wrapped: bytes) -> bytes:
+        """A case's data key; FailedPrecondition while its account's deactivation holds it."""
+        if bytes(wrapped) == HELD_FOR_DEACTIVATION:
+            raise FailedPrecondition("the case's account is being deactivated")
+        return self._cipher.unwrap(WrappedDataKey.from_bytes(bytes(wrapped)))
 
     def _open(self, key: bytes, case_id: str, m: RowMapping, place: str) -> str:
         """A decision's reason or a note's text, decrypted."""

@@ -107,6 +107,20 @@ class OperatorRoles:
             async with self._db.connect() as conn:
                 return await self._holds(conn, account_id, role)
 
+    # -- issue 14: deactivation --
+
+    async def forget_account(self, account_id: str) -> int:
+        """Revoke every role of the account (a completed deactivation); in the caller's unit
+        of work. Returns how many."""
+        with translate_errors():
+            async with self._db.begin() as conn:
+                result = await conn.execute(
+                    operator_roles.delete().where(operator_roles.c.account_id == account_id)
+                )
+        return int(result.rowcount)
+
+    # -- end deactivation --
+
     @staticmethod
     async def _holds(conn: SqlConnection, account_id: str, role: str) -> bool:
         row = (

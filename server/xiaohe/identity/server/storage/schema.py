@@ -464,3 +464,27 @@ rights_requests = sa.Table(
     sa.Index("ix_rights_requests_due", "state", "due_at", "request_id"),
 )
 # -- end rights requests --
+
+# -- issue 14: deactivation (deactivation/, migration 0013) ---------------------------
+
+# An account in its cooling-off period after AccountService.Deactivate: when it was
+# asked for and when it completes. `data_key_pending` is the account's data key
+# encrypted under a pending key that lives only in Redis (deactivation/pending_keys.py);
+# the account row holds no wrap of it meanwhile, so destroying the pending key destroys
+# every copy of the data key, the ones in database backups included.
+deactivations = sa.Table(
+    "deactivations",
+    metadata,
+    sa.Column(
+        "account_id",
+        sa.String(40),
+        sa.ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("due_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("data_key_pending", sa.LargeBinary, nullable=False),
+    # The data keys of the review cases about the account (JSON, by case id), likewise.
+    sa.Column("case_keys_pending", sa.LargeBinary, nullable=True),
+)
+# -- end deactivation --

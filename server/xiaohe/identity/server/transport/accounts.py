@@ -22,6 +22,7 @@ from xiaohe.identity.server.flows.channels import (
     ChannelFlow,
     UnbindEmailCommand,
 )
+from xiaohe.identity.server.flows.deactivation import DeactivateCommand, DeactivationFlow
 from xiaohe.identity.server.flows.passwords import (
     ChangePasswordCommand,
     PasswordFlow,
@@ -129,6 +130,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         accounts: AccountService,
         sessions: SessionService,
         totp: TotpFlow | None = None,
+        deactivation: DeactivationFlow | None = None,
     ) -> None:
         self._registration = registration
         self._passwords = passwords
@@ -137,6 +139,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         self._accounts = accounts
         self._sessions = sessions
         self._totp = totp
+        self._deactivation = deactivation
 
     async def Register(
         self, request: accounts_pb2.RegisterRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -377,3 +380,20 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             )
         )
         return accounts_pb2.DisableTotpResponse()
+
+    # -- issue 14: deactivation --
+
+    async def Deactivate(
+        self, request: accounts_pb2.DeactivateRequest, ctx: grpc.aio.ServicerContext[Any, Any]
+    ) -> accounts_pb2.DeactivateResponse:
+        claims = require_user(ctx, self._sessions)
+        if self._deactivation is None:
+            raise Unimplemented("deactivation is not available on this server")
+        requested = await self._deactivation.deactivate(
+            DeactivateCommand(account_id=claims.sub, ticket=request.ticket)
+        )
+        return accounts_pb2.DeactivateResponse(
+            completes_at=timestamp(requested.due_at), sessions_ended=requested.sessions_ended
+        )
+
+    # -- end deactivation --

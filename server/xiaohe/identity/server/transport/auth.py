@@ -131,6 +131,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.LoginResponse(
             session=session_to_proto(result.session),
             next_step=to_proto(auth_pb2.NextStep.Value, "NEXT_STEP_", result.next_step),
+            deactivation_cancelled=result.deactivation_cancelled,
         )
 
     async def CompleteMfa(
@@ -148,6 +149,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.CompleteMfaResponse(
             session=session_to_proto(result.session),
             next_step=to_proto(auth_pb2.NextStep.Value, "NEXT_STEP_", result.next_step),
+            deactivation_cancelled=result.deactivation_cancelled,
         )
 
     async def Refresh(

@@ -45,6 +45,12 @@ type AccountServiceClient interface {
 	ConfirmTotp(ctx context.Context, in *ConfirmTotpRequest, opts ...grpc.CallOption) (*ConfirmTotpResponse, error)
 	// Removes the second factor; needs a current code or a recovery code.
 	DisableTotp(ctx context.Context, in *DisableTotpRequest, opts ...grpc.CallOption) (*DisableTotpResponse, error)
+	// -- issue 14: deactivation --
+	// Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+	// or email: every session ends now; after the cooling-off period the account's data key is
+	// destroyed and its identifiers are released. Signing in before then cancels it.
+	// FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+	Deactivate(ctx context.Context, in *DeactivateRequest, opts ...grpc.CallOption) (*DeactivateResponse, error)
 }
 
 type accountServiceClient struct {
@@ -172,6 +178,15 @@ func (c *accountServiceClient) DisableTotp(ctx context.Context, in *DisableTotpR
 	return out, nil
 }
 
+func (c *accountServiceClient) Deactivate(ctx context.Context, in *DeactivateRequest, opts ...grpc.CallOption) (*DeactivateResponse, error) {
+	out := new(DeactivateResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.AccountService/Deactivate", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccountServiceServer is the server API for AccountService service.
 // All implementations must embed UnimplementedAccountServiceServer
 // for forward compatibility
@@ -204,6 +219,12 @@ type AccountServiceServer interface {
 	ConfirmTotp(context.Context, *ConfirmTotpRequest) (*ConfirmTotpResponse, error)
 	// Removes the second factor; needs a current code or a recovery code.
 	DisableTotp(context.Context, *DisableTotpRequest) (*DisableTotpResponse, error)
+	// -- issue 14: deactivation --
+	// Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+	// or email: every session ends now; after the cooling-off period the account's data key is
+	// destroyed and its identifiers are released. Signing in before then cancels it.
+	// FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+	Deactivate(context.Context, *DeactivateRequest) (*DeactivateResponse, error)
 	mustEmbedUnimplementedAccountServiceServer()
 }
 
@@ -249,6 +270,9 @@ func (UnimplementedAccountServiceServer) ConfirmTotp(context.Context, *ConfirmTo
 }
 func (UnimplementedAccountServiceServer) DisableTotp(context.Context, *DisableTotpRequest) (*DisableTotpResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DisableTotp not implemented")
+}
+func (UnimplementedAccountServiceServer) Deactivate(context.Context, *DeactivateRequest) (*DeactivateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Deactivate not implemented")
 }
 func (UnimplementedAccountServiceServer) mustEmbedUnimplementedAccountServiceServer() {}
 
@@ -497,6 +521,24 @@ func _AccountService_DisableTotp_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccountService_Deactivate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeactivateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).Deactivate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.AccountService/Deactivate",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).Deactivate(ctx, req.(*DeactivateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AccountService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "xiaohe.identity.v1.AccountService",
 	HandlerType: (*AccountServiceServer)(nil),
@@ -552,6 +594,10 @@ var _AccountService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DisableTotp",
 			Handler:    _AccountService_DisableTotp_Handler,
+		},
+		{
+			MethodName: "Deactivate",
+			Handler:    _AccountService_Deactivate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -262,6 +262,23 @@ export interface DisableTotpRequest {
 export interface DisableTotpResponse {
 }
 
+export interface DeactivateRequest {
+  /** Ticket from VerifyCode (PURPOSE_DEACTIVATE) for the account's bound phone (SMS) or email. */
+  ticket: string;
+}
+
+export interface DeactivateResponse {
+  /**
+   * When the cooling-off period ends and the deactivation completes; signing in before then
+   * cancels it.
+   */
+  completesAt:
+    | Date
+    | undefined;
+  /** Sessions ended by the request (all of the account's, the caller's included). */
+  sessionsEnded: number;
+}
+
 function createBaseNaturalPersonProfile(): NaturalPersonProfile {
   return { name: "", idType: 0, idNumber: "" };
 }
@@ -3322,6 +3339,166 @@ export const DisableTotpResponse: MessageFns<DisableTotpResponse> = {
   },
 };
 
+function createBaseDeactivateRequest(): DeactivateRequest {
+  return { ticket: "" };
+}
+
+export const DeactivateRequest: MessageFns<DeactivateRequest> = {
+  encode(message: DeactivateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ticket !== "") {
+      writer.uint32(10).string(message.ticket);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeactivateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeactivateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ticket = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeactivateRequest {
+    return { ticket: isSet(object.ticket) ? globalThis.String(object.ticket) : "" };
+  },
+
+  toJSON(message: DeactivateRequest): unknown {
+    const obj: any = {};
+    if (message.ticket !== "") {
+      obj.ticket = message.ticket;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeactivateRequest>, I>>(base?: I): DeactivateRequest {
+    return DeactivateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeactivateRequest>, I>>(object: I): DeactivateRequest {
+    const message = createBaseDeactivateRequest();
+    message.ticket = object.ticket ?? "";
+    return message;
+  },
+};
+
+function createBaseDeactivateResponse(): DeactivateResponse {
+  return { completesAt: undefined, sessionsEnded: 0 };
+}
+
+export const DeactivateResponse: MessageFns<DeactivateResponse> = {
+  encode(message: DeactivateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.completesAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.completesAt), writer.uint32(10).fork()).join();
+    }
+    if (message.sessionsEnded !== 0) {
+      writer.uint32(16).int32(message.sessionsEnded);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeactivateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeactivateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.completesAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.sessionsEnded = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeactivateResponse {
+    return {
+      completesAt: isSet(object.completesAt)
+        ? fromJsonTimestamp(object.completesAt)
+        : isSet(object.completes_at)
+        ? fromJsonTimestamp(object.completes_at)
+        : undefined,
+      sessionsEnded: isSet(object.sessionsEnded)
+        ? globalThis.Number(object.sessionsEnded)
+        : isSet(object.sessions_ended)
+        ? globalThis.Number(object.sessions_ended)
+        : 0,
+    };
+  },
+
+  toJSON(message: DeactivateResponse): unknown {
+    const obj: any = {};
+    if (message.completesAt !== undefined) {
+      obj.completesAt = message.completesAt.toISOString();
+    }
+    if (message.sessionsEnded !== 0) {
+      obj.sessionsEnded = Math.round(message.sessionsEnded);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeactivateResponse>, I>>(base?: I): DeactivateResponse {
+    return DeactivateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeactivateResponse>, I>>(object: I): DeactivateResponse {
+    const message = createBaseDeactivateResponse();
+    message.completesAt = object.completesAt ?? undefined;
+    message.sessionsEnded = object.sessionsEnded ?? 0;
+    return message;
+  },
+};
+
 /** Registration, the account view and the user's sessions. */
 export type AccountServiceService = typeof AccountServiceService;
 export const AccountServiceService = {
@@ -3466,6 +3643,22 @@ export const AccountServiceService = {
     responseSerialize: (value: DisableTotpResponse): Buffer => Buffer.from(DisableTotpResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DisableTotpResponse => DisableTotpResponse.decode(value),
   },
+  /**
+   * -- issue 14: deactivation --
+   * Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+   * or email: every session ends now; after the cooling-off period the account's data key is
+   * destroyed and its identifiers are released. Signing in before then cancels it.
+   * FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+   */
+  deactivate: {
+    path: "/xiaohe.identity.v1.AccountService/Deactivate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeactivateRequest): Buffer => Buffer.from(DeactivateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeactivateRequest => DeactivateRequest.decode(value),
+    responseSerialize: (value: DeactivateResponse): Buffer => Buffer.from(DeactivateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeactivateResponse => DeactivateResponse.decode(value),
+  },
 } as const;
 
 export interface AccountServiceServer extends UntypedServiceImplementation {
@@ -3501,6 +3694,14 @@ export interface AccountServiceServer extends UntypedServiceImplementation {
   confirmTotp: handleUnaryCall<ConfirmTotpRequest, ConfirmTotpResponse>;
   /** Removes the second factor; needs a current code or a recovery code. */
   disableTotp: handleUnaryCall<DisableTotpRequest, DisableTotpResponse>;
+  /**
+   * -- issue 14: deactivation --
+   * Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+   * or email: every session ends now; after the cooling-off period the account's data key is
+   * destroyed and its identifiers are released. Signing in before then cancels it.
+   * FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+   */
+  deactivate: handleUnaryCall<DeactivateRequest, DeactivateResponse>;
 }
 
 export interface AccountServiceClient extends Client {
@@ -3717,6 +3918,28 @@ export interface AccountServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DisableTotpResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * -- issue 14: deactivation --
+   * Deactivates (注销) the signed-in user's account, proven by a DEACTIVATE ticket of its phone
+   * or email: every session ends now; after the cooling-off period the account's data key is
+   * destroyed and its identifiers are released. Signing in before then cancels it.
+   * FAILED_PRECONDITION, naming them, while the account has obligations the operator lists.
+   */
+  deactivate(
+    request: DeactivateRequest,
+    callback: (error: ServiceError | null, response: DeactivateResponse) => void,
+  ): ClientUnaryCall;
+  deactivate(
+    request: DeactivateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeactivateResponse) => void,
+  ): ClientUnaryCall;
+  deactivate(
+    request: DeactivateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeactivateResponse) => void,
   ): ClientUnaryCall;
 }
 

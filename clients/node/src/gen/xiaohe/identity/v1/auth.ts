@@ -121,6 +121,12 @@ export interface LoginResponse {
   /** With NEXT_STEP_MFA_REQUIRED: a short-lived, single-use ticket for CompleteMfa. */
   mfaTicket: string;
   mfaTicketExpiresInSeconds: number;
+  /**
+   * -- issue 14: deactivation --
+   * True when this sign-in cancelled the account's pending deactivation (注销 cooling-off
+   * period): tell the person their account stays.
+   */
+  deactivationCancelled: boolean;
 }
 
 export interface CompleteMfaRequest {
@@ -139,6 +145,11 @@ export interface CompleteMfaResponse {
     | undefined;
   /** What is left after the second factor (e.g. NEXT_STEP_CONSENT_REQUIRED). */
   nextStep: NextStep;
+  /**
+   * -- issue 14: deactivation --
+   * True when this sign-in cancelled the account's pending deactivation.
+   */
+  deactivationCancelled: boolean;
 }
 
 export interface RefreshRequest {
@@ -602,7 +613,7 @@ export const Session: MessageFns<Session> = {
 };
 
 function createBaseLoginResponse(): LoginResponse {
-  return { session: undefined, nextStep: 0, mfaTicket: "", mfaTicketExpiresInSeconds: 0 };
+  return { session: undefined, nextStep: 0, mfaTicket: "", mfaTicketExpiresInSeconds: 0, deactivationCancelled: false };
 }
 
 export const LoginResponse: MessageFns<LoginResponse> = {
@@ -618,6 +629,9 @@ export const LoginResponse: MessageFns<LoginResponse> = {
     }
     if (message.mfaTicketExpiresInSeconds !== 0) {
       writer.uint32(32).int32(message.mfaTicketExpiresInSeconds);
+    }
+    if (message.deactivationCancelled !== false) {
+      writer.uint32(40).bool(message.deactivationCancelled);
     }
     return writer;
   },
@@ -667,6 +681,14 @@ export const LoginResponse: MessageFns<LoginResponse> = {
             message.mfaTicketExpiresInSeconds = reader.int32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.deactivationCancelled = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -697,6 +719,11 @@ export const LoginResponse: MessageFns<LoginResponse> = {
         : isSet(object.mfa_ticket_expires_in_seconds)
         ? globalThis.Number(object.mfa_ticket_expires_in_seconds)
         : 0,
+      deactivationCancelled: isSet(object.deactivationCancelled)
+        ? globalThis.Boolean(object.deactivationCancelled)
+        : isSet(object.deactivation_cancelled)
+        ? globalThis.Boolean(object.deactivation_cancelled)
+        : false,
     };
   },
 
@@ -714,6 +741,9 @@ export const LoginResponse: MessageFns<LoginResponse> = {
     if (message.mfaTicketExpiresInSeconds !== 0) {
       obj.mfaTicketExpiresInSeconds = Math.round(message.mfaTicketExpiresInSeconds);
     }
+    if (message.deactivationCancelled !== false) {
+      obj.deactivationCancelled = message.deactivationCancelled;
+    }
     return obj;
   },
 
@@ -728,6 +758,7 @@ export const LoginResponse: MessageFns<LoginResponse> = {
     message.nextStep = object.nextStep ?? 0;
     message.mfaTicket = object.mfaTicket ?? "";
     message.mfaTicketExpiresInSeconds = object.mfaTicketExpiresInSeconds ?? 0;
+    message.deactivationCancelled = object.deactivationCancelled ?? false;
     return message;
   },
 };
@@ -846,7 +877,7 @@ export const CompleteMfaRequest: MessageFns<CompleteMfaRequest> = {
 };
 
 function createBaseCompleteMfaResponse(): CompleteMfaResponse {
-  return { session: undefined, nextStep: 0 };
+  return { session: undefined, nextStep: 0, deactivationCancelled: false };
 }
 
 export const CompleteMfaResponse: MessageFns<CompleteMfaResponse> = {
@@ -856,6 +887,9 @@ export const CompleteMfaResponse: MessageFns<CompleteMfaResponse> = {
     }
     if (message.nextStep !== 0) {
       writer.uint32(16).int32(message.nextStep);
+    }
+    if (message.deactivationCancelled !== false) {
+      writer.uint32(24).bool(message.deactivationCancelled);
     }
     return writer;
   },
@@ -889,6 +923,14 @@ export const CompleteMfaResponse: MessageFns<CompleteMfaResponse> = {
             message.nextStep = reader.int32() as any;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.deactivationCancelled = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -909,6 +951,11 @@ export const CompleteMfaResponse: MessageFns<CompleteMfaResponse> = {
         : isSet(object.next_step)
         ? nextStepFromJSON(object.next_step)
         : 0,
+      deactivationCancelled: isSet(object.deactivationCancelled)
+        ? globalThis.Boolean(object.deactivationCancelled)
+        : isSet(object.deactivation_cancelled)
+        ? globalThis.Boolean(object.deactivation_cancelled)
+        : false,
     };
   },
 
@@ -919,6 +966,9 @@ export const CompleteMfaResponse: MessageFns<CompleteMfaResponse> = {
     }
     if (message.nextStep !== 0) {
       obj.nextStep = nextStepToJSON(message.nextStep);
+    }
+    if (message.deactivationCancelled !== false) {
+      obj.deactivationCancelled = message.deactivationCancelled;
     }
     return obj;
   },
@@ -932,6 +982,7 @@ export const CompleteMfaResponse: MessageFns<CompleteMfaResponse> = {
       ? Session.fromPartial(object.session)
       : undefined;
     message.nextStep = object.nextStep ?? 0;
+    message.deactivationCancelled = object.deactivationCancelled ?? false;
     return message;
   },
 };

@@ -1,7 +1,7 @@
 """indexes for the retention sweep
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 
 The retention sweep (issue 14) deletes finished outbox rows and old disclosure rows in
 batches, oldest first; these indexes on their times let each batch find its rows
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
