@@ -154,7 +154,11 @@ async def start_server(container: Container, listen: str) -> RunningServer:
     )
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
         PrivacyServicer(
-            container.policies, container.consent, container.sessions, container.directory
+            container.policies,
+            container.consent,
+            container.sessions,
+            container.directory,
+            container.export,  # issue 14: export
         ),
         server,
     )

@@ -45,12 +45,13 @@ from xiaohe.identity.server.delivery.providers import (
     SmtpProvider,
 )
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
-from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, compose_code_message
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow
 from xiaohe.identity.server.flows.directory import DirectoryFlow
+from xiaohe.identity.server.flows.export import ExportFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
@@ -221,6 +222,7 @@ class Container:
             self.clock,
             hand_off=self.dispatcher.hand_off,
             lease_seconds=self.dispatcher.lease_seconds,
+            recipient_index=self.recipient_index,  # issue 14: export
         )
 
     # -- delivery receipts (issue 10) --
@@ -764,6 +766,44 @@ class Container:
         )
 
     # -- end TOTP --
+
+    # -- issue 14: consent and export --
+
+    def recipient_index(self, channel: str, destination: str) -> str:
+        """The blind index of a message's destination, as `identifiers` keeps phones and
+        emails; the outbox stores it so an export finds the account's messages."""
+        kind = "phone" if channel == CHANNEL_SMS else "email"
+        return self.blind_index.compute(kind, destination)
+
+    @cached_property
+    def export(self) -> ExportFlow:
+        """ExportMyData and the owner's document downloads."""
+        return ExportFlow(
+            accounts=self.accounts,
+            tickets=self.tickets,
+            sessions=self.sessions,
+            consents=self.consents,
+            disclosures=self.disclosures,
+            audit_log=self.audit,
+            documents=self.documents,
+            submissions=SubmissionStore(
+                database=self.database,
+                cipher=self.cipher,
+                account_keys=self.accounts,
+                blind_index=self.blind_index,
+                clock=self.clock,
+                dialect=self.database.dialect,
+            ),
+            totp=self.totp,
+            deliveries=self.delivery_log,
+            blind_index=self.blind_index,
+            limiter=self.rate_limiter,
+            clock=self.clock,
+            per_account_day=self.settings.export_per_account_day,
+            audit=self.audit,
+        )
+
+    # -- end consent and export --
 
     async def start_background(self) -> None:
         """Start the delivery loop (first: `close` lets it finish), the revocation list and

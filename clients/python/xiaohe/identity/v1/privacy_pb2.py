@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\"}\n\nDisclosure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDisclosuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDisclosuresResponse\x12\x33\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1e.xiaohe.identity.v1.Disclosure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb9\x02\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponse\x12j\n\x0fListDisclosures\x12*.xiaohe.identity.v1.ListDisclosuresRequest\x1a+.xiaohe.identity.v1.ListDisclosuresResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n xiaohe/identity/v1/privacy.proto\x12\x12xiaohe.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"t\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"&\n\x13\x41\x63\x63\x65ptPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"0\n\x14\x41\x63\x63\x65ptPolicyResponse\x12\x18\n\x10\x61\x63\x63\x65pted_version\x18\x01 \x01(\x05\"}\n\nDisclosure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDisclosuresRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x17ListDisclosuresResponse\x12\x33\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1e.xiaohe.identity.v1.Disclosure\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x16WithdrawConsentRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\"-\n\x17WithdrawConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\xa8\x01\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x05\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tclient_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x07 \x01(\t\"\x15\n\x13ListConsentsRequest\"K\n\x14ListConsentsResponse\x12\x33\n\x08\x63onsents\x18\x01 \x03(\x0b\x32!.xiaohe.identity.v1.ConsentRecord\"%\n\x13\x45xportMyDataRequest\x12\x0e\n\x06ticket\x18\x01 \x01(\t\"5\n\x14\x45xportMyDataResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06schema\x18\x02 \x01(\t\".\n\x17StreamMyDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"R\n\x18StreamMyDocumentResponse\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\x32\xde\x05\n\x0ePrivacyService\x12X\n\tGetPolicy\x12$.xiaohe.identity.v1.GetPolicyRequest\x1a%.xiaohe.identity.v1.GetPolicyResponse\x12\x61\n\x0c\x41\x63\x63\x65ptPolicy\x12\'.xiaohe.identity.v1.AcceptPolicyRequest\x1a(.xiaohe.identity.v1.AcceptPolicyResponse\x12j\n\x0fListDisclosures\x12*.xiaohe.identity.v1.ListDisclosuresRequest\x1a+.xiaohe.identity.v1.ListDisclosuresResponse\x12j\n\x0fWithdrawConsent\x12*.xiaohe.identity.v1.WithdrawConsentRequest\x1a+.xiaohe.identity.v1.WithdrawConsentResponse\x12\x61\n\x0cListConsents\x12\'.xiaohe.identity.v1.ListConsentsRequest\x1a(.xiaohe.identity.v1.ListConsentsResponse\x12\x63\n\x0c\x45xportMyData\x12\'.xiaohe.identity.v1.ExportMyDataRequest\x1a(.xiaohe.identity.v1.ExportMyDataResponse0\x01\x12o\n\x10StreamMyDocument\x12+.xiaohe.identity.v1.StreamMyDocumentRequest\x1a,.xiaohe.identity.v1.StreamMyDocumentResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDISCLOSURESREQUEST']._serialized_end=524
   _globals['_LISTDISCLOSURESRESPONSE']._serialized_start=526
   _globals['_LISTDISCLOSURESRESPONSE']._serialized_end=629
-  _globals['_PRIVACYSERVICE']._serialized_start=632
-  _globals['_PRIVACYSERVICE']._serialized_end=945
+  _globals['_WITHDRAWCONSENTREQUEST']._serialized_start=631
+  _globals['_WITHDRAWCONSENTREQUEST']._serialized_end=672
+  _globals['_WITHDRAWCONSENTRESPONSE']._serialized_start=674
+  _globals['_WITHDRAWCONSENTRESPONSE']._serialized_end=719
+  _globals['_CONSENTRECORD']._serialized_start=722
+  _globals['_CONSENTRECORD']._serialized_end=890
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=892
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=913
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=915
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=990
+  _globals['_EXPORTMYDATAREQUEST']._serialized_start=992
+  _globals['_EXPORTMYDATAREQUEST']._serialized_end=1029
+  _globals['_EXPORTMYDATARESPONSE']._serialized_start=1031
+  _globals['_EXPORTMYDATARESPONSE']._serialized_end=1084
+  _globals['_STREAMMYDOCUMENTREQUEST']._serialized_start=1086
+  _globals['_STREAMMYDOCUMENTREQUEST']._serialized_end=1132
+  _globals['_STREAMMYDOCUMENTRESPONSE']._serialized_start=1134
+  _globals['_STREAMMYDOCUMENTRESPONSE']._serialized_end=1216
+  _globals['_PRIVACYSERVICE']._serialized_start=1219
+  _globals['_PRIVACYSERVICE']._serialized_end=1953
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,12 @@ METHOD_GRANTS: dict[str, str] = {
     "/xiaohe.identity.v1.DirectoryService/BatchGetIdentities": "directory",
     "/xiaohe.identity.v1.DirectoryService/WatchRevocations": "validate",
     "/xiaohe.identity.v1.PrivacyService/ListDisclosures": "privacy",
+    # -- issue 14: consent and export --
+    "/xiaohe.identity.v1.PrivacyService/WithdrawConsent": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/ListConsents": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/ExportMyData": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/StreamMyDocument": "privacy",
+    # -- end consent and export --
 }
 
 # Methods any caller may use without credentials.

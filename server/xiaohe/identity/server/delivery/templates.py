@@ -53,6 +53,11 @@ _PURPOSES: MappingProxyType[str, _PurposeText] = MappingProxyType(
         "DEACTIVATE": _PurposeText(
             "您正在注销小禾企服网账号，注销后账号将无法恢复", "注销账号验证码", _RISK_WARNING
         ),
+        # -- issue 14: export --
+        "EXPORT_DATA": _PurposeText(
+            "您正在导出小禾企服网账号的个人信息副本", "导出个人信息验证码", _RISK_WARNING
+        ),
+        # -- end export --
     }
 )
 

@@ -26,6 +26,17 @@ Accepting the current version again records another consent (the ledger is a
 history of acts, not a state) and changes nothing else. A refused acceptance
 (not a malformed one) is audited too, through the group commit, since it
 stores nothing. Nothing here touches Redis.
+
+Withdrawing (`withdraw`, issue 14, PIPL Art. 15) is for separate consents
+(`WITHDRAWABLE_PURPOSES`: processing identity documents). Withdrawing the
+privacy policy itself would leave an account nothing it may be used for, so it
+is refused (FailedPrecondition on `purpose`) with a pointer to deactivation; an
+unknown purpose is InvalidArgument, one not in force FailedPrecondition. The
+withdrawal record (channel `withdrawal`, the current policy version) and the
+audit record `privacy.consent.withdraw` commit together. What a withdrawal of
+the identity-documents consent does to stored documents is in
+docs/decisions.md ("Withdrawing the identity-documents consent"): new uploads
+need the consent again; stored documents and submissions stay as they are.
 """
 
 from __future__ import annotations
@@ -39,7 +50,12 @@ from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quie
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from xiaohe.identity.server.flows.registration import PolicyVersions
-from xiaohe.identity.server.privacy.consents import ConsentLedger
+from xiaohe.identity.server.privacy.consents import (
+    PRIVACY_POLICY_PURPOSE,
+    WITHDRAWABLE_PURPOSES,
+    Consent,
+    ConsentLedger,
+)
 from xiaohe.identity.server.shared.network import mask_ip
 from xiaohe.identity.server.storage.database import UnitOfWork
 
@@ -52,6 +68,28 @@ CONSENT_ACTION: Final = "privacy.consent"
 """Audit action of an acceptance (target: the account id)."""
 
 VERSION_FIELD: Final = "version"
+
+# -- issue 14: consent withdrawal --
+WITHDRAWAL_CHANNEL: Final = "withdrawal"
+"""The `consents.channel` of a withdrawal."""
+
+WITHDRAW_ACTION: Final = "privacy.consent.withdraw"
+"""Audit action of a withdrawal (target: the account id)."""
+
+PURPOSE_FIELD: Final = "purpose"
+
+
+@dataclass(frozen=True)
+class WithdrawConsentCommand:
+    """The signed-in account withdraws a separate consent."""
+
+    account_id: str
+    purpose: str
+    client_id: str
+    ip: str
+
+
+# -- end consent withdrawal --
 
 
 @dataclass(frozen=True)
@@ -120,6 +158,49 @@ class ConsentFlow:
             raise
         return cmd.version
 
+    # -- issue 14: consent withdrawal --
+    async def withdraw(self, cmd: WithdrawConsentCommand) -> str:
+        """Record the withdrawal of a separate consent; returns the record's id."""
+        if cmd.purpose == PRIVACY_POLICY_PURPOSE:
+            raise FailedPrecondition(
+                "the privacy policy cannot be withdrawn while the account exists: "
+                "deactivate the account instead (AccountService.Deactivate)",
+                [FieldViolation(PURPOSE_FIELD, "withdrawing the privacy policy is deactivation")],
+            )
+        if cmd.purpose not in WITHDRAWABLE_PURPOSES:
+            allowed = ", ".join(sorted(WITHDRAWABLE_PURPOSES))
+            raise InvalidArgument(FieldViolation(PURPOSE_FIELD, f"must be one of: {allowed}"))
+        try:
+            if not await self._consents.has_consent(cmd.account_id, cmd.purpose):
+                raise FailedPrecondition(
+                    f"no consent for {cmd.purpose} is in force",
+                    [FieldViolation(PURPOSE_FIELD, "has no consent in force to withdraw")],
+                )
+            version = (await self._policies.current()).version
+            async with self._uow.begin():
+                consent_id = await self._consents.withdraw(
+                    cmd.account_id,
+                    version,
+                    client_id=cmd.client_id,
+                    channel=WITHDRAWAL_CHANNEL,
+                    purpose=cmd.purpose,
+                    ip_masked=mask_ip(cmd.ip),
+                )
+                if self._audit is not None:
+                    await self._audit.record(WITHDRAW_ACTION, cmd.account_id, "ok")
+        except Exception as exc:
+            await record_quietly(
+                self._audit, WITHDRAW_ACTION, cmd.account_id, outcome_of(exc), logger
+            )
+            raise
+        return consent_id
+
+    async def history(self, account_id: str) -> list[Consent]:
+        """The account's consent records, grants and withdrawals, oldest first."""
+        return await self._consents.of_account(account_id)
+
+    # -- end consent withdrawal --
+
     async def _check_current(self, version: int) -> None:
         """Step 2: FailedPrecondition naming the current version unless `version` is it."""
         current = (await self._policies.current()).version
@@ -133,4 +214,12 @@ class ConsentFlow:
             )
 
 
-__all__ = ["CONSENT_ACTION", "CONSENT_CHANNEL", "AcceptPolicyCommand", "ConsentFlow"]
+__all__ = [
+    "CONSENT_ACTION",
+    "CONSENT_CHANNEL",
+    "WITHDRAWAL_CHANNEL",
+    "WITHDRAW_ACTION",
+    "AcceptPolicyCommand",
+    "ConsentFlow",
+    "WithdrawConsentCommand",
+]

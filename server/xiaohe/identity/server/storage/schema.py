@@ -421,3 +421,16 @@ disclosures = sa.Table(
     sa.Column("disclosed_at", UtcDateTime, nullable=False),
     sa.Index("ix_disclosures_account_time", "account_id", "disclosed_at", "disclosure_id"),
 )
+
+# -- issue 14: consent and export (migration 0011) ---------------------------------------
+
+# A consent record is a grant or a withdrawal (the ledger is append-only: withdrawing adds
+# a row). Rows from before 0011 are grants.
+consents.append_column(sa.Column("action", sa.String(16), nullable=False, server_default="grant"))
+# The blind index of an outbox row's destination (kind `phone` or `email`, as in
+# `identifiers`), so an export can list the messages sent to the account's channels
+# without the destination being stored in the clear. NULL before 0011.
+outbox.append_column(sa.Column("recipient", sa.String(64), nullable=True))
+sa.Index("ix_outbox_recipient", outbox.c.recipient, outbox.c.created_at)
+
+# -- end consent and export ---------------------------------------------------------------
