@@ -312,7 +312,8 @@ async def test_exports_are_rate_limited_per_account(harness_factory: HarnessFact
     await export(h, zhang_.access_token, await export_ticket(h, zhang_.phone))
     limited = await failure(export(h, zhang_.access_token, await export_ticket(h, zhang_.phone)))
     assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert limited.retry_after is not None and limited.retry_after > 0
+    assert limited.retry_after is not None
+    assert limited.retry_after > 0
     outcomes = [r.outcome for r in await h.container.audit.query(action=EXPORT_ACTION)]
     assert outcomes[-1] != "ok"
     assert outcomes.count("ok") == 1

@@ -49,7 +49,7 @@ from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, compose_code_
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
-from xiaohe.identity.server.flows.consent import ConsentFlow
+from xiaohe.identity.server.flows.consent import ConsentFlow, PolicyUpdateNotices
 from xiaohe.identity.server.flows.directory import DirectoryFlow
 from xiaohe.identity.server.flows.export import ExportFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
@@ -731,6 +731,7 @@ class Container:
             allowed_country_codes=self.settings.allowed_country_codes,
             second_factor=self.totp,
             mfa_tickets=self.mfa_tickets,
+            policy_notices=self.policy_notices,  # issue 14: notify-only policy versions
         )
 
     # -- TOTP second factor (issue 12) --
@@ -800,6 +801,18 @@ class Container:
             limiter=self.rate_limiter,
             clock=self.clock,
             per_account_day=self.settings.export_per_account_day,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def policy_notices(self) -> PolicyUpdateNotices:
+        """Tells accounts at sign-in of a policy version that changed no purpose."""
+        return PolicyUpdateNotices(
+            uow=self.database,
+            accounts=self.accounts,
+            policies=self.policies,
+            consents=self.consents,
+            notices=self.notices,
             audit=self.audit,
         )
 

@@ -43,14 +43,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
+from xiaohe.identity.server.accounts.models import AccountCredentials
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from xiaohe.identity.server.flows.registration import PolicyVersions
 from xiaohe.identity.server.privacy.consents import (
+    NOTIFIED_ACTION,
     PRIVACY_POLICY_PURPOSE,
     WITHDRAWABLE_PURPOSES,
     Consent,
@@ -214,6 +216,93 @@ class ConsentFlow:
             )
 
 
+# -- issue 14: notify-only policy versions --
+
+POLICY_NOTICE_KIND: Final = "policy_updated"
+"""The notice of a policy version that changed no purpose."""
+
+POLICY_NOTICE_ACTION: Final = "privacy.policy_notice"
+"""Audit action of such a notice (target: the account id)."""
+
+NOTICE_CHANNEL: Final = "login"
+"""The `consents.channel` of a `notified` record: told at sign-in."""
+
+
+class PolicyNotices(Protocol):
+    """Queues a notice to an account's channels (`delivery.notices.Notices`)."""
+
+    async def send(self, kind: str, *, phone: str = "", email: str = "", **fields: str) -> int:
+        """Queue notice `kind` to the phone and/or email given."""
+        ...
+
+
+class PolicyUpdateNotices:
+    """Tells an account, once, of a newer policy version that changed no purpose.
+
+    Called by the login flow after a sign-in that needs no consent (the login's
+    `PolicyNotifier`). When the current version is newer than the one the account
+    accepted, the account accepted at least the current consent floor (else the
+    sign-in asked for consent instead), and no `notified` record exists for the current version,
+    one unit of work queues the `policy_updated` notice to the account's phone and
+    email, appends a `notified` record to the consent ledger (evidence of the notice,
+    PIPL Art. 17; not a consent) and the audit record `privacy.policy_notice`. Two
+    concurrent sign-ins may both notify; a duplicate notice is harmless and rarer
+    than a lock is worth. A failure is logged and never fails the sign-in.
+    """
+
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWork,
+        accounts: AccountService,
+        policies: PolicyVersions,
+        consents: ConsentLedger,
+        notices: PolicyNotices,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self._uow = uow
+        self._accounts = accounts
+        self._policies = policies
+        self._consents = consents
+        self._notices = notices
+        self._audit = audit
+
+    def __repr__(self) -> str:
+        return "PolicyUpdateNotices()"
+
+    async def notify_if_due(self, account: AccountCredentials, client_id: str) -> None:
+        """Notify once per version when due (see the class docstring); never raises."""
+        try:
+            current = await self._policies.current()
+            accepted = account.accepted_policy_version
+            if accepted >= current.version or accepted < current.consent_floor:
+                return
+            if await self._consents.was_notified(account.account_id, current.version):
+                return
+            data = await self._accounts.get_personal_data(account.account_id)
+            async with self._uow.begin():
+                await self._consents.record(
+                    account.account_id,
+                    current.version,
+                    client_id=client_id,
+                    channel=NOTICE_CHANNEL,
+                    action=NOTIFIED_ACTION,
+                )
+                await self._notices.send(
+                    POLICY_NOTICE_KIND,
+                    phone=data.phone,
+                    email=data.email,
+                    version=str(current.version),
+                )
+                if self._audit is not None:
+                    await self._audit.record(POLICY_NOTICE_ACTION, account.account_id, "ok")
+        except Exception as exc:
+            logger.warning("policy notice for a sign-in failed: %s", type(exc).__name__)
+
+
+# -- end notify-only policy versions --
+
+
 __all__ = [
     "CONSENT_ACTION",
     "CONSENT_CHANNEL",
@@ -221,5 +310,6 @@ __all__ = [
     "WITHDRAW_ACTION",
     "AcceptPolicyCommand",
     "ConsentFlow",
+    "PolicyUpdateNotices",
     "WithdrawConsentCommand",
 ]

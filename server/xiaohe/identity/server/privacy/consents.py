@@ -46,6 +46,10 @@ GRANT_ACTION: Final = "grant"
 WITHDRAW_ACTION: Final = "withdraw"
 """`consents.action` of a consent withdrawn."""
 
+NOTIFIED_ACTION: Final = "notified"
+"""`consents.action` of a person told of a policy version that changed no purpose: a
+record of the notice (PIPL Art. 17), not a consent; `has_consent` ignores it."""
+
 WITHDRAWABLE_PURPOSES: Final = frozenset({IDENTITY_DOCUMENTS_PURPOSE})
 """Separate consents a person may withdraw without leaving the service."""
 
@@ -113,8 +117,8 @@ class ConsentLedger:
         """
         if not purpose:
             raise ValueError("consent purpose must not be empty")
-        if action not in (GRANT_ACTION, WITHDRAW_ACTION):
-            raise ValueError("consent action must be grant or withdraw")
+        if action not in (GRANT_ACTION, WITHDRAW_ACTION, NOTIFIED_ACTION):
+            raise ValueError("consent action must be grant, withdraw or notified")
         return await self._insert(
             consents.insert().values(account_id=account_id, action=action),
             version,
@@ -206,6 +210,21 @@ class ConsentLedger:
             return False
         return withdrawn is None or epoch(granted) > epoch(withdrawn)
 
+    async def was_notified(self, account_id: str, version: int) -> bool:
+        """Whether the account was told of policy `version` (a `notified` record)."""
+        query = (
+            sa.select(consents.c.consent_id)
+            .where(
+                consents.c.account_id == account_id,
+                consents.c.policy_version == version,
+                consents.c.action == NOTIFIED_ACTION,
+            )
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            with translate_errors():
+                return (await conn.execute(query)).first() is not None
+
     async def holder_has_consent(self, holder: str, purpose: str) -> bool:
         """Whether the phone holder has ever given a consent for `purpose`."""
         query = (
@@ -245,6 +264,7 @@ class ConsentLedger:
 __all__ = [
     "GRANT_ACTION",
     "IDENTITY_DOCUMENTS_PURPOSE",
+    "NOTIFIED_ACTION",
     "PRIVACY_POLICY_PURPOSE",
     "WITHDRAWABLE_PURPOSES",
     "WITHDRAW_ACTION",

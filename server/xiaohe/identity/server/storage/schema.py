@@ -432,5 +432,10 @@ consents.append_column(sa.Column("action", sa.String(16), nullable=False, server
 # without the destination being stored in the clear. NULL before 0011.
 outbox.append_column(sa.Column("recipient", sa.String(64), nullable=True))
 sa.Index("ix_outbox_recipient", outbox.c.recipient, outbox.c.created_at)
+# Whether a policy version changed the purposes of processing: such a version gates sign-in
+# until the person accepts it; any other is only notified. Versions before 0011 gate.
+policy_versions.append_column(
+    sa.Column("purposes_changed", sa.Boolean, nullable=False, server_default=sa.true())
+)
 
 # -- end consent and export ---------------------------------------------------------------

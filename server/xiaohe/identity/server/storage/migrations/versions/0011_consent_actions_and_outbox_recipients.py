@@ -1,4 +1,4 @@
-"""consent withdrawals and outbox recipients (issue 14: consent and export)
+"""consent withdrawals, outbox recipients, notify-only policies (issue 14: consent, export)
 
 Revision ID: 0011
 Revises: 0010
@@ -7,7 +7,9 @@ Revises: 0010
 appends a withdrawal; every existing row is a grant). `outbox.recipient` holds
 the blind index of a message's destination, so ExportMyData can list the
 messages sent to the account's phone and email; rows written before this
-revision have none and are not listed.
+revision have none and are not listed. `policy_versions.purposes_changed`
+tells a version that gates sign-in until accepted (purposes changed; every
+version published before this revision) from one that is only notified.
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox") as batch:
         batch.add_column(sa.Column("recipient", sa.String(64), nullable=True))
     op.create_index("ix_outbox_recipient", "outbox", ["recipient", "created_at"])
+    with op.batch_alter_table("policy_versions") as batch:
+        batch.add_column(
+            sa.Column("purposes_changed", sa.Boolean, nullable=False, server_default=sa.true())
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("policy_versions") as batch:
+        batch.drop_column("purposes_changed")
     op.drop_index("ix_outbox_recipient", table_name="outbox")
     with op.batch_alter_table("outbox") as batch:
         batch.drop_column("recipient")
