@@ -9,6 +9,7 @@ import pytest
 from tests.document_samples import png_sample
 from tests.integration.conftest import Harness, wait_for_outbox
 from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, register, stubs
+from tests.integration.privacy.test_export_rpc import export, export_ticket, validate
 from tests.integration.realname.test_realname_rpc import upload
 from tests.rpc_errors import Details, details_of
 from xiaohe.identity.server.flows.consent import POLICY_NOTICE_ACTION, WITHDRAW_ACTION
@@ -136,6 +137,7 @@ async def test_a_notify_only_version_notifies_once_and_a_purpose_change_gates(
     notices = await h.container.audit.query(action=POLICY_NOTICE_ACTION)
     assert [(r.target, r.outcome) for r in notices] == [(account_id, "ok")]
 
+    h.clock.advance(5)
     third = await policies.publish(PURPOSE_POLICY)
     assert third.consent_floor == 3
     gated = await sign_in(h)
@@ -143,9 +145,20 @@ async def test_a_notify_only_version_notifies_once_and_a_purpose_change_gates(
     await privacy(h).AcceptPolicy(
         privacy_pb2.AcceptPolicyRequest(version=3), metadata=bearer(h, gated.session.access_token)
     )
+    h.clock.advance(5)
     fourth = await policies.publish(NOTIFY_AGAIN_POLICY, purposes_changed=False)
     assert fourth.consent_floor == 3
     after = await sign_in(h)
     assert after.next_step == auth_pb2.NEXT_STEP_NONE
     lines = await wait_for_outbox(h, 3)
     assert "第4版" in lines[-1]["text"]
+    # The export lists the notices in the consent history and still follows its schema.
+    ticket = await export_ticket(h, PHONE)
+    document, _ = await export(h, after.session.access_token, ticket)
+    validate(document)
+    assert [(c["policy_version"], c["action"]) for c in document["consents"]] == [
+        (1, "grant"),
+        (2, "notified"),
+        (3, "grant"),
+        (4, "notified"),
+    ]

@@ -250,7 +250,9 @@ class ConsentRecord(_message.Message):
     """"privacy_policy", "identity_documents"."""
     policy_version: _builtins.int
     action: _builtins.str
-    """"grant" or "withdraw"."""
+    """"grant", "withdraw", or "notified" (told of a policy version that changed no purpose;
+    not a consent).
+    """
     client_id: _builtins.str
     """The client that relayed it."""
     channel: _builtins.str

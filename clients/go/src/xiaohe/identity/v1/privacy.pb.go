@@ -533,7 +533,8 @@ type ConsentRecord struct {
 	// "privacy_policy", "identity_documents".
 	Purpose       string `protobuf:"bytes,2,opt,name=purpose,proto3" json:"purpose,omitempty"`
 	PolicyVersion int32  `protobuf:"varint,3,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
-	// "grant" or "withdraw".
+	// "grant", "withdraw", or "notified" (told of a policy version that changed no purpose;
+	// not a consent).
 	Action string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	At     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
 	// The client that relayed it.

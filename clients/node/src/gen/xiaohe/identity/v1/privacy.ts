@@ -90,7 +90,10 @@ export interface ConsentRecord {
   /** "privacy_policy", "identity_documents". */
   purpose: string;
   policyVersion: number;
-  /** "grant" or "withdraw". */
+  /**
+   * "grant", "withdraw", or "notified" (told of a policy version that changed no purpose;
+   * not a consent).
+   */
   action: string;
   at:
     | Date
