@@ -241,10 +241,10 @@ class PolicyUpdateNotices:
 
     Called by the login flow after a sign-in that needs no consent (the login's
     `PolicyNotifier`). When the current version is newer than the one the account
-    accepted, the account accepted at least the current consent floor (else the
-    sign-in asked for consent instead), and no `notified` record exists for the current version,
-    one unit of work queues the `policy_updated` notice to the account's phone and
-    email, appends a `notified` record to the consent ledger (evidence of the notice,
+    accepted, the account accepted at least the consent floor (else the sign-in
+    asked for consent instead) and no `notified` record exists for the current
+    version, one unit of work queues the `policy_updated` notice to the account's
+    phone and email, appends a `notified` record to the consent ledger (evidence of the notice,
     PIPL Art. 17; not a consent) and the audit record `privacy.policy_notice`. Two
     concurrent sign-ins may both notify; a duplicate notice is harmless and rarer
     than a lock is worth. A failure is logged and never fails the sign-in.
