@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from tests.contract.faults import failing_writes, row_counts
 from tests.document_samples import png_sample
 from tests.integration.conftest import Harness, wait_for_outbox
 from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, register, stubs
@@ -162,3 +163,28 @@ async def test_a_notify_only_version_notifies_once_and_a_purpose_change_gates(
         (3, "grant"),
         (4, "notified"),
     ]
+
+
+async def test_a_policy_notice_is_all_or_nothing_and_never_fails_the_sign_in(
+    h: Harness,
+) -> None:
+    """F2, I7 (issue 14): when the notice cannot be queued (after the ledger's `notified`
+    record is written) the sign-in still succeeds, and neither the record nor the audit
+    record is kept; the next sign-in notifies."""
+    account_id = await register(h, LOGIN_NAME, PHONE)
+    await wait_for_outbox(h, 1)
+    h.clock.advance(5)
+    await h.container.policies.publish(NOTIFY_ONLY_POLICY, purposes_changed=False)
+    before = await row_counts(h.container.database, "consents", "outbox")
+    async with failing_writes(h.container.database, "outbox"):
+        signed_in = await sign_in(h)
+    assert signed_in.next_step == auth_pb2.NEXT_STEP_NONE
+    after = await row_counts(h.container.database, "consents", "outbox")
+    assert after == before
+    assert await h.container.audit.query(action=POLICY_NOTICE_ACTION) == []
+
+    await sign_in(h)
+    lines = await wait_for_outbox(h, 2)
+    assert "第2版" in lines[-1]["text"]
+    records = await h.container.audit.query(action=POLICY_NOTICE_ACTION)
+    assert [(r.target, r.outcome) for r in records] == [(account_id, "ok")]
