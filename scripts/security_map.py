@@ -33,16 +33,13 @@ TESTS = ROOT / "tests"
 NOT_YET_BUILT: dict[str, str] = {}
 
 PARTLY_BUILT: dict[str, str] = {
-    # -- issue 14: rights requests --
-    "I4": "the export (ExportMyData, issue 14 part 2); rights requests with their due dates "
-    "of 15 working days are proved",
-    # -- end rights requests --
     "P5": "the password length of 12 for operator accounts (a role is granted to an existing "
     "account, whose password length the server cannot know); TOTP required of reviewers, at "
     "the grant and on every review call, is proved",
-    "I5": "pruning what still names a deactivated account id (ended sessions, consents, "
-    "disclosures) after its retention period (issue 14 part 5); deactivation ending every "
-    "session at once and crypto-shredding its data, backup copies included, are proved",
+    "I5": "removing the consent and rights-request rows that still name a deactivated "
+    "account's random id (they hold no personal data; ended sessions and disclosures go with "
+    "the retention sweep); deactivation ending every session at once and crypto-shredding "
+    "its data, backup copies included, are proved",
 }
 
 IDENTIFIER_VECTORS = {

@@ -202,7 +202,11 @@ def test_policy_publish_numbers_versions_and_refuses_the_same_text(
     policy = tmp_path / "policy-v2.md"
     policy.write_text(text, encoding="utf-8")
     published = cli.ok("policy", "publish", str(policy)).json()
-    assert published == {"version": 2, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    assert published == {
+        "version": 2,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "purposes_changed": True,
+    }
 
     again = cli.run("policy", "publish", str(policy))
     assert again.returncode == 1
@@ -217,6 +221,18 @@ def test_policy_publish_numbers_versions_and_refuses_the_same_text(
     with sqlite3.connect(cli.database_file) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM policy_versions")]
     assert sorted(versions) == [1, 2, 3]
+
+
+# -- issue 14: notify-only policy versions --
+def test_policy_publish_notify_only(cli: Cli, tmp_path: Path) -> None:
+    """`policy publish FILE --notify-only` publishes a version that changes no purpose."""
+    policy = tmp_path / "policy-v2.md"
+    policy.write_text("# 小禾企服隐私政策（第二版）\n\n仅修订联系方式。\n", encoding="utf-8")
+    published = cli.ok("policy", "publish", str(policy), "--notify-only").json()
+    assert (published["version"], published["purposes_changed"]) == (2, False)
+
+
+# -- end notify-only policy versions --
 
 
 def test_key_rotation_commands(cli: Cli) -> None:

@@ -109,6 +109,16 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "lifted: True",
         "codes to the prefix go out again",
     ],
+    # -- issue 14: consent and export --
+    ("integrator-guide", "21"): [
+        "schema: xiaohe-export/1",
+        "login name matches: True",
+        "document: image/png True",
+        "consents: [('privacy_policy', 'grant'), ('identity_documents', 'grant'), "
+        "('identity_documents', 'withdraw')]",
+        "the policy itself: deactivate instead",
+    ],
+    # -- end consent and export --
 }
 """Lines (or their beginnings) each script's output must contain, by guide and section."""
 

@@ -298,4 +298,5 @@ async def test_empty_log_is_intact(database: Database, clock: FakeClock) -> None
 def test_no_update_or_delete_methods() -> None:
     """[I7] The API is append-only."""
     public = {name for name in dir(AuditLog) if not name.startswith("_")}
-    assert public == {"record", "verify_chain", "query", "checkpoint"}
+    # `concerning` (issue 14: export) is a read like `query`.
+    assert public == {"record", "verify_chain", "query", "checkpoint", "concerning"}

@@ -22,8 +22,13 @@ from xiaohe.identity.server.credentials.hasher import PasswordHasher
 from xiaohe.identity.server.credentials.passwords import PasswordPolicy
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.errors import FailedPrecondition, InvalidArgument
-from xiaohe.identity.server.flows.consent import AcceptPolicyCommand, ConsentFlow
-from xiaohe.identity.server.privacy.consents import ConsentLedger
+from xiaohe.identity.server.flows.consent import (
+    WITHDRAW_ACTION,
+    AcceptPolicyCommand,
+    ConsentFlow,
+    WithdrawConsentCommand,
+)
+from xiaohe.identity.server.privacy.consents import IDENTITY_DOCUMENTS_PURPOSE, ConsentLedger
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.storage.database import Database
 from xiaohe.identity.server.storage.embedded_redis import EmbeddedRedis
@@ -148,3 +153,103 @@ async def test_an_acceptance_is_all_or_nothing(
     # The same acceptance goes through once the store works again.
     assert await flow.accept(accept(2, account_id)) == 2
     assert (await env.service.get_credentials(account_id)).accepted_policy_version == 2
+
+
+# -- issue 14: consent withdrawal --
+
+
+def withdraw(account_id: str, purpose: str = IDENTITY_DOCUMENTS_PURPOSE) -> WithdrawConsentCommand:
+    """A withdrawal from the usual client and address."""
+    return WithdrawConsentCommand(account_id=account_id, purpose=purpose, client_id=CLIENT, ip=IP)
+
+
+async def grant_documents_consent(env: AccountsEnv, account_id: str) -> None:
+    """The separate consent to processing identity documents, as an upload records it."""
+    await ConsentLedger(env.database, env.clock).record(
+        account_id, 1, client_id=CLIENT, channel="upload", purpose=IDENTITY_DOCUMENTS_PURPOSE
+    )
+
+
+async def test_a_withdrawal_is_appended_audited_and_ends_the_consent(env: AccountsEnv) -> None:
+    """I2, I3, I7 (issue 14): withdrawing the identity-documents consent appends a `withdraw`
+    record (the grant stays in the history), is audited, and the consent is no longer in
+    force; a later grant brings it back; a grant at the same instant as a withdrawal does
+    not count (the cautious reading)."""
+    account_id = (await env.register(natural_command())).account_id
+    ledger = ConsentLedger(env.database, env.clock)
+    log = audit_log(env)
+    flow = consent_flow(env, log)
+    env.clock.advance(1)
+    await grant_documents_consent(env, account_id)
+    assert await ledger.has_consent(account_id, IDENTITY_DOCUMENTS_PURPOSE)
+    env.clock.advance(10)
+
+    withdrawal_id = await flow.withdraw(withdraw(account_id))
+    assert not await ledger.has_consent(account_id, IDENTITY_DOCUMENTS_PURPOSE)
+    history = await flow.history(account_id)
+    assert [(c.purpose, c.action) for c in history] == [
+        ("privacy_policy", "grant"),
+        (IDENTITY_DOCUMENTS_PURPOSE, "grant"),
+        (IDENTITY_DOCUMENTS_PURPOSE, "withdraw"),
+    ]
+    last = history[-1]
+    assert (last.consent_id, last.channel, last.client_id, last.ip_masked) == (
+        withdrawal_id,
+        "withdrawal",
+        CLIENT,
+        "203.0.113.*",
+    )
+    assert [(r.target, r.outcome) for r in await log.query(action=WITHDRAW_ACTION)] == [
+        (account_id, "ok")
+    ]
+    assert (await log.verify_chain()).intact
+
+    await grant_documents_consent(env, account_id)  # same instant as the withdrawal
+    assert not await ledger.has_consent(account_id, IDENTITY_DOCUMENTS_PURPOSE)
+    env.clock.advance(1)
+    await grant_documents_consent(env, account_id)
+    assert await ledger.has_consent(account_id, IDENTITY_DOCUMENTS_PURPOSE)
+    # The main policy is untouched by all of this.
+    assert await ledger.has_consent(account_id, "privacy_policy")
+
+
+async def test_withdrawal_refusals_are_clear(env: AccountsEnv) -> None:
+    """Issue 14: withdrawing the privacy policy is FailedPrecondition pointing at
+    deactivation; an unknown purpose InvalidArgument; a consent not in force
+    FailedPrecondition; each on `purpose`, and nothing is recorded."""
+    account_id = (await env.register(natural_command())).account_id
+    flow = consent_flow(env, audit_log(env))
+    before = await row_counts(env.database, "consents")
+    with pytest.raises(FailedPrecondition) as policy:
+        await flow.withdraw(withdraw(account_id, "privacy_policy"))
+    assert "Deactivate" in policy.value.message
+    assert [v.field for v in policy.value.violations] == ["purpose"]
+    with pytest.raises(InvalidArgument) as unknown:
+        await flow.withdraw(withdraw(account_id, "marketing"))
+    assert [v.field for v in unknown.value.violations] == ["purpose"]
+    with pytest.raises(FailedPrecondition) as not_given:
+        await flow.withdraw(withdraw(account_id))
+    assert [v.field for v in not_given.value.violations] == ["purpose"]
+    assert await row_counts(env.database, "consents") == before
+
+
+async def test_a_withdrawal_is_all_or_nothing(env: AccountsEnv) -> None:
+    """F2, I7 (issue 14): when the audit record cannot be written the withdrawal record is
+    not kept either, and the consent stays in force; it goes through once the store works."""
+    account_id = (await env.register(natural_command())).account_id
+    await grant_documents_consent(env, account_id)
+    env.clock.advance(1)
+    log = audit_log(env)
+    flow = consent_flow(env, log)
+    before = await row_counts(env.database, "consents")
+    async with failing_writes(env.database, "audit_log", "INSERT"):
+        with pytest.raises(Exception, match=INJECTED):
+            await flow.withdraw(withdraw(account_id))
+    assert await row_counts(env.database, "consents") == before
+    ledger = ConsentLedger(env.database, env.clock)
+    assert await ledger.has_consent(account_id, IDENTITY_DOCUMENTS_PURPOSE)
+    await flow.withdraw(withdraw(account_id))
+    assert not await ledger.has_consent(account_id, IDENTITY_DOCUMENTS_PURPOSE)
+
+
+# -- end consent withdrawal --

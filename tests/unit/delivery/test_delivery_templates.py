@@ -25,6 +25,7 @@ ALL_PURPOSES = [
     "RECOVER_ACCOUNT",
     "REAL_NAME",
     "DEACTIVATE",
+    "EXPORT_DATA",
 ]
 
 

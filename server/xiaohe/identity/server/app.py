@@ -160,6 +160,7 @@ async def start_server(container: Container, listen: str) -> RunningServer:
             container.sessions,
             container.directory,
             rights=container.rights_requests,  # issue 14: rights requests
+            export=container.export,  # issue 14: export
         ),
         server,
     )

@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish = policy.add_parser("publish", help="publish FILE as the next policy version")
     publish.add_argument("file", help="the policy text (UTF-8 Markdown)")
+    # -- issue 14: notify-only policy versions --
+    publish.add_argument(
+        "--notify-only",
+        action="store_true",
+        help="the version changes no purpose of processing: sign-in is not gated, "
+        "accounts are told at their next sign-in",
+    )
+    # -- end notify-only policy versions --
 
     _add_delivery_commands(sub)
     _add_deactivation_commands(sub)  # issue 14: deactivation
@@ -332,12 +340,18 @@ async def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return await _with_database(settings, work)
 
 
-async def _policy_publish(text: str, settings: Settings) -> int:
+async def _policy_publish(text: str, settings: Settings, *, notify_only: bool = False) -> int:
     async def work(database: Database) -> int:
         store = PolicyStore(database, SystemClock())
         await store.ensure_seeded()
-        published = await store.publish(text)
-        _print({"version": published.version, "sha256": published.sha256})
+        published = await store.publish(text, purposes_changed=not notify_only)
+        _print(
+            {
+                "version": published.version,
+                "sha256": published.sha256,
+                "purposes_changed": published.purposes_changed,
+            }
+        )
         return 0
 
     return await _with_database(settings, work)
@@ -576,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, UnicodeDecodeError) as exc:
                 print(f"xiaohe-identity: cannot read {args.file}: {exc}", file=sys.stderr)
                 return 1
-            return asyncio.run(_policy_publish(text, settings))
+            return asyncio.run(_policy_publish(text, settings, notify_only=args.notify_only))
         if args.command == "pumping":
             return asyncio.run(_pumping(args, settings))
         if args.command == "operators":

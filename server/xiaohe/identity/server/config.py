@@ -262,6 +262,10 @@ class Settings:
     real_name_http_app_key: str = ""
     real_name_http_app_secret: str = field(default="", repr=False)
     real_name_http_timeout_seconds: float = 5.0
+    # -- issue 14: consent and export --
+    # ExportMyData per account: at most this many exports a day (a rolling 24 h window).
+    export_per_account_day: int = 5
+    # -- end consent and export --
 
     # -- issue 14: retention (flows/retention.py; docs/privacy.md lists every kind) --
     # How often each worker runs the retention sweep; 0: never (run `retention sweep`).
@@ -485,6 +489,10 @@ def _validate(s: Settings) -> None:
     _validate_retention(s)
     _validate_rights_requests(s)
     _validate_deactivation(s)  # issue 14: deactivation
+    # -- issue 14: consent and export --
+    if not 1 <= s.export_per_account_day <= 1000:
+        raise SettingsError(f"{ENV_PREFIX}EXPORT_PER_ACCOUNT_DAY: between 1 and 1000")
+    # -- end consent and export --
 
 
 # -- issue 14: retention --

@@ -50,11 +50,11 @@ from xiaohe.identity.server.delivery.providers import (
 )
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
 from xiaohe.identity.server.delivery.retention import FinishedMessages
-from xiaohe.identity.server.delivery.templates import compose_code_message
+from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, compose_code_message
 from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
-from xiaohe.identity.server.flows.consent import ConsentFlow
+from xiaohe.identity.server.flows.consent import ConsentFlow, PolicyUpdateNotices
 from xiaohe.identity.server.flows.deactivation import (
     OPEN_REVIEW_CASES,
     PENDING_REAL_NAME,
@@ -62,6 +62,7 @@ from xiaohe.identity.server.flows.deactivation import (
     Obligation,
 )
 from xiaohe.identity.server.flows.directory import DirectoryFlow
+from xiaohe.identity.server.flows.export import ExportFlow
 from xiaohe.identity.server.flows.login import ActiveSubjects, LoginFlow
 from xiaohe.identity.server.flows.passwords import PasswordFlow
 from xiaohe.identity.server.flows.phone_change import PhoneChangeFlow
@@ -241,6 +242,7 @@ class Container:
             self.clock,
             hand_off=self.dispatcher.hand_off,
             lease_seconds=self.dispatcher.lease_seconds,
+            recipient_index=self.recipient_index,  # issue 14: export
         )
 
     # -- delivery receipts (issue 10) --
@@ -750,6 +752,7 @@ class Container:
             second_factor=self.totp,
             mfa_tickets=self.mfa_tickets,
             deactivations=self.deactivation,  # issue 14: deactivation
+            policy_notices=self.policy_notices,  # issue 14: notify-only policy versions
         )
 
     # -- TOTP second factor (issue 12) --
@@ -897,6 +900,56 @@ class Container:
             log.info("completed %d deactivation(s)", done)
 
     # -- end deactivation --
+
+    # -- issue 14: consent and export --
+
+    def recipient_index(self, channel: str, destination: str) -> str:
+        """The blind index of a message's destination, as `identifiers` keeps phones and
+        emails; the outbox stores it so an export finds the account's messages."""
+        kind = "phone" if channel == CHANNEL_SMS else "email"
+        return self.blind_index.compute(kind, destination)
+
+    @cached_property
+    def export(self) -> ExportFlow:
+        """ExportMyData and the owner's document downloads."""
+        return ExportFlow(
+            accounts=self.accounts,
+            tickets=self.tickets,
+            sessions=self.sessions,
+            consents=self.consents,
+            disclosures=self.disclosures,
+            audit_log=self.audit,
+            documents=self.documents,
+            submissions=SubmissionStore(
+                database=self.database,
+                cipher=self.cipher,
+                account_keys=self.accounts,
+                blind_index=self.blind_index,
+                clock=self.clock,
+                dialect=self.database.dialect,
+            ),
+            totp=self.totp,
+            deliveries=self.delivery_log,
+            blind_index=self.blind_index,
+            limiter=self.rate_limiter,
+            clock=self.clock,
+            per_account_day=self.settings.export_per_account_day,
+            audit=self.audit,
+        )
+
+    @cached_property
+    def policy_notices(self) -> PolicyUpdateNotices:
+        """Tells accounts at sign-in of a policy version that changed no purpose."""
+        return PolicyUpdateNotices(
+            uow=self.database,
+            accounts=self.accounts,
+            policies=self.policies,
+            consents=self.consents,
+            notices=self.notices,
+            audit=self.audit,
+        )
+
+    # -- end consent and export --
 
     async def start_background(self) -> None:
         """Start the delivery loop (first: `close` lets it finish), the revocation list and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -774,6 +775,91 @@ class IdentityClient:
             end_user=end_user,
             access_token=access_token,
         )
+
+    # -- issue 14: consent and export --
+
+    async def withdraw_consent(
+        self,
+        access_token: str,
+        purpose: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.WithdrawConsentResponse:
+        """Withdraw a separate consent (`identity_documents`); the policy itself cannot be."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.privacy.WithdrawConsent,
+            privacy_pb2.WithdrawConsentRequest(purpose=purpose),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def list_consents(
+        self,
+        access_token: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> privacy_pb2.ListConsentsResponse:
+        """The signed-in person's consents, grants and withdrawals, oldest first."""
+        stubs = self._ensure_stubs()
+        return await self._unary(
+            stubs.privacy.ListConsents,
+            privacy_pb2.ListConsentsRequest(),
+            end_user=end_user,
+            access_token=access_token,
+        )
+
+    async def export_my_data(
+        self,
+        access_token: str,
+        ticket: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> dict[str, Any]:
+        """Everything held about the signed-in person (ExportMyData), as the parsed JSON
+        document; `ticket` comes from a verified EXPORT_DATA code to their phone or email."""
+        stubs = self._ensure_stubs()
+        call = stubs.privacy.ExportMyData(
+            privacy_pb2.ExportMyDataRequest(ticket=ticket),
+            timeout=self._timeout,
+            metadata=self._metadata(end_user, access_token),
+        )
+        parts: list[bytes] = []
+        try:
+            async for message in call:
+                parts.append(message.chunk)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        document: dict[str, Any] = json.loads(b"".join(parts).decode("utf-8"))
+        return document
+
+    async def download_my_document(
+        self,
+        access_token: str,
+        document_id: str,
+        *,
+        end_user: EndUser | None = None,
+    ) -> DownloadedDocument:
+        """One of the signed-in person's identity documents (StreamMyDocument), in memory."""
+        stubs = self._ensure_stubs()
+        call = stubs.privacy.StreamMyDocument(
+            privacy_pb2.StreamMyDocumentRequest(document_id=document_id),
+            timeout=self._timeout,
+            metadata=self._metadata(end_user, access_token),
+        )
+        parts: list[bytes] = []
+        content_type, first = "", True
+        try:
+            async for message in call:
+                if first:
+                    content_type, first = message.content_type, False
+                parts.append(message.chunk)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        data = b"".join(parts)
+        return DownloadedDocument(content_type, len(data), data)
+
+    # -- end consent and export --
 
     # DirectoryService: needs the `directory` grant, `field:NAME` grants and a declared purpose
 

@@ -53,6 +53,8 @@ class _PurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Purpose.Value
     PURPOSE_RECOVER_ACCOUNT: _Purpose.ValueType  # 7
     PURPOSE_REAL_NAME: _Purpose.ValueType  # 8
     PURPOSE_DEACTIVATE: _Purpose.ValueType  # 9
+    PURPOSE_EXPORT_DATA: _Purpose.ValueType  # 10
+    """issue 14: re-authentication before ExportMyData."""
 
 class Purpose(_Purpose, metaclass=_PurposeEnumTypeWrapper):
     """Why a code is issued. A ticket proves control of a destination for exactly one purpose."""
@@ -67,6 +69,8 @@ PURPOSE_CHANGE_PHONE: Purpose.ValueType  # 6
 PURPOSE_RECOVER_ACCOUNT: Purpose.ValueType  # 7
 PURPOSE_REAL_NAME: Purpose.ValueType  # 8
 PURPOSE_DEACTIVATE: Purpose.ValueType  # 9
+PURPOSE_EXPORT_DATA: Purpose.ValueType  # 10
+"""issue 14: re-authentication before ExportMyData."""
 Global___Purpose: _TypeAlias = Purpose  # noqa: Y015
 
 class _SubjectType:

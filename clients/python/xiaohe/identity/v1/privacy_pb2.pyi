@@ -422,3 +422,218 @@ class ListRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRequestsResponse: _TypeAlias = ListRequestsResponse  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentRequest(_message.Message):
+    """-- issue 14: consent and export --"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    """The consent's purpose: "identity_documents" (the separate consent to process
+    identity documents). "privacy_policy" is refused (see WithdrawConsent).
+    """
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentRequest: _TypeAlias = WithdrawConsentRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
+    consent_id: _builtins.str
+    """The id of the withdrawal record in the consent ledger."""
+    def __init__(
+        self,
+        *,
+        consent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_id", b"consent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawConsentResponse: _TypeAlias = WithdrawConsentResponse  # noqa: Y015
+
+@_typing.final
+class ConsentRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    consent_id: _builtins.str
+    purpose: _builtins.str
+    """"privacy_policy", "identity_documents"."""
+    policy_version: _builtins.int
+    action: _builtins.str
+    """"grant", "withdraw", or "notified" (told of a policy version that changed no purpose;
+    not a consent).
+    """
+    client_id: _builtins.str
+    """The client that relayed it."""
+    channel: _builtins.str
+    """How it was given: "registration", "consent", "upload", "withdrawal", ..."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        consent_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        policy_version: _builtins.int = ...,
+        action: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        client_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "channel", b"channel", "client_id", b"client_id", "consent_id", b"consent_id", "policy_version", b"policy_version", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentRecord: _TypeAlias = ConsentRecord  # noqa: Y015
+
+@_typing.final
+class ListConsentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsRequest: _TypeAlias = ListConsentsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentRecord]: ...
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[Global___ConsentRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
+class ExportMyDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.str
+    """A ticket from VerifyCode with purpose EXPORT_DATA for the account's phone (SMS) or
+    email (EMAIL); single use.
+    """
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMyDataRequest: _TypeAlias = ExportMyDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportMyDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next piece of the UTF-8 JSON document; join all pieces in order."""
+    schema: _builtins.str
+    """Set on the first message: the schema the document follows ("xiaohe-export/1")."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+        schema: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "schema", b"schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMyDataResponse: _TypeAlias = ExportMyDataResponse  # noqa: Y015
+
+@_typing.final
+class StreamMyDocumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMyDocumentRequest: _TypeAlias = StreamMyDocumentRequest  # noqa: Y015
+
+@_typing.final
+class StreamMyDocumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    content_type: _builtins.str
+    """Set on the first message."""
+    file_name: _builtins.str
+    """Set on the first message."""
+    chunk: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        content_type: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "content_type", b"content_type", "file_name", b"file_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMyDocumentResponse: _TypeAlias = StreamMyDocumentResponse  # noqa: Y015

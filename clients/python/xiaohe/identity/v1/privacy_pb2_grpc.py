@@ -60,6 +60,26 @@ class PrivacyServiceStub:
                 request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsRequest.SerializeToString,
                 response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsResponse.FromString,
                 _registered_method=True)
+        self.WithdrawConsent = channel.unary_unary(
+                '/xiaohe.identity.v1.PrivacyService/WithdrawConsent',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.WithdrawConsentRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.WithdrawConsentResponse.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/xiaohe.identity.v1.PrivacyService/ListConsents',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.ExportMyData = channel.unary_stream(
+                '/xiaohe.identity.v1.PrivacyService/ExportMyData',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ExportMyDataRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ExportMyDataResponse.FromString,
+                _registered_method=True)
+        self.StreamMyDocument = channel.unary_stream(
+                '/xiaohe.identity.v1.PrivacyService/StreamMyDocument',
+                request_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.StreamMyDocumentRequest.SerializeToString,
+                response_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.StreamMyDocumentResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -109,6 +129,41 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawConsent(self, request, context):
+        """-- issue 14: consent and export --
+        Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+        Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+        (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """The signed-in user's consent history, grants and withdrawals, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportMyData(self, request, context):
+        """Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+        sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+        phone or email; rate-limited; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMyDocument(self, request, context):
+        """The decrypted bytes of one of the signed-in user's identity documents (the export
+        names them by id), in chunks; every read is audited.
+        -- end consent and export --
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +191,26 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.ListRequests,
                     request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsRequest.FromString,
                     response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsResponse.SerializeToString,
+            ),
+            'WithdrawConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawConsent,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.WithdrawConsentRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.WithdrawConsentResponse.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListConsentsRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'ExportMyData': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportMyData,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ExportMyDataRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ExportMyDataResponse.SerializeToString,
+            ),
+            'StreamMyDocument': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMyDocument,
+                    request_deserializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.StreamMyDocumentRequest.FromString,
+                    response_serializer=xiaohe_dot_identity_dot_v1_dot_privacy__pb2.StreamMyDocumentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +349,114 @@ class PrivacyService:
             '/xiaohe.identity.v1.PrivacyService/ListRequests',
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsRequest.SerializeToString,
             xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/WithdrawConsent',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.WithdrawConsentRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.WithdrawConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/ListConsents',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListConsentsRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMyData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/ExportMyData',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ExportMyDataRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.ExportMyDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMyDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xiaohe.identity.v1.PrivacyService/StreamMyDocument',
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.StreamMyDocumentRequest.SerializeToString,
+            xiaohe_dot_identity_dot_v1_dot_privacy__pb2.StreamMyDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

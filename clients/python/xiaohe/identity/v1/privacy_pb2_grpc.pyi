@@ -55,6 +55,24 @@ class PrivacyServiceStub:
     """The signed-in person's requests and their answers, newest first.
     -- end rights requests --
     """
+    WithdrawConsent: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.WithdrawConsentRequest, _privacy_pb2.WithdrawConsentResponse]
+    """-- issue 14: consent and export --
+    Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+    Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+    (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+    """
+    ListConsents: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.ListConsentsRequest, _privacy_pb2.ListConsentsResponse]
+    """The signed-in user's consent history, grants and withdrawals, oldest first."""
+    ExportMyData: _grpc.UnaryStreamMultiCallable[_privacy_pb2.ExportMyDataRequest, _privacy_pb2.ExportMyDataResponse]
+    """Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+    sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+    phone or email; rate-limited; audited.
+    """
+    StreamMyDocument: _grpc.UnaryStreamMultiCallable[_privacy_pb2.StreamMyDocumentRequest, _privacy_pb2.StreamMyDocumentResponse]
+    """The decrypted bytes of one of the signed-in user's identity documents (the export
+    names them by id), in chunks; every read is audited.
+    -- end consent and export --
+    """
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -82,6 +100,24 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     ListRequests: _aio.UnaryUnaryMultiCallable[_privacy_pb2.ListRequestsRequest, _privacy_pb2.ListRequestsResponse]  # type: ignore[assignment]
     """The signed-in person's requests and their answers, newest first.
     -- end rights requests --
+    """
+    WithdrawConsent: _aio.UnaryUnaryMultiCallable[_privacy_pb2.WithdrawConsentRequest, _privacy_pb2.WithdrawConsentResponse]  # type: ignore[assignment]
+    """-- issue 14: consent and export --
+    Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+    Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+    (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+    """
+    ListConsents: _aio.UnaryUnaryMultiCallable[_privacy_pb2.ListConsentsRequest, _privacy_pb2.ListConsentsResponse]  # type: ignore[assignment]
+    """The signed-in user's consent history, grants and withdrawals, oldest first."""
+    ExportMyData: _aio.UnaryStreamMultiCallable[_privacy_pb2.ExportMyDataRequest, _privacy_pb2.ExportMyDataResponse]  # type: ignore[assignment]
+    """Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+    sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+    phone or email; rate-limited; audited.
+    """
+    StreamMyDocument: _aio.UnaryStreamMultiCallable[_privacy_pb2.StreamMyDocumentRequest, _privacy_pb2.StreamMyDocumentResponse]  # type: ignore[assignment]
+    """The decrypted bytes of one of the signed-in user's identity documents (the export
+    names them by id), in chunks; every read is audited.
+    -- end consent and export --
     """
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,6 +173,48 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_privacy_pb2.ListRequestsResponse, _abc.Awaitable[_privacy_pb2.ListRequestsResponse]]:
         """The signed-in person's requests and their answers, newest first.
         -- end rights requests --
+        """
+
+    @_abc_1.abstractmethod
+    def WithdrawConsent(
+        self,
+        request: _privacy_pb2.WithdrawConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.WithdrawConsentResponse, _abc.Awaitable[_privacy_pb2.WithdrawConsentResponse]]:
+        """-- issue 14: consent and export --
+        Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+        Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+        (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+        """
+
+    @_abc_1.abstractmethod
+    def ListConsents(
+        self,
+        request: _privacy_pb2.ListConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.ListConsentsResponse, _abc.Awaitable[_privacy_pb2.ListConsentsResponse]]:
+        """The signed-in user's consent history, grants and withdrawals, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ExportMyData(
+        self,
+        request: _privacy_pb2.ExportMyDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_privacy_pb2.ExportMyDataResponse], _abc.AsyncIterator[_privacy_pb2.ExportMyDataResponse]]:
+        """Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+        sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+        phone or email; rate-limited; audited.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamMyDocument(
+        self,
+        request: _privacy_pb2.StreamMyDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_privacy_pb2.StreamMyDocumentResponse], _abc.AsyncIterator[_privacy_pb2.StreamMyDocumentResponse]]:
+        """The decrypted bytes of one of the signed-in user's identity documents (the export
+        names them by id), in chunks; every read is audited.
+        -- end consent and export --
         """
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -188,6 +188,13 @@ class AccountRepository(Protocol):
 
     # -- end deactivation --
 
+    # -- issue 14: export --
+    async def identifiers_of(self, account_id: str) -> list[tuple[str, float]]:
+        """The account's identifier kinds and when each was bound (epoch seconds), by kind."""
+        ...
+
+    # -- end export --
+
 
 @asynccontextmanager
 async def _translated() -> AsyncIterator[None]:
@@ -550,6 +557,20 @@ class SqlAccountRepository:
         return True
 
     # -- end deactivation --
+
+    # -- issue 14: export --
+    async def identifiers_of(self, account_id: str) -> list[tuple[str, float]]:
+        """The account's identifier kinds and when each was bound (epoch seconds), by kind."""
+        stmt = (
+            sa.select(identifiers.c.kind, identifiers.c.created_at)
+            .where(identifiers.c.account_id == account_id)
+            .order_by(identifiers.c.kind)
+        )
+        async with _translated(), self._db.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [(str(r.kind), epoch(r.created_at)) for r in rows]
+
+    # -- end export --
 
 
 __all__ = [

@@ -206,6 +206,11 @@ class AccountService:
         """The account's decrypted personal data (export, recovery, notices); NotFound if none."""
         return self._decrypt(await self._get(account_id))
 
+    async def identifiers_of(self, account_id: str) -> list[tuple[str, float]]:
+        """The account's identifier kinds (`login_name`, `phone`, ...) and when each was
+        bound, epoch seconds (issue 14: export)."""
+        return await self._repo.identifiers_of(account_id)
+
     async def find_credentials(
         self, kind: IdentifierKind, normalised: str
     ) -> AccountCredentials | None:

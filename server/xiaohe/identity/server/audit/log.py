@@ -72,7 +72,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -621,6 +621,32 @@ class AuditLog:
         async with self._db.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [_row_to_record(r) for r in rows]
+
+    # -- issue 14: export --
+    async def concerning(
+        self, account_id: str, targets: Sequence[str] = (), limit: int = 10_000
+    ) -> list[AuditRecord]:
+        """Records the account acted in, or whose target is the account or one of `targets`
+        (its sessions, documents ...), oldest first, at most `limit` (the newest ones)."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        wanted = {account_id, *targets}
+        stmt = (
+            sa.select(audit_log)
+            .where(
+                sa.or_(
+                    audit_log.c.actor_account == account_id,
+                    audit_log.c.target.in_(sorted(wanted)),
+                )
+            )
+            .order_by(audit_log.c.seq.desc())
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_row_to_record(r) for r in reversed(rows)]
+
+    # -- end export --
 
 
 def _same(expected: str, stored: str) -> bool:

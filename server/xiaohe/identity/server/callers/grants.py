@@ -86,6 +86,12 @@ METHOD_GRANTS: dict[str, str] = {
     # -- issue 14: deactivation --
     "/xiaohe.identity.v1.AccountService/Deactivate": "accounts",
     # -- end deactivation --
+    # -- issue 14: consent and export --
+    "/xiaohe.identity.v1.PrivacyService/WithdrawConsent": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/ListConsents": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/ExportMyData": "privacy",
+    "/xiaohe.identity.v1.PrivacyService/StreamMyDocument": "privacy",
+    # -- end consent and export --
 }
 
 # Methods any caller may use without credentials.

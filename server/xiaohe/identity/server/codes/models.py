@@ -36,6 +36,7 @@ class Purpose(StrEnum):
     RECOVER_ACCOUNT = "RECOVER_ACCOUNT"
     REAL_NAME = "REAL_NAME"
     DEACTIVATE = "DEACTIVATE"
+    EXPORT_DATA = "EXPORT_DATA"  # issue 14: re-authentication before ExportMyData
 
 
 @dataclass(frozen=True)

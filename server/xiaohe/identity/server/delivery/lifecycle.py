@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,22 +102,39 @@ class DeliveryLog:
             row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound("no message with this id (messages are kept for a week)")
-        detail = row.delivery_code if row.delivery else row.last_error
-        return DeliveryRecord(
-            message_id=row.message_id,
-            channel=row.channel,
-            purpose=row.purpose,
-            status=row.status,
-            provider=row.provider or "",
-            provider_message_id=row.provider_message_id or "",
-            delivery=row.delivery or "",
-            detail=detail or "",
-            attempts=int(row.attempts),
-            created_at=epoch(row.created_at),
-            sent_at=_time(row.sent_at),
-            done_at=_time(row.done_at),
-            reported_at=_time(row.reported_at),
+        return _delivery_record(row)
+
+    # -- issue 14: export --
+    async def sent_to(self, recipients: Sequence[tuple[str, float]]) -> list[DeliveryRecord]:
+        """Messages to any of `recipients` (a destination's blind index, and the time from which
+        it is the account's), oldest first: a number held before by someone else does not
+        bring that person's messages along."""
+        if not recipients:
+            return []
+        query = (
+            sa.select(outbox)
+            .where(
+                sa.or_(
+                    *(
+                        sa.and_(outbox.c.recipient == index, outbox.c.created_at >= utc(since))
+                        for index, since in recipients
+                    )
+                )
+            )
+            .order_by(outbox.c.created_at, outbox.c.message_id)
         )
+        async with self._database.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        since_of = dict(recipients)
+        found = [_delivery_record(row) for row in rows]
+        # Again in Python: on SQLite the SQL comparison of dates is only a pre-filter.
+        return [
+            record
+            for record, row in zip(found, rows, strict=True)
+            if record.created_at >= since_of[str(row.recipient)]
+        ]
+
+    # -- end export --
 
     async def stats(self, window_seconds: float, by: str) -> list[DeliveryStats]:
         """Figures of SMS sent in the last `window_seconds`, per `provider` or per `prefix`."""
@@ -138,6 +155,26 @@ class DeliveryLog:
         async with self._database.connect() as conn:
             rows = [(r.key, r.delivery, r.sent_at, r.done_at) for r in await conn.execute(query)]
         return summarise(rows)
+
+
+def _delivery_record(row: Any) -> DeliveryRecord:
+    """A `DeliveryRecord` from an outbox row (`get` and `sent_to`)."""
+    detail = row.delivery_code if row.delivery else row.last_error
+    return DeliveryRecord(
+        message_id=row.message_id,
+        channel=row.channel,
+        purpose=row.purpose,
+        status=row.status,
+        provider=row.provider or "",
+        provider_message_id=row.provider_message_id or "",
+        delivery=row.delivery or "",
+        detail=detail or "",
+        attempts=int(row.attempts),
+        created_at=epoch(row.created_at),
+        sent_at=_time(row.sent_at),
+        done_at=_time(row.done_at),
+        reported_at=_time(row.reported_at),
+    )
 
 
 def summarise(rows: Iterable[tuple[str | None, str | None, Any, Any]]) -> list[DeliveryStats]:

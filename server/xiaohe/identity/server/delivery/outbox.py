@@ -145,7 +145,12 @@ class Outbox:
         message_ids: Callable[[], str] = new_message_id,
         hand_off: Callable[[ClaimedMessage], None] | None = None,
         lease_seconds: float = 30.0,
+        recipient_index: Callable[[str, str], str] | None = None,
     ) -> None:
+        """`recipient_index(channel, destination)` is the destination's blind index, kept in
+        the row's `recipient` so an export can find the messages sent to an account's
+        channels (issue 14); without it rows have none."""
+        self._recipient_index = recipient_index
         self._database = database
         self._writes = GroupCommit(database)
         self._sealer = sealer
@@ -206,6 +211,9 @@ class Outbox:
             "created_at": utc(now),
             "expires_at": utc(now + expires_in_seconds),
             "dest_prefix": destination_prefix(channel, destination),
+            "recipient": (
+                self._recipient_index(channel, destination) if self._recipient_index else None
+            ),
         }
         await self._insert(row)
         log.debug("queued message %s (%s, %s)", message_id, channel, purpose)

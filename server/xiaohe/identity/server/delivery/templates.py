@@ -53,6 +53,11 @@ _PURPOSES: MappingProxyType[str, _PurposeText] = MappingProxyType(
         "DEACTIVATE": _PurposeText(
             "您正在注销小禾企服网账号，注销后账号将无法恢复", "注销账号验证码", _RISK_WARNING
         ),
+        # -- issue 14: export --
+        "EXPORT_DATA": _PurposeText(
+            "您正在导出小禾企服网账号的个人信息副本", "导出个人信息验证码", _RISK_WARNING
+        ),
+        # -- end export --
     }
 )
 
@@ -150,6 +155,15 @@ _NOTICES: MappingProxyType[str, _NoticeText] = MappingProxyType(
             SIGNATURE + "您的账号已于{at}注销，所有登录状态已失效。如非本人操作，请立即联系客服。",
             frozenset({"at"}),
         ),
+        # -- issue 14: notify-only policy versions --
+        "policy_updated": _NoticeText(
+            "隐私政策已更新",
+            SIGNATURE
+            + "隐私政策已更新至第{version}版（{at}通知）。本次更新未改变个人信息的处理目的，"
+            "无需重新同意；您可在应用内查看全文，如有疑问请联系客服。",
+            frozenset({"at", "version"}),
+        ),
+        # -- end notify-only policy versions --
     }
 )
 

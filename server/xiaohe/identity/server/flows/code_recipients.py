@@ -23,7 +23,7 @@ from xiaohe.identity.server.flows.recycled_numbers import NumberStatusGuard
 from xiaohe.identity.server.shared.identifiers import IdentifierKind
 
 ACCOUNT_BOUND_PURPOSES: Final = frozenset(
-    {Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT}
+    {Purpose.LOGIN, Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT, Purpose.EXPORT_DATA}
 )
 NUMBER_STATUS_PURPOSES: Final = frozenset({Purpose.RESET_PASSWORD, Purpose.RECOVER_ACCOUNT})
 """Codes that hand over an account: checked against the number-status service first."""

@@ -34,7 +34,8 @@ Password login, in order:
    conditional on the hash just verified, so it never overwrites a password
    changed or reset concurrently; losing that race is logged at debug only.
 7. A session with amr `pwd`; next step CONSENT_REQUIRED when the account
-   accepted an older privacy policy version (I3).
+   accepted an older privacy policy version than the newest that changed
+   purposes (I3); of a newer version that changed none it is only told once.
 
 So unknown identifier, wrong password and locked account each cost exactly one
 Argon2 operation and two throttle scripts, and raise the same InvalidCredentials
@@ -318,6 +319,18 @@ class LoginMetrics(Protocol):
         ...
 
 
+# -- issue 14: notify-only policy versions --
+class PolicyNotifier(Protocol):
+    """Tells an account of a newer policy version it need not accept (`PolicyUpdateNotices`)."""
+
+    async def notify_if_due(self, account: AccountCredentials, client_id: str) -> None:
+        """Notify once per version; never raises (a failure is logged)."""
+        ...
+
+
+# -- end notify-only policy versions --
+
+
 async def session_subject(
     account: AccountCredentials, policies: PolicyVersions
 ) -> tuple[SessionSubject, NextStep]:
@@ -332,13 +345,16 @@ async def session_subject(
     An account that accepted an older privacy policy than the current one gets a
     restricted session (SECURITY I3): its tokens are refused everywhere but by
     `GetPolicy`, `AcceptPolicy` and `Logout`, until a refresh after the consent.
+    Only a version that changed purposes gates (issue 14): "older than the current
+    one" means older than `consent_floor`; a newer notify-only version is told of
+    at sign-in (`PolicyNotifier`).
     """
     restriction, next_step = "", NextStep.NONE
     if account.phone_stale_at is not None:
         restriction, next_step = PHONE_REVERIFY_RESTRICTION, NextStep.PHONE_REVERIFY_REQUIRED
     else:
         current = await policies.current()
-        if account.accepted_policy_version < current.version:
+        if account.accepted_policy_version < current.consent_floor:
             restriction, next_step = CONSENT_RESTRICTION, NextStep.CONSENT_REQUIRED
     subject = SessionSubject(
         account_id=account.account_id,
@@ -415,7 +431,9 @@ class LoginFlow:
         second_factor: SecondFactor | None = None,
         mfa_tickets: MfaTicketStore | None = None,
         deactivations: DeactivationCanceller | None = None,
+        policy_notices: PolicyNotifier | None = None,
     ) -> None:
+        self._policy_notices = policy_notices
         self._uow = uow
         self._accounts = accounts
         self._sessions = sessions
@@ -854,6 +872,8 @@ class LoginFlow:
             if self._audit is not None:
                 await self._audit.record(action, account.account_id, "ok")
         attempt.to_audit = False
+        if next_step is NextStep.NONE and self._policy_notices is not None:
+            await self._policy_notices.notify_if_due(account, client_id)
         return LoginResult(session=session, next_step=next_step, deactivation_cancelled=cancelled)
 
     async def _observe(self, action: str, method: str, attempt: _Attempt) -> None:
@@ -878,6 +898,7 @@ __all__ = [
     "MfaTicketStore",
     "NextStep",
     "PasswordVerifier",
+    "PolicyNotifier",
     "PolicyVersions",
     "SecondFactor",
     "SessionIssuer",

@@ -12,6 +12,13 @@ purpose, `identity_documents` for uploading identity documents. Someone who
 cannot sign in (a lost phone) may upload documents with a phone ticket; having
 no account, that phone's holder gives the consent as `phone:<blind index>` in
 `holder_consents`, a table of the same shape (`record_for_holder`).
+
+Withdrawal (issue 14, PIPL Art. 15): a separate consent is withdrawn by a
+record with action `withdraw` (`withdraw`); the consent is *in force*
+(`has_consent`) while the account's newest record for the purpose is a grant
+given after every withdrawal (a grant and a withdrawal at the same instant
+count as withdrawn, the cautious reading). The main policy is not withdrawn
+here: that is deactivation.
 """
 
 from __future__ import annotations
@@ -32,6 +39,19 @@ PRIVACY_POLICY_PURPOSE: Final = "privacy_policy"
 
 IDENTITY_DOCUMENTS_PURPOSE: Final = "identity_documents"
 """The separate consent to processing identity documents (ID scans, licences; PIPL Art. 29)."""
+
+GRANT_ACTION: Final = "grant"
+"""`consents.action` of a consent given."""
+
+WITHDRAW_ACTION: Final = "withdraw"
+"""`consents.action` of a consent withdrawn."""
+
+NOTIFIED_ACTION: Final = "notified"
+"""`consents.action` of a person told of a policy version that changed no purpose: a
+record of the notice (PIPL Art. 17), not a consent; `has_consent` ignores it."""
+
+WITHDRAWABLE_PURPOSES: Final = frozenset({IDENTITY_DOCUMENTS_PURPOSE})
+"""Separate consents a person may withdraw without leaving the service."""
 
 _ID_PREFIX: Final = "con_"
 _ID_BYTES: Final = 12
@@ -61,6 +81,7 @@ class Consent:
     client_id: str
     channel: str
     ip_masked: str
+    action: str = GRANT_ACTION
 
 
 class ConsentLedger:
@@ -85,16 +106,21 @@ class ConsentLedger:
         channel: str,
         purpose: str = PRIVACY_POLICY_PURPOSE,
         ip_masked: str = "",
+        action: str = GRANT_ACTION,
     ) -> str:
         """Record that the account accepted `version` for `purpose`; returns the consent id.
+
+        With `action=WITHDRAW_ACTION` it records a withdrawal instead (`withdraw`).
 
         The caller is responsible for `version` being one it has checked (usually
         the current one) and `ip_masked` being masked already.
         """
         if not purpose:
             raise ValueError("consent purpose must not be empty")
+        if action not in (GRANT_ACTION, WITHDRAW_ACTION, NOTIFIED_ACTION):
+            raise ValueError("consent action must be grant, withdraw or notified")
         return await self._insert(
-            consents.insert().values(account_id=account_id),
+            consents.insert().values(account_id=account_id, action=action),
             version,
             client_id=client_id,
             channel=channel,
@@ -143,11 +169,56 @@ class ConsentLedger:
                 )
         return consent_id
 
+    async def withdraw(
+        self,
+        account_id: str,
+        version: int,
+        *,
+        client_id: str,
+        channel: str,
+        purpose: str,
+        ip_masked: str = "",
+    ) -> str:
+        """Record the withdrawal of the account's consent for `purpose`; returns its id."""
+        return await self.record(
+            account_id,
+            version,
+            client_id=client_id,
+            channel=channel,
+            purpose=purpose,
+            ip_masked=ip_masked,
+            action=WITHDRAW_ACTION,
+        )
+
     async def has_consent(self, account_id: str, purpose: str) -> bool:
-        """Whether the account has ever given a consent for `purpose`."""
+        """Whether the account's consent for `purpose` is in force (see the module docstring)."""
+        newest = {
+            action: sa.select(sa.func.max(consents.c.accepted_at))
+            .where(
+                consents.c.account_id == account_id,
+                consents.c.purpose == purpose,
+                consents.c.action == action,
+            )
+            .scalar_subquery()
+            for action in (GRANT_ACTION, WITHDRAW_ACTION)
+        }
+        query = sa.select(newest[GRANT_ACTION], newest[WITHDRAW_ACTION])
+        async with self._db.connect() as conn:
+            with translate_errors():
+                granted, withdrawn = (await conn.execute(query)).one()
+        if granted is None:
+            return False
+        return withdrawn is None or epoch(granted) > epoch(withdrawn)
+
+    async def was_notified(self, account_id: str, version: int) -> bool:
+        """Whether the account was told of policy `version` (a `notified` record)."""
         query = (
             sa.select(consents.c.consent_id)
-            .where(consents.c.account_id == account_id, consents.c.purpose == purpose)
+            .where(
+                consents.c.account_id == account_id,
+                consents.c.policy_version == version,
+                consents.c.action == NOTIFIED_ACTION,
+            )
             .limit(1)
         )
         async with self._db.connect() as conn:
@@ -184,14 +255,19 @@ class ConsentLedger:
                 client_id=str(r.client_id),
                 channel=str(r.channel),
                 ip_masked=str(r.ip_masked),
+                action=str(r.action),
             )
             for r in rows
         ]
 
 
 __all__ = [
+    "GRANT_ACTION",
     "IDENTITY_DOCUMENTS_PURPOSE",
+    "NOTIFIED_ACTION",
     "PRIVACY_POLICY_PURPOSE",
+    "WITHDRAWABLE_PURPOSES",
+    "WITHDRAW_ACTION",
     "Consent",
     "ConsentLedger",
 ]

@@ -17,6 +17,13 @@ publishing process sees it at once. Callers that must not act on a stale value
 `current(fresh=True)`.
 
 Consents are kept apart, in `consents.ConsentLedger`.
+
+A version is published as changing the purposes of processing (the default,
+and every version before issue 14) or not (`publish(..., purposes_changed=False)`,
+CLI `--notify-only`). `PolicyVersion.consent_floor` is the newest version that
+changed purposes: an account that accepted an older one must accept again before
+it can be used (login's CONSENT_REQUIRED); one that accepted at least the floor is
+only told of newer versions (flows/consent.py `PolicyUpdateNotices`).
 """
 
 from __future__ import annotations
@@ -63,6 +70,17 @@ class PolicyVersion:
     text: str = field(repr=False)
     sha256: str
     published_at: float
+    # -- issue 14: notify-only versions --
+    purposes_changed: bool = True
+    latest_purpose_change: int = 0
+    """The newest version up to this one that changed purposes (0: this one)."""
+
+    @property
+    def consent_floor(self) -> int:
+        """The oldest accepted version that still lets an account be used without consenting."""
+        return self.latest_purpose_change or self.version
+
+    # -- end notify-only versions --
 
 
 def packaged_policy_text() -> str:
@@ -76,13 +94,17 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _row_to_version(row: sa.Row[tuple[object, ...]]) -> PolicyVersion:
+def _row_to_version(
+    row: sa.Row[tuple[object, ...]], latest_purpose_change: int = 0
+) -> PolicyVersion:
     m = row._mapping
     return PolicyVersion(
         version=int(m["version"]),
         text=str(m["text"]),
         sha256=str(m["sha256"]),
         published_at=epoch(m["published_at"]),
+        purposes_changed=bool(m["purposes_changed"]),
+        latest_purpose_change=latest_purpose_change,
     )
 
 
@@ -154,8 +176,11 @@ class PolicyStore:
             raise NotFound(f"privacy policy version {version} does not exist")
         return _row_to_version(row)
 
-    async def publish(self, text: str) -> PolicyVersion:
+    async def publish(self, text: str, *, purposes_changed: bool = True) -> PolicyVersion:
         """Publish `text` as the next version; refuse an empty text or one equal to the current.
+
+        `purposes_changed=False` publishes a version that is only notified: accounts
+        that accepted the current consent floor are not asked to accept it again.
 
         The version number is the current maximum plus one. Two publishers racing
         for the same number collide on the primary key; the loser reads the new
@@ -175,11 +200,16 @@ class PolicyStore:
                     f"the text is identical to the current version {latest.version}",
                     [FieldViolation("text", "is identical to the current version")],
                 )
+            version = 1 if latest is None else latest.version + 1
             published = PolicyVersion(
-                version=1 if latest is None else latest.version + 1,
+                version=version,
                 text=text,
                 sha256=digest,
                 published_at=self._clock.now(),
+                purposes_changed=purposes_changed or latest is None,
+                latest_purpose_change=(
+                    version if purposes_changed or latest is None else latest.consent_floor
+                ),
             )
             try:
                 async with self._db.begin() as conn:
@@ -189,6 +219,7 @@ class PolicyStore:
                             text=text,
                             sha256=digest,
                             published_at=utc(published.published_at),
+                            purposes_changed=published.purposes_changed,
                         )
                     )
             except IntegrityError:
@@ -198,13 +229,22 @@ class PolicyStore:
         raise FailedPrecondition("another version was published at the same time; retry")
 
     async def _latest(self) -> PolicyVersion | None:
+        floor = (
+            sa.select(sa.func.max(policy_versions.c.version))
+            .where(policy_versions.c.purposes_changed.is_(True))
+            .scalar_subquery()
+        )
         async with self._db.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.select(policy_versions).order_by(policy_versions.c.version.desc()).limit(1)
+                    sa.select(policy_versions, floor.label("floor"))
+                    .order_by(policy_versions.c.version.desc())
+                    .limit(1)
                 )
             ).first()
-        return None if row is None else _row_to_version(row)
+        if row is None:
+            return None
+        return _row_to_version(row, int(row.floor or 0))
 
     def _remember(self, version: PolicyVersion, now: float) -> None:
         if self._cached is None or version.version >= self._cached.version:

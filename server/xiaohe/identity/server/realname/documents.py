@@ -341,6 +341,19 @@ class DocumentService:
             created_at=epoch(row.created_at),
         )
 
+    async def owned_by(self, owner: str) -> list[DocumentInfo]:
+        """The documents of `owner` (an account id), oldest first (issue 14: export)."""
+        query = (
+            sa.select(documents.c.document_id)
+            .where(documents.c.owner == owner)
+            .order_by(documents.c.created_at, documents.c.document_id)
+        )
+        async with self._db.connect() as conn:
+            with translate_errors():
+                ids = [str(r.document_id) for r in (await conn.execute(query)).all()]
+        found = [await self.info(document_id) for document_id in ids]
+        return [info for info in found if info is not None]
+
     async def chunks(
         self, document_id: str, *, reader: str, why: str, chunk_size: int = 65536
     ) -> AsyncIterator[bytes]:

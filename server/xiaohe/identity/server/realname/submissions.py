@@ -291,6 +291,18 @@ class SubmissionStore:
                 row = (await conn.execute(query)).first()
         return None if row is None else await self._submission(row)
 
+    async def of_account(self, account_id: str) -> list[Submission]:
+        """The account's submissions, oldest first (issue 14: export)."""
+        query = (
+            sa.select(real_name_submissions)
+            .where(real_name_submissions.c.account_id == account_id)
+            .order_by(real_name_submissions.c.submitted_at, real_name_submissions.c.submission_id)
+        )
+        async with self._db.connect() as conn:
+            with translate_errors():
+                rows = (await conn.execute(query)).all()
+        return [await self._submission(row) for row in rows]
+
     async def details(self, submission: Submission) -> dict[str, str]:
         """The decrypted details of a submission."""
         query = sa.select(real_name_submissions.c.details_enc).where(

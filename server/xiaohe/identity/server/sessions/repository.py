@@ -119,6 +119,10 @@ class SessionRepository(Protocol):
         """Delete sessions (and their tokens) that ended before `before`; returns how many."""
         ...
 
+    async def list_all(self, account_id: str) -> list[SessionRecord]:
+        """Every stored session of the account, live or ended, newest first (issue 14)."""
+        ...
+
 
 class _Abort(Exception):
     """Rolls a rotation back when the winner finds the session unusable."""
@@ -291,6 +295,17 @@ class SqlSessionRepository:
                 await conn.execute(query.where(refresh_tokens.c.token_hash == token_hash))
             ).first()
         return None if row is None else _record(row)
+
+    async def list_all(self, account_id: str) -> list[SessionRecord]:
+        """Every stored session of the account, live or ended, newest first (issue 14)."""
+        query = (
+            sa.select(sessions)
+            .where(sessions.c.account_id == account_id)
+            .order_by(sessions.c.created_at.desc(), sessions.c.session_id)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(r) for r in rows]
 
     async def list_active(self, account_id: str, now: float) -> list[SessionRecord]:
         """The account's sessions that are neither revoked nor expired, most recent first."""

@@ -360,6 +360,10 @@ class SessionService:
             await self._record(AUDIT_REVOKE_ALL, account_id, reason)
         return len(revoked)
 
+    async def history(self, account_id: str) -> list[SessionRecord]:
+        """Every stored session of the account, live or ended, newest first (issue 14: export)."""
+        return await self._repo.list_all(account_id)
+
     async def list_sessions(self, account_id: str) -> list[SessionInfo]:
         """The account's active sessions, most recently used first (SECURITY T5)."""
         return [s.info() for s in await self._repo.list_active(account_id, self._clock.now())]

@@ -488,3 +488,21 @@ deactivations = sa.Table(
     sa.Column("case_keys_pending", sa.LargeBinary, nullable=True),
 )
 # -- end deactivation --
+
+# -- issue 14: consent and export (migration 0011) ---------------------------------------
+
+# A consent record is a grant or a withdrawal (the ledger is append-only: withdrawing adds
+# a row). Rows from before 0011 are grants.
+consents.append_column(sa.Column("action", sa.String(16), nullable=False, server_default="grant"))
+# The blind index of an outbox row's destination (kind `phone` or `email`, as in
+# `identifiers`), so an export can list the messages sent to the account's channels
+# without the destination being stored in the clear. NULL before 0011.
+outbox.append_column(sa.Column("recipient", sa.String(64), nullable=True))
+sa.Index("ix_outbox_recipient", outbox.c.recipient, outbox.c.created_at)
+# Whether a policy version changed the purposes of processing: such a version gates sign-in
+# until the person accepts it; any other is only notified. Versions before 0011 gate.
+policy_versions.append_column(
+    sa.Column("purposes_changed", sa.Boolean, nullable=False, server_default=sa.true())
+)
+
+# -- end consent and export ---------------------------------------------------------------

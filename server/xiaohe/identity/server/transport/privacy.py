@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 import grpc
 
 from xiaohe.identity.server import context
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, Unimplemented
-from xiaohe.identity.server.flows.consent import AcceptPolicyCommand, ConsentFlow
+from xiaohe.identity.server.flows.consent import (
+    AcceptPolicyCommand,
+    ConsentFlow,
+    WithdrawConsentCommand,
+)
 from xiaohe.identity.server.flows.directory import DirectoryFlow
+from xiaohe.identity.server.flows.export import EXPORT_SCHEMA, ExportCommand, ExportFlow
 from xiaohe.identity.server.flows.rights_requests import FileRequestCommand, RightsRequestFlow
 from xiaohe.identity.server.privacy.policies import PolicyStore
 from xiaohe.identity.server.sessions.service import SessionService
@@ -17,6 +24,9 @@ from xiaohe.identity.server.transport.rights_requests import kind_from_proto, re
 from xiaohe.identity.server.transport.timestamps import timestamp
 from xiaohe.identity.server.transport.users import require_user
 from xiaohe.identity.v1 import privacy_pb2, privacy_pb2_grpc
+
+EXPORT_CHUNK_BYTES: Final = 64 * 1024
+"""Size of the pieces an export is streamed in (well under gRPC's 4 MiB message limit)."""
 
 
 class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
@@ -29,12 +39,15 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         sessions: SessionService,
         directory: DirectoryFlow | None = None,
         rights: RightsRequestFlow | None = None,
+        export: ExportFlow | None = None,
     ) -> None:
         self._policies = policies
         self._consent = consent
         self._sessions = sessions
         self._directory = directory
         self._rights = rights
+
+        self._export = export
 
     async def GetPolicy(
         self, request: privacy_pb2.GetPolicyRequest, ctx: grpc.aio.ServicerContext[Any, Any]
@@ -133,3 +146,93 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         )
 
     # -- end rights requests --
+
+    # -- issue 14: consent and export --
+
+    async def WithdrawConsent(
+        self,
+        request: privacy_pb2.WithdrawConsentRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> privacy_pb2.WithdrawConsentResponse:
+        claims = require_user(ctx, self._sessions)
+        if not request.purpose:
+            raise InvalidArgument(FieldViolation("purpose", "must not be empty"))
+        rc = context.current()
+        consent_id = await self._consent.withdraw(
+            WithdrawConsentCommand(
+                account_id=claims.sub,
+                purpose=request.purpose,
+                client_id=rc.client_id,
+                ip=rc.end_user_ip,
+            )
+        )
+        return privacy_pb2.WithdrawConsentResponse(consent_id=consent_id)
+
+    async def ListConsents(
+        self,
+        request: privacy_pb2.ListConsentsRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> privacy_pb2.ListConsentsResponse:
+        claims = require_user(ctx, self._sessions)
+        return privacy_pb2.ListConsentsResponse(
+            consents=[
+                privacy_pb2.ConsentRecord(
+                    consent_id=c.consent_id,
+                    purpose=c.purpose,
+                    policy_version=c.policy_version,
+                    action=c.action,
+                    at=timestamp(c.accepted_at),
+                    client_id=c.client_id,
+                    channel=c.channel,
+                )
+                for c in await self._consent.history(claims.sub)
+            ]
+        )
+
+    async def ExportMyData(
+        self,
+        request: privacy_pb2.ExportMyDataRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[privacy_pb2.ExportMyDataResponse]:
+        claims = require_user(ctx, self._sessions)
+        if self._export is None:
+            raise Unimplemented("exports are not served by this build")
+        # The whole document is built (and every check made) before the first message:
+        # a refusal is a status, never half a document.
+        document = await self._export.export(
+            ExportCommand(account_id=claims.sub, ticket=request.ticket)
+        )
+        body = json.dumps(document, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        for start in range(0, len(body), EXPORT_CHUNK_BYTES):
+            yield privacy_pb2.ExportMyDataResponse(
+                chunk=body[start : start + EXPORT_CHUNK_BYTES],
+                schema=EXPORT_SCHEMA if start == 0 else "",
+            )
+
+    async def StreamMyDocument(
+        self,
+        request: privacy_pb2.StreamMyDocumentRequest,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[privacy_pb2.StreamMyDocumentResponse]:
+        claims = require_user(ctx, self._sessions)
+        if not request.document_id:
+            raise InvalidArgument(FieldViolation("document_id", "must not be empty"))
+        if self._export is None:
+            raise Unimplemented("exports are not served by this build")
+        download = await self._export.document(claims.sub, request.document_id)
+        info = download.info
+        first = True
+        async for chunk in download.chunks:
+            if first:
+                yield privacy_pb2.StreamMyDocumentResponse(
+                    content_type=info.content_type, file_name=info.file_name, chunk=chunk
+                )
+                first = False
+            else:
+                yield privacy_pb2.StreamMyDocumentResponse(chunk=chunk)
+        if first:  # an empty document still says what it is
+            yield privacy_pb2.StreamMyDocumentResponse(
+                content_type=info.content_type, file_name=info.file_name
+            )
+
+    # -- end consent and export --

@@ -34,6 +34,20 @@ type PrivacyServiceClient interface {
 	FileRequest(ctx context.Context, in *FileRequestRequest, opts ...grpc.CallOption) (*FileRequestResponse, error)
 	// The signed-in person's requests and their answers, newest first.
 	ListRequests(ctx context.Context, in *ListRequestsRequest, opts ...grpc.CallOption) (*ListRequestsResponse, error)
+	// -- issue 14: consent and export --
+	// Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+	// Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+	// (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+	WithdrawConsent(ctx context.Context, in *WithdrawConsentRequest, opts ...grpc.CallOption) (*WithdrawConsentResponse, error)
+	// The signed-in user's consent history, grants and withdrawals, oldest first.
+	ListConsents(ctx context.Context, in *ListConsentsRequest, opts ...grpc.CallOption) (*ListConsentsResponse, error)
+	// Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+	// sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+	// phone or email; rate-limited; audited.
+	ExportMyData(ctx context.Context, in *ExportMyDataRequest, opts ...grpc.CallOption) (PrivacyService_ExportMyDataClient, error)
+	// The decrypted bytes of one of the signed-in user's identity documents (the export
+	// names them by id), in chunks; every read is audited.
+	StreamMyDocument(ctx context.Context, in *StreamMyDocumentRequest, opts ...grpc.CallOption) (PrivacyService_StreamMyDocumentClient, error)
 }
 
 type privacyServiceClient struct {
@@ -89,6 +103,88 @@ func (c *privacyServiceClient) ListRequests(ctx context.Context, in *ListRequest
 	return out, nil
 }
 
+func (c *privacyServiceClient) WithdrawConsent(ctx context.Context, in *WithdrawConsentRequest, opts ...grpc.CallOption) (*WithdrawConsentResponse, error) {
+	out := new(WithdrawConsentResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.PrivacyService/WithdrawConsent", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *privacyServiceClient) ListConsents(ctx context.Context, in *ListConsentsRequest, opts ...grpc.CallOption) (*ListConsentsResponse, error) {
+	out := new(ListConsentsResponse)
+	err := c.cc.Invoke(ctx, "/xiaohe.identity.v1.PrivacyService/ListConsents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *privacyServiceClient) ExportMyData(ctx context.Context, in *ExportMyDataRequest, opts ...grpc.CallOption) (PrivacyService_ExportMyDataClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_PrivacyService_serviceDesc.Streams[0], "/xiaohe.identity.v1.PrivacyService/ExportMyData", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &privacyServiceExportMyDataClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type PrivacyService_ExportMyDataClient interface {
+	Recv() (*ExportMyDataResponse, error)
+	grpc.ClientStream
+}
+
+type privacyServiceExportMyDataClient struct {
+	grpc.ClientStream
+}
+
+func (x *privacyServiceExportMyDataClient) Recv() (*ExportMyDataResponse, error) {
+	m := new(ExportMyDataResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *privacyServiceClient) StreamMyDocument(ctx context.Context, in *StreamMyDocumentRequest, opts ...grpc.CallOption) (PrivacyService_StreamMyDocumentClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_PrivacyService_serviceDesc.Streams[1], "/xiaohe.identity.v1.PrivacyService/StreamMyDocument", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &privacyServiceStreamMyDocumentClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type PrivacyService_StreamMyDocumentClient interface {
+	Recv() (*StreamMyDocumentResponse, error)
+	grpc.ClientStream
+}
+
+type privacyServiceStreamMyDocumentClient struct {
+	grpc.ClientStream
+}
+
+func (x *privacyServiceStreamMyDocumentClient) Recv() (*StreamMyDocumentResponse, error) {
+	m := new(StreamMyDocumentResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // PrivacyServiceServer is the server API for PrivacyService service.
 // All implementations must embed UnimplementedPrivacyServiceServer
 // for forward compatibility
@@ -110,6 +206,20 @@ type PrivacyServiceServer interface {
 	FileRequest(context.Context, *FileRequestRequest) (*FileRequestResponse, error)
 	// The signed-in person's requests and their answers, newest first.
 	ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error)
+	// -- issue 14: consent and export --
+	// Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+	// Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+	// (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+	WithdrawConsent(context.Context, *WithdrawConsentRequest) (*WithdrawConsentResponse, error)
+	// The signed-in user's consent history, grants and withdrawals, oldest first.
+	ListConsents(context.Context, *ListConsentsRequest) (*ListConsentsResponse, error)
+	// Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+	// sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+	// phone or email; rate-limited; audited.
+	ExportMyData(*ExportMyDataRequest, PrivacyService_ExportMyDataServer) error
+	// The decrypted bytes of one of the signed-in user's identity documents (the export
+	// names them by id), in chunks; every read is audited.
+	StreamMyDocument(*StreamMyDocumentRequest, PrivacyService_StreamMyDocumentServer) error
 	mustEmbedUnimplementedPrivacyServiceServer()
 }
 
@@ -131,6 +241,18 @@ func (UnimplementedPrivacyServiceServer) FileRequest(context.Context, *FileReque
 }
 func (UnimplementedPrivacyServiceServer) ListRequests(context.Context, *ListRequestsRequest) (*ListRequestsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListRequests not implemented")
+}
+func (UnimplementedPrivacyServiceServer) WithdrawConsent(context.Context, *WithdrawConsentRequest) (*WithdrawConsentResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method WithdrawConsent not implemented")
+}
+func (UnimplementedPrivacyServiceServer) ListConsents(context.Context, *ListConsentsRequest) (*ListConsentsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListConsents not implemented")
+}
+func (UnimplementedPrivacyServiceServer) ExportMyData(*ExportMyDataRequest, PrivacyService_ExportMyDataServer) error {
+	return status.Errorf(codes.Unimplemented, "method ExportMyData not implemented")
+}
+func (UnimplementedPrivacyServiceServer) StreamMyDocument(*StreamMyDocumentRequest, PrivacyService_StreamMyDocumentServer) error {
+	return status.Errorf(codes.Unimplemented, "method StreamMyDocument not implemented")
 }
 func (UnimplementedPrivacyServiceServer) mustEmbedUnimplementedPrivacyServiceServer() {}
 
@@ -235,6 +357,84 @@ func _PrivacyService_ListRequests_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PrivacyService_WithdrawConsent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WithdrawConsentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PrivacyServiceServer).WithdrawConsent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.PrivacyService/WithdrawConsent",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PrivacyServiceServer).WithdrawConsent(ctx, req.(*WithdrawConsentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PrivacyService_ListConsents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PrivacyServiceServer).ListConsents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/xiaohe.identity.v1.PrivacyService/ListConsents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PrivacyServiceServer).ListConsents(ctx, req.(*ListConsentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PrivacyService_ExportMyData_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportMyDataRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PrivacyServiceServer).ExportMyData(m, &privacyServiceExportMyDataServer{stream})
+}
+
+type PrivacyService_ExportMyDataServer interface {
+	Send(*ExportMyDataResponse) error
+	grpc.ServerStream
+}
+
+type privacyServiceExportMyDataServer struct {
+	grpc.ServerStream
+}
+
+func (x *privacyServiceExportMyDataServer) Send(m *ExportMyDataResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _PrivacyService_StreamMyDocument_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(StreamMyDocumentRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PrivacyServiceServer).StreamMyDocument(m, &privacyServiceStreamMyDocumentServer{stream})
+}
+
+type PrivacyService_StreamMyDocumentServer interface {
+	Send(*StreamMyDocumentResponse) error
+	grpc.ServerStream
+}
+
+type privacyServiceStreamMyDocumentServer struct {
+	grpc.ServerStream
+}
+
+func (x *privacyServiceStreamMyDocumentServer) Send(m *StreamMyDocumentResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _PrivacyService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "xiaohe.identity.v1.PrivacyService",
 	HandlerType: (*PrivacyServiceServer)(nil),
@@ -259,7 +459,26 @@ var _PrivacyService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "ListRequests",
 			Handler:    _PrivacyService_ListRequests_Handler,
 		},
+		{
+			MethodName: "WithdrawConsent",
+			Handler:    _PrivacyService_WithdrawConsent_Handler,
+		},
+		{
+			MethodName: "ListConsents",
+			Handler:    _PrivacyService_ListConsents_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportMyData",
+			Handler:       _PrivacyService_ExportMyData_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamMyDocument",
+			Handler:       _PrivacyService_StreamMyDocument_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "xiaohe/identity/v1/privacy.proto",
 }

@@ -63,6 +63,8 @@ export enum Purpose {
   PURPOSE_RECOVER_ACCOUNT = 7,
   PURPOSE_REAL_NAME = 8,
   PURPOSE_DEACTIVATE = 9,
+  /** PURPOSE_EXPORT_DATA - issue 14: re-authentication before ExportMyData. */
+  PURPOSE_EXPORT_DATA = 10,
   UNRECOGNIZED = -1,
 }
 
@@ -98,6 +100,9 @@ export function purposeFromJSON(object: any): Purpose {
     case 9:
     case "PURPOSE_DEACTIVATE":
       return Purpose.PURPOSE_DEACTIVATE;
+    case 10:
+    case "PURPOSE_EXPORT_DATA":
+      return Purpose.PURPOSE_EXPORT_DATA;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -127,6 +132,8 @@ export function purposeToJSON(object: Purpose): string {
       return "PURPOSE_REAL_NAME";
     case Purpose.PURPOSE_DEACTIVATE:
       return "PURPOSE_DEACTIVATE";
+    case Purpose.PURPOSE_EXPORT_DATA:
+      return "PURPOSE_EXPORT_DATA";
     case Purpose.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

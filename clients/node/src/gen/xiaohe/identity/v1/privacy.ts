@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -273,6 +275,72 @@ export interface ListRequestsRequest {
 export interface ListRequestsResponse {
   requests: RightsRequest[];
   nextPageToken: string;
+}
+
+export interface WithdrawConsentRequest {
+  /**
+   * The consent's purpose: "identity_documents" (the separate consent to process
+   * identity documents). "privacy_policy" is refused (see WithdrawConsent).
+   */
+  purpose: string;
+}
+
+export interface WithdrawConsentResponse {
+  /** The id of the withdrawal record in the consent ledger. */
+  consentId: string;
+}
+
+export interface ConsentRecord {
+  consentId: string;
+  /** "privacy_policy", "identity_documents". */
+  purpose: string;
+  policyVersion: number;
+  /**
+   * "grant", "withdraw", or "notified" (told of a policy version that changed no purpose;
+   * not a consent).
+   */
+  action: string;
+  at:
+    | Date
+    | undefined;
+  /** The client that relayed it. */
+  clientId: string;
+  /** How it was given: "registration", "consent", "upload", "withdrawal", ... */
+  channel: string;
+}
+
+export interface ListConsentsRequest {
+}
+
+export interface ListConsentsResponse {
+  consents: ConsentRecord[];
+}
+
+export interface ExportMyDataRequest {
+  /**
+   * A ticket from VerifyCode with purpose EXPORT_DATA for the account's phone (SMS) or
+   * email (EMAIL); single use.
+   */
+  ticket: string;
+}
+
+export interface ExportMyDataResponse {
+  /** The next piece of the UTF-8 JSON document; join all pieces in order. */
+  chunk: Buffer;
+  /** Set on the first message: the schema the document follows ("xiaohe-export/1"). */
+  schema: string;
+}
+
+export interface StreamMyDocumentRequest {
+  documentId: string;
+}
+
+export interface StreamMyDocumentResponse {
+  /** Set on the first message. */
+  contentType: string;
+  /** Set on the first message. */
+  fileName: string;
+  chunk: Buffer;
 }
 
 function createBaseGetPolicyRequest(): GetPolicyRequest {
@@ -1611,6 +1679,780 @@ export const ListRequestsResponse: MessageFns<ListRequestsResponse> = {
   },
 };
 
+function createBaseWithdrawConsentRequest(): WithdrawConsentRequest {
+  return { purpose: "" };
+}
+
+export const WithdrawConsentRequest: MessageFns<WithdrawConsentRequest> = {
+  encode(message: WithdrawConsentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.purpose !== "") {
+      writer.uint32(10).string(message.purpose);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WithdrawConsentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWithdrawConsentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WithdrawConsentRequest {
+    return { purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "" };
+  },
+
+  toJSON(message: WithdrawConsentRequest): unknown {
+    const obj: any = {};
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WithdrawConsentRequest>, I>>(base?: I): WithdrawConsentRequest {
+    return WithdrawConsentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WithdrawConsentRequest>, I>>(object: I): WithdrawConsentRequest {
+    const message = createBaseWithdrawConsentRequest();
+    message.purpose = object.purpose ?? "";
+    return message;
+  },
+};
+
+function createBaseWithdrawConsentResponse(): WithdrawConsentResponse {
+  return { consentId: "" };
+}
+
+export const WithdrawConsentResponse: MessageFns<WithdrawConsentResponse> = {
+  encode(message: WithdrawConsentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.consentId !== "") {
+      writer.uint32(10).string(message.consentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WithdrawConsentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWithdrawConsentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.consentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WithdrawConsentResponse {
+    return {
+      consentId: isSet(object.consentId)
+        ? globalThis.String(object.consentId)
+        : isSet(object.consent_id)
+        ? globalThis.String(object.consent_id)
+        : "",
+    };
+  },
+
+  toJSON(message: WithdrawConsentResponse): unknown {
+    const obj: any = {};
+    if (message.consentId !== "") {
+      obj.consentId = message.consentId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WithdrawConsentResponse>, I>>(base?: I): WithdrawConsentResponse {
+    return WithdrawConsentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WithdrawConsentResponse>, I>>(object: I): WithdrawConsentResponse {
+    const message = createBaseWithdrawConsentResponse();
+    message.consentId = object.consentId ?? "";
+    return message;
+  },
+};
+
+function createBaseConsentRecord(): ConsentRecord {
+  return { consentId: "", purpose: "", policyVersion: 0, action: "", at: undefined, clientId: "", channel: "" };
+}
+
+export const ConsentRecord: MessageFns<ConsentRecord> = {
+  encode(message: ConsentRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.consentId !== "") {
+      writer.uint32(10).string(message.consentId);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(18).string(message.purpose);
+    }
+    if (message.policyVersion !== 0) {
+      writer.uint32(24).int32(message.policyVersion);
+    }
+    if (message.action !== "") {
+      writer.uint32(34).string(message.action);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(42).fork()).join();
+    }
+    if (message.clientId !== "") {
+      writer.uint32(50).string(message.clientId);
+    }
+    if (message.channel !== "") {
+      writer.uint32(58).string(message.channel);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConsentRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConsentRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.consentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.policyVersion = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.clientId = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.channel = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConsentRecord {
+    return {
+      consentId: isSet(object.consentId)
+        ? globalThis.String(object.consentId)
+        : isSet(object.consent_id)
+        ? globalThis.String(object.consent_id)
+        : "",
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      policyVersion: isSet(object.policyVersion)
+        ? globalThis.Number(object.policyVersion)
+        : isSet(object.policy_version)
+        ? globalThis.Number(object.policy_version)
+        : 0,
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+      clientId: isSet(object.clientId)
+        ? globalThis.String(object.clientId)
+        : isSet(object.client_id)
+        ? globalThis.String(object.client_id)
+        : "",
+      channel: isSet(object.channel) ? globalThis.String(object.channel) : "",
+    };
+  },
+
+  toJSON(message: ConsentRecord): unknown {
+    const obj: any = {};
+    if (message.consentId !== "") {
+      obj.consentId = message.consentId;
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.policyVersion !== 0) {
+      obj.policyVersion = Math.round(message.policyVersion);
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
+    if (message.clientId !== "") {
+      obj.clientId = message.clientId;
+    }
+    if (message.channel !== "") {
+      obj.channel = message.channel;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConsentRecord>, I>>(base?: I): ConsentRecord {
+    return ConsentRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConsentRecord>, I>>(object: I): ConsentRecord {
+    const message = createBaseConsentRecord();
+    message.consentId = object.consentId ?? "";
+    message.purpose = object.purpose ?? "";
+    message.policyVersion = object.policyVersion ?? 0;
+    message.action = object.action ?? "";
+    message.at = object.at ?? undefined;
+    message.clientId = object.clientId ?? "";
+    message.channel = object.channel ?? "";
+    return message;
+  },
+};
+
+function createBaseListConsentsRequest(): ListConsentsRequest {
+  return {};
+}
+
+export const ListConsentsRequest: MessageFns<ListConsentsRequest> = {
+  encode(_: ListConsentsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListConsentsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListConsentsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListConsentsRequest {
+    return {};
+  },
+
+  toJSON(_: ListConsentsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListConsentsRequest>, I>>(base?: I): ListConsentsRequest {
+    return ListConsentsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListConsentsRequest>, I>>(_: I): ListConsentsRequest {
+    const message = createBaseListConsentsRequest();
+    return message;
+  },
+};
+
+function createBaseListConsentsResponse(): ListConsentsResponse {
+  return { consents: [] };
+}
+
+export const ListConsentsResponse: MessageFns<ListConsentsResponse> = {
+  encode(message: ListConsentsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.consents) {
+      ConsentRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListConsentsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListConsentsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.consents.push(ConsentRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListConsentsResponse {
+    return {
+      consents: globalThis.Array.isArray(object?.consents)
+        ? object.consents.map((e: any) => ConsentRecord.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListConsentsResponse): unknown {
+    const obj: any = {};
+    if (message.consents?.length) {
+      obj.consents = message.consents.map((e) => ConsentRecord.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListConsentsResponse>, I>>(base?: I): ListConsentsResponse {
+    return ListConsentsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListConsentsResponse>, I>>(object: I): ListConsentsResponse {
+    const message = createBaseListConsentsResponse();
+    message.consents = object.consents?.map((e) => ConsentRecord.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseExportMyDataRequest(): ExportMyDataRequest {
+  return { ticket: "" };
+}
+
+export const ExportMyDataRequest: MessageFns<ExportMyDataRequest> = {
+  encode(message: ExportMyDataRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ticket !== "") {
+      writer.uint32(10).string(message.ticket);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportMyDataRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportMyDataRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.ticket = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportMyDataRequest {
+    return { ticket: isSet(object.ticket) ? globalThis.String(object.ticket) : "" };
+  },
+
+  toJSON(message: ExportMyDataRequest): unknown {
+    const obj: any = {};
+    if (message.ticket !== "") {
+      obj.ticket = message.ticket;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportMyDataRequest>, I>>(base?: I): ExportMyDataRequest {
+    return ExportMyDataRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportMyDataRequest>, I>>(object: I): ExportMyDataRequest {
+    const message = createBaseExportMyDataRequest();
+    message.ticket = object.ticket ?? "";
+    return message;
+  },
+};
+
+function createBaseExportMyDataResponse(): ExportMyDataResponse {
+  return { chunk: Buffer.alloc(0), schema: "" };
+}
+
+export const ExportMyDataResponse: MessageFns<ExportMyDataResponse> = {
+  encode(message: ExportMyDataResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.chunk.length !== 0) {
+      writer.uint32(10).bytes(message.chunk);
+    }
+    if (message.schema !== "") {
+      writer.uint32(18).string(message.schema);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportMyDataResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportMyDataResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.chunk = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.schema = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportMyDataResponse {
+    return {
+      chunk: isSet(object.chunk) ? Buffer.from(bytesFromBase64(object.chunk)) : Buffer.alloc(0),
+      schema: isSet(object.schema) ? globalThis.String(object.schema) : "",
+    };
+  },
+
+  toJSON(message: ExportMyDataResponse): unknown {
+    const obj: any = {};
+    if (message.chunk.length !== 0) {
+      obj.chunk = base64FromBytes(message.chunk);
+    }
+    if (message.schema !== "") {
+      obj.schema = message.schema;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExportMyDataResponse>, I>>(base?: I): ExportMyDataResponse {
+    return ExportMyDataResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExportMyDataResponse>, I>>(object: I): ExportMyDataResponse {
+    const message = createBaseExportMyDataResponse();
+    message.chunk = object.chunk ?? Buffer.alloc(0);
+    message.schema = object.schema ?? "";
+    return message;
+  },
+};
+
+function createBaseStreamMyDocumentRequest(): StreamMyDocumentRequest {
+  return { documentId: "" };
+}
+
+export const StreamMyDocumentRequest: MessageFns<StreamMyDocumentRequest> = {
+  encode(message: StreamMyDocumentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.documentId !== "") {
+      writer.uint32(10).string(message.documentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StreamMyDocumentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStreamMyDocumentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.documentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StreamMyDocumentRequest {
+    return {
+      documentId: isSet(object.documentId)
+        ? globalThis.String(object.documentId)
+        : isSet(object.document_id)
+        ? globalThis.String(object.document_id)
+        : "",
+    };
+  },
+
+  toJSON(message: StreamMyDocumentRequest): unknown {
+    const obj: any = {};
+    if (message.documentId !== "") {
+      obj.documentId = message.documentId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StreamMyDocumentRequest>, I>>(base?: I): StreamMyDocumentRequest {
+    return StreamMyDocumentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StreamMyDocumentRequest>, I>>(object: I): StreamMyDocumentRequest {
+    const message = createBaseStreamMyDocumentRequest();
+    message.documentId = object.documentId ?? "";
+    return message;
+  },
+};
+
+function createBaseStreamMyDocumentResponse(): StreamMyDocumentResponse {
+  return { contentType: "", fileName: "", chunk: Buffer.alloc(0) };
+}
+
+export const StreamMyDocumentResponse: MessageFns<StreamMyDocumentResponse> = {
+  encode(message: StreamMyDocumentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.contentType !== "") {
+      writer.uint32(10).string(message.contentType);
+    }
+    if (message.fileName !== "") {
+      writer.uint32(18).string(message.fileName);
+    }
+    if (message.chunk.length !== 0) {
+      writer.uint32(26).bytes(message.chunk);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StreamMyDocumentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStreamMyDocumentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.contentType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fileName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.chunk = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StreamMyDocumentResponse {
+    return {
+      contentType: isSet(object.contentType)
+        ? globalThis.String(object.contentType)
+        : isSet(object.content_type)
+        ? globalThis.String(object.content_type)
+        : "",
+      fileName: isSet(object.fileName)
+        ? globalThis.String(object.fileName)
+        : isSet(object.file_name)
+        ? globalThis.String(object.file_name)
+        : "",
+      chunk: isSet(object.chunk) ? Buffer.from(bytesFromBase64(object.chunk)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: StreamMyDocumentResponse): unknown {
+    const obj: any = {};
+    if (message.contentType !== "") {
+      obj.contentType = message.contentType;
+    }
+    if (message.fileName !== "") {
+      obj.fileName = message.fileName;
+    }
+    if (message.chunk.length !== 0) {
+      obj.chunk = base64FromBytes(message.chunk);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StreamMyDocumentResponse>, I>>(base?: I): StreamMyDocumentResponse {
+    return StreamMyDocumentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StreamMyDocumentResponse>, I>>(object: I): StreamMyDocumentResponse {
+    const message = createBaseStreamMyDocumentResponse();
+    message.contentType = object.contentType ?? "";
+    message.fileName = object.fileName ?? "";
+    message.chunk = object.chunk ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 /** The privacy policy and the user's consent to it. */
 export type PrivacyServiceService = typeof PrivacyServiceService;
 export const PrivacyServiceService = {
@@ -1681,6 +2523,64 @@ export const PrivacyServiceService = {
       Buffer.from(ListRequestsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListRequestsResponse => ListRequestsResponse.decode(value),
   },
+  /**
+   * -- issue 14: consent and export --
+   * Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+   * Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+   * (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+   */
+  withdrawConsent: {
+    path: "/xiaohe.identity.v1.PrivacyService/WithdrawConsent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WithdrawConsentRequest): Buffer =>
+      Buffer.from(WithdrawConsentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WithdrawConsentRequest => WithdrawConsentRequest.decode(value),
+    responseSerialize: (value: WithdrawConsentResponse): Buffer =>
+      Buffer.from(WithdrawConsentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WithdrawConsentResponse => WithdrawConsentResponse.decode(value),
+  },
+  /** The signed-in user's consent history, grants and withdrawals, oldest first. */
+  listConsents: {
+    path: "/xiaohe.identity.v1.PrivacyService/ListConsents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListConsentsRequest): Buffer => Buffer.from(ListConsentsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListConsentsRequest => ListConsentsRequest.decode(value),
+    responseSerialize: (value: ListConsentsResponse): Buffer =>
+      Buffer.from(ListConsentsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListConsentsResponse => ListConsentsResponse.decode(value),
+  },
+  /**
+   * Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+   * sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+   * phone or email; rate-limited; audited.
+   */
+  exportMyData: {
+    path: "/xiaohe.identity.v1.PrivacyService/ExportMyData" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ExportMyDataRequest): Buffer => Buffer.from(ExportMyDataRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportMyDataRequest => ExportMyDataRequest.decode(value),
+    responseSerialize: (value: ExportMyDataResponse): Buffer =>
+      Buffer.from(ExportMyDataResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportMyDataResponse => ExportMyDataResponse.decode(value),
+  },
+  /**
+   * The decrypted bytes of one of the signed-in user's identity documents (the export
+   * names them by id), in chunks; every read is audited.
+   */
+  streamMyDocument: {
+    path: "/xiaohe.identity.v1.PrivacyService/StreamMyDocument" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: StreamMyDocumentRequest): Buffer =>
+      Buffer.from(StreamMyDocumentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StreamMyDocumentRequest => StreamMyDocumentRequest.decode(value),
+    responseSerialize: (value: StreamMyDocumentResponse): Buffer =>
+      Buffer.from(StreamMyDocumentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StreamMyDocumentResponse => StreamMyDocumentResponse.decode(value),
+  },
 } as const;
 
 export interface PrivacyServiceServer extends UntypedServiceImplementation {
@@ -1707,6 +2607,26 @@ export interface PrivacyServiceServer extends UntypedServiceImplementation {
   fileRequest: handleUnaryCall<FileRequestRequest, FileRequestResponse>;
   /** The signed-in person's requests and their answers, newest first. */
   listRequests: handleUnaryCall<ListRequestsRequest, ListRequestsResponse>;
+  /**
+   * -- issue 14: consent and export --
+   * Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+   * Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+   * (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+   */
+  withdrawConsent: handleUnaryCall<WithdrawConsentRequest, WithdrawConsentResponse>;
+  /** The signed-in user's consent history, grants and withdrawals, oldest first. */
+  listConsents: handleUnaryCall<ListConsentsRequest, ListConsentsResponse>;
+  /**
+   * Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+   * sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+   * phone or email; rate-limited; audited.
+   */
+  exportMyData: handleServerStreamingCall<ExportMyDataRequest, ExportMyDataResponse>;
+  /**
+   * The decrypted bytes of one of the signed-in user's identity documents (the export
+   * names them by id), in chunks; every read is audited.
+   */
+  streamMyDocument: handleServerStreamingCall<StreamMyDocumentRequest, StreamMyDocumentResponse>;
 }
 
 export interface PrivacyServiceClient extends Client {
@@ -1803,6 +2723,70 @@ export interface PrivacyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListRequestsResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * -- issue 14: consent and export --
+   * Withdraws a separate consent of the signed-in user (purpose "identity_documents").
+   * Withdrawing "privacy_policy" is refused with FAILED_PRECONDITION: that is deactivation
+   * (AccountService.Deactivate). The ledger is append-only: this adds a withdrawal record.
+   */
+  withdrawConsent(
+    request: WithdrawConsentRequest,
+    callback: (error: ServiceError | null, response: WithdrawConsentResponse) => void,
+  ): ClientUnaryCall;
+  withdrawConsent(
+    request: WithdrawConsentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WithdrawConsentResponse) => void,
+  ): ClientUnaryCall;
+  withdrawConsent(
+    request: WithdrawConsentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WithdrawConsentResponse) => void,
+  ): ClientUnaryCall;
+  /** The signed-in user's consent history, grants and withdrawals, oldest first. */
+  listConsents(
+    request: ListConsentsRequest,
+    callback: (error: ServiceError | null, response: ListConsentsResponse) => void,
+  ): ClientUnaryCall;
+  listConsents(
+    request: ListConsentsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListConsentsResponse) => void,
+  ): ClientUnaryCall;
+  listConsents(
+    request: ListConsentsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListConsentsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Everything held about the signed-in user as one JSON document (docs/export-schema.json),
+   * sent in chunks to be joined in order. Needs a fresh EXPORT_DATA ticket for the account's
+   * phone or email; rate-limited; audited.
+   */
+  exportMyData(
+    request: ExportMyDataRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportMyDataResponse>;
+  exportMyData(
+    request: ExportMyDataRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportMyDataResponse>;
+  /**
+   * The decrypted bytes of one of the signed-in user's identity documents (the export
+   * names them by id), in chunks; every read is audited.
+   */
+  streamMyDocument(
+    request: StreamMyDocumentRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<StreamMyDocumentResponse>;
+  streamMyDocument(
+    request: StreamMyDocumentRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<StreamMyDocumentResponse>;
 }
 
 export const PrivacyServiceClient = makeGenericClientConstructor(
@@ -1813,6 +2797,14 @@ export const PrivacyServiceClient = makeGenericClientConstructor(
   service: typeof PrivacyServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

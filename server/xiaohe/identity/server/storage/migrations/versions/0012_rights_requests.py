@@ -1,7 +1,7 @@
 """rights requests with a legal deadline (issue 14)
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 
 `rights_requests` holds a person's requests under PIPL Art. 44-50 (kind, state,
 the free text sealed under the account's data key, the client that relayed it,
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
