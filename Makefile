@@ -39,8 +39,11 @@ $(VENV)/.installed: $(BIN)/uv requirements.lock pyproject.toml
 serve: $(VENV)/.installed
 	$(BIN)/xiaohe-identity serve
 
+# Test files are spread over PYTEST_WORKERS processes (pytest-xdist; 1 runs them in this one).
+PYTEST_WORKERS ?= 2
+
 test: $(VENV)/.installed lint types protos-check go-vet security-map-check
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q $(if $(filter-out 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check server clients tests scripts benchmarks
