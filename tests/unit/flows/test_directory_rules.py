@@ -12,8 +12,8 @@ from xiaohe.identity.server.callers.grants import (
 )
 from xiaohe.identity.server.errors import InvalidArgument
 from xiaohe.identity.server.flows.directory import MASKS
-from xiaohe.identity.server.privacy.disclosures import decode_page_token, encode_page_token
 from xiaohe.identity.server.shared.identifiers import mask_person_name
+from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
 
 
 @pytest.mark.parametrize(
@@ -59,11 +59,11 @@ def test_a_person_name_keeps_only_its_first_character(name: str, masked: str) ->
 
 
 def test_page_tokens_round_trip_and_garbage_is_invalid_argument() -> None:
-    assert decode_page_token(encode_page_token(1764700000.25, "dis_ab")) == (
+    assert decode_page_token(encode_page_token(1764700000.25, "dis_ab"), "ListDisclosures") == (
         1764700000.25,
         "dis_ab",
     )
     for bad in ("not-a-token", "x" * 201, encode_page_token(1.0, "a").replace("W", "!")):
         with pytest.raises(InvalidArgument) as caught:
-            decode_page_token(bad)
+            decode_page_token(bad, "ListDisclosures")
         assert caught.value.violations[0].field == "page_token"

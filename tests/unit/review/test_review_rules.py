@@ -6,8 +6,8 @@ import pytest
 
 from xiaohe.identity.server.errors import InvalidArgument
 from xiaohe.identity.server.flows.review import _required_text, mask_field
-from xiaohe.identity.server.review.cases import decode_page_token, encode_page_token
 from xiaohe.identity.server.review.models import CaseState
+from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
 from xiaohe.identity.server.shared.validation import Violations
 
 
@@ -38,12 +38,12 @@ def test_a_page_token_round_trips_and_garbage_is_a_field_violation() -> None:
     """F3: a forged token (not a number, NaN, out of range) is a field violation, not
     INTERNAL."""
     token = encode_page_token(1_790_000_000.25, "case_abc")
-    assert decode_page_token(token) == (1_790_000_000.25, "case_abc")
+    assert decode_page_token(token, "ListCases") == (1_790_000_000.25, "case_abc")
     forged = [encode_page_token(t, "c") for t in (float("nan"), 1e300, -1e12)]
     forged.append(encode_page_token(True, "c"))
     for bad in ("", "!!!", "W10", "x" * 201, encode_page_token(1.0, "c")[:-2] + "@@", *forged):
         with pytest.raises(InvalidArgument) as caught:
-            decode_page_token(bad)
+            decode_page_token(bad, "ListCases")
         assert caught.value.violations[0].field == "page_token"
 
 

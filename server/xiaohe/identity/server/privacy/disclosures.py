@@ -17,9 +17,6 @@ and they go with their account (ON DELETE CASCADE).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ import sqlalchemy as sa
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
+from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import disclosures
 
@@ -36,7 +34,6 @@ DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
 _ID_PREFIX: Final = "dis_"
 _ID_BYTES: Final = 12
-_MAX_TOKEN_CHARS: Final = 200
 
 
 @dataclass(frozen=True)
@@ -69,31 +66,6 @@ class DisclosurePage:
 
     disclosures: tuple[Disclosure, ...]
     next_page_token: str
-
-
-def encode_page_token(at: float, disclosure_id: str) -> str:
-    """An opaque cursor after (at, disclosure_id) in newest-first order."""
-    raw = json.dumps([at, disclosure_id]).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[float, str]:
-    """The cursor in `token`, or InvalidArgument on `page_token`."""
-    bad = InvalidArgument(FieldViolation("page_token", "is not a token from ListDisclosures"))
-    if len(token) > _MAX_TOKEN_CHARS:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        at, disclosure_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
-        raise bad from None
-    if (
-        isinstance(at, bool)
-        or not isinstance(at, int | float)
-        or not isinstance(disclosure_id, str)
-    ):
-        raise bad
-    return float(at), disclosure_id
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -145,7 +117,7 @@ class DisclosureLog:
         t = disclosures.c
         query = sa.select(disclosures).where(t.account_id == account_id)
         if page_token:
-            after_at, after_id = decode_page_token(page_token)
+            after_at, after_id = decode_page_token(page_token, "ListDisclosures")
             at = utc(after_at)
             query = query.where(
                 sa.or_(
@@ -183,6 +155,4 @@ __all__ = [
     "DisclosureLog",
     "DisclosurePage",
     "NewDisclosure",
-    "decode_page_token",
-    "encode_page_token",
 ]

@@ -23,10 +23,7 @@ OPEN state: of two operators resolving one request at once exactly one wins.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import json
 import re
 import secrets
 from collections.abc import Callable
@@ -38,6 +35,7 @@ import sqlalchemy as sa
 
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher, field_aad
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound
+from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import rights_requests
 
@@ -47,11 +45,8 @@ REQUEST_ID_SHAPE: Final = re.compile(r"rrq_[0-9a-f]{24}")
 DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
 _ID_BYTES: Final = 12
-_MAX_TOKEN_CHARS: Final = 200
 _DETAIL_PLACE: Final = "rights_request_detail"
 _NOTE_PLACE: Final = "rights_request_note"
-_LATEST_PAGE_TIME: Final = 7_258_118_400.0
-"""2200-01-01: no due date lies later; a token past it is forged."""
 
 
 class RequestKind(enum.StrEnum):
@@ -132,32 +127,6 @@ class RequestPage:
 
     requests: tuple[RightsRequest, ...]
     next_page_token: str
-
-
-def encode_page_token(at: float, request_id: str) -> str:
-    """An opaque cursor after (time, request_id)."""
-    raw = json.dumps([at, request_id]).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[float, str]:
-    """The cursor in `token`, or InvalidArgument on `page_token`."""
-    bad = InvalidArgument(FieldViolation("page_token", "is not a token from this listing"))
-    if len(token) > _MAX_TOKEN_CHARS:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        at, request_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
-        raise bad from None
-    if (
-        isinstance(at, bool)
-        or not isinstance(at, int | float)
-        or not isinstance(request_id, str)
-        or not 0 <= at <= _LATEST_PAGE_TIME  # NaN fails too
-    ):
-        raise bad
-    return float(at), request_id
 
 
 def page_size_of(page_size: int) -> int:
@@ -242,7 +211,7 @@ class RightsRequests:
         t = rights_requests.c
         query = sa.select(rights_requests).where(t.account_id == account_id)
         if page_token:
-            after_at, after_id = decode_page_token(page_token)
+            after_at, after_id = decode_page_token(page_token, "ListRequests")
             at = utc(after_at)
             query = query.where(
                 sa.or_(t.filed_at < at, sa.and_(t.filed_at == at, t.request_id < after_id))
@@ -273,7 +242,7 @@ class RightsRequests:
         elif state is not None:
             query = query.where(t.state == state.value)
         if page_token:
-            after_at, after_id = decode_page_token(page_token)
+            after_at, after_id = decode_page_token(page_token, "ListRightsRequests")
             at = utc(after_at)
             query = query.where(
                 sa.or_(t.due_at > at, sa.and_(t.due_at == at, t.request_id > after_id))
@@ -393,6 +362,4 @@ __all__ = [
     "RequestState",
     "RightsRequest",
     "RightsRequests",
-    "decode_page_token",
-    "encode_page_token",
 ]

@@ -17,8 +17,6 @@ the other gets Conflict.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +30,6 @@ from xiaohe.identity.server.crypto.envelope import DataKeyCipher, WrappedDataKey
 from xiaohe.identity.server.errors import (
     Conflict,
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     NotFound,
 )
 from xiaohe.identity.server.review.models import (
@@ -47,6 +43,7 @@ from xiaohe.identity.server.review.models import (
     ReviewCase,
     Verdict,
 )
+from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
 from xiaohe.identity.server.storage.database import (
     Database,
     SqlConnection,
@@ -70,36 +67,6 @@ key is then kept only under the account's pending key (issue 14, `hand_over_keys
 def _aad(case_id: str, place: str) -> bytes:
     """Associated data of one sealed blob of a case."""
     return field_aad(case_id, place)
-
-
-def encode_page_token(opened_at: float, case_id: str) -> str:
-    """An opaque cursor after (opened_at, case_id)."""
-    raw = json.dumps([opened_at, case_id]).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[float, str]:
-    """The cursor in `token`, or InvalidArgument on `page_token`."""
-    bad = InvalidArgument(FieldViolation("page_token", "is not a token from ListCases"))
-    if len(token) > 200:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        opened_at, case_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
-        raise bad from None
-    if (
-        isinstance(opened_at, bool)
-        or not isinstance(opened_at, int | float)
-        or not isinstance(case_id, str)
-        or not 0 <= opened_at <= _LATEST_PAGE_TIME  # NaN fails too
-    ):
-        raise bad
-    return float(opened_at), case_id
-
-
-_LATEST_PAGE_TIME: Final = 4_102_444_800.0
-"""2100-01-01: no case opened later; a token past it is forged (and would overflow)."""
 
 
 class ReviewCases:
@@ -181,7 +148,7 @@ class ReviewCases:
         if state is not None:
             query = query.where(review_cases.c.state == state.value)
         if page_token:
-            after_at, after_id = decode_page_token(page_token)
+            after_at, after_id = decode_page_token(page_token, "ListCases")
             at = utc(after_at)
             query = query.where(
                 sa.or_(
@@ -439,6 +406,4 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_TEXT_CHARS",
     "ReviewCases",
-    "decode_page_token",
-    "encode_page_token",
 ]
