@@ -53,6 +53,12 @@ class Person:
     document_id: str = ""
     submission_id: str = ""
     business_client: str = ""
+    request_id: str = ""
+
+    @property
+    def request_detail(self) -> str:
+        """The text of this person's rights request."""
+        return f"请删除旧的发票抬头（{self.login_name}）"
 
     def markers(self) -> list[str]:
         """Values that belong to this account alone."""
@@ -68,6 +74,8 @@ class Person:
             self.submission_id,
             self.business_client,
             self.purpose,
+            self.request_id,
+            self.request_detail,
         ]
 
 
@@ -162,6 +170,13 @@ async def give_everything(h: Harness, p: Person) -> None:
         ),
         metadata=business,
     )
+    filed = await privacy(h).FileRequest(
+        privacy_pb2.FileRequestRequest(
+            kind=privacy_pb2.RIGHTS_REQUEST_KIND_DELETION, detail=p.request_detail
+        ),
+        metadata=bearer(h, p.access_token),
+    )
+    p.request_id = filed.request.request_id
 
 
 async def export_ticket(
@@ -246,6 +261,14 @@ async def test_an_export_holds_every_kind_of_data_and_nothing_of_another_account
         purposes = {m["purpose"] for m in d["messages"]}
         assert "EXPORT_DATA" in purposes
         assert {m["channel"] for m in d["messages"]} == {"SMS", "EMAIL"}
+        (request,) = d["rights_requests"]
+        assert (request["request_id"], request["kind"], request["state"]) == (
+            p.request_id,
+            "deletion",
+            "open",
+        )
+        assert request["detail"] == p.request_detail
+        assert d["review_cases"] == []  # none is about this account (see the next test)
         text = json.dumps(d, ensure_ascii=False)
         for marker in p.markers():
             assert marker in text
@@ -260,6 +283,50 @@ async def test_an_export_holds_every_kind_of_data_and_nothing_of_another_account
         (zhang_.account_id, "ok"),
         (li_.account_id, "ok"),
     ]
+
+
+async def test_an_export_holds_the_review_cases_about_the_account(
+    harness_factory: HarnessFactory,
+) -> None:
+    """A real-name submission that goes to manual review opens a case about the account:
+    the export shows it with what was submitted, never a reviewer's identity or note."""
+    h = await harness_factory(real_name_review=True)
+    p = zhang()
+    s = stubs(h)
+    registered = await s.accounts.Register(
+        accounts_pb2.RegisterRequest(
+            subject_type=common_pb2.SUBJECT_TYPE_NATURAL_PERSON,
+            login_name=p.login_name,
+            password=PASSWORD,
+            phone=p.phone,
+            phone_ticket=await register_ticket(h, p.phone),
+            accepted_policy_version=1,
+        ),
+        metadata=h.metadata,
+    )
+    session = await login(h, p.login_name)
+    document = await upload(h, session.access_token, png_sample())
+    submitted = await rn(h).SubmitNaturalPerson(
+        realname_pb2.SubmitNaturalPersonRequest(
+            name=p.name,
+            id_type=common_pb2.ID_TYPE_RESIDENT_ID_CARD,
+            id_number=p.id_number,
+            valid_from=ts(h.clock.now() - 86400 * 365),
+            address="青海省西宁市",
+            document_ids=[document.document_id],
+        ),
+        metadata=bearer(h, session.access_token),
+    )
+    assert submitted.state == realname_pb2.REAL_NAME_STATE_IN_REVIEW
+    (case,) = await h.container.review_cases.about(registered.account_id)
+
+    exported, _ = await export(h, session.access_token, await export_ticket(h, p.phone))
+    validate(exported)
+    (shown,) = exported["review_cases"]
+    assert (shown["case_id"], shown["kind"], shown["state"]) == (case.case_id, "real_name", "OPEN")
+    assert p.id_number in shown["fields"].values()
+    assert shown["document_ids"] == [document.document_id]
+    assert shown["decided_at"] is None
 
 
 async def test_export_needs_a_fresh_ticket_of_the_accounts_own_channel(h: Harness) -> None:

@@ -935,6 +935,8 @@ class Container:
             clock=self.clock,
             per_account_day=self.settings.export_per_account_day,
             audit=self.audit,
+            cases=self.review_cases,
+            requests=self.rights_request_store,
         )
 
     @cached_property

@@ -51,9 +51,11 @@ from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound, TicketInvalid
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.disclosures import MAX_PAGE_SIZE, DisclosureLog
+from xiaohe.identity.server.privacy.requests import RightsRequests
 from xiaohe.identity.server.ratelimit.limiter import RateLimiter, Reservation
 from xiaohe.identity.server.realname.documents import DocumentInfo, DocumentService
 from xiaohe.identity.server.realname.submissions import SubmissionStore
+from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.totp.service import TotpService
 
@@ -127,6 +129,8 @@ class ExportFlow:
         clock: Clock,
         per_account_day: int,
         audit: AuditSink | None = None,
+        cases: ReviewCases | None = None,
+        requests: RightsRequests | None = None,
     ) -> None:
         self._accounts = accounts
         self._tickets = tickets
@@ -143,6 +147,8 @@ class ExportFlow:
         self._clock = clock
         self._per_account_day = per_account_day
         self._audit = audit
+        self._cases = cases
+        self._requests = requests
 
     def __repr__(self) -> str:
         return "ExportFlow()"
@@ -277,6 +283,8 @@ class ExportFlow:
             ],
             "disclosures": await self._all_disclosures(account_id),
             "messages": await self._messages(bound, data),
+            "review_cases": await self._review_cases(account_id),
+            "rights_requests": await self._rights_requests(account_id),
         }
 
     async def _profile(self, credentials: AccountCredentials, data: PersonalData) -> dict[str, Any]:
@@ -300,6 +308,53 @@ class ExportFlow:
             "representative_id_number": data.representative_id_number,
             "totp_enrolled": await self._totp.is_enrolled(credentials.account_id),
         }
+
+    async def _review_cases(self, account_id: str) -> list[dict[str, Any]]:
+        """Cases about the account: what was submitted and how it was decided; reviewers'
+        identities and their internal notes stay out."""
+        if self._cases is None:
+            return []
+        return [
+            {
+                "case_id": c.case_id,
+                "kind": c.kind.value,
+                "state": c.state.value,
+                "opened_at": _iso(c.summary.opened_at),
+                "decided_at": _iso(c.summary.decided_at),
+                "fields": dict(c.fields),
+                "document_ids": list(c.document_ids),
+                "reason": c.final_reason,
+            }
+            for c in await self._cases.about(account_id)
+        ]
+
+    async def _rights_requests(self, account_id: str) -> list[dict[str, Any]]:
+        """The person's rights requests, newest first, with the operator's answers."""
+        if self._requests is None:
+            return []
+        found: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._requests.of_account(
+                account_id, page_size=MAX_PAGE_SIZE, page_token=token
+            )
+            found += [
+                {
+                    "request_id": r.request_id,
+                    "kind": r.kind.value,
+                    "state": r.state.value,
+                    "detail": r.detail,
+                    "filed_at": _iso(r.filed_at),
+                    "due_on": r.due_on.isoformat(),
+                    "outcome": r.outcome.value if r.outcome is not None else None,
+                    "note": r.note,
+                    "resolved_at": _iso(r.resolved_at),
+                }
+                for r in page.requests
+            ]
+            token = page.next_page_token
+            if not token:
+                return found
 
     async def _real_name(
         self, account_id: str, level: int, documents: list[DocumentInfo]

@@ -297,6 +297,18 @@ class ReviewCases:
 
     # -- issue 14: deactivation --
 
+    async def about(self, account_id: str) -> list[ReviewCase]:
+        """Every case about the account, oldest first, fields decrypted (its export)."""
+        query = (
+            sa.select(review_cases.c.case_id)
+            .where(review_cases.c.account_id == account_id)
+            .order_by(review_cases.c.opened_at, review_cases.c.case_id)
+        )
+        with translate_errors():
+            async with self._db.connect() as conn:
+                case_ids = [str(r.case_id) for r in (await conn.execute(query)).all()]
+        return [await self.get(case_id) for case_id in case_ids]
+
     async def open_count(self, account_id: str) -> int:
         """How many cases about the account are not decided yet (an obligation)."""
         query = (
