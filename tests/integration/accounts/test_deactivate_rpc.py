@@ -348,6 +348,46 @@ async def test_the_pre_request_copy_is_the_one_the_key_ring_opens(
     assert (await decrypted(h, before) or ("", {}))[0] == PHONE
 
 
+async def test_of_two_concurrent_requests_the_loser_leaves_the_winners_key_alone(
+    h: Harness,
+) -> None:
+    """Review finding: two Deactivate calls at once, each with its own ticket. The loser
+    must fail without replacing the pending key the winner's row is sealed under, or no
+    sign-in could cancel the deactivation. The loser's key is made late on purpose."""
+    await register_person(h)
+    session = (await sign_in(h)).session
+    proofs = [await ticket(h, PHONE, DEACTIVATE) for _ in range(2)]
+    records = h.container.deactivation._records
+    prepare, calls = records.prepare, 0
+
+    async def late_second(account_id: str, ttl_seconds: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await asyncio.sleep(0.5)
+        return await prepare(account_id, ttl_seconds)
+
+    records.prepare = late_second  # type: ignore[method-assign]
+    answers = await asyncio.gather(
+        *(
+            stubs(h).accounts.Deactivate(
+                accounts_pb2.DeactivateRequest(ticket=proof), metadata=h.metadata + bearer(session)
+            )
+            for proof in proofs
+        ),
+        return_exceptions=True,
+    )
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert len(refused) == 1
+    assert refused[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+    await asyncio.sleep(0.6)  # whatever the loser would still do is done
+
+    h.clock.advance(COOLING_OFF - DAY)
+    answer = await sign_in(h)
+    assert answer.deactivation_cancelled
+    assert answer.next_step == auth_pb2.NEXT_STEP_NONE
+
+
 @pytest.mark.parametrize("method", ["password", "sms"])
 async def test_signing_in_during_cooling_off_cancels_the_deactivation(
     h: Harness, method: str

@@ -228,11 +228,14 @@ class DeactivationFlow:
             personal = await self._accounts.get_personal_data(cmd.account_id)
             now = self._clock.now()
             due_at = now + self._cooling_off
-            pending_key = await self._records.prepare(
-                cmd.account_id, self._cooling_off + PENDING_KEY_MARGIN_SECONDS
-            )
             async with self._uow.begin():
                 data_key = await self._accounts.suspend_for_deactivation(cmd.account_id)
+                # Only once this request holds the account (a concurrent one now fails above,
+                # before it could replace the key in Redis that the winner's row is sealed
+                # under). Should the unit of work fail after this, the key just expires.
+                pending_key = await self._records.prepare(
+                    cmd.account_id, self._cooling_off + PENDING_KEY_MARGIN_SECONDS
+                )
                 case_keys = (
                     {} if self._cases is None else await self._cases.hand_over_keys(cmd.account_id)
                 )
