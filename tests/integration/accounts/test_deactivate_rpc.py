@@ -60,7 +60,15 @@ from xiaohe.identity.server.storage.schema import (
     totp_factors,
 )
 from xiaohe.identity.server.totp.codes import code_at
-from xiaohe.identity.v1 import accounts_pb2, admin_pb2, admin_pb2_grpc, auth_pb2, common_pb2
+from xiaohe.identity.v1 import (
+    accounts_pb2,
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    common_pb2,
+    privacy_pb2,
+    privacy_pb2_grpc,
+)
 
 DAY = 86400
 COOLING_OFF = 15 * DAY
@@ -445,6 +453,38 @@ async def _mfa_session(h: Harness, secret: str) -> auth_pb2.Session:
     h.clock.advance(30)
     done = await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
     return done.session
+
+
+async def test_a_request_is_not_resolved_with_a_lost_note_during_cooling_off(h: Harness) -> None:
+    """Review finding (I4): while the account's key is held aside, an operator's answer with
+    a note is refused (FAILED_PRECONDITION) and the request stays open; once a sign-in has
+    cancelled the deactivation the same answer is kept with its note."""
+    await register_person(h)
+    session = (await sign_in(h)).session
+    privacy: privacy_pb2_grpc.PrivacyServiceAsyncStub = privacy_pb2_grpc.PrivacyServiceStub(
+        h.channel
+    )  # type: ignore[assignment]
+    filed = await privacy.FileRequest(
+        privacy_pb2.FileRequestRequest(
+            kind=privacy_pb2.RIGHTS_REQUEST_KIND_CORRECTION, detail="地址写错了"
+        ),
+        metadata=h.metadata + bearer(session),
+    )
+    await deactivate(h, session)
+    admin: admin_pb2_grpc.AdminServiceAsyncStub = admin_pb2_grpc.AdminServiceStub(h.channel)  # type: ignore[assignment]
+    answer = admin_pb2.ResolveRequestRequest(
+        request_id=filed.request.request_id,
+        outcome=privacy_pb2.RIGHTS_REQUEST_OUTCOME_REFUSED,
+        note="需要先提供身份证明",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.ResolveRequest(answer, metadata=h.metadata)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    assert (await sign_in(h)).deactivation_cancelled
+    resolved = await admin.ResolveRequest(answer, metadata=h.metadata)
+    assert resolved.request.state == privacy_pb2.RIGHTS_REQUEST_STATE_RESOLVED
+    assert resolved.request.note == "需要先提供身份证明"
 
 
 async def test_after_the_cooling_off_period_a_sign_in_is_refused_and_completion_follows(

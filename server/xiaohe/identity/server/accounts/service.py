@@ -475,9 +475,13 @@ class AccountService:
         """The account's unwrapped data key, for data it owns kept elsewhere (documents).
 
         Raises NotFound for an unknown account or one whose key was destroyed
-        (anonymised): its documents are then unreadable by design.
+        (anonymised): its documents are then unreadable by design. FailedPrecondition
+        while a deactivation is in its cooling-off period: the key is held aside and comes
+        back if the person signs in, so nothing may be written as if it were gone.
         """
         record = await self._get(account_id)
+        if record.data_key_wrapped is None and record.status == AccountStatus.DEACTIVATION_PENDING:
+            raise FailedPrecondition("the account is in its deactivation cooling-off period")
         if record.data_key_wrapped is None:
             raise NotFound("account not found")
         return self._cipher.unwrap(WrappedDataKey.from_bytes(record.data_key_wrapped))

@@ -34,7 +34,12 @@ from typing import Final, Protocol
 import sqlalchemy as sa
 
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher, field_aad
-from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound
+from xiaohe.identity.server.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import rights_requests
@@ -276,7 +281,9 @@ class RightsRequests:
     ) -> bool:
         """Mark an open request resolved (caller's unit of work); False when it is no longer
         open (another operator won). The note of an account whose key was destroyed is not
-        kept: no key may protect it, and nobody is left to read it."""
+        kept: no key may protect it, and nobody is left to read it. While a deactivation
+        cools off the key is only held aside: FailedPrecondition, resolve it later (a
+        sign-in brings the account back; completion makes its texts go)."""
         note_enc = None
         if note:
             try:
@@ -326,7 +333,9 @@ class RightsRequests:
                     note = self._cipher.decrypt_field(
                         key, bytes(note_enc), field_aad(request_id, _NOTE_PLACE)
                     )
-            except NotFound:  # the account's key was destroyed: crypto-shredded
+            # The account's key was destroyed (crypto-shredded), or is held aside while a
+            # deactivation cools off: either way the texts cannot be read now.
+            except (NotFound, FailedPrecondition):
                 detail = note = ""
                 erased = True
         outcome = m["outcome"]
