@@ -23,6 +23,7 @@ from tests.integration.conftest import Harness, HarnessFactory
 from tests.integration.flows import PASSWORD, code_ticket, login, register_ticket, stubs
 from tests.integration.realname.test_realname_rpc import rn, ts, upload
 from tests.rpc_errors import Details, details_of
+from xiaohe.identity.server.errors import Unavailable
 from xiaohe.identity.server.flows.export import EXPORT_ACTION
 from xiaohe.identity.v1 import (
     accounts_pb2,
@@ -384,6 +385,46 @@ async def test_exports_are_rate_limited_per_account(harness_factory: HarnessFact
     outcomes = [r.outcome for r in await h.container.audit.query(action=EXPORT_ACTION)]
     assert outcomes[-1] != "ok"
     assert outcomes.count("ok") == 1
+
+
+async def test_an_export_that_fails_while_being_read_costs_no_budget(
+    harness_factory: HarnessFactory,
+) -> None:
+    """Review finding: when reading the data fails after the ticket was accepted, the day's
+    budget is given back (the error is UNAVAILABLE, not INTERNAL), so the next export works."""
+    h = await harness_factory(export_per_account_day=1)
+    zhang_ = zhang()
+    await give_everything(h, zhang_)
+    flow = h.container.export
+    read = flow._document
+
+    async def store_down(account_id: str, data: Any) -> dict[str, Any]:
+        raise Unavailable()
+
+    flow._document = store_down  # type: ignore[method-assign]
+    down = await failure(export(h, zhang_.access_token, await export_ticket(h, zhang_.phone)))
+    assert down.code == grpc.StatusCode.UNAVAILABLE
+    flow._document = read  # type: ignore[method-assign]
+    document, _ = await export(h, zhang_.access_token, await export_ticket(h, zhang_.phone))
+    assert document["account_id"] == zhang_.account_id
+
+
+async def test_a_recycled_phone_proves_nothing(h: Harness) -> None:
+    """Review question (H3): once the account's phone is reported recycled, an EXPORT_DATA
+    ticket of that number, even one verified before the report, is refused on `ticket`;
+    the account's email still works."""
+    zhang_ = zhang()
+    await give_everything(h, zhang_)
+    by_phone = await export_ticket(h, zhang_.phone)  # verified just before the report
+    async with h.container.database.begin():
+        assert await h.container.accounts.mark_phone_stale(
+            zhang_.account_id, zhang_.phone, bound_before=h.clock.now() + 1
+        )
+    refused = await failure(export(h, zhang_.access_token, by_phone))
+    assert "ticket" in refused.violations
+    by_email = await export_ticket(h, zhang_.email, common_pb2.CHANNEL_EMAIL)
+    document, _ = await export(h, zhang_.access_token, by_email)
+    assert document["account_id"] == zhang_.account_id
 
 
 async def test_the_owner_downloads_a_document_the_export_names(h: Harness) -> None:

@@ -170,10 +170,12 @@ class ExportFlow:
             try:
                 data = await self._accounts.get_personal_data(cmd.account_id)
                 await self._reauthenticate(cmd.ticket, data)
+                document = await self._document(cmd.account_id, data)
             except Exception:
+                # Nothing was handed out: a refused ticket or a store that failed while the
+                # document was read costs the person none of the day's exports.
                 await self._refund(reservation)
                 raise
-            document = await self._document(cmd.account_id, data)
             if self._audit is not None:
                 await self._audit.record(EXPORT_ACTION, cmd.account_id, "ok")
         except Exception as exc:
