@@ -127,12 +127,20 @@ class CaseKeys(Protocol):
         """Wrap them under the master key again."""
         ...
 
+    async def documents_about(self, account_id: str) -> list[str]:
+        """The ids of the documents the cases about the account name."""
+        ...
+
 
 class DocumentEraser(Protocol):
     """Identity documents (`realname.documents.DocumentService`)."""
 
     async def forget_owner(self, owner: str) -> list[str]:
         """Delete the owner's document rows; returns their storage keys."""
+        ...
+
+    async def forget_held_by_phones(self, document_ids: list[str]) -> list[str]:
+        """Delete the rows of those documents a phone's holder uploaded; their storage keys."""
         ...
 
     async def delete_stored(self, storage_keys: list[str]) -> None:
@@ -376,10 +384,14 @@ class DeactivationFlow:
                 return False
             await self._accounts.erase(account_id)
             await self._records.forget(account_id)
+            # Scans a phone's holder sent for a case about the account (a lost phone): the
+            # case goes below, and they go with it.
+            named = [] if self._cases is None else await self._cases.documents_about(account_id)
             for eraser in self._erasers:
                 await eraser.forget_account(account_id)
             if self._documents is not None:
                 stored = await self._documents.forget_owner(account_id)
+                stored += await self._documents.forget_held_by_phones(named)
             if self._second_factor is not None:
                 await self._second_factor.remove(account_id)
             if self._audit is not None:

@@ -415,6 +415,22 @@ class DocumentService:
                 await conn.execute(documents.delete().where(documents.c.owner == owner))
         return [str(r.storage_key) for r in rows]
 
+    async def forget_held_by_phones(self, document_ids: list[str]) -> list[str]:
+        """Delete the rows of those documents that a phone's holder uploaded (for a review
+        case), in the caller's unit of work; returns their storage keys. Documents owned
+        by accounts are left to their owners."""
+        if not document_ids:
+            return []
+        held = sa.and_(
+            documents.c.document_id.in_(document_ids),
+            documents.c.owner.startswith(PHONE_OWNER_PREFIX, autoescape=True),
+        )
+        async with self._db.begin() as conn:
+            with translate_errors():
+                rows = (await conn.execute(sa.select(documents.c.storage_key).where(held))).all()
+                await conn.execute(documents.delete().where(held))
+        return [str(r.storage_key) for r in rows]
+
     async def delete_stored(self, storage_keys: list[str]) -> None:
         """Remove stored document bytes (after the rows naming them are gone)."""
         for key in storage_keys:

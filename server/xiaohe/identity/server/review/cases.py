@@ -362,6 +362,16 @@ class ReviewCases:
                         .values(data_key_wrapped=self._cipher.wrap(key).to_bytes())
                     )
 
+    async def documents_about(self, account_id: str) -> list[str]:
+        """The ids of the documents the cases about the account name (no key needed)."""
+        query = sa.select(review_cases.c.document_ids).where(
+            review_cases.c.account_id == account_id
+        )
+        with translate_errors():
+            async with self._db.connect() as conn:
+                lists = (await conn.execute(query)).scalars().all()
+        return sorted({d for text in lists for d in json.loads(text)})
+
     async def forget_account(self, account_id: str) -> int:
         """Delete the cases about the account, with their decisions and notes (each case's
         data key goes with its row); in the caller's unit of work. Returns how many."""
