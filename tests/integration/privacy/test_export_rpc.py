@@ -427,6 +427,28 @@ async def test_a_recycled_phone_proves_nothing(h: Harness) -> None:
     assert document["account_id"] == zhang_.account_id
 
 
+async def test_document_downloads_are_limited_per_account(h: Harness) -> None:
+    """Review finding: downloads of one's documents draw on an hourly budget per account,
+    unknown ids included, so a stolen access token cannot pull every scan at will."""
+    zhang_ = zhang()
+    await give_everything(h, zhang_)
+    h.container.export._downloads_per_hour = 2
+
+    def download(document_id: str) -> Any:
+        return privacy(h).StreamMyDocument(
+            privacy_pb2.StreamMyDocumentRequest(document_id=document_id),
+            metadata=bearer(h, zhang_.access_token),
+        )
+
+    first = [m async for m in download(zhang_.document_id)]
+    assert first[0].content_type == "image/png"
+    unknown = await failure(download("doc_unknown").read())
+    assert unknown.code == grpc.StatusCode.NOT_FOUND
+    limited = await failure(download(zhang_.document_id).read())
+    assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert limited.retry_after is not None
+
+
 async def test_the_owner_downloads_a_document_the_export_names(h: Harness) -> None:
     """D1, I4: StreamMyDocument gives the owner the document's bytes and type, and audits the
     read; another account's document (or an unknown id) is NOT_FOUND alike; an empty id is

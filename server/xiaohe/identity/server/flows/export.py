@@ -75,9 +75,20 @@ OWNER_READ: Final = "owner"
 
 TICKET_FIELD: Final = "ticket"
 DAY: Final = 86400.0
+HOUR: Final = 3600.0
 
 _AUDIT_LIMIT: Final = 10_000
 """At most this many security events (the newest); the audit log is kept ≥ 6 months."""
+
+
+DOWNLOAD_ACTION: Final = "privacy.document_download"
+DOWNLOADS_PER_HOUR: Final = 60
+"""Document downloads per account and hour: a stolen access token cannot empty the store."""
+
+
+def download_limit_key(account_id: str) -> str:
+    """The Redis key of the account's document-download budget."""
+    return f"xh:rl:{{acc:{account_id}}}:{DOWNLOAD_ACTION}"
 
 
 def export_limit_key(account_id: str) -> str:
@@ -131,6 +142,7 @@ class ExportFlow:
         audit: AuditSink | None = None,
         cases: ReviewCases | None = None,
         requests: RightsRequests | None = None,
+        downloads_per_hour: int = DOWNLOADS_PER_HOUR,
     ) -> None:
         self._accounts = accounts
         self._tickets = tickets
@@ -149,6 +161,7 @@ class ExportFlow:
         self._audit = audit
         self._cases = cases
         self._requests = requests
+        self._downloads_per_hour = downloads_per_hour
 
     def __repr__(self) -> str:
         return "ExportFlow()"
@@ -187,7 +200,15 @@ class ExportFlow:
 
     async def document(self, account_id: str, document_id: str) -> DocumentDownload:
         """One of the account's own documents for download: NotFound for any other (an
-        unknown id and another's document answer alike); the read is audited."""
+        unknown id and another's document answer alike); the read is audited. Every
+        attempt counts against the account's hourly budget (RateLimited past it)."""
+        await self._limiter.acquire(
+            DOWNLOAD_ACTION,
+            download_limit_key(account_id),
+            self._downloads_per_hour,
+            HOUR,
+            self._clock.now(),
+        )
         info = await self._documents.info(document_id)
         if info is None or not hmac.compare_digest(
             info.owner.encode("utf-8"), account_id.encode("utf-8")
