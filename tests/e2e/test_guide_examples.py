@@ -109,6 +109,11 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
         "lifted: True",
         "codes to the prefix go out again",
     ],
+    ("integrator-guide", "20"): [
+        "sessions ended: 1",
+        "old token valid: False",
+        "cancelled by signing in: True",
+    ],
     # -- issue 14: consent and export --
     ("integrator-guide", "21"): [
         "schema: xiaohe-export/1",
