@@ -6,6 +6,7 @@ the shipped working-day calendar; only the clock is fake.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -332,6 +333,21 @@ async def test_bad_input_and_the_cap_on_open_requests(env: Env) -> None:
     assert "failed_precondition" in [o for _, o in await env.outcomes("privacy.request.file")]
     await env.flow.resolve(ResolveRequestCommand(ids[0], Outcome.FULFILLED, "", "c"))
     assert await env.file(account_id)
+
+
+async def test_concurrent_filings_never_pass_the_cap(env: Env) -> None:
+    """The cap holds under concurrency: with five places left, twelve filings at once give
+    five requests and seven FailedPrecondition, never more than MAX_OPEN_PER_ACCOUNT open
+    (the count and the insert are one unit of work, serialised per account)."""
+    account_id = await env.account()
+    for _ in range(MAX_OPEN_PER_ACCOUNT - 5):
+        await env.file(account_id)
+    outcomes = await asyncio.gather(
+        *(env.file(account_id) for _ in range(12)), return_exceptions=True
+    )
+    assert sum(isinstance(o, str) for o in outcomes) == 5
+    assert sum(isinstance(o, FailedPrecondition) for o in outcomes) == 7
+    assert await env.store.count_open(account_id) == MAX_OPEN_PER_ACCOUNT
 
 
 async def test_a_year_without_a_calendar_counts_weekends_and_is_counted(env: Env) -> None:

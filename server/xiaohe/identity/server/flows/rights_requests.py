@@ -11,7 +11,9 @@ Filing (`PrivacyService.FileRequest`, the signed-in person):
 1. Check input: a kind, a free text of at most `MAX_DETAIL_CHARS` characters
    (InvalidArgument on `kind` / `detail`).
 2. At most `MAX_OPEN_PER_ACCOUNT` open requests per account (FailedPrecondition):
-   requests are answered by people, and one account must not bury the queue.
+   requests are answered by people, and one account must not bury the queue. The
+   count is taken in step 4's unit of work, with the account's filings serialised,
+   so concurrent filings cannot pass it.
 3. Due date: 15 working days from the filing day in Asia/Shanghai
    (`privacy/calendar.py`). A year the calendar does not cover is counted as
    weekends only, logged as a warning and counted in a metric, so an operator
@@ -135,11 +137,6 @@ class RightsRequestFlow:
         detail = _check_text("detail", cmd.detail)
         request_id = self._requests.new_id()
         try:
-            if await self._requests.count_open(cmd.account_id) >= MAX_OPEN_PER_ACCOUNT:
-                raise FailedPrecondition(
-                    f"at most {MAX_OPEN_PER_ACCOUNT} requests may be open at once; "
-                    "wait for the answers to the open ones"
-                )
             now = self._clock.now()
             due = self._calendar.due_date(now)
             if due.uncovered_years:
@@ -150,6 +147,13 @@ class RightsRequestFlow:
                 if self._metrics is not None:
                     self._metrics.privacy_calendar_missing()
             async with self._uow.begin():
+                # Counted in the unit of work that inserts: concurrent filings wait here.
+                open_now = await self._requests.count_open_for_filing(cmd.account_id)
+                if open_now >= MAX_OPEN_PER_ACCOUNT:
+                    raise FailedPrecondition(
+                        f"at most {MAX_OPEN_PER_ACCOUNT} requests may be open at once; "
+                        "wait for the answers to the open ones"
+                    )
                 await self._requests.add(
                     NewRightsRequest(
                         request_id=request_id,

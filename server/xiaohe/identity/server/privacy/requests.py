@@ -24,6 +24,7 @@ OPEN state: of two operators resolving one request at once exactly one wins.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 import secrets
 from collections.abc import Callable
@@ -141,6 +142,22 @@ def page_size_of(page_size: int) -> int:
     return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
 
 
+_FILING_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def _filing_lock_key(account_id: str) -> int:
+    """The advisory lock key of an account's filings: 8 bytes of SHA-256, signed."""
+    digest = hashlib.sha256(b"xiaohe.identity.rights_requests:" + account_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _count_open(account_id: str) -> sa.Select[int]:
+    t = rights_requests.c
+    return sa.select(sa.func.count()).where(
+        t.account_id == account_id, t.state == RequestState.OPEN.value
+    )
+
+
 class RightsRequests:
     """The requests store (states and sealing in the module docstring)."""
 
@@ -192,13 +209,23 @@ class RightsRequests:
 
     async def count_open(self, account_id: str) -> int:
         """How many of the account's requests are open."""
-        t = rights_requests.c
-        query = sa.select(sa.func.count()).where(
-            t.account_id == account_id, t.state == RequestState.OPEN.value
-        )
         with translate_errors():
             async with self._db.connect() as conn:
-                return int((await conn.execute(query)).scalar_one())
+                return int((await conn.execute(_count_open(account_id))).scalar_one())
+
+    async def count_open_for_filing(self, account_id: str) -> int:
+        """How many of the account's requests are open, counted in the caller's unit of work
+        with the account's filings serialised until it ends.
+
+        SQLite's write transaction already holds the one write lock. On PostgreSQL a
+        transaction-scoped advisory lock per account does it: row locks cannot, since
+        the rival filing inserts a row the count has not seen.
+        """
+        with translate_errors():
+            async with self._db.begin() as conn:
+                if self._db.dialect == "postgresql":
+                    await conn.execute(_FILING_LOCK, {"key": _filing_lock_key(account_id)})
+                return int((await conn.execute(_count_open(account_id))).scalar_one())
 
     async def get(self, request_id: str) -> RightsRequest:
         """One request, its texts opened; NotFound if there is none."""
