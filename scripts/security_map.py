@@ -33,9 +33,6 @@ TESTS = ROOT / "tests"
 NOT_YET_BUILT: dict[str, str] = {}
 
 PARTLY_BUILT: dict[str, str] = {
-    "P5": "the password length of 12 for operator accounts (a role is granted to an existing "
-    "account, whose password length the server cannot know); TOTP required of reviewers, at "
-    "the grant and on every review call, is proved",
     "I5": "removing the consent and rights-request rows that still name a deactivated "
     "account's random id (they hold no personal data; ended sessions and disclosures go with "
     "the retention sweep); deactivation ending every session at once and crypto-shredding "

@@ -1,5 +1,9 @@
 """A reviewer signs in as a reviewer does: password, then the TOTP code (SECURITY D2, P5).
 
+An operator's password is at least 12 characters (P5): a role holder's shorter one
+is refused at sign-in and as a new password, and a role is usable only from a
+sign-in made after it was granted.
+
 No session is made by hand here: the account enrols TOTP through EnrollTotp and
 ConfirmTotp, signs in with Login (MFA_REQUIRED) and CompleteMfa, and the token
 that comes out is the one ReviewService accepts; the password-only token of the
@@ -11,13 +15,24 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tests.integration.auth.test_totp_rpc import complete, enrolled_account, password_login
+from tests.integration.auth.test_totp_rpc import (
+    STEP,
+    bearer,
+    complete,
+    enrolled_account,
+    password_login,
+)
 from tests.integration.conftest import Harness
-from tests.integration.flows import LOGIN_NAME, PHONE, register
+from tests.integration.flows import LOGIN_NAME, PASSWORD, PHONE, code_ticket, register, stubs
 from tests.integration.review.steps import review_stub
 from tests.rpc_errors import details_of
 from xiaohe.identity.server.totp.codes import code_at
-from xiaohe.identity.v1 import auth_pb2, review_pb2
+from xiaohe.identity.v1 import accounts_pb2, auth_pb2, common_pb2, review_pb2
+
+SHORT = "Cha-Hua-9x"
+"""Ten characters: enough for anyone (8), too short for an operator (12, P5)."""
+ALSO_SHORT = "Cha-Hua-9y-"
+LONG_ENOUGH = "Cha-Hua-Shan-Shui-9"
 
 
 def console(h: Harness, token: str) -> tuple[tuple[str, str], ...]:
@@ -53,3 +68,91 @@ async def test_a_password_only_token_is_refused(h: Harness) -> None:
     d = details_of(caught.value)
     assert d.code == grpc.StatusCode.PERMISSION_DENIED
     assert "TOTP" in d.message
+
+
+async def signed_in(h: Harness, secret: str, password: str) -> auth_pb2.Session:
+    """Password then TOTP; the session (the clock moves on a step, so each code is fresh)."""
+    challenged = await password_login(h, password)
+    assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
+    done = await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
+    h.clock.advance(STEP)
+    return done.session
+
+
+async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> None:
+    """P5: a ten-character password is fine until the account holds a role. Then the right
+    password is FAILED_PRECONDITION at sign-in (audited), ChangePassword and ResetPassword
+    refuse a new one under 12 characters on `new_password` (the reset ticket stays usable),
+    and the session begun before the grant cannot use the role; after a reset to a longer
+    password the operator signs in and reviews."""
+    account_id, secret, _ = await enrolled_account(h)
+    session = await signed_in(h, secret, PASSWORD)
+    await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(
+            current_password=PASSWORD, new_password=SHORT, keep_other_sessions=True
+        ),
+        metadata=bearer(h, session.access_token),
+    )
+    before_grant = await signed_in(h, secret, SHORT)  # not an operator yet: accepted
+    h.clock.advance(STEP)
+    await h.container.operator_roles.grant(account_id, "review")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await password_login(h, SHORT)
+    refused = details_of(caught.value)
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "12 characters" in refused.message
+    logins = await h.container.audit.query(action="auth.login.password")
+    assert logins[-1].outcome == "operator_password_too_short"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await review_stub(h).ListCases(
+            review_pb2.ListCasesRequest(), metadata=console(h, before_grant.access_token)
+        )
+    stale = details_of(caught.value)
+    assert stale.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "sign in again" in stale.message
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stubs(h).accounts.ChangePassword(
+            accounts_pb2.ChangePasswordRequest(current_password=SHORT, new_password=ALSO_SHORT),
+            metadata=bearer(h, before_grant.access_token),
+        )
+    changed = details_of(caught.value)
+    assert changed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(changed.violations) == ["new_password"]
+
+    ticket = await code_ticket(h, PHONE, common_pb2.PURPOSE_RESET_PASSWORD)
+    reset = accounts_pb2.ResetPasswordRequest(
+        identifier=LOGIN_NAME, ticket=ticket, new_password=ALSO_SHORT
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stubs(h).accounts.ResetPassword(reset, metadata=h.metadata)
+    weak = details_of(caught.value)
+    assert weak.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(weak.violations) == ["new_password"]
+    reset.new_password = LONG_ENOUGH
+    await stubs(h).accounts.ResetPassword(reset, metadata=h.metadata)
+
+    after = await signed_in(h, secret, LONG_ENOUGH)
+    listed = await review_stub(h).ListCases(
+        review_pb2.ListCasesRequest(), metadata=console(h, after.access_token)
+    )
+    assert listed.cases == []
+
+
+async def test_accounts_without_a_role_keep_the_general_rule(h: Harness) -> None:
+    """P5 binds operators only: an account that holds no role signs in with a ten-character
+    password and sets another one."""
+    await register(h, LOGIN_NAME, PHONE)
+    first = await password_login(h)
+    await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(current_password=PASSWORD, new_password=SHORT),
+        metadata=bearer(h, first.session.access_token),
+    )
+    again = await password_login(h, SHORT)
+    assert again.next_step == auth_pb2.NEXT_STEP_NONE
+    await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(current_password=SHORT, new_password=ALSO_SHORT),
+        metadata=bearer(h, again.session.access_token),
+    )

@@ -26,6 +26,7 @@ from xiaohe.identity.server.codes.tickets import TicketService
 from xiaohe.identity.server.config import Settings
 from xiaohe.identity.server.credentials.hasher import Argon2Parameters, PasswordHasher
 from xiaohe.identity.server.credentials.lockout import LockoutPolicy, LoginThrottle
+from xiaohe.identity.server.credentials.operators import OperatorPasswords
 from xiaohe.identity.server.credentials.passwords import CommonPasswords, PasswordPolicy
 from xiaohe.identity.server.credentials.reauth import PasswordCheck
 from xiaohe.identity.server.crypto.blind import BlindIndex
@@ -518,7 +519,13 @@ class Container:
             clock=self.clock,
             allowed_country_codes=self.settings.allowed_country_codes,
             audit=self.audit,
+            operator_passwords=self.operator_passwords,
         )
+
+    @cached_property
+    def operator_passwords(self) -> OperatorPasswords:
+        """The 12-character rule for role holders' passwords (SECURITY P5)."""
+        return OperatorPasswords(self.operator_roles)
 
     @cached_property
     def channels(self) -> ChannelFlow:
@@ -621,6 +628,7 @@ class Container:
             clock=self.clock,
             sla_seconds=s.review_sla_seconds,
             second_approval=s.review_second_approval,
+            sessions=self.sessions,
         )
 
     # -- end of manual review -------------------------------------------------------------------
@@ -753,6 +761,7 @@ class Container:
             mfa_tickets=self.mfa_tickets,
             deactivations=self.deactivation,  # issue 14: deactivation
             policy_notices=self.policy_notices,  # issue 14: notify-only policy versions
+            operator_passwords=self.operator_passwords,
         )
 
     # -- TOTP second factor (issue 12) --

@@ -42,6 +42,12 @@ Argon2 operation and two throttle scripts, and raise the same InvalidCredentials
 with the same message (B3). If the hasher's queue is full, every path raises Overloaded alike, and a
 reservation whose password was never evaluated is refunded.
 
+Operators (SECURITY P5). An account that holds an operator role needs a password
+of at least 12 characters (`credentials.operators`): a right password that is
+shorter is refused with FailedPrecondition, after the lockout has counted it as
+right, and the person resets it. Other accounts never pay for the role lookup,
+nor does a password of 12 characters or more.
+
 Second factor (SECURITY D3). When the account has an active TOTP factor, a
 right password (or a valid SMS ticket) starts no session: the answer is
 MFA_REQUIRED with an MFA ticket (`totp.tickets.MfaTickets`: short-lived, bound to
@@ -89,6 +95,7 @@ from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quie
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
+from xiaohe.identity.server.credentials.operators import TOO_SHORT_OUTCOME, OperatorPasswords
 from xiaohe.identity.server.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -432,8 +439,10 @@ class LoginFlow:
         mfa_tickets: MfaTicketStore | None = None,
         deactivations: DeactivationCanceller | None = None,
         policy_notices: PolicyNotifier | None = None,
+        operator_passwords: OperatorPasswords | None = None,
     ) -> None:
         self._policy_notices = policy_notices
+        self._operator_passwords = operator_passwords
         self._uow = uow
         self._accounts = accounts
         self._sessions = sessions
@@ -479,6 +488,7 @@ class LoginFlow:
                 if account.status not in SIGN_IN_STATES:
                     attempt.outcome = "account_inactive"
                     raise InvalidCredentials()
+                await self._check_operator_password(attempt, account, password)
                 await self._rehash_if_needed(account, password)
                 result = await self._challenge(attempt, account, "pwd", audience, client_id)
                 await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.succeeded())
@@ -488,6 +498,7 @@ class LoginFlow:
                 if account.status not in SIGN_IN_STATES:
                     attempt.outcome = "account_inactive"
                     raise InvalidCredentials()
+                await self._check_operator_password(attempt, account, password)
                 await self._rehash_if_needed(account, password)
                 result = await self._start(
                     attempt,
@@ -771,6 +782,19 @@ class LoginFlow:
         except Overloaded:
             # Refused before any work was queued: nothing was evaluated, refund the slot.
             await self._throttle.release(account.account_id, ip, reservation)
+            raise
+
+    async def _check_operator_password(
+        self, attempt: _Attempt, account: AccountCredentials, password: str
+    ) -> None:
+        """A role holder's right password that is too short for an operator (P5) is
+        FailedPrecondition, audited as `operator_password_too_short`."""
+        if self._operator_passwords is None:
+            return
+        try:
+            await self._operator_passwords.check_sign_in(account.account_id, password)
+        except FailedPrecondition:
+            attempt.outcome = TOO_SHORT_OUTCOME
             raise
 
     async def _settle(self, account_id: str, ip: str, reservation: str) -> asyncio.Task[None]:

@@ -23,7 +23,9 @@ Change, in order:
 
 1. Shapes: `current_password` present and at most 4096 characters; the new
    password through the policy with the login name and phone as context words
-   (InvalidArgument on `new_password`). Nothing is hashed or counted yet.
+   (InvalidArgument on `new_password`), and for an account that holds an operator
+   role at least 12 characters (P5, `credentials.operators`). Nothing is hashed
+   or counted yet.
 2. The current password, through `PasswordCheck` (the login throttle: a wrong
    one is a failed login for that account and IP, a locked pair refuses even the
    right one, after the same dummy Argon2 verify) → InvalidCredentials.
@@ -52,9 +54,10 @@ Reset, in order:
    the named account only if that is the same account (active). The lookup of
    the ticket's holder runs for unknown identifiers too.
 5. For a bound ticket only: the new password against the account's context words
-   (login name, phone); a weak one is InvalidArgument and the ticket stays
-   usable. An unbound ticket gets only the check of step 1, so this step cannot
-   tell a stranger anything about the account an identifier names.
+   (login name, phone), and an operator's 12 characters (P5); a weak one is
+   InvalidArgument and the ticket stays usable. An unbound ticket gets only the
+   check of step 1, so this step cannot tell a stranger anything about the
+   account an identifier names.
 6. One Argon2 hash of the new password, on every path (the decoy for the unknown
    identifier, the foreign ticket and the wrong name is a real hash thrown away).
 7. The ticket is consumed, on every path.
@@ -95,6 +98,7 @@ from xiaohe.identity.server.accounts.models import (
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketClaims, TicketConsumer
+from xiaohe.identity.server.credentials.operators import OperatorPasswords
 from xiaohe.identity.server.credentials.passwords import normalise
 from xiaohe.identity.server.errors import Conflict, FieldViolation, InvalidArgument, TicketInvalid
 from xiaohe.identity.server.flows.registration import PasswordChecker, PasswordHashing
@@ -240,7 +244,9 @@ class PasswordFlow:
         clock: Clock,
         allowed_country_codes: Collection[str] = ("86",),
         audit: AuditSink | None = None,
+        operator_passwords: OperatorPasswords | None = None,
     ) -> None:
+        self._operator_passwords = operator_passwords
         self._uow = uow
         self._accounts = accounts
         self._sessions = sessions
@@ -274,6 +280,7 @@ class PasswordFlow:
             new_password = self._policy.check(
                 cmd.new_password, context=_context(account, data), field=NEW_FIELD
             )
+            await self._check_operator(account.account_id, new_password)
             await self._password_check.verify(
                 account.account_id, account.password_hash, cmd.current_password, cmd.ip
             )
@@ -325,6 +332,7 @@ class PasswordFlow:
                 new_password = self._policy.check(
                     new_password, context=_context(*proven), field=NEW_FIELD
                 )
+                await self._check_operator(proven[0].account_id, new_password)
             new_hash = await self._hasher.hash(new_password)  # step 6: on every path
             spent = await self._tickets.consume(cmd.ticket, purpose=Purpose.RESET_PASSWORD)
             if (spent.purpose, spent.channel, spent.destination) != (
@@ -347,6 +355,11 @@ class PasswordFlow:
             )
             raise
         return ended
+
+    async def _check_operator(self, account_id: str, new_password: str) -> None:
+        """InvalidArgument on `new_password` if a role holder's is too short (P5)."""
+        if self._operator_passwords is not None:
+            await self._operator_passwords.check_new(account_id, new_password, NEW_FIELD)
 
     def _check_reset_request(
         self, cmd: ResetPasswordCommand

@@ -4,8 +4,10 @@ Who may review. Every call comes from a console whose client holds the grant
 `review` (the interceptor checks it) and carries the reviewer's own access
 token. The token must be valid, come from a sign-in with password and TOTP
 (`"otp" in amr`: operators follow the stricter rule set, P5), and its account
-must hold the operator role `review` (granted by the CLI). Each refusal is
-PERMISSION_DENIED saying which of these is missing.
+must hold the operator role `review` (granted by the CLI) since before the
+session began: a sign-in after the grant is one that passed the operators'
+password length (`credentials.operators`). Each refusal is PERMISSION_DENIED
+saying which of these is missing.
 
 What a reviewer sees. The queue lists cases oldest first, with how long each
 has waited against the SLA (`review_sla_seconds`, 48 h by default: the policy's
@@ -214,10 +216,19 @@ class RealNameApplier:
 
 @dataclass(frozen=True)
 class Reviewer:
-    """The person behind a review call: their account and how they signed in."""
+    """The person behind a review call: their account, how they signed in, and the session."""
 
     account_id: str
     amr: tuple[str, ...]
+    session_id: str = ""
+
+
+class SessionStarts(Protocol):
+    """When a session began (`SessionService.started_at`)."""
+
+    async def started_at(self, session_id: str) -> float | None:
+        """The sign-in time of the session (epoch seconds), or None if there is none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -305,6 +316,7 @@ class ReviewFlow:
         sla_seconds: int = DEFAULT_SLA_SECONDS,
         second_approval: bool = False,
         transform: DocumentTransform | None = None,
+        sessions: SessionStarts | None = None,
     ) -> None:
         if sla_seconds < 1:
             raise ValueError("sla_seconds must be positive")
@@ -318,18 +330,27 @@ class ReviewFlow:
         self._sla = sla_seconds
         self._second_approval = second_approval
         self._transform = transform
+        self._sessions = sessions
 
     def __repr__(self) -> str:
         return "ReviewFlow()"
 
     async def authorize(self, reviewer: Reviewer) -> None:
-        """PERMISSION_DENIED unless the reviewer signed in with TOTP and holds the role."""
+        """PERMISSION_DENIED unless the reviewer signed in with TOTP, holds the role, and signed
+        in after it was granted (so the sign-in passed the operators' password rule, P5)."""
         if "otp" not in reviewer.amr:
             raise PermissionDenied(
                 "reviewers must sign in with password and TOTP (the token has no otp method)"
             )
-        if not await self._roles.holds(reviewer.account_id, REVIEW_ROLE):
+        granted_at = await self._roles.granted_at(reviewer.account_id, REVIEW_ROLE)
+        if granted_at is None:
             raise PermissionDenied("the signed-in account does not hold the operator role review")
+        if self._sessions is not None:
+            started_at = await self._sessions.started_at(reviewer.session_id)
+            if started_at is None or started_at < granted_at:
+                raise PermissionDenied(
+                    "the operator role review was granted after this sign-in; sign in again"
+                )
 
     async def list_cases(
         self,

@@ -107,6 +107,23 @@ class OperatorRoles:
             async with self._db.connect() as conn:
                 return await self._holds(conn, account_id, role)
 
+    async def granted_at(self, account_id: str, role: str) -> float | None:
+        """When the account was given `role` (epoch seconds), or None if it does not hold it."""
+        query = sa.select(operator_roles.c.granted_at).where(
+            operator_roles.c.account_id == account_id, operator_roles.c.role == role
+        )
+        with translate_errors():
+            async with self._db.connect() as conn:
+                granted = (await conn.execute(query)).scalar_one_or_none()
+        return None if granted is None else epoch(granted)
+
+    async def holds_any(self, account_id: str) -> bool:
+        """Whether the account holds any operator role now (SECURITY P5's password rule)."""
+        query = sa.select(operator_roles.c.role).where(operator_roles.c.account_id == account_id)
+        with translate_errors():
+            async with self._db.connect() as conn:
+                return (await conn.execute(query.limit(1))).first() is not None
+
     # -- issue 14: deactivation --
 
     async def forget_account(self, account_id: str) -> int:

@@ -360,6 +360,13 @@ class SessionService:
             await self._record(AUDIT_REVOKE_ALL, account_id, reason)
         return len(revoked)
 
+    async def started_at(self, session_id: str) -> float | None:
+        """When the session was signed in (epoch seconds), or None if there is no such session."""
+        if not session_id:
+            return None
+        record = await self._repo.get(session_id)
+        return None if record is None else record.created_at
+
     async def history(self, account_id: str) -> list[SessionRecord]:
         """Every stored session of the account, live or ended, newest first (issue 14: export)."""
         return await self._repo.list_all(account_id)

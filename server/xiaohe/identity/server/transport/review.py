@@ -31,7 +31,7 @@ _VERDICTS = {"APPROVE": Verdict.APPROVE, "REJECT": Verdict.REJECT}
 def reviewer(ctx: grpc.aio.ServicerContext[Any, Any], tokens: TokenValidation) -> Reviewer:
     """The reviewer behind the call, from the bearer token (UNAUTHENTICATED without one)."""
     claims = require_user(ctx, tokens)
-    return Reviewer(account_id=claims.sub, amr=tuple(claims.amr))
+    return Reviewer(account_id=claims.sub, amr=tuple(claims.amr), session_id=claims.sid)
 
 
 def case_kind(value: int, field: str = "kind") -> CaseKind | None:
