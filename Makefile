@@ -102,8 +102,10 @@ loadtest: $(VENV)/.installed
 	  $(if $(CLIENT_FILE),--client-file "$(CLIENT_FILE)") $(if $(OUTBOX),--outbox "$(OUTBOX)") \
 	  $(LOADTEST_ARGS)
 
+# PROFILE_ARGS="--tree" for the pyinstrument call tree instead of the ablations.
+PROFILE_ARGS ?=
 profile-codes: $(VENV)/.installed
-	$(BIN)/python -m benchmarks.profile_codes
+	$(BIN)/python -m benchmarks.profile_codes $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

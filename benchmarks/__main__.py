@@ -20,9 +20,11 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -87,30 +89,41 @@ def bench_settings(data_dir: Path) -> Settings:
     )
 
 
-def install_known_codes(container: Container) -> None:
-    """Replace only the code generator, so the client can verify without reading the outbox."""
-    container.__dict__["codes"] = CodeService(
-        redis=container.redis,
-        policy=container.code_policy,
-        hmac_key=container.keyring.code_hmac_key,
-        clock=container.clock,
-        queue=container.outbox,
-        compose=compose_code_message,
-        random_digits=lambda: BENCH_CODE,
-        metrics=container.metrics,
-        audit=container.audit,
-        pumping=container.pumping_policy,
-        block_events=container.block_reporter,
-    )
+def install_known_codes(container: Container, **replaced: Any) -> None:
+    """Replace only the code generator, so the client can verify without reading the outbox.
+
+    `replaced` swaps more of the service's collaborators; only `make profile-codes` does,
+    to measure what each part of the work costs.
+    """
+    wiring: dict[str, Any] = {
+        "redis": container.redis,
+        "policy": container.code_policy,
+        "hmac_key": container.keyring.code_hmac_key,
+        "clock": container.clock,
+        "queue": container.outbox,
+        "compose": compose_code_message,
+        "random_digits": lambda: BENCH_CODE,
+        "metrics": container.metrics,
+        "audit": container.audit,
+        "pumping": container.pumping_policy,
+        "block_events": container.block_reporter,
+    }
+    container.__dict__["codes"] = CodeService(**(wiring | replaced))
 
 
-async def started(data_dir: Path, redis_url: str) -> tuple[Container, grpc.aio.Channel, Metadata]:
+Install = Callable[[Container], None]
+"""What `started` does to the container before serving it."""
+
+
+async def started(
+    data_dir: Path, redis_url: str, install: Install = install_known_codes
+) -> tuple[Container, grpc.aio.Channel, Metadata]:
     """A migrated store, a started server and an all-grants client's credentials."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     settings = bench_settings(data_dir)
     await upgrade_async(settings.effective_database_url)
     container = Container(settings, redis_url=redis_url)
-    install_known_codes(container)
+    install(container)
     running = await start_server(container, settings.listen)
     container.__dict__["bench_server"] = running
     client, secret = await container.clients.create("bench", ["*"])
@@ -140,9 +153,18 @@ async def code_ticket(
     return verified.ticket
 
 
-async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: float) -> Rate:
-    """IssueCode + VerifyCode pairs per second, each pair for a fresh phone number."""
-    container, channel, credentials = await started(data_dir, redis_url)
+async def code_pairs(
+    data_dir: Path,
+    redis_url: str,
+    concurrency: int,
+    seconds: float,
+    *,
+    install: Install = install_known_codes,
+    name: str = "code issue+verify",
+) -> Rate:
+    """IssueCode + VerifyCode pairs per second, each pair for a fresh phone number, against
+    a server on a new store in `data_dir`."""
+    container, channel, credentials = await started(data_dir, redis_url, install)
     stub = codes_pb2_grpc.CodeServiceStub(channel)
 
     async def pair(i: int) -> None:
@@ -152,9 +174,7 @@ async def code_pairs(data_dir: Path, redis_url: str, concurrency: int, seconds: 
         await code_ticket(stub, phone, common_pb2.PURPOSE_REGISTER, metadata)
 
     try:
-        return await measure_async(
-            "code issue+verify", pair, concurrency=concurrency, seconds=seconds
-        )
+        return await measure_async(name, pair, concurrency=concurrency, seconds=seconds)
     finally:
         await stopped(container, channel)
 
@@ -422,32 +442,41 @@ def machine() -> str:
 CODE_PATH_PROFILE = """\
 ## Where the code path's time goes
 
-From `make profile-codes --seconds 6` (pyinstrument, 2026-12-03, this machine): the
-event loop's thread was busy 7.3 s of the 7.6 s run and the process used 8.3 s of CPU,
-so the code path is bound by the one worker's event loop, not by Redis or SQLite.
-Shares of the loop's time:
+`make profile-codes` measures the pairs again with parts of the work taken out, each
+variant on a new store and in alternation with the echo baseline (3 rounds of 4 s),
+and prints them in echo units: how many bare echo calls cost as much as one pair. The
+bar of 0.25 is 4 units. Run of 2026-12-03 16:40 UTC on this machine (echo 1572/s):
 
-- IssueCode handler, 19%: caller windows (one Redis pipeline) 8%, the issue script
-  (cooldown, windows, prefix budgets, replace the code) 5%, the outbox row 2%.
-- VerifyCode handler, 17%: caller windows 7%, the verify script 5%, the ticket.
-- Group commit of outbox rows and delivery updates, 16%: statements 6%, BEGIN/COMMIT 8%.
-- Audit log, 12%: the hash-chained append 7%, BEGIN/COMMIT 5%.
-- Delivery to the dev provider, 8%, half of it building the update statement.
-- Interceptor, gRPC and asyncio internals and the bench client, 28%: what an RPC
-  costs before and after its handler, the part an echo call also pays.
+| variant | pairs/s | ratio | echo units |
+|---|---|---|---|
+| as served | 108 | 0.07 | 14.5 |
+| without audit records | 135 | 0.09 | 11.7 |
+| ... and a provider that takes all at once | 179 | 0.11 | 8.8 |
+| ... or outbox | 300 | 0.19 | 5.2 |
+| ... or caller windows | 388 | 0.25 | 4.1 |
+| handlers doing nothing | 656 | 0.42 | 2.4 |
 
-Why the bar of 0.25 is not met: in echo units (one bare echo call = 1) a pair costs
-the inverse of the first line's ratio, 14 to 16 in the runs of 2026-12-03 (about 15),
-and 0.25 allows 4. The last item alone, what the two RPCs cost before and after
-their handlers run, is 28% of 15, about 4 units: with handlers that did nothing,
-the ratio would be about 0.24.
-Tuning the handlers (one Redis round trip per RPC instead of two, prebuilt and
-batched statements) removes perhaps a fifth of their cost, for a ratio near 0.09.
-Reaching 0.25 needs a decision on the design or on the measure, not tuning: the
-code's outbox row and audit record kept in Redis by the same script as the code
-and moved to SQL in batches by another process, the transport made cheaper than
-one grpc.aio echo (a different server stack), or a measurement in which the
-server's workers have cores the client does not share.
+So a pair's 14.5 units are: the two audit records 2.8; the dev outbox file's locked,
+fsynced append on a thread 2.9; the outbox row, its hand-off to the dispatcher and
+the recorded outcome 3.6; the per-IP and per-client windows 1.1; the destination's
+scripts and the handlers' own work 1.7; and 2.4 for two RPCs through the server, the
+interceptor (client authentication, grants, context, metrics, access log) and the
+servicer. An earlier run without the provider line agreed within noise (10.5, 9.1,
+4.3, 3.8 and 2.4 units). This replaces an estimate from a pyinstrument profile, which
+put the RPCs' own cost at 4 units; the sampler slows Python code more than C code,
+and the measured floor is 2.4.
+
+Why the bar of 0.25 is not met: the writes a pair causes (two audit records, an outbox
+row, a provider call and its outcome) cost about 9 units on the worker's event loop,
+and the bar leaves 4 for everything. Even with no audit and no outbox at all the pair
+measures 0.19. The audit log and the outbox already commit in groups (one transaction
+per batch of concurrent requests); tuning them further (prebuilt statements, one
+fsync per batch of dev-outbox lines) would bring perhaps 2 to 3 units, for a ratio near
+0.1. Reaching 0.25 needs a decision on the design or on the measure: the code's
+outbox message and audit records appended to Redis by the requests and written to SQL
+and sent by a separate relay process (their durability would then be Redis's until
+relayed, and on a Redis Cluster the relay reads one stream per shard), or a bar for
+the full path near 0.1, with the variants above as the measure of each part.
 """
 
 
@@ -471,8 +500,8 @@ Written by `make bench` ({now}); every number below comes from one run on one ma
 - Setup: one in-process worker on the embedded stores (SQLite, embedded redis-server),
   OWASP Argon2id (m=19 MiB, t=2, p=1), loopback gRPC, {concurrency} calls in flight,
   {seconds:g} s per measurement after a warm-up. Each baseline is measured in the same run,
-  on the same cores, with the same client shape; password logins and ValidateToken
-  alternate with their baselines, {ROUNDS} rounds each, averaged.
+  on the same cores, with the same client shape; code pairs, password logins and
+  ValidateToken alternate with their baselines, {ROUNDS} rounds each, averaged.
 
 {body}
 
@@ -506,8 +535,12 @@ async def main(seconds: float, concurrency: int, report: Path | None) -> None:
         redis_server = EmbeddedRedis(root / "redis")
         redis_url = redis_server.start()
         try:
-            echo = await echo_rate(concurrency, seconds, ECHO_PAYLOAD)
-            pairs = await code_pairs(root / "codes", redis_url, concurrency, seconds)
+            stores = itertools.count()
+            echo, pairs = await alternating(
+                ROUNDS,
+                lambda: echo_rate(concurrency, seconds, ECHO_PAYLOAD),
+                lambda: code_pairs(root / f"codes-{next(stores)}", redis_url, concurrency, seconds),
+            )
             auth = await auth_rates(root / "auth", redis_url, concurrency, seconds)
             recoveries = await recovery_rates(root / "recovery", redis_url)
             matched = recoveries["recovery with a match"]
