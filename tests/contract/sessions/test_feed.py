@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from tests.conftest import WITH_CLUSTER, backend_url, client_for
+from tests.contract.sessions.test_revocations import eventually
 from xiaohe.identity.server.clock import FakeClock
 from xiaohe.identity.server.sessions.feed import FEED_KEY, FeedItem, RevocationFeed, Revoked
-from xiaohe.identity.server.sessions.revocations import RevocationList
+from xiaohe.identity.server.sessions.revocations import REVOKED_KEY, RevocationList
 
 
 @pytest.fixture(params=WITH_CLUSTER)
@@ -87,6 +89,36 @@ async def test_a_revocation_list_announces_sessions_with_account_and_reason(
         Revoked("sid-2", "acct-1", "password_change"),
     ]
     assert {i.at for i in seen} == {clock.now()}
+
+
+async def test_an_append_the_stream_refuses_is_retried_once_with_its_account_and_reason(
+    redis: aioredis.Redis, clock: FakeClock
+) -> None:
+    """Fault injection: the feed's key holds a string, so the append fails (WRONGTYPE) after
+    the revocation set took the id. The worker refuses the session at once and keeps it
+    pending, the error reaches the caller; once the key is usable again, `run` appends the
+    entry, with its account and reason, exactly once."""
+    feed = make_feed(redis, clock)
+    rl = RevocationList(redis, clock, 600, feed=feed, tick=0.05, backoff_initial=0.05)
+    await rl.reload()
+    await redis.set(FEED_KEY, "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await rl.revoke(["sid-f"], account_id="acct-f", reason="logout")
+    assert rl.is_revoked("sid-f")
+    assert rl.pending == {"sid-f"}
+    assert await redis.zscore(REVOKED_KEY, "sid-f") is not None
+    await redis.delete(FEED_KEY)
+    stop = asyncio.Event()
+    task = asyncio.create_task(rl.run(stop))
+    try:
+        assert await eventually(lambda: not rl.pending, within=5) is not None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    entries = await redis.xrange(FEED_KEY)
+    assert [(f[b"sid"], f[b"acct"], f[b"reason"]) for _id, f in entries] == [
+        (b"sid-f", b"acct-f", b"logout")
+    ]
 
 
 async def test_a_cursor_replays_after_itself_and_a_trimmed_one_resyncs(
