@@ -338,7 +338,9 @@ async def test_bad_input_and_the_cap_on_open_requests(env: Env) -> None:
 async def test_concurrent_filings_never_pass_the_cap(env: Env) -> None:
     """The cap holds under concurrency: with five places left, twelve filings at once give
     five requests and seven FailedPrecondition, never more than MAX_OPEN_PER_ACCOUNT open
-    (the count and the insert are one unit of work, serialised per account)."""
+    (the count and the insert are one unit of work, serialised per account). On SQLite
+    nothing yields between the count and the commit, so the PostgreSQL run is the one that
+    would catch a race; it failed there before the fix."""
     account_id = await env.account()
     for _ in range(MAX_OPEN_PER_ACCOUNT - 5):
         await env.file(account_id)

@@ -82,9 +82,10 @@ async def signed_in(h: Harness, secret: str, password: str) -> auth_pb2.Session:
 async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> None:
     """P5: a ten-character password is fine until the account holds a role. Then the right
     password is FAILED_PRECONDITION at sign-in (audited), ChangePassword and ResetPassword
-    refuse a new one under 12 characters on `new_password` (the reset ticket stays usable),
-    and the session begun before the grant cannot use the role; after a reset to a longer
-    password the operator signs in and reviews."""
+    refuse a new one under 12 characters on `new_password` (a reset only once its proof is
+    complete: the ticket is spent), and the session begun before the grant cannot use the
+    role, refreshed or not; after a reset to a longer password the operator signs in and
+    reviews."""
     account_id, secret, _ = await enrolled_account(h)
     session = await signed_in(h, secret, PASSWORD)
     await stubs(h).accounts.ChangePassword(
@@ -105,13 +106,17 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
     logins = await h.container.audit.query(action="auth.login.password")
     assert logins[-1].outcome == "operator_password_too_short"
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await review_stub(h).ListCases(
-            review_pb2.ListCasesRequest(), metadata=console(h, before_grant.access_token)
-        )
-    stale = details_of(caught.value)
-    assert stale.code == grpc.StatusCode.PERMISSION_DENIED
-    assert "sign in again" in stale.message
+    refreshed = await stubs(h).auth.Refresh(
+        auth_pb2.RefreshRequest(refresh_token=before_grant.refresh_token), metadata=h.metadata
+    )
+    for token in (before_grant.access_token, refreshed.session.access_token):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await review_stub(h).ListCases(
+                review_pb2.ListCasesRequest(), metadata=console(h, token)
+            )
+        stale = details_of(caught.value)
+        assert stale.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "sign in again" in stale.message
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stubs(h).accounts.ChangePassword(
@@ -131,6 +136,8 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
     weak = details_of(caught.value)
     assert weak.code == grpc.StatusCode.INVALID_ARGUMENT
     assert list(weak.violations) == ["new_password"]
+    h.clock.advance(61)  # the phone's resend cooldown
+    reset.ticket = await code_ticket(h, PHONE, common_pb2.PURPOSE_RESET_PASSWORD)
     reset.new_password = LONG_ENOUGH
     await stubs(h).accounts.ResetPassword(reset, metadata=h.metadata)
 
@@ -156,3 +163,24 @@ async def test_accounts_without_a_role_keep_the_general_rule(h: Harness) -> None
         accounts_pb2.ChangePasswordRequest(current_password=SHORT, new_password=ALSO_SHORT),
         metadata=bearer(h, again.session.access_token),
     )
+
+
+async def test_an_sms_code_and_totp_sign_in_does_not_review(h: Harness) -> None:
+    """P5: the password's length is checked at a password sign-in, so a role holder signed in
+    by SMS code and TOTP (amr sms, otp) is refused, with a message naming the methods."""
+    account_id, secret, _ = await enrolled_account(h)
+    await h.container.operator_roles.grant(account_id, "review")
+    h.clock.advance(61)  # the phone's resend cooldown since the registration code
+    sms_ticket = await code_ticket(h, PHONE, common_pb2.PURPOSE_LOGIN)
+    challenged = await stubs(h).auth.Login(
+        auth_pb2.LoginRequest(sms_ticket=sms_ticket), metadata=h.metadata
+    )
+    assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
+    done = await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await review_stub(h).ListCases(
+            review_pb2.ListCasesRequest(), metadata=console(h, done.session.access_token)
+        )
+    d = details_of(caught.value)
+    assert d.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "password and TOTP" in d.message

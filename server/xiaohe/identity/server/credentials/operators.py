@@ -12,8 +12,11 @@ the length is checked where the password itself passes:
   one is InvalidArgument on the new password, like any other rule of the policy.
 
 A role granted to an account already signed in is not usable from that session:
-the review flow accepts only sessions begun after the grant, so every use of a
-role comes from a sign-in that passed this check.
+the review flow accepts only password-and-TOTP sessions begun after the grant.
+Left open, and why (docs/decisions.md): a role granted between a password and the
+TOTP code of one sign-in (the MFA ticket lives 300 s) meets an unchecked password;
+re-authentication inside a session (binding a phone, enrolling TOTP) accepts the
+account's password as it is.
 """
 
 from __future__ import annotations

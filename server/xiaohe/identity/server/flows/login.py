@@ -44,8 +44,9 @@ reservation whose password was never evaluated is refunded.
 
 Operators (SECURITY P5). An account that holds an operator role needs a password
 of at least 12 characters (`credentials.operators`): a right password that is
-shorter is refused with FailedPrecondition, after the lockout has counted it as
-right, and the person resets it. Other accounts never pay for the role lookup,
+shorter is refused with FailedPrecondition, and the person resets it. The lockout
+treats it as any right password of its branch (settled as a success without a
+second factor, released with one). Other accounts never pay for the role lookup,
 nor does a password of 12 characters or more.
 
 Second factor (SECURITY D3). When the account has an active TOTP factor, a

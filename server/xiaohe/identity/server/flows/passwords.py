@@ -54,10 +54,9 @@ Reset, in order:
    the named account only if that is the same account (active). The lookup of
    the ticket's holder runs for unknown identifiers too.
 5. For a bound ticket only: the new password against the account's context words
-   (login name, phone), and an operator's 12 characters (P5); a weak one is
-   InvalidArgument and the ticket stays usable. An unbound ticket gets only the
-   check of step 1, so this step cannot tell a stranger anything about the
-   account an identifier names.
+   (login name, phone); a weak one is InvalidArgument and the ticket stays
+   usable. An unbound ticket gets only the check of step 1, so this step cannot
+   tell a stranger anything about the account an identifier names.
 6. One Argon2 hash of the new password, on every path (the decoy for the unknown
    identifier, the foreign ticket and the wrong name is a real hash thrown away).
 7. The ticket is consumed, on every path.
@@ -65,7 +64,9 @@ Reset, in order:
    (NFKC, trimmed, compared in constant time) → TicketInvalid, the same error as
    a wrong ticket; nothing is written or sent. The ticket was for this account's
    channel only when bound, so nothing is sent to anyone: an unknown identifier
-   has no channel, a foreign ticket's holder did not ask.
+   has no channel, a foreign ticket's holder did not ask. For an account that
+   holds an operator role, a new password under 12 characters is InvalidArgument
+   here, once the proof is complete (P5; the ticket is spent: ask for a new code).
 9. One unit of work: the hash (unconditional: the ticket proves the right to
    set it, whatever it is now), every session revoked, the notice, the audit.
 
@@ -332,7 +333,6 @@ class PasswordFlow:
                 new_password = self._policy.check(
                     new_password, context=_context(*proven), field=NEW_FIELD
                 )
-                await self._check_operator(proven[0].account_id, new_password)
             new_hash = await self._hasher.hash(new_password)  # step 6: on every path
             spent = await self._tickets.consume(cmd.ticket, purpose=Purpose.RESET_PASSWORD)
             if (spent.purpose, spent.channel, spent.destination) != (
@@ -348,6 +348,9 @@ class PasswordFlow:
             if not self._name_matches(account, data, cmd.real_name):
                 outcome = "name_mismatch"
                 raise TicketInvalid()
+            # Only now, so that nobody short of the full proof learns the account is an
+            # operator's; the ticket is spent by then (ask for another code).
+            await self._check_operator(account.account_id, new_password)
             ended = await self._store_reset(account, data, new_hash)
         except Exception as exc:
             await record_quietly(

@@ -3,7 +3,8 @@
 Who may review. Every call comes from a console whose client holds the grant
 `review` (the interceptor checks it) and carries the reviewer's own access
 token. The token must be valid, come from a sign-in with password and TOTP
-(`"otp" in amr`: operators follow the stricter rule set, P5), and its account
+(`pwd` and `otp` in amr: operators follow the stricter rule set, P5; an SMS code
+and TOTP do not do, since the password's length is checked at that sign-in), and its account
 must hold the operator role `review` (granted by the CLI) since before the
 session began: a sign-in after the grant is one that passed the operators'
 password length (`credentials.operators`). Each refusal is PERMISSION_DENIED
@@ -338,9 +339,10 @@ class ReviewFlow:
     async def authorize(self, reviewer: Reviewer) -> None:
         """PERMISSION_DENIED unless the reviewer signed in with TOTP, holds the role, and signed
         in after it was granted (so the sign-in passed the operators' password rule, P5)."""
-        if "otp" not in reviewer.amr:
+        if not {"pwd", "otp"} <= set(reviewer.amr):
             raise PermissionDenied(
-                "reviewers must sign in with password and TOTP (the token has no otp method)"
+                "reviewers must sign in with password and TOTP (the token's methods are "
+                f"{', '.join(reviewer.amr) or 'none'})"
             )
         granted_at = await self._roles.granted_at(reviewer.account_id, REVIEW_ROLE)
         if granted_at is None:
