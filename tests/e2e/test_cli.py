@@ -236,7 +236,8 @@ def test_policy_publish_notify_only(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_key_rotation_commands(cli: Cli) -> None:
-    """`keys rotate` and `keys rotate-signing` add keys, keep the old ones, keep the file 0600."""
+    """`keys rotate` and `keys rotate-signing` add keys, keep the old ones, keep the file 0600;
+    `rotate-signing --stage` publishes the next signing key, which the next rotation activates."""
     master = cli.ok("keys", "rotate").json()
     assert master["data_keys_rewrapped"] == 0  # no accounts yet
     ring = cli.keyring()
@@ -268,8 +269,18 @@ def test_key_rotation_commands(cli: Cli) -> None:
     # The master keys were left alone by the signing rotation.
     assert ring["active_master_key_id"] == second["active_master_key"]
 
+    # Staged: published, not signing; staging again changes nothing; rotating activates it.
+    staged = cli.ok("keys", "rotate-signing", "--stage").json()
+    assert staged["active_signing_key"] == new_kid
+    assert staged["staged_signing_key"] not in {first_kid, new_kid}
+    assert cli.ok("keys", "rotate-signing", "--stage").json() == staged
+    ring = cli.keyring()
+    assert ring["active_signing_kid"] == new_kid
+    assert {k["kid"]: k["retired_at"] for k in ring["signing_keys"]}[
+        staged["staged_signing_key"]
+    ] is None
     third = cli.ok("keys", "rotate-signing").json()["active_signing_key"]
-    assert third not in {first_kid, new_kid}
+    assert third == staged["staged_signing_key"]
     assert {k["kid"] for k in cli.keyring()["signing_keys"]} == {first_kid, new_kid, third}
 
 

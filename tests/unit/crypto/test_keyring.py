@@ -327,6 +327,48 @@ def test_prune_drops_expired_keys_from_the_file(ring_path: Path, clock: FakeCloc
     assert old.kid not in ring.public_keys()
 
 
+def test_a_staged_signing_key_is_published_but_signs_nothing_until_activated(
+    ring_path: Path, clock: FakeClock
+) -> None:
+    """Staging adds the next key to the published set (JWKS, ValidateToken) and leaves the
+    active key signing; staging again returns the same key; another process reads it; the
+    next rotation activates exactly that key and retires the old one for its window."""
+    ring = KeyRing.load_or_create(ring_path, clock)
+    old = ring.active_signing_key
+    staged = ring.rotate_signing_key(keep_retired_for=HOUR, activate=False)
+
+    assert ring.active_signing_key == old
+    assert ring.staged_signing_key == staged
+    assert [k.kid for k in ring.signing_keys] == [old.kid, staged.kid]
+    assert set(ring.public_keys()) == {old.kid, staged.kid}
+    assert ring.rotate_signing_key(keep_retired_for=HOUR, activate=False) == staged
+    other_process = KeyRing.load(ring_path, clock)
+    assert other_process.staged_signing_key == staged
+
+    clock.advance(300)
+    active = ring.rotate_signing_key(keep_retired_for=HOUR)
+    assert active.kid == staged.kid
+    assert active.seed == staged.seed
+    assert ring.staged_signing_key is None
+    retired = ring.signing_key(old.kid)
+    assert (retired.retired_at, retired.drop_after) == (clock.now(), clock.now() + HOUR)
+    kids_on_disk = [k["kid"] for k in json.loads(ring_path.read_text())["signing_keys"]]
+    assert kids_on_disk == [old.kid, staged.kid]
+
+
+def test_a_ring_with_two_staged_signing_keys_is_refused(ring_path: Path, clock: FakeClock) -> None:
+    """At most one key waits to sign: a file with two is damaged, not guessed at."""
+    ring = KeyRing.load_or_create(ring_path, clock)
+    staged = ring.rotate_signing_key(keep_retired_for=HOUR, activate=False)
+    doc = json.loads(ring_path.read_text())
+    twin = dict(next(k for k in doc["signing_keys"] if k["kid"] == staged.kid))
+    twin["kid"] = staged.kid + "x"
+    doc["signing_keys"].append(twin)
+    ring_path.write_text(json.dumps(doc))
+    with pytest.raises(KeyRingError, match="more than one signing key is staged"):
+        KeyRing.load(ring_path, clock)
+
+
 def test_negative_keep_window_is_rejected(ring_path: Path, clock: FakeClock) -> None:
     ring = KeyRing.load_or_create(ring_path, clock)
     with pytest.raises(ValueError, match="keep_retired_for"):

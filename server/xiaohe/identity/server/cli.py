@@ -109,7 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         help="change the ring file only; run `keys rewrap` once every replica has it",
     )
     keys.add_parser("rewrap", help="re-wrap data keys under the ring's active master key")
-    keys.add_parser("rotate-signing", help="new token signing key; old one kept until expiry")
+    rotate_signing = keys.add_parser(
+        "rotate-signing",
+        help="activate the staged token signing key (or a new one); old one kept until expiry",
+    )
+    rotate_signing.add_argument(
+        "--stage",
+        action="store_true",
+        help="publish the next signing key without signing with it yet; run `keys "
+        "rotate-signing` once every replica has it and gateways' JWKS caches have expired",
+    )
     _add_retention_commands(sub)
 
     _add_requests_commands(sub)  # issue 14: rights requests
@@ -628,10 +637,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 active = ring.active_master_key.id
                 _print({"active_master_key": active, "data_keys_rewrapped": rewrapped})
             else:
-                signing = ring.rotate_signing_key(
-                    keep_retired_for=settings.access_token_ttl_seconds + 3600
-                )
-                _print({"active_signing_key": signing.kid})
+                keep = settings.access_token_ttl_seconds + 3600
+                if args.stage:
+                    staged_key = ring.rotate_signing_key(keep_retired_for=keep, activate=False)
+                    _print(
+                        {
+                            "staged_signing_key": staged_key.kid,
+                            "active_signing_key": ring.active_signing_key.kid,
+                        }
+                    )
+                else:
+                    signing = ring.rotate_signing_key(keep_retired_for=keep)
+                    _print({"active_signing_key": signing.kid})
             return 0
     except IdentityError as exc:
         print(f"xiaohe-identity: {exc.message}", file=sys.stderr)

@@ -135,6 +135,18 @@ class _RingState:
         return next((k for k in self.signing_keys if k.kid == kid), None)
 
 
+def _staged_signing_key(state: _RingState) -> SigningKey | None:
+    """The key that is neither active nor retired: published, signing nothing yet."""
+    return next(
+        (
+            k
+            for k in state.signing_keys
+            if k.kid != state.active_signing_kid and k.retired_at is None
+        ),
+        None,
+    )
+
+
 class KeyRing:
     """Key material of the server, backed by a 0600 JSON file shared by all workers.
 
@@ -311,7 +323,8 @@ class KeyRing:
 
     @property
     def signing_keys(self) -> list[SigningKey]:
-        """The active key first, then retired keys still within their keep window, newest first."""
+        """The active key first, then the staged key and the retired keys still within their
+        keep window, newest first: every key a token may carry, published."""
         now = self._clock.now()
         active = self.active_signing_key
         retired = sorted(
@@ -332,33 +345,56 @@ class KeyRing:
         """Raw 32-byte Ed25519 public keys of all kept signing keys, by kid."""
         return {k.kid: k.public_key for k in self.signing_keys}
 
-    def rotate_signing_key(self, keep_retired_for: float) -> SigningKey:
-        """Make a new signing key active; the previous one stays published for `keep_retired_for` s.
+    @property
+    def staged_signing_key(self) -> SigningKey | None:
+        """The next signing key, published but not signing yet (`rotate_signing_key(activate=
+        False)`), or None."""
+        return _staged_signing_key(self._state)
 
-        The keep window should exceed the access-token lifetime so tokens signed
-        just before the rotation still verify. Retired keys past their window are
-        dropped from the file in the same update.
+    def rotate_signing_key(self, keep_retired_for: float, *, activate: bool = True) -> SigningKey:
+        """Stage or activate the next signing key; the key that signs now stays published for
+        `keep_retired_for` s once it retires.
+
+        With `activate=False` the next key is added and published (JWKS, ValidateToken) but
+        signs nothing yet: every replica and every gateway's JWKS cache can learn it before
+        the first token it signs. A key already staged is kept (and returned). With
+        `activate=True` the staged key, or a new one if none is staged, becomes the active
+        key, and the previous active key retires. The keep window should exceed the
+        access-token lifetime so tokens signed just before the rotation still verify.
+        Retired keys past their window are dropped from the file in the same update.
+        Returns the staged key (`activate=False`) or the active one.
         """
         if keep_retired_for < 0:
             raise ValueError("keep_retired_for must not be negative")
 
         def change(state: _RingState, now: float) -> _RingState:
-            used = {k.kid for k in state.signing_keys}
-            new = SigningKey(
-                kid=_new_id(_SIGNING_KEY_PREFIX, used, self._token_bytes),
+            staged = _staged_signing_key(state)
+            if not activate and staged is not None:
+                return state
+            following = staged or SigningKey(
+                kid=_new_id(
+                    _SIGNING_KEY_PREFIX, {k.kid for k in state.signing_keys}, self._token_bytes
+                ),
                 seed=_random_key(self._token_bytes),
                 created_at=now,
             )
             kept: list[SigningKey] = []
             for key in state.signing_keys:
-                if key.kid == state.active_signing_kid:
+                if key.kid == following.kid:
+                    continue
+                if key.kid == state.active_signing_kid and activate:
                     kept.append(replace(key, retired_at=now, drop_after=now + keep_retired_for))
                 elif key.is_kept_at(now):
                     kept.append(key)
-            return replace(state, signing_keys=(*kept, new), active_signing_kid=new.kid)
+            active = following.kid if activate else state.active_signing_kid
+            return replace(state, signing_keys=(*kept, following), active_signing_kid=active)
 
         self._update(change)
-        return self.active_signing_key
+        if activate:
+            return self.active_signing_key
+        staged = self.staged_signing_key
+        assert staged is not None  # just written
+        return staged
 
     def prune_signing_keys(self) -> None:
         """Drop retired signing keys whose keep window has passed, and persist."""
@@ -650,9 +686,16 @@ def _validate(state: _RingState) -> None:
         raise KeyRingError("the active signing key is missing")
     if active.retired_at is not None or active.drop_after is not None:
         raise KeyRingError("the active signing key is marked retired")
+    staged = 0
     for key in state.signing_keys:
-        if key.kid != active.kid and (key.retired_at is None or key.drop_after is None):
-            raise KeyRingError("an inactive signing key has no retirement time")
+        if key.kid == active.kid:
+            continue
+        if key.retired_at is None and key.drop_after is None:
+            staged += 1
+        elif key.retired_at is None or key.drop_after is None:
+            raise KeyRingError("a retired signing key needs both its retirement and drop times")
+    if staged > 1:
+        raise KeyRingError("more than one signing key is staged")
     distinct = {state.blind_index_key, state.code_hmac_key, state.audit_pseudonym_key}
     if len(distinct) != 3:
         raise KeyRingError("the blind index, code HMAC and pseudonym keys must differ")
