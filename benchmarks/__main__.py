@@ -469,14 +469,16 @@ and the measured floor is 2.4.
 Why the bar of 0.25 is not met: the writes a pair causes (two audit records, an outbox
 row, a provider call and its outcome) cost about 9 units on the worker's event loop,
 and the bar leaves 4 for everything. Even with no audit and no outbox at all the pair
-measures 0.19. The audit log and the outbox already commit in groups (one transaction
-per batch of concurrent requests); tuning them further (prebuilt statements, one
-fsync per batch of dev-outbox lines) would bring perhaps 2 to 3 units, for a ratio near
-0.1. Reaching 0.25 needs a decision on the design or on the measure: the code's
-outbox message and audit records appended to Redis by the requests and written to SQL
-and sent by a separate relay process (their durability would then be Redis's until
-relayed, and on a Redis Cluster the relay reads one stream per shard), or a bar for
-the full path near 0.1, with the variants above as the measure of each part.
+measures 0.19; only a pair that records nothing, sends nothing and charges no caller
+window reaches 0.25, because the two RPCs alone cost 2.4 units and the destination's
+scripts and the handlers' checks 1.7. The audit log and the outbox already commit in
+groups (one transaction per batch of concurrent requests); tuning them further
+(prebuilt statements, one fsync per batch of dev-outbox lines) would bring perhaps
+2 to 3 units, for a ratio near 0.1. Moving the writes off the request (appended to
+Redis by the code's own script, written to SQL and sent by a separate relay process,
+their durability Redis's until relayed) would approach 0.19, not 0.25. So the bar
+needs a decision on the measure (for instance a bar near 0.1 for the full path, with
+the variants above as the measure of each part) or on the server stack.
 """
 
 
