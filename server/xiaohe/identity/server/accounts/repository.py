@@ -238,6 +238,10 @@ def _row_to_record(row: sa.Row[tuple[object, ...]]) -> AccountRecord:
 _CHANGED_AT = {"phone_enc": "phone_changed_at", "email_enc": "email_changed_at"}
 """The column that records when each contact column last changed (the cooling-off windows)."""
 
+# Built once: the login path reads the account, then again locked, on every sign-in.
+_GET_ACCOUNT = sa.select(accounts).where(accounts.c.account_id == sa.bindparam("account_id"))
+_LOCK_ACCOUNT = _GET_ACCOUNT.with_for_update()
+
 # Built once: the login path runs this lookup on every attempt.
 _FIND_BY_IDENTIFIER = (
     sa.select(accounts)
@@ -316,9 +320,7 @@ class SqlAccountRepository:
     async def get(self, account_id: str) -> AccountRecord | None:
         """The account, or None."""
         async with self._db.connect() as conn:
-            row = (
-                await conn.execute(sa.select(accounts).where(accounts.c.account_id == account_id))
-            ).first()
+            row = (await conn.execute(_GET_ACCOUNT, {"account_id": account_id})).first()
         return None if row is None else _row_to_record(row)
 
     async def find_by_identifier(self, key: IdentifierKey) -> AccountRecord | None:
@@ -363,11 +365,9 @@ class SqlAccountRepository:
         changes the same account wait for the first, then read what it committed; on
         SQLite the unit of work already holds the database's write lock.
         """
-        query = sa.select(accounts).where(accounts.c.account_id == account_id)
-        if self._db.dialect == "postgresql":
-            query = query.with_for_update()
+        query = _LOCK_ACCOUNT if self._db.dialect == "postgresql" else _GET_ACCOUNT
         async with self._db.begin() as conn, _translated():
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, {"account_id": account_id})).first()
         return None if row is None else _row_to_record(row)
 
     async def set_contact(

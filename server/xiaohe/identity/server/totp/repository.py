@@ -46,6 +46,12 @@ class StoredFactor:
     last_used_step: int | None
 
 
+# Built once: every password or SMS sign-in asks for the status.
+_STATUS = sa.select(totp_factors.c.status).where(
+    totp_factors.c.account_id == sa.bindparam("account_id")
+)
+
+
 class SqlTotpRepository:
     """`totp_factors` and `totp_recovery_codes` on the shared database."""
 
@@ -69,6 +75,12 @@ class SqlTotpRepository:
             created_at=epoch(row.created_at),
             last_used_step=row.last_used_step,
         )
+
+    async def status(self, account_id: str) -> FactorStatus | None:
+        """The status of the account's factor, or None if it has none."""
+        async with self._db.connect() as conn:
+            status = (await conn.execute(_STATUS, {"account_id": account_id})).scalar_one_or_none()
+        return None if status is None else FactorStatus(status)
 
     async def put_pending(self, account_id: str, secret_enc: bytes, now: float) -> bool:
         """Store (or replace) a pending factor; False if an active one exists (left alone)."""

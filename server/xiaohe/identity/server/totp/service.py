@@ -52,6 +52,10 @@ class TotpRepository(Protocol):
         """The account's factor, pending or active, or None."""
         ...
 
+    async def status(self, account_id: str) -> FactorStatus | None:
+        """The status of the account's factor, or None (every login asks: no secret read)."""
+        ...
+
     async def put_pending(self, account_id: str, secret_enc: bytes, now: float) -> bool:
         """Store or replace a pending factor; False if an active one exists."""
         ...
@@ -124,8 +128,7 @@ class TotpService:
 
     async def is_enrolled(self, account_id: str) -> bool:
         """Whether the account has an active (confirmed) factor."""
-        factor = await self._repo.get(account_id)
-        return factor is not None and factor.status is FactorStatus.ACTIVE
+        return await self._repo.status(account_id) is FactorStatus.ACTIVE
 
     async def start_enrolment(self, account_id: str, label: str) -> Enrolment:
         """A new pending secret (replacing a pending one); FailedPrecondition if one is active."""
