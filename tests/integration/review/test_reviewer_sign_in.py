@@ -40,6 +40,15 @@ def console(h: Harness, token: str) -> tuple[tuple[str, str], ...]:
     return (*h.metadata, ("authorization", f"Bearer {token}"))
 
 
+async def refused(h: Harness, token: str) -> str:
+    """The message of the PERMISSION_DENIED that ListCases answers with `token`."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await review_stub(h).ListCases(review_pb2.ListCasesRequest(), metadata=console(h, token))
+    d = details_of(caught.value)
+    assert d.code == grpc.StatusCode.PERMISSION_DENIED
+    return d.message
+
+
 async def test_a_password_and_totp_sign_in_opens_the_queue(h: Harness) -> None:
     """P5, D2: only the token of a password + TOTP sign-in of an account with the role works."""
     account_id, secret, _ = await enrolled_account(h)
@@ -61,13 +70,7 @@ async def test_a_password_only_token_is_refused(h: Harness) -> None:
     await h.container.operator_roles.grant(account_id, "review")
     signed_in = await password_login(h)
     assert signed_in.next_step == auth_pb2.NEXT_STEP_NONE
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await review_stub(h).ListCases(
-            review_pb2.ListCasesRequest(), metadata=console(h, signed_in.session.access_token)
-        )
-    d = details_of(caught.value)
-    assert d.code == grpc.StatusCode.PERMISSION_DENIED
-    assert "TOTP" in d.message
+    assert "TOTP" in await refused(h, signed_in.session.access_token)
 
 
 async def signed_in(h: Harness, secret: str, password: str) -> auth_pb2.Session:
@@ -100,9 +103,9 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await password_login(h, SHORT)
-    refused = details_of(caught.value)
-    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "12 characters" in refused.message
+    too_short = details_of(caught.value)
+    assert too_short.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "12 characters" in too_short.message
     logins = await h.container.audit.query(action="auth.login.password")
     assert logins[-1].outcome == "operator_password_too_short"
 
@@ -110,13 +113,7 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
         auth_pb2.RefreshRequest(refresh_token=before_grant.refresh_token), metadata=h.metadata
     )
     for token in (before_grant.access_token, refreshed.session.access_token):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await review_stub(h).ListCases(
-                review_pb2.ListCasesRequest(), metadata=console(h, token)
-            )
-        stale = details_of(caught.value)
-        assert stale.code == grpc.StatusCode.PERMISSION_DENIED
-        assert "sign in again" in stale.message
+        assert "sign in again" in await refused(h, token)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stubs(h).accounts.ChangePassword(
@@ -177,10 +174,4 @@ async def test_an_sms_code_and_totp_sign_in_does_not_review(h: Harness) -> None:
     )
     assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
     done = await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await review_stub(h).ListCases(
-            review_pb2.ListCasesRequest(), metadata=console(h, done.session.access_token)
-        )
-    d = details_of(caught.value)
-    assert d.code == grpc.StatusCode.PERMISSION_DENIED
-    assert "password and TOTP" in d.message
+    assert "password and TOTP" in await refused(h, done.session.access_token)
