@@ -349,7 +349,7 @@ async def test_concurrent_filings_never_pass_the_cap(env: Env) -> None:
     )
     assert sum(isinstance(o, str) for o in outcomes) == 5
     assert sum(isinstance(o, FailedPrecondition) for o in outcomes) == 7
-    assert await env.store.count_open(account_id) == MAX_OPEN_PER_ACCOUNT
+    assert await env.store.count_open_for_filing(account_id) == MAX_OPEN_PER_ACCOUNT
 
 
 async def test_a_year_without_a_calendar_counts_weekends_and_is_counted(env: Env) -> None:

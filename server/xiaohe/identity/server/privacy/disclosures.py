@@ -25,13 +25,16 @@ from typing import Final
 import sqlalchemy as sa
 
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
-from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
+from xiaohe.identity.server.shared.page_tokens import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    decode_page_token,
+    encode_page_token,
+    page_size_of,
+)
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import disclosures
 
-DEFAULT_PAGE_SIZE: Final = 20
-MAX_PAGE_SIZE: Final = 100
 _ID_PREFIX: Final = "dis_"
 _ID_BYTES: Final = 12
 
@@ -111,9 +114,7 @@ class DisclosureLog:
 
     async def page(self, account_id: str, *, page_size: int, page_token: str) -> DisclosurePage:
         """The account's disclosures newest first, after the cursor in `page_token`."""
-        if page_size < 0:
-            raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
-        size = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+        size = page_size_of(page_size)
         t = disclosures.c
         query = sa.select(disclosures).where(t.account_id == account_id)
         if page_token:

@@ -27,7 +27,7 @@ import enum
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Final, Protocol
@@ -37,19 +37,21 @@ import sqlalchemy as sa
 from xiaohe.identity.server.crypto.envelope import DataKeyCipher, field_aad
 from xiaohe.identity.server.errors import (
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     NotFound,
 )
-from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
+from xiaohe.identity.server.shared.page_tokens import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    decode_page_token,
+    encode_page_token,
+    page_size_of,
+)
 from xiaohe.identity.server.storage.database import Database, epoch, translate_errors, utc
 from xiaohe.identity.server.storage.schema import rights_requests
 
 REQUEST_ID_PREFIX: Final = "rrq_"
 REQUEST_ID_SHAPE: Final = re.compile(r"rrq_[0-9a-f]{24}")
 """A request id as `new_id` makes it; anything else never names a request."""
-DEFAULT_PAGE_SIZE: Final = 20
-MAX_PAGE_SIZE: Final = 100
 _ID_BYTES: Final = 12
 _DETAIL_PLACE: Final = "rights_request_detail"
 _NOTE_PLACE: Final = "rights_request_note"
@@ -135,13 +137,6 @@ class RequestPage:
     next_page_token: str
 
 
-def page_size_of(page_size: int) -> int:
-    """The page size to use: the default for 0, at most MAX_PAGE_SIZE; InvalidArgument below 0."""
-    if page_size < 0:
-        raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
-    return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
-
-
 _FILING_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
 
 
@@ -207,12 +202,6 @@ class RightsRequests:
                     )
                 )
 
-    async def count_open(self, account_id: str) -> int:
-        """How many of the account's requests are open."""
-        with translate_errors():
-            async with self._db.connect() as conn:
-                return int((await conn.execute(_count_open(account_id))).scalar_one())
-
     async def count_open_for_filing(self, account_id: str) -> int:
         """How many of the account's requests are open, counted in the caller's unit of work
         with the account's filings serialised until it ends.
@@ -250,7 +239,7 @@ class RightsRequests:
             )
         query = query.order_by(t.filed_at.desc(), t.request_id.desc()).limit(size + 1)
         rows = await self._rows(query)
-        found = tuple([await self._open(r) for r in rows[:size]])
+        found = await self._open_page(rows[:size])
         token = ""
         if len(rows) > size and found:
             token = encode_page_token(found[-1].filed_at, found[-1].request_id)
@@ -281,7 +270,7 @@ class RightsRequests:
             )
         query = query.order_by(t.due_at, t.request_id).limit(size + 1)
         rows = await self._rows(query)
-        found = tuple([await self._open(r) for r in rows[:size]])
+        found = await self._open_page(rows[:size])
         token = ""
         if len(rows) > size and found:
             token = encode_page_token(found[-1].due_at, found[-1].request_id)
@@ -343,15 +332,35 @@ class RightsRequests:
             async with self._db.connect() as conn:
                 return [row._mapping for row in (await conn.execute(query)).all()]
 
-    async def _open(self, m: sa.RowMapping) -> RightsRequest:
-        """The request of a row, its sealed texts opened with the account's key."""
+    async def _open_page(self, rows: Sequence[sa.RowMapping]) -> tuple[RightsRequest, ...]:
+        """The requests of rows, each account's key looked up once for the page."""
+        keys: dict[str, bytes | NotFound | FailedPrecondition] = {}
+
+        async def key_of(account_id: str) -> bytes:
+            if account_id not in keys:
+                try:
+                    keys[account_id] = await self._keys.data_key(account_id)
+                except (NotFound, FailedPrecondition) as exc:
+                    keys[account_id] = exc
+            key = keys[account_id]
+            if isinstance(key, bytes):
+                return key
+            raise key
+
+        return tuple([await self._open(row, key_of) for row in rows])
+
+    async def _open(
+        self, m: sa.RowMapping, key_of: Callable[[str], Awaitable[bytes]] | None = None
+    ) -> RightsRequest:
+        """The request of a row, its sealed texts opened with the account's key (looked up by
+        `key_of`, by default the account's key store)."""
         request_id, account_id = str(m["request_id"]), str(m["account_id"])
         detail_enc, note_enc = m["detail_enc"], m["note_enc"]
         detail = note = ""
         erased = False
         if detail_enc is not None or note_enc is not None:
             try:
-                key = await self._keys.data_key(account_id)
+                key = await (key_of or self._keys.data_key)(account_id)
                 if detail_enc is not None:
                     detail = self._cipher.decrypt_field(
                         key, bytes(detail_enc), field_aad(request_id, _DETAIL_PLACE)

@@ -43,7 +43,12 @@ from xiaohe.identity.server.review.models import (
     ReviewCase,
     Verdict,
 )
-from xiaohe.identity.server.shared.page_tokens import decode_page_token, encode_page_token
+from xiaohe.identity.server.shared.page_tokens import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    decode_page_token,
+    encode_page_token,
+)
 from xiaohe.identity.server.storage.database import (
     Database,
     SqlConnection,
@@ -54,8 +59,6 @@ from xiaohe.identity.server.storage.database import (
 from xiaohe.identity.server.storage.schema import review_cases, review_decisions, review_notes
 
 CASE_ID_PREFIX: Final = "case_"
-MAX_PAGE_SIZE: Final = 100
-DEFAULT_PAGE_SIZE: Final = 20
 MAX_TEXT_CHARS: Final = 2000
 """Longest reason or note."""
 _ID_BYTES: Final = 12

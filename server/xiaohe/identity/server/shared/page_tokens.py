@@ -1,4 +1,4 @@
-"""Page tokens of keyset-paginated listings: an opaque cursor after (time, id).
+"""Paging of keyset-paginated listings: the page size, and an opaque cursor after (time, id).
 
 Every listing that pages by (time, id) hands out the same kind of token; the server
 reads it back with `decode_page_token`, which refuses anything it did not make (bad
@@ -16,8 +16,17 @@ from typing import Final
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument
 
 MAX_TOKEN_CHARS: Final = 200
+DEFAULT_PAGE_SIZE: Final = 20
+MAX_PAGE_SIZE: Final = 100
 LATEST_PAGE_TIME: Final = 4_102_444_800.0
 """2100-01-01 UTC: no row of ours is later, so a later cursor is forged."""
+
+
+def page_size_of(page_size: int) -> int:
+    """The page size to use: the default for 0, at most MAX_PAGE_SIZE; InvalidArgument below 0."""
+    if page_size < 0:
+        raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
+    return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
 
 
 def encode_page_token(at: float, key: str) -> str:
@@ -46,4 +55,12 @@ def decode_page_token(token: str, listing: str) -> tuple[float, str]:
     return float(at), key
 
 
-__all__ = ["LATEST_PAGE_TIME", "MAX_TOKEN_CHARS", "decode_page_token", "encode_page_token"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "LATEST_PAGE_TIME",
+    "MAX_PAGE_SIZE",
+    "MAX_TOKEN_CHARS",
+    "decode_page_token",
+    "encode_page_token",
+    "page_size_of",
+]
