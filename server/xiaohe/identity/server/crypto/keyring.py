@@ -134,17 +134,10 @@ class _RingState:
     def signing_key(self, kid: str) -> SigningKey | None:
         return next((k for k in self.signing_keys if k.kid == kid), None)
 
-
-def _staged_signing_key(state: _RingState) -> SigningKey | None:
-    """The key that is neither active nor retired: published, signing nothing yet."""
-    return next(
-        (
-            k
-            for k in state.signing_keys
-            if k.kid != state.active_signing_kid and k.retired_at is None
-        ),
-        None,
-    )
+    def staged_signing_key(self) -> SigningKey | None:
+        """The key that is neither active nor retired: published, signing nothing yet."""
+        waiting = (k for k in self.signing_keys if k.retired_at is None)
+        return next((k for k in waiting if k.kid != self.active_signing_kid), None)
 
 
 class KeyRing:
@@ -349,7 +342,7 @@ class KeyRing:
     def staged_signing_key(self) -> SigningKey | None:
         """The next signing key, published but not signing yet (`rotate_signing_key(activate=
         False)`), or None."""
-        return _staged_signing_key(self._state)
+        return self._state.staged_signing_key()
 
     def rotate_signing_key(self, keep_retired_for: float, *, activate: bool = True) -> SigningKey:
         """Stage or activate the next signing key; the key that signs now stays published for
@@ -368,7 +361,7 @@ class KeyRing:
             raise ValueError("keep_retired_for must not be negative")
 
         def change(state: _RingState, now: float) -> _RingState:
-            staged = _staged_signing_key(state)
+            staged = state.staged_signing_key()
             if not activate and staged is not None:
                 return state
             following = staged or SigningKey(

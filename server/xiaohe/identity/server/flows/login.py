@@ -46,8 +46,8 @@ Operators (SECURITY P5). An account that holds an operator role needs a password
 of at least 12 characters (`credentials.operators`): a right password that is
 shorter is refused with FailedPrecondition, and the person resets it. The lockout
 treats it as any right password of its branch (settled as a success without a
-second factor, released with one). Other accounts never pay for the role lookup,
-nor does a password of 12 characters or more.
+second factor, released with one). Only a right password under 12 characters
+pays for the role lookup (one indexed query).
 
 Second factor (SECURITY D3). When the account has an active TOTP factor, a
 right password (or a valid SMS ticket) starts no session: the answer is
@@ -486,21 +486,13 @@ class LoginFlow:
         try:
             account, reservation = await self._authenticate(attempt, identifier, kind, password, ip)
             if await self._needs_second_factor(account, ip, reservation):
-                if account.status not in SIGN_IN_STATES:
-                    attempt.outcome = "account_inactive"
-                    raise InvalidCredentials()
-                await self._check_operator_password(attempt, account, password)
-                await self._rehash_if_needed(account, password)
+                await self._accept_right_password(attempt, account, password)
                 result = await self._challenge(attempt, account, "pwd", audience, client_id)
                 await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.succeeded())
                 return result
             settling = await self._settle(account.account_id, ip, reservation)
             try:
-                if account.status not in SIGN_IN_STATES:
-                    attempt.outcome = "account_inactive"
-                    raise InvalidCredentials()
-                await self._check_operator_password(attempt, account, password)
-                await self._rehash_if_needed(account, password)
+                await self._accept_right_password(attempt, account, password)
                 result = await self._start(
                     attempt,
                     PASSWORD_ACTION,
@@ -785,18 +777,23 @@ class LoginFlow:
             await self._throttle.release(account.account_id, ip, reservation)
             raise
 
-    async def _check_operator_password(
+    async def _accept_right_password(
         self, attempt: _Attempt, account: AccountCredentials, password: str
     ) -> None:
-        """A role holder's right password that is too short for an operator (P5) is
-        FailedPrecondition, audited as `operator_password_too_short`."""
-        if self._operator_passwords is None:
-            return
-        try:
-            await self._operator_passwords.check_sign_in(account.account_id, password)
-        except FailedPrecondition:
-            attempt.outcome = TOO_SHORT_OUTCOME
-            raise
+        """What a right password still needs: an account that may sign in (else the same
+        InvalidCredentials as a wrong password), a length fit for an operator if it holds a
+        role (P5: FailedPrecondition, audited as `operator_password_too_short`), and the
+        hash upgraded if its parameters are old."""
+        if account.status not in SIGN_IN_STATES:
+            attempt.outcome = "account_inactive"
+            raise InvalidCredentials()
+        if self._operator_passwords is not None:
+            try:
+                await self._operator_passwords.check_sign_in(account.account_id, password)
+            except FailedPrecondition:
+                attempt.outcome = TOO_SHORT_OUTCOME
+                raise
+        await self._rehash_if_needed(account, password)
 
     async def _settle(self, account_id: str, ip: str, reservation: str) -> asyncio.Task[None]:
         """Step 5, right password: free the reservation and clear this IP's failures.

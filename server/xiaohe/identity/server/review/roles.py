@@ -8,6 +8,7 @@ the caller (the CLI), in the same unit of work when it opens one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,17 @@ from xiaohe.identity.server.storage.database import (
     utc,
 )
 from xiaohe.identity.server.storage.schema import operator_roles
+
+# Built once: every review call and every sign-in with a short password ask.
+_GRANTED_AT = sa.select(operator_roles.c.granted_at).where(
+    operator_roles.c.account_id == sa.bindparam("account_id"),
+    operator_roles.c.role == sa.bindparam("role"),
+)
+_ANY_ROLE = (
+    sa.select(operator_roles.c.role)
+    .where(operator_roles.c.account_id == sa.bindparam("account_id"))
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -103,26 +115,21 @@ class OperatorRoles:
 
     async def holds(self, account_id: str, role: str) -> bool:
         """Whether the account holds `role` now."""
-        with translate_errors():
-            async with self._db.connect() as conn:
-                return await self._holds(conn, account_id, role)
+        return await self.granted_at(account_id, role) is not None
 
     async def granted_at(self, account_id: str, role: str) -> float | None:
         """When the account was given `role` (epoch seconds), or None if it does not hold it."""
-        query = sa.select(operator_roles.c.granted_at).where(
-            operator_roles.c.account_id == account_id, operator_roles.c.role == role
-        )
         with translate_errors():
             async with self._db.connect() as conn:
-                granted = (await conn.execute(query)).scalar_one_or_none()
+                granted = await self._granted_at(conn, account_id, role)
         return None if granted is None else epoch(granted)
 
     async def holds_any(self, account_id: str) -> bool:
         """Whether the account holds any operator role now (SECURITY P5's password rule)."""
-        query = sa.select(operator_roles.c.role).where(operator_roles.c.account_id == account_id)
         with translate_errors():
             async with self._db.connect() as conn:
-                return (await conn.execute(query.limit(1))).first() is not None
+                row = (await conn.execute(_ANY_ROLE, {"account_id": account_id})).first()
+        return row is not None
 
     # -- issue 14: deactivation --
 
@@ -140,14 +147,13 @@ class OperatorRoles:
 
     @staticmethod
     async def _holds(conn: SqlConnection, account_id: str, role: str) -> bool:
-        row = (
-            await conn.execute(
-                sa.select(operator_roles.c.account_id).where(
-                    operator_roles.c.account_id == account_id, operator_roles.c.role == role
-                )
-            )
-        ).first()
-        return row is not None
+        return await OperatorRoles._granted_at(conn, account_id, role) is not None
+
+    @staticmethod
+    async def _granted_at(conn: SqlConnection, account_id: str, role: str) -> datetime | None:
+        """The stored grant time of the account's `role`, or None."""
+        found = await conn.execute(_GRANTED_AT, {"account_id": account_id, "role": role})
+        return found.scalar_one_or_none()
 
 
 __all__ = ["OperatorRoles", "RoleHolder", "check_role"]
