@@ -484,14 +484,7 @@ class Container:
             uow=self.database,
             accounts=self.accounts,
             documents=self.documents,
-            submissions=SubmissionStore(
-                database=self.database,
-                cipher=self.cipher,
-                account_keys=self.accounts,
-                blind_index=self.blind_index,
-                clock=self.clock,
-                dialect=self.database.dialect,
-            ),
+            submissions=self.submissions,
             consents=self.consents,
             policies=self.policies,
             tickets=self.tickets,
@@ -867,9 +860,9 @@ class Container:
     # -- issue 14: deactivation --
 
     @cached_property
-    def deactivation(self) -> DeactivationFlow:
-        """Deactivate, its cancellation by signing in, and its completion after cooling off."""
-        submissions = SubmissionStore(
+    def submissions(self) -> SubmissionStore:
+        """Real-name submissions, sealed under their accounts' keys."""
+        return SubmissionStore(
             database=self.database,
             cipher=self.cipher,
             account_keys=self.accounts,
@@ -877,6 +870,11 @@ class Container:
             clock=self.clock,
             dialect=self.database.dialect,
         )
+
+    @cached_property
+    def deactivation(self) -> DeactivationFlow:
+        """Deactivate, its cancellation by signing in, and its completion after cooling off."""
+        submissions = self.submissions
         known: dict[str, Obligation] = {
             OPEN_REVIEW_CASES: self.review_cases.open_count,
             PENDING_REAL_NAME: submissions.pending_count,
@@ -929,14 +927,7 @@ class Container:
             disclosures=self.disclosures,
             audit_log=self.audit,
             documents=self.documents,
-            submissions=SubmissionStore(
-                database=self.database,
-                cipher=self.cipher,
-                account_keys=self.accounts,
-                blind_index=self.blind_index,
-                clock=self.clock,
-                dialect=self.database.dialect,
-            ),
+            submissions=self.submissions,
             totp=self.totp,
             deliveries=self.delivery_log,
             blind_index=self.blind_index,
