@@ -51,12 +51,13 @@ outside the unit of work.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus
+from xiaohe.identity.server.accounts.models import AccountCredentials, AccountStatus, PersonalData
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
@@ -192,6 +193,27 @@ class PresentedTicket:
             self.destination,
         ):
             raise TicketInvalid(field=self.field_name)
+
+
+async def own_channel_ticket(
+    tickets: TicketConsumer, ticket: str, *, purpose: Purpose, field_name: str, data: PersonalData
+) -> PresentedTicket:
+    """The ticket as it must be presented, if its claims name the account's own phone or
+    email (`data`); TicketInvalid on `field_name` otherwise. Nothing is used up."""
+    try:
+        claims = await tickets.check(ticket, purpose=purpose)
+    except TicketInvalid:
+        raise TicketInvalid(field=field_name) from None
+    own = {Channel.SMS: data.phone, Channel.EMAIL: data.email}.get(claims.channel, "")
+    if not own or not hmac.compare_digest(claims.destination.encode(), own.encode()):
+        raise TicketInvalid(field=field_name)
+    return PresentedTicket(
+        ticket=ticket,
+        field_name=field_name,
+        purpose=purpose,
+        channel=claims.channel,
+        destination=own,
+    )
 
 
 class ChannelFlow:

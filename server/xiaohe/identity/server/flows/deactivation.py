@@ -62,7 +62,6 @@ stay under the account id for their own retention periods.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +71,7 @@ from xiaohe.identity.server.accounts.models import AccountStatus
 from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
+from xiaohe.identity.server.codes.models import Purpose, TicketConsumer
 from xiaohe.identity.server.deactivation.models import PendingDeactivation
 from xiaohe.identity.server.deactivation.service import DeactivationRecords
 from xiaohe.identity.server.delivery.notices import Notices
@@ -80,9 +79,8 @@ from xiaohe.identity.server.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
-    TicketInvalid,
 )
-from xiaohe.identity.server.flows.channels import PresentedTicket, SessionRevoker
+from xiaohe.identity.server.flows.channels import SessionRevoker, own_channel_ticket
 from xiaohe.identity.server.sessions.models import RevokeReason
 from xiaohe.identity.server.shared.validation import MAX_TICKET_CHARS
 from xiaohe.identity.server.storage.database import UnitOfWork
@@ -229,11 +227,17 @@ class DeactivationFlow:
             account = await self._accounts.get_credentials(cmd.account_id)
             if account.status != AccountStatus.ACTIVE:
                 raise FailedPrecondition("the account is not active")
-            proof = await self._proof(cmd)
+            personal = await self._accounts.get_personal_data(cmd.account_id)
+            proof = await own_channel_ticket(
+                self._tickets,
+                cmd.ticket,
+                purpose=Purpose.DEACTIVATE,
+                field_name=TICKET_FIELD,
+                data=personal,
+            )
             await proof.check(self._tickets)
             await self._refuse_obligations(cmd.account_id)
             await proof.consume(self._tickets)
-            personal = await self._accounts.get_personal_data(cmd.account_id)
             now = self._clock.now()
             due_at = now + self._cooling_off
             async with self._uow.begin():
@@ -267,32 +271,6 @@ class DeactivationFlow:
             )
             raise
         return DeactivationRequested(due_at=due_at, sessions_ended=ended)
-
-    async def _proof(self, cmd: DeactivateCommand) -> PresentedTicket:
-        """Step 3: the ticket as it must be presented, for the channel its claims name.
-
-        The claims are read with `check` (nothing is used up); the destination is
-        then the account's own phone or email, compared by the ticket service.
-        """
-        try:
-            claims = await self._tickets.check(cmd.ticket, purpose=Purpose.DEACTIVATE)
-        except TicketInvalid:
-            raise TicketInvalid(field=TICKET_FIELD) from None
-        personal = await self._accounts.get_personal_data(cmd.account_id)
-        destination = {Channel.SMS: personal.phone, Channel.EMAIL: personal.email}.get(
-            claims.channel, ""
-        )
-        if not destination or not hmac.compare_digest(
-            claims.destination.encode("utf-8"), destination.encode("utf-8")
-        ):
-            raise TicketInvalid(field=TICKET_FIELD)
-        return PresentedTicket(
-            ticket=cmd.ticket,
-            field_name=TICKET_FIELD,
-            purpose=Purpose.DEACTIVATE,
-            channel=claims.channel,
-            destination=destination,
-        )
 
     async def _refuse_obligations(self, account_id: str) -> None:
         """Step 4: FailedPrecondition naming every configured obligation the account has."""

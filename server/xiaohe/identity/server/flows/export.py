@@ -44,11 +44,12 @@ from xiaohe.identity.server.accounts.service import AccountService
 from xiaohe.identity.server.audit.log import AuditLog
 from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quietly
 from xiaohe.identity.server.clock import Clock
-from xiaohe.identity.server.codes.models import Channel, Purpose
+from xiaohe.identity.server.codes.models import Purpose
 from xiaohe.identity.server.codes.tickets import TicketService
 from xiaohe.identity.server.crypto.blind import BlindIndex
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
-from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound, TicketInvalid
+from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound
+from xiaohe.identity.server.flows.channels import own_channel_ticket
 from xiaohe.identity.server.privacy.consents import ConsentLedger
 from xiaohe.identity.server.privacy.disclosures import MAX_PAGE_SIZE, DisclosureLog
 from xiaohe.identity.server.privacy.requests import RightsRequests
@@ -228,27 +229,10 @@ class ExportFlow:
 
     async def _reauthenticate(self, ticket: str, data: PersonalData) -> None:
         """Step 3: use up the EXPORT_DATA ticket if it is for the account's phone or email."""
-        try:
-            claims = await self._tickets.check(ticket, purpose=Purpose.EXPORT_DATA)
-        except TicketInvalid:
-            raise TicketInvalid(field=TICKET_FIELD) from None
-        own = data.phone if claims.channel is Channel.SMS else data.email
-        if (
-            claims.purpose is not Purpose.EXPORT_DATA
-            or claims.channel not in (Channel.SMS, Channel.EMAIL)
-            or not own
-            or not hmac.compare_digest(own.encode("utf-8"), claims.destination.encode("utf-8"))
-        ):
-            raise TicketInvalid(field=TICKET_FIELD)
-        try:
-            await self._tickets.consume(
-                ticket,
-                purpose=Purpose.EXPORT_DATA,
-                channel=claims.channel,
-                destination=claims.destination,
-            )
-        except TicketInvalid:  # a concurrent export used it
-            raise TicketInvalid(field=TICKET_FIELD) from None
+        proof = await own_channel_ticket(
+            self._tickets, ticket, purpose=Purpose.EXPORT_DATA, field_name=TICKET_FIELD, data=data
+        )
+        await proof.consume(self._tickets)
 
     async def _document(self, account_id: str, data: PersonalData) -> dict[str, Any]:
         """Step 4: every section, read by this account's id."""
