@@ -284,7 +284,9 @@ async def test_dispatcher_retry_policy_sends_again_after_an_unknown_outcome(
     aliyun_fake, tencent_fake, a_url, t_url = fakes
     aliyun_fake.script = ["hang"]
     sealer = AesGcmTestSealer()
-    provider = chain((a_url, t_url), clock, RecordingMetrics(), timeout=0.3)
+    # The resend must be answered within the timeout too: 0.3 s was not always enough for
+    # the platform SDK's call on a loaded two-core host, so the hang waits 2 s instead.
+    provider = chain((a_url, t_url), clock, RecordingMetrics(), timeout=2.0)
     dispatcher = Dispatcher(
         database, sealer, {"SMS": provider}, clock, unknown_outcome="retry", random_source=lambda: 0
     )
