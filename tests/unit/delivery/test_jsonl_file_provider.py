@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -93,6 +94,26 @@ async def test_duplicate_message_id_is_written_once(tmp_path: Path) -> None:
     await JsonlFileProvider(path, FakeClock()).send(message("dup"))
     await JsonlFileProvider(path, FakeClock()).send(message("other"))
     assert [r["message_id"] for r in lines(path)] == ["dup", "other"]
+
+
+async def test_concurrent_sends_share_one_fsync_and_keep_every_line_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sms.jsonl"
+    provider = JsonlFileProvider(path, FakeClock())
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counted_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted_fsync)
+    ids = [f"m{i}" for i in range(40)]
+    # Each id twice, all at once: a retry racing its first attempt.
+    await asyncio.gather(*(provider.send(message(i)) for i in ids + ids))
+    assert sorted(r["message_id"] for r in lines(path)) == sorted(ids)
+    assert 1 <= len(fsyncs) < len(ids)
 
 
 async def test_an_id_that_is_a_prefix_of_a_written_one_is_still_written(tmp_path: Path) -> None:

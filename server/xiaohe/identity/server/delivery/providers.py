@@ -34,7 +34,7 @@ import ssl
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -43,12 +43,15 @@ from pathlib import Path
 from typing import Protocol
 
 from xiaohe.identity.server.clock import Clock
+from xiaohe.identity.server.shared.batches import Coalescer
 from xiaohe.identity.server.shared.network import (
     check_secret_url,
     smtp_credentials_in_plaintext,
 )
 
 _REMEMBERED_IDS = 10_000
+_FILE_BATCH = 256
+"""Messages per append of the dev file provider."""
 _MESSAGE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -169,6 +172,10 @@ class JsonlFileProvider:
     A duplicate comes from a retry after a crash or a lease expiry, seconds to
     minutes after the first write, so it falls inside that window; one older
     than the window would be written again (at-least-once, never lost).
+
+    Messages sent concurrently in one process are appended together: one open,
+    lock, tail scan, `write()` and fsync for the batch (`shared/batches.py`).
+    A batch is all or nothing, so a short write fails every message in it.
     """
 
     name = "file"
@@ -180,19 +187,21 @@ class JsonlFileProvider:
         self._tail_bytes = tail_bytes
         self._written: set[str] = set()
         self._written_order: deque[str] = deque()
+        self._appends: Coalescer[OutgoingMessage, None] = Coalescer(self._append_batch, _FILE_BATCH)
 
     async def send(self, message: OutgoingMessage) -> Accepted:
         """Append the message as one JSON line unless its id is already in the file."""
         try:
-            await asyncio.to_thread(self._append, message)
+            await self._appends.submit(message)
         except OSError as exc:
             raise DeliveryError(True, f"file error: {type(exc).__name__}") from None
         return Accepted(self.name)
 
-    def _append(self, message: OutgoingMessage) -> None:
-        if message.message_id in self._written:
-            return
-        self._ensure_directory()
+    async def _append_batch(self, messages: list[OutgoingMessage]) -> list[None]:
+        await asyncio.to_thread(self._append, messages)
+        return [None] * len(messages)
+
+    def _line(self, message: OutgoingMessage) -> bytes:
         record = {
             "to": message.to,
             "channel": message.channel,
@@ -208,7 +217,13 @@ class JsonlFileProvider:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         # Keep U+2028/U+2029 escaped: `str.splitlines()` would split a line on them.
         line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        data = (line + "\n").encode()
+        return (line + "\n").encode()
+
+    def _append(self, messages: list[OutgoingMessage]) -> None:
+        fresh = {m.message_id: m for m in messages if m.message_id not in self._written}
+        if not fresh:
+            return
+        self._ensure_directory()
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         fd = os.open(self._path, flags, 0o600)
         try:
@@ -217,9 +232,12 @@ class JsonlFileProvider:
                 st = os.fstat(fd)
                 if st.st_mode & 0o077:
                     os.fchmod(fd, 0o600)
-                if self._tail_contains(fd, st.st_size, message.message_id):
-                    self._remember(message.message_id)
+                for message_id in self._tail_holds(fd, st.st_size, fresh):
+                    self._remember(message_id)
+                    del fresh[message_id]
+                if not fresh:
                     return
+                data = b"".join(self._line(message) for message in fresh.values())
                 try:
                     written = os.write(fd, data)
                 except OSError:
@@ -229,7 +247,8 @@ class JsonlFileProvider:
                     os.ftruncate(fd, st.st_size)
                     raise OSError("short write")
                 os.fsync(fd)
-                self._remember(message.message_id)
+                for message_id in fresh:
+                    self._remember(message_id)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -250,16 +269,15 @@ class JsonlFileProvider:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(directory, 0o700)  # mkdir's mode is reduced by the umask
 
-    def _tail_contains(self, fd: int, size: int, message_id: str) -> bool:
-        """Whether the last `tail_bytes` of the file hold a line with this message id.
+    def _tail_holds(self, fd: int, size: int, message_ids: Iterable[str]) -> list[str]:
+        """Those of `message_ids` that a line in the last `tail_bytes` of the file holds.
 
         The lines are compact JSON, and inside a JSON string a `"` is always
         escaped, so `"message_id":"<id>"` can only match the key itself.
         """
         start = max(0, size - self._tail_bytes)
         tail = os.pread(fd, size - start, start)
-        needle = f'"message_id":"{message_id}"'.encode()
-        return needle in tail
+        return [m for m in message_ids if f'"message_id":"{m}"'.encode() in tail]
 
 
 # -- SMTP ----------------------------------------------------------------------------
