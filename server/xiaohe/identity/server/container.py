@@ -120,6 +120,7 @@ from xiaohe.identity.server.sessions.service import SessionService
 from xiaohe.identity.server.sessions.tokens import AccessTokenIssuer, AccessTokenValidator
 from xiaohe.identity.server.shared.pseudonyms import Pseudonyms
 from xiaohe.identity.server.storage.database import Database
+from xiaohe.identity.server.storage.group_commit import GroupCommit
 from xiaohe.identity.server.storage.redis import (
     BoundedRedis,
     BoundedRedisCluster,
@@ -194,9 +195,15 @@ class Container:
         return ClientRegistry(self.database, self.clock)
 
     @cached_property
+    def group_commit(self) -> GroupCommit:
+        """Small writes of concurrent requests outside a unit of work (audit records, outbox
+        rows, delivery outcomes): one transaction per batch."""
+        return GroupCommit(self.database)
+
+    @cached_property
     def audit(self) -> AuditLog:
         """The hash-chained audit log."""
-        return AuditLog(self.database, self.clock, self.keyring.audit_keys)
+        return AuditLog(self.database, self.clock, self.keyring.audit_keys, self.group_commit)
 
     @cached_property
     def providers(self) -> dict[str, Provider]:
@@ -232,6 +239,7 @@ class Container:
             metrics=self.metrics,
             unknown_outcome=s.sms_unknown_outcome,
             lease_seconds=sms_lease_seconds(s),
+            writes=self.group_commit,
         )
 
     @cached_property
@@ -244,6 +252,7 @@ class Container:
             hand_off=self.dispatcher.hand_off,
             lease_seconds=self.dispatcher.lease_seconds,
             recipient_index=self.recipient_index,  # issue 14: export
+            writes=self.group_commit,
         )
 
     # -- delivery receipts (issue 10) --

@@ -67,7 +67,6 @@ mistakes, without echoing them.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -95,7 +94,9 @@ from xiaohe.identity.server.audit.checkpoints import (
 )
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
+from xiaohe.identity.server.shared.batches import Coalescer
 from xiaohe.identity.server.storage.database import Database, SqlConnection, translate_errors, utc
+from xiaohe.identity.server.storage.group_commit import GroupCommit
 from xiaohe.identity.server.storage.schema import audit_log
 
 log = logging.getLogger("xiaohe.identity.audit")
@@ -320,11 +321,8 @@ def _check_lengths(fields: dict[str, str]) -> None:
         raise ValueError("audit action and outcome must not be empty")
 
 
-@dataclass
-class _Pending:
-    fields: dict[str, str]
-    at: datetime
-    done: asyncio.Future[int]
+_Entry = tuple[dict[str, str], datetime]
+"""A record's checked columns and its time, waiting to be chained."""
 
 
 def _fields(
@@ -372,18 +370,28 @@ class AuditLog:
     """Appends to, reads, checkpoints and verifies the MAC-chained audit log; no update or delete.
 
     `record` commits in groups: concurrent callers of one process are written
-    together in one transaction (one lock, one read of the chain head, one insert
-    of many rows) and each caller returns only after its record is committed.
+    together (one lock, one read of the chain head, one insert of many rows), in a
+    transaction shared with the process's other group-committed writes
+    (storage/group_commit.py), and each caller returns only after its record is
+    committed.
     Under load that turns a serialised write per audited request into one per
     batch, without weakening durability.
     """
 
-    def __init__(self, database: Database, clock: Clock, keys: AuditKeys) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        keys: AuditKeys,
+        writes: GroupCommit | None = None,
+    ) -> None:
+        """`writes`: the process's group commit, so that a batch of records shares its
+        transaction with the other small writes of concurrent requests (outbox rows)."""
         self._db = database
         self._clock = clock
         self._keys = keys
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._writes = writes or GroupCommit(database)
+        self._appends: Coalescer[_Entry, int] = Coalescer(self._append_batch, _MAX_BATCH)
 
     async def record(
         self,
@@ -403,35 +411,25 @@ class AuditLog:
         process. `target` must already be pseudonymous (see the module docstring);
         the actors and request id default to the current request context.
         """
-        fields = _fields(action, target, outcome, actor_client, actor_account, request_id)
+        entry = (
+            _fields(action, target, outcome, actor_client, actor_account, request_id),
+            utc(self._clock.now()),
+        )
         if self._db.in_transaction():
             async with self._db.begin() as conn:
-                (seq,) = await self._append(conn, [(fields, utc(self._clock.now()))])
+                (seq,) = await self._append(conn, [entry])
             return seq
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(fields, utc(self._clock.now()), done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await asyncio.shield(done)
+        return await self._appends.submit(entry)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-            try:
-                async with self._db.begin() as conn:
-                    seqs = await self._append(conn, [(p.fields, p.at) for p in batch])
-            except Exception as exc:
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_exception(exc)
-                continue
-            for p, seq in zip(batch, seqs, strict=True):
-                if not p.done.done():
-                    p.done.set_result(seq)
+    async def _append_batch(self, entries: list[_Entry]) -> list[int]:
+        """Append a batch of concurrent records, all or none, in a group-committed transaction."""
 
-    async def _append(
-        self, conn: SqlConnection, entries: list[tuple[dict[str, str], datetime]]
-    ) -> list[int]:
+        async def append(conn: SqlConnection) -> list[int]:
+            return await self._append(conn, entries)
+
+        return await self._writes.run(append)
+
+    async def _append(self, conn: SqlConnection, entries: list[_Entry]) -> list[int]:
         """Chain and insert entries in order under the appenders' lock; returns their seqs."""
         with translate_errors():
             if self._db.dialect == "postgresql":

@@ -55,6 +55,7 @@ message that crashes its worker every time still runs out of attempts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -103,6 +104,60 @@ _NO_PROVIDER = "none"
 _LAST_ERROR_MAX = 200
 
 
+_DUE_NOW: sa.BindParameter[Any] = sa.bindparam("now")
+_DUE = (
+    sa.select(outbox.c.message_id)
+    .where(
+        sa.or_(
+            sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= _DUE_NOW),
+            sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < _DUE_NOW),
+        )
+    )
+    .order_by(outbox.c.next_attempt_at)
+    .limit(sa.bindparam("limit"))
+)
+"""Rows due for a pass: pending and due, or sending with an expired lease."""
+
+_THIS_ROW = outbox.c.message_id == sa.bindparam("m_id")
+_CLAIM = (
+    sa.update(outbox)
+    .where(
+        _THIS_ROW,
+        sa.or_(
+            sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= _DUE_NOW),
+            sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < _DUE_NOW),
+        ),
+    )
+    .values(
+        status=STATUS_SENDING, lease_until=sa.bindparam("lease"), attempts=outbox.c.attempts + 1
+    )
+)
+_CLAIMED = sa.select(
+    outbox.c.channel,
+    outbox.c.purpose,
+    outbox.c.attempts,
+    outbox.c.expires_at,
+    outbox.c.payload_enc,
+).where(_THIS_ROW)
+
+
+@functools.cache
+def _fenced_update(columns: tuple[str, ...]) -> sa.Update:
+    """`UPDATE outbox SET <columns> WHERE` the row is still this claim's, built once per shape.
+
+    Parameters: `m_id`, `m_attempts` and `new_<column>` for each column.
+    """
+    return (
+        sa.update(outbox)
+        .where(
+            _THIS_ROW,
+            outbox.c.status == STATUS_SENDING,
+            outbox.c.attempts == sa.bindparam("m_attempts"),
+        )
+        .values({column: sa.bindparam(f"new_{column}") for column in columns})
+    )
+
+
 class DeliveryMetrics(Protocol):
     """Counts delivery outcomes (`sent`, `retry`, `failed`, `expired`) per provider."""
 
@@ -133,7 +188,10 @@ class Dispatcher:
         batch_size: int = 50,
         concurrency: int = 8,
         unknown_outcome: str = UNKNOWN_ASSUME_SENT,
+        writes: GroupCommit | None = None,
     ) -> None:
+        """`writes` group-commits the recorded outcomes; pass the one the outbox uses, so
+        new rows and outcomes of concurrent requests share a transaction."""
         if unknown_outcome not in UNKNOWN_OUTCOME_POLICIES:
             raise ValueError(f"unknown_outcome is one of {UNKNOWN_OUTCOME_POLICIES}")
         if max_attempts < 1:
@@ -141,7 +199,7 @@ class Dispatcher:
         if lease_seconds <= 0 or backoff_base < 0 or concurrency < 1 or batch_size < 1:
             raise ValueError("lease, backoff, concurrency and batch size must be positive")
         self._database = database
-        self._outcomes = GroupCommit(database)
+        self._outcomes = writes or GroupCommit(database)
         self._sealer = sealer
         self._providers = dict(providers)
         self._clock = clock
@@ -173,18 +231,8 @@ class Dispatcher:
     async def run_once(self, limit: int = 50) -> int:
         """One pass over due messages; returns how many this dispatcher claimed and handled."""
         now = utc(self._clock.now())
-        due = sa.or_(
-            sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= now),
-            sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < now),
-        )
-        query = (
-            sa.select(outbox.c.message_id)
-            .where(due)
-            .order_by(outbox.c.next_attempt_at)
-            .limit(limit)
-        )
         async with self._database.connect() as conn:
-            candidates = list((await conn.execute(query)).scalars())
+            candidates = list((await conn.execute(_DUE, {"now": now, "limit": limit})).scalars())
         if not candidates:
             return 0
 
@@ -418,33 +466,11 @@ class Dispatcher:
 
     async def _claim(self, message_id: str) -> ClaimedMessage | None:
         now = self._clock.now()
-        now_dt = utc(now)
-        claim = (
-            sa.update(outbox)
-            .where(
-                outbox.c.message_id == message_id,
-                sa.or_(
-                    sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= now_dt),
-                    sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < now_dt),
-                ),
-            )
-            .values(
-                status=STATUS_SENDING,
-                lease_until=utc(now + self.lease_seconds),
-                attempts=outbox.c.attempts + 1,
-            )
-        )
-        read = sa.select(
-            outbox.c.channel,
-            outbox.c.purpose,
-            outbox.c.attempts,
-            outbox.c.expires_at,
-            outbox.c.payload_enc,
-        ).where(outbox.c.message_id == message_id)
+        claim = {"m_id": message_id, "now": utc(now), "lease": utc(now + self.lease_seconds)}
         async with self._database.begin() as conn:
-            if (await conn.execute(claim)).rowcount != 1:
+            if (await conn.execute(_CLAIM, claim)).rowcount != 1:
                 return None
-            row = (await conn.execute(read)).one()
+            row = (await conn.execute(_CLAIMED, {"m_id": message_id})).one()
         return ClaimedMessage(
             message_id=message_id,
             channel=row.channel,
@@ -456,18 +482,12 @@ class Dispatcher:
 
     async def _update(self, claimed: ClaimedMessage, **values: Any) -> None:
         """Update the row only while this dispatcher still owns it (fenced on attempts)."""
-        statement = (
-            sa.update(outbox)
-            .where(
-                outbox.c.message_id == claimed.message_id,
-                outbox.c.status == STATUS_SENDING,
-                outbox.c.attempts == claimed.attempts,
-            )
-            .values(**values)
-        )
+        statement = _fenced_update(tuple(values))
+        params = {"m_id": claimed.message_id, "m_attempts": claimed.attempts}
+        params.update((f"new_{column}", value) for column, value in values.items())
 
         async def update(conn: SqlConnection) -> int:
-            return int((await conn.execute(statement)).rowcount)
+            return int((await conn.execute(statement, params)).rowcount)
 
         # Outcomes of concurrent deliveries share a transaction (storage/group_commit.py).
         changed = await self._outcomes.run(update)

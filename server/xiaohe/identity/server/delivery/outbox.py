@@ -146,13 +146,15 @@ class Outbox:
         hand_off: Callable[[ClaimedMessage], None] | None = None,
         lease_seconds: float = 30.0,
         recipient_index: Callable[[str, str], str] | None = None,
+        writes: GroupCommit | None = None,
     ) -> None:
         """`recipient_index(channel, destination)` is the destination's blind index, kept in
         the row's `recipient` so an export can find the messages sent to an account's
-        channels (issue 14); without it rows have none."""
+        channels (issue 14); without it rows have none. `writes` group-commits the rows
+        written outside a unit of work (shared with the dispatcher's outcomes)."""
         self._recipient_index = recipient_index
         self._database = database
-        self._writes = GroupCommit(database)
+        self._writes = writes or GroupCommit(database)
         self._sealer = sealer
         self._clock = clock
         self._wake = wake
