@@ -404,7 +404,8 @@ async def test_concurrent_wrong_passwords_evaluate_at_most_100(env: LoginEnv) ->
         *(env.login(password=f"Wrong-{i}-x", ip=ip) for i, ip in enumerate(ips)),
         return_exceptions=True,
     )
-    assert all(isinstance(r, InvalidCredentials) for r in results)
+    others = [r for r in results if not isinstance(r, InvalidCredentials)]
+    assert not others, f"{len(others)} other results, e.g. {others[0]!r}"
     assert env.hasher.verifies <= 100
     assert env.hasher.verifies == 100  # every slot was used, none more
     assert env.hasher.operations == 300  # refused guesses cost a dummy verify each (B3)
