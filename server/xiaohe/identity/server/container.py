@@ -35,12 +35,10 @@ from xiaohe.identity.server.crypto.keyring import KeyRing
 from xiaohe.identity.server.deactivation.pending_keys import PendingKeys
 from xiaohe.identity.server.deactivation.repository import SqlDeactivations
 from xiaohe.identity.server.deactivation.service import DeactivationRecords
-from xiaohe.identity.server.delivery.aliyun import AliyunSmsConfig, AliyunSmsProvider
 from xiaohe.identity.server.delivery.dispatcher import Dispatcher
 from xiaohe.identity.server.delivery.failover import FailoverProvider
 from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.delivery.notices import Notices
-from xiaohe.identity.server.delivery.number_status import AliyunNumberStatusCheck
 from xiaohe.identity.server.delivery.outbox import Outbox
 from xiaohe.identity.server.delivery.platforms import PlatformTemplates, parse_purpose_map
 from xiaohe.identity.server.delivery.providers import (
@@ -52,7 +50,6 @@ from xiaohe.identity.server.delivery.providers import (
 from xiaohe.identity.server.delivery.receipts import DeliveryReceipts, FailedReceiptHook
 from xiaohe.identity.server.delivery.retention import FinishedMessages
 from xiaohe.identity.server.delivery.templates import CHANNEL_SMS, compose_code_message
-from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
 from xiaohe.identity.server.flows.channels import ChannelFlow
 from xiaohe.identity.server.flows.code_recipients import RegisteredRecipients
 from xiaohe.identity.server.flows.consent import ConsentFlow, PolicyUpdateNotices
@@ -657,6 +654,10 @@ class Container:
         s = self.settings
         if s.number_status_provider != "aliyun":
             return None
+        # Imported here: the platform SDKs take half a second to import, and only a
+        # server configured for them needs them (every CLI command starts a process).
+        from xiaohe.identity.server.delivery.number_status import AliyunNumberStatusCheck
+
         check = AliyunNumberStatusCheck(
             access_key_id=s.number_status_access_key_id,
             access_key_secret=s.number_status_access_key_secret,
@@ -1147,7 +1148,10 @@ def _one_sms_provider(name: str, s: Settings, clock: Clock) -> Provider:
         return HttpSmsGatewayProvider(
             s.sms_gateway_url, s.sms_gateway_key_id, s.sms_gateway_secret, clock
         )
+    # The platforms' modules are imported only when configured (see `number_status_guard`).
     if name == "aliyun":
+        from xiaohe.identity.server.delivery.aliyun import AliyunSmsConfig, AliyunSmsProvider
+
         return AliyunSmsProvider(
             AliyunSmsConfig(
                 access_key_id=s.aliyun_sms_access_key_id,
@@ -1164,6 +1168,8 @@ def _one_sms_provider(name: str, s: Settings, clock: Clock) -> Provider:
             )
         )
     if name == "tencent":
+        from xiaohe.identity.server.delivery.tencent import TencentSmsConfig, TencentSmsProvider
+
         return TencentSmsProvider(
             TencentSmsConfig(
                 secret_id=s.tencent_sms_secret_id,

@@ -31,10 +31,6 @@ from enum import StrEnum
 from typing import Final, Protocol
 from urllib.parse import urlsplit
 
-from alibabacloud_dytnsapi20200217.client import Client as DytnsClient
-from alibabacloud_dytnsapi20200217.models import DescribePhoneTwiceTelVerifyRequest
-from alibabacloud_tea_openapi.utils_models import Config as OpenApiConfig
-
 from xiaohe.identity.server.delivery.sdk_logging import quiet_sdk_loggers
 from xiaohe.identity.server.shared.identifiers import CHINA_TIMEZONE
 
@@ -107,6 +103,11 @@ class AliyunNumberStatusCheck:
             )
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
+        # The SDK is imported by the one check that uses it: it takes a third of a second,
+        # and every process that imports the protocol above (each CLI command) would pay.
+        from alibabacloud_dytnsapi20200217.client import Client as DytnsClient
+        from alibabacloud_tea_openapi.utils_models import Config as OpenApiConfig
+
         config = OpenApiConfig(
             access_key_id=access_key_id,
             access_key_secret=access_key_secret,
@@ -132,6 +133,8 @@ class AliyunNumberStatusCheck:
         """Ask whether the number was re-issued after `since`; UNKNOWN on any failure."""
         if not e164.startswith(MAINLAND_PREFIX) or len(e164) != len(MAINLAND_PREFIX) + 11:
             return NumberStatus.UNKNOWN  # the service knows mainland mobile numbers only
+        from alibabacloud_dytnsapi20200217.models import DescribePhoneTwiceTelVerifyRequest
+
         request = DescribePhoneTwiceTelVerifyRequest(
             auth_code=self._auth_code,
             input_number=masked_number(e164),
