@@ -162,6 +162,31 @@ async def test_enrolment_replaces_a_pending_secret_and_refuses_an_active_one(
     assert await totp.recovery_codes_left(ALICE) == 0
 
 
+async def test_an_mfa_ticket_carries_whether_the_password_was_long_enough(
+    redis_client: aioredis.Redis,
+) -> None:
+    """P5: the binding keeps the yes-or-no of an operator's length (never the password); a
+    ticket written without it (an older server) reads as no."""
+    tickets = MfaTickets(redis_client)
+    for long_password in (True, False):
+        binding = MfaBinding(
+            account_id=ALICE,
+            method="pwd",
+            client_id="xhc_1",
+            audience="aud",
+            long_password=long_password,
+        )
+        issued = await tickets.issue(binding)
+        assert await tickets.check(issued.ticket) == binding
+    older = await tickets.issue(MfaBinding(ALICE, "pwd", "xhc_1", "aud", long_password=True))
+    key = f"xh:mfa:{{{hashlib.sha256(older.ticket.encode()).hexdigest()}}}"
+    await redis_client.hdel(key, "long_pwd")
+    checked = await tickets.check(older.ticket)
+    assert checked is not None
+    assert checked.account_id == ALICE
+    assert not checked.long_password
+
+
 async def test_mfa_tickets_are_hashed_bounded_and_single_use(
     redis_client: aioredis.Redis,
 ) -> None:

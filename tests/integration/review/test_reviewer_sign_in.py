@@ -145,6 +145,51 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
     assert listed.cases == []
 
 
+async def test_a_role_granted_between_the_password_and_the_code_meets_the_length_rule(
+    h: Harness,
+) -> None:
+    """P5: a role granted while a sign-in waits for its TOTP code. The password step passed
+    (no role yet); the code step refuses a password under 12 characters with
+    FAILED_PRECONDITION, audited, and makes no session. The same race with a long enough
+    password ends in a session that reviews."""
+    account_id, secret, _ = await enrolled_account(h)
+    session = await signed_in(h, secret, PASSWORD)
+    await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(
+            current_password=PASSWORD, new_password=SHORT, keep_other_sessions=True
+        ),
+        metadata=bearer(h, session.access_token),
+    )
+    challenged = await password_login(h, SHORT)
+    assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
+    sessions_before = await h.container.sessions.list_sessions(account_id)
+    await h.container.operator_roles.grant(account_id, "review")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
+    too_short = details_of(caught.value)
+    assert too_short.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "12 characters" in too_short.message
+    completions = await h.container.audit.query(action="auth.login.mfa")
+    assert completions[-1].outcome == "operator_password_too_short"
+    assert await h.container.sessions.list_sessions(account_id) == sessions_before
+
+    h.clock.advance(STEP)
+    await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(
+            current_password=SHORT, new_password=LONG_ENOUGH, keep_other_sessions=True
+        ),
+        metadata=bearer(h, session.access_token),
+    )
+    await h.container.operator_roles.revoke(account_id, "review")
+    challenged = await password_login(h, LONG_ENOUGH)
+    await h.container.operator_roles.grant(account_id, "review")
+    done = await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
+    listed = await review_stub(h).ListCases(
+        review_pb2.ListCasesRequest(), metadata=console(h, done.session.access_token)
+    )
+    assert listed.cases == []
+
+
 async def test_accounts_without_a_role_keep_the_general_rule(h: Harness) -> None:
     """P5 binds operators only: an account that holds no role signs in with a ten-character
     password and sets another one."""

@@ -12,11 +12,13 @@ the length is checked where the password itself passes:
   one is InvalidArgument on the new password, like any other rule of the policy.
 
 A role granted to an account already signed in is not usable from that session:
-the review flow accepts only password-and-TOTP sessions begun after the grant.
-Left open, and why (docs/decisions.md): a role granted between a password and the
-TOTP code of one sign-in (the MFA ticket lives 300 s) meets an unchecked password;
-re-authentication inside a session (binding a phone, enrolling TOTP) accepts the
-account's password as it is.
+the review flow accepts only password-and-TOTP sessions begun after the grant. A
+role granted between the password and the TOTP code of one sign-in is caught at
+the code: the MFA ticket carries whether the password was long enough for an
+operator (a yes or no, never the password), and `check_second_step` refuses the
+session if it was not and the account now holds a role.
+Left open, and why (docs/decisions.md): re-authentication inside a session
+(binding a phone, enrolling TOTP) accepts the account's password as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ OPERATOR_MIN_PASSWORD_CHARS: Final = 12
 
 TOO_SHORT_OUTCOME: Final = "operator_password_too_short"
 """The audit outcome of a refused operator sign-in."""
+
+
+def long_enough(password: str) -> bool:
+    """Whether `password` meets an operator's minimum length (whoever holds it)."""
+    return len(normalise(password)) >= OPERATOR_MIN_PASSWORD_CHARS
+
+
+_SIGN_IN_TOO_SHORT: Final = (
+    f"an operator's password must be at least {OPERATOR_MIN_PASSWORD_CHARS} "
+    "characters; reset it (ResetPassword) to sign in"
+)
 
 
 class RoleHolders(Protocol):
@@ -53,17 +66,20 @@ class OperatorPasswords:
     async def too_short(self, account_id: str, password: str) -> bool:
         """Whether `password` is shorter than an operator's minimum and the account holds a
         role (the role is looked up only for a short password)."""
-        if len(normalise(password)) >= OPERATOR_MIN_PASSWORD_CHARS:
+        if long_enough(password):
             return False
         return await self._holders.holds_any(account_id)
 
     async def check_sign_in(self, account_id: str, password: str) -> None:
         """FailedPrecondition if a role holder signs in with a password that is too short."""
         if await self.too_short(account_id, password):
-            raise FailedPrecondition(
-                f"an operator's password must be at least {OPERATOR_MIN_PASSWORD_CHARS} "
-                "characters; reset it (ResetPassword) to sign in"
-            )
+            raise FailedPrecondition(_SIGN_IN_TOO_SHORT)
+
+    async def check_second_step(self, account_id: str, long_password: bool) -> None:
+        """FailedPrecondition if a sign-in that began with a password too short for an
+        operator (`long_enough` when it was typed) ends for an account that now holds a role."""
+        if not long_password and await self._holders.holds_any(account_id):
+            raise FailedPrecondition(_SIGN_IN_TOO_SHORT)
 
     async def check_new(self, account_id: str, password: str, field: str) -> None:
         """InvalidArgument on `field` if a role holder's new password is too short."""
@@ -82,4 +98,5 @@ __all__ = [
     "TOO_SHORT_OUTCOME",
     "OperatorPasswords",
     "RoleHolders",
+    "long_enough",
 ]

@@ -96,7 +96,11 @@ from xiaohe.identity.server.audit.sink import AuditSink, outcome_of, record_quie
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.codes.models import Channel, Purpose, TicketConsumer
 from xiaohe.identity.server.credentials.lockout import Admission, FailureOutcome, Refusal
-from xiaohe.identity.server.credentials.operators import TOO_SHORT_OUTCOME, OperatorPasswords
+from xiaohe.identity.server.credentials.operators import (
+    TOO_SHORT_OUTCOME,
+    OperatorPasswords,
+    long_enough,
+)
 from xiaohe.identity.server.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -487,7 +491,9 @@ class LoginFlow:
             account, reservation = await self._authenticate(attempt, identifier, kind, password, ip)
             if await self._needs_second_factor(account, ip, reservation):
                 await self._accept_right_password(attempt, account, password)
-                result = await self._challenge(attempt, account, "pwd", audience, client_id)
+                result = await self._challenge(
+                    attempt, account, "pwd", audience, client_id, long_enough(password)
+                )
                 await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.succeeded())
                 return result
             settling = await self._settle(account.account_id, ip, reservation)
@@ -605,6 +611,15 @@ class LoginFlow:
                 checked,
                 despite_lock=binding.method == SMS_METHOD,
             )
+            if binding.method == "pwd" and self._operator_passwords is not None:
+                # P5: a role granted since the password step meets that password's length.
+                try:
+                    await self._operator_passwords.check_second_step(
+                        account.account_id, binding.long_password
+                    )
+                except FailedPrecondition:
+                    attempt.outcome = TOO_SHORT_OUTCOME
+                    raise
             if not await self._mfa_tickets.consume(ticket):
                 raise TicketInvalid(field=MFA_TICKET_FIELD)
             result = await self._start(
@@ -649,8 +664,10 @@ class LoginFlow:
         first_factor: str,
         audience: str,
         client_id: str,
+        long_password: bool = False,
     ) -> LoginResult:
-        """MFA_REQUIRED and a ticket bound to the account, the first factor, client and audience."""
+        """MFA_REQUIRED and a ticket bound to the account, the first factor, client and audience,
+        and whether a password first factor was long enough for an operator (P5)."""
         assert self._mfa_tickets is not None
         issued = await self._mfa_tickets.issue(
             MfaBinding(
@@ -658,6 +675,7 @@ class LoginFlow:
                 method=first_factor,
                 client_id=client_id,
                 audience=audience,
+                long_password=long_password,
             )
         )
         attempt.outcome = "mfa_required"

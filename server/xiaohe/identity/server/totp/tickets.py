@@ -4,9 +4,11 @@ A login whose account has an active TOTP factor gets no session; it gets an MFA
 ticket `mt1.<43 base64url characters>` (256 random bits). Redis keeps, under
 the SHA-256 of the ticket only (a Redis dump or replica holds no usable
 ticket), a hash with what the ticket is bound to: the account, the first
-factor's method (`pwd` or `sms`), the API client and the audience the session
-will be for. It lives `ttl` seconds (default 300), in one key whose hash tag is
-the ticket hash, so every script below runs unchanged on Redis Cluster.
+factor's method (`pwd` or `sms`), the API client, the audience the session
+will be for, and whether a password first factor was long enough for an
+operator (SECURITY P5; `credentials/operators.py`). It lives `ttl` seconds
+(default 300), in one key whose hash tag is the ticket hash, so every script
+below runs unchanged on Redis Cluster.
 
 - `check` counts a presentation and returns the binding: one script increments
   the ticket's attempts and, past `max_attempts` (default 5), deletes it, so a
@@ -34,10 +36,10 @@ TICKET_PREFIX: Final = "mt1."
 TICKET_BYTES: Final = 32
 _TICKET_SHAPE = re.compile(r"mt1\.[A-Za-z0-9_-]{43}")
 
-# KEYS[1] ticket. ARGV: 1 account, 2 method, 3 client, 4 audience, 5 ttl ms.
+# KEYS[1] ticket. ARGV: 1 account, 2 method, 3 client, 4 audience, 5 ttl ms, 6 long password.
 _ISSUE_LUA = r"""
 redis.call('HSET', KEYS[1], 'account', ARGV[1], 'method', ARGV[2], 'client', ARGV[3],
-  'audience', ARGV[4], 'attempts', 0)
+  'audience', ARGV[4], 'long_pwd', ARGV[6], 'attempts', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
@@ -52,7 +54,7 @@ if attempts > tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
   return {}
 end
-return redis.call('HMGET', KEYS[1], 'account', 'method', 'client', 'audience')
+return redis.call('HMGET', KEYS[1], 'account', 'method', 'client', 'audience', 'long_pwd')
 """
 
 # KEYS[1] ticket. Returns 1 for the one caller that deleted it.
@@ -69,6 +71,9 @@ class MfaBinding:
     method: str
     client_id: str
     audience: str
+    long_password: bool = False
+    """A `pwd` first factor of at least an operator's length (P5); a ticket issued before
+    this field existed reads as False, so a role holder holding one signs in again."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class MfaTickets:
                 binding.client_id,
                 binding.audience,
                 self._ttl * 1000,
+                "1" if binding.long_password else "0",
             ],
         )
         return IssuedMfaTicket(ticket=ticket, expires_in=self._ttl)
@@ -133,10 +139,16 @@ class MfaTickets:
         if not well_formed(ticket):
             return None
         reply = await run_script(self._check, [_key(ticket)], [self._max_attempts])
-        if not reply or len(reply) != 4 or any(v is None for v in reply):
+        if not reply or len(reply) != 5 or any(v is None for v in reply[:4]):
             return None
-        account, method, client, audience = (text(v) for v in reply)
-        return MfaBinding(account_id=account, method=method, client_id=client, audience=audience)
+        account, method, client, audience = (text(v) for v in reply[:4])
+        return MfaBinding(
+            account_id=account,
+            method=method,
+            client_id=client,
+            audience=audience,
+            long_password=reply[4] is not None and text(reply[4]) == "1",
+        )
 
     async def consume(self, ticket: str) -> bool:
         """Delete the ticket; True for exactly one caller."""
