@@ -445,40 +445,44 @@ CODE_PATH_PROFILE = """\
 `make profile-codes` measures the pairs again with parts of the work taken out, each
 variant on a new store and in alternation with the echo baseline (3 rounds of 4 s),
 and prints them in echo units: how many bare echo calls cost as much as one pair. The
-bar of 0.25 is 4 units. Run of 2026-12-03 16:40 UTC on this machine (echo 1572/s):
+bar of 0.25 is 4 units. Run of 2026-12-03 19:42 UTC on this machine (echo 1994/s):
 
 | variant | pairs/s | ratio | echo units |
 |---|---|---|---|
-| as served | 108 | 0.07 | 14.5 |
-| without audit records | 135 | 0.09 | 11.7 |
-| ... and a provider that takes all at once | 179 | 0.11 | 8.8 |
-| ... or outbox | 300 | 0.19 | 5.2 |
-| ... or caller windows | 388 | 0.25 | 4.1 |
-| handlers doing nothing | 656 | 0.42 | 2.4 |
+| as served | 210 | 0.11 | 9.5 |
+| without audit records | 240 | 0.12 | 8.3 |
+| ... and a provider that takes all at once | 285 | 0.14 | 7.0 |
+| ... or outbox | 410 | 0.21 | 4.9 |
+| ... or caller windows | 538 | 0.27 | 3.7 |
+| handlers doing nothing | 946 | 0.47 | 2.1 |
 
-So a pair's 14.5 units are: the two audit records 2.8; the dev outbox file's locked,
-fsynced append on a thread 2.9; the outbox row, its hand-off to the dispatcher and
-the recorded outcome 3.6; the per-IP and per-client windows 1.1; the destination's
-scripts and the handlers' own work 1.7; and 2.4 for two RPCs through the server, the
-interceptor (client authentication, grants, context, metrics, access log) and the
-servicer. An earlier run without the provider line agreed within noise (10.5, 9.1,
-4.3, 3.8 and 2.4 units). This replaces an estimate from a pyinstrument profile, which
-put the RPCs' own cost at 4 units; the sampler slows Python code more than C code,
-and the measured floor is 2.4.
+So a pair's 9.5 units are: the two audit records 1.2; the dev outbox file's append
+1.3; the outbox row, its hand-off to the dispatcher and the recorded outcome 2.1; the
+per-IP and per-client windows 1.2; the destination's scripts and the handlers' own
+work 1.6; and 2.1 for two RPCs through the server, the interceptor (client
+authentication, grants, context, metrics, access log) and the servicer. The host's
+speed moves these figures by a fifth from run to run: a run seven minutes earlier
+printed 12.0, 10.2, 9.9, 7.0, 4.7 and 2.0 units.
 
-Why the bar of 0.25 is not met: the writes a pair causes (two audit records, an outbox
-row, a provider call and its outcome) cost about 9 units on the worker's event loop,
-and the bar leaves 4 for everything. Even with no audit and no outbox at all the pair
-measures 0.19; only a pair that records nothing, sends nothing and charges no caller
-window reaches 0.25, because the two RPCs alone cost 2.4 units and the destination's
-scripts and the handlers' checks 1.7. The audit log and the outbox already commit in
-groups (one transaction per batch of concurrent requests); tuning them further
-(prebuilt statements, one fsync per batch of dev-outbox lines) would bring perhaps
-2 to 3 units, for a ratio near 0.1. Moving the writes off the request (appended to
-Redis by the code's own script, written to SQL and sent by a separate relay process,
-their durability Redis's until relayed) would approach 0.19, not 0.25. So the bar
-needs a decision on the measure (for instance a bar near 0.1 for the full path, with
-the variants above as the measure of each part) or on the server stack.
+Since the run of 16:40 (14.5 units as served), the audit records, outbox rows and
+delivery outcomes of concurrent requests share one group commit, the dispatcher's
+statements are built once, and the dev file provider appends concurrent messages with
+one fsync. Measured old against new in alternation (one round of 4 s each, six times
+each, `as served`): medians 11.2 and 10.3 units, so the tuning is worth about a tenth;
+most of the difference from the 16:40 table is the host. At this load a batch holds
+1.3 to 1.6 writes on average: the requests are spread out, and each transaction's
+fixed cost is paid nearly once per write.
+
+Why the bar of 0.25 is not met: the floor of two RPCs (2.1 units) and what every pair
+needs before any durable write (the caller windows, the destination's scripts and the
+handlers' checks: 2.8 units) already exceed the 4 units the bar leaves. Even with no audit
+records and no outbox at all the pair measures 0.14 to 0.21; only a pair that records
+nothing, sends nothing and charges no caller window comes near 0.25. Moving the writes
+off the request (appended to Redis by the code's own script, written to SQL and sent
+by a separate relay process, their durability Redis's until relayed) would approach
+the `... or outbox` line, not 0.25. So the bar needs a decision on the measure (for
+instance a bar near 0.1 for the full path, with the variants above as the measure of
+each part) or on the server stack.
 """
 
 
