@@ -82,6 +82,25 @@ async def signed_in(h: Harness, secret: str, password: str) -> auth_pb2.Session:
     return done.session
 
 
+async def change_password(h: Harness, session: auth_pb2.Session, current: str, new: str) -> None:
+    """ChangePassword from `session`, keeping the account's other sessions."""
+    await stubs(h).accounts.ChangePassword(
+        accounts_pb2.ChangePasswordRequest(
+            current_password=current, new_password=new, keep_other_sessions=True
+        ),
+        metadata=bearer(h, session.access_token),
+    )
+
+
+async def enrolled_with_a_short_password(h: Harness) -> tuple[str, str, auth_pb2.Session]:
+    """An account with TOTP and no role, whose password is now SHORT: (account id, TOTP
+    secret, the session that changed it)."""
+    account_id, secret, _ = await enrolled_account(h)
+    session = await signed_in(h, secret, PASSWORD)
+    await change_password(h, session, PASSWORD, SHORT)
+    return account_id, secret, session
+
+
 async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> None:
     """P5: a ten-character password is fine until the account holds a role. Then the right
     password is FAILED_PRECONDITION at sign-in (audited), ChangePassword and ResetPassword
@@ -89,14 +108,7 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
     complete: the ticket is spent), and the session begun before the grant cannot use the
     role, refreshed or not; after a reset to a longer password the operator signs in and
     reviews."""
-    account_id, secret, _ = await enrolled_account(h)
-    session = await signed_in(h, secret, PASSWORD)
-    await stubs(h).accounts.ChangePassword(
-        accounts_pb2.ChangePasswordRequest(
-            current_password=PASSWORD, new_password=SHORT, keep_other_sessions=True
-        ),
-        metadata=bearer(h, session.access_token),
-    )
+    account_id, secret, _ = await enrolled_with_a_short_password(h)
     before_grant = await signed_in(h, secret, SHORT)  # not an operator yet: accepted
     h.clock.advance(STEP)
     await h.container.operator_roles.grant(account_id, "review")
@@ -152,14 +164,7 @@ async def test_a_role_granted_between_the_password_and_the_code_meets_the_length
     (no role yet); the code step refuses a password under 12 characters with
     FAILED_PRECONDITION, audited, and makes no session. The same race with a long enough
     password ends in a session that reviews."""
-    account_id, secret, _ = await enrolled_account(h)
-    session = await signed_in(h, secret, PASSWORD)
-    await stubs(h).accounts.ChangePassword(
-        accounts_pb2.ChangePasswordRequest(
-            current_password=PASSWORD, new_password=SHORT, keep_other_sessions=True
-        ),
-        metadata=bearer(h, session.access_token),
-    )
+    account_id, secret, session = await enrolled_with_a_short_password(h)
     challenged = await password_login(h, SHORT)
     assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
     sessions_before = await h.container.sessions.list_sessions(account_id)
@@ -174,12 +179,7 @@ async def test_a_role_granted_between_the_password_and_the_code_meets_the_length
     assert await h.container.sessions.list_sessions(account_id) == sessions_before
 
     h.clock.advance(STEP)
-    await stubs(h).accounts.ChangePassword(
-        accounts_pb2.ChangePasswordRequest(
-            current_password=SHORT, new_password=LONG_ENOUGH, keep_other_sessions=True
-        ),
-        metadata=bearer(h, session.access_token),
-    )
+    await change_password(h, session, SHORT, LONG_ENOUGH)
     await h.container.operator_roles.revoke(account_id, "review")
     challenged = await password_login(h, LONG_ENOUGH)
     await h.container.operator_roles.grant(account_id, "review")
