@@ -89,6 +89,53 @@ async def test_a_failing_write_fails_alone(database: Database) -> None:
     assert await stored(database) == {"taken", "fresh", "other"}
 
 
+def fail_next_commit(database: Database) -> None:
+    """Make the database's next COMMIT raise, as when the connection drops during it."""
+    armed = [True]
+    engine = database._engine.sync_engine if database._engine else database._sqlite
+    assert engine is not None
+
+    def fail() -> None:
+        if armed[0]:
+            armed[0] = False
+            raise ConnectionResetError("connection lost during COMMIT")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _sqlite_commit(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.startswith("COMMIT"):
+            fail()
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn):  # type: ignore[no-untyped-def]
+        if database.dialect == "postgresql":
+            fail()
+
+
+async def test_a_failed_commit_fails_its_batch_and_runs_no_write_again(
+    database: Database,
+) -> None:
+    """A COMMIT that fails may have committed (the connection dropped after the server did):
+    every write of that batch fails, and none is run a second time."""
+    group = GroupCommit(database)
+    runs: list[str] = []
+
+    def counted(client_id: str):  # type: ignore[no-untyped-def]
+        async def run(conn: SqlConnection) -> str:
+            runs.append(client_id)
+            await conn.execute(insert(client_id))
+            return client_id
+
+        return run
+
+    fail_next_commit(database)
+    ids = [f"c{i}" for i in range(6)]
+    outcomes = await asyncio.gather(*(group.run(counted(i)) for i in ids), return_exceptions=True)
+    assert sorted(runs) == ids
+    failed = {i for i, outcome in zip(ids, outcomes, strict=True) if isinstance(outcome, Exception)}
+    assert failed
+    assert await stored(database) == set(ids) - failed
+
+
 async def test_inside_a_unit_of_work_the_write_joins_it(database: Database) -> None:
     """No grouping inside a use case: the write commits or rolls back with it."""
     group = GroupCommit(database)

@@ -7,9 +7,11 @@ queues the write; one flusher task runs everything queued so far in a single
 transaction, then wakes each caller with its own result. Each caller still
 returns only after its write is committed, so durability is what it was.
 
-If the shared transaction fails, its writes are retried one transaction each:
-a write that is itself at fault (a constraint, a bad value) fails alone, and
-its neighbours' writes are not lost with it. Inside a unit of work there is
+If a write of the shared transaction fails, the batch is retried one
+transaction per write: a write that is itself at fault (a constraint, a bad
+value) fails alone, and its neighbours' writes are not lost with it. If the
+transaction fails around its writes (BEGIN, or COMMIT with an unknown outcome),
+every write of the batch fails and none is run again. Inside a unit of work there is
 nothing to group: the write joins that transaction, as every repository does.
 """
 
@@ -46,10 +48,26 @@ class GroupCommit:
         return result
 
     async def _run_batch(self, batch: list[Write[Any]]) -> list[Any]:
+        """The batch in one transaction; if one of its writes fails, each write alone.
+
+        A failure of the transaction itself (BEGIN, or a COMMIT whose outcome is
+        unknown: the connection dropped) fails every write of the batch: retrying
+        them could run a committed write twice.
+        """
+        write_failed = False
         try:
             async with self._database.begin() as conn:
-                return [await write(conn) for write in batch]
+                results = []
+                for write in batch:
+                    try:
+                        results.append(await write(conn))
+                    except Exception:
+                        write_failed = True
+                        raise
+                return results
         except Exception:
+            if not write_failed:
+                raise
             return await self._one_by_one(batch)
 
     async def _one_by_one(self, batch: list[Write[Any]]) -> list[Any]:
