@@ -73,6 +73,31 @@ async def test_a_cancelled_caller_does_not_stop_its_batch() -> None:
     assert ran == [1, 2]
 
 
+async def test_a_stopped_flusher_tells_the_batch_in_flight_its_outcome_is_unknown() -> None:
+    """Shutdown cancels the flusher mid-batch: the batch may have done its work, so its callers
+    hear "outcome unknown"; callers still queued hear that nothing ran; nobody waits forever."""
+    started = asyncio.Event()
+    flusher: list[asyncio.Task[object]] = []
+
+    async def hangs(items: list[int]) -> list[int]:
+        task = asyncio.current_task()
+        assert task is not None
+        flusher.append(task)
+        started.set()
+        await asyncio.Event().wait()
+        return items
+
+    coalescer: Coalescer[int, int] = Coalescer(hangs, max_batch=1)
+    in_flight = asyncio.create_task(coalescer.submit(1))
+    queued = asyncio.create_task(coalescer.submit(2))
+    await started.wait()
+    flusher[0].cancel()
+    with pytest.raises(RuntimeError, match="outcome is unknown"):
+        await in_flight
+    with pytest.raises(RuntimeError, match="before this item ran"):
+        await queued
+
+
 def test_a_batch_holds_at_least_one_item() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         Coalescer(lambda items: asyncio.sleep(0, items), max_batch=0)

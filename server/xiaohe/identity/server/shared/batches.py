@@ -6,7 +6,8 @@ open, lock and fsync of the dev outbox file (delivery/providers.py). The first
 submission starts a flusher task; everything submitted until it runs, and while
 a batch is in progress, goes into the next batch (at most `max_batch` items).
 Each caller waits for its own result, so a caller returns only once its item
-is done, exactly as if it had run alone.
+is done, exactly as if it had run alone; a caller that is cancelled stops
+waiting, and its item still runs.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class Coalescer(Generic[T, R]):
         self._queue.append(_Submitted(item, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        # The flusher finishes the batch even if this caller is cancelled meanwhile.
-        return await asyncio.shield(done)
+        # A cancelled caller cancels only its wait: the flusher runs its item all the same.
+        return await done
 
     async def _flush(self) -> None:
         batch: list[_Submitted[T, R]] = []
@@ -65,9 +66,14 @@ class Coalescer(Generic[T, R]):
                     _settle(submitted.done, result)
                 batch = []
         except BaseException:
-            # Cancelled (shutdown): nobody may wait for a batch that will not run.
+            # Cancelled (shutdown): nobody may wait for a batch that will not finish. The
+            # batch in flight may have done its work (a commit under way), so its callers
+            # are told the outcome is unknown; the queued ones that nothing ran.
+            unknown = RuntimeError("stopped while this item ran: its outcome is unknown")
+            for submitted in batch:
+                _settle(submitted.done, unknown)
             stopped = RuntimeError("stopped before this item ran")
-            for submitted in [*batch, *self._queue]:
+            for submitted in self._queue:
                 _settle(submitted.done, stopped)
             self._queue.clear()
             raise
