@@ -193,14 +193,14 @@ class Container:
 
     @cached_property
     def group_commit(self) -> GroupCommit:
-        """Small writes of concurrent requests outside a unit of work (audit records, outbox
-        rows, delivery outcomes): one transaction per batch."""
+        """New outbox rows and delivery outcomes of concurrent requests outside a unit of
+        work: one transaction per batch (the audit log commits its own batches)."""
         return GroupCommit(self.database)
 
     @cached_property
     def audit(self) -> AuditLog:
         """The hash-chained audit log."""
-        return AuditLog(self.database, self.clock, self.keyring.audit_keys, self.group_commit)
+        return AuditLog(self.database, self.clock, self.keyring.audit_keys)
 
     @cached_property
     def providers(self) -> dict[str, Provider]:

@@ -96,7 +96,6 @@ from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.crypto.audit_keys import AuditKeys
 from xiaohe.identity.server.shared.batches import Coalescer
 from xiaohe.identity.server.storage.database import Database, SqlConnection, translate_errors, utc
-from xiaohe.identity.server.storage.group_commit import GroupCommit
 from xiaohe.identity.server.storage.schema import audit_log
 
 log = logging.getLogger("xiaohe.identity.audit")
@@ -370,27 +369,16 @@ class AuditLog:
     """Appends to, reads, checkpoints and verifies the MAC-chained audit log; no update or delete.
 
     `record` commits in groups: concurrent callers of one process are written
-    together (one lock, one read of the chain head, one insert of many rows), in a
-    transaction shared with the process's other group-committed writes
-    (storage/group_commit.py), and each caller returns only after its record is
-    committed.
+    together in one transaction (one lock, one read of the chain head, one insert
+    of many rows) and each caller returns only after its record is committed.
     Under load that turns a serialised write per audited request into one per
     batch, without weakening durability.
     """
 
-    def __init__(
-        self,
-        database: Database,
-        clock: Clock,
-        keys: AuditKeys,
-        writes: GroupCommit | None = None,
-    ) -> None:
-        """`writes`: the process's group commit, so that a batch of records shares its
-        transaction with the other small writes of concurrent requests (outbox rows)."""
+    def __init__(self, database: Database, clock: Clock, keys: AuditKeys) -> None:
         self._db = database
         self._clock = clock
         self._keys = keys
-        self._writes = writes or GroupCommit(database)
         self._appends: Coalescer[_Entry, int] = Coalescer(self._append_batch, _MAX_BATCH)
 
     async def record(
@@ -422,12 +410,15 @@ class AuditLog:
         return await self._appends.submit(entry)
 
     async def _append_batch(self, entries: list[_Entry]) -> list[int]:
-        """Append a batch of concurrent records, all or none, in a group-committed transaction."""
+        """Append a batch of concurrent records in one transaction of its own, all or none.
 
-        async def append(conn: SqlConnection) -> list[int]:
+        Not in the process's group commit: on PostgreSQL the appenders' lock would
+        then be held while that transaction's other writes run, and a failed
+        transaction there is retried write by write, which could append a batch
+        whose COMMIT had gone through a second time.
+        """
+        async with self._db.begin() as conn:
             return await self._append(conn, entries)
-
-        return await self._writes.run(append)
 
     async def _append(self, conn: SqlConnection, entries: list[_Entry]) -> list[int]:
         """Chain and insert entries in order under the appenders' lock; returns their seqs."""
