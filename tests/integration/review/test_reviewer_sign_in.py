@@ -92,13 +92,15 @@ async def change_password(h: Harness, session: auth_pb2.Session, current: str, n
     )
 
 
-async def enrolled_with_a_short_password(h: Harness) -> tuple[str, str, auth_pb2.Session]:
+async def enrolled_with_a_short_password(
+    h: Harness,
+) -> tuple[str, str, auth_pb2.Session, list[str]]:
     """An account with TOTP and no role, whose password is now SHORT: (account id, TOTP
-    secret, the session that changed it)."""
-    account_id, secret, _ = await enrolled_account(h)
+    secret, the session that changed it, recovery codes)."""
+    account_id, secret, recovery_codes = await enrolled_account(h)
     session = await signed_in(h, secret, PASSWORD)
     await change_password(h, session, PASSWORD, SHORT)
-    return account_id, secret, session
+    return account_id, secret, session, recovery_codes
 
 
 async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> None:
@@ -108,7 +110,7 @@ async def test_an_operators_password_is_at_least_12_characters(h: Harness) -> No
     complete: the ticket is spent), and the session begun before the grant cannot use the
     role, refreshed or not; after a reset to a longer password the operator signs in and
     reviews."""
-    account_id, secret, _ = await enrolled_with_a_short_password(h)
+    account_id, secret, _, _ = await enrolled_with_a_short_password(h)
     before_grant = await signed_in(h, secret, SHORT)  # not an operator yet: accepted
     h.clock.advance(STEP)
     await h.container.operator_roles.grant(account_id, "review")
@@ -162,21 +164,28 @@ async def test_a_role_granted_between_the_password_and_the_code_meets_the_length
 ) -> None:
     """P5: a role granted while a sign-in waits for its TOTP code. The password step passed
     (no role yet); the code step refuses a password under 12 characters with
-    FAILED_PRECONDITION, audited, and makes no session. The same race with a long enough
-    password ends in a session that reviews."""
-    account_id, secret, session = await enrolled_with_a_short_password(h)
+    FAILED_PRECONDITION, audited, before the code is checked (a recovery code is not spent),
+    and makes no session. The same race with a long enough password ends in a session that
+    reviews."""
+    account_id, secret, session, recovery_codes = await enrolled_with_a_short_password(h)
     challenged = await password_login(h, SHORT)
     assert challenged.next_step == auth_pb2.NEXT_STEP_MFA_REQUIRED
     sessions_before = await h.container.sessions.list_sessions(account_id)
+    codes_before = await h.container.totp.recovery_codes_left(account_id)
     await h.container.operator_roles.grant(account_id, "review")
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await complete(h, challenged.mfa_ticket, code_at(secret, h.clock.now()))
-    too_short = details_of(caught.value)
-    assert too_short.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "12 characters" in too_short.message
+    for second_factor in (
+        {"totp_code": code_at(secret, h.clock.now())},
+        {"recovery_code": recovery_codes[0]},
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await complete(h, challenged.mfa_ticket, **second_factor)
+        too_short = details_of(caught.value)
+        assert too_short.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "12 characters" in too_short.message
     completions = await h.container.audit.query(action="auth.login.mfa")
     assert completions[-1].outcome == "operator_password_too_short"
     assert await h.container.sessions.list_sessions(account_id) == sessions_before
+    assert await h.container.totp.recovery_codes_left(account_id) == codes_before  # none spent
 
     h.clock.advance(STEP)
     await change_password(h, session, SHORT, LONG_ENOUGH)

@@ -604,15 +604,11 @@ class LoginFlow:
             except NotFound:
                 attempt.outcome = "unknown_account"
                 raise TicketInvalid(field=MFA_TICKET_FIELD) from None
-            await self._code_attempts.verify(
-                self._second_factor,
-                account.account_id,
-                ip,
-                checked,
-                despite_lock=binding.method == SMS_METHOD,
-            )
             if binding.method == "pwd" and self._operator_passwords is not None:
                 # P5: a role granted since the password step meets that password's length.
+                # Before the code, so a refused sign-in spends no recovery code; the
+                # ticket's holder has proven the password, and a new sign-in would say
+                # the same.
                 try:
                     await self._operator_passwords.check_second_step(
                         account.account_id, binding.long_password
@@ -620,6 +616,13 @@ class LoginFlow:
                 except FailedPrecondition:
                     attempt.outcome = TOO_SHORT_OUTCOME
                     raise
+            await self._code_attempts.verify(
+                self._second_factor,
+                account.account_id,
+                ip,
+                checked,
+                despite_lock=binding.method == SMS_METHOD,
+            )
             if not await self._mfa_tickets.consume(ticket):
                 raise TicketInvalid(field=MFA_TICKET_FIELD)
             result = await self._start(
