@@ -15,7 +15,7 @@ A role granted to an account already signed in is not usable from that session:
 the review flow accepts only password-and-TOTP sessions begun after the grant. A
 role granted between the password and the TOTP code of one sign-in is caught at
 the code: the MFA ticket carries whether the password was long enough for an
-operator (a yes or no, never the password), and `check_second_step` refuses the
+operator (a yes or no, never the password), and `check_sign_in` refuses the
 session if it was not and the account now holds a role.
 Left open, and why (docs/decisions.md): re-authentication inside a session
 (binding a phone, enrolling TOTP) accepts the account's password as it is.
@@ -63,27 +63,21 @@ class OperatorPasswords:
     def __repr__(self) -> str:
         return "OperatorPasswords()"
 
-    async def too_short(self, account_id: str, password: str) -> bool:
-        """Whether `password` is shorter than an operator's minimum and the account holds a
-        role (the role is looked up only for a short password)."""
-        if long_enough(password):
-            return False
-        return await self._holders.holds_any(account_id)
+    async def _too_short(self, account_id: str, long_password: bool) -> bool:
+        """Whether a password that is not `long_password` belongs to a role holder (the role
+        is looked up only for a short password)."""
+        return not long_password and await self._holders.holds_any(account_id)
 
-    async def check_sign_in(self, account_id: str, password: str) -> None:
-        """FailedPrecondition if a role holder signs in with a password that is too short."""
-        if await self.too_short(account_id, password):
-            raise FailedPrecondition(_SIGN_IN_TOO_SHORT)
-
-    async def check_second_step(self, account_id: str, long_password: bool) -> None:
-        """FailedPrecondition if a sign-in that began with a password too short for an
-        operator (`long_enough` when it was typed) ends for an account that now holds a role."""
-        if not long_password and await self._holders.holds_any(account_id):
+    async def check_sign_in(self, account_id: str, long_password: bool) -> None:
+        """FailedPrecondition if a role holder signs in with a password too short for one:
+        `long_password` is `long_enough` of the password typed, at the password step or,
+        carried by the MFA ticket, at the second factor (a role granted in between)."""
+        if await self._too_short(account_id, long_password):
             raise FailedPrecondition(_SIGN_IN_TOO_SHORT)
 
     async def check_new(self, account_id: str, password: str, field: str) -> None:
         """InvalidArgument on `field` if a role holder's new password is too short."""
-        if await self.too_short(account_id, password):
+        if await self._too_short(account_id, long_enough(password)):
             raise InvalidArgument(
                 FieldViolation(
                     field,

@@ -138,6 +138,7 @@ PASSWORD_METHOD: Final = "password"  # noqa: S105 - a metric label
 SMS_METHOD: Final = "sms"
 MFA_ACTION: Final = "auth.login.mfa"
 MFA_METHOD: Final = "mfa"
+PASSWORD_AMR: Final = "pwd"  # noqa: S105 - an amr method name
 OTP_AMR: Final = "otp"
 MFA_TICKET_FIELD: Final = "mfa_ticket"
 
@@ -489,21 +490,22 @@ class LoginFlow:
         attempt = _Attempt()
         try:
             account, reservation = await self._authenticate(attempt, identifier, kind, password, ip)
+            long_password = long_enough(password)
             if await self._needs_second_factor(account, ip, reservation):
-                await self._accept_right_password(attempt, account, password)
+                await self._accept_right_password(attempt, account, password, long_password)
                 result = await self._challenge(
-                    attempt, account, "pwd", audience, client_id, long_enough(password)
+                    attempt, account, PASSWORD_AMR, audience, client_id, long_password
                 )
                 await self._observe(PASSWORD_ACTION, PASSWORD_METHOD, attempt.succeeded())
                 return result
             settling = await self._settle(account.account_id, ip, reservation)
             try:
-                await self._accept_right_password(attempt, account, password)
+                await self._accept_right_password(attempt, account, password, long_password)
                 result = await self._start(
                     attempt,
                     PASSWORD_ACTION,
                     account,
-                    ("pwd",),
+                    (PASSWORD_AMR,),
                     audience,
                     client_id,
                     ip,
@@ -604,18 +606,12 @@ class LoginFlow:
             except NotFound:
                 attempt.outcome = "unknown_account"
                 raise TicketInvalid(field=MFA_TICKET_FIELD) from None
-            if binding.method == "pwd" and self._operator_passwords is not None:
+            if binding.method == PASSWORD_AMR:
                 # P5: a role granted since the password step meets that password's length.
                 # Before the code, so a refused sign-in spends no recovery code; the
                 # ticket's holder has proven the password, and a new sign-in would say
                 # the same.
-                try:
-                    await self._operator_passwords.check_second_step(
-                        account.account_id, binding.long_password
-                    )
-                except FailedPrecondition:
-                    attempt.outcome = TOO_SHORT_OUTCOME
-                    raise
+                await self._check_operator(attempt, account.account_id, binding.long_password)
             await self._code_attempts.verify(
                 self._second_factor,
                 account.account_id,
@@ -799,22 +795,29 @@ class LoginFlow:
             raise
 
     async def _accept_right_password(
-        self, attempt: _Attempt, account: AccountCredentials, password: str
+        self, attempt: _Attempt, account: AccountCredentials, password: str, long_password: bool
     ) -> None:
         """What a right password still needs: an account that may sign in (else the same
         InvalidCredentials as a wrong password), a length fit for an operator if it holds a
-        role (P5: FailedPrecondition, audited as `operator_password_too_short`), and the
-        hash upgraded if its parameters are old."""
+        role (`_check_operator`), and the hash upgraded if its parameters are old."""
         if account.status not in SIGN_IN_STATES:
             attempt.outcome = "account_inactive"
             raise InvalidCredentials()
-        if self._operator_passwords is not None:
-            try:
-                await self._operator_passwords.check_sign_in(account.account_id, password)
-            except FailedPrecondition:
-                attempt.outcome = TOO_SHORT_OUTCOME
-                raise
+        await self._check_operator(attempt, account.account_id, long_password)
         await self._rehash_if_needed(account, password)
+
+    async def _check_operator(
+        self, attempt: _Attempt, account_id: str, long_password: bool
+    ) -> None:
+        """P5: FailedPrecondition, audited as `operator_password_too_short`, if the account
+        holds a role and the sign-in's password was not `long_enough`."""
+        if self._operator_passwords is None:
+            return
+        try:
+            await self._operator_passwords.check_sign_in(account_id, long_password)
+        except FailedPrecondition:
+            attempt.outcome = TOO_SHORT_OUTCOME
+            raise
 
     async def _settle(self, account_id: str, ip: str, reservation: str) -> asyncio.Task[None]:
         """Step 5, right password: free the reservation and clear this IP's failures.
