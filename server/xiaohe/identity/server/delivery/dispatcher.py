@@ -104,30 +104,24 @@ _NO_PROVIDER = "none"
 _LAST_ERROR_MAX = 200
 
 
-_DUE_NOW: sa.BindParameter[Any] = sa.bindparam("now")
+_NOW: sa.BindParameter[Any] = sa.bindparam("now")
+_IS_DUE = sa.or_(
+    sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= _NOW),
+    sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < _NOW),
+)
+"""A row is due at `now`: pending and due, or sending with an expired lease."""
+
 _DUE = (
     sa.select(outbox.c.message_id)
-    .where(
-        sa.or_(
-            sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= _DUE_NOW),
-            sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < _DUE_NOW),
-        )
-    )
+    .where(_IS_DUE)
     .order_by(outbox.c.next_attempt_at)
     .limit(sa.bindparam("limit"))
 )
-"""Rows due for a pass: pending and due, or sending with an expired lease."""
 
 _THIS_ROW = outbox.c.message_id == sa.bindparam("m_id")
 _CLAIM = (
     sa.update(outbox)
-    .where(
-        _THIS_ROW,
-        sa.or_(
-            sa.and_(outbox.c.status == STATUS_PENDING, outbox.c.next_attempt_at <= _DUE_NOW),
-            sa.and_(outbox.c.status == STATUS_SENDING, outbox.c.lease_until < _DUE_NOW),
-        ),
-    )
+    .where(_THIS_ROW, _IS_DUE)
     .values(
         status=STATUS_SENDING, lease_until=sa.bindparam("lease"), attempts=outbox.c.attempts + 1
     )
