@@ -51,13 +51,14 @@ from xiaohe.identity.server.delivery.lifecycle import DeliveryLog
 from xiaohe.identity.server.errors import FieldViolation, InvalidArgument, NotFound
 from xiaohe.identity.server.flows.channels import own_channel_ticket
 from xiaohe.identity.server.privacy.consents import ConsentLedger
-from xiaohe.identity.server.privacy.disclosures import MAX_PAGE_SIZE, DisclosureLog
+from xiaohe.identity.server.privacy.disclosures import DisclosureLog
 from xiaohe.identity.server.privacy.requests import RightsRequests
 from xiaohe.identity.server.ratelimit.limiter import RateLimiter, Reservation
 from xiaohe.identity.server.realname.documents import DocumentInfo, DocumentService
 from xiaohe.identity.server.realname.submissions import SubmissionStore
 from xiaohe.identity.server.review.cases import ReviewCases
 from xiaohe.identity.server.sessions.service import SessionService
+from xiaohe.identity.server.shared.page_tokens import MAX_PAGE_SIZE
 from xiaohe.identity.server.totp.service import TotpService
 
 logger = logging.getLogger(__name__)

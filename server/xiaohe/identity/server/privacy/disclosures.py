@@ -26,8 +26,6 @@ import sqlalchemy as sa
 
 from xiaohe.identity.server.clock import Clock
 from xiaohe.identity.server.shared.page_tokens import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     decode_page_token,
     encode_page_token,
     page_size_of,
@@ -150,8 +148,6 @@ def _disclosure(m: sa.RowMapping) -> Disclosure:
 
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "Disclosure",
     "DisclosureLog",
     "DisclosurePage",

@@ -40,8 +40,6 @@ from xiaohe.identity.server.errors import (
     NotFound,
 )
 from xiaohe.identity.server.shared.page_tokens import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     decode_page_token,
     encode_page_token,
     page_size_of,
@@ -395,8 +393,6 @@ class RightsRequests:
 
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "REQUEST_ID_PREFIX",
     "REQUEST_ID_SHAPE",
     "AccountDataKeys",
